@@ -1,0 +1,184 @@
+"""The ingest service: MQTT in, one DuckDB transaction per batch, then acks out.
+
+A message is PUBACKed only after the transaction holding its outcome commits,
+and the session is persistent (MQTT 5 session expiry), so the broker redelivers
+whatever a crashed ingest had not made durable; the redelivery then counts as a
+duplicate. Device `ack`s and the checkpoint go out only after the block is
+sealed, because they promise durability.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from broker.intake import Incoming, Intake, SeqState
+from ledger import rpc
+from ledger.api import local_api
+from ledger.home import Home
+from ledger.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, ack_payload, canonical_json, device_topic
+from ledger.writer import LedgerWriter, Sealed, now_ms
+
+log = logging.getLogger("cityledger.ingest")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600
+RECEIVE_MAXIMUM = 65535  # MQTT 5 cap on unacknowledged deliveries to us
+
+
+@dataclass
+class IngestStats:
+    messages: int = 0
+    readings: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    blocks: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+class IngestService:
+    """Subscribes as the ingest identity and turns messages into blocks."""
+
+    def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
+                 block_readings: int = 5000, block_seconds: float = 1.0, client_id: str = "cityledger-ingest") -> None:
+        if not 1 <= block_readings < RECEIVE_MAXIMUM:
+            raise ValueError(f"--block-readings must be between 1 and {RECEIVE_MAXIMUM - 1}")
+        self.home, self.writer = home, writer
+        self.host, self.port = host, port
+        self.block_readings, self.block_seconds = block_readings, block_seconds
+        self.stats = IngestStats()
+        self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self.intake = Intake({d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()},
+                             writer.store.stored_readings)
+        self.acked: dict[str, int] = {}
+        self.connected = threading.Event()
+        self._generation = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                                  manual_ack=True)
+        self.client.username_pw_set(username, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 5)
+        writer.on_sealed.append(self._publish_sealed)
+
+    # ------------------------------------------------------------ MQTT callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the ingest connection: %s", reason)
+            return
+        self._generation += 1
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in INGEST_TOPICS])
+        log.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                       reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+        self.connected.clear()
+        log.warning("disconnected from broker: %s", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "backslashreplace")
+        self.inbox.put(Incoming(topic, msg.payload, now_ms(), (self._generation, msg.mid, msg.qos)))
+
+    # ------------------------------------------------------------ the batch loop (main thread)
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve the local API and ingest until `stop` is set."""
+        server, _ = rpc.serve(local_api(self.home, self.writer), self.home.rpc_socket)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+        try:
+            while not stop.is_set():
+                batch = self._collect(stop)
+                if batch:
+                    self._flush(batch)
+            self._flush(self._drain())
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+            rpc.stop(server, self.home.rpc_socket)
+
+    def _collect(self, stop: threading.Event) -> list[Incoming]:
+        try:
+            first = self.inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.block_seconds
+        while len(batch) < self.block_readings and not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self.inbox.get(timeout=min(remaining, 0.05)))
+            except queue.Empty:
+                continue
+        return batch
+
+    def _drain(self) -> list[Incoming]:
+        out = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _flush(self, messages: list[Incoming]) -> None:
+        if not messages:
+            return
+        batch = self.intake.classify(messages, self.writer.registry, now_ms())
+        self.writer.commit(batch)
+        s = self.stats
+        s.messages += len(messages)
+        s.readings += len(batch.readings)
+        s.quarantined += len(batch.quarantine)
+        s.duplicates += len(batch.duplicates)
+        generation = self._generation
+        for msg in messages:
+            gen, mid, qos = msg.token
+            if gen == generation and qos > 0:
+                self.client.ack(mid, qos)
+        # Messages of an older connection are not acked: the broker redelivers them
+        # and they come back as counted duplicates.
+        if batch.duplicates:
+            # A device re-sending what is already ledgered may have missed its ack
+            # (say ingest died between commit and publish): tell it again.
+            self._publish_acks({d for d, _, _ in batch.duplicates}, self.writer.head_hash)
+
+    # ------------------------------------------------------------ after a block is sealed
+
+    def _publish_sealed(self, sealed: Sealed) -> None:
+        self.stats.blocks += 1
+        checkpoint = canonical_json({"hash": sealed.hash, "header": sealed.header,
+                                     "sig": base64.b64encode(sealed.sig).decode()})
+        self.client.publish(CHECKPOINT_TOPIC, checkpoint, qos=1, retain=True)
+        self._publish_acks({r.reading.device for r in sealed.readings}, sealed.hash)
+
+    def _publish_acks(self, devices: set[str], block_hash: str) -> None:
+        """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""
+        registry = self.writer.registry
+        for device in devices:
+            state, rec = self.intake.seqs.get(device), registry.get(device)
+            if state is None or rec is None or state.hwm <= self.acked.get(device, 0):
+                continue
+            self.acked[device] = state.hwm
+            topic = device_topic(rec.district, rec.kind, device, "ack")
+            self.client.publish(topic, ack_payload(state.hwm, block_hash), qos=1, retain=True)

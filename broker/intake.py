@@ -1,0 +1,149 @@
+"""PROTOCOL.md section 3 as a function: each message becomes exactly one outcome.
+
+Pure apart from the `lookup` it is handed (stored contents of already-ledgered
+readings, asked once per batch), so the whole outcome table is tested without a
+broker. Order of checks: shape, registry, topic, then authenticity before
+content, so a forged message is `bad_signature` whatever else is wrong with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from ledger.protocol import (
+    FUTURE_TOLERANCE_MS,
+    QUARANTINE_RAW_LIMIT,
+    STATUS_OFFLINE,
+    STATUS_ONLINE,
+    Reading,
+    Reason,
+    Rejected,
+    parse_reading,
+    parse_topic,
+    verify_reading,
+)
+from ledger.store import DeviceRecord, LedgeredReading, QuarantineRow
+from ledger.writer import Batch
+
+Key = tuple[str, int]
+Lookup = Callable[[Iterable[Key]], Mapping[Key, tuple[int, int, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One MQTT message as ingest received it; `token` is what acknowledges it."""
+
+    topic: str
+    payload: bytes
+    received_at: int
+    token: Any = None
+
+
+class SeqState:
+    """Which seqs of one device are ledgered: all up to `hwm`, plus the few above it.
+
+    Memory stays proportional to the gaps, not to the history.
+    """
+
+    __slots__ = ("hwm", "above")
+
+    def __init__(self, hwm: int = 0, above: Iterable[int] = ()) -> None:
+        self.hwm = hwm
+        self.above = set(above)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq <= self.hwm or seq in self.above
+
+    def add(self, seq: int) -> None:
+        if seq == self.hwm + 1:
+            self.hwm = seq
+            while self.hwm + 1 in self.above:
+                self.hwm += 1
+                self.above.discard(self.hwm)
+        elif seq > self.hwm:
+            self.above.add(seq)
+
+
+class Intake:
+    """Classifies batches against the registry and what is already ledgered."""
+
+    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup) -> None:
+        self.seqs = seqs
+        self.lookup = lookup
+        self._keys: dict[str, tuple[str, VerifyKey]] = {}
+
+    def classify(self, messages: Iterable[Incoming], registry: Mapping[str, DeviceRecord], now_ms: int) -> Batch:
+        batch = Batch()
+        pending: dict[Key, Reading] = {}
+        seen: list[tuple[Incoming, Reading, DeviceRecord]] = []
+        for msg in messages:
+            outcome = self._first_pass(msg, registry, now_ms, pending)
+            if isinstance(outcome, QuarantineRow):
+                batch.quarantine.append(outcome)
+            elif isinstance(outcome, tuple):
+                seen.append(outcome)
+            elif isinstance(outcome, LedgeredReading):
+                batch.readings.append(outcome)
+                pending[(outcome.reading.device, outcome.reading.seq)] = outcome.reading
+            elif outcome is not None:
+                batch.statuses.append(outcome)
+        if seen:
+            stored = self.lookup([(r.device, r.seq) for _, r, _ in seen if (r.device, r.seq) not in pending])
+            for msg, reading, rec in seen:
+                key = (reading.device, reading.seq)
+                prior = pending.get(key)
+                same = (prior.ts, prior.value, prior.sig) if prior else stored.get(key)
+                if same == (reading.ts, reading.value, reading.sig):
+                    batch.duplicates.append((reading.device, reading.seq, msg.received_at))
+                elif not self._verify(rec, reading):
+                    batch.quarantine.append(_quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device))
+                else:
+                    batch.quarantine.append(_quarantine(msg, Reason.REPLAY, f"seq {reading.seq} is ledgered with other contents", reading.device))
+        return batch
+
+    def _first_pass(
+        self, msg: Incoming, registry: Mapping[str, DeviceRecord], now_ms: int, pending: dict[Key, Reading],
+    ) -> QuarantineRow | LedgeredReading | tuple[Incoming, Reading, DeviceRecord] | tuple[str, str, int] | None:
+        topic = parse_topic(msg.topic)
+        if topic is not None and topic.leaf == "status":
+            if msg.payload in (STATUS_ONLINE, STATUS_OFFLINE):
+                return (topic.device, msg.payload.decode(), msg.received_at)
+            return _quarantine(msg, Reason.MALFORMED, "status must be online or offline", topic.device)
+        parsed = parse_reading(msg.payload)
+        if isinstance(parsed, Rejected):
+            return _quarantine(msg, parsed.reason, parsed.detail, topic.device if topic else None)
+        reading = parsed
+        rec = registry.get(reading.device)
+        if rec is None:
+            return _quarantine(msg, Reason.UNKNOWN_DEVICE, f"{reading.device} is not enrolled", reading.device)
+        if rec.status != "active":
+            return _quarantine(msg, Reason.REVOKED_DEVICE, f"{reading.device} is revoked", reading.device)
+        if topic is None or topic.leaf != "reading":
+            return _quarantine(msg, Reason.TOPIC_MISMATCH, "not a reading topic", reading.device)
+        if (topic.device, topic.kind, topic.district) != (reading.device, reading.kind, rec.district) or reading.kind != rec.kind:
+            return _quarantine(msg, Reason.TOPIC_MISMATCH,
+                               f"topic {topic} does not match {rec.district}/{rec.kind}/{reading.device}", reading.device)
+        state = self.seqs.get(reading.device)
+        if (state is not None and reading.seq in state) or (reading.device, reading.seq) in pending:
+            return (msg, reading, rec)
+        if not self._verify(rec, reading):
+            return _quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device)
+        if reading.ts > now_ms + FUTURE_TOLERANCE_MS:
+            return _quarantine(msg, Reason.FUTURE_TIMESTAMP, f"ts is {reading.ts - now_ms} ms ahead", reading.device)
+        self.seqs.setdefault(reading.device, SeqState()).add(reading.seq)
+        return LedgeredReading(reading, msg.received_at)
+
+    def _verify(self, rec: DeviceRecord, reading: Reading) -> bool:
+        cached = self._keys.get(rec.device)
+        if cached is None or cached[0] != rec.public_key:
+            cached = (rec.public_key, VerifyKey(bytes.fromhex(rec.public_key)))
+            self._keys[rec.device] = cached
+        return verify_reading(cached[1], reading)
+
+
+def _quarantine(msg: Incoming, reason: Reason, detail: str, device: str | None) -> QuarantineRow:
+    return QuarantineRow(msg.received_at, msg.topic, reason.value, device, detail, msg.payload[:QUARANTINE_RAW_LIMIT])

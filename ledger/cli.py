@@ -1,0 +1,303 @@
+"""`cityledger`: the console command. Thin: parse flags, call a module, print.
+
+Every flag also reads an environment variable CITYLEDGER_<NAME> (the flag's
+name upper-cased, dashes as underscores), so a deployment configures all of it
+in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ledger.home import Home
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(f"CITYLEDGER_{name.upper().replace('-', '_')}")
+    if raw is None:
+        return default
+    return type(default)(raw) if default is not None and not isinstance(default, bool) else raw
+
+
+def _opt(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **kw: Any) -> None:
+    name = flag.lstrip("-")
+    p.add_argument(flag, default=_env(name, default), type=type(default) if default is not None else str,
+                   help=f"{help} (env CITYLEDGER_{name.upper().replace('-', '_')}; default {default})", **kw)
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    _opt(p, "--home", "./var", "where keys, the database and broker files live")
+    _opt(p, "--mqtt-host", "127.0.0.1", "broker host")
+    _opt(p, "--mqtt-port", 1883, "broker port")
+    _opt(p, "--log-level", "INFO", "logging level")
+    return p
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _home(args: argparse.Namespace) -> Home:
+    return Home.from_env(args.home)
+
+
+def _ledger(args: argparse.Namespace) -> Any:
+    from ledger.rpc import open_ledger
+
+    return open_ledger(_home(args))
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ledger.rpc import RemoteLedger
+
+    ledger = _ledger(args)
+    if isinstance(ledger, RemoteLedger):
+        print("ingest is running on this home: already initialised")
+        return 0
+    from ledger.writer import initialize
+
+    result = initialize(_home(args))
+    print(f"{'created' if result['created'] else 'already initialised'}: {result['home']}")
+    print(f"ledger key: {result['ledger_key']}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from broker import mosquitto
+
+    home = _home(args)
+    if not home.passwd.exists():
+        print("no broker access files yet: run `cityledger init` first", file=sys.stderr)
+        return 2
+    mosquitto.exec_foreground(home, args.mqtt_port)
+    return 0  # not reached
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from broker.ingest import IngestService
+    from ledger.writer import LedgerWriter
+
+    home = _home(args)
+    secret = json.loads(home.service_secret("ingest").read_text())
+    writer = LedgerWriter.open(home)
+    service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
+                            password=secret["password"], block_readings=args.block_readings,
+                            block_seconds=args.block_seconds)
+    stop = _stop_on_signals()
+    logging.getLogger("cityledger.ingest").info(
+        "ingest on %s:%d, home %s, blocks of %d readings or %.1f s", args.mqtt_host, args.mqtt_port, home.root,
+        args.block_readings, args.block_seconds)
+    try:
+        service.run(stop)
+    finally:
+        writer.close()
+    return 0
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from edge.fleet import run_fleet
+
+    home = _home(args)
+    ledger = _ledger(args)
+
+    def enroll(identity: Any) -> tuple[str, str]:
+        out = ledger.enroll_device(device=identity.device, kind=identity.kind, district=identity.district,
+                                   public_key=identity.public_key_hex)
+        return out["mqtt_username"], out["mqtt_password"]
+
+    stop = _stop_on_signals()
+    stats = run_fleet(home, devices=args.devices, interval=args.interval, host=args.mqtt_host,
+                      port=args.mqtt_port, districts=tuple(args.districts.split(",")), enroll=enroll, stop=stop,
+                      seed=args.seed)
+    print(json.dumps(stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from dashboard.serve import exec_streamlit
+
+    exec_streamlit(_home(args), args.port)
+    return 0  # not reached
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from ledger.scheduler import run_scheduler
+
+    run_scheduler(_home(args), audit_minutes=args.audit_minutes, stop=_stop_on_signals())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ledger.up import run_up
+
+    return run_up(_home(args), args)
+
+
+def cmd_devices_enroll(args: argparse.Namespace) -> int:
+    out = _ledger(args).enroll_device(device=args.id, kind=args.kind, district=args.district,
+                                      public_key=args.public_key, account=args.account)
+    _print(out)
+    return 0
+
+
+def cmd_devices_revoke(args: argparse.Namespace) -> int:
+    _print(_ledger(args).revoke_device(device=args.id))
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    devices = _ledger(args).devices()
+    if args.json:
+        _print(devices)
+        return 0
+    print(f"{'device':<22} {'kind':<12} {'district':<10} {'status':<8} {'online':<8} account")
+    for d in devices:
+        print(f"{d['device']:<22} {d['kind']:<12} {d['district']:<10} {d['status']:<8} {d['online']:<8} "
+              f"{d['account'] or '-'}")
+    print(f"{len(devices)} devices")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _ledger(args).status()
+    if args.json:
+        _print(status)
+    else:
+        for key in ("ledger_key", "height", "last_block_hash", "blocks", "readings", "quarantined",
+                    "duplicates", "devices"):
+            print(f"{key:>16}: {status[key]}")
+    return 0
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    rows = _ledger(args).quarantine(reason=args.reason, device=args.device, limit=args.limit)
+    if args.json:
+        _print(rows)
+        return 0
+    for r in rows:
+        print(f"{r['received_at']}  {r['reason']:<17} {r['topic']}  {r['detail']}")
+    print(f"{len(rows)} entries")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.progress import ProgressBar
+
+    bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
+    report = _ledger(args).verify(deep=args.deep, ledger_key=args.ledger_key,
+                                  progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    if args.json:
+        _print(report)
+    else:
+        state = "intact" if report["ok"] else "FAILED"
+        print(f"ledger {state}: {report['blocks']} blocks, {report['readings']} readings, "
+              f"{report['entries']} entries in {report['seconds']:.2f} s ({'deep' if report['deep'] else 'structural'})")
+        if report["failure"]:
+            print(f"first failure: {report['failure']}")
+    return 0 if report["ok"] else 1
+
+
+# ---------------------------------------------------------------- plumbing
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="cityledger", description=__doc__.splitlines()[0], parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help, parents=[common])
+        p.set_defaults(handler=handler)
+        return p
+
+    add("init", cmd_init, "create the home, the ledger key, the schema and genesis (idempotent)")
+    add("broker", cmd_broker, "run the project's Mosquitto in the foreground")
+    p = add("ingest", cmd_ingest, "verify readings from the broker and seal them into blocks")
+    _opt(p, "--block-readings", 5000, "seal a block at this many messages")
+    _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
+    p = add("fleet", cmd_fleet, "run a fleet of simulated devices (keys provisioned on first run)")
+    _opt(p, "--devices", 40, "number of devices")
+    _opt(p, "--interval", 5.0, "seconds between readings")
+    _opt(p, "--districts", "d01,d02,d03", "comma-separated districts")
+    _opt(p, "--seed", 0, "simulation seed")
+    p = add("dashboard", cmd_dashboard, "serve the Streamlit dashboard")
+    _opt(p, "--port", 8501, "HTTP port")
+    p = add("scheduler", cmd_scheduler, "run periodic jobs (audit)")
+    _opt(p, "--audit-minutes", 10.0, "minutes between audits")
+    p = add("up", cmd_up, "install nothing, start everything: broker, ingest, fleet, scheduler, dashboard")
+    _opt(p, "--devices", 40, "simulated devices")
+    _opt(p, "--interval", 5.0, "seconds between readings")
+    _opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
+
+    devices = add("devices", lambda a: 2, "enrol, revoke and list devices")
+    dsub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
+    p = add("enroll", cmd_devices_enroll, "enrol a device whose key was made on the device", dsub)
+    p.add_argument("--id", required=True)
+    p.add_argument("--kind", required=True, choices=["water", "gas", "electricity", "parking"])
+    p.add_argument("--district", required=True)
+    p.add_argument("--public-key", required=True, help="hex Ed25519 public key")
+    p.add_argument("--account")
+    p = add("revoke", cmd_devices_revoke, "revoke a device: broker login removed, readings refused", dsub)
+    p.add_argument("id")
+    p = add("list", cmd_devices_list, "list enrolled devices", dsub)
+    p.add_argument("--json", action="store_true")
+
+    p = add("status", cmd_status, "ledger counters and head")
+    p.add_argument("--json", action="store_true")
+
+    q = add("quarantine", lambda a: 2, "rejected messages")
+    qsub = q.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    p = add("list", cmd_quarantine_list, "list quarantined messages, newest first", qsub)
+    p.add_argument("--reason")
+    p.add_argument("--device")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+
+    p = add("verify", cmd_verify, "recompute leaves, roots, links and signatures; exit 1 at the first failure")
+    p.add_argument("--deep", action="store_true", help="also check every device signature")
+    p.add_argument("--ledger-key", help="hex ledger public key to trust (default: this home's key)")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ledger.rpc import RemoteError
+    from ledger.writer import EnrolmentError
+
+    try:
+        return int(args.handler(args))
+    except (EnrolmentError, RemoteError, FileNotFoundError, ValueError) as exc:
+        print(f"cityledger: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The device wire contract of PROTOCOL.md sections 1-3, in one place.
+
+Edge agents and the ingest service both import this module; nothing else in the
+project defines a topic, a reading member, canonical JSON or a signed message. A
+third party implementing the protocol without our code must get the same bytes,
+so every function here is pure and tested against the published test vector.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+
+PROTOCOL_VERSION = 1
+MAX_PAYLOAD_BYTES = 1024
+QUARANTINE_RAW_LIMIT = 4096
+FUTURE_TOLERANCE_MS = 5 * 60 * 1000
+SEQ_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1
+
+KINDS: tuple[str, ...] = ("water", "gas", "electricity", "parking")
+METER_KINDS: tuple[str, ...] = ("water", "gas", "electricity")
+Kind = Literal["water", "gas", "electricity", "parking"]
+
+DISTRICT_PATTERN = r"^[a-z0-9-]{1,32}$"
+DEVICE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+_DISTRICT_RE = re.compile(DISTRICT_PATTERN)
+_DEVICE_RE = re.compile(DEVICE_PATTERN)
+
+READING_CONTEXT = b"cityledger/reading/v1\n"
+
+CHECKPOINT_TOPIC = "city/ledger/checkpoint"
+STATUS_ONLINE = b"online"
+STATUS_OFFLINE = b"offline"
+# What the ingest identity subscribes to: every reading and every status.
+INGEST_TOPICS: tuple[str, ...] = ("city/+/+/+/reading", "city/+/+/+/status")
+
+
+class Reason(StrEnum):
+    """Quarantine reasons of PROTOCOL.md section 3; the values are the wire names."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    UNKNOWN_DEVICE = "unknown_device"
+    REVOKED_DEVICE = "revoked_device"
+    TOPIC_MISMATCH = "topic_mismatch"
+    BAD_SIGNATURE = "bad_signature"
+    REPLAY = "replay"
+    FUTURE_TIMESTAMP = "future_timestamp"
+
+
+# ---------------------------------------------------------------- canonical JSON
+
+
+def canonical_json(obj: Any) -> bytes:
+    """RFC 8785 canonical form for the protocol's objects (ASCII keys, no floats).
+
+    Python's sorted keys equal JCS order for ASCII keys, and its escapes with
+    ensure_ascii=False are exactly the ones JCS requires.
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+# ---------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    """A parsed `city/{district}/{kind}/{device}/{leaf}` topic."""
+
+    district: str
+    kind: str
+    device: str
+    leaf: str  # "reading" | "status" | "ack"
+
+    def __str__(self) -> str:
+        return f"city/{self.district}/{self.kind}/{self.device}/{self.leaf}"
+
+
+def device_topic(district: str, kind: str, device: str, leaf: str) -> str:
+    """Build a device topic, refusing names that would escape the topic tree."""
+    if not (_DISTRICT_RE.match(district) and kind in KINDS and _DEVICE_RE.match(device)):
+        raise ValueError(f"invalid topic parts: {district!r}/{kind!r}/{device!r}")
+    if leaf not in ("reading", "status", "ack"):
+        raise ValueError(f"invalid topic leaf {leaf!r}")
+    return f"city/{district}/{kind}/{device}/{leaf}"
+
+
+def parse_topic(topic: str) -> DeviceTopic | None:
+    """Parse a device topic; None for anything that is not one (never raises)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "city":
+        return None
+    _, district, kind, device, leaf = parts
+    if not (_DISTRICT_RE.match(district) and kind in KINDS and _DEVICE_RE.match(device)):
+        return None
+    if leaf not in ("reading", "status", "ack"):
+        return None
+    return DeviceTopic(district, kind, device, leaf)
+
+
+def valid_device_id(device: str) -> bool:
+    return bool(_DEVICE_RE.match(device))
+
+
+def valid_district(district: str) -> bool:
+    return bool(_DISTRICT_RE.match(district))
+
+
+# ---------------------------------------------------------------- the reading
+
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_PATTERN)]
+
+
+class Reading(BaseModel):
+    """A signed reading exactly as PROTOCOL.md section 2 defines it.
+
+    Strict: no coercion (a "7" is not a 7, a true is not a 1), no extra members.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    v: Literal[1]
+    device: DeviceId
+    kind: Kind
+    seq: Annotated[int, Field(ge=1, le=SEQ_MAX)]
+    ts: Annotated[int, Field(ge=0, le=INT64_MAX)]
+    value: Annotated[int, Field(ge=0, le=INT64_MAX)]
+    sig: Annotated[str, StringConstraints(min_length=88, max_length=88)]
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _v_is_int(cls, v: Any) -> Any:
+        if type(v) is not int:  # Literal[1] alone lets True through, as 1
+            raise ValueError("v must be the integer 1")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Reading:
+        if self.kind == "parking" and self.value not in (0, 1):
+            raise ValueError("parking value must be 0 or 1")
+        signature_bytes(self.sig)
+        return self
+
+    def unsigned(self) -> dict[str, Any]:
+        """The members covered by the signature."""
+        return {"v": self.v, "device": self.device, "kind": self.kind, "seq": self.seq, "ts": self.ts, "value": self.value}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.unsigned(), "sig": self.sig}
+
+    def signed_message(self) -> bytes:
+        return signed_message(self.unsigned())
+
+    def leaf_data(self) -> bytes:
+        """PROTOCOL.md section 4: the leaf is the canonical JSON of the whole reading."""
+        return canonical_json(self.as_dict())
+
+    def payload(self) -> bytes:
+        """What a device publishes: canonical JSON, so it equals the leaf data."""
+        return self.leaf_data()
+
+
+def signature_bytes(sig: str) -> bytes:
+    """Decode a signature, accepting only the one canonical padded base64 spelling.
+
+    One spelling per signature keeps "same reading" a byte comparison.
+    """
+    try:
+        raw = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("sig is not standard base64") from exc
+    if len(raw) != 64 or base64.b64encode(raw).decode() != sig:
+        raise ValueError("sig must be the padded base64 of 64 bytes")
+    return raw
+
+
+def signed_message(unsigned: dict[str, Any]) -> bytes:
+    """The bytes a device signs: the context line, then canonical JSON without sig."""
+    return READING_CONTEXT + canonical_json(unsigned)
+
+
+def sign_reading(key: SigningKey, *, device: str, kind: str, seq: int, ts: int, value: int) -> Reading:
+    """Make a signed reading (the device side)."""
+    unsigned = {"v": PROTOCOL_VERSION, "device": device, "kind": kind, "seq": seq, "ts": ts, "value": value}
+    sig = key.sign(signed_message(unsigned)).signature
+    return Reading(**unsigned, sig=base64.b64encode(sig).decode())
+
+
+def verify_reading(key: VerifyKey, reading: Reading) -> bool:
+    """True when the reading's signature verifies under `key` (pure Ed25519)."""
+    try:
+        key.verify(reading.signed_message(), signature_bytes(reading.sig))
+    except (BadSignatureError, ValueError):
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An error as a value: why a payload is not a reading."""
+
+    reason: Reason
+    detail: str
+
+
+class _Refuse(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _Refuse(f"duplicate member {key!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_float(text: str) -> Any:
+    raise _Refuse(f"non-integer number {text[:20]}")
+
+
+def _no_constant(text: str) -> Any:
+    raise _Refuse(f"{text} is not JSON")
+
+
+def parse_reading(payload: bytes) -> Reading | Rejected:
+    """Bytes off the wire to a Reading, or the reason it is not one. Never raises.
+
+    Duplicate keys, NaN, floats, huge integers, deep nesting and invalid UTF-8
+    are all `malformed`: the signature could not cover an ambiguous payload.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Rejected(Reason.TOO_LARGE, f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_float=_no_float, parse_constant=_no_constant
+        )
+    except (_Refuse, ValueError, RecursionError) as exc:
+        return Rejected(Reason.MALFORMED, _short(exc))
+    if not isinstance(obj, dict):
+        return Rejected(Reason.MALFORMED, "payload is not a JSON object")
+    try:
+        return Reading.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "reading"
+        return Rejected(Reason.MALFORMED, f"{where}: {first['msg']}"[:200])
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+# ---------------------------------------------------------------- ack
+
+
+def ack_payload(seq: int, block_hash: str) -> bytes:
+    """The end-to-end acknowledgement: every reading with seq <= `seq` is ledgered."""
+    return canonical_json({"seq": seq, "block": block_hash})
+
+
+def parse_ack(payload: bytes) -> tuple[int, str] | None:
+    """(seq, block hash) from an ack payload, or None if it is not one."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    seq, block = obj.get("seq"), obj.get("block")
+    if type(seq) is not int or not isinstance(block, str):
+        return None
+    return seq, block

@@ -1,0 +1,138 @@
+"""`cityledger up`: a whole simulated city on this machine, stopped by one Ctrl-C.
+
+Each part runs as its own process, exactly as an operator would run it by hand
+(`cityledger broker`, `ingest`, `fleet`, `scheduler`, `dashboard`), each in its
+own session so that Ctrl-C reaches only this supervisor, which then stops the
+parts in reverse order: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.home import Home
+from ledger.rpc import RemoteLedger, open_ledger
+
+
+@dataclass
+class Part:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, part: Part | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if part and part.proc.poll() is not None:
+            raise RuntimeError(f"{part.name} exited with {part.proc.returncode}; see {part.log}")
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Supervisor:
+    def __init__(self, home: Home, env: dict[str, str]) -> None:
+        self.home, self.env = home, env
+        self.parts: list[Part] = []
+
+    def start(self, name: str, *args: str) -> Part:
+        log = self.home.logs / f"{name}.log"
+        handle = open(log, "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", *args], env=self.env, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        part = Part(name, proc, log)
+        self.parts.append(part)
+        print(f"  started {name:<10} pid {proc.pid:<7} log {log}", flush=True)
+        return part
+
+    def failed(self) -> Part | None:
+        return next((p for p in self.parts if p.proc.poll() is not None), None)
+
+    def stop_all(self) -> None:
+        for part in reversed(self.parts):
+            if part.proc.poll() is None:
+                part.proc.send_signal(signal.SIGTERM)
+                try:
+                    part.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    part.proc.kill()
+                    part.proc.wait()
+            print(f"  stopped {part.name}", flush=True)
+
+
+def run_up(home: Home, args: argparse.Namespace) -> int:
+    from ledger.writer import initialize
+
+    host, port = args.mqtt_host, args.mqtt_port
+    if isinstance(open_ledger(home), RemoteLedger):
+        print(f"an ingest is already running on {home.root}; stop it first", file=sys.stderr)
+        return 2
+    for what, p in (("MQTT", port), ("dashboard", args.dashboard_port)):
+        if port_open("127.0.0.1", p):
+            print(f"port {p} ({what}) is in use; choose another with --{'mqtt' if what == 'MQTT' else 'dashboard'}-port",
+                  file=sys.stderr)
+            return 2
+    info = initialize(home)
+    print(f"cityledger home {home.root}, ledger key {info['ledger_key']}")
+    env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "CITYLEDGER_MQTT_HOST": host,
+           "CITYLEDGER_MQTT_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    sup = Supervisor(home, env)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        broker = sup.start("broker", "broker")
+        wait_until(lambda: port_open(host, port), 15, f"the broker on port {port}", broker)
+        ingest = sup.start("ingest", "ingest")
+        wait_until(lambda: isinstance(open_ledger(home), RemoteLedger), 30, "the ingest's API", ingest)
+        sup.start("fleet", "fleet", "--devices", str(args.devices), "--interval", str(args.interval))
+        sup.start("scheduler", "scheduler")
+        dash = sup.start("dashboard", "dashboard", "--port", str(args.dashboard_port))
+        wait_until(lambda: port_open("127.0.0.1", args.dashboard_port), 60, "the dashboard", dash)
+        print(f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n"
+              f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n", flush=True)
+        _report_until(stop, sup, home)
+    except RuntimeError as exc:
+        print(f"cityledger up: {exc}", file=sys.stderr)
+        stop.set()
+        return_code = 1
+    else:
+        return_code = 0 if sup.failed() is None else 1
+    finally:
+        print("stopping...", flush=True)
+        sup.stop_all()
+    return return_code
+
+
+def _report_until(stop: threading.Event, sup: Supervisor, home: Home) -> None:
+    """Print one status line every 10 s; stop early if a part dies."""
+    while not stop.wait(10):
+        dead = sup.failed()
+        if dead:
+            print(f"{dead.name} exited with {dead.proc.returncode}; see {dead.log}", file=sys.stderr)
+            return
+        try:
+            s = open_ledger(home).status()
+        except Exception as exc:  # ingest restarting: say so, keep going
+            print(f"status unavailable: {exc}", flush=True)
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] blocks {s['blocks']}  readings {s['readings']}  "
+              f"quarantined {s['quarantined']}  duplicates {s['duplicates']}  devices {s['devices']}", flush=True)

@@ -1,0 +1,225 @@
+"""The single writer of the ledger: the chain head, the ledger key, the registry.
+
+DuckDB admits one writing process per file, so exactly one LedgerWriter exists
+at a time: inside the ingest service while it runs, else inside the CLI command
+that needs to write. A lock orders commits from ingest and from API calls so
+heights stay consecutive.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from broker import access, mosquitto
+from ledger import merkle
+from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
+from ledger.home import Home, write_private
+from ledger.keys import create_key_file, load_signing_key, public_hex, verify_key_from_hex
+from ledger.protocol import KINDS, canonical_json, valid_device_id, valid_district
+from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
+
+SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("dashboard", "observer"))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EnrolmentError(ValueError):
+    """A request the registry refuses; the message is safe to show to the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    height: int
+    hash: str
+    header: dict[str, Any]
+    sig: bytes
+    readings: tuple[LedgeredReading, ...] = ()
+
+
+@dataclass
+class Batch:
+    """What ingest hands over for one transaction."""
+
+    readings: list[LedgeredReading] = field(default_factory=list)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
+    statuses: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.readings or self.quarantine or self.duplicates or self.statuses)
+
+
+class LedgerWriter:
+    """Seals blocks and changes the registry; every change is also a ledger entry."""
+
+    def __init__(self, home: Home, store: Store, key: SigningKey) -> None:
+        self.home = home
+        self.store = store
+        self.key = key
+        self.lock = threading.RLock()
+        head = store.head()
+        self.height, self.head_hash = head if head else (-1, GENESIS_PREV)
+        self.registry: dict[str, DeviceRecord] = {d.device: d for d in store.devices()}
+        self.on_sealed: list[Callable[[Sealed], None]] = []
+
+    @classmethod
+    def open(cls, home: Home) -> LedgerWriter:
+        if not home.ledger_key.exists():
+            raise FileNotFoundError(f"no ledger in {home.root}: run `cityledger init` first")
+        return cls(home, Store.open(home.database), load_signing_key(home.ledger_key))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------ sealing
+
+    def commit(self, batch: Batch, entries: Sequence[dict[str, Any]] = (),
+               also: Callable[[Store], None] | None = None) -> Sealed | None:
+        """Write one transaction; seal a block when it holds at least one leaf.
+
+        Entries come first in the block, then readings in arrival order.
+        `also` runs inside the same transaction (registry changes).
+        """
+        with self.lock:
+            bodies = [canonical_json(e) for e in entries]
+            leaves = bodies + [r.reading.leaf_data() for r in batch.readings]
+            commit = Commit(
+                readings=batch.readings,
+                entries=[{"type": e["entry"], "body": b.decode()} for e, b in zip(entries, bodies)],
+                quarantine=batch.quarantine,
+                duplicates=batch.duplicates,
+                statuses=batch.statuses,
+            )
+            sealed = None
+            if leaves:
+                height = self.height + 1
+                header = make_header(
+                    height=height, prev=self.head_hash, leaf_hashes=[merkle.leaf_hash(x) for x in leaves],
+                    sealed_at=now_ms(), v=1,
+                )
+                sig = sign_header(self.key, header)
+                sealed = Sealed(height, block_hash(header), header, sig, tuple(batch.readings))
+                commit.block = {
+                    "height": height, "hash": sealed.hash, "prev": self.head_hash,
+                    "header": canonical_json(header).decode(), "sig": sig,
+                    "size": header["size"], "sealed_at": header["sealed_at"],
+                }
+            if also is None:
+                self.store.commit(commit)
+            else:
+                self._commit_with(commit, also)
+            if sealed:
+                self.height, self.head_hash = sealed.height, sealed.hash
+        if sealed:
+            for callback in self.on_sealed:
+                callback(sealed)
+        return sealed
+
+    def _commit_with(self, commit: Commit, also: Callable[[Store], None]) -> None:
+        con = self.store.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            also(self.store)
+            self.store._write(commit)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------ registry
+
+    def enroll_device(self, device: str, kind: str, district: str, public_key: str,
+                      account: str | None = None) -> dict[str, Any]:
+        """Register a device whose key was made on the device; returns its broker login once."""
+        if not valid_device_id(device):
+            raise EnrolmentError(f"invalid device id {device!r}")
+        if kind not in KINDS:
+            raise EnrolmentError(f"kind must be one of {', '.join(KINDS)}")
+        if not valid_district(district):
+            raise EnrolmentError(f"invalid district {district!r}")
+        try:
+            public_key = verify_key_from_hex(public_key).encode().hex()
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        with self.lock:
+            if self.store.device(device) is not None:
+                raise EnrolmentError(f"device {device} is already enrolled")
+            owner = self.store.public_key_owner(public_key)
+            if owner is not None:
+                raise EnrolmentError(f"that public key is already enrolled for {owner}")
+            password = access.new_password()
+            at = now_ms()
+            rec = DeviceRecord(device, kind, district, account, public_key, "active",
+                               access.hash_password(password), at)
+            entry = {"entry": "device_enrolled", "device": device, "kind": kind, "district": district,
+                     "account": account, "public_key": public_key, "at": at}
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.insert_device(rec))
+            self.registry = {**self.registry, device: rec}
+            self.sync_broker_access()
+        assert sealed is not None
+        return {"device": device, "mqtt_username": device, "mqtt_password": password, "block": sealed.hash}
+
+    def revoke_device(self, device: str) -> dict[str, Any]:
+        """Retire a device: its broker login goes at once, its later readings are quarantined."""
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None:
+                raise EnrolmentError(f"unknown device {device}")
+            if rec.status == "revoked":
+                raise EnrolmentError(f"device {device} is already revoked")
+            at = now_ms()
+            entry = {"entry": "device_revoked", "device": device, "public_key": rec.public_key, "at": at}
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.mark_revoked(device, at))
+            self.registry = {**self.registry, device: DeviceRecord(
+                rec.device, rec.kind, rec.district, rec.account, rec.public_key, "revoked", rec.mqtt_hash,
+                rec.enrolled_at, at)}
+            self.sync_broker_access()
+        assert sealed is not None
+        return {"device": device, "revoked_at": at, "block": sealed.hash}
+
+    def sync_broker_access(self) -> None:
+        """Regenerate the broker's password and ACL files and make a running broker reload them."""
+        devices = [access.DeviceAccess(d.device, d.district, d.kind, d.mqtt_hash)
+                   for d in self.registry.values() if d.status == "active"]
+        services = [access.ServiceAccess(s.username, s.mqtt_hash, s.role)  # type: ignore[arg-type]
+                    for s in self.store.services()]
+        access.write_access_files(self.home, devices, services)
+        mosquitto.reload(self.home)
+
+
+def initialize(home: Home) -> dict[str, Any]:
+    """Create the home, ledger key, schema, service logins and genesis; idempotent."""
+    home.ensure()
+    created = not home.ledger_key.exists()
+    key = create_key_file(home.ledger_key) if created else load_signing_key(home.ledger_key)
+    store = Store.open(home.database)
+    try:
+        known = store.get_meta("ledger_key")
+        if known is None:
+            store.set_meta("ledger_key", public_hex(key))
+        elif known != public_hex(key):
+            raise RuntimeError(f"{home.ledger_key} does not match the ledger's key {known}")
+        present = {s.username for s in store.services()}
+        for username, role in SERVICES:
+            if username in present and home.service_secret(username).exists():
+                continue
+            password = access.new_password()
+            write_private(home.service_secret(username),
+                          canonical_json({"username": username, "password": password}))
+            store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
+        writer = LedgerWriter(home, store, key)
+        if writer.height < 0:
+            writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), "at": now_ms()}])
+        writer.sync_broker_access()
+        return {"home": str(home.root), "ledger_key": public_hex(key), "created": created,
+                "height": writer.height}
+    finally:
+        store.close()

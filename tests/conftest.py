@@ -1,0 +1,16 @@
+"""Shared fixtures: a real stack (Mosquitto + ingest) on a temporary home."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.stack import Stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with Stack(tmp_path / "home") as s:
+        yield s

@@ -1,0 +1,148 @@
+"""A real cityledger stack for tests: the project's Mosquitto and `cityledger ingest`.
+
+Ingest runs as a subprocess started exactly as an operator starts it, so the
+tests cover the real command, the real socket API and the real DuckDB file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from nacl.signing import SigningKey
+
+from ledger.home import Home
+from ledger.protocol import Reading, device_topic, sign_reading
+from ledger.rpc import RemoteLedger, open_ledger
+from ledger.writer import initialize
+from tests.support.broker import RunningBroker, connect_client, wait_for
+
+
+@dataclass
+class SimDevice:
+    """A device driven by hand from a test: its key, login and seq are the test's."""
+
+    device: str
+    kind: str
+    district: str
+    key: SigningKey
+    password: str
+    seq: int = 0
+
+    def reading(self, value: int, ts: int, seq: int | None = None) -> Reading:
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        return sign_reading(self.key, device=self.device, kind=self.kind, seq=seq, ts=ts, value=value)
+
+    @property
+    def topic(self) -> str:
+        return device_topic(self.district, self.kind, self.device, "reading")
+
+    @property
+    def ack_topic(self) -> str:
+        return device_topic(self.district, self.kind, self.device, "ack")
+
+
+class Stack:
+    """Broker + ingest on a temporary home; every process is stopped on exit."""
+
+    def __init__(self, root: Path, *, block_readings: int = 500, block_seconds: float = 0.3) -> None:
+        self.home = Home(root)
+        self.block_readings, self.block_seconds = block_readings, block_seconds
+        self.broker = RunningBroker(self.home)
+        self.info = initialize(self.home)
+        self.ingest: subprocess.Popen[bytes] | None = None
+        self.ingest_log = self.home.logs / "ingest.log"
+
+    # ------------------------------------------------------------ processes
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "CITYLEDGER_HOME": str(self.home.root), "CITYLEDGER_MQTT_PORT": str(self.broker.port),
+                "CITYLEDGER_MQTT_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+
+    def start(self) -> Stack:
+        self.broker.start()
+        self.start_ingest()
+        return self
+
+    def start_ingest(self) -> None:
+        assert self.ingest is None or self.ingest.poll() is not None, "ingest already running"
+        with self.ingest_log.open("ab") as log:
+            self.ingest = subprocess.Popen(
+                [sys.executable, "-m", "ledger.cli", "ingest", "--block-readings", str(self.block_readings),
+                 "--block-seconds", str(self.block_seconds)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for(lambda: self._ingest_ready(), 30, "the ingest's API socket")
+
+    def _ingest_ready(self) -> bool:
+        if self.ingest is not None and self.ingest.poll() is not None:
+            raise AssertionError(f"ingest exited with {self.ingest.returncode}:\n{self.ingest_log.read_text()}")
+        return isinstance(open_ledger(self.home), RemoteLedger)
+
+    def stop_ingest(self, sig: int = signal.SIGTERM) -> None:
+        proc, self.ingest = self.ingest, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("ingest ignored SIGTERM for 30 s") from None
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 0, f"ingest exited with {proc.returncode}:\n{self.ingest_log.read_text()}"
+
+    def close(self) -> None:
+        try:
+            self.stop_ingest()
+        finally:
+            self.broker.close()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ using it
+
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run `cityledger ARGS` against this stack, as a user would."""
+        out = subprocess.run([sys.executable, "-m", "ledger.cli", *args], env=self.env, capture_output=True,
+                             text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise AssertionError(f"cityledger {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, check=True).stdout)
+
+    @property
+    def api(self) -> Any:
+        return open_ledger(self.home)
+
+    def enroll(self, device: str, kind: str = "water", district: str = "d01", account: str | None = None) -> SimDevice:
+        key = SigningKey.generate()
+        args = ["devices", "enroll", "--id", device, "--kind", kind, "--district", district,
+                "--public-key", key.verify_key.encode().hex()]
+        if account:
+            args += ["--account", account]
+        out = self.cli_json(*args)
+        return SimDevice(device, kind, district, key, out["mqtt_password"])
+
+    def connect(self, dev: SimDevice) -> mqtt.Client:
+        return connect_client(self.broker.port, dev.device, dev.password, client_id=dev.device)
+
+    def status(self) -> dict[str, Any]:
+        return self.api.status()
