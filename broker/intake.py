@@ -43,6 +43,15 @@ class Incoming:
     token: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """A reading whose seq is already ledgered: duplicate, replay or forgery, decided per batch."""
+
+    msg: Incoming
+    reading: Reading
+    rec: DeviceRecord
+
+
 class SeqState:
     """Which seqs of one device are ledgered: all up to `hwm`, plus the few above it.
 
@@ -79,21 +88,22 @@ class Intake:
     def classify(self, messages: Iterable[Incoming], registry: Mapping[str, DeviceRecord], now_ms: int) -> Batch:
         batch = Batch()
         pending: dict[Key, Reading] = {}
-        seen: list[tuple[Incoming, Reading, DeviceRecord]] = []
+        seen: list[_Seen] = []
         for msg in messages:
             outcome = self._first_pass(msg, registry, now_ms, pending)
             if isinstance(outcome, QuarantineRow):
                 batch.quarantine.append(outcome)
-            elif isinstance(outcome, tuple):
+            elif isinstance(outcome, _Seen):
                 seen.append(outcome)
             elif isinstance(outcome, LedgeredReading):
                 batch.readings.append(outcome)
                 pending[(outcome.reading.device, outcome.reading.seq)] = outcome.reading
-            elif outcome is not None:
+            else:
                 batch.statuses.append(outcome)
         if seen:
-            stored = self.lookup([(r.device, r.seq) for _, r, _ in seen if (r.device, r.seq) not in pending])
-            for msg, reading, rec in seen:
+            stored = self.lookup([(x.reading.device, x.reading.seq) for x in seen
+                                  if (x.reading.device, x.reading.seq) not in pending])
+            for msg, reading, rec in ((x.msg, x.reading, x.rec) for x in seen):
                 key = (reading.device, reading.seq)
                 prior = pending.get(key)
                 same = (prior.ts, prior.value, prior.sig) if prior else stored.get(key)
@@ -107,7 +117,7 @@ class Intake:
 
     def _first_pass(
         self, msg: Incoming, registry: Mapping[str, DeviceRecord], now_ms: int, pending: dict[Key, Reading],
-    ) -> QuarantineRow | LedgeredReading | tuple[Incoming, Reading, DeviceRecord] | tuple[str, str, int] | None:
+    ) -> QuarantineRow | LedgeredReading | _Seen | tuple[str, str, int]:
         topic = parse_topic(msg.topic)
         if topic is not None and topic.leaf == "status":
             if msg.payload in (STATUS_ONLINE, STATUS_OFFLINE):
@@ -129,7 +139,7 @@ class Intake:
                                f"topic {topic} does not match {rec.district}/{rec.kind}/{reading.device}", reading.device)
         state = self.seqs.get(reading.device)
         if (state is not None and reading.seq in state) or (reading.device, reading.seq) in pending:
-            return (msg, reading, rec)
+            return _Seen(msg, reading, rec)
         if not self._verify(rec, reading):
             return _quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device)
         if reading.ts > now_ms + FUTURE_TOLERANCE_MS:

@@ -1,0 +1,126 @@
+"""PROTOCOL.md section 3's outcome table as a pure function (no broker, no database)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+from nacl.signing import SigningKey
+
+from broker.intake import Incoming, Intake, SeqState
+from ledger.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
+from ledger.store import DeviceRecord
+
+NOW = 1_764_000_000_000
+KEY = SigningKey(bytes(range(32)))
+DEV = DeviceRecord("wm-d01-000001", "water", "d01", None, KEY.verify_key.encode().hex(), "active", "-", 0)
+TOPIC = device_topic("d01", "water", DEV.device, "reading")
+
+
+def reading(seq: int, value: int = 10, ts: int = NOW, device: str = DEV.device, kind: str = "water") -> Reading:
+    return sign_reading(KEY, device=device, kind=kind, seq=seq, ts=ts, value=value)
+
+
+def msg(payload: bytes, topic: str = TOPIC) -> Incoming:
+    return Incoming(topic, payload, NOW)
+
+
+class FakeLedger:
+    """What is "already ledgered", as the lookup sees it."""
+
+    def __init__(self, rows: Iterable[Reading] = ()) -> None:
+        self.rows = {(r.device, r.seq): (r.ts, r.value, r.sig) for r in rows}
+        self.asked: list[list[tuple[str, int]]] = []
+
+    def __call__(self, keys: Iterable[tuple[str, int]]) -> dict:
+        keys = list(keys)
+        self.asked.append(keys)
+        return {k: self.rows[k] for k in keys if k in self.rows}
+
+
+def classify(*messages: Incoming, ledgered: Iterable[Reading] = (), registry: dict | None = None):
+    ledgered = list(ledgered)
+    seqs = {}
+    for r in ledgered:
+        seqs.setdefault(r.device, SeqState()).add(r.seq)
+    intake = Intake(seqs, FakeLedger(ledgered))
+    return intake.classify(messages, registry if registry is not None else {DEV.device: DEV}, NOW)
+
+
+def reasons(batch) -> list[str]:
+    return [q.reason for q in batch.quarantine]
+
+
+def test_a_good_reading_is_ledgered() -> None:
+    batch = classify(msg(reading(1).payload()))
+    assert [r.reading.seq for r in batch.readings] == [1] and not batch.quarantine
+
+
+def test_a_late_reading_that_fills_a_gap_is_accepted() -> None:
+    batch = classify(msg(reading(2).payload()), ledgered=[reading(1), reading(3)])
+    assert [r.reading.seq for r in batch.readings] == [2]
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"x" * 1025, "too_large"),
+    (b"not json", "malformed"),
+    (b"[1,2]", "malformed"),
+    (reading(1).payload().replace(b'"seq":1', b'"seq":1.0'), "malformed"),
+    (reading(1).payload()[:-1] + b',"extra":1}', "malformed"),
+])
+def test_shape_errors(payload: bytes, reason: str) -> None:
+    assert reasons(classify(msg(payload))) == [reason]
+
+
+def test_unknown_revoked_and_mismatched_devices() -> None:
+    assert reasons(classify(msg(reading(1).payload()), registry={})) == ["unknown_device"]
+    gone = DeviceRecord(DEV.device, "water", "d01", None, DEV.public_key, "revoked", "-", 0, 5)
+    assert reasons(classify(msg(reading(1).payload()), registry={DEV.device: gone})) == ["revoked_device"]
+    other_topic = device_topic("d02", "water", DEV.device, "reading")
+    assert reasons(classify(msg(reading(1).payload(), topic=other_topic))) == ["topic_mismatch"]
+
+
+def test_signature_then_future_then_accept() -> None:
+    forged = reading(1).model_copy(update={"value": 11})
+    assert reasons(classify(msg(forged.payload()))) == ["bad_signature"]
+    ahead = reading(1, ts=NOW + FUTURE_TOLERANCE_MS + 1)
+    assert reasons(classify(msg(ahead.payload()))) == ["future_timestamp"]
+    edge = reading(1, ts=NOW + FUTURE_TOLERANCE_MS)
+    assert len(classify(msg(edge.payload())).readings) == 1
+
+
+def test_duplicate_versus_replay_versus_forgery_of_a_ledgered_seq() -> None:
+    first = reading(1, value=10)
+    batch = classify(msg(first.payload()), ledgered=[first])
+    assert batch.duplicates == [(DEV.device, 1, NOW)] and not batch.quarantine and not batch.readings
+    other = reading(1, value=99)  # validly signed, different contents
+    assert reasons(classify(msg(other.payload()), ledgered=[first])) == ["replay"]
+    forged = first.model_copy(update={"value": 99})
+    assert reasons(classify(msg(forged.payload()), ledgered=[first])) == ["bad_signature"]
+
+
+def test_a_duplicate_within_one_batch_is_counted_once() -> None:
+    r = reading(1)
+    batch = classify(msg(r.payload()), msg(r.payload()))
+    assert len(batch.readings) == 1 and len(batch.duplicates) == 1
+
+
+def test_status_messages() -> None:
+    topic = device_topic("d01", "water", DEV.device, "status")
+    batch = classify(msg(b"online", topic), msg(b"offline", topic), msg(b"<script>", topic))
+    assert [s[1] for s in batch.statuses] == ["online", "offline"]
+    assert reasons(batch) == ["malformed"]
+
+
+def test_quarantine_keeps_at_most_4_kib_of_raw_bytes() -> None:
+    batch = classify(msg(b"y" * 10_000))
+    assert len(batch.quarantine[0].payload) == 4096
+
+
+def test_seq_state_tracks_the_contiguous_prefix() -> None:
+    s = SeqState()
+    for seq in (1, 2, 5, 4):
+        s.add(seq)
+    assert s.hwm == 2 and s.above == {4, 5} and 3 not in s and 5 in s
+    s.add(3)
+    assert s.hwm == 5 and s.above == set()
