@@ -263,7 +263,7 @@ def _verify_consistency(
     old_size = _check_int(old_size, "old_size")
     new_size = _check_int(new_size, "new_size")
     path = list(proof or ())
-    if old_size < 0 or old_size > new_size:
+    if old_size <= 0 or old_size > new_size:
         return False
     if old_size == new_size:
         # Nothing is hashed here, so the roots are compared as given (upstream does the
