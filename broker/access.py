@@ -1,0 +1,175 @@
+"""Broker credentials and topic rights, generated from the device registry.
+
+The broker is the only thing that stops a device from publishing readings under
+another device's id, so its password and ACL files are derived mechanically from
+the registry and never edited by hand. Every name is validated against the
+protocol's patterns before it becomes a line: a newline, a space or a leading `#`
+in a name would silently change what the file means to mosquitto.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal, get_args
+
+from ledger.home import Home, write_private
+from ledger.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, device_topic
+
+# mosquitto 2.0's "sha512-pbkdf2" format: $7$<iterations>$<base64 salt>$<base64 hash>.
+# 101 iterations and a 12-byte salt are what mosquitto_passwd 2.0 writes; the broker
+# rejects any other salt length.
+HASH_ID = 7
+SALT_BYTES = 12
+DEFAULT_ITERATIONS = 101
+_B64 = r"[A-Za-z0-9+/]+={0,2}"
+_HASH_RE = re.compile(rf"^\$7\$[1-9][0-9]*\${_B64}\${_B64}$")
+_USERNAME_RE = re.compile(DEVICE_PATTERN)
+
+Role = Literal["ingest", "observer"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+# Service rights are fixed by role, so that adding a witness is a registry change
+# and never an ACL edit.
+ROLE_RULES: dict[str, tuple[str, ...]] = {
+    "ingest": ("topic read city/#", "topic write city/+/+/+/ack", "topic write city/ledger/#"),
+    "observer": ("topic read city/ledger/#", "topic read city/+/+/+/status"),
+}
+
+
+@dataclass(frozen=True)
+class DeviceAccess:
+    """A device's broker identity: its username is its device id."""
+
+    device: str
+    district: str
+    kind: str
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class ServiceAccess:
+    """A service's broker identity (ingest, dashboard, witnesses)."""
+
+    username: str
+    password_hash: str
+    role: Role
+
+
+# ---------------------------------------------------------------- passwords
+
+
+def hash_password(password: str, *, salt: bytes | None = None, iterations: int = DEFAULT_ITERATIONS) -> str:
+    """Hash a password the way mosquitto_passwd 2.0 does (PBKDF2-HMAC-SHA512, "$7$").
+
+    The 64-byte key is derived from the raw salt bytes (not their base64 text).
+    A fixed `salt` exists only for known-answer tests.
+    """
+    salt = secrets.token_bytes(SALT_BYTES) if salt is None else salt
+    if len(salt) != SALT_BYTES:
+        raise ValueError(f"mosquitto needs a {SALT_BYTES}-byte salt, got {len(salt)}")
+    if iterations < 1:
+        raise ValueError("iterations must be positive")
+    key = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, dklen=64)
+    return f"${HASH_ID}${iterations}${_b64(salt)}${_b64(key)}"
+
+
+def new_password() -> str:
+    """A fresh random password (192 bits, URL-safe so it survives any config file)."""
+    return secrets.token_urlsafe(24)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_username(name: str) -> str:
+    """A username becomes `user <name>` and `<name>:` lines, so it must be one plain token."""
+    if not _USERNAME_RE.match(name):
+        raise ValueError(f"invalid broker username {name!r}")
+    return name
+
+
+def _check_hash(password_hash: str) -> str:
+    """Only a "$7$" hash may be written: anything else could smuggle a line or a colon."""
+    if not _HASH_RE.match(password_hash):
+        raise ValueError("password_hash is not a mosquitto $7$ hash")
+    return password_hash
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown service role {role!r}")
+    return role
+
+
+def _check_unique(names: list[str]) -> None:
+    """A device called like a service would inherit its rights: mosquitto merges `user` blocks."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate broker username {name!r}")
+        seen.add(name)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def device_rules(device: DeviceAccess) -> tuple[str, ...]:
+    """The four ACL lines of one device: write its reading and status, read its ack and the checkpoint."""
+    topic = partial(device_topic, device.district, device.kind, device.device)
+    return (
+        f"topic write {topic('reading')}",
+        f"topic write {topic('status')}",
+        f"topic read {topic('ack')}",
+        f"topic read {CHECKPOINT_TOPIC}",
+    )
+
+
+def service_rules(service: ServiceAccess) -> tuple[str, ...]:
+    """The ACL lines of a service, fixed by its role."""
+    return ROLE_RULES[_check_role(service.role)]
+
+
+def render_passwd(devices: Iterable[DeviceAccess], services: Iterable[ServiceAccess]) -> str:
+    """The password file: one `username:$7$...` line per device and service."""
+    devices, services = list(devices), list(services)
+    entries = [(d.device, d.password_hash) for d in devices] + [(s.username, s.password_hash) for s in services]
+    _check_unique([name for name, _ in entries])
+    return "".join(f"{_check_username(name)}:{_check_hash(h)}\n" for name, h in entries)
+
+
+def render_acl(devices: Iterable[DeviceAccess], services: Iterable[ServiceAccess]) -> str:
+    """The ACL file: no anonymous section, then one `user` block of exact topics per identity."""
+    devices, services = list(devices), list(services)
+    _check_unique([d.device for d in devices] + [s.username for s in services])
+    blocks = [_block(d.device, device_rules(d)) for d in devices]
+    blocks += [_block(s.username, service_rules(s)) for s in services]
+    header = "# Generated by cityledger (broker/access.py) from the device registry; do not edit.\n"
+    return header + "".join(blocks)
+
+
+def _block(username: str, rules: tuple[str, ...]) -> str:
+    lines = [f"user {_check_username(username)}", *rules]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def write_access_files(home: Home, devices: Iterable[DeviceAccess], services: Iterable[ServiceAccess]) -> None:
+    """Replace the broker's passwd and acl files (0600, atomically).
+
+    Both are rendered before either is written, so an invalid name leaves the old
+    pair in place. A running broker picks them up on `broker.mosquitto.reload`.
+    """
+    devices, services = list(devices), list(services)
+    passwd = render_passwd(devices, services)
+    acl = render_acl(devices, services)
+    write_private(home.passwd, passwd)
+    write_private(home.acl, acl)
