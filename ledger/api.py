@@ -73,7 +73,7 @@ class LedgerAPI:
 
     # Methods the RPC server will run for a client; nothing else is reachable.
     REMOTE = frozenset({
-        "status", "devices", "enroll_device", "revoke_device", "quarantine",
+        "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "quarantine",
         "verify", "recent_blocks", "recent_readings", "device_statuses",
     })
 
@@ -117,6 +117,10 @@ class LedgerAPI:
     def revoke_device(self, device: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
             return writer.revoke_device(device)
+
+    def reset_device_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.reset_password(device, public_key)
 
     def quarantine(self, reason: str | None = None, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

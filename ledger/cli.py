@@ -115,15 +115,24 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
 
     def enroll(identity: Any) -> tuple[str, str]:
-        out = ledger.enroll_device(device=identity.device, kind=identity.kind, district=identity.district,
-                                   public_key=identity.public_key_hex)
+        from ledger.rpc import RemoteError
+        from ledger.writer import AlreadyEnrolled
+
+        try:
+            out = ledger.enroll_device(device=identity.device, kind=identity.kind, district=identity.district,
+                                       public_key=identity.public_key_hex)
+        except (AlreadyEnrolled, RemoteError) as exc:
+            if not isinstance(exc, AlreadyEnrolled) and exc.kind != "AlreadyEnrolled":
+                raise
+            # Enrolled before a crash, login never saved: same key, new password.
+            out = ledger.reset_device_password(device=identity.device, public_key=identity.public_key_hex)
         return out["mqtt_username"], out["mqtt_password"]
 
     stop = _stop_on_signals()
     stats = run_fleet(home, devices=args.devices, interval=args.interval, host=args.mqtt_host,
                       port=args.mqtt_port, districts=tuple(args.districts.split(",")), enroll=enroll, stop=stop,
                       seed=args.seed)
-    print(json.dumps(stats.as_dict() if hasattr(stats, "as_dict") else vars(stats)))
+    print(json.dumps(stats.as_dict()))
     return 0
 
 
@@ -156,6 +165,11 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
     _print(_ledger(args).revoke_device(device=args.id))
+    return 0
+
+
+def cmd_devices_reset_password(args: argparse.Namespace) -> int:
+    _print(_ledger(args).reset_device_password(device=args.id))
     return 0
 
 
@@ -261,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-key", required=True, help="hex Ed25519 public key")
     p.add_argument("--account")
     p = add("revoke", cmd_devices_revoke, "revoke a device: broker login removed, readings refused", dsub)
+    p.add_argument("id")
+    p = add("reset-password", cmd_devices_reset_password, "issue a new broker password (shown once)", dsub)
     p.add_argument("id")
     p = add("list", cmd_devices_list, "list enrolled devices", dsub)
     p.add_argument("--json", action="store_true")

@@ -30,6 +30,10 @@ _USER_ERRORS = (EnrolmentError, ValueError, FileNotFoundError, KeyError, TypeErr
 class RemoteError(RuntimeError):
     """The ledger refused a call; the message is the server's explanation."""
 
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind  # the server-side exception's class name, e.g. "AlreadyEnrolled"
+
 
 class _Handler(socketserver.StreamRequestHandler):
     server: _Server
@@ -108,7 +112,7 @@ class RemoteLedger:
                             progress(*reply["progress"])
                         continue
                     if "error" in reply:
-                        raise RemoteError(reply["error"])
+                        raise RemoteError(reply["error"], reply.get("type", ""))
                     return reply["result"]
         raise RemoteError("the ingest closed the connection without an answer")
 

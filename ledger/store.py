@@ -7,6 +7,7 @@ executemany).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -138,6 +139,9 @@ class Store:
             [rec.device, rec.kind, rec.district, rec.account, rec.public_key, rec.status, rec.mqtt_hash,
              rec.enrolled_at, rec.revoked_at],
         )
+
+    def set_mqtt_hash(self, device: str, mqtt_hash: str) -> None:
+        self.con.execute("UPDATE devices SET mqtt_hash = ? WHERE device = ?", [mqtt_hash, device])
 
     def mark_revoked(self, device: str, at: int) -> None:
         self.con.execute("UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device = ?", [at, device])
@@ -298,8 +302,6 @@ class Store:
             ).fetchall()
         finally:
             self.con.unregister("_probe")
-        import base64
-
         return {(d, s): (ts, v, base64.b64encode(sig).decode()) for d, s, ts, v, sig in rows}
 
     def recent_readings(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -352,8 +354,6 @@ def _block_dict(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _reading_or_none(device: str, kind: str, seq: int, ts: int, value: int, sig: bytes) -> Reading | None:
-    import base64
-
     try:
         return Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value, sig=base64.b64encode(sig).decode())
     except ValueError:

@@ -35,6 +35,10 @@ class EnrolmentError(ValueError):
     """A request the registry refuses; the message is safe to show to the operator."""
 
 
+class AlreadyEnrolled(EnrolmentError):
+    """The device id is taken (a device retrying after a crash may ask for a new login)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Sealed:
     height: int
@@ -151,7 +155,7 @@ class LedgerWriter:
             raise EnrolmentError(str(exc)) from exc
         with self.lock:
             if self.store.device(device) is not None:
-                raise EnrolmentError(f"device {device} is already enrolled")
+                raise AlreadyEnrolled(f"device {device} is already enrolled")
             owner = self.store.public_key_owner(public_key)
             if owner is not None:
                 raise EnrolmentError(f"that public key is already enrolled for {owner}")
@@ -184,6 +188,26 @@ class LedgerWriter:
             self.sync_broker_access()
         assert sealed is not None
         return {"device": device, "revoked_at": at, "block": sealed.hash}
+
+    def reset_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
+        """Issue a new broker password for an active device, shown once; the old one stops working.
+
+        With `public_key`, only if it is the device's enrolled key: how a device that
+        crashed before saving its login proves it is the same device.
+        """
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None or rec.status != "active":
+                raise EnrolmentError(f"no active device {device}")
+            if public_key is not None and public_key.lower() != rec.public_key:
+                raise EnrolmentError(f"that key is not the enrolled key of {device}")
+            password = access.new_password()
+            new = DeviceRecord(rec.device, rec.kind, rec.district, rec.account, rec.public_key, rec.status,
+                               access.hash_password(password), rec.enrolled_at, rec.revoked_at)
+            self.store.set_mqtt_hash(device, new.mqtt_hash)
+            self.registry = {**self.registry, device: new}
+            self.sync_broker_access()
+        return {"device": device, "mqtt_username": device, "mqtt_password": password}
 
     def sync_broker_access(self) -> None:
         """Regenerate the broker's password and ACL files and make a running broker reload them."""
