@@ -385,3 +385,34 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports the process listens on, from /proc (IPv4 and IPv6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_the_broker_listens_only_where_configured(broker: RunningBroker) -> None:
+    assert broker.pid is not None
+    assert _listening_ports(broker.pid) == {broker.port}
+
+
+def test_a_device_cannot_take_over_another_clients_session(broker: RunningBroker, clients: list[mqtt.Client]) -> None:
+    ingest = connect_client(broker.port, INGEST.username, PASSWORD, "ingest")
+    clients.append(ingest)
+    clients.append(connect_client(broker.port, A.device, PASSWORD, "ingest"))  # asks for ingest's client id
+    marker = connect_client(broker.port, B.device, PASSWORD, B.device)
+    clients.append(marker)
+    publish(marker, device_topic(B.district, B.kind, B.device, "reading"), b"still there?")
+    assert ingest.is_connected() and not client_log(ingest).disconnects
