@@ -31,7 +31,7 @@ _B64 = r"[A-Za-z0-9+/]+={0,2}"
 _HASH_RE = re.compile(rf"^\$7\$[1-9][0-9]*\${_B64}\${_B64}$")
 _USERNAME_RE = re.compile(DEVICE_PATTERN)
 
-Role = Literal["ingest", "observer"]
+Role = Literal["ingest", "observer", "witness"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 # Service rights are fixed by role, so that adding a witness is a registry change
@@ -39,6 +39,9 @@ ROLES: tuple[str, ...] = get_args(Role)
 ROLE_RULES: dict[str, tuple[str, ...]] = {
     "ingest": ("topic read city/#", "topic write city/+/+/+/ack", "topic write city/ledger/#"),
     "observer": ("topic read city/ledger/#", "topic read city/+/+/+/status"),
+    # An outside auditor: follows the header stream, reports only under its own name.
+    "witness": ("topic read city/ledger/#", "topic write city/witness/{username}/alarm",
+                "topic write city/witness/{username}/head"),
 }
 
 
@@ -135,8 +138,9 @@ def device_rules(device: DeviceAccess) -> tuple[str, ...]:
 
 
 def service_rules(service: ServiceAccess) -> tuple[str, ...]:
-    """The ACL lines of a service, fixed by its role."""
-    return ROLE_RULES[_check_role(service.role)]
+    """The ACL lines of a service, fixed by its role (and its own name, for witnesses)."""
+    return tuple(rule.format(username=_check_username(service.username))
+                 for rule in ROLE_RULES[_check_role(service.role)])
 
 
 def render_passwd(devices: Iterable[DeviceAccess], services: Iterable[ServiceAccess]) -> str:

@@ -9,7 +9,6 @@ sealed, because they promise durability.
 
 from __future__ import annotations
 
-import base64
 import logging
 import queue
 import threading
@@ -26,7 +25,14 @@ from broker.intake import Incoming, Intake, SeqState
 from ledger import rpc
 from ledger.api import local_api
 from ledger.home import Home
-from ledger.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, ack_payload, canonical_json, device_topic
+from ledger.protocol import (
+    CHECKPOINT_TOPIC,
+    HEADERS_TOPIC,
+    INGEST_TOPICS,
+    ack_payload,
+    device_topic,
+    signed_header_payload,
+)
 from ledger.writer import LedgerWriter, Sealed, now_ms
 
 log = logging.getLogger("cityledger.ingest")
@@ -80,6 +86,7 @@ class IngestService:
             return
         self._generation += 1
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in INGEST_TOPICS])
+        self._publish_head()
         log.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
         self.connected.set()
 
@@ -167,10 +174,23 @@ class IngestService:
 
     def _publish_sealed(self, sealed: Sealed) -> None:
         self.stats.blocks += 1
-        checkpoint = canonical_json({"hash": sealed.hash, "header": sealed.header,
-                                     "sig": base64.b64encode(sealed.sig).decode()})
-        self.client.publish(CHECKPOINT_TOPIC, checkpoint, qos=1, retain=True)
+        signed = signed_header_payload(sealed.hash, sealed.header, sealed.sig)
+        self.client.publish(HEADERS_TOPIC, signed, qos=1)
+        self.client.publish(CHECKPOINT_TOPIC, signed, qos=1, retain=True)
         self._publish_acks({r.reading.device for r in sealed.readings}, sealed.hash)
+
+    def _publish_head(self) -> None:
+        """Re-announce the head we start from: a ledger restored from an old copy shows here."""
+        if self.writer.height < 0:
+            return
+        store = self.writer.store.cursor()  # we are on paho's thread: never share the writer's cursor
+        try:
+            block = store.block(self.writer.height)
+        finally:
+            store.close()
+        if block is not None:
+            payload = signed_header_payload(block["hash"], block["header"], block["sig"])
+            self.client.publish(CHECKPOINT_TOPIC, payload, qos=1, retain=True)
 
     def _publish_acks(self, devices: set[str], block_hash: str) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""

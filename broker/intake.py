@@ -95,6 +95,8 @@ class Intake:
                 batch.quarantine.append(outcome)
             elif isinstance(outcome, _Seen):
                 seen.append(outcome)
+            elif isinstance(outcome, WitnessReport):
+                batch.witness_reports.append(outcome.row())
             elif isinstance(outcome, LedgeredReading):
                 batch.readings.append(outcome)
                 pending[(outcome.reading.device, outcome.reading.seq)] = outcome.reading
@@ -117,7 +119,9 @@ class Intake:
 
     def _first_pass(
         self, msg: Incoming, registry: Mapping[str, DeviceRecord], now_ms: int, pending: dict[Key, Reading],
-    ) -> QuarantineRow | LedgeredReading | _Seen | tuple[str, str, int]:
+    ) -> QuarantineRow | LedgeredReading | _Seen | tuple[str, str, int] | WitnessReport:
+        if msg.topic.startswith("city/witness/"):
+            return _witness_report(msg)
         topic = parse_topic(msg.topic)
         if topic is not None and topic.leaf == "status":
             if msg.payload in (STATUS_ONLINE, STATUS_OFFLINE):
@@ -153,6 +157,30 @@ class Intake:
             cached = (rec.public_key, VerifyKey(bytes.fromhex(rec.public_key)))
             self._keys[rec.device] = cached
         return verify_reading(cached[1], reading)
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessReport:
+    """A witness's alarm or head, kept for operators (the broker vouches for the sender)."""
+
+    witness: str
+    kind: str
+    body: str
+    received_at: int
+
+    def row(self) -> tuple[str, str, str, int]:
+        return (self.witness, self.kind, self.body, self.received_at)
+
+
+def _witness_report(msg: Incoming) -> WitnessReport | QuarantineRow:
+    parts = msg.topic.split("/")
+    try:
+        body = msg.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        body = ""
+    if len(parts) != 4 or parts[3] not in ("alarm", "head") or not body or len(msg.payload) > QUARANTINE_RAW_LIMIT:
+        return _quarantine(msg, Reason.MALFORMED, "not a witness report", None)
+    return WitnessReport(parts[2], parts[3], body, msg.received_at)
 
 
 def _quarantine(msg: Incoming, reason: Reason, detail: str, device: str | None) -> QuarantineRow:

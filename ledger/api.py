@@ -8,11 +8,16 @@ CLI command or a dashboard page never keeps ingest from starting.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
-from ledger.audit import Progress, audit
+from ledger import merkle
+from ledger.audit import Progress, audit, compare_with_witness
+from ledger.protocol import Reading
+from ledger.receipts import build_receipt
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.store import Store
@@ -73,8 +78,9 @@ class LedgerAPI:
 
     # Methods the RPC server will run for a client; nothing else is reachable.
     REMOTE = frozenset({
-        "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "quarantine",
-        "verify", "recent_blocks", "recent_readings", "device_statuses",
+        "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "add_witness", "quarantine",
+        "verify", "recent_blocks", "recent_readings", "device_statuses", "receipt", "rotate_device_key",
+        "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -82,6 +88,7 @@ class LedgerAPI:
         self.backend = backend
 
     def ledger_key(self) -> str:
+        """The key signing new blocks now (after any rotation)."""
         return public_hex(load_signing_key(self.home.ledger_key))
 
     def status(self) -> dict[str, Any]:
@@ -122,6 +129,11 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return writer.reset_password(device, public_key)
 
+    def add_witness(self, name: str) -> dict[str, Any]:
+        """A broker login with which an outside party follows the header stream."""
+        with self.backend.writing() as writer:
+            return writer.add_service(name, "witness")
+
     def quarantine(self, reason: str | None = None, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
             return store.quarantine(reason=reason, device=device, limit=limit)
@@ -134,15 +146,71 @@ class LedgerAPI:
         with self.backend.reading() as store:
             return store.recent_readings(limit)
 
-    def verify(self, deep: bool = False, ledger_key: str | None = None,
+    def verify(self, deep: bool = False, ledger_key: str | None = None, witness: str | None = None,
                progress: Progress | None = None) -> dict[str, Any]:
-        """Audit the chain against `ledger_key` (default: this home's key)."""
-        trusted = verify_key_from_hex(ledger_key or self.ledger_key())
+        """Audit the chain from the first ledger key (or `ledger_key`), then against a witness's copy."""
         with self.backend.reading() as store:
+            trusted = verify_key_from_hex(ledger_key or self._first_key(store))
             head = store.head()
             report = audit(store.iter_blocks(), store.leaves, trusted, deep=deep,
-                           total=(head[0] + 1) if head else 0, progress=progress)
-        return report.as_dict()
+                           total=(head[0] + 1) if head else 0, progress=progress).as_dict()
+            if witness is not None:
+                from ledger.witness import load_headers
+
+                ours = dict(store.con.execute("SELECT height, hash FROM blocks").fetchall())
+                theirs = {h: b["hash"] for h, b in load_headers(Path(witness)).items()}
+                report["witness_blocks"] = len(theirs)
+                differs = compare_with_witness(ours, theirs)
+                if differs and (report["ok"] or differs.height < (report["failed_block"] or 0)):
+                    report.update(ok=False, failure=str(differs), failed_block=differs.height, failed_reading=None)
+        return report
+
+    def _first_key(self, store: Store) -> str:
+        if self.home.trusted_key.exists():
+            return self.home.trusted_key.read_text().strip()
+        first = store.get_meta("first_ledger_key")
+        if first is None:
+            raise FileNotFoundError("no trusted ledger key: pass --ledger-key")
+        return first
+
+    def receipt(self, device: str, seq: int) -> dict[str, Any]:
+        """PROTOCOL.md section 5 receipt proving that reading (device, seq) is in the ledger."""
+        with self.backend.reading() as store:
+            position = store.reading_position(device, seq)
+            if position is None:
+                raise KeyError(f"no ledgered reading {device}#{seq}")
+            height, idx = position
+            block = store.block(height)
+            leaves = store.leaves(height)
+            reading = leaves[idx][1]
+            device_key = store.device_key_at(device, height)
+            if block is None or not isinstance(reading, Reading) or device_key is None:
+                raise ValueError(f"the stored block {height} cannot back a receipt (run `cityledger verify`)")
+            hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]  # type: ignore[union-attr]
+            return build_receipt(reading, device_key, block["header"], block["sig"], store.ledger_key_at(height),
+                                 hashes, idx)
+
+    def key_chain(self) -> list[dict[str, Any]]:
+        """Headers that rotate the ledger key, for verifiers who trust only the first key."""
+        with self.backend.reading() as store:
+            return [{"hash": b["hash"], "header": b["header"], "sig": base64.b64encode(b["sig"]).decode()}
+                    for b in store.rotation_headers()]
+
+    def rotate_device_key(self, device: str, public_key: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.rotate_device_key(device, public_key)
+
+    def rotate_ledger_key(self) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.rotate_ledger_key()
+
+    def device_key_history(self, device: str) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.device_key_history(device)
+
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.witness_reports(kind, limit)
 
 
 def local_api(home: Home, writer: LedgerWriter | None = None) -> LedgerAPI:

@@ -5,23 +5,27 @@ mismatch only says "this block"; to name the reading we then check that block's
 device signatures, since any edit of a signed member breaks its signature.
 Device keys come from the enrolment entries in the chain itself, never from the
 registry table, so a key swapped in the database cannot vouch for a reading.
+The ledger key is followed the same way: a header naming `next_key`, signed by
+the current key, hands signing to the next one.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nacl.signing import VerifyKey
 
 from ledger import merkle
 from ledger.blocks import GENESIS_PREV, block_hash, verify_header
-from ledger.protocol import Reading, verify_reading
+from ledger.protocol import Reading, signature_bytes, verify_reading
+from ledger.sigcheck import ParallelVerifier
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
 Progress = Callable[[int, int], None]
+DEEP_BATCH = 50_000  # signatures handed to the pool at a time
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,16 @@ class Report:
         return out
 
 
+@dataclass
+class _Chain:
+    """What the audit has learned from the chain so far."""
+
+    ledger_key: VerifyKey
+    device_keys: dict[str, VerifyKey] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+    pending: list[tuple[int, str, tuple[bytes, bytes, bytes]]] = field(default_factory=list)
+
+
 def audit(
     blocks: Iterable[dict[str, Any]],
     leaves_of: Callable[[int], list[Leaf]],
@@ -61,60 +75,98 @@ def audit(
     deep: bool = False,
     total: int = 0,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> Report:
     """Check every block in height order; stop at the first failure."""
     started = time.perf_counter()
+    chain = _Chain(ledger_key)
     expected_prev, expected_height = GENESIS_PREV, 0
-    n_blocks = n_readings = n_entries = 0
+    counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
-    device_keys: dict[str, VerifyKey] = {}
-    for block in blocks:
-        header, height = block["header"], block["height"]
-        leaves = leaves_of(height)
-        failure = _check_block(block, leaves, expected_height, expected_prev, ledger_key, device_keys, deep)
-        if failure:
-            break
-        n_blocks += 1
-        n_entries += sum(1 for _, obj, raw in leaves if raw is not None)
-        n_readings += sum(1 for _, obj, raw in leaves if raw is None)
-        for _, obj, raw in leaves:
-            if raw is not None:
-                apply_entry(device_keys, obj)  # type: ignore[arg-type]
-        expected_prev, expected_height = block_hash(header), height + 1
-        if progress and (n_blocks % 100 == 0):
-            progress(n_blocks, total)
+    with ParallelVerifier(workers if deep else 1) as verifier:
+        for block in blocks:
+            header, height = block["header"], block["height"]
+            leaves = leaves_of(height)
+            failure = _check_block(block, leaves, expected_height, expected_prev, chain, deep)
+            if deep and (failure or len(chain.pending) >= DEEP_BATCH):
+                failure = _flush(chain, verifier) or failure
+            if failure:
+                break
+            _learn(chain, header, leaves)
+            counts[0] += 1
+            counts[1] += sum(1 for _, _, raw in leaves if raw is None)
+            counts[2] += sum(1 for _, _, raw in leaves if raw is not None)
+            expected_prev, expected_height = block_hash(header), height + 1
+            if progress and counts[0] % 100 == 0:
+                progress(counts[0], total)
+        if deep and not failure:
+            failure = _flush(chain, verifier)
     if progress:
-        progress(n_blocks, total)
-    return Report(failure is None, n_blocks, n_readings, n_entries, time.perf_counter() - started, deep, failure)
+        progress(counts[0], total)
+    blocks_ok = counts[0] if failure is None else min(counts[0], failure.height)
+    return Report(failure is None, blocks_ok, counts[1], counts[2], time.perf_counter() - started, deep, failure)
 
 
-def _check_block(
-    block: dict[str, Any], leaves: list[Leaf], expected_height: int, expected_prev: str,
-    ledger_key: VerifyKey, device_keys: dict[str, VerifyKey], deep: bool,
-) -> Failure | None:
+def _check_block(block: dict[str, Any], leaves: list[Leaf], expected_height: int, expected_prev: str,
+                 chain: _Chain, deep: bool) -> Failure | None:
     header, height = block["header"], block["height"]
     if height != expected_height or header.get("height") != height:
         return Failure(height, f"height out of sequence (expected {expected_height})")
     if header.get("prev") != expected_prev:
         return Failure(height, "prev does not link to the previous block's hash")
-    if not verify_header(ledger_key, header, block["sig"]):
+    if not verify_header(chain.ledger_key, header, block["sig"]):
         return Failure(height, "header signature does not verify under the ledger key")
     for position, (idx, obj, _) in enumerate(leaves):
         if idx != position:
             return Failure(height, f"leaf {position} is missing", f"leaf {position}")
         if obj is None:
             return Failure(height, "stored reading is not a valid reading", f"leaf {idx}")
+        if isinstance(obj, Reading) and obj.device in chain.revoked:
+            return Failure(height, "reading ledgered after its device was revoked", f"{obj.device}#{obj.seq}")
     if len(leaves) != header.get("size"):
         return Failure(height, f"block holds {len(leaves)} leaves, header says {header.get('size')}")
     hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]  # type: ignore[union-attr]
-    root_ok = merkle.root(hashes).hex() == header.get("root")
-    if deep or not root_ok:
-        bad = _first_bad_signature(leaves, device_keys)
+    if merkle.root(hashes).hex() != header.get("root"):
+        bad = _first_bad_signature(leaves, chain.device_keys)
         if bad:
             return Failure(height, "device signature does not verify", bad)
-    if not root_ok:
         return Failure(height, "Merkle root of the stored leaves differs from the header (leaves altered or reordered)")
+    if deep:
+        return _queue_signatures(height, leaves, chain)
     return None
+
+
+def _queue_signatures(height: int, leaves: list[Leaf], chain: _Chain) -> Failure | None:
+    keys = dict(chain.device_keys)
+    for _, obj, raw in leaves:
+        if raw is not None:
+            apply_entry(keys, obj)  # type: ignore[arg-type]
+        elif isinstance(obj, Reading):
+            key = keys.get(obj.device)
+            if key is None:
+                return Failure(height, "reading from a device the chain never enrolled", f"{obj.device}#{obj.seq}")
+            chain.pending.append((height, f"{obj.device}#{obj.seq}",
+                                  (key.encode(), obj.signed_message(), signature_bytes(obj.sig))))
+    return None
+
+
+def _flush(chain: _Chain, verifier: ParallelVerifier) -> Failure | None:
+    pending, chain.pending = chain.pending, []
+    bad = verifier.first_bad([item for _, _, item in pending])
+    if bad < 0:
+        return None
+    height, label, _ = pending[bad]
+    return Failure(height, "device signature does not verify", label)
+
+
+def _learn(chain: _Chain, header: dict[str, Any], leaves: list[Leaf]) -> None:
+    for _, obj, raw in leaves:
+        if raw is not None:
+            apply_entry(chain.device_keys, obj)  # type: ignore[arg-type]
+            if obj.get("entry") == "device_revoked":  # type: ignore[union-attr]
+                chain.revoked.add(obj["device"])  # type: ignore[index]
+    if "next_key" in header:
+        chain.ledger_key = VerifyKey(bytes.fromhex(header["next_key"]))
 
 
 def apply_entry(device_keys: dict[str, VerifyKey], entry: dict[str, Any]) -> None:
@@ -137,4 +189,18 @@ def _first_bad_signature(leaves: list[Leaf], device_keys: dict[str, VerifyKey]) 
         key = keys.get(obj.device)
         if key is None or not verify_reading(key, obj):
             return f"{obj.device}#{obj.seq}"
+    return None
+
+
+def compare_with_witness(ours: Mapping[int, str], witness: Mapping[int, str]) -> Failure | None:
+    """The first height at which a witness's copy and the database disagree.
+
+    `ours` and `witness` map height to block hash. A block the witness holds and
+    we lack means truncation or a rollback; a different hash means a rewrite.
+    """
+    for height in sorted(witness):
+        if height not in ours:
+            return Failure(height, "block missing from the database but held by the witness (truncated or rolled back)")
+        if ours[height] != witness[height]:
+            return Failure(height, "block differs from the witness's copy (rewritten)")
     return None

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ledger.home import Home
@@ -29,18 +30,25 @@ def _env(name: str, default: Any) -> Any:
     return type(default)(raw) if default is not None and not isinstance(default, bool) else raw
 
 
-def _opt(p: argparse.ArgumentParser, flag: str, default: Any, help: str, **kw: Any) -> None:
+def _opt(p: argparse.ArgumentParser, flag: str, default: Any, help: str, *, suppress: bool = False,
+         **kw: Any) -> None:
     name = flag.lstrip("-")
-    p.add_argument(flag, default=_env(name, default), type=type(default) if default is not None else str,
+    p.add_argument(flag, default=argparse.SUPPRESS if suppress else _env(name, default),
+                   type=type(default) if default is not None else str,
                    help=f"{help} (env CITYLEDGER_{name.upper().replace('-', '_')}; default {default})", **kw)
 
 
-def _common() -> argparse.ArgumentParser:
+def _common(suppress: bool = False) -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name.
+
+    A subcommand's copy defaults to SUPPRESS, or argparse would let its default
+    overwrite a value given before the subcommand's name.
+    """
     p = argparse.ArgumentParser(add_help=False)
-    _opt(p, "--home", "./var", "where keys, the database and broker files live")
-    _opt(p, "--mqtt-host", "127.0.0.1", "broker host")
-    _opt(p, "--mqtt-port", 1883, "broker port")
-    _opt(p, "--log-level", "INFO", "logging level")
+    _opt(p, "--home", "./var", "where keys, the database and broker files live", suppress=suppress)
+    _opt(p, "--mqtt-host", "127.0.0.1", "broker host", suppress=suppress)
+    _opt(p, "--mqtt-port", 1883, "broker port", suppress=suppress)
+    _opt(p, "--log-level", "INFO", "logging level", suppress=suppress)
     return p
 
 
@@ -186,6 +194,92 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_receipt(args: argparse.Namespace) -> int:
+    from ledger.receipts import encode_receipt
+
+    data = encode_receipt(_ledger(args).receipt(device=args.device, seq=args.seq))
+    if args.out:
+        Path(args.out).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data + (b"\n" if sys.stdout.isatty() else b""))
+    return 0
+
+
+def cmd_verify_receipt(args: argparse.Namespace) -> int:
+    """Offline: reads only the files named, never the home, the database or the network."""
+    from ledger.keychain import KeyChainError, key_for_height
+    from ledger.receipts import receipt_ok, verify_receipt
+
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    trusted = args.ledger_key.lower()
+    if args.key_chain:
+        try:
+            receipt = json.loads(data)
+            trusted = key_for_height(trusted, json.loads(Path(args.key_chain).read_bytes()),
+                                     receipt["block"]["height"])
+        except (KeyChainError, ValueError, KeyError, TypeError) as exc:
+            print(f"key chain refused: {exc}", file=sys.stderr)
+            return 1
+    checks = verify_receipt(data, trusted)
+    ok = receipt_ok(checks)
+    if args.json:
+        _print({"ok": ok, "checks": [vars(c) for c in checks]})
+    else:
+        for c in checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<16} {c.detail}")
+        print("receipt valid" if ok else "receipt REFUSED")
+    return 0 if ok else 1
+
+
+def cmd_key_chain(args: argparse.Namespace) -> int:
+    _print(_ledger(args).key_chain())
+    return 0
+
+
+def cmd_rotate_ledger_key(args: argparse.Namespace) -> int:
+    _print(_ledger(args).rotate_ledger_key())
+    return 0
+
+
+def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
+    _print(_ledger(args).rotate_device_key(device=args.id, public_key=args.public_key))
+    return 0
+
+
+def cmd_devices_keys(args: argparse.Namespace) -> int:
+    _print(_ledger(args).device_key_history(device=args.id))
+    return 0
+
+
+def cmd_witnesses_reports(args: argparse.Namespace) -> int:
+    rows = _ledger(args).witness_reports(kind=args.kind)
+    if args.json:
+        _print(rows)
+    else:
+        for r in rows:
+            print(f"{r['received_at']}  {r['witness']:<16} {r['kind']:<6} {r['body']}")
+        print(f"{len(rows)} reports")
+    return 0
+
+
+def cmd_witnesses_add(args: argparse.Namespace) -> int:
+    _print(_ledger(args).add_witness(name=args.name))
+    return 0
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from broker.witness import run_witness
+
+    password = open(args.password_file).read().strip() if args.password_file else os.environ.get(
+        "CITYLEDGER_WITNESS_PASSWORD", "")
+    if not password:
+        print("a witness needs its broker password: --password-file FILE or CITYLEDGER_WITNESS_PASSWORD",
+              file=sys.stderr)
+        return 2
+    return run_witness(Path(args.store), host=args.mqtt_host, port=args.mqtt_port, name=args.name,
+                       password=password, ledger_key=args.ledger_key, stop=_stop_on_signals())
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     status = _ledger(args).status()
     if args.json:
@@ -213,6 +307,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
     report = _ledger(args).verify(deep=args.deep, ledger_key=args.ledger_key,
+                                  witness=str(Path(args.witness).resolve()) if args.witness else None,
                                   progress=bar.update if bar else None)
     if bar:
         bar.close()
@@ -220,8 +315,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print(report)
     else:
         state = "intact" if report["ok"] else "FAILED"
+        rate = report["readings"] / report["seconds"] if report["seconds"] else 0
         print(f"ledger {state}: {report['blocks']} blocks, {report['readings']} readings, "
-              f"{report['entries']} entries in {report['seconds']:.2f} s ({'deep' if report['deep'] else 'structural'})")
+              f"{report['entries']} entries in {report['seconds']:.2f} s ({rate:,.0f} readings/s, "
+              f"{'deep' if report['deep'] else 'structural'})")
+        if "witness_blocks" in report:
+            print(f"compared with {report['witness_blocks']} blocks held by the witness")
         if report["failure"]:
             print(f"first failure: {report['failure']}")
     return 0 if report["ok"] else 1
@@ -238,8 +337,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = argparse.ArgumentParser(prog="cityledger", description=__doc__.splitlines()[0], parents=[common])
+    parser = argparse.ArgumentParser(prog="cityledger", description=__doc__.splitlines()[0], parents=[_common()])
+    common = _common(suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
@@ -276,10 +375,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--account")
     p = add("revoke", cmd_devices_revoke, "revoke a device: broker login removed, readings refused", dsub)
     p.add_argument("id")
+    p = add("rotate-key", cmd_devices_rotate_key, "give a device a new key; earlier readings stay verifiable", dsub)
+    p.add_argument("id")
+    p.add_argument("--public-key", required=True, help="hex Ed25519 public key made on the device")
+    p = add("keys", cmd_devices_keys, "a device's key history", dsub)
+    p.add_argument("id")
     p = add("reset-password", cmd_devices_reset_password, "issue a new broker password (shown once)", dsub)
     p.add_argument("id")
     p = add("list", cmd_devices_list, "list enrolled devices", dsub)
     p.add_argument("--json", action="store_true")
+
+    w = add("witnesses", lambda a: 2, "logins for outside parties that follow the header stream")
+    wsub = w.add_subparsers(dest="witnesses_command", required=True, metavar="ACTION")
+    p = add("add", cmd_witnesses_add, "create a witness login (password shown once)", wsub)
+    p.add_argument("name")
+    p = add("reports", cmd_witnesses_reports, "what witnesses reported: alarms and the heads they hold", wsub)
+    p.add_argument("--kind", choices=["alarm", "head"])
+    p.add_argument("--json", action="store_true")
+    p = add("witness", cmd_witness, "follow the ledger's headers, keep them, alarm on fork, rollback or bad signature")
+    p.add_argument("--store", required=True, help="directory where this witness keeps what it accepted")
+    _opt(p, "--name", "witness", "this witness's broker login")
+    p.add_argument("--password-file", help="file holding the witness's broker password")
+    p.add_argument("--ledger-key", help="hex ledger key to trust (required on first run)")
 
     p = add("status", cmd_status, "ledger counters and head")
     p.add_argument("--json", action="store_true")
@@ -294,8 +411,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("verify", cmd_verify, "recompute leaves, roots, links and signatures; exit 1 at the first failure")
     p.add_argument("--deep", action="store_true", help="also check every device signature")
-    p.add_argument("--ledger-key", help="hex ledger public key to trust (default: this home's key)")
+    p.add_argument("--ledger-key", help="hex first ledger public key to trust (default: the home's first key)")
+    p.add_argument("--witness", metavar="DIR", help="also compare with the headers a witness kept in DIR")
     p.add_argument("--json", action="store_true")
+
+    p = add("receipt", cmd_receipt, "print the receipt proving a reading is in the ledger (PROTOCOL.md section 5)")
+    p.add_argument("device")
+    p.add_argument("seq", type=int)
+    p.add_argument("--out", help="write to this file instead of standard output")
+    p = add("verify-receipt", cmd_verify_receipt, "check a receipt offline: device signature, inclusion, block signature")
+    p.add_argument("file", help="receipt JSON file, or - for standard input")
+    p.add_argument("--ledger-key", required=True, help="hex ledger public key you trust")
+    p.add_argument("--key-chain", help="file from `cityledger key-chain`, when the ledger key has rotated since")
+    p.add_argument("--json", action="store_true")
+    p = add("key-chain", cmd_key_chain, "the signed headers that rotate the ledger key, oldest first")
+    add("rotate-ledger-key", cmd_rotate_ledger_key, "hand block signing to a new ledger key, announced by the old one")
     return parser
 
 
@@ -308,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.handler(args))
-    except (EnrolmentError, RemoteError, FileNotFoundError, ValueError) as exc:
+    except (EnrolmentError, RemoteError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"cityledger: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -35,6 +35,16 @@ class Home:
         return self.root / "keys" / "ledger.key"
 
     @property
+    def ledger_next_key(self) -> Path:
+        """A ledger key being rotated in; exists only during a rotation."""
+        return self.root / "keys" / "ledger.next"
+
+    @property
+    def trusted_key(self) -> Path:
+        """The first ledger public key: the default anchor `verify` trusts."""
+        return self.root / "keys" / "first-ledger-key.pub"
+
+    @property
     def secrets(self) -> Path:
         return self.root / "secrets"
 

@@ -39,10 +39,24 @@ _DEVICE_RE = re.compile(DEVICE_PATTERN)
 READING_CONTEXT = b"cityledger/reading/v1\n"
 
 CHECKPOINT_TOPIC = "city/ledger/checkpoint"
+# Every sealed header, in order, for witnesses with a durable session (not retained).
+HEADERS_TOPIC = "city/ledger/headers"
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
-# What the ingest identity subscribes to: every reading and every status.
-INGEST_TOPICS: tuple[str, ...] = ("city/+/+/+/reading", "city/+/+/+/status")
+# What the ingest identity subscribes to: every reading and status, and witnesses' reports.
+INGEST_TOPICS: tuple[str, ...] = ("city/+/+/+/reading", "city/+/+/+/status", "city/witness/+/+")
+
+
+def witness_topic(witness: str, leaf: str) -> str:
+    """`city/witness/{name}/alarm` (an alarm, retained) or `.../head` (what it last accepted)."""
+    if not _DEVICE_RE.match(witness) or leaf not in ("alarm", "head"):
+        raise ValueError(f"invalid witness topic {witness!r}/{leaf!r}")
+    return f"city/witness/{witness}/{leaf}"
+
+
+def signed_header_payload(block_hash: str, header: dict[str, Any], sig: bytes) -> bytes:
+    """What the checkpoint and the header stream carry: a header, its hash and signature."""
+    return canonical_json({"hash": block_hash, "header": header, "sig": base64.b64encode(sig).decode()})
 
 
 class Reason(StrEnum):

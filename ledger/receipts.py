@@ -58,8 +58,9 @@ def build_receipt(reading: Reading, device_key: str, header: dict[str, Any], blo
 
 
 def encode_receipt(receipt: dict[str, Any]) -> bytes:
-    """The receipt as a file: canonical JSON, so it has one byte form."""
-    return canonical_json(receipt) + b"\n"
+    """The receipt as a file: canonical JSON with no whitespace at all, so that it
+    has one byte form and every single-byte change of it changes what it says."""
+    return canonical_json(receipt)
 
 
 def verify_receipt(data: bytes | str | dict[str, Any], trusted_ledger_key: str) -> list[Check]:

@@ -35,6 +35,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE device_status (device VARCHAR PRIMARY KEY, status VARCHAR NOT NULL, changed_at BIGINT NOT NULL);
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE witness_reports (
+            witness VARCHAR NOT NULL, kind VARCHAR NOT NULL, body VARCHAR NOT NULL, received_at BIGINT NOT NULL);
+        CREATE TABLE device_keys (
+            device VARCHAR NOT NULL, public_key VARCHAR NOT NULL, from_height BIGINT NOT NULL, since BIGINT NOT NULL);
+        INSERT INTO meta SELECT 'first_ledger_key', json_extract_string(body, '$.ledger_key') FROM entries
+            WHERE type = 'ledger_init' AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'first_ledger_key');
+        INSERT INTO device_keys SELECT d.device, d.public_key, coalesce(
+            (SELECT min(e.height) FROM entries e WHERE e.type = 'device_enrolled'
+              AND json_extract_string(e.body, '$.device') = d.device), 0), d.enrolled_at FROM devices d;
+        """,
+    ),
 ]
 
 

@@ -80,6 +80,7 @@ class Commit:
     quarantine: list[QuarantineRow] = field(default_factory=list)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)
     statuses: list[tuple[str, str, int]] = field(default_factory=list)
+    witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
 class Store:
@@ -130,8 +131,51 @@ class Store:
         return DeviceRecord(*row) if row else None
 
     def public_key_owner(self, public_key: str) -> str | None:
-        row = self.con.execute("SELECT device FROM devices WHERE public_key = ?", [public_key]).fetchone()
+        """Which device has ever held this key (a key is never reused, not even after revocation)."""
+        row = self.con.execute("SELECT device FROM device_keys WHERE public_key = ? LIMIT 1", [public_key]).fetchone()
         return row[0] if row else None
+
+    def add_device_key(self, device: str, public_key: str, from_height: int, since: int) -> None:
+        self.con.execute("INSERT INTO device_keys VALUES (?, ?, ?, ?)", [device, public_key, from_height, since])
+
+    def set_public_key(self, device: str, public_key: str) -> None:
+        self.con.execute("UPDATE devices SET public_key = ? WHERE device = ?", [public_key, device])
+
+    def device_key_at(self, device: str, height: int) -> str | None:
+        """The key a device had when block `height` was sealed."""
+        row = self.con.execute(
+            "SELECT public_key FROM device_keys WHERE device = ? AND from_height <= ?"
+            " ORDER BY from_height DESC LIMIT 1", [device, height]).fetchone()
+        return row[0] if row else None
+
+    def device_key_history(self, device: str) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT public_key, from_height, since FROM device_keys WHERE device = ? ORDER BY from_height",
+            [device]).fetchall()
+        return [{"public_key": k, "from_height": h, "since": t} for k, h, t in rows]
+
+    def ledger_key_at(self, height: int) -> str:
+        """The ledger key that signed block `height`: the last rotation before it decides."""
+        row = self.con.execute(
+            "SELECT json_extract_string(header, '$.next_key') FROM blocks"
+            " WHERE height < ? AND json_extract_string(header, '$.next_key') IS NOT NULL"
+            " ORDER BY height DESC LIMIT 1", [height]).fetchone()
+        if row:
+            return row[0]
+        first = self.get_meta("first_ledger_key")
+        assert first is not None, "ledger has no first key"
+        return first
+
+    def rotation_headers(self) -> list[dict[str, Any]]:
+        """Every header that hands signing to a new key, oldest first: a verifier's key chain."""
+        rows = self.con.execute(
+            "SELECT height, hash, header, sig FROM blocks WHERE json_extract_string(header, '$.next_key')"
+            " IS NOT NULL ORDER BY height").fetchall()
+        return [_block_dict(r) for r in rows]
+
+    def reading_position(self, device: str, seq: int) -> tuple[int, int] | None:
+        row = self.con.execute("SELECT height, idx FROM readings WHERE device = ? AND seq = ?", [device, seq]).fetchone()
+        return (row[0], row[1]) if row else None
 
     def insert_device(self, rec: DeviceRecord) -> None:
         self.con.execute(
@@ -205,6 +249,8 @@ class Store:
             )
         for device, status, at in c.statuses:
             con.execute("INSERT OR REPLACE INTO device_status VALUES (?, ?, ?)", [device, status, at])
+        for row in c.witness_reports:
+            con.execute("INSERT INTO witness_reports VALUES (?, ?, ?, ?)", list(row))
 
     def _insert_arrow(self, table: str, data: pa.Table) -> None:
         self.con.register("_batch", data)
@@ -343,6 +389,15 @@ class Store:
         ).fetchone()
         assert row is not None
         return dict(zip(("blocks", "readings", "quarantined", "duplicates", "devices"), row))
+
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT witness, kind, body, received_at FROM witness_reports"
+        args: list[Any] = []
+        if kind:
+            sql += " WHERE kind = ?"
+            args.append(kind)
+        rows = self.con.execute(sql + " ORDER BY received_at DESC LIMIT ?", [*args, limit]).fetchall()
+        return [{"witness": w, "kind": k, "body": b, "received_at": t} for w, k, b, t in rows]
 
     def device_statuses(self) -> dict[str, tuple[str, int]]:
         return {d: (s, at) for d, s, at in self.con.execute("SELECT device, status, changed_at FROM device_status").fetchall()}

@@ -56,9 +56,10 @@ class Batch:
     quarantine: list[QuarantineRow] = field(default_factory=list)
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)
     statuses: list[tuple[str, str, int]] = field(default_factory=list)
+    witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)  # witness, kind, body, at
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.quarantine or self.duplicates or self.statuses)
+        return bool(self.readings or self.quarantine or self.duplicates or self.statuses or self.witness_reports)
 
 
 class LedgerWriter:
@@ -78,7 +79,9 @@ class LedgerWriter:
     def open(cls, home: Home) -> LedgerWriter:
         if not home.ledger_key.exists():
             raise FileNotFoundError(f"no ledger in {home.root}: run `cityledger init` first")
-        return cls(home, Store.open(home.database), load_signing_key(home.ledger_key))
+        store = Store.open(home.database)
+        recover_key_rotation(home, store)
+        return cls(home, store, load_signing_key(home.ledger_key))
 
     def close(self) -> None:
         self.store.close()
@@ -86,7 +89,7 @@ class LedgerWriter:
     # ------------------------------------------------------------ sealing
 
     def commit(self, batch: Batch, entries: Sequence[dict[str, Any]] = (),
-               also: Callable[[Store], None] | None = None) -> Sealed | None:
+               also: Callable[[Store], None] | None = None, header_extra: dict[str, Any] | None = None) -> Sealed | None:
         """Write one transaction; seal a block when it holds at least one leaf.
 
         Entries come first in the block, then readings in arrival order.
@@ -101,13 +104,14 @@ class LedgerWriter:
                 quarantine=batch.quarantine,
                 duplicates=batch.duplicates,
                 statuses=batch.statuses,
+                witness_reports=batch.witness_reports,
             )
             sealed = None
             if leaves:
                 height = self.height + 1
                 header = make_header(
                     height=height, prev=self.head_hash, leaf_hashes=[merkle.leaf_hash(x) for x in leaves],
-                    sealed_at=now_ms(), v=1,
+                    sealed_at=now_ms(), v=1, **(header_extra or {}),
                 )
                 sig = sign_header(self.key, header)
                 sealed = Sealed(height, block_hash(header), header, sig, tuple(batch.readings))
@@ -165,11 +169,66 @@ class LedgerWriter:
                                access.hash_password(password), at)
             entry = {"entry": "device_enrolled", "device": device, "kind": kind, "district": district,
                      "account": account, "public_key": public_key, "at": at}
-            sealed = self.commit(Batch(), [entry], also=lambda s: s.insert_device(rec))
+            height = self.height + 1
+
+            def register(s: Store) -> None:
+                s.insert_device(rec)
+                s.add_device_key(device, public_key, height, at)
+
+            sealed = self.commit(Batch(), [entry], also=register)
             self.registry = {**self.registry, device: rec}
             self.sync_broker_access()
         assert sealed is not None
         return {"device": device, "mqtt_username": device, "mqtt_password": password, "block": sealed.hash}
+
+    def rotate_device_key(self, device: str, public_key: str) -> dict[str, Any]:
+        """Give a device a new key; readings ledgered under its earlier keys stay verifiable."""
+        try:
+            public_key = verify_key_from_hex(public_key).encode().hex()
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None or rec.status != "active":
+                raise EnrolmentError(f"no active device {device}")
+            owner = self.store.public_key_owner(public_key)
+            if owner is not None:
+                raise EnrolmentError(f"that public key is already enrolled for {owner}")
+            at, height = now_ms(), self.height + 1
+            entry = {"entry": "device_key_rotated", "device": device, "public_key": public_key,
+                     "previous_key": rec.public_key, "at": at}
+
+            def rotate(s: Store) -> None:
+                s.set_public_key(device, public_key)
+                s.add_device_key(device, public_key, height, at)
+
+            sealed = self.commit(Batch(), [entry], also=rotate)
+            self.registry = {**self.registry, device: DeviceRecord(
+                rec.device, rec.kind, rec.district, rec.account, public_key, rec.status, rec.mqtt_hash,
+                rec.enrolled_at, rec.revoked_at)}
+        assert sealed is not None
+        return {"device": device, "public_key": public_key, "previous_key": rec.public_key, "block": sealed.hash}
+
+    def rotate_ledger_key(self) -> dict[str, Any]:
+        """Hand signing over to a new ledger key, announced by the old one.
+
+        The rotating block is signed by the old key and names the new one in its
+        header (`next_key`); later blocks are signed by the new key, so anyone who
+        trusts the first key can follow every rotation. The new key is on disk
+        (keys/ledger.next) before the block commits; `recover_key_rotation` finishes
+        or abandons a rotation that a crash interrupted.
+        """
+        with self.lock:
+            new_key = SigningKey.generate()
+            write_private(self.home.ledger_next_key, new_key.encode().hex() + "\n")
+            old_pub, new_pub = public_hex(self.key), public_hex(new_key)
+            entry = {"entry": "ledger_key_rotated", "old_key": old_pub, "new_key": new_pub, "at": now_ms()}
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.set_meta("ledger_key", new_pub),
+                                 header_extra={"next_key": new_pub})
+            assert sealed is not None
+            self.home.ledger_next_key.replace(self.home.ledger_key)
+            self.key = new_key
+        return {"old_key": old_pub, "new_key": new_pub, "height": sealed.height, "block": sealed.hash}
 
     def revoke_device(self, device: str) -> dict[str, Any]:
         """Retire a device: its broker login goes at once, its later readings are quarantined."""
@@ -209,6 +268,18 @@ class LedgerWriter:
             self.sync_broker_access()
         return {"device": device, "mqtt_username": device, "mqtt_password": password}
 
+    def add_service(self, username: str, role: str) -> dict[str, Any]:
+        """A broker login for a service (a witness, say); its password is shown once."""
+        if not valid_device_id(username) or username in {name for name, _ in SERVICES}:
+            raise EnrolmentError(f"invalid or reserved login name {username!r}")
+        with self.lock:
+            if username in self.registry or username in {s.username for s in self.store.services()}:
+                raise AlreadyEnrolled(f"login {username} exists")
+            password = access.new_password()
+            self.store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
+            self.sync_broker_access()
+        return {"username": username, "role": role, "mqtt_password": password}
+
     def sync_broker_access(self) -> None:
         """Regenerate the broker's password and ACL files and make a running broker reload them."""
         devices = [access.DeviceAccess(d.device, d.district, d.kind, d.mqtt_hash)
@@ -217,6 +288,17 @@ class LedgerWriter:
                     for s in self.store.services()]
         access.write_access_files(self.home, devices, services)
         mosquitto.reload(self.home)
+
+
+def recover_key_rotation(home: Home, store: Store) -> None:
+    """Finish a ledger key rotation the chain recorded, or drop one it never recorded."""
+    pending = home.ledger_next_key
+    if not pending.exists():
+        return
+    if store.get_meta("ledger_key") == public_hex(load_signing_key(pending)):
+        pending.replace(home.ledger_key)
+    else:
+        pending.unlink()
 
 
 def initialize(home: Home) -> dict[str, Any]:
@@ -229,7 +311,9 @@ def initialize(home: Home) -> dict[str, Any]:
         known = store.get_meta("ledger_key")
         if known is None:
             store.set_meta("ledger_key", public_hex(key))
-        elif known != public_hex(key):
+            store.set_meta("first_ledger_key", public_hex(key))
+            home.trusted_key.write_text(public_hex(key) + "\n")
+        elif known != public_hex(key) and not home.ledger_next_key.exists():
             raise RuntimeError(f"{home.ledger_key} does not match the ledger's key {known}")
         present = {s.username for s in store.services()}
         for username, role in SERVICES:

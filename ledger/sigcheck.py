@@ -1,0 +1,63 @@
+"""Many Ed25519 verifications across processes: a deep audit is bound by them.
+
+PyNaCl holds the GIL while it verifies, so threads would not help; a pool of
+processes (spawned, so that a threaded parent such as the ingest is safe to fork
+from) uses every core.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from types import TracebackType
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+Item = tuple[bytes, bytes, bytes]  # public key, message, signature
+CHUNK = 2048
+
+
+def first_bad(items: Sequence[Item]) -> int:
+    """Index of the first item whose signature does not verify, or -1."""
+    keys: dict[bytes, VerifyKey] = {}
+    for i, (pk, msg, sig) in enumerate(items):
+        key = keys.get(pk)
+        if key is None:
+            try:
+                key = keys[pk] = VerifyKey(pk)
+            except (ValueError, TypeError):
+                return i
+        try:
+            key.verify(msg, sig)
+        except (BadSignatureError, ValueError, TypeError):
+            return i
+    return -1
+
+
+class ParallelVerifier:
+    """`first_bad` over a process pool, one worker per core."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> ParallelVerifier:
+        if self.workers > 1:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._pool:
+            self._pool.shutdown(cancel_futures=True)
+
+    def first_bad(self, items: Sequence[Item]) -> int:
+        if self._pool is None or len(items) <= CHUNK:
+            return first_bad(items)
+        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+        for n, bad in enumerate(self._pool.map(first_bad, chunks)):
+            if bad >= 0:
+                return n * CHUNK + bad
+        return -1
