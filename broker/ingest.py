@@ -181,16 +181,17 @@ class IngestService:
 
     def _publish_head(self) -> None:
         """Re-announce the head we start from: a ledger restored from an old copy shows here."""
-        if self.writer.height < 0:
-            return
-        store = self.writer.store.cursor()  # we are on paho's thread: never share the writer's cursor
-        try:
-            block = store.block(self.writer.height)
-        finally:
-            store.close()
-        if block is not None:
-            payload = signed_header_payload(block["hash"], block["header"], block["sig"])
-            self.client.publish(CHECKPOINT_TOPIC, payload, qos=1, retain=True)
+        with self.writer.lock:  # no block may be sealed (and announced) between reading and publishing
+            if self.writer.height < 0:
+                return
+            store = self.writer.store.cursor()  # we are on paho's thread: never share the writer's cursor
+            try:
+                block = store.block(self.writer.height)
+            finally:
+                store.close()
+            if block is not None:
+                payload = signed_header_payload(block["hash"], block["header"], block["sig"])
+                self.client.publish(CHECKPOINT_TOPIC, payload, qos=1, retain=True)
 
     def _publish_acks(self, devices: set[str], block_hash: str) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""

@@ -21,11 +21,10 @@ from nacl.signing import VerifyKey
 from ledger import merkle
 from ledger.blocks import GENESIS_PREV, block_hash, verify_header
 from ledger.protocol import Reading, signature_bytes, verify_reading
-from ledger.sigcheck import ParallelVerifier
+from ledger.sigcheck import CHUNK, ParallelVerifier
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
 Progress = Callable[[int, int], None]
-DEEP_BATCH = 50_000  # signatures handed to the pool at a time
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,9 @@ def audit(
             header, height = block["header"], block["height"]
             leaves = leaves_of(height)
             failure = _check_block(block, leaves, expected_height, expected_prev, chain, deep)
-            if deep and (failure or len(chain.pending) >= DEEP_BATCH):
-                failure = _flush(chain, verifier) or failure
+            if deep and (failure or len(chain.pending) >= CHUNK):
+                # A structural failure here still loses to a bad signature in an earlier block.
+                failure = _flush(chain, verifier, wait=failure is not None) or failure
             if failure:
                 break
             _learn(chain, header, leaves)
@@ -100,7 +100,7 @@ def audit(
             if progress and counts[0] % 100 == 0:
                 progress(counts[0], total)
         if deep and not failure:
-            failure = _flush(chain, verifier)
+            failure = _flush(chain, verifier, wait=True)
     if progress:
         progress(counts[0], total)
     blocks_ok = counts[0] if failure is None else min(counts[0], failure.height)
@@ -150,13 +150,17 @@ def _queue_signatures(height: int, leaves: list[Leaf], chain: _Chain) -> Failure
     return None
 
 
-def _flush(chain: _Chain, verifier: ParallelVerifier) -> Failure | None:
+def _flush(chain: _Chain, verifier: ParallelVerifier, wait: bool = False) -> Failure | None:
+    """Hand queued signatures to the pool in chunks; report the first bad one seen so far."""
     pending, chain.pending = chain.pending, []
-    bad = verifier.first_bad([item for _, _, item in pending])
-    if bad < 0:
-        return None
-    height, label, _ = pending[bad]
-    return Failure(height, "device signature does not verify", label)
+    for start in range(0, len(pending), CHUNK):
+        chunk = pending[start:start + CHUNK]
+        verifier.submit([item for _, _, item in chunk], [(h, label) for h, label, _ in chunk])
+    for bad, tags in verifier.ready(wait=wait):
+        if bad >= 0:
+            height, label = tags[bad]  # type: ignore[index]
+            return Failure(height, "device signature does not verify", label)
+    return None
 
 
 def _learn(chain: _Chain, header: dict[str, Any], leaves: list[Leaf]) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from types import TracebackType
 
 from nacl.exceptions import BadSignatureError
@@ -38,11 +39,18 @@ def first_bad(items: Sequence[Item]) -> int:
 
 
 class ParallelVerifier:
-    """`first_bad` over a process pool, one worker per core."""
+    """`first_bad` over a process pool, one worker per core.
 
-    def __init__(self, workers: int | None = None) -> None:
+    `submit` hands a chunk to the pool and returns at once, so the caller keeps
+    reading the database while the workers verify; `failures` yields results
+    strictly in submission order, so "first" still means first in the chain.
+    """
+
+    def __init__(self, workers: int | None = None, max_in_flight: int = 16) -> None:
         self.workers = workers or os.cpu_count() or 1
+        self.max_in_flight = max_in_flight
         self._pool: ProcessPoolExecutor | None = None
+        self._in_flight: deque[tuple[Future[int] | int, object]] = deque()
 
     def __enter__(self) -> ParallelVerifier:
         if self.workers > 1:
@@ -52,6 +60,24 @@ class ParallelVerifier:
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         if self._pool:
             self._pool.shutdown(cancel_futures=True)
+
+    def submit(self, items: Sequence[Item], tag: object) -> None:
+        """Queue a chunk; `tag` comes back with its result."""
+        result: Future[int] | int = self._pool.submit(first_bad, items) if self._pool else first_bad(items)
+        self._in_flight.append((result, tag))
+
+    def ready(self, wait: bool = False) -> list[tuple[int, object]]:
+        """Results in submission order: all of them with `wait`, else those done (and
+        enough to bring the number in flight under the limit)."""
+        out = []
+        while self._in_flight:
+            result, tag = self._in_flight[0]
+            must = wait or len(self._in_flight) > self.max_in_flight
+            if isinstance(result, Future) and not result.done() and not must:
+                break
+            self._in_flight.popleft()
+            out.append((result.result() if isinstance(result, Future) else result, tag))
+        return out
 
     def first_bad(self, items: Sequence[Item]) -> int:
         if self._pool is None or len(items) <= CHUNK:

@@ -126,9 +126,10 @@ class LedgerWriter:
                 self._commit_with(commit, also)
             if sealed:
                 self.height, self.head_hash = sealed.height, sealed.hash
-        if sealed:
-            for callback in self.on_sealed:
-                callback(sealed)
+                # Still under the lock: headers must reach the broker in height order,
+                # or a witness sees a gap or a rollback that never happened.
+                for callback in self.on_sealed:
+                    callback(sealed)
         return sealed
 
     def _commit_with(self, commit: Commit, also: Callable[[Store], None]) -> None:

@@ -146,3 +146,17 @@ def test_rotations_keep_old_readings_provable(tmp_path: Path) -> None:
     chain.write_text(json.dumps(forged))
     out = subprocess.run(cmd + ["--key-chain", str(chain)], capture_output=True, text=True)
     assert out.returncode == 1 and "key chain refused" in out.stderr
+
+
+def test_the_portable_verifier_in_docs_agrees(built: Built) -> None:
+    """docs/verifying.md's standalone code, run as written, on real and altered receipts."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "verifying.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "docs/verifying.md", "exec"), scope)
+    receipt = local_api(built.home).receipt("wm-d01-000002", 11)
+    assert scope["check_receipt"](receipt, built.first_key) is True
+    for path, value in [(("reading", "value"), 0), (("leaf_index",), receipt["leaf_index"] ^ 1),
+                        (("block", "sealed_at"), 0)]:
+        with pytest.raises(Exception):
+            scope["check_receipt"](_altered(receipt, path, value), built.first_key)

@@ -1,0 +1,219 @@
+"""Tampering with the DuckDB file, by someone with full write access to it.
+
+Each case edits a real ledger file directly and runs `cityledger verify` as an
+auditor would: it must exit 1 and name the first bad block (and the reading,
+where one reading is to blame). Cases that only an outside copy can catch run
+`verify --witness` against headers a witness accepted while the ledger grew.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from nacl.signing import SigningKey
+
+from ledger import merkle
+from ledger.blocks import block_hash, sign_header
+from ledger.store import Store
+from ledger.protocol import canonical_json, sign_reading, signature_bytes
+from tests.support.ledgers import T0, Built, build_ledger
+
+# build_ledger: 3 devices x 12 readings in blocks of 7 after 4 registry blocks (genesis + 3 enrolments).
+FIRST_READING_BLOCK = 4
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> Built:
+    return build_ledger(tmp_path / "home")
+
+
+def verify(built: Built, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(built.home.root), "verify", *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def sql(built: Built, statement: str, *args: object) -> list[tuple]:
+    con = duckdb.connect(str(built.home.database))
+    try:
+        return con.execute(statement, list(args)).fetchall()
+    finally:
+        con.close()
+
+
+def assert_fails_at(out: subprocess.CompletedProcess[str], height: int, reading: str | None = None) -> None:
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"first failure: block {height}" in out.stdout, out.stdout
+    if reading:
+        assert f"reading {reading}" in out.stdout, out.stdout
+
+
+def where(built: Built, device: str, seq: int) -> tuple[int, int]:
+    return sql(built, "SELECT height, idx FROM readings WHERE device = ? AND seq = ?", device, seq)[0]
+
+
+def test_untouched_ledger_verifies(built: Built) -> None:
+    out = verify(built, "--deep")
+    assert out.returncode == 0 and "ledger intact" in out.stdout, out.stdout + out.stderr
+
+
+def test_changed_value_is_named(built: Built) -> None:
+    height, _ = where(built, "wm-d01-000001", 5)
+    sql(built, "UPDATE readings SET value = value + 1 WHERE device = 'wm-d01-000001' AND seq = 5")
+    assert_fails_at(verify(built), height, "wm-d01-000001#5")
+
+
+def test_changed_timestamp_is_named(built: Built) -> None:
+    height, _ = where(built, "wm-d01-000002", 9)
+    sql(built, "UPDATE readings SET ts = ts - 60000 WHERE device = 'wm-d01-000002' AND seq = 9")
+    assert_fails_at(verify(built), height, "wm-d01-000002#9")
+
+
+def test_deleted_reading_is_named(built: Built) -> None:
+    height, idx = where(built, "wm-d01-000000", 3)
+    sql(built, "DELETE FROM readings WHERE device = 'wm-d01-000000' AND seq = 3")
+    out = verify(built)
+    assert_fails_at(out, height)
+    assert f"leaf {idx}" in out.stdout or "leaves, header says" in out.stdout
+
+
+def test_inserted_forged_reading_is_caught(built: Built) -> None:
+    height, idx = where(built, "wm-d01-000000", 4)
+    forger = SigningKey.generate()
+    fake = sign_reading(forger, device="wm-d01-000000", kind="water", seq=99, ts=T0, value=1)
+    size = sql(built, "SELECT size FROM blocks WHERE height = ?", height)[0][0]
+    sql(built, "INSERT INTO readings VALUES (?, ?, 'wm-d01-000000', 'water', 99, ?, 1, ?, ?)",
+        height, size, T0, signature_bytes(fake.sig), T0)
+    assert_fails_at(verify(built), height)
+
+
+def test_swapped_readings_are_caught(built: Built) -> None:
+    height, a = where(built, "wm-d01-000000", 6)
+    b = sql(built, "SELECT max(idx) FROM readings WHERE height = ?", height)[0][0]
+    assert a != b
+    sql(built, "UPDATE readings SET idx = CASE WHEN idx = ? THEN ? ELSE ? END WHERE height = ? AND idx IN (?, ?)",
+        a, b, a, height, a, b)
+    out = verify(built)
+    assert_fails_at(out, height)
+    assert "altered or reordered" in out.stdout
+
+
+def test_changed_header_field_is_caught(built: Built) -> None:
+    height = FIRST_READING_BLOCK + 1
+    header = json.loads(sql(built, "SELECT header FROM blocks WHERE height = ?", height)[0][0])
+    header["sealed_at"] += 1
+    sql(built, "UPDATE blocks SET header = ? WHERE height = ?", canonical_json(header).decode(), height)
+    out = verify(built)
+    assert_fails_at(out, height)
+    assert "signature" in out.stdout
+
+
+def _rechain(built: Built, start: int, key: SigningKey | None) -> None:
+    """Recompute roots, headers and hashes from `start` on, as a forger would; sign with `key`
+    (a stolen ledger key) or keep the old signatures (no key)."""
+    con = duckdb.connect(str(built.home.database))
+    try:
+        prev = con.execute("SELECT hash FROM blocks WHERE height = ?", [start - 1]).fetchone()[0]
+        store = Store(con)
+        for height, header_json, sig in con.execute(
+                "SELECT height, header, sig FROM blocks WHERE height >= ? ORDER BY height", [start]).fetchall():
+            leaves = store.leaves(height)
+            hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]
+            header = {**json.loads(header_json), "prev": prev, "root": merkle.root(hashes).hex(), "size": len(hashes)}
+            new_sig = sign_header(key, header) if key else bytes(sig)
+            prev = block_hash(header)
+            con.execute("UPDATE blocks SET header = ?, hash = ?, prev = ?, sig = ?, size = ? WHERE height = ?",
+                        [canonical_json(header).decode(), prev, header["prev"], new_sig, header["size"], height])
+    finally:
+        con.close()
+
+
+def test_rewritten_and_rehashed_chain_without_the_key_is_caught(built: Built) -> None:
+    height, _ = where(built, "wm-d01-000001", 7)
+    sql(built, "UPDATE readings SET value = 0 WHERE device = 'wm-d01-000001' AND seq = 7")
+    _rechain(built, height, key=None)
+    out = verify(built)
+    assert_fails_at(out, height)
+    assert "signature" in out.stdout
+
+
+# ---------------------------------------------------------------- caught only with a witness
+
+
+def witness_copy(built: Built, directory: Path) -> Path:
+    """Feed every signed header, in order, through a witness as it would arrive over MQTT."""
+    from ledger.protocol import signed_header_payload
+    from ledger.witness import Accepted, WitnessStore, check
+
+    store = WitnessStore.open(directory, built.first_key)
+    assert isinstance(store, WitnessStore), store
+    con = duckdb.connect(str(built.home.database), read_only=True)
+    try:
+        rows = con.execute("SELECT hash, header, sig FROM blocks ORDER BY height").fetchall()
+    finally:
+        con.close()
+    for hash_, header, sig in rows:
+        outcome = check(store.state, signed_header_payload(hash_, json.loads(header), bytes(sig)), source="headers")
+        assert isinstance(outcome, Accepted), outcome
+        store.record(outcome, 0)
+    return directory
+
+
+def test_deleting_the_last_block_is_caught_with_a_witness(built: Built, tmp_path: Path) -> None:
+    witness = witness_copy(built, tmp_path / "witness")
+    last = sql(built, "SELECT max(height) FROM blocks")[0][0]
+    sql(built, "DELETE FROM readings WHERE height = ?", last)
+    sql(built, "DELETE FROM blocks WHERE height = ?", last)
+    assert verify(built).returncode == 0  # a shorter chain is a valid chain
+    out = verify(built, "--witness", str(witness))
+    assert_fails_at(out, last)
+    assert "missing" in out.stdout
+
+
+def test_rewritten_and_resigned_with_a_stolen_key_is_caught_with_a_witness(built: Built, tmp_path: Path) -> None:
+    witness = witness_copy(built, tmp_path / "witness")
+    stolen = SigningKey(bytes.fromhex(built.home.ledger_key.read_text().strip()))
+    height, _ = where(built, "wm-d01-000000", 8)
+    forger = SigningKey.generate()  # not even the device's key: only --deep would notice that
+    fake = sign_reading(forger, device="wm-d01-000000", kind="water", seq=8, ts=T0, value=1)
+    sql(built, "UPDATE readings SET value = 1, ts = ?, sig = ? WHERE device = 'wm-d01-000000' AND seq = 8",
+        T0, signature_bytes(fake.sig))
+    _rechain(built, height, key=stolen)
+    deep = verify(built, "--deep")
+    assert_fails_at(deep, height, "wm-d01-000000#8")
+    # Forge the device signature too (say its key was stolen as well): only the witness is left.
+    sql(built, "UPDATE readings SET sig = ? WHERE device = 'wm-d01-000000' AND seq = 8",
+        signature_bytes(sign_reading(built.keys["wm-d01-000000"], device="wm-d01-000000", kind="water", seq=8,
+                                     ts=T0, value=1).sig))
+    _rechain(built, height, key=stolen)
+    assert verify(built, "--deep").returncode == 0
+    out = verify(built, "--witness", str(witness))
+    assert_fails_at(out, height)
+    assert "differs from the witness" in out.stdout
+
+
+def test_restoring_an_older_copy_is_caught_with_a_witness(built: Built, tmp_path: Path) -> None:
+    from ledger.store import LedgeredReading
+    from ledger.writer import Batch, LedgerWriter
+
+    old_copy = tmp_path / "old.duckdb"
+    shutil.copy(built.home.database, old_copy)
+    first_new = sql(built, "SELECT max(height) FROM blocks")[0][0] + 1
+    writer = LedgerWriter.open(built.home)
+    try:
+        key = built.keys["wm-d01-000001"]
+        more = [sign_reading(key, device="wm-d01-000001", kind="water", seq=s, ts=T0 + s * 900_000, value=5000 + s)
+                for s in (13, 14, 15)]
+        writer.commit(Batch(readings=[LedgeredReading(r, r.ts) for r in more]))
+    finally:
+        writer.close()
+    witness = witness_copy(built, tmp_path / "witness")
+    shutil.copy(old_copy, built.home.database)
+    assert verify(built).returncode == 0
+    out = verify(built, "--witness", str(witness))
+    assert_fails_at(out, first_new)
