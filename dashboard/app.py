@@ -34,6 +34,7 @@ def _fetch() -> dict[str, Any]:
         "blocks": ledger.recent_blocks(limit=15),
         "readings": ledger.recent_readings(limit=25),
         "devices": ledger.devices(),
+        "alarms": ledger.witness_reports(kind="alarm", limit=5),
     }
 
 
@@ -45,6 +46,8 @@ def live() -> None:
         st.warning(f"The ledger is not reachable right now ({type(exc).__name__}). Is `cityledger ingest` running?")
         return
     s = data["status"]
+    for alarm in data["alarms"]:
+        st.error(f"Witness alarm from {alarm['witness']}: {alarm['body']}", icon="🚨")
     devices = pd.DataFrame(data["devices"])
     online = int((devices["online"] == "online").sum()) if len(devices) else 0
     cols = st.columns(5)
