@@ -46,8 +46,9 @@ def live() -> None:
         st.warning(f"The ledger is not reachable right now ({type(exc).__name__}). Is `cityledger ingest` running?")
         return
     s = data["status"]
-    for alarm in data["alarms"]:
-        st.error(f"Witness alarm from {alarm['witness']}: {alarm['body']}", icon="🚨")
+    for alarm in data["alarms"]:  # text from outside: shown as code, never rendered
+        st.error(f"Witness alarm from `{alarm['witness']}` at {_time(alarm['received_at'])}", icon="🚨")
+        st.code(alarm["body"], language="json")
     devices = pd.DataFrame(data["devices"])
     online = int((devices["online"] == "online").sum()) if len(devices) else 0
     cols = st.columns(5)
