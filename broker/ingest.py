@@ -22,6 +22,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.intake import Incoming, Intake, SeqState
+from broker.tls import TLSSettings
+from broker.tls import configure as configure_tls
 from ledger import rpc
 from ledger.api import local_api
 from ledger.home import Home
@@ -55,7 +57,8 @@ class IngestService:
     """Subscribes as the ingest identity and turns messages into blocks."""
 
     def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
-                 block_readings: int = 5000, block_seconds: float = 1.0, client_id: str = "cityledger-ingest") -> None:
+                 block_readings: int = 5000, block_seconds: float = 1.0, client_id: str = "cityledger-ingest",
+                 tls: TLSSettings | None = None) -> None:
         if not 1 <= block_readings < RECEIVE_MAXIMUM:
             raise ValueError(f"--block-readings must be between 1 and {RECEIVE_MAXIMUM - 1}")
         self.home, self.writer = home, writer
@@ -71,6 +74,7 @@ class IngestService:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
         self.client.username_pw_set(username, password)
+        configure_tls(self.client, tls)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

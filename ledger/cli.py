@@ -48,8 +48,15 @@ def _common(suppress: bool = False) -> argparse.ArgumentParser:
     _opt(p, "--home", "./var", "where keys, the database and broker files live", suppress=suppress)
     _opt(p, "--mqtt-host", "127.0.0.1", "broker host", suppress=suppress)
     _opt(p, "--mqtt-port", 1883, "broker port", suppress=suppress)
+    _opt(p, "--mqtt-ca", "", "CA certificate file: connect to the broker over TLS and verify it", suppress=suppress)
     _opt(p, "--log-level", "INFO", "logging level", suppress=suppress)
     return p
+
+
+def _tls(args: argparse.Namespace) -> Any:
+    from broker.tls import TLSSettings
+
+    return TLSSettings.from_option(args.mqtt_ca)
 
 
 def _print(obj: Any) -> None:
@@ -104,7 +111,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     writer = LedgerWriter.open(home)
     service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
                             password=secret["password"], block_readings=args.block_readings,
-                            block_seconds=args.block_seconds)
+                            block_seconds=args.block_seconds, tls=_tls(args))
     stop = _stop_on_signals()
     logging.getLogger("cityledger.ingest").info(
         "ingest on %s:%d, home %s, blocks of %d readings or %.1f s", args.mqtt_host, args.mqtt_port, home.root,
