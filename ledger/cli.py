@@ -178,6 +178,34 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_provision(args: argparse.Namespace) -> int:
+    """Make a key pair for a device with no key store of its own; only the bundle keeps the private key."""
+    from edge.identity import DeviceIdentity
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        print(f"{out} is not empty; refusing to overwrite a device bundle", file=sys.stderr)
+        return 2
+    identity = DeviceIdentity.generate(args.id, args.kind, args.district)
+    enrolled = _ledger(args).enroll_device(device=args.id, kind=args.kind, district=args.district,
+                                           public_key=identity.public_key_hex, account=args.account)
+    out.mkdir(parents=True, exist_ok=True)
+    out.chmod(0o700)
+    identity.with_credentials(enrolled["mqtt_username"], enrolled["mqtt_password"]).save(out)
+    broker = {"host": args.mqtt_host, "port": args.mqtt_port, "ca": None}
+    if args.mqtt_ca:
+        (out / "ca.crt").write_bytes(Path(args.mqtt_ca).read_bytes())
+        broker["ca"] = "ca.crt"
+    (out / "device.json").write_text(json.dumps({
+        "device": args.id, "kind": args.kind, "district": args.district, "account": args.account,
+        "public_key": identity.public_key_hex, "broker": broker,
+        "topics": {leaf: identity.topic(leaf) for leaf in ("reading", "status", "ack")},
+    }, indent=2) + "\n")
+    _print({"device": args.id, "bundle": str(out.resolve()), "public_key": identity.public_key_hex,
+            "block": enrolled["block"]})
+    return 0
+
+
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
     _print(_ledger(args).revoke_device(device=args.id))
     return 0
@@ -380,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--district", required=True)
     p.add_argument("--public-key", required=True, help="hex Ed25519 public key")
     p.add_argument("--account")
+    p = add("provision", cmd_devices_provision,
+            "for a device without its own key store: make its key and broker login into a bundle DIR", dsub)
+    p.add_argument("--id", required=True)
+    p.add_argument("--kind", required=True, choices=["water", "gas", "electricity", "parking"])
+    p.add_argument("--district", required=True)
+    p.add_argument("--account")
+    p.add_argument("--out", required=True, help="bundle directory to create (private key, login, settings)")
     p = add("revoke", cmd_devices_revoke, "revoke a device: broker login removed, readings refused", dsub)
     p.add_argument("id")
     p = add("rotate-key", cmd_devices_rotate_key, "give a device a new key; earlier readings stay verifiable", dsub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.signing import SigningKey, VerifyKey
 
 from ledger.home import write_private
@@ -34,6 +35,18 @@ def verify_key_from_hex(public_key: str) -> VerifyKey:
     if len(raw) != 32:
         raise ValueError(f"public key must be 32 bytes, got {len(raw)}")
     return VerifyKey(raw)
+
+
+def check_device_key(public_key: str) -> str:
+    """A device key fit to enrol, as lowercase hex; ValueError saying why not.
+
+    Small-order points and non-canonical encodings are refused: with such a key
+    one signature can verify for many messages, or one message under many keys.
+    """
+    raw = verify_key_from_hex(public_key).encode()
+    if not crypto_core_ed25519_is_valid_point(raw):
+        raise ValueError("weak public key: a small-order point or a non-canonical encoding")
+    return raw.hex()
 
 
 def public_hex(key: SigningKey | VerifyKey) -> str:

@@ -20,7 +20,7 @@ from broker import access, mosquitto
 from ledger import merkle
 from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.home import Home, write_private
-from ledger.keys import create_key_file, load_signing_key, public_hex, verify_key_from_hex
+from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
 from ledger.protocol import KINDS, canonical_json, valid_device_id, valid_district
 from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
 
@@ -155,7 +155,7 @@ class LedgerWriter:
         if not valid_district(district):
             raise EnrolmentError(f"invalid district {district!r}")
         try:
-            public_key = verify_key_from_hex(public_key).encode().hex()
+            public_key = check_device_key(public_key)
         except ValueError as exc:
             raise EnrolmentError(str(exc)) from exc
         with self.lock:
@@ -185,7 +185,7 @@ class LedgerWriter:
     def rotate_device_key(self, device: str, public_key: str) -> dict[str, Any]:
         """Give a device a new key; readings ledgered under its earlier keys stay verifiable."""
         try:
-            public_key = verify_key_from_hex(public_key).encode().hex()
+            public_key = check_device_key(public_key)
         except ValueError as exc:
             raise EnrolmentError(str(exc)) from exc
         with self.lock:
