@@ -21,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.intake import Incoming, Intake, SeqState
+from broker.intake import Incoming, Intake, QuarantineCap, SeqState
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 from ledger import rpc
@@ -40,7 +40,9 @@ from ledger.writer import LedgerWriter, Sealed, now_ms
 log = logging.getLogger("cityledger.ingest")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
-RECEIVE_MAXIMUM = 65535  # MQTT 5 cap on unacknowledged deliveries to us
+# MQTT 5 cap on unacknowledged deliveries to us, so also on what waits in our inbox:
+# at most RECEIVE_MAXIMUM messages of at most max_packet_size (mosquitto.conf) each.
+RECEIVE_MAXIMUM = 20000
 
 
 @dataclass
@@ -58,7 +60,7 @@ class IngestService:
 
     def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
                  block_readings: int = 5000, block_seconds: float = 1.0, client_id: str = "cityledger-ingest",
-                 tls: TLSSettings | None = None) -> None:
+                 tls: TLSSettings | None = None, quarantine_cap: int = 1000) -> None:
         if not 1 <= block_readings < RECEIVE_MAXIMUM:
             raise ValueError(f"--block-readings must be between 1 and {RECEIVE_MAXIMUM - 1}")
         self.home, self.writer = home, writer
@@ -66,8 +68,10 @@ class IngestService:
         self.block_readings, self.block_seconds = block_readings, block_seconds
         self.stats = IngestStats()
         self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        hour_start = now_ms() // 3_600_000 * 3_600_000
+        cap = QuarantineCap(quarantine_cap, writer.store.quarantine_stored_since(hour_start), hour_start // 3_600_000)
         self.intake = Intake({d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()},
-                             writer.store.stored_readings)
+                             writer.store.stored_readings, cap)
         self.acked: dict[str, int] = {}
         self.connected = threading.Event()
         self._generation = 0

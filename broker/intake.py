@@ -77,12 +77,36 @@ class SeqState:
             self.above.add(seq)
 
 
+class QuarantineCap:
+    """At most `per_hour` stored quarantine entries per sending device and hour.
+
+    A hostile but authenticated device could otherwise fill the disk with
+    garbage; past the cap its rejects are only counted (reject_counts).
+    """
+
+    def __init__(self, per_hour: int = 1000, stored: Mapping[str, int] | None = None, hour: int = -1) -> None:
+        self.per_hour = per_hour
+        self.hour = hour
+        self.counts: dict[str, int] = dict(stored or {})
+
+    def admit(self, device: str, at_ms: int) -> bool:
+        hour = at_ms // 3_600_000
+        if hour != self.hour:
+            self.hour, self.counts = hour, {}
+        n = self.counts.get(device, 0)
+        if n >= self.per_hour:
+            return False
+        self.counts[device] = n + 1
+        return True
+
+
 class Intake:
     """Classifies batches against the registry and what is already ledgered."""
 
-    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup) -> None:
+    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup, cap: QuarantineCap | None = None) -> None:
         self.seqs = seqs
         self.lookup = lookup
+        self.cap = cap or QuarantineCap()
         self._keys: dict[str, tuple[str, VerifyKey]] = {}
 
     def classify(self, messages: Iterable[Incoming], registry: Mapping[str, DeviceRecord], now_ms: int) -> Batch:
@@ -115,7 +139,19 @@ class Intake:
                     batch.quarantine.append(_quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device))
                 else:
                     batch.quarantine.append(_quarantine(msg, Reason.REPLAY, f"seq {reading.seq} is ledgered with other contents", reading.device))
+        self._count_and_cap(batch)
         return batch
+
+    def _count_and_cap(self, batch: Batch) -> None:
+        """Count every reject per sender, minute and reason; keep details only under the cap."""
+        kept = []
+        for q in batch.quarantine:
+            device = q.device or "?"
+            key = (device, q.received_at // 60_000, q.reason)
+            batch.rejects[key] = batch.rejects.get(key, 0) + 1
+            if self.cap.admit(device, q.received_at):
+                kept.append(q)
+        batch.quarantine = kept
 
     def _first_pass(
         self, msg: Incoming, registry: Mapping[str, DeviceRecord], now_ms: int, pending: dict[Key, Reading],
@@ -179,9 +215,13 @@ def _witness_report(msg: Incoming) -> WitnessReport | QuarantineRow:
     except UnicodeDecodeError:
         body = ""
     if len(parts) != 4 or parts[3] not in ("alarm", "head") or not body or len(msg.payload) > QUARANTINE_RAW_LIMIT:
-        return _quarantine(msg, Reason.MALFORMED, "not a witness report", None)
+        return _quarantine(msg, Reason.MALFORMED, "not a witness report", parts[2] if len(parts) > 2 else None)
     return WitnessReport(parts[2], parts[3], body, msg.received_at)
 
 
-def _quarantine(msg: Incoming, reason: Reason, detail: str, device: str | None) -> QuarantineRow:
-    return QuarantineRow(msg.received_at, msg.topic, reason.value, device, detail, msg.payload[:QUARANTINE_RAW_LIMIT])
+def _quarantine(msg: Incoming, reason: Reason, detail: str, claimed: str | None) -> QuarantineRow:
+    """A quarantine row attributed to the sender: the device its topic names (the broker's
+    ACL lets a device publish only under its own id), not whatever the payload claims."""
+    topic = parse_topic(msg.topic)
+    sender = topic.device if topic else claimed
+    return QuarantineRow(msg.received_at, msg.topic, reason.value, sender, detail, msg.payload[:QUARANTINE_RAW_LIMIT])

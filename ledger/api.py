@@ -80,7 +80,7 @@ class LedgerAPI:
     REMOTE = frozenset({
         "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "add_witness", "quarantine",
         "verify", "recent_blocks", "recent_readings", "device_statuses", "receipt", "rotate_device_key",
-        "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports",
+        "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -207,6 +207,13 @@ class LedgerAPI:
     def device_key_history(self, device: str) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
             return store.device_key_history(device)
+
+    def flagged_devices(self, minutes: int = 60, threshold: int = 60) -> list[dict[str, Any]]:
+        """Devices sending rejects at `threshold` or more a minute within the last `minutes`."""
+        import time
+
+        with self.backend.reading() as store:
+            return store.flagged_devices(int(time.time() // 60) - minutes, threshold)
 
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

@@ -111,7 +111,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     writer = LedgerWriter.open(home)
     service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
                             password=secret["password"], block_readings=args.block_readings,
-                            block_seconds=args.block_seconds, tls=_tls(args))
+                            block_seconds=args.block_seconds, tls=_tls(args), quarantine_cap=args.quarantine_cap)
     stop = _stop_on_signals()
     logging.getLogger("cityledger.ingest").info(
         "ingest on %s:%d, home %s, blocks of %d readings or %.1f s", args.mqtt_host, args.mqtt_port, home.root,
@@ -208,6 +208,17 @@ def cmd_devices_provision(args: argparse.Namespace) -> int:
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
     _print(_ledger(args).revoke_device(device=args.id))
+    return 0
+
+
+def cmd_devices_flagged(args: argparse.Namespace) -> int:
+    rows = _ledger(args).flagged_devices(minutes=args.minutes, threshold=args.threshold)
+    if args.json:
+        _print(rows)
+        return 0
+    for r in rows:
+        print(f"{r['device']:<22} peak {r['peak_rejects_per_minute']:>7}/min  {r['rejects']:>9} rejects  {r['reasons']}")
+    print(f"{len(rows)} flagged devices")
     return 0
 
 
@@ -321,7 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print(status)
     else:
         for key in ("ledger_key", "height", "last_block_hash", "blocks", "readings", "quarantined",
-                    "duplicates", "devices"):
+                    "quarantine_dropped", "duplicates", "devices"):
             print(f"{key:>16}: {status[key]}")
     return 0
 
@@ -386,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ingest", cmd_ingest, "verify readings from the broker and seal them into blocks")
     _opt(p, "--block-readings", 5000, "seal a block at this many messages")
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
+    _opt(p, "--quarantine-cap", 1000, "quarantine entries stored per device and hour (the rest only counted)")
     p = add("fleet", cmd_fleet, "run a fleet of simulated devices (keys provisioned on first run)")
     _opt(p, "--devices", 40, "number of devices")
     _opt(p, "--interval", 5.0, "seconds between readings")
@@ -424,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p = add("reset-password", cmd_devices_reset_password, "issue a new broker password (shown once)", dsub)
     p.add_argument("id")
+    p = add("flagged", cmd_devices_flagged, "devices sending many rejected messages (hostile or broken)", dsub)
+    p.add_argument("--minutes", type=int, default=60, help="look back this far")
+    p.add_argument("--threshold", type=int, default=60, help="rejects per minute that flag a device")
+    p.add_argument("--json", action="store_true")
     p = add("list", cmd_devices_list, "list enrolled devices", dsub)
     p.add_argument("--json", action="store_true")
 

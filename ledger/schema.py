@@ -49,6 +49,17 @@ MIGRATIONS: list[tuple[int, str]] = [
               AND json_extract_string(e.body, '$.device') = d.device), 0), d.enrolled_at FROM devices d;
         """,
     ),
+    (
+        3,
+        """
+        -- Every rejected message is counted here, even when its details are not kept.
+        CREATE TABLE reject_counts (
+            device VARCHAR NOT NULL, minute BIGINT NOT NULL, reason VARCHAR NOT NULL, count BIGINT NOT NULL,
+            PRIMARY KEY (device, minute, reason));
+        INSERT INTO reject_counts SELECT coalesce(device, '?'), received_at // 60000, reason, count(*)
+            FROM quarantine GROUP BY ALL;
+        """,
+    ),
 ]
 
 

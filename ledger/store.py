@@ -81,6 +81,7 @@ class Commit:
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)
     statuses: list[tuple[str, str, int]] = field(default_factory=list)
     witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)
+    rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
 
 class Store:
@@ -251,11 +252,19 @@ class Store:
             con.execute("INSERT OR REPLACE INTO device_status VALUES (?, ?, ?)", [device, status, at])
         for row in c.witness_reports:
             con.execute("INSERT INTO witness_reports VALUES (?, ?, ?, ?)", list(row))
+        if c.rejects:
+            keys = list(c.rejects)
+            self._insert_arrow("reject_counts", pa.table({
+                "device": [k[0] for k in keys],
+                "minute": pa.array([k[1] for k in keys], pa.int64()),
+                "reason": [k[2] for k in keys],
+                "count": pa.array([c.rejects[k] for k in keys], pa.int64()),
+            }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
 
-    def _insert_arrow(self, table: str, data: pa.Table) -> None:
+    def _insert_arrow(self, table: str, data: pa.Table, on_conflict: str = "") -> None:
         self.con.register("_batch", data)
         try:
-            self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
+            self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch {on_conflict}")
         finally:
             self.con.unregister("_batch")
 
@@ -382,13 +391,42 @@ class Store:
         return out
 
     def counts(self) -> dict[str, int]:
+        """Totals; `quarantine_dropped` counts rejects beyond the per-device cap (counted, not stored)."""
         row = self.con.execute(
             "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings),"
             " (SELECT count(*) FROM quarantine), (SELECT count(*) FROM duplicates),"
-            " (SELECT count(*) FROM devices WHERE status = 'active')"
+            " (SELECT count(*) FROM devices WHERE status = 'active'),"
+            " (SELECT coalesce(sum(count), 0) FROM reject_counts)"
         ).fetchone()
         assert row is not None
-        return dict(zip(("blocks", "readings", "quarantined", "duplicates", "devices"), row))
+        out = dict(zip(("blocks", "readings", "quarantined", "duplicates", "devices", "rejected"), row))
+        out["quarantine_dropped"] = max(0, out.pop("rejected") - out["quarantined"])
+        return out
+
+    def quarantine_stored_since(self, since_ms: int) -> dict[str, int]:
+        """Stored quarantine entries per device since a time: where the cap stands after a restart."""
+        rows = self.con.execute(
+            "SELECT coalesce(device, '?'), count(*) FROM quarantine WHERE received_at >= ? GROUP BY 1",
+            [since_ms]).fetchall()
+        return dict(rows)
+
+    def flagged_devices(self, since_minute: int, threshold: int) -> list[dict[str, Any]]:
+        """Devices whose rejects reached `threshold` in some minute since `since_minute`."""
+        rows = self.con.execute(
+            """
+            WITH per_minute AS (
+                SELECT device, minute, sum(count) AS n FROM reject_counts WHERE minute >= ? GROUP BY device, minute),
+            hostile AS (
+                SELECT device, max(n) AS peak, sum(n) AS total, min(minute) AS first_minute, max(minute) AS last_minute
+                FROM per_minute GROUP BY device HAVING max(n) >= ?)
+            SELECT h.device, h.peak, h.total, h.first_minute, h.last_minute,
+                   (SELECT string_agg(reason || ':' || c, ',' ORDER BY c DESC) FROM (
+                        SELECT reason, sum(count) AS c FROM reject_counts r
+                        WHERE r.device = h.device AND r.minute >= ? GROUP BY reason)) AS reasons
+            FROM hostile h ORDER BY h.peak DESC
+            """, [since_minute, threshold, since_minute]).fetchall()
+        keys = ("device", "peak_rejects_per_minute", "rejects", "first_minute", "last_minute", "reasons")
+        return [dict(zip(keys, r)) for r in rows]
 
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = "SELECT witness, kind, body, received_at FROM witness_reports"

@@ -57,9 +57,11 @@ class Batch:
     duplicates: list[tuple[str, int, int]] = field(default_factory=list)
     statuses: list[tuple[str, str, int]] = field(default_factory=list)
     witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)  # witness, kind, body, at
+    rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (device, minute, reason) -> count
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.quarantine or self.duplicates or self.statuses or self.witness_reports)
+        return bool(self.readings or self.quarantine or self.duplicates or self.statuses or self.witness_reports
+                    or self.rejects)
 
 
 class LedgerWriter:
@@ -105,6 +107,7 @@ class LedgerWriter:
                 duplicates=batch.duplicates,
                 statuses=batch.statuses,
                 witness_reports=batch.witness_reports,
+                rejects=batch.rejects,
             )
             sealed = None
             if leaves:

@@ -124,3 +124,22 @@ def test_seq_state_tracks_the_contiguous_prefix() -> None:
     assert s.hwm == 2 and s.above == {4, 5} and 3 not in s and 5 in s
     s.add(3)
     assert s.hwm == 5 and s.above == set()
+
+
+def test_rejects_are_all_counted_but_stored_only_up_to_the_cap() -> None:
+    from broker.intake import QuarantineCap
+
+    intake = Intake({}, FakeLedger(), QuarantineCap(per_hour=3))
+    batch = intake.classify([msg(b"garbage %d" % i) for i in range(10)], {DEV.device: DEV}, NOW)
+    assert len(batch.quarantine) == 3
+    assert batch.rejects == {(DEV.device, NOW // 60_000, "malformed"): 10}
+    later = intake.classify([msg(b"more")], {DEV.device: DEV}, NOW)
+    assert later.quarantine == [] and sum(later.rejects.values()) == 1
+    next_hour = Incoming(TOPIC, b"x", NOW + 3_600_000)
+    assert len(intake.classify([next_hour], {DEV.device: DEV}, NOW).quarantine) == 1
+
+
+def test_rejects_are_attributed_to_the_sender_not_to_the_claimed_device() -> None:
+    claims_other = reading(1, device="wm-d01-999999")  # not enrolled, sent on DEV's topic
+    batch = classify(msg(claims_other.payload()))
+    assert reasons(batch) == ["unknown_device"] and batch.quarantine[0].device == DEV.device
