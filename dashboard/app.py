@@ -35,6 +35,7 @@ def _fetch() -> dict[str, Any]:
         "readings": ledger.recent_readings(limit=25),
         "devices": ledger.devices(),
         "alarms": ledger.witness_reports(kind="alarm", limit=5),
+        "flagged": ledger.flagged_devices(minutes=60, threshold=60),
     }
 
 
@@ -78,6 +79,11 @@ def live() -> None:
             readings["measured"] = readings["ts"].map(_time)
             st.dataframe(readings[["device", "kind", "district", "seq", "value", "measured", "height"]],
                          hide_index=True, width="stretch")
+
+    if data["flagged"]:
+        st.subheader("Flagged devices (many rejected messages in the last hour)")
+        st.dataframe(pd.DataFrame(data["flagged"])[["device", "peak_rejects_per_minute", "rejects", "reasons"]],
+                     hide_index=True, width="stretch")
 
     st.subheader("Devices")
     if devices.empty:

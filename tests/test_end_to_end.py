@@ -137,3 +137,29 @@ def test_verify_names_a_tampered_reading(stack: Stack) -> None:
     out = stack.cli("verify")
     assert out.returncode == 1
     assert f"block {height}" in out.stdout and f"{dev.device}#3" in out.stdout, out.stdout
+
+
+def test_hostile_payloads_through_the_real_broker_are_quarantined_not_fatal(stack: Stack) -> None:
+    dev = stack.enroll("gm-d01-000666", kind="gas")
+    client = stack.connect(dev)
+    good = dev.reading(value=7, ts=NOW()).payload()
+    hostile = [
+        b"\xff\xfe\x00garbage",                                   # not UTF-8
+        b"[" * 600 + b"]" * 400,                                  # deeply nested, unbalanced
+        good.replace(b'"value":7', b'"value":NaN'),               # NaN
+        good.replace(b'"value":7', b'"value":7.5'),               # float
+        good.replace(b'"value":7', b'"value":' + b"9" * 900),     # huge integer (still under 1 KiB? no: too_large)
+        good.replace(b'"value":7', b'"value":' + b"9" * 300),     # huge integer under 1 KiB
+        good[:-1] + b',"value":8}',                               # duplicate key
+        b"{}",
+        b"",
+    ]
+    for payload in hostile:
+        publish(client, dev.topic, payload)
+    publish(client, dev.topic, good)  # and the device's honest reading still gets through
+    wait_for(lambda: stack.status()["readings"] == 1, 15, "the honest reading ledgered")
+    wait_for(lambda: stack.status()["quarantined"] == len(hostile), 15, "every hostile payload quarantined")
+    reasons = sorted(r["reason"] for r in stack.cli_json("quarantine", "list", "--device", dev.device, "--json"))
+    assert reasons == sorted(["malformed"] * (len(hostile) - 1) + ["too_large"])
+    assert stack.ingest is not None and stack.ingest.poll() is None  # ingest still alive
+    close_client(client)
