@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger import merkle
+from ledger import billing_queries, merkle
+from ledger.bills import make_bill, unpaid_stays
 from ledger.audit import Progress, audit, compare_with_witness
 from ledger.protocol import Reading
 from ledger.receipts import build_receipt
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.store import Store
+from ledger.tariffs import TariffBook, parse_tariffs
 from ledger.writer import LedgerWriter
 
 
@@ -81,6 +83,8 @@ class LedgerAPI:
         "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "add_witness", "quarantine",
         "verify", "recent_blocks", "recent_readings", "device_statuses", "receipt", "rotate_device_key",
         "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
+        "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
+        "adjust", "bill", "bills", "close_month", "unpaid_stays",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -215,9 +219,98 @@ class LedgerAPI:
         with self.backend.reading() as store:
             return store.flagged_devices(int(time.time() // 60) - minutes, threshold)
 
+    # ------------------------------------------------------------ billing
+
+    def add_account(self, account: str, name: str, customer_class: str = "residential") -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.add_account(account, name, customer_class)
+
+    def accounts(self) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return billing_queries.accounts(store)
+
+    def load_tariffs(self, source: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.load_tariffs(source)
+
+    def tariffs(self) -> dict[str, Any]:
+        """The tariff version in force and its source text."""
+        with self.backend.reading() as store:
+            latest = billing_queries.latest_tariffs(store)
+        if latest is None:
+            raise LookupError("no tariffs loaded: run `cityledger init`")
+        return {"version": latest[0], "source": latest[1]}
+
+    def _book(self, store: Store) -> tuple[TariffBook, int]:
+        latest = billing_queries.latest_tariffs(store)
+        if latest is None:
+            raise LookupError("no tariffs loaded: run `cityledger init`")
+        return parse_tariffs(latest[1]), latest[0]
+
+    def set_zone(self, space: str, zone_class: int, from_ts: int | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else _now())
+
+    def lease(self, space: str, account: str | None, from_ts: int | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.lease(space, account, from_ts if from_ts is not None else _now())
+
+    def checkin(self, space: str, account: str, at: int | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.checkin(space, account, at if at is not None else _now())
+
+    def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
+                           operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.record_replacement(device, ts, old_final, new_initial, operator)
+
+    def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.adjust(account, amount, reason, operator)
+
+    def bill(self, account: str, month: str) -> dict[str, Any]:
+        """The account's bill for a month: issued if it was, else as it stands now."""
+        with self.backend.reading() as store:
+            book, version = self._book(store)
+            return make_bill(store, book, version, account, month)
+
+    def bills(self, account: str) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return billing_queries.issued_months(store, account)
+
+    def close_month(self, month: str, progress: Progress | None = None) -> dict[str, Any]:
+        """Issue every account's bill for `month`; bills already issued stay as they are."""
+        started = _now()
+        with self.backend.reading() as store:
+            book, version = self._book(store)
+            ids = [a["account"] for a in billing_queries.accounts(store)]
+            drafts = []
+            for n, account in enumerate(ids, 1):
+                bill = make_bill(store, book, version, account, month)
+                if bill["status"] != "issued":
+                    drafts.append(bill)
+                if progress and n % 1000 == 0:
+                    progress(n, len(ids))
+        with self.backend.writing() as writer:
+            result = writer.issue_bills(month, drafts)
+        if progress:
+            progress(len(ids), len(ids))
+        return {**result, "accounts": len(ids), "seconds": (_now() - started) / 1000}
+
+    def unpaid_stays(self, month: str) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            book, _ = self._book(store)
+            return unpaid_stays(store, book, month)
+
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
             return store.witness_reports(kind, limit)
+
+
+def _now() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
 
 
 def local_api(home: Home, writer: LedgerWriter | None = None) -> LedgerAPI:

@@ -98,8 +98,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
     if not home.passwd.exists():
         print("no broker access files yet: run `cityledger init` first", file=sys.stderr)
         return 2
-    mosquitto.exec_foreground(home, args.mqtt_port)
+    certs = _broker_certs(args, home) if args.tls else None
+    mosquitto.exec_foreground(home, args.mqtt_port, args.tls_port if args.tls else None, certs=certs)
     return 0  # not reached
+
+
+def _broker_certs(args: argparse.Namespace, home: Home) -> Any:
+    """The operator's --tls-cert/--tls-key/--tls-ca, or the home's generated CA and certificate."""
+    from broker.certs import resolve
+
+    return resolve(home, cert=args.tls_cert or None, key=args.tls_key or None, ca=args.tls_ca or None,
+                   hosts=[h for h in args.tls_hosts.split(",") if h.strip()])
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -146,7 +155,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     stats = run_fleet(home, devices=args.devices, interval=args.interval, host=args.mqtt_host,
                       port=args.mqtt_port, districts=tuple(args.districts.split(",")), enroll=enroll, stop=stop,
-                      seed=args.seed)
+                      seed=args.seed, tls=_tls(args))
     print(json.dumps(stats.as_dict()))
     return 0
 
@@ -308,6 +317,111 @@ def cmd_witnesses_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(text: str | None) -> int | None:
+    """An ISO date/time in the city's time zone, or epoch ms, as epoch ms."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    when = dt.datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo(os.environ.get("CITYLEDGER_TIMEZONE", "Asia/Shanghai")))
+    return int(when.timestamp() * 1000)
+
+
+def cmd_accounts_add(args: argparse.Namespace) -> int:
+    _print(_ledger(args).add_account(account=args.id, name=args.name, customer_class=args.customer_class))
+    return 0
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    rows = _ledger(args).accounts()
+    if args.json:
+        _print(rows)
+        return 0
+    for a in rows:
+        print(f"{a['account']:<20} {a['customer_class']:<16} {a['devices']:>3} meters  {a['name']}")
+    print(f"{len(rows)} accounts")
+    return 0
+
+
+def cmd_tariffs_show(args: argparse.Namespace) -> int:
+    t = _ledger(args).tariffs()
+    print(f"# tariff version {t['version']}")
+    print(t["source"], end="")
+    return 0
+
+
+def cmd_tariffs_load(args: argparse.Namespace) -> int:
+    _print(_ledger(args).load_tariffs(source=Path(args.file).read_text()))
+    return 0
+
+
+def cmd_parking_zone(args: argparse.Namespace) -> int:
+    _print(_ledger(args).set_zone(space=args.space, zone_class=args.zone_class, from_ts=_when(args.since)))
+    return 0
+
+
+def cmd_parking_lease(args: argparse.Namespace) -> int:
+    _print(_ledger(args).lease(space=args.space, account=args.account, from_ts=_when(args.since)))
+    return 0
+
+
+def cmd_parking_checkin(args: argparse.Namespace) -> int:
+    _print(_ledger(args).checkin(space=args.space, account=args.account, at=_when(args.at)))
+    return 0
+
+
+def cmd_parking_unpaid(args: argparse.Namespace) -> int:
+    _print(_ledger(args).unpaid_stays(month=args.month))
+    return 0
+
+
+def cmd_meters_replace(args: argparse.Namespace) -> int:
+    _print(_ledger(args).record_replacement(device=args.device, ts=_when(args.at), old_final=args.old_final,
+                                            new_initial=args.new_initial, operator=args.operator))
+    return 0
+
+
+def cmd_adjust(args: argparse.Namespace) -> int:
+    _print(_ledger(args).adjust(account=args.account, amount=args.amount, reason=args.reason, operator=args.operator))
+    return 0
+
+
+def cmd_bill(args: argparse.Namespace) -> int:
+    bill = _ledger(args).bill(account=args.account, month=args.month)
+    if args.json:
+        _print(bill)
+        return 0
+    print(f"{bill['name']} ({bill['account']}), {bill['month']}: {bill['status']}, total {bill['total']} yuan")
+    for line in bill["lines"]:
+        if line["type"] == "utility":
+            print(f"  {line['kind']:<12} {line['device']:<18} {line['consumption']:>12} {line['unit']:<4}"
+                  f" {line['amount']:>10}")
+            for t in line["tiers"]:
+                print(f"      tier {t['tier']}: {t['quantity']} {t['unit']} x {t['price']} = {t['amount']}")
+        elif line["type"] == "parking":
+            print(f"  parking      {line['device']:<18} {len(line['sessions']):>4} stays{'':>9} {line['amount']:>10}")
+        else:
+            print(f"  adjustment   {line['reason'][:40]:<40} {line['amount']:>10}")
+        for flag in line.get("flags", []):
+            print(f"      ! {flag}")
+    return 0
+
+
+def cmd_billing_close(args: argparse.Namespace) -> int:
+    from ledger.progress import ProgressBar
+
+    bar = ProgressBar("close", stream=sys.stderr)
+    result = _ledger(args).close_month(month=args.month, progress=bar.update)
+    bar.close()
+    _print(result)
+    return 0
+
+
 def cmd_witnesses_add(args: argparse.Namespace) -> int:
     _print(_ledger(args).add_witness(name=args.name))
     return 0
@@ -323,7 +437,7 @@ def cmd_witness(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return run_witness(Path(args.store), host=args.mqtt_host, port=args.mqtt_port, name=args.name,
-                       password=password, ledger_key=args.ledger_key, stop=_stop_on_signals())
+                       password=password, ledger_key=args.ledger_key, stop=_stop_on_signals(), tls=_tls(args))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -382,6 +496,18 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _broker_tls_options(p: argparse.ArgumentParser) -> None:
+    """The broker's TLS listener, for `broker` and `up` alike."""
+    p.add_argument("--tls", action="store_true",
+                   default=os.environ.get("CITYLEDGER_TLS", "").lower() not in ("", "0", "false", "no"),
+                   help="also listen for MQTT over TLS (`up`: every part connects over TLS) (env CITYLEDGER_TLS)")
+    _opt(p, "--tls-port", 8883, "TLS listener port")
+    _opt(p, "--tls-cert", "", "your own broker certificate, with --tls-key and --tls-ca (default: made in HOME/tls)")
+    _opt(p, "--tls-key", "", "the private key of --tls-cert")
+    _opt(p, "--tls-ca", "", "the CA that signed --tls-cert; clients are given it")
+    _opt(p, "--tls-hosts", "", "comma-separated extra host names or addresses for the generated certificate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cityledger", description=__doc__.splitlines()[0], parents=[_common()])
     common = _common(suppress=True)
@@ -393,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("init", cmd_init, "create the home, the ledger key, the schema and genesis (idempotent)")
-    add("broker", cmd_broker, "run the project's Mosquitto in the foreground")
+    _broker_tls_options(add("broker", cmd_broker, "run the project's Mosquitto in the foreground"))
     p = add("ingest", cmd_ingest, "verify readings from the broker and seal them into blocks")
     _opt(p, "--block-readings", 5000, "seal a block at this many messages")
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
@@ -411,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--devices", 40, "simulated devices")
     _opt(p, "--interval", 5.0, "seconds between readings")
     _opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
+    _broker_tls_options(p)
 
     devices = add("devices", lambda a: 2, "enrol, revoke and list devices")
     dsub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
@@ -456,6 +583,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", help="file holding the witness's broker password")
     p.add_argument("--ledger-key", help="hex ledger key to trust (required on first run)")
 
+    a = add("accounts", lambda a: 2, "households and businesses that own meters")
+    asub = a.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
+    p = add("add", cmd_accounts_add, "open an account", asub)
+    p.add_argument("--id", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--class", dest="customer_class", default="residential", choices=["residential", "non-residential"])
+    p = add("list", cmd_accounts_list, "list accounts", asub)
+    p.add_argument("--json", action="store_true")
+
+    t = add("tariffs", lambda a: 2, "the prices bills are computed with")
+    tsub = t.add_subparsers(dest="tariffs_command", required=True, metavar="ACTION")
+    add("show", cmd_tariffs_show, "print the tariff file in force", tsub)
+    p = add("load", cmd_tariffs_load, "load an edited tariff file as a new version", tsub)
+    p.add_argument("file")
+
+    pk = add("parking", lambda a: 2, "parking spaces: zones, leases, check-ins")
+    psub = pk.add_subparsers(dest="parking_command", required=True, metavar="ACTION")
+    p = add("zone", cmd_parking_zone, "set a space's zone class (from now, or --since)", psub)
+    p.add_argument("--space", required=True)
+    p.add_argument("--class", dest="zone_class", type=int, required=True, choices=[1, 2, 3])
+    p.add_argument("--since", help="ISO time in the city's time zone, or epoch ms")
+    p = add("lease", cmd_parking_lease, "lease a space to an account (from now, or --since)", psub)
+    p.add_argument("--space", required=True)
+    p.add_argument("--account", required=True)
+    p.add_argument("--since")
+    p = add("checkin", cmd_parking_checkin, "an account takes responsibility for the current stay", psub)
+    p.add_argument("--space", required=True)
+    p.add_argument("--account", required=True)
+    p.add_argument("--at")
+    p = add("unpaid", cmd_parking_unpaid, "stays in a month that nobody pays for", psub)
+    p.add_argument("--month", required=True)
+
+    m = add("meters", lambda a: 2, "meter records kept by operators")
+    msub = m.add_subparsers(dest="meters_command", required=True, metavar="ACTION")
+    p = add("replace", cmd_meters_replace, "record a meter replacement (the register's jump)", msub)
+    p.add_argument("--device", required=True)
+    p.add_argument("--at", required=True, help="ISO time in the city's time zone, or epoch ms")
+    p.add_argument("--old-final", type=int, required=True, help="the old register's last value")
+    p.add_argument("--new-initial", type=int, required=True, help="the new register's first value")
+    p.add_argument("--operator", required=True)
+
+    p = add("adjust", cmd_adjust, "append a refund, credit or re-bill; it shows on the next bill")
+    p.add_argument("--account", required=True)
+    p.add_argument("--amount", required=True, help="yuan, e.g. -12.50 for a refund")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--operator", required=True)
+
+    p = add("bill", cmd_bill, "an account's bill for a month (issued, or as it stands)")
+    p.add_argument("account")
+    p.add_argument("--month", required=True, help="YYYY-MM")
+    p.add_argument("--json", action="store_true")
+    b = add("billing", lambda a: 2, "month-end close")
+    bsub = b.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
+    p = add("close", cmd_billing_close, "issue every account's bill for a month (again: nothing new)", bsub)
+    p.add_argument("--month", required=True, help="YYYY-MM")
+
     p = add("status", cmd_status, "ledger counters and head")
     p.add_argument("--json", action="store_true")
 
@@ -496,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.handler(args))
-    except (EnrolmentError, RemoteError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (EnrolmentError, RemoteError, FileNotFoundError, ValueError, KeyError, LookupError) as exc:
         print(f"cityledger: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

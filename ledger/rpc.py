@@ -24,7 +24,7 @@ from ledger.writer import EnrolmentError
 log = logging.getLogger(__name__)
 
 # Errors whose message is meant for the caller; anything else is a bug and is logged.
-_USER_ERRORS = (EnrolmentError, ValueError, FileNotFoundError, KeyError, TypeError)
+_USER_ERRORS = (EnrolmentError, ValueError, FileNotFoundError, KeyError, LookupError, TypeError)
 
 
 class RemoteError(RuntimeError):

@@ -60,6 +60,28 @@ MIGRATIONS: list[tuple[int, str]] = [
             FROM quarantine GROUP BY ALL;
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE accounts (
+            account VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, customer_class VARCHAR NOT NULL,
+            created_at BIGINT NOT NULL);
+        CREATE TABLE tariff_versions (
+            version INTEGER PRIMARY KEY, loaded_at BIGINT NOT NULL, source VARCHAR NOT NULL, sha256 VARCHAR NOT NULL);
+        CREATE TABLE parking_zones (space VARCHAR NOT NULL, zone_class INTEGER NOT NULL, from_ts BIGINT NOT NULL);
+        CREATE TABLE parking_leases (space VARCHAR NOT NULL, account VARCHAR, from_ts BIGINT NOT NULL);
+        CREATE TABLE parking_checkins (space VARCHAR NOT NULL, account VARCHAR NOT NULL, checked_in_at BIGINT NOT NULL);
+        CREATE TABLE meter_replacements (
+            device VARCHAR NOT NULL, ts BIGINT NOT NULL, old_final BIGINT NOT NULL, new_initial BIGINT NOT NULL,
+            operator VARCHAR NOT NULL, recorded_at BIGINT NOT NULL);
+        CREATE TABLE bills (
+            account VARCHAR NOT NULL, month VARCHAR NOT NULL, issued_at BIGINT NOT NULL, total VARCHAR NOT NULL,
+            body VARCHAR NOT NULL, hash VARCHAR NOT NULL, height BIGINT NOT NULL, PRIMARY KEY (account, month));
+        CREATE TABLE adjustments (
+            id VARCHAR PRIMARY KEY, account VARCHAR NOT NULL, amount VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+            operator VARCHAR NOT NULL, created_at BIGINT NOT NULL, height BIGINT NOT NULL);
+        """,
+    ),
 ]
 
 

@@ -8,12 +8,16 @@ heights stay consecutive.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from nacl.signing import SigningKey
 
 from broker import access, mosquitto
@@ -23,6 +27,7 @@ from ledger.home import Home, write_private
 from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
 from ledger.protocol import KINDS, canonical_json, valid_device_id, valid_district
 from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
+from ledger.tariffs import DEFAULT_FILE, parse_tariffs
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("dashboard", "observer"))
 
@@ -164,6 +169,7 @@ class LedgerWriter:
         with self.lock:
             if self.store.device(device) is not None:
                 raise AlreadyEnrolled(f"device {device} is already enrolled")
+            self.require_account(account)
             owner = self.store.public_key_owner(public_key)
             if owner is not None:
                 raise EnrolmentError(f"that public key is already enrolled for {owner}")
@@ -284,6 +290,136 @@ class LedgerWriter:
             self.sync_broker_access()
         return {"username": username, "role": role, "mqtt_password": password}
 
+    # ------------------------------------------------------------ billing records
+
+    def _record(self, entry: dict[str, Any], sql: str, args: list[Any]) -> Sealed:
+        """Seal one entry together with the table row it stands for, in one transaction."""
+        with self.lock:
+            sealed = self.commit(Batch(), [{**entry, "at": entry.get("at", now_ms())}],
+                                 also=lambda s: s.con.execute(sql, args))
+        assert sealed is not None
+        return sealed
+
+    def add_account(self, account: str, name: str, customer_class: str) -> dict[str, Any]:
+        if not valid_device_id(account):
+            raise EnrolmentError(f"invalid account id {account!r} (letters, digits, . _ -)")
+        if customer_class not in ("residential", "non-residential"):
+            raise EnrolmentError("class must be residential or non-residential")
+        if self.store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
+            raise AlreadyEnrolled(f"account {account} exists")
+        at = now_ms()
+        sealed = self._record({"entry": "account_opened", "account": account, "class": customer_class, "at": at},
+                              "INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
+        return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
+
+    def require_account(self, account: str | None) -> None:
+        if account is not None and not self.store.con.execute(
+                "SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
+            raise EnrolmentError(f"no account {account}: add it first with `cityledger accounts add`")
+
+    def load_tariffs(self, source: str) -> dict[str, Any]:
+        """Keep a new tariff version; bills already issued keep the prices they were issued with."""
+        parse_tariffs(source)  # refuse a file that cannot be used before anything is written
+        digest = hashlib.sha256(source.encode()).hexdigest()
+        with self.lock:
+            row = self.store.con.execute("SELECT max(version), arg_max(sha256, version) FROM tariff_versions").fetchone()
+            if row and row[1] == digest:
+                return {"version": row[0], "sha256": digest, "changed": False}
+            version = (row[0] or 0) + 1 if row else 1
+            self._record({"entry": "tariffs_loaded", "version": version, "sha256": digest},
+                         "INSERT INTO tariff_versions VALUES (?, ?, ?, ?)", [version, now_ms(), source, digest])
+        return {"version": version, "sha256": digest, "changed": True}
+
+    def _parking_space(self, space: str) -> None:
+        rec = self.store.device(space)
+        if rec is None or rec.kind != "parking":
+            raise EnrolmentError(f"{space} is not an enrolled parking sensor")
+
+    def set_zone(self, space: str, zone_class: int, from_ts: int) -> dict[str, Any]:
+        self._parking_space(space)
+        if zone_class not in (1, 2, 3):
+            raise EnrolmentError("zone class must be 1, 2 or 3")
+        sealed = self._record({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts},
+                              "INSERT INTO parking_zones VALUES (?, ?, ?)", [space, zone_class, from_ts])
+        return {"space": space, "class": zone_class, "from": from_ts, "block": sealed.hash}
+
+    def lease(self, space: str, account: str | None, from_ts: int) -> dict[str, Any]:
+        self._parking_space(space)
+        self.require_account(account)
+        sealed = self._record({"entry": "parking_lease", "space": space, "account": account, "from": from_ts},
+                              "INSERT INTO parking_leases VALUES (?, ?, ?)", [space, account, from_ts])
+        return {"space": space, "account": account, "from": from_ts, "block": sealed.hash}
+
+    def checkin(self, space: str, account: str, at: int) -> dict[str, Any]:
+        self._parking_space(space)
+        self.require_account(account)
+        sealed = self._record({"entry": "parking_checkin", "space": space, "account": account, "at": at},
+                              "INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
+        return {"space": space, "account": account, "at": at, "block": sealed.hash}
+
+    def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
+                           operator: str) -> dict[str, Any]:
+        rec = self.store.device(device)
+        if rec is None or rec.kind == "parking":
+            raise EnrolmentError(f"{device} is not an enrolled meter")
+        sealed = self._record(
+            {"entry": "meter_replaced", "device": device, "ts": ts, "old_final": old_final,
+             "new_initial": new_initial, "operator": operator},
+            "INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)",
+            [device, ts, old_final, new_initial, operator, now_ms()])
+        return {"device": device, "ts": ts, "block": sealed.hash}
+
+    def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
+        """Append a refund, credit or re-bill; it appears on the account's next bill. Nothing is edited."""
+        self.require_account(account)
+        try:
+            value = Decimal(amount)
+        except InvalidOperation as exc:
+            raise EnrolmentError(f"amount {amount!r} is not a decimal") from exc
+        if not value.is_finite() or value != value.quantize(Decimal("0.01")) or not reason.strip() or not operator:
+            raise EnrolmentError("an adjustment needs an amount in yuan to the fen, a reason and an operator")
+        adj_id = f"adj-{secrets.token_hex(6)}"
+        at = now_ms()
+        with self.lock:
+            height = self.height + 1
+            self._record({"entry": "adjustment", "id": adj_id, "account": account, "amount": str(value),
+                          "reason": reason, "operator": operator, "at": at},
+                         "INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [adj_id, account, str(value), reason, operator, at, height])
+        return {"id": adj_id, "account": account, "amount": str(value), "created_at": at}
+
+    def issue_bills(self, month: str, bills: Sequence[dict[str, Any]], per_block: int = 5000) -> dict[str, Any]:
+        """Seal bills not yet issued: each bill's hash goes into the chain, its body into `bills`.
+
+        Issued bills are never replaced, so running the close again issues nothing new.
+        """
+        issued = 0
+        with self.lock:
+            done = {r[0] for r in self.store.con.execute("SELECT account FROM bills WHERE month = ?", [month]).fetchall()}
+            todo = [b for b in bills if b["account"] not in done and b.get("status") != "issued"]
+            for start in range(0, len(todo), per_block):
+                chunk = todo[start:start + per_block]
+                at = now_ms()
+                rows, entries = [], []
+                for bill in chunk:
+                    body = canonical_json({**bill, "status": "issued"}).decode()
+                    digest = hashlib.sha256(body.encode()).hexdigest()
+                    entries.append({"entry": "bill_issued", "account": bill["account"], "month": month,
+                                    "total": bill["total"], "bill_hash": digest, "at": at})
+                    rows.append((bill["account"], month, at, bill["total"], body, digest))
+                height = self.height + 1
+
+                def insert(s: Store, rows: list[tuple[Any, ...]] = rows, height: int = height) -> None:
+                    cols = list(zip(*rows))
+                    s._insert_arrow("bills", pa.table({
+                        "account": cols[0], "month": cols[1], "issued_at": pa.array(cols[2], pa.int64()),
+                        "total": cols[3], "body": cols[4], "hash": cols[5],
+                        "height": pa.array([height] * len(rows), pa.int64())}))
+
+                self.commit(Batch(), entries, also=insert)
+                issued += len(chunk)
+        return {"month": month, "issued": issued, "already_issued": len(done)}
+
     def sync_broker_access(self) -> None:
         """Regenerate the broker's password and ACL files and make a running broker reload them."""
         devices = [access.DeviceAccess(d.device, d.district, d.kind, d.mqtt_hash)
@@ -330,6 +466,8 @@ def initialize(home: Home) -> dict[str, Any]:
         writer = LedgerWriter(home, store, key)
         if writer.height < 0:
             writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), "at": now_ms()}])
+        if store.con.execute("SELECT count(*) FROM tariff_versions").fetchone()[0] == 0:
+            writer.load_tariffs(DEFAULT_FILE.read_text())
         writer.sync_broker_access()
         return {"home": str(home.root), "ledger_key": public_hex(key), "created": created,
                 "height": writer.height}

@@ -1,0 +1,112 @@
+"""The SQL billing needs: accounts, meters, parking arrangements, bills, adjustments.
+
+Kept apart from store.py so that the chain's storage and the billing's read
+side can change independently; both work on the same DuckDB connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.billing import Point, Replacement
+from ledger.store import Store
+
+
+def account(store: Store, account_id: str) -> dict[str, Any] | None:
+    row = store.con.execute("SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?",
+                            [account_id]).fetchone()
+    return dict(zip(("account", "name", "customer_class", "created_at"), row)) if row else None
+
+
+def accounts(store: Store) -> list[dict[str, Any]]:
+    rows = store.con.execute(
+        "SELECT a.account, a.name, a.customer_class, a.created_at, count(d.device) FROM accounts a"
+        " LEFT JOIN devices d ON d.account = a.account GROUP BY ALL ORDER BY a.account").fetchall()
+    return [dict(zip(("account", "name", "customer_class", "created_at", "devices"), r)) for r in rows]
+
+
+def meters(store: Store, account_id: str) -> list[dict[str, Any]]:
+    rows = store.con.execute(
+        "SELECT device, kind, district FROM devices WHERE account = ? AND kind <> 'parking' ORDER BY device",
+        [account_id]).fetchall()
+    return [{"device": d, "kind": k, "district": di} for d, k, di in rows]
+
+
+def points(store: Store, device: str, start: int, end: int) -> list[Point]:
+    """Readings of a meter in [start, end] plus the nearest one either side of it."""
+    rows = store.con.execute(
+        """
+        (SELECT ts, value, seq FROM readings WHERE device = ? AND ts < ? ORDER BY ts DESC LIMIT 1)
+        UNION ALL (SELECT ts, value, seq FROM readings WHERE device = ? AND ts BETWEEN ? AND ?)
+        UNION ALL (SELECT ts, value, seq FROM readings WHERE device = ? AND ts > ? ORDER BY ts LIMIT 1)
+        """, [device, start, device, start, end, device, end]).fetchall()
+    return sorted((Point(ts, v, s) for ts, v, s in rows), key=lambda p: (p.ts, p.seq))
+
+
+def replacements(store: Store, device: str) -> list[Replacement]:
+    rows = store.con.execute("SELECT ts, old_final, new_initial FROM meter_replacements WHERE device = ? ORDER BY ts",
+                             [device]).fetchall()
+    return [Replacement(*r) for r in rows]
+
+
+def spaces_for(store: Store, account_id: str, start: int, end: int) -> list[str]:
+    """Parking spaces this account leased or checked in to at some time in [start, end)."""
+    rows = store.con.execute(
+        "SELECT DISTINCT space FROM parking_leases WHERE account = ? AND from_ts < ?"
+        " UNION SELECT DISTINCT space FROM parking_checkins WHERE account = ? AND checked_in_at < ?",
+        [account_id, end, account_id, end]).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def zone_class(store: Store, space: str, at: int, district_default: int) -> int:
+    row = store.con.execute("SELECT zone_class FROM parking_zones WHERE space = ? AND from_ts <= ?"
+                            " ORDER BY from_ts DESC LIMIT 1", [space, at]).fetchone()
+    return row[0] if row else district_default
+
+
+def lessee(store: Store, space: str, at: int) -> str | None:
+    row = store.con.execute("SELECT account FROM parking_leases WHERE space = ? AND from_ts <= ?"
+                            " ORDER BY from_ts DESC LIMIT 1", [space, at]).fetchone()
+    return row[0] if row else None
+
+
+def checkins(store: Store, space: str, start: int, end: int) -> list[tuple[int, str]]:
+    return store.con.execute("SELECT checked_in_at, account FROM parking_checkins WHERE space = ?"
+                             " AND checked_in_at BETWEEN ? AND ? ORDER BY checked_in_at", [space, start, end]).fetchall()
+
+
+def space_district(store: Store, space: str) -> str | None:
+    row = store.con.execute("SELECT district FROM devices WHERE device = ?", [space]).fetchone()
+    return row[0] if row else None
+
+
+def parking_spaces(store: Store) -> list[str]:
+    return [r[0] for r in store.con.execute("SELECT device FROM devices WHERE kind = 'parking' ORDER BY device").fetchall()]
+
+
+def adjustments(store: Store, account_id: str, start: int, end: int) -> list[dict[str, Any]]:
+    rows = store.con.execute(
+        "SELECT id, amount, reason, operator, created_at, height FROM adjustments"
+        " WHERE account = ? AND created_at >= ? AND created_at < ? ORDER BY created_at", [account_id, start, end]).fetchall()
+    return [dict(zip(("id", "amount", "reason", "operator", "created_at", "height"), r)) for r in rows]
+
+
+def issued_bill(store: Store, account_id: str, month: str) -> dict[str, Any] | None:
+    row = store.con.execute("SELECT body, hash, height, issued_at FROM bills WHERE account = ? AND month = ?",
+                            [account_id, month]).fetchone()
+    if not row:
+        return None
+    import json
+
+    return {**json.loads(row[0]), "status": "issued", "hash": row[1], "height": row[2], "issued_at": row[3]}
+
+
+def issued_months(store: Store, account_id: str) -> list[dict[str, Any]]:
+    rows = store.con.execute("SELECT month, total, hash, height, issued_at FROM bills WHERE account = ?"
+                             " ORDER BY month DESC", [account_id]).fetchall()
+    return [dict(zip(("month", "total", "hash", "height", "issued_at"), r)) for r in rows]
+
+
+def latest_tariffs(store: Store) -> tuple[int, str] | None:
+    row = store.con.execute("SELECT version, source FROM tariff_versions ORDER BY version DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else None
