@@ -101,8 +101,8 @@ def consumption(points: Sequence[Point], start: int, end: int,
     for (_, a), (_, b) in zip(path, path[1:]):
         if b >= a:
             result.amount += b - a
-    used = sorted({before, after, *inner, *(j for j in (before + 1, after - 1) if 0 <= j < len(pts))})
-    result.rests_on = [pts[i][2] for i in used if lo - GAP_MS * 8 <= pts[i][0] <= hi + GAP_MS * 8]
+    used = sorted({before, after, *inner})  # the readings either side of each boundary, and those inside
+    result.rests_on = [pts[i][2] for i in used]
     for i, j in zip(used, used[1:]):
         (ta, va, sa), (tb, vb, sb) = pts[i], pts[j]
         if vb < va:

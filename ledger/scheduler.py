@@ -1,4 +1,4 @@
-"""Periodic jobs (APScheduler 3, the stable line): today the chain audit.
+"""Periodic jobs (APScheduler 3, the stable line): the chain audit and the month-end close.
 
 The scheduler is its own process and reaches the ledger only through its API,
 so a slow job never holds the database away from ingest.
@@ -11,7 +11,11 @@ import logging
 import threading
 import time
 
+import datetime
+from zoneinfo import ZoneInfo
+
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from ledger.home import Home
 from ledger.rpc import open_ledger
@@ -32,10 +36,29 @@ def audit_job(home: Home) -> dict:
     return report
 
 
-def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event) -> None:
+def previous_month(today: datetime.date) -> str:
+    first = today.replace(day=1)
+    last_month = first - datetime.timedelta(days=1)
+    return last_month.strftime("%Y-%m")
+
+
+def close_job(home: Home, timezone: str) -> dict:
+    """On the 1st: issue last month's bills (idempotent, so a re-run after a failure is safe)."""
+    month = previous_month(datetime.datetime.now(ZoneInfo(timezone)).date())
+    result = open_ledger(home).close_month(month=month)
+    log.info("month-end close %s: %d bills issued, %d already issued", month, result["issued"],
+             result["already_issued"])
+    return result
+
+
+def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
+                  timezone: str = "Asia/Shanghai") -> None:
     scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(audit_job, "interval", args=[home], minutes=audit_minutes, id="audit",
                       max_instances=1, coalesce=True, next_run_time=None)
+    scheduler.add_job(close_job, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
+                      args=[home, timezone], id="month-end-close", max_instances=1, coalesce=True,
+                      misfire_grace_time=24 * 3600)
     scheduler.start()
     log.info("scheduler running: audit every %.1f min", audit_minutes)
     try:

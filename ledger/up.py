@@ -4,6 +4,11 @@ Each part runs as its own process, exactly as an operator would run it by hand
 (`cityledger broker`, `ingest`, `fleet`, `scheduler`, `dashboard`), each in its
 own session so that Ctrl-C reaches only this supervisor, which then stops the
 parts in reverse order: nothing is left behind.
+
+With `--tls` the broker also opens its TLS listener (certificates made in the
+home unless the operator gives their own), and every MQTT client part is
+pointed at that listener and told the CA to verify it with
+(CITYLEDGER_MQTT_PORT, CITYLEDGER_MQTT_CA), so nothing travels in plain text.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from broker.certs import CertPaths, resolve
 from ledger.home import Home
 from ledger.rpc import RemoteLedger, open_ledger
 
@@ -82,25 +88,36 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
     from ledger.writer import initialize
 
     host, port = args.mqtt_host, args.mqtt_port
+    tls_port: int | None = args.tls_port if args.tls else None
     if isinstance(open_ledger(home), RemoteLedger):
         print(f"an ingest is already running on {home.root}; stop it first", file=sys.stderr)
         return 2
-    for what, p in (("MQTT", port), ("dashboard", args.dashboard_port)):
+    ports = [("MQTT", port, "mqtt-port"), ("dashboard", args.dashboard_port, "dashboard-port")]
+    if tls_port is not None:
+        ports.append(("MQTT over TLS", tls_port, "tls-port"))
+    for what, p, flag in ports:
         if port_open("127.0.0.1", p):
-            print(f"port {p} ({what}) is in use; choose another with --{'mqtt' if what == 'MQTT' else 'dashboard'}-port",
-                  file=sys.stderr)
+            print(f"port {p} ({what}) is in use; choose another with --{flag}", file=sys.stderr)
             return 2
     info = initialize(home)
     print(f"cityledger home {home.root}, ledger key {info['ledger_key']}")
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "CITYLEDGER_MQTT_HOST": host,
            "CITYLEDGER_MQTT_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    broker_args = ["broker", "--mqtt-port", str(port)]
+    if tls_port is not None:
+        certs = _tls_certs(home, args)
+        print(f"MQTT over TLS on port {tls_port}; clients verify the broker with {certs.ca}")
+        broker_args += _tls_broker_args(tls_port, certs)
+        env.update({"CITYLEDGER_MQTT_PORT": str(tls_port), "CITYLEDGER_MQTT_CA": str(certs.ca)})
     sup = Supervisor(home, env)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        broker = sup.start("broker", "broker")
-        wait_until(lambda: port_open(host, port), 15, f"the broker on port {port}", broker)
+        broker = sup.start("broker", *broker_args)
+        for listening in (port, tls_port):
+            if listening is not None:
+                wait_until(lambda: port_open(host, listening), 15, f"the broker on port {listening}", broker)
         ingest = sup.start("ingest", "ingest")
         wait_until(lambda: isinstance(open_ledger(home), RemoteLedger), 30, "the ingest's API", ingest)
         sup.start("fleet", "fleet", "--devices", str(args.devices), "--interval", str(args.interval))
@@ -120,6 +137,18 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         print("stopping...", flush=True)
         sup.stop_all()
     return return_code
+
+
+def _tls_certs(home: Home, args: argparse.Namespace) -> CertPaths:
+    """The operator's files, or the home's CA and server certificate, which also names the host clients dial."""
+    hosts = [h for h in args.tls_hosts.split(",") if h.strip()] + [args.mqtt_host]
+    return resolve(home, cert=args.tls_cert or None, key=args.tls_key or None, ca=args.tls_ca or None, hosts=hosts)
+
+
+def _tls_broker_args(tls_port: int, certs: CertPaths) -> list[str]:
+    """The broker part is given the files resolved here, so it generates nothing of its own."""
+    return ["--tls", "--tls-port", str(tls_port), "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
+            "--tls-ca", str(certs.ca)]
 
 
 def _report_until(stop: threading.Event, sup: Supervisor, home: Home) -> None:

@@ -300,7 +300,7 @@ class LedgerWriter:
         assert sealed is not None
         return sealed
 
-    def add_account(self, account: str, name: str, customer_class: str) -> dict[str, Any]:
+    def add_account(self, account: str, name: str, customer_class: str = "residential") -> dict[str, Any]:
         if not valid_device_id(account):
             raise EnrolmentError(f"invalid account id {account!r} (letters, digits, . _ -)")
         if customer_class not in ("residential", "non-residential"):
