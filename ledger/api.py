@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ledger import billing_queries, merkle
-from ledger.bills import make_bill, unpaid_stays
+from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, audit, compare_with_witness
 from ledger.protocol import Reading
 from ledger.receipts import build_receipt
@@ -283,19 +283,13 @@ class LedgerAPI:
         started = _now()
         with self.backend.reading() as store:
             book, version = self._book(store)
-            ids = [a["account"] for a in billing_queries.accounts(store)]
-            drafts = []
-            for n, account in enumerate(ids, 1):
-                bill = make_bill(store, book, version, account, month)
-                if bill["status"] != "issued":
-                    drafts.append(bill)
-                if progress and n % 1000 == 0:
-                    progress(n, len(ids))
+            drafts, _ = close_bills(store, book, version, month, progress)
+            accounts = len(billing_queries.accounts(store))
         with self.backend.writing() as writer:
             result = writer.issue_bills(month, drafts)
         if progress:
-            progress(len(ids), len(ids))
-        return {**result, "accounts": len(ids), "seconds": (_now() - started) / 1000}
+            progress(accounts, accounts)
+        return {**result, "accounts": accounts, "seconds": (_now() - started) / 1000}
 
     def unpaid_stays(self, month: str) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

@@ -71,11 +71,15 @@ def _continuous(points: Sequence[Point], replacements: Sequence[Replacement]) ->
 
 
 def consumption(points: Sequence[Point], start: int, end: int,
-                replacements: Sequence[Replacement] = ()) -> Consumption:
+                replacements: Sequence[Replacement] = (), *, checks: bool = True) -> Consumption:
     """What the meter counted in [start, end), from readings sorted by ts.
 
     A register that goes down without a recorded replacement is flagged, never
     guessed away: the drop is left out and the counting goes on from the new value.
+    The result rests on the readings either side of each boundary (what the
+    interpolation used) and on every reading a flag names. `checks=False` is for
+    callers that already know the stretch has no drop and no gap and hand over
+    only the boundary neighbours.
     """
     if end <= start:
         raise ValueError("a period must end after it starts")
@@ -92,26 +96,32 @@ def consumption(points: Sequence[Point], start: int, end: int,
     lo, hi = max(start, first_ts), min(end, last_ts)
     if hi <= lo:
         return result
-    # The readings inside, plus the ones either side of each boundary.
-    inner = [i for i, (ts, _, _) in enumerate(pts) if lo < ts < hi]
     before = max(i for i, (ts, _, _) in enumerate(pts) if ts <= lo)
     after = min(i for i, (ts, _, _) in enumerate(pts) if ts >= hi)
-    path = [(lo, _register_at(pts, lo, before))] + [(pts[i][0], pts[i][1]) for i in inner] + \
+    path = [(lo, _register_at(pts, lo, before))] + [(pts[i][0], pts[i][1]) for i in range(before + 1, after)] + \
         [(hi, _register_at(pts, hi, after))]
     for (_, a), (_, b) in zip(path, path[1:]):
         if b >= a:
             result.amount += b - a
-    used = sorted({before, after, *inner})  # the readings either side of each boundary, and those inside
-    result.rests_on = [pts[i][2] for i in used]
-    for i, j in zip(used, used[1:]):
-        (ta, va, sa), (tb, vb, sb) = pts[i], pts[j]
-        if vb < va:
-            result.flags.append(f"register fell from {va} to {vb} between seq {sa} and {sb}: the drop is not "
-                                "billed; an operator must confirm a meter replacement or investigate")
-        if sb != sa + 1:
-            result.flags.append(f"readings missing between seq {sa} and {sb}")
-        elif tb - ta > GAP_MS:
-            result.flags.append(f"no reading for {(tb - ta) / 3_600_000:.1f} h after seq {sa}")
+    used = {before, after}
+    if pts[before][0] < lo and before + 1 < len(pts):
+        used.add(before + 1)
+    if pts[after][0] > hi and after > 0:
+        used.add(after - 1)
+    if checks:
+        for i in range(before, after):
+            (ta, va, sa), (tb, vb, sb) = pts[i], pts[i + 1]
+            if vb < va:
+                result.flags.append(f"register fell from {va} to {vb} between seq {sa} and {sb}: the drop is not "
+                                    "billed; an operator must confirm a meter replacement or investigate")
+                used |= {i, i + 1}
+            if sb != sa + 1:
+                result.flags.append(f"readings missing between seq {sa} and {sb}")
+                used |= {i, i + 1}
+            elif tb - ta > GAP_MS:
+                result.flags.append(f"no reading for {(tb - ta) / 3_600_000:.1f} h after seq {sa}")
+                used |= {i, i + 1}
+    result.rests_on = [pts[i][2] for i in sorted(used)]
     return result
 
 

@@ -110,3 +110,75 @@ def issued_months(store: Store, account_id: str) -> list[dict[str, Any]]:
 def latest_tariffs(store: Store) -> tuple[int, str] | None:
     row = store.con.execute("SELECT version, source FROM tariff_versions ORDER BY version DESC LIMIT 1").fetchone()
     return (row[0], row[1]) if row else None
+
+
+# How far outside [start, end] a reading may lie and still be a boundary's neighbour to check.
+MARGIN_MS = 400 * 86_400_000
+
+
+def boundary_neighbours(store: Store, boundaries: tuple[int, ...]) -> dict[str, list[Point]]:
+    """For every account meter: the last reading at or before, and the first after, each boundary."""
+    values = ", ".join(f"({int(b)})" for b in boundaries)
+    rows = store.con.execute(f"""
+        WITH b(ts) AS (VALUES {values}),
+        m AS (SELECT device FROM devices WHERE account IS NOT NULL AND kind <> 'parking'),
+        probe AS (SELECT m.device, b.ts FROM m CROSS JOIN b),
+        r AS (SELECT device, ts, value, seq FROM readings WHERE device IN (SELECT device FROM m))
+        SELECT probe.device, p.ts, p.value, p.seq, n.ts, n.value, n.seq
+        FROM probe
+        ASOF LEFT JOIN r p ON probe.device = p.device AND probe.ts >= p.ts
+        ASOF LEFT JOIN r n ON probe.device = n.device AND probe.ts < n.ts
+        """).fetchall()
+    out: dict[str, list[Point]] = {}
+    for device, pt, pv, ps, nt, nv, ns in rows:
+        pts = out.setdefault(device, [])
+        if pt is not None:
+            pts.append(Point(pt, pv, ps))
+        if nt is not None:
+            pts.append(Point(nt, nv, ns))
+    return out
+
+
+def meters_needing_checks(store: Store, start: int, end: int, gap_ms: int) -> set[str]:
+    """Meters with a drop, a seq gap or a silence longer than `gap_ms` near [start, end], or a replacement."""
+    rows = store.con.execute("""
+        WITH w AS (
+            SELECT device, ts, value, seq,
+                   lag(ts) OVER (PARTITION BY device ORDER BY ts) AS pts,
+                   lag(value) OVER (PARTITION BY device ORDER BY ts) AS pv,
+                   lag(seq) OVER (PARTITION BY device ORDER BY ts) AS ps
+            FROM readings
+            WHERE kind <> 'parking' AND ts BETWEEN ? - ? AND ? + ?)
+        SELECT DISTINCT device FROM w
+        WHERE pts IS NOT NULL AND (value < pv OR seq <> ps + 1 OR ts - pts > ?)
+        UNION SELECT device FROM meter_replacements
+        """, [start, MARGIN_MS, end, MARGIN_MS, gap_ms]).fetchall()
+    return {r[0] for r in rows}
+
+
+def issued_accounts(store: Store, month: str) -> set[str]:
+    return {r[0] for r in store.con.execute("SELECT account FROM bills WHERE month = ?", [month]).fetchall()}
+
+
+def meters_by_account(store: Store) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for device, kind, district, acct in store.con.execute(
+            "SELECT device, kind, district, account FROM devices WHERE account IS NOT NULL AND kind <> 'parking'"
+            " ORDER BY device").fetchall():
+        out.setdefault(acct, []).append({"device": device, "kind": kind, "district": district})
+    return out
+
+
+def accounts_with_parking(store: Store, end: int) -> set[str]:
+    rows = store.con.execute("SELECT account FROM parking_leases WHERE account IS NOT NULL AND from_ts < ?"
+                             " UNION SELECT account FROM parking_checkins WHERE checked_in_at < ?", [end, end]).fetchall()
+    return {r[0] for r in rows}
+
+
+def adjustments_by_account(store: Store, start: int, end: int) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in store.con.execute(
+            "SELECT account, id, amount, reason, operator, created_at, height FROM adjustments"
+            " WHERE created_at >= ? AND created_at < ? ORDER BY created_at", [start, end]).fetchall():
+        out.setdefault(r[0], []).append(dict(zip(("id", "amount", "reason", "operator", "created_at", "height"), r[1:])))
+    return out

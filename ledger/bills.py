@@ -6,6 +6,7 @@ with a receipt; flags say where the data was incomplete instead of hiding it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -23,8 +24,13 @@ class BillError(ValueError):
     """A bill that cannot be made (unknown account, no tariff); the message is for the operator."""
 
 
-def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: str, month: str) -> dict[str, Any]:
-    """The bill as it stands: issued bills come back as issued, others are computed now."""
+def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: str, month: str,
+              clean: dict[str, list[Point]] | None = None) -> dict[str, Any]:
+    """The bill as it stands: issued bills come back as issued, others are computed now.
+
+    `clean` maps meters already known to have no drop, gap or replacement to their
+    boundary neighbours (see `clean_meters`); all others are read in full.
+    """
     issued = q.issued_bill(store, account_id, month)
     if issued is not None:
         return issued
@@ -33,14 +39,51 @@ def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: s
         raise BillError(f"unknown account {account_id}")
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
+    return _assemble(store, book, tariff_version, acct, month, q.meters(store, account_id),
+                     q.spaces_for(store, account_id, start, end), q.adjustments(store, account_id, start, end), clean)
+
+
+def close_bills(store: Store, book: TariffBook, tariff_version: int, month: str,
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Drafts of every account's bill not yet issued for `month`, and how many were issued.
+
+    The same assembly as `make_bill`, fed from a handful of bulk queries instead
+    of several per account, so a city's close takes seconds, not hours.
+    """
+    tz = ZoneInfo(book.timezone)
+    start, end = billing.month_bounds(month, tz)
+    issued = q.issued_accounts(store, month)
+    clean = clean_meters(store, month, tz)
+    meters = q.meters_by_account(store)
+    parking = q.accounts_with_parking(store, end)
+    adjustments = q.adjustments_by_account(store, start, end)
+    accounts = [a for a in q.accounts(store) if a["account"] not in issued]
+    drafts = []
+    for n, acct in enumerate(accounts, 1):
+        account_id = acct["account"]
+        spaces = q.spaces_for(store, account_id, start, end) if account_id in parking else []
+        drafts.append(_assemble(store, book, tariff_version, acct, month, meters.get(account_id, []), spaces,
+                                adjustments.get(account_id, []), clean))
+        if progress and n % 1000 == 0:
+            progress(n, len(accounts))
+    return drafts, len(issued)
+
+
+def _assemble(store: Store, book: TariffBook, tariff_version: int, acct: dict[str, Any], month: str,
+              meters: list[dict[str, Any]], spaces: list[str], adjustments: list[dict[str, Any]],
+              clean: dict[str, list[Point]] | None) -> dict[str, Any]:
+    tz = ZoneInfo(book.timezone)
+    start, end = billing.month_bounds(month, tz)
+    account_id = acct["account"]
     lines: list[dict[str, Any]] = []
-    for meter in q.meters(store, account_id):
-        lines.append(_utility_line(store, book, acct["customer_class"], meter, month, tz))
-    for space in q.spaces_for(store, account_id, start, end):
+    for meter in meters:
+        pts = (clean or {}).get(meter["device"])
+        lines.append(_utility_line(store, book, acct["customer_class"], meter, month, tz, pts))
+    for space in spaces:
         line = _parking_line(store, book, account_id, space, start, end, tz)
         if line["sessions"]:
             lines.append(line)
-    for adj in q.adjustments(store, account_id, start, end):
+    for adj in adjustments:
         lines.append({"type": "adjustment", "id": adj["id"], "reason": adj["reason"], "operator": adj["operator"],
                       "amount": adj["amount"], "created_at": adj["created_at"], "block": adj["height"]})
     total = sum((Decimal(line["amount"]) for line in lines), Decimal("0.00"))
@@ -50,18 +93,22 @@ def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: s
 
 
 def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: dict[str, Any], month: str,
-                  tz: ZoneInfo) -> dict[str, Any]:
+                  tz: ZoneInfo, pts: list[Point] | None = None) -> dict[str, Any]:
+    """One meter's line. `pts` are the boundary neighbours when the caller knows the
+    stretch is clean (month-end close); otherwise every reading is read and checked."""
     device, kind = meter["device"], meter["kind"]
     start, end = billing.month_bounds(month, tz)
     year0 = billing.year_start(month, tz)
     tariff = book.for_utility(kind, customer_class, billing.local_date(start, tz))
-    pts = q.points(store, device, year0, end)
-    repl = q.replacements(store, device)
-    used = billing.consumption(pts, start, end, repl)
+    checks = pts is None
+    repl = [] if pts is not None else q.replacements(store, device)
+    if pts is None:
+        pts = q.points(store, device, year0, end)
+    used = billing.consumption(pts, start, end, repl, checks=checks)
     per_unit = Fraction(tariff.base_per_unit)
     before = Fraction(0)
     if tariff.basis == "calendar_year" and start > year0:
-        before = billing.consumption(pts, year0, start, repl).amount / per_unit
+        before = billing.consumption(pts, year0, start, repl, checks=checks).amount / per_unit
     rows = billing.split_tiers(tariff, before, used.amount / per_unit)
     amount = sum((r.amount for r in rows), Decimal("0.00"))
     return {"type": "utility", "device": device, "kind": kind, "unit": tariff.unit,
@@ -117,4 +164,20 @@ def unpaid_stays(store: Store, book: TariffBook, month: str) -> list[dict[str, A
         for stay in billing.sessions(q.points(store, space, start - MARGIN_MS, end)):
             if start <= stay.start < end and _payer(store, space, stay.start, stay.end or end) is None:
                 out.append({"space": space, **_stay(store, book, space, stay, tz)})
+    return out
+
+
+def clean_meters(store: Store, month: str, tz: ZoneInfo) -> dict[str, list[Point]]:
+    """Meters whose readings from the year's start to the month's end need no checking,
+    with just the readings either side of each boundary: two passes over the table
+    instead of a query per meter. A meter with a drop, a seq gap, a long silence or
+    a recorded replacement is left out, and billed from all its readings instead."""
+    start, end = billing.month_bounds(month, tz)
+    year0 = billing.year_start(month, tz)
+    neighbours = q.boundary_neighbours(store, (year0, start, end))
+    suspect = q.meters_needing_checks(store, year0, end, billing.GAP_MS)
+    out: dict[str, list[Point]] = {}
+    for device, pts in neighbours.items():
+        if device not in suspect:
+            out[device] = sorted(set(pts), key=lambda p: (p.ts, p.seq))
     return out

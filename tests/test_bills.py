@@ -190,3 +190,37 @@ def test_bill_command_json(city: City) -> None:
     # 350 m3 x 2.61 = 913.50; 50 m3 x 2.83 = 141.50; 1055.00
     assert bill["total"] == "1055.00" and [t["amount"] for t in bill["lines"][0]["tiers"]] == ["913.50", "141.50"]
     city.writer = LedgerWriter.open(city.home)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.integers(min_value=-500, max_value=3_000), min_size=2, max_size=40), min_size=1,
+                max_size=4))
+def test_the_month_end_close_bills_exactly_what_a_draft_says(tmp_path_factory: pytest.TempPathFactory,
+                                                              meters: list[list[int]]) -> None:
+    """The close takes a fast path for meters with clean data; it must agree with the full path."""
+    from ledger.bills import clean_meters, make_bill
+    from ledger.tariffs import default_tariffs
+
+    city = City(tmp_path_factory.mktemp("close") / "home")
+    try:
+        city.writer.add_account("hh-7", "Close")
+        expect_clean = set()
+        for m, steps in enumerate(meters):
+            device = f"wm-d02-{m:06d}"
+            city.device(device, "water", account="hh-7")
+            value, pts = 10**6, []
+            for i, step in enumerate(steps):  # every 4 hours across the Feb 1 boundary: no silence
+                value = max(0, value + step * 1000)
+                pts.append((at(2026, 1, 30, 20) + i * 4 * 3_600_000, value))
+            city.readings(device, pts, block=7)
+            if all(b >= a for (_, a), (_, b) in zip(pts, pts[1:])):
+                expect_clean.add(device)
+        store, book = city.writer.store, default_tariffs()
+        for month in ("2026-01", "2026-02"):
+            clean = clean_meters(store, month, TZ)
+            assert set(clean) == expect_clean  # the fast path is really taken for clean meters
+            fast = make_bill(store, book, 1, "hh-7", month, clean)
+            full = make_bill(store, book, 1, "hh-7", month)
+            assert fast == full
+    finally:
+        city.close()
