@@ -112,18 +112,17 @@ def latest_tariffs(store: Store) -> tuple[int, str] | None:
     return (row[0], row[1]) if row else None
 
 
-# How far outside [start, end] a reading may lie and still be a boundary's neighbour to check.
-MARGIN_MS = 400 * 86_400_000
-
-
-def boundary_neighbours(store: Store, boundaries: tuple[int, ...]) -> dict[str, list[Point]]:
-    """For every account meter: the last reading at or before, and the first after, each boundary."""
+def boundary_neighbours(store: Store, boundaries: tuple[int, ...], within_ms: int) -> dict[str, list[Point]]:
+    """For every account meter: the last reading at or before, and the first after, each
+    boundary, looking no further than `within_ms` away (a meter silent longer than that
+    is checked in full anyway), so only narrow slices of the table are read."""
     values = ", ".join(f"({int(b)})" for b in boundaries)
+    near = " OR ".join(f"ts BETWEEN {int(b) - within_ms} AND {int(b) + within_ms}" for b in boundaries)
     rows = store.con.execute(f"""
         WITH b(ts) AS (VALUES {values}),
         m AS (SELECT device FROM devices WHERE account IS NOT NULL AND kind <> 'parking'),
         probe AS (SELECT m.device, b.ts FROM m CROSS JOIN b),
-        r AS (SELECT device, ts, value, seq FROM readings WHERE device IN (SELECT device FROM m))
+        r AS (SELECT device, ts, value, seq FROM readings WHERE kind <> 'parking' AND ({near}))
         SELECT probe.device, p.ts, p.value, p.seq, n.ts, n.value, n.seq
         FROM probe
         ASOF LEFT JOIN r p ON probe.device = p.device AND probe.ts >= p.ts
@@ -140,19 +139,21 @@ def boundary_neighbours(store: Store, boundaries: tuple[int, ...]) -> dict[str, 
 
 
 def meters_needing_checks(store: Store, start: int, end: int, gap_ms: int) -> set[str]:
-    """Meters with a drop, a seq gap or a silence longer than `gap_ms` near [start, end], or a replacement."""
+    """Meters with a drop, a seq gap or a silence longer than `gap_ms` in [start - gap, end + gap],
+    or a recorded replacement, or without a neighbour within `gap_ms` of either end."""
     rows = store.con.execute("""
         WITH w AS (
             SELECT device, ts, value, seq,
                    lag(ts) OVER (PARTITION BY device ORDER BY ts) AS pts,
                    lag(value) OVER (PARTITION BY device ORDER BY ts) AS pv,
                    lag(seq) OVER (PARTITION BY device ORDER BY ts) AS ps
-            FROM readings
-            WHERE kind <> 'parking' AND ts BETWEEN ? - ? AND ? + ?)
+            FROM readings WHERE kind <> 'parking' AND ts BETWEEN ? AND ?),
+        span AS (SELECT device, min(ts) AS first, max(ts) AS last FROM w GROUP BY device)
         SELECT DISTINCT device FROM w
         WHERE pts IS NOT NULL AND (value < pv OR seq <> ps + 1 OR ts - pts > ?)
+        UNION SELECT device FROM span WHERE first > ? OR last < ?
         UNION SELECT device FROM meter_replacements
-        """, [start, MARGIN_MS, end, MARGIN_MS, gap_ms]).fetchall()
+        """, [start - gap_ms, end + gap_ms, gap_ms, start, end]).fetchall()
     return {r[0] for r in rows}
 
 

@@ -174,7 +174,7 @@ def clean_meters(store: Store, month: str, tz: ZoneInfo) -> dict[str, list[Point
     a recorded replacement is left out, and billed from all its readings instead."""
     start, end = billing.month_bounds(month, tz)
     year0 = billing.year_start(month, tz)
-    neighbours = q.boundary_neighbours(store, (year0, start, end))
+    neighbours = q.boundary_neighbours(store, (year0, start, end), billing.GAP_MS)
     suspect = q.meters_needing_checks(store, year0, end, billing.GAP_MS)
     out: dict[str, list[Point]] = {}
     for device, pts in neighbours.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,10 @@ class Store:
 
     @classmethod
     def open(cls, path: Path, *, read_only: bool = False) -> Store:
-        con = duckdb.connect(str(path), read_only=read_only)
+        """Open the file with a memory cap: DuckDB would otherwise take up to 80% of RAM
+        (and spills to disk beyond the cap instead)."""
+        config = {"memory_limit": os.environ.get("CITYLEDGER_DB_MEMORY", "2GB")}
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
         store = cls(con)
         if not read_only:
             migrate(con)
