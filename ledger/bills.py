@@ -53,11 +53,13 @@ def close_bills(store: Store, book: TariffBook, tariff_version: int, month: str,
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
     issued = q.issued_accounts(store, month)
+    accounts = [a for a in q.accounts(store) if a["account"] not in issued]
+    if not accounts:
+        return [], len(issued)
     clean = clean_meters(store, month, tz)
     meters = q.meters_by_account(store)
     parking = q.accounts_with_parking(store, end)
     adjustments = q.adjustments_by_account(store, start, end)
-    accounts = [a for a in q.accounts(store) if a["account"] not in issued]
     drafts = []
     for n, acct in enumerate(accounts, 1):
         account_id = acct["account"]

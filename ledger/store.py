@@ -223,8 +223,13 @@ class Store:
                 [b["height"], b["hash"], b["prev"], b["header"], b["sig"], b["size"], b["sealed_at"]],
             )
             height, n_entries = b["height"], len(c.entries)
-            for i, e in enumerate(c.entries):
-                con.execute("INSERT INTO entries VALUES (?, ?, ?, ?)", [height, i, e["type"], e["body"]])
+            if c.entries:
+                self._insert_arrow("entries", pa.table({
+                    "height": pa.array([height] * n_entries, pa.int64()),
+                    "idx": pa.array(range(n_entries), pa.int32()),
+                    "type": [e["type"] for e in c.entries],
+                    "body": [e["body"] for e in c.entries],
+                }))
             if c.readings:
                 self._insert_arrow("readings", _readings_table(height, n_entries, c.readings))
         elif c.readings or c.entries:
