@@ -2,7 +2,9 @@
 
 The top-level mosquitto.conf is both a runnable config and the template: it is
 rendered for one home and port by rewriting only the lines that name a place,
-so every tuning option stays reviewed in one file.
+so every tuning option stays reviewed in one file. Its TLS listener section is
+kept (port and files substituted) only when TLS is asked for, and removed
+otherwise, so a plain broker opens exactly one port.
 
 What mosquitto 2.0.11 does that this module relies on (checked, not assumed):
 - it writes `pid_file` in the foreground too, as the switched user and before
@@ -26,9 +28,11 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
+from broker.certs import CertPaths, ensure_certs
 from ledger.home import Home, write_private
 
 TEMPLATE: Path = Path(__file__).resolve().parent.parent / "mosquitto.conf"
@@ -36,6 +40,16 @@ TEMPLATE_ENV = "CITYLEDGER_MOSQUITTO_CONF"
 FALLBACK_BINARY = "/usr/sbin/mosquitto"
 START_TIMEOUT_S = 10.0
 LOG_NAME = "mosquitto.log"
+# Options that make a listener a TLS listener.
+TLS_FILE_OPTIONS = frozenset({"cafile", "capath", "certfile", "keyfile"})
+
+
+@dataclass(frozen=True)
+class TLSListener:
+    """The TLS listener to render: its port and the files it serves."""
+
+    port: int
+    certs: CertPaths
 
 
 def mosquitto_binary() -> str:
@@ -65,14 +79,18 @@ def current_user() -> str:
 # ---------------------------------------------------------------- rendering
 
 
-def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1") -> str:
-    """The template with its listener, files and user pointed at `home`.
+def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1",
+                  tls: TLSListener | None = None) -> str:
+    """The template with its listeners, files and user pointed at `home`.
 
     Options are replaced where they stand (a listener's own options follow its
-    line); one the template lacks is appended. No file is touched: the caller
-    writes the result (only the effective user is looked up).
+    line); one the template lacks is appended. The TLS listener's section is
+    rendered after everything else when `tls` is given and dropped when not. No
+    file is touched: the caller writes the result (only the effective user is
+    looked up).
     """
-    _check_listener(template, port, bind)
+    plain, tls_section = split_tls_section(template)
+    _check_listener(plain, port, bind)
     values = {
         "listener": f"{port} {bind}",
         "password_file": _path_value(home.passwd),
@@ -81,18 +99,73 @@ def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1")
         "pid_file": _path_value(home.broker_pid),
         "user": current_user(),
     }
-    return _set_options(template, values)
+    text = _set_options(plain, values)
+    if tls is None:
+        return text
+    if tls_section is None:
+        raise ValueError("TLS was asked for but the template has no TLS listener section (a listener with certfile)")
+    return text + _render_tls_section(tls_section, tls, port, bind)
+
+
+def _render_tls_section(section: str, tls: TLSListener, plain_port: int, bind: str) -> str:
+    """The TLS listener's lines with its port and files substituted (missing ones appended to it)."""
+    if not 0 < tls.port < 65536 or tls.port == plain_port:
+        raise ValueError(f"invalid TLS port {tls.port} (the plain listener has {plain_port})")
+    values = {
+        "listener": f"{tls.port} {bind}",
+        "cafile": _path_value(tls.certs.ca),
+        "certfile": _path_value(tls.certs.cert),
+        "keyfile": _path_value(tls.certs.key),
+    }
+    options = [_option_name(line) for line in section.splitlines()]
+    if "capath" in options:
+        raise ValueError("the TLS listener must name its CA with cafile, not capath")
+    return "\n" + _set_options(section, values)
+
+
+def split_tls_section(template: str) -> tuple[str, str | None]:
+    """(the template without its TLS listener section, that section or None).
+
+    A listener's section runs from the comments just above its `listener` line
+    to the next listener's (or the end); it is the TLS one when it sets one of
+    the TLS_FILE_OPTIONS. More than one TLS section is a mistake. Everything in
+    the section goes with it, so it must hold only that listener's options.
+    """
+    lines = template.splitlines()
+    starts = _section_starts(lines)
+    bounds = list(zip(starts, [*starts[1:], len(lines)]))
+    tls = [(a, b) for a, b in bounds if any(_option_name(line) in TLS_FILE_OPTIONS for line in lines[a:b])]
+    if len(tls) > 1:
+        raise ValueError(f"the template must have at most one TLS listener, found {len(tls)}")
+    if not tls:
+        return template, None
+    a, b = tls[0]
+    plain = "\n".join(lines[:a] + lines[b:]).rstrip("\n") + "\n"
+    return plain, "\n".join(lines[a:b]).strip("\n") + "\n"
+
+
+def _section_starts(lines: list[str]) -> list[int]:
+    """Where each listener's section starts: its line, or the comment and blank lines right above it."""
+    starts = []
+    for i, line in enumerate(lines):
+        if _option_name(line) != "listener":
+            continue
+        start = i
+        while start > 0 and _option_name(lines[start - 1]) is None:
+            start -= 1  # stops at the previous section's last option (a listener line at the latest)
+        starts.append(start)
+    return starts
 
 
 def _check_listener(template: str, port: int, bind: str) -> None:
-    """Exactly one listener, a real port and a one-token address: anything else is a mistake."""
+    """Exactly one plain listener, a real port and a one-token address: anything else is a mistake."""
     if not 0 < port < 65536:
         raise ValueError(f"invalid port {port}")
     if not bind or any(c.isspace() for c in bind):
         raise ValueError(f"invalid bind address {bind!r}")
     listeners = [line for line in template.splitlines() if _option_name(line) == "listener"]
     if len(listeners) != 1:
-        raise ValueError(f"the template must have exactly one listener line, found {len(listeners)}")
+        raise ValueError(f"the template must have exactly one plain listener line, found {len(listeners)}")
 
 
 def _path_value(path: Path) -> str:
@@ -130,13 +203,13 @@ def _set_options(template: str, values: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- files
 
 
-def write_config(home: Home, port: int, bind: str = "127.0.0.1") -> Path:
+def write_config(home: Home, port: int, bind: str = "127.0.0.1", tls: TLSListener | None = None) -> Path:
     """Render the template into home.broker_config (0600) and prepare what the broker opens.
 
     Mosquitto refuses to start without its password and ACL files, so empty ones
     (nobody may connect) are written when write_access_files has not run yet.
     """
-    text = render_config(template_path().read_text(), home, port, bind)
+    text = render_config(template_path().read_text(), home, port, bind, tls)
     home.broker_data.mkdir(parents=True, exist_ok=True)
     home.broker_data.chmod(0o700)
     for path in (home.passwd, home.acl):
@@ -144,6 +217,15 @@ def write_config(home: Home, port: int, bind: str = "127.0.0.1") -> Path:
             write_private(path, "")
     write_private(home.broker_config, text)
     return home.broker_config
+
+
+def tls_listener(home: Home, tls_port: int | None, certs: CertPaths | None = None) -> TLSListener | None:
+    """The TLS listener for `tls_port` (None: plain only), with `certs` or the home's generated ones."""
+    if tls_port is None:
+        if certs is not None:
+            raise ValueError("TLS files were given but no TLS port")
+        return None
+    return TLSListener(tls_port, certs if certs is not None else ensure_certs(home))
 
 
 def log_path(home: Home) -> Path:
@@ -166,20 +248,27 @@ def _argv(config: Path) -> list[str]:
 # ---------------------------------------------------------------- running
 
 
-def exec_foreground(home: Home, port: int) -> NoReturn:
-    """Become the broker (for `cityledger broker`): the pid stays, so mosquitto's pid file is right."""
-    argv = _argv(write_config(home, port))
+def exec_foreground(home: Home, port: int, tls_port: int | None = None, *,
+                    certs: CertPaths | None = None) -> NoReturn:
+    """Become the broker (for `cityledger broker`): the pid stays, so mosquitto's pid file is right.
+
+    With `tls_port` it also listens for MQTT over TLS there, serving `certs` or,
+    by default, the home's generated CA and server certificate (made if missing).
+    """
+    argv = _argv(write_config(home, port, tls=tls_listener(home, tls_port, certs)))
     os.execv(argv[0], argv)
 
 
-def start(home: Home, port: int, *, stdout: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
-    """Start the broker in the background and return once it accepts TCP connections.
+def start(home: Home, port: int, tls_port: int | None = None, *, certs: CertPaths | None = None,
+          stdout: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+    """Start the broker in the background and return once it accepts TCP connections on every listener.
 
-    Output goes to `stdout`, or by default is appended to `log_path(home)` (a pipe
-    nobody reads would stall the broker once full). On failure the broker is
-    stopped and the error carries what it logged.
+    `tls_port` and `certs` are as for `exec_foreground`. Output goes to `stdout`,
+    or by default is appended to `log_path(home)` (a pipe nobody reads would
+    stall the broker once full). On failure the broker is stopped and the error
+    carries what it logged.
     """
-    argv = _argv(write_config(home, port))
+    argv = _argv(write_config(home, port, tls=tls_listener(home, tls_port, certs)))
     log_file, log_offset = log_path(home), 0
     own_log = stdout is None
     if own_log:
@@ -190,7 +279,10 @@ def start(home: Home, port: int, *, stdout: IO[bytes] | int | None = None) -> su
     else:
         proc = _spawn(argv, stdout)
     try:
-        _wait_listening(proc, "127.0.0.1", port, START_TIMEOUT_S)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for listening in (port, tls_port):
+            if listening is not None:
+                _wait_listening(proc, "127.0.0.1", listening, max(0.0, deadline - time.monotonic()))
     except RuntimeError as exc:
         _stop_quietly(proc)
         output = _read_from(log_file, log_offset) if own_log else "(output went to the given stdout)"

@@ -24,6 +24,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from broker.tls import TLSSettings
+from broker.tls import configure as configure_tls
 from ledger.protocol import CHECKPOINT_TOPIC, HEADERS_TOPIC, canonical_json, valid_device_id, witness_topic
 from ledger.witness import (
     Accepted,
@@ -68,15 +70,18 @@ def now_ms() -> int:
 
 
 def run_witness(store: Path, *, host: str, port: int, name: str, password: str, ledger_key: str | None,
-                stop: threading.Event) -> int:
-    """Follow the ledger until `stop` (0), an alarm (3) or a configuration problem (2)."""
+                stop: threading.Event, tls: TLSSettings | None = None) -> int:
+    """Follow the ledger until `stop` (0), an alarm (3) or a configuration problem (2).
+
+    With `tls` the witness connects over TLS and verifies the broker against that CA.
+    """
     if not valid_device_id(name):
         return _config_error(f"invalid witness name {name!r}")
     opened = WitnessStore.open(store, ledger_key)
     if isinstance(opened, StoreError):
         return _config_error(opened.message)
     _report_start(opened)
-    return Follower(opened, host=host, port=port, name=name, password=password).run(stop)
+    return Follower(opened, host=host, port=port, name=name, password=password, tls=tls).run(stop)
 
 
 def _config_error(message: str) -> int:
@@ -95,7 +100,8 @@ def _report_start(store: WitnessStore) -> None:
 class Follower:
     """One MQTT connection to the broker, and the loop that judges what it delivers."""
 
-    def __init__(self, store: WitnessStore, *, host: str, port: int, name: str, password: str) -> None:
+    def __init__(self, store: WitnessStore, *, host: str, port: int, name: str, password: str,
+                 tls: TLSSettings | None = None) -> None:
         self.store, self.host, self.port, self.name = store, host, port, name
         self.inbox: queue.SimpleQueue[_Message | _Refused] = queue.SimpleQueue()
         self._generation = 0
@@ -104,6 +110,7 @@ class Follower:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5,
                                   manual_ack=True)
         self.client.username_pw_set(name, password)
+        configure_tls(self.client, tls)
         self.client.reconnect_delay_set(0.2, 5)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail

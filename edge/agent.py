@@ -34,6 +34,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from broker.tls import TLSSettings
+from broker.tls import configure as configure_tls
 from edge.identity import DeviceIdentity, Enroll, device_dir, load_key, provision
 from edge.outbox import Outbox
 from ledger.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_ack, sign_reading
@@ -67,8 +69,14 @@ class DeviceAgent:
         port: int,
         settings: AgentSettings = AgentSettings(),
         on_acked: Callable[[int], None] | None = None,
+        tls: TLSSettings | None = None,
     ) -> None:
-        """`on_acked(n)` is told how many readings each new ack removed from the outbox."""
+        """`on_acked(n)` is told how many readings each new ack removed from the outbox.
+
+        With `tls` the device speaks MQTT over TLS and accepts only a broker whose
+        certificate that CA signed for the host name it dials: its password must
+        never reach an impostor.
+        """
         if not identity.enrolled:
             raise ValueError(f"{identity.device} has no broker credentials: enrol it first")
         self.identity = identity
@@ -94,14 +102,15 @@ class DeviceAgent:
 
         self.sent = 0  # publishes of readings, first sends and re-sends
         self.resent = 0  # of which re-sends after resend_after
-        self.client = self._make_client(host, port)
+        self.client = self._make_client(host, port, tls)
 
-    def _make_client(self, host: str, port: int) -> mqtt.Client:
+    def _make_client(self, host: str, port: int, tls: TLSSettings | None) -> mqtt.Client:
         identity = self.identity
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity.device, protocol=mqtt.MQTTv5)
         client.username_pw_set(identity.username, identity.password)
         client.will_set(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
-        client.connect_timeout = self.settings.connect_timeout
+        client.connect_timeout = self.settings.connect_timeout  # bounds the TLS handshake too
+        configure_tls(client, tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from broker.tls import TLSSettings
 from edge.agent import AgentSettings, DeviceAgent
 from edge.identity import DeviceIdentity, Enroll, provision
 from edge.meters import MeterModel, ParkingSensor, device_seed, meter_for
@@ -208,6 +209,7 @@ def run_fleet(
     settings: AgentSettings = AgentSettings(),
     heartbeat_every: int = 10,
     clock: Callable[[], int] = wall_clock_ms,
+    tls: TLSSettings | None = None,
 ) -> FleetStats:
     """Run `devices` simulated devices until `stop` is set; returns the run's counters.
 
@@ -219,7 +221,8 @@ def run_fleet(
     broker's password file once rather than per device). `on_progress` gets a
     snapshot about once per max(interval, 1 s), on this thread. `clock()` gives each
     measurement's time in epoch ms (a simulation may run it faster than the wall clock;
-    `interval` stays real seconds).
+    `interval` stays real seconds). With `tls` every device connects over TLS and
+    verifies the broker against that CA.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
@@ -237,7 +240,8 @@ def run_fleet(
         loop = NetLoop(seed=seed)
         sims: list[SimulatedDevice] = []
         for identity in identities:
-            agent = DeviceAgent(identity, outbox, host=host, port=port, settings=settings, on_acked=acked)
+            agent = DeviceAgent(identity, outbox, host=host, port=port, settings=settings, on_acked=acked,
+                                tls=tls)
             sims.append(SimulatedDevice.create(agent, seed=seed, heartbeat_every=heartbeat_every))
             loop.add(agent)
         schedule = _Schedule(sims, interval, time.monotonic())

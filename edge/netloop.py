@@ -16,6 +16,20 @@ thousand devices do not reconnect in lock-step after a broker restart. The TCP
 connect itself blocks (paho has no non-blocking connect), which on a local or
 LAN broker is well under a millisecond and is bounded by `connect_timeout`.
 
+TLS (a client given `broker.tls.configure`): paho wraps the socket itself, and
+its TLS handshake also runs inside `reconnect()`, blocking, bounded by the same
+`connect_timeout` (a few milliseconds on a LAN; it is why `connects_per_pass`
+bounds a pass). A failed handshake (an untrusted certificate, a host name the
+certificate does not name) raises an `ssl.SSLError`, which is an OSError: it is
+retried with backoff like a refused TCP connect, and logged as a warning once per
+failing streak because it is a configuration problem, not a network one.
+Afterwards the socket is non-blocking and paho turns the SSL layer's "want
+read/write" into its usual "try again". One thing the selector cannot see: bytes
+the SSL layer has already decrypted but paho has not consumed (one TLS record
+can hold several MQTT packets, and paho reads a bounded number per call). The
+kernel socket is then not readable although data is waiting, so after each read
+the loop keeps reading while the socket reports `pending()` bytes.
+
 A clean stop publishes each member's farewell (its retained `offline`), waits
 for those to be acknowledged by the broker (bounded by `stop_timeout`), then
 disconnects, so the broker does not send the Last Will for a clean shutdown.
@@ -29,6 +43,7 @@ import logging
 import random
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -56,6 +71,17 @@ class Member(Protocol):
         """Last words before a clean disconnect, or None when there is nothing to say."""
 
 
+def _tls_pending(sock: Any) -> int:
+    """Bytes decrypted by a TLS socket and not yet read (0 for a plain socket)."""
+    pending = getattr(sock, "pending", None)
+    if pending is None:
+        return 0
+    try:
+        return int(pending())
+    except (OSError, ValueError):  # closed meanwhile
+        return 0
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Delays between connection attempts: initial, doubling up to maximum, +-jitter."""
@@ -81,6 +107,7 @@ class _Link:
     farewell: mqtt.MQTTMessageInfo | None = None
     disconnecting: bool = False  # stopping: never reconnect
     disconnect_sent: bool = False
+    tls_failing: bool = False  # the last connect failed in the TLS handshake (warned once per streak)
 
 
 @dataclass(order=True)
@@ -103,8 +130,11 @@ class NetLoop:
         backoff: Backoff = Backoff(),
         stop_timeout: float = 5.0,
         seed: int | None = None,
+        max_pending_reads: int = 64,
     ) -> None:
+        """`max_pending_reads` bounds the extra reads per event for TLS-buffered data (fairness)."""
         self.tick_every = tick_every
+        self.max_pending_reads = max_pending_reads
         self.misc_every = misc_every
         self.connects_per_pass = connects_per_pass
         self.backoff = backoff
@@ -121,6 +151,7 @@ class NetLoop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._closed = False
+        self._buffered: set[_Link] = set()  # links whose TLS socket still holds decrypted bytes
 
     # ------------------------------------------------------------ setup
 
@@ -204,16 +235,42 @@ class NetLoop:
 
     def _poll(self, timeout: float) -> None:
         """Wait for socket events up to `timeout` and let paho read and write."""
-        for key, events in self._selector.select(timeout):
+        for link in list(self._buffered):  # TLS bytes left over by the previous pass
+            if link.sock is not None:
+                self._read(link, link.sock)
+            else:
+                self._buffered.discard(link)
+        for key, events in self._selector.select(0.0 if self._buffered else timeout):
             link: _Link | None = key.data
             if link is None:
                 self._drain_wakeups()
                 continue
             sock = key.fileobj
             if events & selectors.EVENT_READ and link.sock is sock:
-                self._guarded(link, link.client.loop_read)
+                self._read(link, sock)
             if events & selectors.EVENT_WRITE and link.sock is sock:
                 self._guarded(link, link.client.loop_write)
+
+    def _read(self, link: _Link, sock: Any) -> None:
+        """Let paho read, then again while a TLS socket holds decrypted bytes the selector cannot see.
+
+        At most `max_pending_reads` extra reads, so one busy client cannot starve
+        the others; what is still buffered then is read at the start of the next
+        pass, whose select does not wait (see `_poll`).
+        """
+        self._buffered.discard(link)
+        self._guarded(link, link.client.loop_read)
+        for _ in range(self.max_pending_reads):
+            if link.sock is not sock:
+                return
+            before = _tls_pending(sock)
+            if not before:
+                return
+            self._guarded(link, link.client.loop_read)
+            if link.sock is sock and _tls_pending(sock) == before:
+                return  # paho consumed nothing: do not spin on it
+        if link.sock is sock and _tls_pending(sock):
+            self._buffered.add(link)
 
     def _guarded(self, link: _Link, fn: Callable[..., Any], *args: Any) -> Any:
         """One member's bug must not stop the fleet: log it and carry on."""
@@ -261,6 +318,7 @@ class NetLoop:
                 self._guarded(link, link.client.loop_misc)
             if link.client.is_connected():
                 link.delay = self.backoff.initial  # reached CONNACK: the next failure starts over
+                link.tls_failing = False
 
     # ------------------------------------------------------------ connections
 
@@ -275,9 +333,19 @@ class NetLoop:
             budget -= 1
             try:
                 link.client.reconnect()
+            except ssl.SSLError as exc:
+                self._tls_failed(link, exc)
+                self._schedule_retry(link, time.monotonic())
             except OSError as exc:
                 log.debug("connect failed: %s", exc)
                 self._schedule_retry(link, time.monotonic())
+
+    def _tls_failed(self, link: _Link, exc: ssl.SSLError) -> None:
+        """Say so once per failing streak: retrying cures a broker restart, not a certificate mismatch."""
+        level = logging.DEBUG if link.tls_failing else logging.WARNING
+        device = getattr(link.member, "device", "?")
+        log.log(level, "%s: TLS handshake with the broker failed: %s (retrying with backoff)", device, exc)
+        link.tls_failing = True
 
     def _schedule_retry(self, link: _Link, now: float) -> None:
         jitter = 1.0 + self.backoff.jitter * (2.0 * self._rng.random() - 1.0)

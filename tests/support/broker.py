@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -22,6 +23,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, write_access_files
+from broker.certs import CertPaths, ca_cert_path
+from broker.tls import TLSSettings
+from broker.tls import configure as configure_tls
 from ledger.home import Home
 
 T = TypeVar("T")
@@ -77,10 +81,15 @@ class RunningBroker:
         services: Iterable[ServiceAccess] | None = None,
         *,
         port: int | None = None,
+        tls: bool = False,
+        certs: CertPaths | None = None,
     ) -> None:
+        """`tls` (or `certs`) adds the TLS listener on `tls_port`, serving `certs` or the home's generated files."""
         self.home = home
         self.port = port if port is not None else free_port()
         self._pinned_port = port is not None
+        self.certs = certs
+        self.tls_port: int | None = free_port() if tls or certs is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         if devices is not None or services is not None:
             self.set_access(devices or (), services or ())
@@ -102,14 +111,21 @@ class RunningBroker:
         if self.running:
             raise RuntimeError("broker already running")
         try:
-            self._proc = mosquitto.start(self.home, self.port)
+            self._proc = mosquitto.start(self.home, self.port, self.tls_port, certs=self.certs)
         except RuntimeError as exc:
             if self._pinned_port or "Address already in use" not in str(exc):
                 raise
             self.port = free_port()
-            self._proc = mosquitto.start(self.home, self.port)
+            self.tls_port = free_port() if self.tls_port is not None else None
+            self._proc = mosquitto.start(self.home, self.port, self.tls_port, certs=self.certs)
         self._pinned_port = True  # restarts must come back on the same port
         return self
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA a client must trust to reach the TLS listener."""
+        assert self.tls_port is not None, "this broker has no TLS listener"
+        return self.certs.ca if self.certs is not None else ca_cert_path(self.home)
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: mosquitto saves its persistence file on the way out."""
@@ -226,6 +242,7 @@ def connect_client(
     host: str = "127.0.0.1",
     timeout: float = DEFAULT_TIMEOUT_S,
     reconnect: bool = True,
+    tls: TLSSettings | None = None,
 ) -> mqtt.Client:
     """A paho client, connected (network loop running), or ConnectionRefusedError.
 
@@ -233,6 +250,8 @@ def connect_client(
     after a successful CONNACK: a refused client then has no retrying thread to
     stop (stopping one waits out paho's reconnect delay, about a second).
     Refusal is whatever the broker answered: a CONNACK failure or a closed socket.
+    With `tls` the client connects over TLS (broker.tls.configure) and a broker it
+    cannot verify raises ssl.SSLCertVerificationError from the TLS handshake.
     """
     log = ClientLog()
     client = mqtt.Client(
@@ -246,6 +265,7 @@ def connect_client(
     client.on_message, client.on_publish, client.on_subscribe = _on_message, _on_publish, _on_subscribe
     if username is not None:
         client.username_pw_set(username, password)
+    configure_tls(client, tls)
     client.connect(host, port, keepalive=30)
     outcome = _handshake(client, log, timeout, client_id)
     if outcome is None or outcome.is_failure:
