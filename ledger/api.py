@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger import billing_queries, merkle
+from ledger import anomaly_queries, billing_queries, investigations, merkle
 from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, audit, compare_with_witness
 from ledger.protocol import Reading
@@ -85,6 +85,7 @@ class LedgerAPI:
         "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
         "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
         "adjust", "bill", "bills", "close_month", "unpaid_stays",
+        "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -295,6 +296,45 @@ class LedgerAPI:
         with self.backend.reading() as store:
             book, _ = self._book(store)
             return unpaid_stays(store, book, month)
+
+    # ------------------------------------------------------------ anomalies
+
+    def scan_anomalies(self, lookback_days: int = 14) -> dict[str, Any]:
+        """Run every detector now over the recent ledger; raise new anomalies, update ongoing ones."""
+        from ledger.anomalies import AnomalyConfig, detect
+
+        now = _now()
+        with self.backend.reading() as store:
+            devices, readings, rejects = anomaly_queries.inputs(store, now - lookback_days * 86_400_000)
+            tz = self._timezone(store)
+        findings = detect(devices, readings, rejects, now, tz, AnomalyConfig())
+        with self.backend.writing() as writer, writer.lock:
+            counts = investigations.record_findings(writer.store, findings, now)
+        by_type: dict[str, int] = {}
+        for f in findings:
+            by_type[f.type] = by_type.get(f.type, 0) + 1
+        return {**counts, "findings": len(findings), "by_type": by_type, "devices": len(devices)}
+
+    def _timezone(self, store: Store) -> str:
+        try:
+            return self._book(store)[0].timezone
+        except LookupError:
+            return "Asia/Shanghai"
+
+    def anomalies(self, status: str | None = None, type: str | None = None, district: str | None = None,
+                  districts: list[str] | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return investigations.list_anomalies(store, status=status, type=type, district=district,
+                                                 districts=districts, limit=limit)
+
+    def anomaly(self, anomaly_id: str) -> dict[str, Any]:
+        with self.backend.reading() as store:
+            return investigations.get_anomaly(store, anomaly_id)
+
+    def act_on_anomaly(self, anomaly_id: str, status: str, operator: str, note: str | None = None) -> dict[str, Any]:
+        """ack (acknowledged), resolve (resolved) or dismiss (dismissed), with the operator's name."""
+        with self.backend.writing() as writer, writer.lock:
+            return investigations.transition(writer.store, anomaly_id, status, operator, note, _now())
 
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

@@ -422,6 +422,51 @@ def cmd_billing_close(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anomalies_scan(args: argparse.Namespace) -> int:
+    _print(_ledger(args).scan_anomalies(lookback_days=args.days))
+    return 0
+
+
+def _anomaly_line(a: dict[str, Any]) -> str:
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp((a["window_end"] or a["raised_at"]) / 1000, dt.timezone.utc).strftime("%m-%d %H:%M")
+    return (f"{a['id']:<14} {a['status']:<12} {a['type']:<17} {a['severity'] or '-':<7} {a['device']:<20} "
+            f"{a['district']:<6} {when}  {a['detail'] or ''}")
+
+
+def cmd_anomalies_list(args: argparse.Namespace) -> int:
+    rows = _ledger(args).anomalies(status=args.status, type=args.type, district=args.district)
+    if args.json:
+        _print(rows)
+        return 0
+    for a in rows:
+        print(_anomaly_line(a))
+    print(f"{len(rows)} anomalies")
+    return 0
+
+
+def cmd_anomalies_show(args: argparse.Namespace) -> int:
+    _print(_ledger(args).anomaly(anomaly_id=args.id))
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> str:
+    import getpass
+
+    return args.operator or os.environ.get("CITYLEDGER_OPERATOR") or getpass.getuser()
+
+
+def cmd_anomalies_act(status: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        a = _ledger(args).act_on_anomaly(anomaly_id=args.id, status=status, operator=_operator(args),
+                                         note=getattr(args, "note", None))
+        print(_anomaly_line(a))
+        return 0
+
+    return run
+
+
 def cmd_witnesses_add(args: argparse.Namespace) -> int:
     _print(_ledger(args).add_witness(name=args.name))
     return 0
@@ -638,6 +683,24 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
     p = add("close", cmd_billing_close, "issue every account's bill for a month (again: nothing new)", bsub)
     p.add_argument("--month", required=True, help="YYYY-MM")
+
+    an = add("anomalies", lambda a: 2, "leaks, tampering, dead devices, hostile traffic: find and investigate")
+    ansub = an.add_subparsers(dest="anomalies_command", required=True, metavar="ACTION")
+    p = add("scan", cmd_anomalies_scan, "run every detector now", ansub)
+    p.add_argument("--days", type=int, default=14, help="how far back the detectors look")
+    p = add("list", cmd_anomalies_list, "anomalies, most recently changed first", ansub)
+    p.add_argument("--status", choices=["open", "acknowledged", "resolved", "dismissed"])
+    p.add_argument("--type")
+    p.add_argument("--district")
+    p.add_argument("--json", action="store_true")
+    p = add("show", cmd_anomalies_show, "one anomaly with its evidence and history", ansub)
+    p.add_argument("id")
+    for action, status, needs_note in (("ack", "acknowledged", False), ("resolve", "resolved", True),
+                                       ("dismiss", "dismissed", True)):
+        p = add(action, cmd_anomalies_act(status), f"mark an anomaly {status}", ansub)
+        p.add_argument("id")
+        p.add_argument("--note", required=needs_note, help="what was found or done")
+        p.add_argument("--operator", help="your name (env CITYLEDGER_OPERATOR; default: your login)")
 
     p = add("status", cmd_status, "ledger counters and head")
     p.add_argument("--json", action="store_true")

@@ -19,12 +19,13 @@ from typing import Any
 
 from ledger.api import LedgerAPI, local_api
 from ledger.home import Home
+from ledger.investigations import InvestigationError
 from ledger.writer import EnrolmentError
 
 log = logging.getLogger(__name__)
 
 # Errors whose message is meant for the caller; anything else is a bug and is logged.
-_USER_ERRORS = (EnrolmentError, ValueError, FileNotFoundError, KeyError, LookupError, TypeError)
+_USER_ERRORS = (EnrolmentError, InvestigationError, ValueError, FileNotFoundError, KeyError, LookupError, TypeError)
 
 
 class RemoteError(RuntimeError):

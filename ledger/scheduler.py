@@ -1,4 +1,4 @@
-"""Periodic jobs (APScheduler 3, the stable line): the chain audit and the month-end close.
+"""Periodic jobs (APScheduler 3, the stable line): audit, anomaly scan, month-end close.
 
 The scheduler is its own process and reaches the ledger only through its API,
 so a slow job never holds the database away from ingest.
@@ -51,11 +51,20 @@ def close_job(home: Home, timezone: str) -> dict:
     return result
 
 
+def scan_job(home: Home) -> dict:
+    result = open_ledger(home).scan_anomalies()
+    log.info("anomaly scan: %d raised, %d updated over %d devices", result["raised"], result["updated"],
+             result["devices"])
+    return result
+
+
 def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
-                  timezone: str = "Asia/Shanghai") -> None:
+                  timezone: str = "Asia/Shanghai", scan_minutes: float = 5.0) -> None:
     scheduler = BackgroundScheduler(timezone="UTC")
     scheduler.add_job(audit_job, "interval", args=[home], minutes=audit_minutes, id="audit",
                       max_instances=1, coalesce=True, next_run_time=None)
+    scheduler.add_job(scan_job, "interval", args=[home], minutes=scan_minutes, id="anomaly-scan",
+                      max_instances=1, coalesce=True)
     scheduler.add_job(close_job, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
                       args=[home, timezone], id="month-end-close", max_instances=1, coalesce=True,
                       misfire_grace_time=24 * 3600)

@@ -82,6 +82,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             operator VARCHAR NOT NULL, created_at BIGINT NOT NULL, height BIGINT NOT NULL);
         """,
     ),
+    (
+        5,
+        """
+        -- An anomaly as first raised; what happens to it afterwards is only ever appended below.
+        CREATE TABLE anomalies (
+            id VARCHAR PRIMARY KEY, key VARCHAR NOT NULL, type VARCHAR NOT NULL, device VARCHAR NOT NULL,
+            account VARCHAR, district VARCHAR NOT NULL, raised_at BIGINT NOT NULL);
+        CREATE TABLE anomaly_events (
+            id VARCHAR NOT NULL, at_ms BIGINT NOT NULL, status VARCHAR NOT NULL, operator VARCHAR,
+            note VARCHAR, window_start BIGINT, window_end BIGINT, severity VARCHAR, evidence VARCHAR,
+            detail VARCHAR);
+        """,
+    ),
 ]
 
 
