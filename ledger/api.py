@@ -86,6 +86,7 @@ class LedgerAPI:
         "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
         "adjust", "bill", "bills", "close_month", "unpaid_stays",
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
+        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -335,6 +336,52 @@ class LedgerAPI:
         """ack (acknowledged), resolve (resolved) or dismiss (dismissed), with the operator's name."""
         with self.backend.writing() as writer, writer.lock:
             return investigations.transition(writer.store, anomaly_id, status, operator, note, _now())
+
+    # ------------------------------------------------------------ people
+
+    def set_password(self, role: str, principal: str, password: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_password(role, principal, password)
+
+    def add_operator(self, operator: str, name: str, districts: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.add_operator(operator, name, districts)
+
+    def operators(self) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            rows = store.con.execute("SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()
+        return [{"operator": o, "name": n, "districts": d.split(","), "created_at": t} for o, n, d, t in rows]
+
+    def authenticate(self, role: str, principal: str, password: str) -> dict[str, Any] | None:
+        """The signed-in principal, or None (wrong password, unknown login, or locked after failures)."""
+        with self.backend.writing() as writer:
+            found = writer.authenticate(role, principal, password)
+        return found.as_dict() if found else None
+
+    def dispute(self, account: str, author: str, message: str, dispute_id: str | None = None,
+                status: str = "open", subject: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.dispute(dispute_id, account, author, status, message, subject)
+
+    def disputes(self, account: str | None = None, districts: list[str] | None = None) -> list[dict[str, Any]]:
+        """Disputes with their messages, oldest message first; for an account, or for districts' accounts."""
+        sql = "SELECT id, at_ms, account, author, status, subject, message FROM disputes"
+        args: list[Any] = []
+        if account is not None:
+            sql += " WHERE account = ?"
+            args.append(account)
+        elif districts is not None and "all" not in districts:
+            sql += (" WHERE account IN (SELECT account FROM devices WHERE district IN ("
+                    + ", ".join("?" * len(districts)) + "))") if districts else " WHERE false"
+            args += districts
+        with self.backend.reading() as store:
+            rows = store.con.execute(sql + " ORDER BY id, at_ms", args).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for i, at, acct, author, status, subject, message in rows:
+            d = out.setdefault(i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": []})
+            d["status"] = status
+            d["messages"].append({"at": at, "author": author, "status": status, "message": message})
+        return sorted(out.values(), key=lambda d: d["messages"][-1]["at"], reverse=True)
 
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

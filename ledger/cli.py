@@ -332,8 +332,47 @@ def _when(text: str | None) -> int | None:
     return int(when.timestamp() * 1000)
 
 
+def _password(args: argparse.Namespace) -> str | None:
+    """A password from --password-file (never from the command line, where `ps` would show it)."""
+    if not getattr(args, "password_file", None):
+        return None
+    return Path(args.password_file).read_text().strip()
+
+
 def cmd_accounts_add(args: argparse.Namespace) -> int:
-    _print(_ledger(args).add_account(account=args.id, name=args.name, customer_class=args.customer_class))
+    ledger = _ledger(args)
+    out = ledger.add_account(account=args.id, name=args.name, customer_class=args.customer_class)
+    password = _password(args)
+    if password:
+        out["password_set"] = ledger.set_password(role="citizen", principal=args.id, password=password)["password_set"]
+    _print(out)
+    return 0
+
+
+def cmd_set_password(role: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        password = _password(args)
+        if not password:
+            print("give the new password in a file: --password-file FILE", file=sys.stderr)
+            return 2
+        _print(_ledger(args).set_password(role=role, principal=args.id, password=password))
+        return 0
+
+    return run
+
+
+def cmd_operators_add(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    out = ledger.add_operator(operator=args.id, name=args.name or args.id, districts=args.districts)
+    password = _password(args)
+    if password:
+        out["password_set"] = ledger.set_password(role="operator", principal=args.id, password=password)["password_set"]
+    _print(out)
+    return 0
+
+
+def cmd_operators_list(args: argparse.Namespace) -> int:
+    _print(_ledger(args).operators())
     return 0
 
 
@@ -634,8 +673,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--class", dest="customer_class", default="residential", choices=["residential", "non-residential"])
+    p.add_argument("--password-file", help="file holding the account's dashboard password")
+    p = add("set-password", cmd_set_password("citizen"), "set or reset an account's dashboard password", asub)
+    p.add_argument("id")
+    p.add_argument("--password-file", required=True)
     p = add("list", cmd_accounts_list, "list accounts", asub)
     p.add_argument("--json", action="store_true")
+
+    o = add("operators", lambda a: 2, "people who run the city: scoped to districts")
+    osub = o.add_subparsers(dest="operators_command", required=True, metavar="ACTION")
+    p = add("add", cmd_operators_add, "add an operator for some districts, or all", osub)
+    p.add_argument("--id", required=True)
+    p.add_argument("--name")
+    p.add_argument("--districts", required=True, help="d01,d02 or all")
+    p.add_argument("--password-file", help="file holding the operator's dashboard password")
+    p = add("set-password", cmd_set_password("operator"), "set or reset an operator's password", osub)
+    p.add_argument("id")
+    p.add_argument("--password-file", required=True)
+    add("list", cmd_operators_list, "list operators", osub)
 
     t = add("tariffs", lambda a: 2, "the prices bills are computed with")
     tsub = t.add_subparsers(dest="tariffs_command", required=True, metavar="ACTION")

@@ -95,6 +95,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             detail VARCHAR);
         """,
     ),
+    (
+        6,
+        """
+        CREATE TABLE logins (
+            role VARCHAR NOT NULL, id VARCHAR NOT NULL, password_hash VARCHAR NOT NULL, changed_at BIGINT NOT NULL,
+            failures INTEGER NOT NULL DEFAULT 0, locked_until BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (role, id));
+        CREATE TABLE operators (
+            operator VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, districts VARCHAR NOT NULL, created_at BIGINT NOT NULL);
+        CREATE TABLE disputes (
+            id VARCHAR NOT NULL, at_ms BIGINT NOT NULL, account VARCHAR NOT NULL, author VARCHAR NOT NULL,
+            status VARCHAR NOT NULL, subject VARCHAR, message VARCHAR NOT NULL);
+        """,
+    ),
 ]
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from nacl.signing import SigningKey
 
 from broker import access, mosquitto
-from ledger import merkle
+from ledger import auth, merkle
 from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.home import Home, write_private
 from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
@@ -30,6 +30,8 @@ from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, S
 from ledger.tariffs import DEFAULT_FILE, parse_tariffs
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("dashboard", "observer"))
+# Checked against when a login does not exist, so that both cases take the same time.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0wM4QqedfpZg+gF6BCQI4LJwndHoqPTrM"
 
 
 def now_ms() -> int:
@@ -419,6 +421,88 @@ class LedgerWriter:
                 self.commit(Batch(), entries, also=insert)
                 issued += len(chunk)
         return {"month": month, "issued": issued, "already_issued": len(done)}
+
+    # ------------------------------------------------------------ dashboard logins
+
+    def set_password(self, role: str, principal: str, password: str) -> dict[str, Any]:
+        """Set or reset a citizen's or operator's dashboard password (kept only as Argon2id)."""
+        exists = {"citizen": "SELECT 1 FROM accounts WHERE account = ?",
+                  "operator": "SELECT 1 FROM operators WHERE operator = ?"}.get(role)
+        if exists is None:
+            raise EnrolmentError("role must be citizen or operator")
+        try:
+            hashed = auth.hash_password(password)
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        with self.lock:
+            if not self.store.con.execute(exists, [principal]).fetchone():
+                raise EnrolmentError(f"no {role} {principal}")
+            self.store.con.execute("INSERT OR REPLACE INTO logins VALUES (?, ?, ?, ?, 0, 0)",
+                                   [role, principal, hashed, now_ms()])
+        return {"role": role, "id": principal, "password_set": True}
+
+    def add_operator(self, operator: str, name: str, districts: str) -> dict[str, Any]:
+        if not valid_device_id(operator):
+            raise EnrolmentError(f"invalid operator id {operator!r}")
+        try:
+            scope = auth.parse_districts(districts)
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        with self.lock:
+            if self.store.con.execute("SELECT 1 FROM operators WHERE operator = ?", [operator]).fetchone():
+                raise AlreadyEnrolled(f"operator {operator} exists")
+            self.store.con.execute("INSERT INTO operators VALUES (?, ?, ?, ?)", [operator, name, ",".join(scope), now_ms()])
+        return {"operator": operator, "name": name, "districts": list(scope)}
+
+    def authenticate(self, role: str, principal: str, password: str) -> auth.Principal | None:
+        """The principal if the password is right; failures counted, and a login locked after several."""
+        with self.lock:
+            row = self.store.con.execute("SELECT password_hash, failures, locked_until FROM logins"
+                                         " WHERE role = ? AND id = ?", [role, principal]).fetchone()
+        now = now_ms()
+        if row is None:
+            auth.check_password(_DUMMY_HASH, password)  # same time as a real check: ids do not leak
+            return None
+        stored, failures, locked_until = row
+        if locked_until > now:
+            return None
+        if not auth.check_password(stored, password):
+            failures += 1
+            lock = now + auth.LOCKOUT_MS if failures >= auth.MAX_FAILURES else 0
+            with self.lock:
+                self.store.con.execute("UPDATE logins SET failures = ?, locked_until = ? WHERE role = ? AND id = ?",
+                                       [0 if lock else failures, lock, role, principal])
+            return None
+        with self.lock:
+            if failures:
+                self.store.con.execute("UPDATE logins SET failures = 0 WHERE role = ? AND id = ?", [role, principal])
+            if role == "citizen":
+                name = self.store.con.execute("SELECT name FROM accounts WHERE account = ?", [principal]).fetchone()
+                return auth.Principal("citizen", principal, name[0] if name else principal)
+            op = self.store.con.execute("SELECT name, districts FROM operators WHERE operator = ?", [principal]).fetchone()
+        if op is None:
+            return None
+        return auth.Principal("operator", principal, op[0], tuple(op[1].split(",")))
+
+    # ------------------------------------------------------------ disputes
+
+    def dispute(self, dispute_id: str | None, account: str, author: str, status: str, message: str,
+                subject: str | None = None) -> dict[str, Any]:
+        """Append to a dispute (a new one when `dispute_id` is None): a citizen's message or an operator's answer."""
+        if not message.strip():
+            raise EnrolmentError("a dispute needs a message")
+        if status not in ("open", "answered", "closed"):
+            raise EnrolmentError("status must be open, answered or closed")
+        with self.lock:
+            if dispute_id is None:
+                dispute_id = f"dsp-{secrets.token_hex(5)}"
+            else:
+                known = self.store.con.execute("SELECT account FROM disputes WHERE id = ? LIMIT 1", [dispute_id]).fetchone()
+                if known is None or known[0] != account:
+                    raise EnrolmentError(f"no dispute {dispute_id} for account {account}")
+            self.store.con.execute("INSERT INTO disputes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                   [dispute_id, now_ms(), account, author, status, subject, message[:4000]])
+        return {"id": dispute_id, "status": status}
 
     def sync_broker_access(self) -> None:
         """Regenerate the broker's password and ACL files and make a running broker reload them."""
