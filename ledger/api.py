@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger import anomaly_queries, billing_queries, investigations, merkle
+from ledger import anomaly_queries, billing_queries, investigations, merkle, views
 from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, audit, compare_with_witness
 from ledger.protocol import Reading
@@ -86,7 +86,7 @@ class LedgerAPI:
         "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
         "adjust", "bill", "bills", "close_month", "unpaid_stays",
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
-        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes",
+        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -336,6 +336,13 @@ class LedgerAPI:
         """ack (acknowledged), resolve (resolved) or dismiss (dismissed), with the operator's name."""
         with self.backend.writing() as writer, writer.lock:
             return investigations.transition(writer.store, anomaly_id, status, operator, note, _now())
+
+    def view(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """A named read-only query from `ledger.views` (the dashboard's read side)."""
+        if name not in views.VIEWS:
+            raise KeyError(f"no view {name!r}")
+        with self.backend.reading() as store:
+            return views.VIEWS[name](store, **(params or {}))
 
     # ------------------------------------------------------------ people
 
