@@ -230,25 +230,37 @@ class Rejected:
     detail: str
 
 
-class _Refuse(ValueError):
-    pass
+class StrictJSONError(ValueError):
+    """JSON that the protocol refuses although Python's parser would take it."""
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _Refuse(f"duplicate member {key!r}")
+            raise StrictJSONError(f"duplicate member {key!r}")
         obj[key] = value
     return obj
 
 
 def _no_float(text: str) -> Any:
-    raise _Refuse(f"non-integer number {text[:20]}")
+    raise StrictJSONError(f"non-integer number {text[:20]}")
 
 
 def _no_constant(text: str) -> Any:
-    raise _Refuse(f"{text} is not JSON")
+    raise StrictJSONError(f"{text} is not JSON")
+
+
+def strict_json(data: bytes | str) -> Any:
+    """Parse JSON as the protocol reads it: UTF-8, no duplicate members, no floats, no NaN.
+
+    Raises ValueError (StrictJSONError, UnicodeDecodeError, JSONDecodeError) or
+    RecursionError. Every signed or hashed object in cityledger is read through
+    this, so one byte string can only ever mean one object.
+    """
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=_no_float,
+                      parse_constant=_no_constant)
 
 
 def parse_reading(payload: bytes) -> Reading | Rejected:
@@ -260,11 +272,8 @@ def parse_reading(payload: bytes) -> Reading | Rejected:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return Rejected(Reason.TOO_LARGE, f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     try:
-        text = payload.decode("utf-8")
-        obj = json.loads(
-            text, object_pairs_hook=_no_duplicate_keys, parse_float=_no_float, parse_constant=_no_constant
-        )
-    except (_Refuse, ValueError, RecursionError) as exc:
+        obj = strict_json(payload)
+    except (ValueError, RecursionError) as exc:
         return Rejected(Reason.MALFORMED, _short(exc))
     if not isinstance(obj, dict):
         return Rejected(Reason.MALFORMED, "payload is not a JSON object")

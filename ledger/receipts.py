@@ -22,7 +22,7 @@ from nacl.signing import VerifyKey
 
 from ledger import merkle
 from ledger.blocks import block_hash, verify_header
-from ledger.protocol import Reading, canonical_json, verify_reading
+from ledger.protocol import Reading, canonical_json, strict_json, verify_reading
 
 RECEIPT_MEMBERS = frozenset({"reading", "device_key", "block", "block_sig", "ledger_key", "leaf_index", "proof"})
 _HEX32 = re.compile(r"^[0-9a-f]{64}$")
@@ -108,9 +108,7 @@ class _Fail(Exception):
 def _parse(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(data, dict):
         data = json.dumps(data)
-    if isinstance(data, bytes):
-        data = data.decode("utf-8")
-    obj = json.loads(data, object_pairs_hook=_unique, parse_float=_no_float, parse_constant=_no_float)
+    obj = strict_json(data)
     if not isinstance(obj, dict) or set(obj) != RECEIPT_MEMBERS:
         raise _Bad(f"members must be exactly {sorted(RECEIPT_MEMBERS)}")
     for name in ("device_key", "ledger_key"):
@@ -157,16 +155,3 @@ def _b64(text: str, length: int, what: str) -> bytes:
     if len(raw) != length or base64.b64encode(raw).decode() != text:
         raise _Fail("block_signature", f"{what} must be the padded base64 of {length} bytes")
     return raw
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Bad(f"duplicate member {k!r}")
-        out[k] = v
-    return out
-
-
-def _no_float(text: str) -> Any:
-    raise _Bad(f"non-integer number {text[:20]}")

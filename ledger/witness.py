@@ -23,7 +23,7 @@ from nacl.signing import VerifyKey
 
 from ledger.blocks import GENESIS_PREV, block_hash, verify_header
 from ledger.home import write_private
-from ledger.protocol import canonical_json, signature_bytes
+from ledger.protocol import canonical_json, signature_bytes, strict_json
 
 Source = Literal["headers", "checkpoint"]
 AlarmKind = Literal["malformed", "bad_signature", "fork", "rollback"]
@@ -248,27 +248,6 @@ def _gap_hint(state: WitnessState, height: int) -> str:
 # ---------------------------------------------------------------- strict parsing
 
 
-class _Refuse(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _Refuse(f"duplicate member {key!r}")
-        obj[key] = value
-    return obj
-
-
-def _no_float(text: str) -> Any:
-    raise _Refuse(f"non-integer number {text[:20]}")
-
-
-def _no_constant(text: str) -> Any:
-    raise _Refuse(f"{text} is not JSON")
-
-
 def parse_signed_header(payload: bytes) -> SignedHeader | Alarm:
     """Bytes to a SignedHeader whose hash matches, or Alarm("malformed"). Never raises.
 
@@ -278,8 +257,7 @@ def parse_signed_header(payload: bytes) -> SignedHeader | Alarm:
     if not isinstance(payload, (bytes, bytearray)) or len(payload) > MAX_HEADER_BYTES:
         return _malformed("payload is not bytes of at most 64 KiB")
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"), object_pairs_hook=_no_duplicate_keys,
-                         parse_float=_no_float, parse_constant=_no_constant)
+        obj = strict_json(bytes(payload))
         canonical = canonical_json(obj)
     except (ValueError, RecursionError, TypeError) as exc:  # UnicodeError is a ValueError
         return _malformed(f"not JSON: {type(exc).__name__}: {exc}"[:200])
