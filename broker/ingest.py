@@ -165,7 +165,7 @@ class IngestService:
         s.messages += len(messages)
         s.readings += len(batch.readings)
         s.quarantined += len(batch.quarantine)
-        s.duplicates += len(batch.duplicates)
+        s.duplicates += sum(batch.duplicate_counts.values())
         generation = self._generation
         for msg in messages:
             gen, mid, qos = msg.token
@@ -173,10 +173,10 @@ class IngestService:
                 self.client.ack(mid, qos)
         # Messages of an older connection are not acked: the broker redelivers them
         # and they come back as counted duplicates.
-        if batch.duplicates:
+        if batch.duplicate_counts:
             # A device re-sending what is already ledgered may have missed its ack
             # (say ingest died between commit and publish): tell it again.
-            self._publish_acks({d for d, _, _ in batch.duplicates}, self.writer.head_hash)
+            self._publish_acks({d for d, _ in batch.duplicate_counts}, self.writer.head_hash)
 
     # ------------------------------------------------------------ after a block is sealed
 

@@ -103,10 +103,12 @@ class QuarantineCap:
 class Intake:
     """Classifies batches against the registry and what is already ledgered."""
 
-    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup, cap: QuarantineCap | None = None) -> None:
+    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup, cap: QuarantineCap | None = None,
+                 duplicate_cap: QuarantineCap | None = None) -> None:
         self.seqs = seqs
         self.lookup = lookup
         self.cap = cap or QuarantineCap()
+        self.duplicate_cap = duplicate_cap or QuarantineCap(self.cap.per_hour)
         self._keys: dict[str, tuple[str, VerifyKey]] = {}
 
     def classify(self, messages: Iterable[Incoming], registry: Mapping[str, DeviceRecord], now_ms: int) -> Batch:
@@ -143,7 +145,14 @@ class Intake:
         return batch
 
     def _count_and_cap(self, batch: Batch) -> None:
-        """Count every reject per sender, minute and reason; keep details only under the cap."""
+        """Count every reject and duplicate per sender and minute; keep rows only under the caps."""
+        kept_duplicates = []
+        for device, seq, at in batch.duplicates:
+            key = (device, at // 60_000)
+            batch.duplicate_counts[key] = batch.duplicate_counts.get(key, 0) + 1
+            if self.duplicate_cap.admit(device, at):
+                kept_duplicates.append((device, seq, at))
+        batch.duplicates = kept_duplicates
         kept = []
         for q in batch.quarantine:
             device = q.device or "?"

@@ -108,6 +108,15 @@ MIGRATIONS: list[tuple[int, str]] = [
             status VARCHAR NOT NULL, subject VARCHAR, message VARCHAR NOT NULL);
         """,
     ),
+    (
+        7,
+        """
+        -- Every duplicate counted here; the `duplicates` rows (which seqs) are kept up to a cap.
+        CREATE TABLE duplicate_counts (
+            device VARCHAR NOT NULL, minute BIGINT NOT NULL, count BIGINT NOT NULL, PRIMARY KEY (device, minute));
+        INSERT INTO duplicate_counts SELECT device, received_at // 60000, count(*) FROM duplicates GROUP BY ALL;
+        """,
+    ),
 ]
 
 

@@ -83,6 +83,7 @@ class Commit:
     statuses: list[tuple[str, str, int]] = field(default_factory=list)
     witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)
     rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    duplicate_counts: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 class Store:
@@ -257,8 +258,18 @@ class Store:
                     "received_at": pa.array([x[2] for x in d], pa.int64()),
                 }),
             )
-        for device, status, at in c.statuses:
-            con.execute("INSERT OR REPLACE INTO device_status VALUES (?, ?, ?)", [device, status, at])
+        if c.statuses:
+            latest = {device: (status, at) for device, status, at in sorted(c.statuses, key=lambda x: x[2])}
+            self._insert_arrow("device_status", pa.table({
+                "device": list(latest), "status": [v[0] for v in latest.values()],
+                "changed_at": pa.array([v[1] for v in latest.values()], pa.int64()),
+            }), on_conflict="ON CONFLICT DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at")
+        if c.duplicate_counts:
+            keys = list(c.duplicate_counts)
+            self._insert_arrow("duplicate_counts", pa.table({
+                "device": [k[0] for k in keys], "minute": pa.array([k[1] for k in keys], pa.int64()),
+                "count": pa.array([c.duplicate_counts[k] for k in keys], pa.int64()),
+            }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
         for row in c.witness_reports:
             con.execute("INSERT INTO witness_reports VALUES (?, ?, ?, ?)", list(row))
         if c.rejects:
@@ -403,7 +414,7 @@ class Store:
         """Totals; `quarantine_dropped` counts rejects beyond the per-device cap (counted, not stored)."""
         row = self.con.execute(
             "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings),"
-            " (SELECT count(*) FROM quarantine), (SELECT count(*) FROM duplicates),"
+            " (SELECT count(*) FROM quarantine), (SELECT coalesce(sum(count), 0) FROM duplicate_counts),"
             " (SELECT count(*) FROM devices WHERE status = 'active'),"
             " (SELECT coalesce(sum(count), 0) FROM reject_counts)"
         ).fetchone()

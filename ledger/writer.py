@@ -65,10 +65,11 @@ class Batch:
     statuses: list[tuple[str, str, int]] = field(default_factory=list)
     witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)  # witness, kind, body, at
     rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (device, minute, reason) -> count
+    duplicate_counts: dict[tuple[str, int], int] = field(default_factory=dict)  # (device, minute) -> count
 
     def __bool__(self) -> bool:
         return bool(self.readings or self.quarantine or self.duplicates or self.statuses or self.witness_reports
-                    or self.rejects)
+                    or self.rejects or self.duplicate_counts)
 
 
 class LedgerWriter:
@@ -115,6 +116,7 @@ class LedgerWriter:
                 statuses=batch.statuses,
                 witness_reports=batch.witness_reports,
                 rejects=batch.rejects,
+                duplicate_counts=batch.duplicate_counts,
             )
             sealed = None
             if leaves:

@@ -143,3 +143,12 @@ def test_rejects_are_attributed_to_the_sender_not_to_the_claimed_device() -> Non
     claims_other = reading(1, device="wm-d01-999999")  # not enrolled, sent on DEV's topic
     batch = classify(msg(claims_other.payload()))
     assert reasons(batch) == ["unknown_device"] and batch.quarantine[0].device == DEV.device
+
+
+def test_duplicates_are_all_counted_but_stored_only_up_to_the_cap() -> None:
+    from broker.intake import QuarantineCap
+
+    first = reading(1)
+    intake = Intake({DEV.device: SeqState(1)}, FakeLedger([first]), QuarantineCap(per_hour=2))
+    batch = intake.classify([msg(first.payload()) for _ in range(5)], {DEV.device: DEV}, NOW)
+    assert len(batch.duplicates) == 2 and batch.duplicate_counts == {(DEV.device, NOW // 60_000): 5}
