@@ -28,7 +28,7 @@ from ledger.protocol import canonical_json, signature_bytes, strict_json
 Source = Literal["headers", "checkpoint"]
 AlarmKind = Literal["malformed", "bad_signature", "fork", "rollback"]
 
-MAX_HEADER_BYTES = 65536  # the broker's max_packet_size: nothing larger can arrive
+MAX_HEADER_BYTES = 8192  # the broker's max_packet_size: nothing larger can arrive
 HEADERS_FILE = "headers.jsonl"
 ALARMS_FILE = "alarms.jsonl"
 STATE_FILE = "state.json"
@@ -255,7 +255,7 @@ def parse_signed_header(payload: bytes) -> SignedHeader | Alarm:
     and two spellings of one header would be two records of one fact.
     """
     if not isinstance(payload, (bytes, bytearray)) or len(payload) > MAX_HEADER_BYTES:
-        return _malformed("payload is not bytes of at most 64 KiB")
+        return _malformed("payload is not bytes of at most 8 KiB")
     try:
         obj = strict_json(bytes(payload))
         canonical = canonical_json(obj)
