@@ -86,7 +86,7 @@ class LedgerAPI:
         "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
         "adjust", "bill", "bills", "close_month", "unpaid_stays",
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
-        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view",
+        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -226,6 +226,10 @@ class LedgerAPI:
     def add_account(self, account: str, name: str, customer_class: str = "residential") -> dict[str, Any]:
         with self.backend.writing() as writer:
             return writer.add_account(account, name, customer_class)
+
+    def assign_account(self, device: str, account: str | None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.assign_account(device, account)
 
     def accounts(self) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

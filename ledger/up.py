@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.certs import CertPaths, resolve
+from ledger import demo
 from ledger.home import Home
 from ledger.rpc import RemoteLedger, open_ledger
 
@@ -120,11 +121,17 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
                 wait_until(lambda: port_open(host, listening), 15, f"the broker on port {listening}", broker)
         ingest = sup.start("ingest", "ingest")
         wait_until(lambda: isinstance(open_ledger(home), RemoteLedger), 30, "the ingest's API", ingest)
-        sup.start("fleet", "fleet", "--devices", str(args.devices), "--interval", str(args.interval))
+        fleet = sup.start("fleet", "fleet", "--devices", str(args.devices), "--interval", str(args.interval))
+        ledger = open_ledger(home)
+        wait_until(lambda: ledger.status()["devices"] >= args.devices, 120, "the fleet's devices to enrol", fleet)
+        logins = demo.populate(ledger, home)
         sup.start("scheduler", "scheduler")
         dash = sup.start("dashboard", "dashboard", "--port", str(args.dashboard_port))
         wait_until(lambda: port_open("127.0.0.1", args.dashboard_port), 60, "the dashboard", dash)
         print(f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n"
+              f"  sign in as a citizen: {', '.join(logins['citizens'])} (password {logins['citizen_password']})\n"
+              f"  or as an operator:    {', '.join(logins['operators'])} (password {logins['operator_password']})\n"
+              f"  (all demo logins: {home.root / 'demo-logins.txt'})\n"
               f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n", flush=True)
         _report_until(stop, sup, home)
     except RuntimeError as exc:

@@ -316,6 +316,20 @@ class LedgerWriter:
                               "INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
         return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
 
+    def assign_account(self, device: str, account: str | None) -> dict[str, Any]:
+        """A meter changes hands (a household moves in): recorded in the chain, billed from now on."""
+        self.require_account(account)
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None:
+                raise EnrolmentError(f"unknown device {device}")
+            sealed = self._record({"entry": "device_account", "device": device, "account": account},
+                                  "UPDATE devices SET account = ? WHERE device = ?", [account, device])
+            self.registry = {**self.registry, device: DeviceRecord(
+                rec.device, rec.kind, rec.district, account, rec.public_key, rec.status, rec.mqtt_hash,
+                rec.enrolled_at, rec.revoked_at)}
+        return {"device": device, "account": account, "block": sealed.hash}
+
     def require_account(self, account: str | None) -> None:
         if account is not None and not self.store.con.execute(
                 "SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():

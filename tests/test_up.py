@@ -68,6 +68,12 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         wait_for(lambda: ledger.status()["readings"] >= 16, 60, "readings from the fleet ledgered")
         kinds = {d["kind"] for d in ledger.devices()}
         assert kinds == {"water", "gas", "electricity", "parking"}
+        # The demo's people: households owning the meters, and operators, as printed.
+        assert "sign in as a citizen: hh-" in text and "op-city" in text
+        assert all(d["account"] for d in ledger.devices() if d["kind"] != "parking")
+        citizen = re.search(r"sign in as a citizen: (\S+?),", text).group(1)
+        assert ledger.authenticate(role="citizen", principal=citizen, password="demo-citizen-2026")["id"] == citizen
+        assert ledger.authenticate(role="operator", principal="op-city", password="demo-operator-2026") is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as page:
             assert page.status == 200
 
