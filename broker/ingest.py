@@ -67,7 +67,9 @@ class IngestService:
         self.host, self.port = host, port
         self.block_readings, self.block_seconds = block_readings, block_seconds
         self.stats = IngestStats()
-        self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue: on CPython 3.11 a signal landing in SimpleQueue.get's
+        # timed wait can turn it into a wait forever, and an idle ingest then ignores SIGTERM.
+        self.inbox: queue.Queue[Incoming] = queue.Queue()
         hour_start = now_ms() // 3_600_000 * 3_600_000
         cap = QuarantineCap(quarantine_cap, writer.store.quarantine_stored_since(hour_start), hour_start // 3_600_000)
         self.intake = Intake({d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()},
@@ -174,9 +176,9 @@ class IngestService:
         # Messages of an older connection are not acked: the broker redelivers them
         # and they come back as counted duplicates.
         if batch.duplicate_counts:
-            # A device re-sending what is already ledgered may have missed its ack
-            # (say ingest died between commit and publish): tell it again.
-            self._publish_acks({d for d, _ in batch.duplicate_counts}, self.writer.head_hash)
+            # A device re-sending what is already ledgered missed its ack (ingest died between
+            # commit and publish, or the broker lost the retained ack): tell it again, always.
+            self._publish_acks({d for d, _ in batch.duplicate_counts}, self.writer.head_hash, again=True)
 
     # ------------------------------------------------------------ after a block is sealed
 
@@ -201,12 +203,12 @@ class IngestService:
                 payload = signed_header_payload(block["hash"], block["header"], block["sig"])
                 self.client.publish(CHECKPOINT_TOPIC, payload, qos=1, retain=True)
 
-    def _publish_acks(self, devices: set[str], block_hash: str) -> None:
+    def _publish_acks(self, devices: set[str], block_hash: str, again: bool = False) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""
         registry = self.writer.registry
         for device in devices:
             state, rec = self.intake.seqs.get(device), registry.get(device)
-            if state is None or rec is None or state.hwm <= self.acked.get(device, 0):
+            if state is None or rec is None or state.hwm == 0 or (state.hwm <= self.acked.get(device, 0) and not again):
                 continue
             self.acked[device] = state.hwm
             topic = device_topic(rec.district, rec.kind, device, "ack")
