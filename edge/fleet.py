@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import fcntl
 import heapq
+import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,8 +27,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from nacl.signing import SigningKey
+
 from broker.tls import TLSSettings
 from edge.agent import AgentSettings, DeviceAgent
+from edge.faults import Fault, FaultPlan, Injector, Measurement, measure
 from edge.identity import DeviceIdentity, Enroll, provision
 from edge.meters import MeterModel, ParkingSensor, device_seed, meter_for
 from edge.netloop import NetLoop
@@ -40,6 +45,7 @@ PREFIXES: dict[str, str] = {"water": "wm", "gas": "gm", "electricity": "em", "pa
 KIND_SHARES: tuple[tuple[str, float], ...] = (("electricity", 0.35), ("water", 0.30), ("gas", 0.20), ("parking", 0.15))
 OUTBOX_FILE = "outbox.sqlite"
 LOCK_FILE = "fleet.lock"
+FAULTS_FILE = "faults.jsonl"  # the ground truth of a run with injected faults, one fault per line
 
 
 def wall_clock_ms() -> int:
@@ -103,15 +109,18 @@ def _next_kind(position: int, counts: dict[str, int]) -> str:
 
 
 class SimulatedDevice:
-    """A device agent and the physical process it measures."""
+    """A device agent and the physical process it measures (with an injected fault, if it has one)."""
 
-    def __init__(self, agent: DeviceAgent, model: MeterModel | ParkingSensor) -> None:
+    def __init__(self, agent: DeviceAgent, model: MeterModel | ParkingSensor, fault: Fault | None = None) -> None:
         self.agent = agent
         self.model = model
+        self.fault = fault
+        self._injector = Injector(fault) if fault is not None else None
+        self._dead = False
 
     @classmethod
     def create(
-        cls, agent: DeviceAgent, *, seed: int, heartbeat_every: int = 10
+        cls, agent: DeviceAgent, *, seed: int, heartbeat_every: int = 10, fault: Fault | None = None
     ) -> SimulatedDevice:
         """The model for the agent's kind, continuing from the last reading the outbox remembers."""
         device, kind = agent.identity.device, agent.identity.kind
@@ -124,18 +133,50 @@ class SimulatedDevice:
         state = agent.outbox.state(device)
         if state.last_ts is not None and state.last_value is not None:
             model.resume(state.last_ts, state.last_value)
-        return cls(agent, model)
+        return cls(agent, model, fault)
 
     def measure(self, ts_ms: int) -> bool:
         """Take this interval's measurement; True when a reading was recorded."""
-        if isinstance(self.model, ParkingSensor):
-            value = self.model.step(ts_ms)
-            if value is None:
-                return False
+        m = measure(self.model, ts_ms, self._injector)
+        if m is None:
+            if self._injector is not None and not self._injector.alive(ts_ms):
+                self._die()
+            return False
+        if m.bad_signature:
+            self._record_forged(m)
         else:
-            value = self.model.advance(ts_ms)
-        self.agent.record(ts_ms, value)
+            self.agent.record(m.ts, m.value)
         return True
+
+    # -- fault injection (edge/faults.py decides when; these do it to a real agent)
+
+    def _record_forged(self, m: Measurement) -> None:
+        """Sign with a key the ledger never saw: stored, sent and re-sent like any reading; ingest quarantines it."""
+        genuine = self.agent.identity
+        forger = SigningKey(genuine.device.encode().ljust(32, b"\0")[:32])
+        self.agent.identity = replace(genuine, key=forger)
+        try:
+            self.agent.record(m.ts, m.value)
+        finally:
+            self.agent.identity = genuine
+
+    def _die(self) -> None:
+        """Drop the link without a DISCONNECT, so the broker publishes the Last Will `offline`; never reconnect."""
+        if self._dead:
+            return
+        self._dead = True
+        client = self.agent.client
+
+        def refuse() -> None:
+            raise OSError(f"{self.agent.device} is dead (fault injection)")
+
+        client.reconnect = refuse  # type: ignore[method-assign]  # the NetLoop retries, with backoff, in vain
+        sock = client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the loop reads EOF and closes; the broker sees a dead link
+            except OSError:
+                pass
 
 
 class _Schedule:
@@ -210,6 +251,7 @@ def run_fleet(
     heartbeat_every: int = 10,
     clock: Callable[[], int] = wall_clock_ms,
     tls: TLSSettings | None = None,
+    faults: FaultPlan | None = None,
 ) -> FleetStats:
     """Run `devices` simulated devices until `stop` is set; returns the run's counters.
 
@@ -222,7 +264,9 @@ def run_fleet(
     snapshot about once per max(interval, 1 s), on this thread. `clock()` gives each
     measurement's time in epoch ms (a simulation may run it faster than the wall clock;
     `interval` stays real seconds). With `tls` every device connects over TLS and
-    verifies the broker against that CA.
+    verifies the broker against that CA. With `faults`, the plan's devices get
+    their faults (edge/faults.py), with onsets counted from this run's start; the
+    ground truth is written to `FAULTS_FILE` in the fleet directory.
     """
     if interval <= 0:
         raise ValueError("interval must be positive")
@@ -237,12 +281,14 @@ def run_fleet(
         def acked(n: int) -> None:
             stats.acked += n
 
+        truth = _inject(home, faults, identities, clock(), seed)
         loop = NetLoop(seed=seed)
         sims: list[SimulatedDevice] = []
         for identity in identities:
             agent = DeviceAgent(identity, outbox, host=host, port=port, settings=settings, on_acked=acked,
                                 tls=tls)
-            sims.append(SimulatedDevice.create(agent, seed=seed, heartbeat_every=heartbeat_every))
+            sims.append(SimulatedDevice.create(agent, seed=seed, heartbeat_every=heartbeat_every,
+                                               fault=truth.get(identity.device)))
             loop.add(agent)
         schedule = _Schedule(sims, interval, time.monotonic())
         full_warned = False
@@ -271,3 +317,17 @@ def run_fleet(
         final = refresh()
         final.connected = 0
     return final
+
+
+def _inject(home: Home, plan: FaultPlan | None, identities: Sequence[DeviceIdentity], start: int,
+            seed: int) -> dict[str, Fault]:
+    """Each faulty device's fault, also written down as this run's ground truth (an earlier run's is removed)."""
+    path = home.fleet / FAULTS_FILE
+    if plan is None:
+        path.unlink(missing_ok=True)
+        return {}
+    truth = plan.assign([(i.device, i.kind) for i in identities], start, seed=seed)
+    ordered = sorted(truth.values(), key=lambda f: f.device)
+    path.write_text("".join(json.dumps(asdict(f), sort_keys=True) + "\n" for f in ordered))
+    log.info("injecting %d faults (ground truth in %s)", len(truth), path)
+    return truth

@@ -373,7 +373,20 @@ class ParkingSensor:
 
     def step(self, ts_ms: int) -> int | None:
         """Advance to `ts_ms`; the value to publish (1 occupied, 0 free), or None when there is nothing to say."""
-        state = int(self.occupancy(ts_ms))
+        return self.report(int(self.occupancy(ts_ms)))
+
+    @property
+    def reported(self) -> int | None:
+        """The state last published (None before the first report)."""
+        return self._reported
+
+    def report(self, state: int) -> int | None:
+        """What to publish for a state measured now: a change at once, else a heartbeat now and then.
+
+        `step` passes the bay's true state; fault injection (edge/faults.py) passes
+        a state of its own (a sensor stuck on "occupied", one that flickers) and
+        still gets the sensor's reporting rules.
+        """
         if state != self._reported:
             self._reported, self._quiet = state, 0
             return state

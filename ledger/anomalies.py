@@ -102,34 +102,39 @@ class AnomalyConfig:
     leak_nights: int = 3  # the flow must not stop on any of the last this many nights
     leak_min_flow: float = 4.0  # base units (litres) per hour, below which a night counts as "stopped"
     leak_baseline_nights: int = 3  # earlier nights needed to judge against the device's own history
-    leak_own_rise: float = 0.4  # night flow must exceed the own baseline by this fraction (plus min flow)
-    leak_peer_ratio: float = 3.0  # ...or be this many times the district peers' night flow (plus min flow)
+    leak_z: float = 4.0  # the rise, in robust standard deviations of the device's night-to-night noise
+    leak_min_sigma: float = 0.05  # floor of that noise (a very steady meter is not infinitely sure)
+    leak_own_rise: float = 0.5  # and at least this fraction above what its earlier nights predict
+    leak_peer_ratio: float = 3.0  # ...or every recent night this many times the district's night flow (+ min flow)
     leak_high_flow: float = 30.0  # water litres per hour from which a leak is "high" (gas is always high)
 
     # spike: one hour against the same local hour on the device's other days, and against its peers that hour
     spike_z: float = 3.0  # robust z of log consumption: (log x - median) / (1.4826 * MAD)
     spike_min_sigma: float = 0.2  # floor of that sigma (a very regular meter is not infinitely sure)
-    spike_own_ratio: float = 6.0  # x at least this many times the device's usual (median) for that hour
-    spike_peer_ratio: float = 5.0  # and this many times the district peers' median that same hour
-    spike_floor_fraction: float = 0.5  # peers' median taken as at least this fraction of the device's median hour
+    spike_own_ratio: float = 8.0  # x at least this many times the device's usual (median) for that hour
+    spike_peer_ratio: float = 4.0  # and this many times the district peers' median that same hour
+    spike_peer_floor: float = 1.0  # peers' median taken as at least this many base units (empty night hours)
     spike_min_units: float = 20.0  # and the hour's excess at least this many base units
     spike_max_hours: int = 4  # longer elevations are a change of level (a leak, a new tenant), not a spike
     spike_context_hours: int = 6  # the hours either side of a spike...
-    spike_context_ratio: float = 2.0  # ...must be ordinary: their median below this many times usual
+    spike_context_share: float = 0.2  # ...must be ordinary: their median excess below this share of the peak's
+    spike_high_ratio: float = 25.0  # severity high from this many times usual
 
     # zero consumption
     zero_days: float = 2.0  # an occupied account's register flat for this long
     zero_min_readings: int = 8  # and confirmed by at least this many readings
+    zero_high_days: float = 7.0  # severity high from here (a bill the customer will dispute)
 
     # silent
     silent_intervals: int = 8  # no reading (and no reject) for this many intervals
     parking_heartbeat_intervals: int = 10  # a quiet bay sensor repeats its state this often
     parking_silent_heartbeats: int = 3  # a bay sensor is silent after this many missed heartbeats
     silent_offline_grace_ms: int = 30 * MINUTE_MS  # `offline` not followed by `online` (or a reading) this long
+    silent_high_ms: int = DAY_MS  # severity high from here (someone has to go out to it)
 
     # clock
     clock_skew_ms: int = 10 * MINUTE_MS  # readings consistently received this much after their ts
-    clock_skew_intervals: float = 2.0  # ...and at least this many intervals (a backlog's freshest reading is late by up to one)
+    clock_skew_intervals: float = 2.0  # ...and this many intervals (a backlog's freshest reading is up to one late)
     clock_window_ms: int = 12 * HOUR_MS  # the skew must hold for every reading received in this window
     clock_min_readings: int = 4
     clock_ahead_ms: int = 2 * MINUTE_MS  # ledgered readings all stamped this far ahead of receipt
@@ -151,6 +156,7 @@ class AnomalyConfig:
     flicker_window_ms: int = 3 * HOUR_MS
     flicker_min_flips: int = 10  # state changes within one window
     flicker_max_state_ms: int = 20 * MINUTE_MS  # ...each state lasting at most this (a parked car stays longer)
+    flicker_medium_flips: int = 30  # severity medium from this many in one episode (else low)
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -158,7 +164,7 @@ class AnomalyConfig:
 
 @dataclass
 class _Series:
-    """One device's readings in seq order, with the clock's backward steps left out (see `_clean`)."""
+    """One device's readings in seq order, and the same without readings stamped before their predecessor."""
 
     obs: list[Obs]  # seq order, all
     clean: list[Obs] = field(default_factory=list)  # seq order, ts strictly increasing
@@ -199,14 +205,21 @@ def _local_midnight(day: int, tz: str) -> int:
 
 
 def _cadence(info: DeviceInfo, s: _Series, config: AnomalyConfig) -> int:
-    """The device's measuring interval: as registered, else the median gap of its readings."""
+    """The device's measuring interval: as registered, else inferred from the gaps between its readings.
+
+    A meter reports every interval, so the median gap is its interval. A bay
+    sensor reports changes plus a heartbeat every `parking_heartbeat_intervals`
+    quiet intervals, so its longer gaps are heartbeats: the 90th percentile gap
+    over the heartbeat count.
+    """
     if info.interval_ms:
         return info.interval_ms
-    gaps = [b - a for a, b in zip(s.ts, s.ts[1:]) if b > a]
-    if info.kind == "parking" or len(gaps) < 4:
-        # Bay sensors report on change, so their gaps say little about the interval.
-        return config.default_interval_ms if info.kind == "parking" or not gaps else int(statistics.median(gaps))
-    return int(statistics.median(gaps))
+    gaps = sorted(b - a for a, b in zip(s.ts, s.ts[1:]) if b > a)
+    if info.kind == "parking":
+        if len(gaps) < 10:
+            return config.default_interval_ms
+        return max(1, gaps[int(0.9 * (len(gaps) - 1))] // config.parking_heartbeat_intervals)
+    return int(statistics.median(gaps)) if len(gaps) >= 4 else config.default_interval_ms
 
 
 def _register_at(s: _Series, t: int, max_gap: int) -> tuple[float, int, int] | None:
@@ -287,12 +300,13 @@ def _series_of(readings: Mapping[str, Sequence[Obs]], devices: Iterable[DeviceIn
 
 @dataclass(frozen=True)
 class _Night:
-    """The smallest hourly flow of one local night, and the readings it rests on."""
+    """One local night window: its smallest hourly flow, its mean flow, and the readings they rest on."""
 
     start: int
     end: int
-    flow: float
-    seqs: tuple[int, ...]
+    floor: float  # the smallest hourly flow (units/h): does the flow ever stop?
+    level: float  # the mean flow over the window (units/h): less noisy, for comparisons
+    seqs: tuple[int, ...]  # the readings the floor hour rests on
 
 
 def _nights(s: _Series, now: int, tz: str, config: AnomalyConfig, max_gap: int) -> list[_Night]:
@@ -307,10 +321,12 @@ def _nights(s: _Series, now: int, tz: str, config: AnomalyConfig, max_gap: int) 
         if lo < s.ts[0] or hi > s.ts[-1] or hi > now:
             continue
         hours = _hourly(s, lo, hi, max_gap)
-        if not hours or any(h is None for h in hours):
+        measured = [h for h in hours if h is not None]
+        if not measured or len(measured) < len(hours):
             continue
-        h0, flow, i0, i1 = min((h for h in hours if h is not None), key=lambda h: h[1])
-        out.append(_Night(lo, hi, flow, (s.clean[i0].seq, s.clean[i1].seq)))
+        _, flow, i0, i1 = min(measured, key=lambda h: h[1])
+        level = sum(h[1] for h in measured) / len(measured)
+        out.append(_Night(lo, hi, flow, level, (s.clean[i0].seq, s.clean[i1].seq)))
     return out
 
 
@@ -319,18 +335,19 @@ def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
     """Water or gas that never stops flowing at night, judged by the minimum night flow over several nights.
 
     A household's taps are shut between 01:00 and 05:00, so the smallest hourly
-    flow of that window is the night's floor. A leak is a floor that no longer
-    drops below `leak_min_flow` on any night since some night c (at least
-    `leak_nights` of them, up to the latest): consumption without a break. And
-    it must stand out, either
+    flow of that window is the night's floor. A leak is a floor that has not
+    dropped below `leak_min_flow` on any night since some night c (at least
+    `leak_nights` nights, up to the latest): consumption without a break. And
+    the night flow must stand out, either
 
-    - from the device's own nights before c (a leak that began in the
-      look-back): the nights since c exceed, by `leak_own_rise` at the median,
-      what the device's usual share of its district's flow predicts for those
-      nights. Scaling by the district divides out the season, so the first cold
-      night that starts every gas boiler in the district is not a leak; or
-    - from its district's peers on each of those nights (`leak_peer_ratio`): a
-      leak older than the look-back.
+    - from the device's own nights before c (a leak that began within the
+      look-back): a change-point test on the log of the night's mean flow
+      relative to its district's median that night. The district divides out
+      the season (the first frost starts every gas boiler at once); the test
+      asks for `leak_z` robust standard deviations of the device's own
+      night-to-night noise and a rise of `leak_own_rise`; or
+    - from its district's peers on each of the last nights (`leak_peer_ratio`):
+      a leak older than the look-back.
     """
     candidates = [d for d in devices if d.kind in ("water", "gas")]
     series = _series_of(readings, candidates)
@@ -342,20 +359,21 @@ def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
         per_night: dict[int, list[float]] = {}
         for d in group:
             for n in nights[d.device]:
-                per_night.setdefault(n.start, []).append(n.flow)
-        district = {start: statistics.median(flows) for start, flows in per_night.items()}
+                per_night.setdefault(n.start, []).append(n.level)
+        district = {start: statistics.median(levels) for start, levels in per_night.items()}
         for d in group:
             found = _leak_of(nights[d.device], district, config)
             if found is None:
                 continue
-            since, rule, flow, expected = found
+            since, rule, level, expected = found
             last = nights[d.device][since:]
-            high = kind == "gas" or flow >= config.leak_high_flow
-            why = (f"about {expected:.0f}/h expected from its earlier nights" if rule == "own"
+            floor = min(n.floor for n in last)
+            high = kind == "gas" or floor >= config.leak_high_flow
+            why = (f"about {expected:.0f}/h expected from its own earlier nights" if rule == "own"
                    else f"{expected:.0f}/h for its district's {kind} meters")
-            detail = (f"{kind} has not stopped flowing on any of the last {len(last)} nights: lowest hourly flow "
-                      f"between {config.night_start_hour:02d}:00 and {config.night_end_hour:02d}:00 about "
-                      f"{flow:.0f}/h (median night), against {why}")
+            detail = (f"{kind} has not stopped flowing on any of the last {len(last)} nights: never below "
+                      f"{floor:.0f}/h between {config.night_start_hour:02d}:00 and {config.night_end_hour:02d}:00, "
+                      f"about {level:.0f}/h on average, against {why}")
             shown = last[-config.evidence_max // 2:]  # two readings per night: the latest nights
             out.append(_finding(d, "leak", last[0].start, last[-1].end, "high" if high else "medium",
                                 _evidence(d.device, (q for n in shown for q in n.seqs), config.evidence_max), detail))
@@ -364,25 +382,36 @@ def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
 
 def _leak_of(ns: list[_Night], district: Mapping[int, float], config: AnomalyConfig
              ) -> tuple[int, str, float, float] | None:
-    """(index of the first leaking night, "own" or "peers", median flow since, what was expected) or None."""
+    """(index of the first leaking night, "own" or "peers", mean flow since, what was expected) or None."""
     k, floor = config.leak_nights, config.leak_min_flow
-    if len(ns) < k:
-        return None
     unbroken = len(ns)
-    while unbroken > 0 and ns[unbroken - 1].flow >= floor:
+    while unbroken > 0 and ns[unbroken - 1].floor >= floor:
         unbroken -= 1
     if len(ns) - unbroken < k:
-        return None  # some recent night dropped below the floor: the flow stops, no leak
-    scale = [max(district[n.start], floor) for n in ns]
+        return None  # on some recent night the flow stopped: no leak
+    # The night's flow relative to the district's, in logs (offset by the floor so that empty nights are 0).
+    rel = [math.log((n.level + floor) / (district[n.start] + floor)) for n in ns]
+    steps = [abs(b - a) for a, b in zip(rel, rel[1:])]
+    # Night-to-night noise: a median is not moved by the one step a leak makes.
+    sigma = max(config.leak_min_sigma, 1.4826 * statistics.median(steps) / math.sqrt(2)) if steps else 1.0
+    best: tuple[float, int, float, float] | None = None  # (step of the means, c, level, expected)
     for c in range(max(unbroken, config.leak_baseline_nights), len(ns) - k + 1):
-        share = statistics.median(n.flow / g for n, g in zip(ns[:c], scale[:c]))
-        expected = [share * g for g in scale[c:]]
-        excess = statistics.median(n.flow - e for n, e in zip(ns[c:], expected))
-        if excess >= max(floor, config.leak_own_rise * statistics.median(expected)):
-            return c, "own", statistics.median(n.flow for n in ns[c:]), statistics.median(expected)
+        before, after = rel[:c], rel[c:]
+        rise = statistics.median(after) - statistics.median(before)  # medians: one odd night moves nothing
+        z = rise / (sigma * math.sqrt(1 / len(before) + 1 / len(after)))
+        expected = statistics.median((district[n.start] + floor) * math.exp(statistics.median(before)) - floor
+                                     for n in ns[c:])
+        level = statistics.median(n.level for n in ns[c:])
+        if z >= config.leak_z and rise >= math.log1p(config.leak_own_rise) and level - expected >= floor:
+            # Several splits pass; the onset is where the means step most (a mixed segment steps less).
+            step = statistics.fmean(after) - statistics.fmean(before)
+            if best is None or step > best[0]:
+                best = (step, c, level, max(0.0, expected))
+    if best is not None:
+        return best[1], "own", best[2], best[3]
     last = ns[-k:]
-    if all(n.flow >= config.leak_peer_ratio * district[n.start] + floor for n in last):
-        return (len(ns) - k, "peers", statistics.median(n.flow for n in last),
+    if all(n.level >= config.leak_peer_ratio * district[n.start] + floor for n in last):
+        return (len(ns) - k, "peers", statistics.median(n.level for n in last),
                 statistics.median(district[n.start] for n in last))
     return None
 
@@ -408,8 +437,7 @@ def detect_rollbacks(devices: Sequence[DeviceInfo], readings: Mapping[str, Seque
         for a, b in zip(obs, obs[1:]):
             if b.value >= a.value:
                 continue
-            if any(a.ts < ts <= b.ts or a.seq < b.seq and (old, new) == (a.value, b.value)
-                   for ts, old, new in recorded):
+            if any(a.ts < ts <= b.ts for ts, _, _ in recorded):
                 continue
             detail = (f"register fell from {a.value} to {b.value} ({a.value - b.value} units) between seq {a.seq} "
                       f"and {b.seq}, with no recorded meter replacement")
@@ -425,15 +453,19 @@ def detect_spikes(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
                   tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """An hour's consumption far above the device's own history and far above its district's peers.
 
-    Own history: the same local hour on the device's other days (median and
-    MAD, so one odd day does not move the bar; the whole day's median hour is a
-    floor, so a quiet night hour is not "ten times usual" for a glass of water).
-    Peers: the median of the district's meters of the same kind in that same hour.
-    Only short elevations count (`spike_max_hours`); a lasting rise is a change
-    of level, which the leak rule or an operator judges.
+    Own history: the same local hour on the device's other days, in logs
+    (median and MAD, so one odd day does not move the bar); days on which the
+    meter did not move at all are not history (a stuck or vacant spell would
+    make every ordinary hour look enormous). Peers: the median of the district's
+    meters of the same kind in that same hour. Only short elevations count
+    (`spike_max_hours`), with ordinary hours around them; extra units that run
+    on are a change of level, which the leak rule or an operator judges. A
+    device whose clock runs systematically off (the clock rule) is not judged
+    hour by hour at all: its hours are not the hours it claims.
     """
     meters = [d for d in devices if d.kind in METER_KINDS]
     series = _series_of(readings, meters)
+    skewed = _skews(meters, series, now, config)
     start = _hour_floor(now - config.lookback_days * DAY_MS)
     end = _hour_floor(now)
     hours: dict[str, list[tuple[int, float, int, int] | None]] = {}
@@ -453,13 +485,19 @@ def detect_spikes(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
             vals = [h[1] for d in present if (h := hours[d.device][k]) is not None]
             peer_median.append(statistics.median(vals) if vals else None)
         for d in present:
-            out.extend(_spikes_of(d, series[d.device], hours[d.device], peer_median, tz, config))
+            if d.device not in skewed:
+                out.extend(_spikes_of(d, series[d.device], hours[d.device], peer_median, tz, config))
     return out
 
 
 def _spikes_of(d: DeviceInfo, s: _Series, hours: list[tuple[int, float, int, int] | None],
                peer_median: list[float | None], tz: str, config: AnomalyConfig) -> list[Finding]:
-    known = [h for h in hours if h is not None]
+    daily: dict[int, float] = {}
+    for h in hours:
+        if h is not None:
+            day = local_day(h[0], tz)
+            daily[day] = daily.get(day, 0.0) + h[1]
+    known = [h for h in hours if h is not None and daily[local_day(h[0], tz)] > 0]  # days the meter moved
     if len(known) < 48:
         return []  # two days are too little history to call anything unusual
     day_median = statistics.median(h[1] for h in known)
@@ -475,18 +513,24 @@ def _spikes_of(d: DeviceInfo, s: _Series, hours: list[tuple[int, float, int, int
     def ratio(k: int) -> float:
         """This hour against the device's usual for its local hour (1.0 when unknown)."""
         h = hours[k]
-        if h is None:
+        if h is None or local_hour(h[0], tz) not in usual:
             return 1.0
         med, _ = usual[local_hour(h[0], tz)]
         return (h[1] + offset) / math.exp(med)
 
+    def excess(k: int) -> float:
+        """This hour's units above the device's usual for its local hour."""
+        h = hours[k]
+        assert h is not None
+        return h[1] + offset - math.exp(usual[local_hour(h[0], tz)][0]) if local_hour(h[0], tz) in usual else 0.0
+
     def elevated(k: int) -> bool:
         h = hours[k]
-        if h is None or peer_median[k] is None:
+        if h is None or peer_median[k] is None or local_hour(h[0], tz) not in usual:
             return False
         x = h[1]
         med, sigma = usual[local_hour(h[0], tz)]
-        peer = max(peer_median[k] or 0.0, config.spike_floor_fraction * day_median, 1.0)
+        peer = max(peer_median[k] or 0.0, config.spike_peer_floor)
         return (math.log(x + offset) - med >= config.spike_z * sigma and ratio(k) >= config.spike_own_ratio
                 and x >= config.spike_peer_ratio * peer and x - math.exp(med) >= config.spike_min_units)
 
@@ -500,12 +544,14 @@ def _spikes_of(d: DeviceInfo, s: _Series, hours: list[tuple[int, float, int, int
         j = k
         while j + 1 < len(hours) and flags[j + 1]:
             j += 1
-        context = [ratio(i) for i in range(max(0, k - config.spike_context_hours),
-                                           min(len(hours), j + 1 + config.spike_context_hours))
+        context = [excess(i) for i in range(max(0, k - config.spike_context_hours),
+                                            min(len(hours), j + 1 + config.spike_context_hours))
                    if not k <= i <= j and hours[i] is not None]
-        # A spike is brief: the hours around it are ordinary. Otherwise it is a change of level.
+        peak = max(excess(i) for i in range(k, j + 1))
+        # A spike is brief: the hours around it are ordinary. Extra units that also run through the
+        # hours around it are a change of level (a leak adds the same litres every hour), not a spike.
         if j - k + 1 <= config.spike_max_hours and (not context or statistics.median(context)
-                                                    < config.spike_context_ratio):
+                                                    < config.spike_context_share * peak):
             out.append(_spike_finding(d, s, hours[k:j + 1], max(ratio(i) for i in range(k, j + 1)), tz, config))
         k = j + 1
     return out
@@ -516,7 +562,7 @@ def _spike_finding(d: DeviceInfo, s: _Series, run: list[tuple[int, float, int, i
     hours = [h for h in run if h is not None]
     total = sum(h[1] for h in hours)
     seqs = [s.clean[i].seq for h in hours for i in range(h[2], h[3] + 1)]
-    severity = "high" if ratio >= 3 * config.spike_own_ratio else "medium"
+    severity = "high" if ratio >= config.spike_high_ratio else "medium"
     detail = (f"{total:.0f} units in {len(run)} h from {_hhmm(hours[0][0], tz)}, up to {ratio:.0f} times the "
               f"device's usual for that hour of the day and far above its district's {d.kind} meters")
     return _finding(d, "spike", hours[0][0], hours[-1][0] + HOUR_MS, severity,
@@ -559,7 +605,8 @@ def detect_zero_consumption(devices: Sequence[DeviceInfo], readings: Mapping[str
         days = flat_ms / DAY_MS
         detail = (f"register stayed at {last.value} for {days:.1f} days over {len(obs) - i} readings "
                   f"(seq {first.seq} to {last.seq}) on an occupied account")
-        out.append(_finding(d, "zero_consumption", first.ts, last.ts, "high" if days >= 7 else "medium",
+        severity = "high" if days >= config.zero_high_days else "medium"
+        out.append(_finding(d, "zero_consumption", first.ts, last.ts, severity,
                             _evidence(d.device, seqs, config.evidence_max), detail))
     return out
 
@@ -581,27 +628,27 @@ def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
     for d in devices:
         s = _series(readings.get(d.device, ()))
         last_obs = max(s.obs, key=lambda o: o.received_at) if s.obs else None
-        last_reject = max((m * MINUTE_MS + MINUTE_MS - 1 for m, _, _ in rejects.get(d.device, ())), default=None)
-        heard = max((t for t in (last_obs.received_at if last_obs else None, last_reject) if t is not None),
-                    default=None)
+        heard_at = [m * MINUTE_MS + MINUTE_MS - 1 for m, _, _ in rejects.get(d.device, ())]
+        if last_obs is not None:
+            heard_at.append(last_obs.received_at)
+        heard = max(heard_at, default=None)
         cadence = _cadence(d, s, config)
         limit = (config.parking_silent_heartbeats * config.parking_heartbeat_intervals * cadence
                  if d.kind == "parking" else config.silent_intervals * cadence)
-        offline = (d.status == "offline" and d.status_at is not None and now - d.status_at >= config.silent_offline_grace_ms
-                   and (heard is None or heard <= d.status_at))
-        quiet = heard is None or now - heard > limit
-        if not (offline or quiet):
+        offline = (d.status == "offline" and d.status_at is not None
+                   and now - d.status_at >= config.silent_offline_grace_ms and (heard is None or heard <= d.status_at))
+        if not offline and heard is not None and now - heard <= limit:
             continue
         since = heard if heard is not None else now - config.lookback_days * DAY_MS
         if offline and d.status_at is not None:
-            since = min(since, d.status_at) if heard is not None else d.status_at
+            since = d.status_at if heard is None else min(heard, d.status_at)
         hours = (now - since) / HOUR_MS
-        what = "its last reading" if last_obs else "no reading in the look-back"
-        why = (f"went offline (Last Will) {hours:.1f} h ago and never came back" if offline
-               else f"nothing heard for {hours:.1f} h (limit {limit / HOUR_MS:.1f} h)")
-        detail = f"{d.kind} device {why}; evidence is {what}"
+        why = (f"went offline {hours:.1f} h ago (its Last Will) and has not come back" if offline
+               else f"has not been heard from for {hours:.1f} h (limit {limit / HOUR_MS:.1f} h)")
+        shown = "its last reading" if last_obs else "no reading in the look-back"
         evidence = ((d.device, last_obs.seq),) if last_obs else ((d.device, 0),)
-        out.append(_finding(d, "silent", since, now, "high" if now - since >= DAY_MS else "medium", evidence, detail))
+        severity = "high" if now - since >= config.silent_high_ms else "medium"
+        out.append(_finding(d, "silent", since, now, severity, evidence, f"{d.kind} device {why}; evidence: {shown}"))
     return out
 
 
@@ -613,72 +660,82 @@ def detect_clock(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
                  tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """Timestamps far from receive time, or going backwards.
 
-    Behind: every reading received in the last `clock_window_ms` arrived at
-    least the skew limit after its ts. The minimum is what counts, because
-    transit and an outbox backlog only ever add delay; and the device must lag
-    more than its district's peers, so an ingest outage is not a thousand
-    broken clocks. Ahead: readings more than five minutes ahead are quarantined
-    by ingest (`future_timestamp`), so those rejects are the evidence; smaller
-    leads show as every ledgered reading stamped after its receipt. Backwards:
-    a reading stamped before the previous seq's.
+    - Behind: every reading received in the last `clock_window_ms` arrived at
+      least the skew limit after its ts. The least delay is what counts,
+      because transit and an outbox backlog only ever add delay; and the device
+      must lag its district's peers by as much, so an ingest outage is not a
+      thousand broken clocks.
+    - Ahead: a reading stamped more than five minutes ahead is quarantined by
+      ingest (`future_timestamp`), so those rejects are the evidence; a smaller
+      lead shows as every recent reading stamped after it was received.
+    - Backwards: a reading stamped before the reading with the previous seq.
     """
     series = _series_of(readings, devices)
-    lags: dict[str, int | None] = {}
-    for d in devices:
-        recent = [o for o in series[d.device].obs if o.received_at >= now - config.clock_window_ms]
-        lags[d.device] = (min(o.received_at - o.ts for o in recent) if len(recent) >= config.clock_min_readings
-                          else None)
+    skews = _skews(devices, series, now, config)
     out = []
-    for (_, _), group in _by_district_kind(devices).items():
-        known = [x for d in group if (x := lags[d.device]) is not None]
-        peer_lag = statistics.median(known) if known else 0
-        for d in group:
-            f = _clock_of(d, series[d.device], lags[d.device], peer_lag, rejects.get(d.device, ()), now, config)
-            if f is not None:
-                out.append(f)
+    for d in devices:
+        f = _clock_of(d, series[d.device], skews.get(d.device), rejects.get(d.device, ()), now, config)
+        if f is not None:
+            out.append(f)
     return out
 
 
-def _clock_of(d: DeviceInfo, s: _Series, lag: int | None, peer_lag: float,
+def _skews(devices: Sequence[DeviceInfo], series: Mapping[str, _Series], now: int, config: AnomalyConfig
+           ) -> dict[str, tuple[str, int]]:
+    """Devices whose recent timestamps are systematically off: device -> ("behind" | "ahead", delay in ms)."""
+    lags: dict[str, tuple[int, int]] = {}  # device -> (least, greatest) receive delay in the window
+    for d in devices:
+        delays = [o.received_at - o.ts for o in series[d.device].obs if o.received_at >= now - config.clock_window_ms]
+        if len(delays) >= config.clock_min_readings:
+            lags[d.device] = (min(delays), max(delays))
+    out: dict[str, tuple[str, int]] = {}
+    for group in _by_district_kind(devices).values():
+        known = [lags[d.device] for d in group if d.device in lags]
+        if not known:
+            continue
+        least_peer, greatest_peer = statistics.median(x[0] for x in known), statistics.median(x[1] for x in known)
+        for d in group:
+            if d.device not in lags:
+                continue
+            least, greatest = lags[d.device]
+            limit = max(config.clock_skew_ms, config.clock_skew_intervals * _cadence(d, series[d.device], config))
+            if least >= limit and least - least_peer >= limit:
+                out[d.device] = ("behind", least)
+            elif greatest <= -config.clock_ahead_ms and greatest - greatest_peer <= -config.clock_ahead_ms:
+                out[d.device] = ("ahead", greatest)
+    return out
+
+
+def _clock_of(d: DeviceInfo, s: _Series, skew: tuple[str, int] | None,
               rejects: Sequence[tuple[int, str, int]], now: int, config: AnomalyConfig) -> Finding | None:
-    problems: list[str] = []
-    seqs: list[int] = []
-    start, end, severity = now, now, "medium"
-    future = [(m, c) for m, reason, c in rejects if reason == "future_timestamp"]
+    problems: list[tuple[str, int, int, list[int]]] = []  # (what, from, to, seqs)
+    future = sorted((m, c) for m, reason, c in rejects if reason == "future_timestamp")
     n_future = sum(c for _, c in future)
-    if n_future >= config.clock_future_rejects:
-        problems.append(f"{n_future} readings quarantined for timestamps more than five minutes ahead")
-        start = min(m for m, _ in future) * MINUTE_MS
-        end = max(m for m, _ in future) * MINUTE_MS + MINUTE_MS
-        severity = "high"
+    if future and n_future >= config.clock_future_rejects:
+        problems.append((f"{n_future} readings quarantined for timestamps more than five minutes ahead",
+                         future[0][0] * MINUTE_MS, future[-1][0] * MINUTE_MS + MINUTE_MS, []))
     backwards = [(a, b) for a, b in zip(s.obs, s.obs[1:]) if b.ts < a.ts - config.clock_backwards_ms]
     if backwards:
         a, b = backwards[-1]
-        problems.append(f"seq {b.seq} is stamped {(a.ts - b.ts) / MINUTE_MS:.0f} min before seq {a.seq}"
-                        + (f" ({len(backwards)} such steps)" if len(backwards) > 1 else ""))
-        seqs += [x.seq for pair in backwards for x in pair]
-        start, end = min(start, backwards[0][1].ts), max(end if future else 0, a.ts)
-    if lag is not None:
-        cadence = _cadence(d, s, config)
-        limit = max(config.clock_skew_ms, config.clock_skew_intervals * cadence)
+        more = f" ({len(backwards)} such steps)" if len(backwards) > 1 else ""
+        problems.append((f"seq {b.seq} is stamped {(a.ts - b.ts) / MINUTE_MS:.0f} min before seq {a.seq}{more}",
+                         min(x.ts for pair in backwards for x in pair), max(x.ts for pair in backwards for x in pair),
+                         [x.seq for pair in backwards for x in pair]))
+    if skew is not None:
+        way, delay = skew
         recent = [o for o in s.obs if o.received_at >= now - config.clock_window_ms]
-        if lag >= limit and lag - peer_lag >= limit:
-            problems.append(f"every reading of the last {config.clock_window_ms / HOUR_MS:.0f} h arrived at least "
-                            f"{lag / MINUTE_MS:.0f} min after its timestamp (clock behind)")
-        elif max(o.received_at - o.ts for o in recent) <= -config.clock_ahead_ms:
-            lead = -max(o.received_at - o.ts for o in recent)
-            problems.append(f"every reading of the last {config.clock_window_ms / HOUR_MS:.0f} h is stamped at "
-                            f"least {lead / MINUTE_MS:.0f} min after it arrived (clock ahead)")
-        else:
-            recent = []
-        if recent:
-            seqs += [recent[0].seq, recent[-1].seq]
-            start, end = min(start, recent[0].ts), max(end if (future or backwards) else 0, recent[-1].ts)
+        hours = config.clock_window_ms / HOUR_MS
+        what = (f"every reading of the last {hours:.0f} h arrived at least {delay / MINUTE_MS:.0f} min after its "
+                "timestamp (clock behind)" if way == "behind" else
+                f"every reading of the last {hours:.0f} h is stamped at least {-delay / MINUTE_MS:.0f} min after it "
+                "was received (clock ahead)")
+        problems.append((what, recent[0].ts, recent[-1].ts, [recent[0].seq, recent[-1].seq]))
     if not problems:
         return None
-    detail = "clock trouble: " + "; ".join(problems)
-    return _finding(d, "clock", min(start, end), max(start, end), severity,
-                    _evidence(d.device, seqs, config.evidence_max), detail)
+    severity = "high" if future else "medium"  # quarantined readings are readings the ledger lacks
+    detail = "clock trouble: " + "; ".join(p[0] for p in problems)
+    return _finding(d, "clock", min(p[1] for p in problems), max(p[2] for p in problems), severity,
+                    _evidence(d.device, (q for p in problems for q in p[3]), config.evidence_max), detail)
 
 
 # ---------------------------------------------------------------- hostile traffic
@@ -726,16 +783,21 @@ def detect_hostile(devices: Sequence[DeviceInfo], rejects: Mapping[str, Sequence
 # ---------------------------------------------------------------- parking
 
 
-def _stays(obs: Sequence[Obs]) -> list[tuple[int, int]]:
-    """(first, end) index ranges of consecutive readings saying "occupied" (seq order): end is exclusive."""
+def _stays(obs: Sequence[Obs], max_gap: int) -> list[tuple[int, int]]:
+    """(first, end) index ranges of consecutive readings saying "occupied" (seq order): end is exclusive.
+
+    A stay is only as long as the readings that witness it: a silence longer
+    than `max_gap` ends it at the last reading before the silence (at `end` - 1;
+    the reading at `end` is then not a "free" one).
+    """
     out = []
     i = 0
     while i < len(obs):
         if obs[i].value != 1:
             i += 1
             continue
-        j = i
-        while j < len(obs) and obs[j].value == 1:
+        j = i + 1
+        while j < len(obs) and obs[j].value == 1 and obs[j].ts - obs[j - 1].ts <= max_gap:
             j += 1
         out.append((i, j))
         i = j
@@ -759,10 +821,13 @@ def detect_parking_overstays(devices: Sequence[DeviceInfo], readings: Mapping[st
     for d in devices:
         if d.kind != "parking":
             continue
-        obs = _series(readings.get(d.device, ())).clean
-        for i, j in _stays(obs):
+        s = _series(readings.get(d.device, ()))
+        obs = s.obs  # seq order: what the sensor said, in the order it said it
+        witnessed = config.parking_silent_heartbeats * config.parking_heartbeat_intervals * _cadence(d, s, config)
+        for i, j in _stays(obs, witnessed):
             first = obs[i]
-            until = obs[j] if j < len(obs) else obs[j - 1]
+            freed = j < len(obs) and obs[j].value == 0 and obs[j].ts - obs[j - 1].ts <= witnessed
+            until = obs[j] if freed else obs[j - 1]
             length = until.ts - first.ts
             daytime = _daytime_ms(first.ts, until.ts, tz, config)
             too_long = length > config.parking_max_stay_ms
@@ -770,11 +835,12 @@ def detect_parking_overstays(devices: Sequence[DeviceInfo], readings: Mapping[st
                     and daytime > config.parking_daytime_limit_ms):
                 continue
             ongoing = j >= len(obs)
-            seqs = [first.seq, obs[j - 1].seq] + ([] if ongoing else [obs[j].seq])
+            seqs = [first.seq, obs[j - 1].seq] + ([obs[j].seq] if freed else [])
+            day_limit = (config.parking_daytime_limit_ms or 0) / HOUR_MS
             limit = (f"limit {config.parking_max_stay_ms / HOUR_MS:.0f} h" if too_long else
-                     f"{daytime / HOUR_MS:.1f} h of it in daytime, limit {config.parking_daytime_limit_ms / HOUR_MS:.1f} h")
-            detail = (f"space occupied for {length / HOUR_MS:.1f} h from {_hhmm(first.ts, tz)}"
-                      + (" and still occupied" if ongoing else "") + f" ({limit})")
+                     f"{daytime / HOUR_MS:.1f} h of it in daytime, limit {day_limit:.1f} h")
+            how = " and still occupied" if ongoing else "" if freed else ", then its readings stopped"
+            detail = f"space occupied for {length / HOUR_MS:.1f} h from {_hhmm(first.ts, tz)}{how} ({limit})"
             severity = "high" if length >= config.parking_high_stay_ms else "medium"
             out.append(_finding(d, "parking_overstay", first.ts, until.ts, severity,
                                 _evidence(d.device, seqs, config.evidence_max), detail,
@@ -807,29 +873,31 @@ def detect_parking_flicker(devices: Sequence[DeviceInfo], readings: Mapping[str,
             continue
         obs = _series(readings.get(d.device, ())).clean
         flips = [k for k in range(1, len(obs)) if obs[k].value != obs[k - 1].value]
-        fast = [k for a, k in zip(flips, flips[1:]) if obs[k].ts - obs[a].ts <= config.flicker_max_state_ms]
-        best: tuple[int, int] | None = None  # (i, j) into fast: the densest window
+        # (a, k): the flip at k ended a state that the flip at a began, and lasted no time at all.
+        fast = [(a, k) for a, k in zip(flips, flips[1:]) if obs[k].ts - obs[a].ts <= config.flicker_max_state_ms]
+        best: tuple[int, int] | None = None  # (first, last) index into fast of the densest window
         j = 0
         for i in range(len(fast)):
-            while obs[fast[i]].ts - obs[fast[j]].ts > config.flicker_window_ms:
+            while obs[fast[i][1]].ts - obs[fast[j][1]].ts > config.flicker_window_ms:
                 j += 1
             if i - j + 1 >= config.flicker_min_flips and (best is None or i - j > best[1] - best[0]):
                 best = (j, i)
         if best is None:
             continue
-        # The whole episode: extend to every fast flip chained within a window of the densest one.
+        # The whole episode: extend to every quick flip chained within a window of the densest ones.
         lo, hi = best
-        while lo > 0 and obs[fast[lo]].ts - obs[fast[lo - 1]].ts <= config.flicker_window_ms:
+        while lo > 0 and obs[fast[lo][1]].ts - obs[fast[lo - 1][1]].ts <= config.flicker_window_ms:
             lo -= 1
-        while hi + 1 < len(fast) and obs[fast[hi + 1]].ts - obs[fast[hi]].ts <= config.flicker_window_ms:
+        while hi + 1 < len(fast) and obs[fast[hi + 1][1]].ts - obs[fast[hi][1]].ts <= config.flicker_window_ms:
             hi += 1
-        start, end = obs[fast[lo] - 1], obs[fast[hi]]
+        start, end = obs[fast[lo][0]], obs[fast[hi][1]]
         n = hi - lo + 1
-        detail = (f"{n} state changes lasting {config.flicker_max_state_ms // MINUTE_MS} min or less between "
-                  f"{_hhmm(start.ts, tz)} and {_hhmm(end.ts, tz)}: a faulty sensor, not traffic")
-        seqs = [obs[k].seq for k in fast[lo:hi + 1]] + [start.seq]
-        out.append(_finding(d, "parking_flicker", start.ts, end.ts, "low" if n < 3 * config.flicker_min_flips else
-                            "medium", _evidence(d.device, seqs, config.evidence_max), detail))
+        detail = (f"{n} quick state changes (each state lasting {config.flicker_max_state_ms // MINUTE_MS} min or "
+                  f"less) between {_hhmm(start.ts, tz)} and {_hhmm(end.ts, tz)}: a faulty sensor, not traffic")
+        seqs = [start.seq] + [obs[k].seq for _, k in fast[lo:hi + 1]]
+        severity = "medium" if n >= config.flicker_medium_flips else "low"
+        out.append(_finding(d, "parking_flicker", start.ts, end.ts, severity,
+                            _evidence(d.device, seqs, config.evidence_max), detail))
     return out
 
 

@@ -26,3 +26,12 @@ def inputs(store: Store, since: int) -> tuple[list[Any], dict[str, list[Any]], d
             [since // 60_000]).fetchall():
         rejects[device].append((minute, reason, count))
     return devices, dict(readings), dict(rejects)
+
+
+def replacements(store: Store) -> dict[str, list[tuple[int, int, int]]]:
+    """Recorded meter replacements, so that the jump they explain is not raised as a rollback."""
+    out: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
+    for device, ts, old_final, new_initial in store.con.execute(
+            "SELECT device, ts, old_final, new_initial FROM meter_replacements ORDER BY device, ts").fetchall():
+        out[device].append((ts, old_final, new_initial))
+    return dict(out)

@@ -311,8 +311,9 @@ class LedgerAPI:
         now = _now()
         with self.backend.reading() as store:
             devices, readings, rejects = anomaly_queries.inputs(store, now - lookback_days * 86_400_000)
+            swaps = anomaly_queries.replacements(store)
             tz = self._timezone(store)
-        findings = detect(devices, readings, rejects, now, tz, AnomalyConfig())
+        findings = detect(devices, readings, rejects, now, tz, AnomalyConfig(), replacements=swaps)
         with self.backend.writing() as writer, writer.lock:
             counts = investigations.record_findings(writer.store, findings, now)
         by_type: dict[str, int] = {}

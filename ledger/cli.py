@@ -152,10 +152,19 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             out = ledger.reset_device_password(device=identity.device, public_key=identity.public_key_hex)
         return out["mqtt_username"], out["mqtt_password"]
 
+    faults = None
+    if args.faults:
+        from edge.faults import FaultPlan
+
+        try:
+            faults = FaultPlan.parse(args.faults)
+        except ValueError as exc:
+            print(f"--faults: {exc}", file=sys.stderr)
+            return 2
     stop = _stop_on_signals()
     stats = run_fleet(home, devices=args.devices, interval=args.interval, host=args.mqtt_host,
                       port=args.mqtt_port, districts=tuple(args.districts.split(",")), enroll=enroll, stop=stop,
-                      seed=args.seed, tls=_tls(args))
+                      seed=args.seed, tls=_tls(args), faults=faults)
     print(json.dumps(stats.as_dict()))
     return 0
 
@@ -613,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--interval", 5.0, "seconds between readings")
     _opt(p, "--districts", "d01,d02,d03", "comma-separated districts")
     _opt(p, "--seed", 0, "simulation seed")
+    _opt(p, "--faults", "", "inject faults, e.g. leak=0.02,dead=0.01,horizon=2h (docs/anomalies.md)")
     p = add("dashboard", cmd_dashboard, "serve the Streamlit dashboard")
     _opt(p, "--port", 8501, "HTTP port")
     p = add("scheduler", cmd_scheduler, "run periodic jobs (audit)")
