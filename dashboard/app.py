@@ -1,99 +1,64 @@
-"""The cityledger dashboard (first page): ledger status, recent blocks and readings, devices.
+"""The cityledger dashboard: sign in, then the pages of your role (citizen or operator).
 
-Reads through the ledger API only: while ingest runs, over its local socket;
-otherwise the file is opened for one call and released, so the dashboard never
-holds the database away from ingest.
+`cityledger dashboard` runs this file with Streamlit. The pages are in
+`dashboard/screens/`; they read the ledger only through `dashboard.data`, which
+applies the signed-in principal's scope. A page that is not your role's is not
+registered in your session at all, so its URL leads back to your first page.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any
+import logging
+from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
-from ledger.home import Home
-from ledger.rpc import open_ledger
+from dashboard import session
 
-REFRESH_SECONDS = 3
+SCREENS = Path(__file__).with_name("screens")
 
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 st.set_page_config(page_title="cityledger", page_icon="📒", layout="wide")
 
 
-def _time(ms: int | None) -> str:
-    if not ms:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+def page(file: str, title: str, icon: str, url: str, **kw: object) -> st.Page:
+    return st.Page(SCREENS / file, title=title, icon=icon, url_path=url, **kw)  # type: ignore[arg-type]
 
 
-def _fetch() -> dict[str, Any]:
-    ledger = open_ledger(Home.from_env())
-    return {
-        "status": ledger.status(),
-        "blocks": ledger.recent_blocks(limit=15),
-        "readings": ledger.recent_readings(limit=25),
-        "devices": ledger.devices(),
-        "alarms": ledger.witness_reports(kind="alarm", limit=5),
-        "flagged": ledger.flagged_devices(minutes=60, threshold=60),
-    }
+CITIZEN = {
+    "Your account": [
+        page("citizen_usage.py", "Usage", ":material/water_drop:", "usage", default=True),
+        page("citizen_bill.py", "Bill", ":material/receipt_long:", "bill"),
+        page("citizen_parking.py", "Parking", ":material/local_parking:", "parking"),
+        page("citizen_proof.py", "Proof", ":material/verified:", "proof"),
+        page("citizen_disputes.py", "Disputes", ":material/forum:", "disputes"),
+    ],
+}
+OPERATOR = {
+    "City": [
+        page("operator_overview.py", "City overview", ":material/monitoring:", "overview", default=True),
+        page("operator_anomalies.py", "Anomalies", ":material/warning:", "anomalies"),
+        page("operator_anomaly.py", "Anomaly", ":material/troubleshoot:", "anomaly", visibility="hidden"),
+        page("operator_devices.py", "Devices", ":material/sensors:", "devices"),
+        page("operator_quarantine.py", "Quarantine", ":material/block:", "quarantine"),
+        page("operator_ledger.py", "Ledger", ":material/link:", "ledger"),
+        page("operator_disputes.py", "Disputes", ":material/forum:", "inbox"),
+        page("operator_parking.py", "Parking", ":material/local_parking:", "parking"),
+    ],
+}
 
-
-@st.fragment(run_every=REFRESH_SECONDS)
-def live() -> None:
-    try:
-        data = _fetch()
-    except Exception as exc:  # shown as a message, never as a trace
-        st.warning(f"The ledger is not reachable right now ({type(exc).__name__}). Is `cityledger ingest` running?")
-        return
-    s = data["status"]
-    for alarm in data["alarms"]:  # text from outside: shown as code, never rendered
-        st.error(f"Witness alarm from `{alarm['witness']}` at {_time(alarm['received_at'])}", icon="🚨")
-        st.code(alarm["body"], language="json")
-    devices = pd.DataFrame(data["devices"])
-    online = int((devices["online"] == "online").sum()) if len(devices) else 0
-    cols = st.columns(5)
-    cols[0].metric("Blocks", f"{s['blocks']:,}")
-    cols[1].metric("Readings ledgered", f"{s['readings']:,}")
-    cols[2].metric("Devices online", f"{online:,} / {len(devices):,}")
-    cols[3].metric("Quarantined", f"{s['quarantined']:,}")
-    cols[4].metric("Duplicates collapsed", f"{s['duplicates']:,}")
-    st.caption(f"Head block {s['height']} · `{s['last_block_hash']}` · ledger key `{s['ledger_key']}`")
-
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Recent blocks")
-        blocks = pd.DataFrame(data["blocks"])
-        if blocks.empty:
-            st.info("No blocks yet.")
+who = session.current()
+if who is None:
+    nav = st.navigation([page("signin.py", "Sign in", ":material/login:", "signin", default=True)], position="hidden")
+else:
+    nav = st.navigation(CITIZEN if who.role == "citizen" else OPERATOR)
+    with st.sidebar:
+        if who.role == "citizen":
+            st.caption(f"Signed in as **{who.name}** · account `{who.id}`")
         else:
-            blocks["sealed"] = blocks["sealed_at"].map(_time)
-            blocks["hash"] = blocks["hash"].str[:16] + "…"
-            st.dataframe(blocks[["height", "size", "sealed", "hash"]], hide_index=True, width="stretch")
-    with right:
-        st.subheader("Recent readings")
-        readings = pd.DataFrame(data["readings"])
-        if readings.empty:
-            st.info("No readings yet: start a fleet with `cityledger fleet`.")
-        else:
-            readings["measured"] = readings["ts"].map(_time)
-            st.dataframe(readings[["device", "kind", "district", "seq", "value", "measured", "height"]],
-                         hide_index=True, width="stretch")
-
-    if data["flagged"]:
-        st.subheader("Flagged devices (many rejected messages in the last hour)")
-        st.dataframe(pd.DataFrame(data["flagged"])[["device", "peak_rejects_per_minute", "rejects", "reasons"]],
-                     hide_index=True, width="stretch")
-
-    st.subheader("Devices")
-    if devices.empty:
-        st.info("No devices enrolled.")
-    else:
-        summary = devices.groupby(["district", "kind"]).agg(
-            enrolled=("device", "count"), online=("online", lambda x: int((x == "online").sum()))).reset_index()
-        st.dataframe(summary, hide_index=True, width="stretch")
-
-
-st.title("cityledger")
-st.caption("Signed meter and parking readings in a tamper-evident city ledger.")
-live()
+            scope = "the whole city" if who.whole_city else ", ".join(who.districts)
+            st.caption(f"Signed in as operator **{who.name}** (`{who.id}`) · {scope}")
+        if st.button("Sign out", key="sign_out", icon=":material/logout:"):
+            session.sign_out()
+            st.rerun()
+nav.run()

@@ -1,0 +1,72 @@
+"""City overview: readings per second now, devices online and offline, blocks, audit, quarantine rate."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, fmt, ui
+from dashboard.data import now_ms, tariffs
+
+data = ui.operator()
+st.title("City overview")
+REFRESH_SECONDS = 5
+
+
+def audit_line(audit: dict | None) -> tuple[str, str]:
+    if audit is None:
+        return "not run yet", "The scheduler audits the chain every few minutes; or run one on the Ledger page."
+    age = fmt.ago(audit.get("finished_at"), now_ms())
+    if audit.get("ok"):
+        return f"intact ({age})", f"{audit.get('blocks', 0):,} blocks, {audit.get('readings', 0):,} readings checked"
+    return f"FAILED ({age})", str(audit.get("failure", ""))
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def live() -> None:
+    with ui.guard("the overview"):
+        picked = st.session_state.get("overview_districts") or None
+        o = data.overview(picked)
+        alarms = data.witness_reports(kind="alarm", limit=3)
+        for alarm in alarms:  # text from outside: shown as code, never rendered
+            st.error(f"Witness alarm from `{alarm['witness']}` at {ui.when(alarm['received_at'])}", icon="🚨")
+            st.code(alarm["body"], language="json")
+        rows = o["districts"]
+        total = {k: sum(r[k] for r in rows) for k in ("devices", "online", "offline", "readings_last_minute",
+                                                      "readings_last_hour", "rejects_last_hour")}
+        seen = total["readings_last_hour"] + total["rejects_last_hour"]
+        audit, audit_help = audit_line(data.last_audit())
+        c = st.columns(5)
+        c[0].metric("Readings per second now", f"{total['readings_last_minute'] / 60:,.1f}",
+                    help="Readings ledgered in the last 60 seconds (by arrival time), per second.")
+        c[1].metric("Devices online", f"{total['online']:,} / {total['devices']:,}",
+                    help=f"{total['offline']:,} offline; the rest have not reported a connection status.")
+        c[2].metric("Blocks sealed", f"{o['blocks']:,}", delta=f"{o['blocks_last_hour']:,} in the last hour",
+                    delta_color="off")
+        c[3].metric("Last audit", audit, help=audit_help)
+        c[4].metric("Quarantine rate (1 h)", f"{total['rejects_last_hour'] / seen:.2%}" if seen else "-",
+                    help="Rejected messages / all messages from devices in the last hour.")
+        st.caption(f"Head block {o['height']} · `{fmt.short(o['head_hash'], 24)}` · last sealed "
+                   f"{fmt.ago(o['last_sealed_at'], o['now'])} · {o['readings']:,} readings ledgered · "
+                   f"refreshes every {REFRESH_SECONDS} s")
+        if not rows:
+            ui.empty("No devices in your districts yet.")
+            return
+        arrivals = data.arrivals(picked)
+        if arrivals:
+            st.altair_chart(charts.arrivals_chart(arrivals, tariffs()["timezone"], o["now"]), width="stretch")
+        else:
+            st.caption("No readings arrived in the last hour.")
+        st.subheader("Per district")
+        ui.table([{
+            "District": r["district"], "Readings/s now": r["readings_per_second"],
+            "Readings (1 h)": r["readings_last_hour"], "Devices": r["devices"], "Online": r["online"],
+            "Offline": r["offline"], "No status": r["no_status"], "Reporting (1 h)": r["reporting_last_hour"],
+            "Revoked": r["revoked"], "Rejected (1 h)": r["rejects_last_hour"],
+            "Quarantine rate": None if r["quarantine_rate"] is None else round(100 * r["quarantine_rate"], 2),
+        } for r in rows], column_config={"Quarantine rate": st.column_config.NumberColumn(format="%.2f %%")})
+
+
+with ui.guard("the overview"):
+    st.multiselect("Districts", data.districts(), key="overview_districts",
+                   placeholder="All your districts" if data.limited else "The whole city")
+live()
