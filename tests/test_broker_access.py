@@ -36,6 +36,7 @@ from broker.access import (
 from ledger.home import Home
 from ledger.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, device_topic
 from tests.support.broker import (
+    listening_ports,
     Received,
     RunningBroker,
     client_log,
@@ -387,25 +388,9 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports the process listens on, from /proc (IPv4 and IPv6)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd)
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def test_the_broker_listens_only_where_configured(broker: RunningBroker) -> None:
     assert broker.pid is not None
-    assert _listening_ports(broker.pid) == {broker.port}
+    assert listening_ports(broker.pid) == {broker.port}
 
 
 def test_a_device_cannot_take_over_another_clients_session(broker: RunningBroker, clients: list[mqtt.Client]) -> None:

@@ -41,6 +41,7 @@ from edge.outbox import Outbox
 from ledger.home import Home
 from ledger.protocol import ack_payload, device_topic
 from tests.support.broker import (
+    listening_ports,
     RunningBroker,
     client_log,
     close_client,
@@ -186,21 +187,9 @@ def resolve_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", create_connection)
 
 
-def _listening_ports(pid: int) -> set[int]:
-    inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
-              if os.readlink(fd).startswith("socket:[")}
-    ports: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A" and cols[9] in inodes:
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def test_the_broker_listens_on_the_plain_and_the_tls_port_only(broker: RunningBroker) -> None:
     assert broker.pid is not None and broker.tls_port is not None
-    assert _listening_ports(broker.pid) == {broker.port, broker.tls_port}
+    assert listening_ports(broker.pid) == {broker.port, broker.tls_port}
 
 
 def test_a_client_that_trusts_our_ca_talks_mqtt_over_tls(broker: RunningBroker, clients: list[mqtt.Client]) -> None:
@@ -282,7 +271,7 @@ def _run_broker_command(home: Home, *args: str) -> None:
         def listening() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"cityledger broker exited with {proc.returncode}: {proc.stderr.read()!r}")
-            return _listening_ports(proc.pid) == {port, tls_port}
+            return listening_ports(proc.pid) == {port, tls_port}
 
         wait_for(listening, 10, "the broker listening on its plain and TLS ports")
     finally:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -326,3 +327,26 @@ def publish(
     assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed locally: {info.rc}"
     log = client_log(client)
     return wait_for(lambda: log.pubacks.get(info.mid), timeout, f"PUBACK for {topic}")
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports a process listens on, read from /proc (IPv4 and IPv6).
+
+    A descriptor may close while we look (the broker opens and closes sockets as
+    clients come and go): those are skipped, not an error.
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
