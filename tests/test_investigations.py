@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from ledger.anomalies import Finding as F
 from ledger.investigations import InvestigationError, get_anomaly, list_anomalies, record_findings, transition
 from ledger.store import Store
-
-
-@dataclass(frozen=True)
-class F:  # the fields of ledger.anomalies.Finding that investigations rely on
-    type: str
-    device: str
-    account: str | None
-    district: str
-    window_start: int
-    window_end: int
-    severity: str
-    evidence: tuple[tuple[str, int], ...]
-    detail: str
-    key: str
 
 
 def leak(end: int, start: int = 100, device: str = "wm-d01-000001") -> F:

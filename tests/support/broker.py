@@ -37,7 +37,8 @@ RELOAD_LOG_LINE = "Reloading config."
 # ---------------------------------------------------------------- waiting
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition",
+             every: float = 0.01) -> T:
     """Poll `predicate` until it returns something truthy, and return that.
 
     Raises AssertionError naming `what` on timeout, so a failing test says what
@@ -50,7 +51,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, wha
             return result
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(every)
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from nacl.signing import SigningKey
 from playwright.sync_api import Browser, sync_playwright
 
+from ledger.anomalies import Finding
 from ledger.home import Home
 from ledger.up import port_open
 from tests.support.broker import free_port, wait_for
@@ -98,20 +99,6 @@ class DashboardCity:
     anomalies: dict[str, str] = field(default_factory=dict)  # name -> anomaly id
     disputes: dict[str, str] = field(default_factory=dict)
     keys: dict[str, SigningKey] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Finding:  # the fields of a detector's finding that `investigations.record_findings` reads
-    type: str
-    device: str
-    account: str | None
-    district: str
-    window_start: int
-    window_end: int
-    severity: str
-    evidence: tuple[tuple[str, int], ...]
-    detail: str
-    key: str
 
 
 def build_city(root: Path, now: int | None = None) -> DashboardCity:
@@ -202,10 +189,10 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
 
         with w.lock:
             findings = [
-                _Finding("leak", "wm-d02-000001", "hh-0001", "d02", now - 3 * DAY_MS, now - DAY_MS, "medium",
+                Finding("leak", "wm-d02-000001", "hh-0001", "d02", now - 3 * DAY_MS, now - DAY_MS, "medium",
                          (("wm-d02-000001", seqs["wm-d02-000001"] - 48), ("wm-d02-000001", seqs["wm-d02-000001"] - 30)),
                          "night flow never below 8 L/h for 2 nights", "leak:wm-d02-000001"),
-                _Finding("tamper", "wm-d01-000001", "hh-0003", "d01", now - 2 * DAY_MS, now - DAY_MS, "high",
+                Finding("tamper", "wm-d01-000001", "hh-0003", "d01", now - 2 * DAY_MS, now - DAY_MS, "high",
                          (("wm-d01-000001", seqs["wm-d01-000001"] - 30),), "register went backwards",
                          "tamper:wm-d01-000001"),
             ]

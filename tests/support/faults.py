@@ -57,6 +57,7 @@ import duckdb
 
 from broker import mosquitto
 from edge.fleet import OUTBOX_FILE, plan_fleet
+from tests.support.broker import wait_for
 from tests.support.stack import Stack
 
 T = TypeVar("T")
@@ -66,15 +67,8 @@ DRAIN_INTERVAL_S = 3600.0
 
 
 def poll_until(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
-    """Like tests.support.broker.wait_for, at a gentler pace (each poll opens a database)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(every)
+    """wait_for at a gentler pace (each poll opens a database)."""
+    return wait_for(predicate, timeout, what, every)
 
 
 def tail(path: Path, lines: int = 40) -> str:
