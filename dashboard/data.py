@@ -294,7 +294,7 @@ class CitizenData:
 
     def parking(self, month: str) -> list[dict[str, Any]]:
         """The month's parking lines: from the issued bill when there is one (its prices are final),
-        else as they stand, computed without the rest of the bill (a year of meter readings)."""
+        else as they stand, computed without the utility lines."""
         month = self._check_month(month)
         issued = {m["month"] for m in self.bill_months() if m["issued"]}
         if month in issued:
@@ -357,26 +357,6 @@ class CitizenData:
             raise Refused("Please write a message.")
         return api("dispute", account=self.account, author=self.account, message=message.strip(),
                    dispute_id=d["id"], status="open")
-
-
-def warm_citizen(principal: Principal) -> None:
-    """Compute the signed-in citizen's current bill in the background, so that the Bill page is
-    ready when they open it (a draft reads a year of the meters' readings). Only while ingest
-    serves the ledger over its socket: without it, each call would open the file itself."""
-    from ledger.rpc import RemoteLedger
-
-    if not isinstance(ledger(), RemoteLedger):
-        return
-
-    def work() -> None:
-        time.sleep(1.0)  # after the first page, which the citizen is waiting for
-        try:
-            me = CitizenData(principal)
-            me.bill(me.bill_months()[0]["month"])
-        except Exception:  # only a warm-up: the page computes it again if this failed
-            log.warning("could not prepare the bill of %s", principal.id, exc_info=True)
-
-    threading.Thread(target=work, name=f"warm-{principal.id}", daemon=True).start()
 
 
 def typical_household(district: str, kind: str, ps: list[use.Period], now: int) -> dict[tuple[int, int], float | None]:

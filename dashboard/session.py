@@ -34,8 +34,6 @@ def sign_in(role: str, principal: str, password: str) -> Principal | None:
         st.session_state[KEY] = {"role": found.role, "id": found.id, "name": found.name,
                                  "districts": list(found.districts)}
         log.info("%s %s signed in", found.role, found.id)
-        if found.role == "citizen":
-            data.warm_citizen(found)
     return found
 
 

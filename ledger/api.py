@@ -84,7 +84,7 @@ class LedgerAPI:
         "verify", "recent_blocks", "recent_readings", "device_statuses", "receipt", "rotate_device_key",
         "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
         "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
-        "adjust", "bill", "bills", "close_month", "unpaid_stays",
+        "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
     })
@@ -279,6 +279,11 @@ class LedgerAPI:
         with self.backend.reading() as store:
             book, version = self._book(store)
             return make_bill(store, book, version, account, month)
+
+    def roll_up(self) -> dict[str, Any]:
+        """Summarise readings sealed since the last roll-up per device and day (what keeps bills fast)."""
+        with self.backend.writing() as writer:
+            return writer.roll_up()
 
     def bills(self, account: str) -> list[dict[str, Any]]:
         with self.backend.reading() as store:

@@ -10,7 +10,7 @@ to the fen. Lines and totals are sums of those rounded amounts, so a bill adds u
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
@@ -71,7 +71,8 @@ def _continuous(points: Sequence[Point], replacements: Sequence[Replacement]) ->
 
 
 def consumption(points: Sequence[Point], start: int, end: int,
-                replacements: Sequence[Replacement] = (), *, checks: bool = True) -> Consumption:
+                replacements: Sequence[Replacement] = (), *, checks: bool = True,
+                checked: Collection[int] = frozenset()) -> Consumption:
     """What the meter counted in [start, end), from readings sorted by ts.
 
     A register that goes down without a recorded replacement is flagged, never
@@ -79,7 +80,8 @@ def consumption(points: Sequence[Point], start: int, end: int,
     The result rests on the readings either side of each boundary (what the
     interpolation used) and on every reading a flag names. `checks=False` is for
     callers that already know the stretch has no drop and no gap and hand over
-    only the boundary neighbours.
+    only the boundary neighbours; `checked` names the seqs whose step to the next
+    point was already checked (a quiet day condensed to its first and last reading).
     """
     if end <= start:
         raise ValueError("a period must end after it starts")
@@ -111,6 +113,8 @@ def consumption(points: Sequence[Point], start: int, end: int,
     if checks:
         for i in range(before, after):
             (ta, va, sa), (tb, vb, sb) = pts[i], pts[i + 1]
+            if sa in checked:
+                continue
             if vb < va:
                 result.flags.append(f"register fell from {va} to {vb} between seq {sa} and {sb}: the drop is not "
                                     "billed; an operator must confirm a meter replacement or investigate")
@@ -182,13 +186,15 @@ class Session:
     flags: list[str] = field(default_factory=list)
 
 
-def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_ms: int = 60_000) -> list[Session]:
+def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_ms: int = 60_000,
+             checked: Collection[int] = frozenset()) -> list[Session]:
     """Parking sessions from a space's occupancy reports (changes and heartbeats), by ts.
 
     A seq gap means reports were lost. Then the state is repaired from the next
     report, in the citizen's favour: a missed arrival starts the stay at the first
     report showing the space taken, a missed departure ends it at the last report
-    that did; the session says so. Stays shorter than `min_stay_ms` are sensor
+    that did; the session says so. `checked` names the seqs whose step to the
+    next report is known to lose nothing and change nothing (a quiet day condensed). Stays shorter than `min_stay_ms` are sensor
     flicker; free gaps shorter than `merge_gap_ms` join two stays into one.
     """
     out: list[Session] = []
@@ -196,7 +202,7 @@ def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_m
     last: Point | None = None
     seen: Point | None = None  # the latest report showing the current stay
     for p in events:
-        lost = last is not None and p.seq != last.seq + 1
+        lost = last is not None and p.seq != last.seq + 1 and last.seq not in checked
         if p.value == 1 and current is None:
             current, seen = Session(p.ts, None, [p.seq]), p
             if lost:

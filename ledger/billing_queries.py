@@ -32,17 +32,6 @@ def meters(store: Store, account_id: str) -> list[dict[str, Any]]:
     return [{"device": d, "kind": k, "district": di} for d, k, di in rows]
 
 
-def points(store: Store, device: str, start: int, end: int) -> list[Point]:
-    """Readings of a meter in [start, end] plus the nearest one either side of it."""
-    rows = store.con.execute(
-        """
-        (SELECT ts, value, seq FROM readings WHERE device = ? AND ts < ? ORDER BY ts DESC LIMIT 1)
-        UNION ALL (SELECT ts, value, seq FROM readings WHERE device = ? AND ts BETWEEN ? AND ?)
-        UNION ALL (SELECT ts, value, seq FROM readings WHERE device = ? AND ts > ? ORDER BY ts LIMIT 1)
-        """, [device, start, device, start, end, device, end]).fetchall()
-    return sorted((Point(ts, v, s) for ts, v, s in rows), key=lambda p: (p.ts, p.seq))
-
-
 def replacements(store: Store, device: str) -> list[Replacement]:
     rows = store.con.execute("SELECT ts, old_final, new_initial FROM meter_replacements WHERE device = ? ORDER BY ts",
                              [device]).fetchall()

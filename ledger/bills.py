@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ledger import billing, billing_queries as q
+from ledger import billing, billing_queries as q, device_days
 from ledger.billing import Point
 from ledger.store import Store
 from ledger.tariffs import TariffBook
@@ -104,13 +104,14 @@ def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: di
     tariff = book.for_utility(kind, customer_class, billing.local_date(start, tz))
     checks = pts is None
     repl = [] if pts is not None else q.replacements(store, device)
+    checked: frozenset[int] = frozenset()
     if pts is None:
-        pts = q.points(store, device, year0, end)
-    used = billing.consumption(pts, start, end, repl, checks=checks)
+        pts, checked = device_days.history(store, device, year0, end, device_days.meter_quiet)
+    used = billing.consumption(pts, start, end, repl, checks=checks, checked=checked)
     per_unit = Fraction(tariff.base_per_unit)
     before = Fraction(0)
     if tariff.basis == "calendar_year" and start > year0:
-        before = billing.consumption(pts, year0, start, repl, checks=checks).amount / per_unit
+        before = billing.consumption(pts, year0, start, repl, checks=checks, checked=checked).amount / per_unit
     rows = billing.split_tiers(tariff, before, used.amount / per_unit)
     amount = sum((r.amount for r in rows), Decimal("0.00"))
     return {"type": "utility", "device": device, "kind": kind, "unit": tariff.unit,
@@ -123,7 +124,7 @@ def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: di
 def _parking_line(store: Store, book: TariffBook, account_id: str, space: str, start: int, end: int,
                   tz: ZoneInfo) -> dict[str, Any]:
     stays = []
-    for stay in billing.sessions(q.points(store, space, start - MARGIN_MS, end)):
+    for stay in _sessions(store, space, start, end):
         stay_end = stay.end if stay.end is not None else None
         if stay.start >= end or (stay_end is not None and stay_end <= start) or stay.start < start:
             continue  # a stay belongs to the month it starts in
@@ -132,6 +133,11 @@ def _parking_line(store: Store, book: TariffBook, account_id: str, space: str, s
         stays.append(_stay(store, book, space, stay, tz))
     amount = sum((Decimal(s["amount"]) for s in stays), Decimal("0.00"))
     return {"type": "parking", "device": space, "sessions": stays, "amount": str(amount)}
+
+
+def _sessions(store: Store, space: str, start: int, end: int) -> list[billing.Session]:
+    events, checked = device_days.history(store, space, start - MARGIN_MS, end, device_days.space_quiet)
+    return billing.sessions(events, checked=checked)
 
 
 def _payer(store: Store, space: str, start: int, end: int) -> str | None:
@@ -163,7 +169,7 @@ def unpaid_stays(store: Store, book: TariffBook, month: str) -> list[dict[str, A
     start, end = billing.month_bounds(month, tz)
     out = []
     for space in q.parking_spaces(store):
-        for stay in billing.sessions(q.points(store, space, start - MARGIN_MS, end)):
+        for stay in _sessions(store, space, start, end):
             if start <= stay.start < end and _payer(store, space, stay.start, stay.end or end) is None:
                 out.append({"space": space, **_stay(store, book, space, stay, tz)})
     return out

@@ -1,4 +1,4 @@
-"""Periodic jobs (APScheduler 3, the stable line): audit, anomaly scan, month-end close.
+"""Periodic jobs (APScheduler 3, the stable line): audit, anomaly scan, roll-up, month-end close.
 
 The scheduler is its own process and reaches the ledger only through its API,
 so a slow job never holds the database away from ingest.
@@ -58,6 +58,14 @@ def scan_job(home: Home) -> dict:
     return result
 
 
+def roll_up_job(home: Home) -> dict:
+    """Keep the per-device daily summaries near the head, so a bill reads a day of readings, not a year."""
+    result = open_ledger(home).roll_up()
+    if result["readings"]:
+        log.info("roll-up: %d readings summarised, up to block %d", result["readings"], result["height"])
+    return result
+
+
 def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
                   timezone: str = "Asia/Shanghai", scan_minutes: float = 5.0) -> None:
     scheduler = BackgroundScheduler(timezone="UTC")
@@ -65,6 +73,7 @@ def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
                       max_instances=1, coalesce=True, next_run_time=None)
     scheduler.add_job(scan_job, "interval", args=[home], minutes=scan_minutes, id="anomaly-scan",
                       max_instances=1, coalesce=True)
+    scheduler.add_job(roll_up_job, "interval", args=[home], minutes=1, id="roll-up", max_instances=1, coalesce=True)
     scheduler.add_job(close_job, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
                       args=[home, timezone], id="month-end-close", max_instances=1, coalesce=True,
                       misfire_grace_time=24 * 3600)

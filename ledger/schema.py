@@ -117,6 +117,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         INSERT INTO duplicate_counts SELECT device, received_at // 60000, count(*) FROM duplicates GROUP BY ALL;
         """,
     ),
+    (
+        8,
+        """
+        -- Derived, rebuilt from readings by `roll_up`: per device and UTC day, the first and last
+        -- reading and what the billing checks look for in between (ledger/device_days.py).
+        CREATE TABLE device_days (
+            device VARCHAR NOT NULL, day INTEGER NOT NULL, n INTEGER NOT NULL,
+            first_ts BIGINT NOT NULL, first_value BIGINT NOT NULL, first_seq BIGINT NOT NULL,
+            last_ts BIGINT NOT NULL, last_value BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+            drops INTEGER NOT NULL, breaks INTEGER NOT NULL, changes INTEGER NOT NULL, max_gap BIGINT NOT NULL);
+        """,
+    ),
 ]
 
 

@@ -506,8 +506,7 @@ def districts(store: Store) -> list[str]:
 @view
 def parking_lines(store: Store, account: str, month: str) -> list[dict[str, Any]]:
     """The parking lines of an account's bill for a month as it stands, computed by the billing
-    code itself (`ledger.bills`), without the utility lines: only the spaces' readings of the
-    month (and the stays' margin) are read, not a year of meter readings."""
+    code itself (`ledger.bills`), without the utility lines."""
     from zoneinfo import ZoneInfo
 
     from ledger import billing, billing_queries as q

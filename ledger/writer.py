@@ -21,7 +21,7 @@ import pyarrow as pa
 from nacl.signing import SigningKey
 
 from broker import access, mosquitto
-from ledger import auth, merkle
+from ledger import auth, device_days, merkle
 from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.home import Home, write_private
 from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
@@ -405,6 +405,31 @@ class LedgerWriter:
                          "INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
                          [adj_id, account, str(value), reason, operator, at, height])
         return {"id": adj_id, "account": account, "amount": str(value), "created_at": at}
+
+    def roll_up(self, max_readings: int = 2_000_000,
+                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Bring the per-device daily summaries up to the head, a chunk per transaction.
+
+        The lock is let go between chunks, so ingest seals blocks in between even
+        when a large ledger is summarised for the first time.
+        """
+        chunks = readings = 0
+        while True:
+            with self.lock:
+                con = self.store.con
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    step = device_days.roll_up_next(self.store, max_readings)
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+                target = self.height
+            if step is None:
+                return {"height": device_days.rolled_up(self.store), "chunks": chunks, "readings": readings}
+            chunks, readings = chunks + 1, readings + step[1]
+            if progress:
+                progress(step[0], target)
 
     def issue_bills(self, month: str, bills: Sequence[dict[str, Any]], per_block: int = 5000) -> dict[str, Any]:
         """Seal bills not yet issued: each bill's hash goes into the chain, its body into `bills`.
