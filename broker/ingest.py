@@ -21,7 +21,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.intake import Incoming, Intake, QuarantineCap, SeqState
+from broker import workers
+from broker.workers import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
+from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 from ledger import rpc
@@ -35,15 +37,9 @@ from ledger.protocol import (
     device_topic,
     signed_header_payload,
 )
-from ledger.writer import LedgerWriter, Sealed, now_ms
+from ledger.writer import Batch, LedgerWriter, Sealed, now_ms
 
 log = logging.getLogger("cityledger.ingest")
-
-SESSION_EXPIRY_S = 7 * 24 * 3600
-# MQTT 5 cap on unacknowledged deliveries to us, so also on what waits in our inbox:
-# at most RECEIVE_MAXIMUM messages of at most max_packet_size (mosquitto.conf) each.
-RECEIVE_MAXIMUM = 20000
-
 
 @dataclass
 class IngestStats:
@@ -60,11 +56,14 @@ class IngestService:
 
     def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
                  block_readings: int = 5000, block_seconds: float = 1.0, client_id: str = "cityledger-ingest",
-                 tls: TLSSettings | None = None, quarantine_cap: int = 1000) -> None:
+                 tls: TLSSettings | None = None, quarantine_cap: int = 1000, workers: int = 0) -> None:
         if not 1 <= block_readings < RECEIVE_MAXIMUM:
             raise ValueError(f"--block-readings must be between 1 and {RECEIVE_MAXIMUM - 1}")
+        if not 0 <= workers <= 64:
+            raise ValueError("--workers must be between 0 and 64")
         self.home, self.writer = home, writer
-        self.host, self.port = host, port
+        self.host, self.port, self.tls = host, port, tls
+        self.workers = workers
         self.block_readings, self.block_seconds = block_readings, block_seconds
         self.stats = IngestStats()
         # queue.Queue, not SimpleQueue: on CPython 3.11 a signal landing in SimpleQueue.get's
@@ -95,7 +94,8 @@ class IngestService:
             log.error("broker refused the ingest connection: %s", reason)
             return
         self._generation += 1
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in INGEST_TOPICS])
+        if not self.workers:  # else the workers subscribe, and this client only publishes
+            client.subscribe([(t, SubscribeOptions(qos=1)) for t in INGEST_TOPICS])
         self._publish_head()
         log.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
         self.connected.set()
@@ -116,22 +116,60 @@ class IngestService:
 
     def run(self, stop: threading.Event) -> None:
         """Serve the local API and ingest until `stop` is set."""
+        # Sessions of workers that will not run would keep taking their share of the readings.
+        idle = [i for i in self.writer.ensure_worker_logins(self.workers) if i > self.workers]
+        workers.forget_sessions(self.host, self.port, self.tls,
+                                [self.home.service_secret(workers.worker_login(i)) for i in idle])
+        workers.tune_gc()
         server, _ = rpc.serve(local_api(self.home, self.writer), self.home.rpc_socket)
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = 0 if self.workers else SESSION_EXPIRY_S
         props.ReceiveMaximum = RECEIVE_MAXIMUM
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=bool(self.workers),
+                                  properties=props)
         self.client.loop_start()
         try:
-            while not stop.is_set():
-                batch = self._collect(stop)
-                if batch:
-                    self._flush(batch)
-            self._flush(self._drain())
+            if self.workers:
+                self._run_workers(stop)
+            else:
+                while not stop.is_set():
+                    batch = self._collect(stop)
+                    if batch:
+                        self._flush(batch)
+                self._flush(self._drain())
         finally:
             self.client.disconnect()
             self.client.loop_stop()
             rpc.stop(server, self.home.rpc_socket)
+
+    def _run_workers(self, stop: threading.Event) -> None:
+        """Workers screen in parallel; this process settles, seals, and says what to acknowledge."""
+        pool = workers.WorkerPool([
+            workers.WorkerSettings(i, self.host, self.port, self.home.service_secret(workers.worker_login(i)), self.tls)
+            for i in range(1, self.workers + 1)])
+        self.writer.on_registry.append(pool.publish_registry)
+        pool.start(self.writer.registry_version, self.writer.registry)
+        try:
+            while not stop.is_set():
+                handovers = pool.collect(self.block_readings, self.block_seconds, stop)
+                if handovers:
+                    self._settle(handovers, pool)
+        finally:
+            self.writer.on_registry.remove(pool.publish_registry)
+            pool.stop()  # what they hold unacknowledged, the broker redelivers on the next start
+
+    def _settle(self, handovers: list[tuple[int, int, list[tuple[workers.Token, Screening]]]],
+                pool: workers.WorkerPool) -> None:
+        registry, version, now = self.writer.registry, self.writer.registry_version, now_ms()
+        outcomes: list[Screening] = []
+        for _, screened_with, items in handovers:
+            if screened_with == version:
+                outcomes += [o for _, o in items]
+            else:  # the registry changed since: enrolled, revoked, rotated
+                outcomes += [self.intake.recheck(o, registry, now) for _, o in items]
+        self._commit(self.intake.settle(outcomes), len(outcomes))
+        for index, _, items in handovers:
+            pool.ack(index, [token for token, _ in items])
 
     def _collect(self, stop: threading.Event) -> list[Incoming]:
         try:
@@ -161,13 +199,7 @@ class IngestService:
     def _flush(self, messages: list[Incoming]) -> None:
         if not messages:
             return
-        batch = self.intake.classify(messages, self.writer.registry, now_ms())
-        self.writer.commit(batch)
-        s = self.stats
-        s.messages += len(messages)
-        s.readings += len(batch.readings)
-        s.quarantined += len(batch.quarantine)
-        s.duplicates += sum(batch.duplicate_counts.values())
+        self._commit(self.intake.classify(messages, self.writer.registry, now_ms()), len(messages))
         generation = self._generation
         for msg in messages:
             gen, mid, qos = msg.token
@@ -175,6 +207,14 @@ class IngestService:
                 self.client.ack(mid, qos)
         # Messages of an older connection are not acked: the broker redelivers them
         # and they come back as counted duplicates.
+
+    def _commit(self, batch: Batch, messages: int) -> None:
+        self.writer.commit(batch)
+        s = self.stats
+        s.messages += messages
+        s.readings += len(batch.readings)
+        s.quarantined += len(batch.quarantine)
+        s.duplicates += sum(batch.duplicate_counts.values())
         if batch.duplicate_counts:
             # A device re-sending what is already ledgered missed its ack (ingest died between
             # commit and publish, or the broker lost the retained ack): tell it again, always.

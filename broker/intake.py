@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 from nacl.signing import VerifyKey
 
@@ -41,15 +41,6 @@ class Incoming:
     payload: bytes
     received_at: int
     token: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """A reading whose seq is already ledgered: duplicate, replay or forgery, decided per batch."""
-
-    msg: Incoming
-    reading: Reading
-    rec: DeviceRecord
 
 
 class SeqState:
@@ -100,71 +91,32 @@ class QuarantineCap:
         return True
 
 
-class Intake:
-    """Classifies batches against the registry and what is already ledgered."""
+Status = tuple[str, str, int]  # (device, "online" | "offline", received_at)
+# Rejections that depend on the registry: a worker holding an older copy of it must not have the last word.
+REGISTRY_REASONS = frozenset({Reason.UNKNOWN_DEVICE.value, Reason.REVOKED_DEVICE.value,
+                              Reason.TOPIC_MISMATCH.value, Reason.BAD_SIGNATURE.value})
 
-    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup, cap: QuarantineCap | None = None,
-                 duplicate_cap: QuarantineCap | None = None) -> None:
-        self.seqs = seqs
-        self.lookup = lookup
-        self.cap = cap or QuarantineCap()
-        self.duplicate_cap = duplicate_cap or QuarantineCap(self.cap.per_hour)
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """A reading that passed every check needing no ledger state: shape, registry, topic, signature, clock."""
+
+    msg: Incoming
+    reading: Reading
+    key: str  # hex of the device key its signature verified under
+
+
+Screening = Union[QuarantineRow, Screened, Status, "WitnessReport"]
+
+
+class Screener:
+    """The stateless half of section 3, and the costly one (the signature): ingest
+    workers run it in parallel, each with its own copy of the registry."""
+
+    def __init__(self) -> None:
         self._keys: dict[str, tuple[str, VerifyKey]] = {}
 
-    def classify(self, messages: Iterable[Incoming], registry: Mapping[str, DeviceRecord], now_ms: int) -> Batch:
-        batch = Batch()
-        pending: dict[Key, Reading] = {}
-        seen: list[_Seen] = []
-        for msg in messages:
-            outcome = self._first_pass(msg, registry, now_ms, pending)
-            if isinstance(outcome, QuarantineRow):
-                batch.quarantine.append(outcome)
-            elif isinstance(outcome, _Seen):
-                seen.append(outcome)
-            elif isinstance(outcome, WitnessReport):
-                batch.witness_reports.append(outcome.row())
-            elif isinstance(outcome, LedgeredReading):
-                batch.readings.append(outcome)
-                pending[(outcome.reading.device, outcome.reading.seq)] = outcome.reading
-            else:
-                batch.statuses.append(outcome)
-        if seen:
-            stored = self.lookup([(x.reading.device, x.reading.seq) for x in seen
-                                  if (x.reading.device, x.reading.seq) not in pending])
-            for msg, reading, rec in ((x.msg, x.reading, x.rec) for x in seen):
-                key = (reading.device, reading.seq)
-                prior = pending.get(key)
-                same = (prior.ts, prior.value, prior.sig) if prior else stored.get(key)
-                if same == (reading.ts, reading.value, reading.sig):
-                    batch.duplicates.append((reading.device, reading.seq, msg.received_at))
-                elif not self._verify(rec, reading):
-                    batch.quarantine.append(_quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device))
-                else:
-                    batch.quarantine.append(_quarantine(msg, Reason.REPLAY, f"seq {reading.seq} is ledgered with other contents", reading.device))
-        self._count_and_cap(batch)
-        return batch
-
-    def _count_and_cap(self, batch: Batch) -> None:
-        """Count every reject and duplicate per sender and minute; keep rows only under the caps."""
-        kept_duplicates = []
-        for device, seq, at in batch.duplicates:
-            key = (device, at // 60_000)
-            batch.duplicate_counts[key] = batch.duplicate_counts.get(key, 0) + 1
-            if self.duplicate_cap.admit(device, at):
-                kept_duplicates.append((device, seq, at))
-        batch.duplicates = kept_duplicates
-        kept = []
-        for q in batch.quarantine:
-            device = q.device or "?"
-            key = (device, q.received_at // 60_000, q.reason)
-            batch.rejects[key] = batch.rejects.get(key, 0) + 1
-            if self.cap.admit(device, q.received_at):
-                kept.append(q)
-        batch.quarantine = kept
-
-    def _first_pass(
-        self, msg: Incoming, registry: Mapping[str, DeviceRecord], now_ms: int, pending: dict[Key, Reading],
-    ) -> QuarantineRow | LedgeredReading | _Seen | tuple[str, str, int] | WitnessReport:
+    def screen(self, msg: Incoming, registry: Mapping[str, DeviceRecord], now_ms: int) -> Screening:
         if msg.topic.startswith("city/witness/"):
             return _witness_report(msg)
         topic = parse_topic(msg.topic)
@@ -186,15 +138,11 @@ class Intake:
         if (topic.device, topic.kind, topic.district) != (reading.device, reading.kind, rec.district) or reading.kind != rec.kind:
             return _quarantine(msg, Reason.TOPIC_MISMATCH,
                                f"topic {topic} does not match {rec.district}/{rec.kind}/{reading.device}", reading.device)
-        state = self.seqs.get(reading.device)
-        if (state is not None and reading.seq in state) or (reading.device, reading.seq) in pending:
-            return _Seen(msg, reading, rec)
         if not self._verify(rec, reading):
             return _quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device)
         if reading.ts > now_ms + FUTURE_TOLERANCE_MS:
             return _quarantine(msg, Reason.FUTURE_TIMESTAMP, f"ts is {reading.ts - now_ms} ms ahead", reading.device)
-        self.seqs.setdefault(reading.device, SeqState()).add(reading.seq)
-        return LedgeredReading(reading, msg.received_at)
+        return Screened(msg, reading, rec.public_key)
 
     def _verify(self, rec: DeviceRecord, reading: Reading) -> bool:
         cached = self._keys.get(rec.device)
@@ -202,6 +150,93 @@ class Intake:
             cached = (rec.public_key, VerifyKey(bytes.fromhex(rec.public_key)))
             self._keys[rec.device] = cached
         return verify_reading(cached[1], reading)
+
+
+class Intake:
+    """Classifies batches against the registry and what is already ledgered."""
+
+    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup, cap: QuarantineCap | None = None,
+                 duplicate_cap: QuarantineCap | None = None) -> None:
+        self.seqs = seqs
+        self.lookup = lookup
+        self.cap = cap or QuarantineCap()
+        self.duplicate_cap = duplicate_cap or QuarantineCap(self.cap.per_hour)
+        self.screener = Screener()
+
+    def classify(self, messages: Iterable[Incoming], registry: Mapping[str, DeviceRecord], now_ms: int) -> Batch:
+        """Screen and settle in one go: what a single ingest process does."""
+        return self.settle([self.screener.screen(m, registry, now_ms) for m in messages])
+
+    def settle(self, screened: Iterable[Screening]) -> Batch:
+        """The stateful half: seqs already ledgered (duplicate or replay), the caps, the batch.
+
+        The screening must have used the registry in force now: see `recheck` otherwise.
+        """
+        batch = Batch()
+        pending: dict[Key, Reading] = {}
+        seen: list[Screened] = []
+        for outcome in screened:
+            if isinstance(outcome, QuarantineRow):
+                batch.quarantine.append(outcome)
+            elif isinstance(outcome, Screened):
+                reading = outcome.reading
+                key = (reading.device, reading.seq)
+                state = self.seqs.get(reading.device)
+                if (state is not None and reading.seq in state) or key in pending:
+                    seen.append(outcome)
+                else:
+                    self.seqs.setdefault(reading.device, SeqState()).add(reading.seq)
+                    batch.readings.append(LedgeredReading(reading, outcome.msg.received_at))
+                    pending[key] = reading
+            elif isinstance(outcome, WitnessReport):
+                batch.witness_reports.append(outcome.row())
+            else:
+                batch.statuses.append(outcome)
+        if seen:
+            stored = self.lookup([(x.reading.device, x.reading.seq) for x in seen
+                                  if (x.reading.device, x.reading.seq) not in pending])
+            for x in seen:
+                reading, key = x.reading, (x.reading.device, x.reading.seq)
+                prior = pending.get(key)
+                same = (prior.ts, prior.value, prior.sig) if prior else stored.get(key)
+                if same == (reading.ts, reading.value, reading.sig):
+                    batch.duplicates.append((reading.device, reading.seq, x.msg.received_at))
+                else:  # its signature verified: a device re-using a seq for something else
+                    batch.quarantine.append(_quarantine(x.msg, Reason.REPLAY,
+                                                        f"seq {reading.seq} is ledgered with other contents", reading.device))
+        self._count_and_cap(batch)
+        return batch
+
+    def recheck(self, outcome: Screening, registry: Mapping[str, DeviceRecord], now_ms: int) -> Screening:
+        """An outcome screened under an older registry, brought up to `registry`: a reading whose
+        key is no longer the device's active one is screened again, and so is a rejection that
+        depends on the registry (the device may have been enrolled since)."""
+        if isinstance(outcome, Screened):
+            rec = registry.get(outcome.reading.device)
+            if rec is not None and rec.status == "active" and rec.public_key == outcome.key:
+                return outcome  # same key, still active (a device's district and kind never change)
+            return self.screener.screen(outcome.msg, registry, now_ms)
+        if isinstance(outcome, QuarantineRow) and outcome.reason in REGISTRY_REASONS:
+            return self.screener.screen(Incoming(outcome.topic, outcome.payload, outcome.received_at), registry, now_ms)
+        return outcome
+
+    def _count_and_cap(self, batch: Batch) -> None:
+        """Count every reject and duplicate per sender and minute; keep rows only under the caps."""
+        kept_duplicates = []
+        for device, seq, at in batch.duplicates:
+            key = (device, at // 60_000)
+            batch.duplicate_counts[key] = batch.duplicate_counts.get(key, 0) + 1
+            if self.duplicate_cap.admit(device, at):
+                kept_duplicates.append((device, seq, at))
+        batch.duplicates = kept_duplicates
+        kept = []
+        for q in batch.quarantine:
+            device = q.device or "?"
+            key = (device, q.received_at // 60_000, q.reason)
+            batch.rejects[key] = batch.rejects.get(key, 0) + 1
+            if self.cap.admit(device, q.received_at):
+                kept.append(q)
+        batch.quarantine = kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from nacl.signing import VerifyKey
 
 from ledger import merkle
 from ledger.blocks import GENESIS_PREV, block_hash, verify_header
-from ledger.protocol import Reading, signature_bytes, verify_reading
+from ledger.protocol import Reading, verify_reading
 from ledger.sigcheck import CHUNK, ParallelVerifier
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
@@ -57,7 +57,7 @@ class Report:
 
 
 @dataclass
-class _Chain:
+class Chain:
     """What the audit has learned from the chain so far."""
 
     ledger_key: VerifyKey
@@ -78,7 +78,7 @@ def audit(
 ) -> Report:
     """Check every block in height order; stop at the first failure."""
     started = time.perf_counter()
-    chain = _Chain(ledger_key)
+    chain = Chain(ledger_key)
     expected_prev, expected_height = GENESIS_PREV, 0
     counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
@@ -92,7 +92,7 @@ def audit(
                 failure = _flush(chain, verifier, wait=failure is not None) or failure
             if failure:
                 break
-            _learn(chain, header, leaves)
+            learn(chain, header, leaves)
             counts[0] += 1
             counts[1] += sum(1 for _, _, raw in leaves if raw is None)
             counts[2] += sum(1 for _, _, raw in leaves if raw is not None)
@@ -108,7 +108,18 @@ def audit(
 
 
 def _check_block(block: dict[str, Any], leaves: list[Leaf], expected_height: int, expected_prev: str,
-                 chain: _Chain, deep: bool) -> Failure | None:
+                 chain: Chain, deep: bool) -> Failure | None:
+    failure = check_header(block, expected_height, expected_prev, chain)
+    if failure is None:
+        failure = check_leaves(block, leaves, chain, deep)
+    return failure
+
+
+def check_header(block: dict[str, Any], expected_height: int, expected_prev: str, chain: Chain) -> Failure | None:
+    """Height sequence, prev link and signature: what a block owes the chain before its leaves count.
+
+    Shared with the SQL audit (ledger/sqlaudit.py) so both are equally strict.
+    """
     header, height = block["header"], block["height"]
     if height != expected_height or header.get("height") != height:
         return Failure(height, f"height out of sequence (expected {expected_height})")
@@ -116,6 +127,16 @@ def _check_block(block: dict[str, Any], leaves: list[Leaf], expected_height: int
         return Failure(height, "prev does not link to the previous block's hash")
     if not verify_header(chain.ledger_key, header, block["sig"]):
         return Failure(height, "header signature does not verify under the ledger key")
+    return None
+
+
+def check_leaves(block: dict[str, Any], leaves: list[Leaf], chain: Chain, deep: bool) -> Failure | None:
+    """Leaf positions, validity, revocations, size and root, naming the leaf to blame.
+
+    The SQL audit falls back to this for any block it cannot clear itself, so the
+    failure it reports is the one this path has always reported.
+    """
+    header, height = block["header"], block["height"]
     for position, (idx, obj, _) in enumerate(leaves):
         if idx != position:
             return Failure(height, f"leaf {position} is missing", f"leaf {position}")
@@ -136,7 +157,7 @@ def _check_block(block: dict[str, Any], leaves: list[Leaf], expected_height: int
     return None
 
 
-def _queue_signatures(height: int, leaves: list[Leaf], chain: _Chain) -> Failure | None:
+def _queue_signatures(height: int, leaves: list[Leaf], chain: Chain) -> Failure | None:
     keys = dict(chain.device_keys)
     for _, obj, raw in leaves:
         if raw is not None:
@@ -146,11 +167,11 @@ def _queue_signatures(height: int, leaves: list[Leaf], chain: _Chain) -> Failure
             if key is None:
                 return Failure(height, "reading from a device the chain never enrolled", f"{obj.device}#{obj.seq}")
             chain.pending.append((height, f"{obj.device}#{obj.seq}",
-                                  (key.encode(), obj.signed_message(), signature_bytes(obj.sig))))
+                                  (key.encode(), obj.signed_message(), obj.sig_bytes())))
     return None
 
 
-def _flush(chain: _Chain, verifier: ParallelVerifier, wait: bool = False) -> Failure | None:
+def _flush(chain: Chain, verifier: ParallelVerifier, wait: bool = False) -> Failure | None:
     """Hand queued signatures to the pool in chunks; report the first bad one seen so far."""
     pending, chain.pending = chain.pending, []
     for start in range(0, len(pending), CHUNK):
@@ -163,7 +184,8 @@ def _flush(chain: _Chain, verifier: ParallelVerifier, wait: bool = False) -> Fai
     return None
 
 
-def _learn(chain: _Chain, header: dict[str, Any], leaves: list[Leaf]) -> None:
+def learn(chain: Chain, header: dict[str, Any], leaves: list[Leaf]) -> None:
+    """Take in a verified block's registry entries and any ledger key hand-over; readings are ignored."""
     for _, obj, raw in leaves:
         if raw is not None:
             apply_entry(chain.device_keys, obj)  # type: ignore[arg-type]

@@ -120,11 +120,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     writer = LedgerWriter.open(home)
     service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
                             password=secret["password"], block_readings=args.block_readings,
-                            block_seconds=args.block_seconds, tls=_tls(args), quarantine_cap=args.quarantine_cap)
+                            block_seconds=args.block_seconds, tls=_tls(args), quarantine_cap=args.quarantine_cap,
+                            workers=args.workers)
     stop = _stop_on_signals()
     logging.getLogger("cityledger.ingest").info(
-        "ingest on %s:%d, home %s, blocks of %d readings or %.1f s", args.mqtt_host, args.mqtt_port, home.root,
-        args.block_readings, args.block_seconds)
+        "ingest on %s:%d, home %s, blocks of %d readings or %.1f s, %s", args.mqtt_host, args.mqtt_port, home.root,
+        args.block_readings, args.block_seconds, f"{args.workers} workers" if args.workers else "no workers")
     try:
         service.run(stop)
     finally:
@@ -187,6 +188,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ledger.up import run_up
 
     return run_up(_home(args), args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.city import main as bench_main
+
+    # --home defaults to the deployment's home, which the bench must never fill with its devices.
+    return bench_main(args, home_given=args.home != _env("home", "./var"))
 
 
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
@@ -617,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--block-readings", 5000, "seal a block at this many messages")
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
     _opt(p, "--quarantine-cap", 1000, "quarantine entries stored per device and hour (the rest only counted)")
+    _opt(p, "--workers", 0, "screening processes on one MQTT 5 shared subscription (0: screen in this process)")
     p = add("fleet", cmd_fleet, "run a fleet of simulated devices (keys provisioned on first run)")
     _opt(p, "--devices", 40, "number of devices")
     _opt(p, "--interval", 5.0, "seconds between readings")
@@ -632,6 +641,16 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--interval", 5.0, "seconds between readings")
     _opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
     _broker_tls_options(p)
+
+    p = add("bench", cmd_bench, "measure sustained readings/s, ack latency and CPU per reading on this machine "
+            "(on a temporary home, or --home naming an empty directory)")
+    _opt(p, "--seconds", 60.0, "measured seconds of load, after a warm-up of up to 5 s")
+    _opt(p, "--devices", 1000, "simulated devices, one broker connection each")
+    _opt(p, "--window", 0, "unacknowledged readings per device (0: about two blocks in flight in all)")
+    p.add_argument("--workers", type=int, help="run ingest with --workers W (default: ingest's own default)")
+    _opt(p, "--block-readings", 5000, "ingest seals a block at this many messages")
+    _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
+    p.add_argument("--json", action="store_true", help="print one JSON object on standard output")
 
     devices = add("devices", lambda a: 2, "enrol, revoke and list devices")
     dsub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ledger.protocol import Reading, signature_bytes
+from ledger.protocol import Reading
 from ledger.schema import migrate
 
 
@@ -483,6 +483,6 @@ def _readings_table(height: int, first_idx: int, rows: list[LedgeredReading]) ->
         "seq": pa.array([r.reading.seq for r in rows], pa.int64()),
         "ts": pa.array([r.reading.ts for r in rows], pa.int64()),
         "value": pa.array([r.reading.value for r in rows], pa.int64()),
-        "sig": pa.array([signature_bytes(r.reading.sig) for r in rows], pa.binary()),
+        "sig": pa.array([r.reading.sig_bytes() for r in rows], pa.binary()),
         "received_at": pa.array([r.received_at for r in rows], pa.int64()),
     })

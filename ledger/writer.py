@@ -30,6 +30,7 @@ from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, S
 from ledger.tariffs import DEFAULT_FILE, parse_tariffs
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("dashboard", "observer"))
+WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
 # Checked against when a login does not exist, so that both cases take the same time.
 _DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0wM4QqedfpZg+gF6BCQI4LJwndHoqPTrM"
 
@@ -82,8 +83,22 @@ class LedgerWriter:
         self.lock = threading.RLock()
         head = store.head()
         self.height, self.head_hash = head if head else (-1, GENESIS_PREV)
-        self.registry: dict[str, DeviceRecord] = {d.device: d for d in store.devices()}
+        self._registry: dict[str, DeviceRecord] = {d.device: d for d in store.devices()}
+        self.registry_version = 0
         self.on_sealed: list[Callable[[Sealed], None]] = []
+        self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
+
+    @property
+    def registry(self) -> dict[str, DeviceRecord]:
+        """Every device's record; replaced whole on each change, never edited in place."""
+        return self._registry
+
+    @registry.setter
+    def registry(self, new: dict[str, DeviceRecord]) -> None:
+        self._registry = new
+        self.registry_version += 1
+        for callback in self.on_registry:  # ingest workers screen with a copy of it
+            callback(self.registry_version, new)
 
     @classmethod
     def open(cls, home: Home) -> LedgerWriter:
@@ -160,40 +175,78 @@ class LedgerWriter:
     def enroll_device(self, device: str, kind: str, district: str, public_key: str,
                       account: str | None = None) -> dict[str, Any]:
         """Register a device whose key was made on the device; returns its broker login once."""
-        if not valid_device_id(device):
+        out = self.enroll_devices([{"device": device, "kind": kind, "district": district,
+                                    "public_key": public_key, "account": account}])
+        return {**out["devices"][0], "block": out["block"]}
+
+    def enroll_devices(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Enrol many devices at once: one block of enrolment entries and one broker reload.
+
+        Enrolling a city one device at a time seals a block and reloads the broker
+        per device. Each row is checked as `enroll_device` checks one (keys device,
+        kind, district, public_key and optionally account); any refusal refuses the
+        whole batch before anything is written. Returns each broker login once.
+        """
+        checked = [self._checked_enrolment(row) for row in rows]
+        if not checked:
+            raise EnrolmentError("no devices to enrol")
+        self._refuse_repeats([c[0] for c in checked], "device id {} appears twice in the batch")
+        self._refuse_repeats([c[3] for c in checked], "public key {} appears twice in the batch")
+        with self.lock:
+            ids, keys = [c[0] for c in checked], [c[3] for c in checked]
+            taken = self.store.con.execute("SELECT device FROM devices WHERE list_contains(?, device) LIMIT 1",
+                                           [ids]).fetchone()
+            if taken is not None:
+                raise AlreadyEnrolled(f"device {taken[0]} is already enrolled")
+            for account in {c[4] for c in checked}:
+                self.require_account(account)
+            owner = self.store.con.execute(
+                "SELECT device FROM device_keys WHERE list_contains(?, public_key) LIMIT 1", [keys]).fetchone()
+            if owner is not None:
+                raise EnrolmentError(f"that public key is already enrolled for {owner[0]}")
+            at, height = now_ms(), self.height + 1
+            passwords = [access.new_password() for _ in checked]
+            records = [DeviceRecord(device, kind, district, account, key, "active", access.hash_password(pw), at)
+                       for (device, kind, district, key, account), pw in zip(checked, passwords)]
+            entries = [{"entry": "device_enrolled", "device": r.device, "kind": r.kind, "district": r.district,
+                        "account": r.account, "public_key": r.public_key, "at": at} for r in records]
+
+            def register(s: Store) -> None:
+                for rec in records:
+                    s.insert_device(rec)
+                    s.add_device_key(rec.device, rec.public_key, height, at)
+
+            sealed = self.commit(Batch(), entries, also=register)
+            self.registry = {**self.registry, **{r.device: r for r in records}}
+            self.sync_broker_access()
+        assert sealed is not None
+        logins = [{"device": r.device, "mqtt_username": r.device, "mqtt_password": pw}
+                  for r, pw in zip(records, passwords)]
+        return {"block": sealed.hash, "devices": logins}
+
+    @staticmethod
+    def _checked_enrolment(row: dict[str, Any]) -> tuple[str, str, str, str, str | None]:
+        """(device, kind, district, normalised public key, account) of one row, or EnrolmentError."""
+        device, kind, district = row.get("device"), row.get("kind"), row.get("district")
+        if not isinstance(device, str) or not valid_device_id(device):
             raise EnrolmentError(f"invalid device id {device!r}")
         if kind not in KINDS:
             raise EnrolmentError(f"kind must be one of {', '.join(KINDS)}")
-        if not valid_district(district):
+        if not isinstance(district, str) or not valid_district(district):
             raise EnrolmentError(f"invalid district {district!r}")
         try:
-            public_key = check_device_key(public_key)
+            public_key = check_device_key(str(row.get("public_key", "")))
         except ValueError as exc:
-            raise EnrolmentError(str(exc)) from exc
-        with self.lock:
-            if self.store.device(device) is not None:
-                raise AlreadyEnrolled(f"device {device} is already enrolled")
-            self.require_account(account)
-            owner = self.store.public_key_owner(public_key)
-            if owner is not None:
-                raise EnrolmentError(f"that public key is already enrolled for {owner}")
-            password = access.new_password()
-            at = now_ms()
-            rec = DeviceRecord(device, kind, district, account, public_key, "active",
-                               access.hash_password(password), at)
-            entry = {"entry": "device_enrolled", "device": device, "kind": kind, "district": district,
-                     "account": account, "public_key": public_key, "at": at}
-            height = self.height + 1
+            raise EnrolmentError(f"{device}: {exc}") from exc
+        return device, str(kind), district, public_key, row.get("account")
 
-            def register(s: Store) -> None:
-                s.insert_device(rec)
-                s.add_device_key(device, public_key, height, at)
-
-            sealed = self.commit(Batch(), [entry], also=register)
-            self.registry = {**self.registry, device: rec}
-            self.sync_broker_access()
-        assert sealed is not None
-        return {"device": device, "mqtt_username": device, "mqtt_password": password, "block": sealed.hash}
+    @staticmethod
+    def _refuse_repeats(values: list[str], message: str) -> None:
+        seen: set[str] = set()
+        for value in values:
+            if value in seen:
+                raise EnrolmentError(message.format(value))
+            seen.add(value)
 
     def rotate_device_key(self, device: str, public_key: str) -> dict[str, Any]:
         """Give a device a new key; readings ledgered under its earlier keys stay verifiable."""
@@ -284,7 +337,8 @@ class LedgerWriter:
 
     def add_service(self, username: str, role: str) -> dict[str, Any]:
         """A broker login for a service (a witness, say); its password is shown once."""
-        if not valid_device_id(username) or username in {name for name, _ in SERVICES}:
+        if not valid_device_id(username) or username in {name for name, _ in SERVICES} \
+                or username.startswith(WORKER_PREFIX):
             raise EnrolmentError(f"invalid or reserved login name {username!r}")
         with self.lock:
             if username in self.registry or username in {s.username for s in self.store.services()}:
@@ -293,6 +347,17 @@ class LedgerWriter:
             self.store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
             self.sync_broker_access()
         return {"username": username, "role": role, "mqtt_password": password}
+
+    def ensure_worker_logins(self, count: int) -> list[int]:
+        """Broker logins `ingest-w1..count` for ingest workers (created once, kept 0600 in the
+        home's secrets); returns the indices of every worker login there is, used or not."""
+        with self.lock:
+            created = [ensure_service_login(self.home, self.store, f"{WORKER_PREFIX}{i}", "ingest")
+                       for i in range(1, count + 1)]
+            if any(created):
+                self.sync_broker_access()
+            return sorted(int(s.username[len(WORKER_PREFIX):]) for s in self.store.services()
+                          if s.username.startswith(WORKER_PREFIX) and s.username[len(WORKER_PREFIX):].isdigit())
 
     # ------------------------------------------------------------ billing records
 
@@ -566,6 +631,16 @@ def recover_key_rotation(home: Home, store: Store) -> None:
         pending.unlink()
 
 
+def ensure_service_login(home: Home, store: Store, username: str, role: str) -> bool:
+    """A service's broker login, its password kept only in the home's secrets (0600); True if made now."""
+    if username in {s.username for s in store.services()} and home.service_secret(username).exists():
+        return False
+    password = access.new_password()
+    write_private(home.service_secret(username), canonical_json({"username": username, "password": password}))
+    store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
+    return True
+
+
 def initialize(home: Home) -> dict[str, Any]:
     """Create the home, ledger key, schema, service logins and genesis; idempotent."""
     home.ensure()
@@ -580,14 +655,8 @@ def initialize(home: Home) -> dict[str, Any]:
             home.trusted_key.write_text(public_hex(key) + "\n")
         elif known != public_hex(key) and not home.ledger_next_key.exists():
             raise RuntimeError(f"{home.ledger_key} does not match the ledger's key {known}")
-        present = {s.username for s in store.services()}
         for username, role in SERVICES:
-            if username in present and home.service_secret(username).exists():
-                continue
-            password = access.new_password()
-            write_private(home.service_secret(username),
-                          canonical_json({"username": username, "password": password}))
-            store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
+            ensure_service_login(home, store, username, role)
         writer = LedgerWriter(home, store, key)
         if writer.height < 0:
             writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), "at": now_ms()}])

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
+import pytest
 
 from ledger.protocol import CHECKPOINT_TOPIC, parse_ack
 from tests.support.broker import client_log, close_client, connect_client, publish, subscribe, wait_for
 from tests.support.stack import Stack
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
+
+
+@pytest.fixture(params=[0, 2], ids=["one process", "two workers"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """Every test here runs against both ingest shapes: screening in the sealer, and two
+    worker processes on one MQTT 5 shared subscription."""
+    with Stack(tmp_path / "home", workers=request.param) as s:
+        yield s
 
 
 def test_readings_are_ledgered_exactly_once_and_acked(stack: Stack) -> None:

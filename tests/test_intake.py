@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import pytest
 from nacl.signing import SigningKey
 
-from broker.intake import Incoming, Intake, SeqState
+from broker.intake import Incoming, Intake, Screened, Screener, SeqState
 from ledger.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
-from ledger.store import DeviceRecord
+from ledger.store import DeviceRecord, QuarantineRow
 
 NOW = 1_764_000_000_000
 KEY = SigningKey(bytes(range(32)))
@@ -152,3 +152,35 @@ def test_duplicates_are_all_counted_but_stored_only_up_to_the_cap() -> None:
     intake = Intake({DEV.device: SeqState(1)}, FakeLedger([first]), QuarantineCap(per_hour=2))
     batch = intake.classify([msg(first.payload()) for _ in range(5)], {DEV.device: DEV}, NOW)
     assert len(batch.duplicates) == 2 and batch.duplicate_counts == {(DEV.device, NOW // 60_000): 5}
+
+
+# ---------------------------------------------------------------- screened elsewhere, settled here
+
+
+def test_a_reading_screened_before_its_device_was_revoked_settles_as_revoked() -> None:
+    screened = Screener().screen(msg(reading(1).payload()), {DEV.device: DEV}, NOW)
+    assert isinstance(screened, Screened)
+    gone = DeviceRecord(DEV.device, "water", "d01", None, DEV.public_key, "revoked", "-", 0, 5)
+    intake = Intake({}, FakeLedger([]))
+    batch = intake.settle([intake.recheck(screened, {DEV.device: gone}, NOW)])
+    assert reasons(batch) == ["revoked_device"] and not batch.readings
+
+
+def test_a_reading_screened_under_a_rotated_out_key_is_screened_again() -> None:
+    screened = Screener().screen(msg(reading(1).payload()), {DEV.device: DEV}, NOW)
+    rotated = DeviceRecord(DEV.device, "water", "d01", None, SigningKey(b"\x05" * 32).verify_key.encode().hex(),
+                           "active", "-", 0)
+    intake = Intake({}, FakeLedger([]))
+    batch = intake.settle([intake.recheck(screened, {DEV.device: rotated}, NOW)])
+    assert reasons(batch) == ["bad_signature"]
+
+
+def test_a_rejection_from_an_older_registry_is_screened_again() -> None:
+    refused = Screener().screen(msg(reading(1).payload()), {}, NOW)  # the worker had not heard of the device yet
+    assert isinstance(refused, QuarantineRow) and refused.reason == "unknown_device"
+    intake = Intake({}, FakeLedger([]))
+    again = intake.recheck(refused, {DEV.device: DEV}, NOW)
+    assert isinstance(again, Screened)
+    assert len(intake.settle([again]).readings) == 1
+    malformed = Screener().screen(msg(b"{"), {}, NOW)
+    assert intake.recheck(malformed, {DEV.device: DEV}, NOW) is malformed  # nothing the registry could change

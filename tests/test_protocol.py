@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from ledger import merkle
@@ -140,3 +143,58 @@ def test_ack_payload_round_trip() -> None:
     assert parse_ack(ack_payload(5, "ab")) == (5, "ab")
     for bad in (b"", b"[]", b'{"seq":"5","block":"x"}', b'{"seq":true,"block":"x"}', b"\xff"):
         assert parse_ack(bad) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(device=st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"), kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
+       seq=st.integers(1, 2**63 - 1), ts=st.integers(0, 2**63 - 1), value=st.integers(0, 2**63 - 1),
+       sig=st.binary(min_size=64, max_size=64))
+def test_the_spelled_out_leaf_and_signed_message_are_canonical_json(device: str, kind: str, seq: int, ts: int,
+                                                                    value: int, sig: bytes) -> None:
+    """Reading.leaf_data and signed_message skip json.dumps for speed; they must not differ from it."""
+    value = value % 2 if kind == "parking" else value
+    r = Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value, sig=base64.b64encode(sig).decode())
+    assert r.leaf_data() == canonical_json(r.as_dict())
+    assert r.signed_message() == b"cityledger/reading/v1\n" + canonical_json(r.unsigned())
+    assert r.sig_bytes() == sig
+
+
+def test_a_trusted_rebuild_is_the_same_reading_as_a_validated_one() -> None:
+    r = vector_reading()
+    t = Reading.trusted(device=r.device, kind=r.kind, seq=r.seq, ts=r.ts, value=r.value, sig=r.sig)
+    assert t.model_dump() == r.model_dump() and t.leaf_data() == r.leaf_data()
+    assert t.sig_bytes() == r.sig_bytes() and t == r
+    assert verify_reading(SigningKey(SEED).verify_key, t)
+    with pytest.raises(Exception):
+        t.seq = 8  # still frozen
+
+
+def _mutations(payload: bytes) -> st.SearchStrategy[bytes]:
+    """The canonical payload with a byte changed, inserted or removed somewhere."""
+    at = st.integers(0, len(payload) - 1)
+    byte = st.integers(0, 255).map(lambda b: bytes([b]))
+    return st.one_of(
+        st.tuples(at, byte).map(lambda a: payload[:a[0]] + a[1] + payload[a[0] + 1:]),
+        st.tuples(at, byte).map(lambda a: payload[:a[0]] + a[1] + payload[a[0]:]),
+        at.map(lambda i: payload[:i] + payload[i + 1:]),
+        st.sampled_from([payload.replace(b'"seq":', b'"seq":0'), payload.replace(b'"ts":', b'"ts":9' * 19),
+                         payload.replace(b'"value":', b'"value":2'), payload[:-1] + b" }", b" " + payload]),
+    )
+
+
+@settings(max_examples=600, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
+       seq=st.integers(1, 2**63 - 1), ts=st.integers(0, 2**63 - 1), value=st.integers(0, 2**63 - 1))
+def test_the_canonical_fast_path_reads_exactly_what_the_full_parser_reads(data: st.DataObject, kind: str, seq: int,
+                                                                           ts: int, value: int) -> None:
+    from ledger.protocol import _parse_reading_fully
+
+    value = value % 2 if kind == "parking" else value
+    payload = sign_reading(SigningKey(SEED), device="wm-d01-000042", kind=kind, seq=seq, ts=ts, value=value).payload()
+    for candidate in (payload, data.draw(_mutations(payload))):
+        fast, full = parse_reading(candidate), _parse_reading_fully(candidate)
+        if isinstance(full, Reading):
+            assert isinstance(fast, Reading) and fast.model_dump() == full.model_dump()
+            assert fast.sig_bytes() == full.sig_bytes()
+        else:
+            assert fast == full

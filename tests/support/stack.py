@@ -55,9 +55,9 @@ class SimDevice:
 class Stack:
     """Broker + ingest on a temporary home; every process is stopped on exit."""
 
-    def __init__(self, root: Path, *, block_readings: int = 500, block_seconds: float = 0.3) -> None:
+    def __init__(self, root: Path, *, block_readings: int = 500, block_seconds: float = 0.3, workers: int = 0) -> None:
         self.home = Home(root)
-        self.block_readings, self.block_seconds = block_readings, block_seconds
+        self.block_readings, self.block_seconds, self.workers = block_readings, block_seconds, workers
         self.broker = RunningBroker(self.home)
         self.info = initialize(self.home)
         self.ingest: subprocess.Popen[bytes] | None = None
@@ -80,7 +80,7 @@ class Stack:
         with self.ingest_log.open("ab") as log:
             self.ingest = subprocess.Popen(
                 [sys.executable, "-m", "ledger.cli", "ingest", "--block-readings", str(self.block_readings),
-                 "--block-seconds", str(self.block_seconds)],
+                 "--block-seconds", str(self.block_seconds), "--workers", str(self.workers)],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: self._ingest_ready(), 30, "the ingest's API socket")
 

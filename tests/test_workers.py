@@ -1,0 +1,150 @@
+"""Ingest as several worker processes on one MQTT 5 shared subscription, with the real
+broker and the real `cityledger ingest --workers N`.
+
+The end-to-end suite already runs every outcome through two workers
+(tests/test_end_to_end.py); here is what only workers can get wrong: the
+share, a worker dying, the registry changing under them, and sessions left
+behind when the number of workers changes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from broker.workers import pack, unpack
+from broker.intake import Incoming, Screened
+from ledger.protocol import parse_ack, sign_reading
+from ledger.store import QuarantineRow
+from nacl.signing import SigningKey
+from tests.support.broker import client_log, close_client, publish, subscribe, wait_for
+from tests.support.stack import SimDevice, Stack
+
+NOW = lambda: int(time.time() * 1000)  # noqa: E731
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (the spawned workers, and multiprocessing's helper)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _workers(stack: Stack) -> list[int]:
+    assert stack.ingest is not None
+    return [p for p in _children(stack.ingest.pid)
+            if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes() and
+            b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def _send(stack: Stack, devices: list[SimDevice], per_device: int) -> None:
+    for dev in devices:
+        client = stack.connect(dev)
+        sent = [client.publish(dev.topic, dev.reading(value=n % 2 if dev.kind == "parking" else n, ts=NOW()).payload(), qos=1) for n in range(per_device)]
+        for info in sent:  # the broker has them (PUBACK) before the device goes away
+            info.wait_for_publish(10)
+        close_client(client)
+
+
+def test_the_hand_over_format_round_trips_every_outcome() -> None:
+    key = SigningKey(b"\x01" * 32)
+    r = sign_reading(key, device="wm-d01-000001", kind="water", seq=3, ts=1_764_000_000_000, value=9)
+    msg = Incoming("city/d01/water/wm-d01-000001/reading", r.payload(), 17, (1, 5, 1))
+    row = QuarantineRow(17, "city/x", "malformed", None, "not JSON", b"{")
+    outcomes = [((1, 5, 1), Screened(msg, r, "ab" * 32)), ((1, 6, 1), row), ((1, 7, 1), ("wm-d01-000001", "online", 3))]
+    back = unpack(pack(outcomes))
+    assert back[1:] == outcomes[1:]
+    token, screened = back[0]
+    assert token == (1, 5, 1) and isinstance(screened, Screened)
+    assert (screened.msg, screened.key, screened.reading.as_dict()) == (msg, "ab" * 32, r.as_dict())
+    assert screened.reading.leaf_data() == r.leaf_data()
+
+
+def test_two_workers_share_the_readings_of_two_districts(tmp_path: Path) -> None:
+    with Stack(tmp_path / "home", workers=2) as stack:
+        devices = [stack.enroll(f"wm-{d}-{i:06d}", district=d) for d in ("d01", "d02") for i in range(6)]
+        _send(stack, devices, 50)
+        wait_for(lambda: stack.status()["readings"] == 600, 60, "600 readings ledgered")
+        assert len(_workers(stack)) == 2
+        stack.stop_ingest()
+    log = stack.ingest_log.read_text()
+    shares = [int(n) for n in __import__("re").findall(r"worker \d screened (\d+) messages", log)]
+    assert len(shares) == 2 and all(n > 0 for n in shares) and sum(shares) >= 600, log
+    assert stack.cli("verify").returncode == 0
+
+
+def test_a_killed_worker_is_restarted_and_nothing_it_held_is_lost(tmp_path: Path) -> None:
+    with Stack(tmp_path / "home", workers=2) as stack:
+        devices = [stack.enroll(f"em-d01-{i:06d}", kind="electricity") for i in range(8)]
+        clients = []
+        for dev in devices:
+            client = stack.connect(dev)
+            subscribe(client, dev.ack_topic)
+            clients.append(client)
+        for n in range(40):
+            for dev, client in zip(devices, clients):
+                client.publish(dev.topic, dev.reading(value=n % 2 if dev.kind == "parking" else n, ts=NOW()).payload(), qos=1)
+            if n == 10:
+                os.kill(_workers(stack)[0], signal.SIGKILL)
+        wait_for(lambda: stack.status()["readings"] == 320, 60, "320 readings ledgered after a worker died")
+        wait_for(lambda: len(_workers(stack)) == 2, 30, "the worker restarted")
+        for dev, client in zip(devices, clients):
+            wait_for(lambda: any((a := parse_ack(m.payload)) and a[0] == 40
+                                 for m in client_log(client).received(dev.ack_topic)), 30, f"ack 40 for {dev.device}")
+            close_client(client)
+        status = stack.status()
+        assert status["readings"] == 320 and status["quarantined"] == 0
+        assert "restarting it" in stack.ingest_log.read_text()
+
+
+def test_a_device_enrolled_while_workers_run_is_ledgered_not_unknown(tmp_path: Path) -> None:
+    with Stack(tmp_path / "home", workers=2) as stack:
+        _send(stack, [stack.enroll("gm-d02-000001", kind="gas", district="d02")], 1)
+        wait_for(lambda: stack.status()["readings"] == 1, 30, "the first device's reading")
+        late = stack.enroll("gm-d02-000002", kind="gas", district="d02")  # workers screen with an older copy
+        _send(stack, [late], 5)
+        wait_for(lambda: stack.status()["readings"] == 6, 30, "the new device's readings")
+        assert stack.status()["quarantined"] == 0
+
+
+def _subscribed(stack: Stack, dev: SimDevice) -> None:
+    """Re-send one reading, as a device does until it is acked, until it is ledgered: then
+    whatever now consumes the readings is subscribed (the extra copies are duplicates)."""
+    before = stack.status()["readings"]
+    client = stack.connect(dev)
+    payload = dev.reading(value=0, ts=NOW()).payload()
+
+    def ledgered() -> bool:
+        client.publish(dev.topic, payload, qos=1)
+        return stack.status()["readings"] > before
+
+    try:
+        wait_for(ledgered, 30, "a consumer of the readings", every=0.5)
+    finally:
+        close_client(client)
+
+
+def test_fewer_workers_after_a_restart_leave_no_share_behind(tmp_path: Path) -> None:
+    with Stack(tmp_path / "home", workers=3) as stack:
+        devices = [stack.enroll(f"ps-d03-{i:06d}", kind="parking", district="d03") for i in range(4)]
+        _send(stack, devices, 5)
+        wait_for(lambda: stack.status()["readings"] == 20, 30, "first readings")
+        for workers in (1, 0):
+            stack.stop_ingest()
+            stack.workers = workers
+            stack.start_ingest()
+            _subscribed(stack, devices[0])
+            before = stack.status()["readings"]
+            # Were workers 2 and 3 still subscribed, their shares would wait for them.
+            _send(stack, devices, 30)
+            wait_for(lambda: stack.status()["readings"] == before + 120, 30, f"every reading with {workers} workers")
+    assert "ended the broker session of idle worker login ingest-w3" in stack.ingest_log.read_text()
