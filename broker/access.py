@@ -31,7 +31,7 @@ _B64 = r"[A-Za-z0-9+/]+={0,2}"
 _HASH_RE = re.compile(rf"^\$7\$[1-9][0-9]*\${_B64}\${_B64}$")
 _USERNAME_RE = re.compile(DEVICE_PATTERN)
 
-Role = Literal["ingest", "observer", "witness"]
+Role = Literal["ingest", "observer", "witness", "acks"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 # Service rights are fixed by role, so that adding a witness is a registry change
@@ -39,6 +39,8 @@ ROLES: tuple[str, ...] = get_args(Role)
 ROLE_RULES: dict[str, tuple[str, ...]] = {
     "ingest": ("topic read city/#", "topic write city/+/+/+/ack", "topic write city/ledger/#"),
     "observer": ("topic read city/ledger/#", "topic read city/+/+/+/status"),
+    # Ingest's publisher of device acks (broker/acks.py): that and nothing else.
+    "acks": ("topic write city/+/+/+/ack",),
     # An outside auditor: follows the header stream, reports only under its own name.
     "witness": ("topic read city/ledger/#", "topic write city/witness/{username}/alarm",
                 "topic write city/witness/{username}/head"),

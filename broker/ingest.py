@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker import workers
+from broker.acks import AckPublisher
 from broker.workers import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
 from broker.tls import TLSSettings
@@ -84,6 +85,7 @@ class IngestService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 5)
+        self.acks = AckPublisher(host, port, secret_file=home.service_secret("ingest-acks"), tls=tls)
         writer.on_sealed.append(self._publish_sealed)
 
     # ------------------------------------------------------------ MQTT callbacks (network thread)
@@ -117,7 +119,7 @@ class IngestService:
     def run(self, stop: threading.Event) -> None:
         """Serve the local API and ingest until `stop` is set."""
         # Sessions of workers that will not run would keep taking their share of the readings.
-        idle = [i for i in self.writer.ensure_worker_logins(self.workers) if i > self.workers]
+        idle = [i for i in self.writer.ensure_ingest_logins(self.workers) if i > self.workers]
         workers.forget_sessions(self.host, self.port, self.tls,
                                 [self.home.service_secret(workers.worker_login(i)) for i in idle])
         workers.tune_gc()
@@ -140,6 +142,7 @@ class IngestService:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+            self.acks.close()
             rpc.stop(server, self.home.rpc_socket)
 
     def _run_workers(self, stop: threading.Event) -> None:
@@ -246,10 +249,11 @@ class IngestService:
     def _publish_acks(self, devices: set[str], block_hash: str, again: bool = False) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""
         registry = self.writer.registry
+        acks = []
         for device in devices:
             state, rec = self.intake.seqs.get(device), registry.get(device)
             if state is None or rec is None or state.hwm == 0 or (state.hwm <= self.acked.get(device, 0) and not again):
                 continue
             self.acked[device] = state.hwm
-            topic = device_topic(rec.district, rec.kind, device, "ack")
-            self.client.publish(topic, ack_payload(state.hwm, block_hash), qos=1, retain=True)
+            acks.append((device_topic(rec.district, rec.kind, device, "ack"), ack_payload(state.hwm, block_hash)))
+        self.acks.publish(acks)

@@ -88,7 +88,7 @@ class LedgerAPI:
         "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
-        "enroll_devices",
+        "enroll_devices", "archive", "archive_anchor",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -178,6 +178,28 @@ class LedgerAPI:
                 if differs and (report["ok"] or differs.height < (report["failed_block"] or 0)):
                     report.update(ok=False, failure=str(differs), failed_block=differs.height, failed_reading=None)
         return report
+
+    def archive(self, out: str, upto_height: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """Append sealed blocks up to `upto_height` (default: all) to the Parquet archive in `out`
+        (an absolute path: while ingest runs, the files are written by the ingest process)."""
+        from ledger.archive import write_archive
+
+        with self.backend.reading() as store:
+            return write_archive(store, Path(out), upto_height, progress)
+
+    def archive_anchor(self, last_height: int) -> dict[str, Any]:
+        """Where the live ledger says an archive ending at `last_height` joins it, and the first key."""
+        from ledger.blocks import block_hash
+
+        with self.backend.reading() as store:
+            at, after, head = store.block(last_height), store.block(last_height + 1), store.head()
+            try:
+                first_key: str | None = self._first_key(store)
+            except FileNotFoundError:
+                first_key = None
+        return {"first_key": first_key, "head": head[0] if head else None,
+                "hash_at": block_hash(at["header"]) if at else None,
+                "next_prev": after["header"].get("prev") if after else None}
 
     def _first_key(self, store: Store) -> str:
         if self.home.trusted_key.exists():

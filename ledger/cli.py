@@ -563,9 +563,71 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from ledger.progress import ProgressBar
+
+    bar = None if args.json else ProgressBar("archive", stream=sys.stderr)
+    result = _ledger(args).archive(out=str(Path(args.out).resolve()), upto_height=args.upto_height,
+                                   progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    written = result["segments_written"]
+    if args.json:
+        _print(result)
+    elif written:
+        print(f"archived blocks {result['first_height']}..{result['last_height']} in {written} "
+              f"new segment{'s' if written > 1 else ''} ({result['readings']} readings, {result['entries']} "
+              f"entries, {result['bytes'] / 1e6:.1f} MB) to {result['archive']} in {result['seconds']:.2f} s")
+    else:
+        held = f"blocks up to {result['last_height']}" if result["last_height"] is not None else "no blocks"
+        print(f"archive up to date: {result['archive']} holds {held}")
+    return 0
+
+
+def cmd_verify_archive(args: argparse.Namespace) -> int:
+    """`verify --archive DIR`: the audit over the Parquet files, reaching the live ledger only for its link."""
+    from ledger.archive import verify_archive
+    from ledger.progress import ProgressBar
+
+    if args.witness:
+        print("--witness compares the live ledger; it does not go with --archive", file=sys.stderr)
+        return 2
+    home = _home(args)
+    first_key = home.trusted_key.read_text().strip() if home.trusted_key.exists() else None
+    bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
+    report = verify_archive(Path(args.archive).resolve(), live=_ledger(args), ledger_key=args.ledger_key,
+                            first_key=first_key, deep=args.deep, progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    if args.json:
+        _print(report)
+    else:
+        _print_archive_report(report)
+    return 0 if report["ok"] else 1
+
+
+def _print_archive_report(report: dict[str, Any]) -> None:
+    state = "intact" if report["ok"] else "FAILED"
+    rate = report["readings"] / report["seconds"] if report["seconds"] else 0
+    span = f" (heights {report['first_height']}..{report['last_height']})" if report["last_height"] is not None else ""
+    print(f"archive {state}: {report['blocks']} blocks{span}, {report['readings']} readings, {report['entries']} "
+          f"entries in {report['seconds']:.2f} s ({rate:,.0f} readings/s, "
+          f"{'deep' if report['deep'] else 'structural'})")
+    print(f"{report['files_checked']} files in {report['segments']} segment(s) checked against the manifest")
+    for problem in report["file_failures"]:
+        print(f"file failure: {problem}")
+    if report["failure"]:
+        print(f"first failure: {report['failure']}")
+    link = report["link"]
+    lead = "linked to the live ledger: " if link["ok"] else "NOT linked to the live ledger: " if link["checked"] else ""
+    print(lead + link["detail"])
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from ledger.progress import ProgressBar
 
+    if args.archive:
+        return cmd_verify_archive(args)
     bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
     report = _ledger(args).verify(deep=args.deep, ledger_key=args.ledger_key,
                                   witness=str(Path(args.witness).resolve()) if args.witness else None,
@@ -801,6 +863,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true", help="also check every device signature")
     p.add_argument("--ledger-key", help="hex first ledger public key to trust (default: the home's first key)")
     p.add_argument("--witness", metavar="DIR", help="also compare with the headers a witness kept in DIR")
+    p.add_argument("--archive", metavar="DIR",
+                   help="verify the Parquet archive in DIR instead (files, chain, and its link to the live ledger)")
+    p.add_argument("--json", action="store_true")
+    p = add("archive", cmd_archive, "append sealed blocks not yet in DIR to its Parquet archive (docs/verifying.md)")
+    p.add_argument("--out", required=True, metavar="DIR", help="archive directory (created if need be)")
+    p.add_argument("--upto-height", type=int, metavar="H", help="archive blocks up to H only (default: all sealed)")
     p.add_argument("--json", action="store_true")
 
     p = add("receipt", cmd_receipt, "print the receipt proving a reading is in the ledger (PROTOCOL.md section 5)")

@@ -290,8 +290,8 @@ def revoked_devices_by_height(con: duckdb.DuckDBPyConnection, lo: int, hi: int,
     return {height: set(found) for height, found in rows}
 
 
-def _batches(store: Store, ahead: int | None = None) -> Generator[Batch, None, None]:
-    """Batches in height order, the next `ahead` fetched in worker threads while this one is checked.
+def _batches(store: Store, ahead: int | None = None, start: int = 0) -> Generator[Batch, None, None]:
+    """Batches in height order from `start`, the next `ahead` fetched in worker threads while this one is checked.
 
     Planned again from the last height when a plan runs out, so blocks sealed while
     the audit runs are checked too (as `Store.iter_blocks` does).
@@ -305,7 +305,6 @@ def _batches(store: Store, ahead: int | None = None) -> Generator[Batch, None, N
         pending.append((pool.submit(_fetch_on, cursor, lo, hi), cursor))
 
     try:
-        start = 0
         while ranges := plan(store.con, start):
             todo = iter(ranges)
             for lo, hi in islice(todo, ahead):
@@ -327,18 +326,26 @@ def _batches(store: Store, ahead: int | None = None) -> Generator[Batch, None, N
 
 
 def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, total: int = 0,
-                progress: Progress | None = None, workers: int | None = None) -> Report:
+                progress: Progress | None = None, workers: int | None = None,
+                start: int = 0, prev: str = GENESIS_PREV, fits: bool | None = None) -> Report:
     """`audit.audit` over a store: hashed in SQL for the structural audit; the Python audit
-    for `deep` (it rebuilds every reading to check its signature anyway) or an odd schema."""
-    if deep or not schema_fits(store.con):
+    for `deep` (it rebuilds every reading to check its signature anyway) or an odd schema.
+
+    `start`/`prev`: begin at a later block, trusting `ledger_key` there (an archive that
+    starts after genesis; SQL path only). `fits`: the caller has checked the column types
+    and NULLs itself (views over Parquet files report every column as nullable).
+    """
+    if deep or not (schema_fits(store.con) if fits is None else fits):
+        if start:
+            raise ValueError("the Python audit starts at genesis only")
         return audit(store.iter_blocks(), store.leaves, ledger_key, deep=deep, total=total, progress=progress,
                      workers=workers)
     started = time.perf_counter()
     chain = Chain(ledger_key)
-    expected_height, expected_prev = 0, GENESIS_PREV
+    expected_height, expected_prev = start, prev
     counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
-    batches = _batches(store)
+    batches = _batches(store, start=start)
     try:
         for batch in batches:
             outcome = _check_batch(store, batch, chain, counts, expected_height, expected_prev, total, progress)
@@ -350,7 +357,7 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
         batches.close()
     if progress:
         progress(counts[0], total)
-    blocks_ok = counts[0] if failure is None else min(counts[0], failure.height)
+    blocks_ok = counts[0] if failure is None else min(counts[0], failure.height - start)
     return Report(failure is None, blocks_ok, counts[1], counts[2], time.perf_counter() - started, False, failure)
 
 

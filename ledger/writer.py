@@ -29,7 +29,7 @@ from ledger.protocol import KINDS, canonical_json, valid_device_id, valid_distri
 from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
 from ledger.tariffs import DEFAULT_FILE, parse_tariffs
 
-SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("dashboard", "observer"))
+SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
 # Checked against when a login does not exist, so that both cases take the same time.
 _DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0wM4QqedfpZg+gF6BCQI4LJwndHoqPTrM"
@@ -348,12 +348,14 @@ class LedgerWriter:
             self.sync_broker_access()
         return {"username": username, "role": role, "mqtt_password": password}
 
-    def ensure_worker_logins(self, count: int) -> list[int]:
-        """Broker logins `ingest-w1..count` for ingest workers (created once, kept 0600 in the
-        home's secrets); returns the indices of every worker login there is, used or not."""
+    def ensure_ingest_logins(self, workers: int) -> list[int]:
+        """The service logins (a home made by an older version may lack one) and `ingest-w1..workers`
+        for ingest workers, created once and kept 0600 in the home's secrets; returns the indices
+        of every worker login there is, used or not."""
         with self.lock:
-            created = [ensure_service_login(self.home, self.store, f"{WORKER_PREFIX}{i}", "ingest")
-                       for i in range(1, count + 1)]
+            created = [ensure_service_login(self.home, self.store, name, role) for name, role in SERVICES]
+            created += [ensure_service_login(self.home, self.store, f"{WORKER_PREFIX}{i}", "ingest")
+                        for i in range(1, workers + 1)]
             if any(created):
                 self.sync_broker_access()
             return sorted(int(s.username[len(WORKER_PREFIX):]) for s in self.store.services()
