@@ -121,6 +121,8 @@ def check_header(block: dict[str, Any], expected_height: int, expected_prev: str
     Shared with the SQL audit (ledger/sqlaudit.py) so both are equally strict.
     """
     header, height = block["header"], block["height"]
+    if not isinstance(header, dict):
+        return Failure(height, "stored header is not a JSON object")
     if height != expected_height or header.get("height") != height:
         return Failure(height, f"height out of sequence (expected {expected_height})")
     if header.get("prev") != expected_prev:
@@ -137,11 +139,12 @@ def check_leaves(block: dict[str, Any], leaves: list[Leaf], chain: Chain, deep: 
     failure it reports is the one this path has always reported.
     """
     header, height = block["header"], block["height"]
-    for position, (idx, obj, _) in enumerate(leaves):
+    for position, (idx, obj, raw) in enumerate(leaves):
         if idx != position:
             return Failure(height, f"leaf {position} is missing", f"leaf {position}")
         if obj is None:
-            return Failure(height, "stored reading is not a valid reading", f"leaf {idx}")
+            what = "stored entry is not a JSON object" if raw is not None else "stored reading is not a valid reading"
+            return Failure(height, what, f"leaf {idx}")
         if isinstance(obj, Reading) and obj.device in chain.revoked:
             return Failure(height, "reading ledgered after its device was revoked", f"{obj.device}#{obj.seq}")
     if len(leaves) != header.get("size"):

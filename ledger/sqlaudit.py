@@ -368,7 +368,10 @@ def _check_batch(store: Store, batch: Batch, chain: Chain, counts: list[int], ex
     suspects = revoked_devices_by_height(store.con, lo, hi,
                                          {d for d in chain.revoked | batch.revoking if isinstance(d, str)})
     for height, header_json, sig in batch.blocks:
-        header = json.loads(header_json)
+        try:
+            header = json.loads(header_json)
+        except ValueError:
+            header = None  # check_header names it
         block = {"height": height, "header": header, "sig": sig}
         failure = check_header(block, expected_height, expected_prev, chain)
         if failure:

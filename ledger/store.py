@@ -330,7 +330,7 @@ class Store:
         for idx, body in self.con.execute(
             "SELECT idx, body FROM entries WHERE height = ? ORDER BY idx", [height]
         ).fetchall():
-            out.append((idx, json.loads(body), body.encode()))
+            out.append((idx, _object_or_none(body), body.encode()))
         for idx, device, kind, seq, ts, value, sig in self.con.execute(
             "SELECT idx, device, kind, seq, ts, value, sig FROM readings WHERE height = ? ORDER BY idx", [height]
         ).fetchall():
@@ -463,7 +463,16 @@ class Store:
 
 def _block_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     height, hash_, header, sig = row
-    return {"height": height, "hash": hash_, "header_json": header, "header": json.loads(header), "sig": bytes(sig)}
+    return {"height": height, "hash": hash_, "header_json": header, "header": _object_or_none(header), "sig": bytes(sig)}
+
+
+def _object_or_none(text: str) -> dict[str, Any] | None:
+    """A stored JSON object, or None when the text is not one: an audit names it, never crashes on it."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _reading_or_none(device: str, kind: str, seq: int, ts: int, value: int, sig: bytes) -> Reading | None:

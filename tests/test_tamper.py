@@ -217,3 +217,18 @@ def test_restoring_an_older_copy_is_caught_with_a_witness(built: Built, tmp_path
     assert verify(built).returncode == 0
     out = verify(built, "--witness", str(witness))
     assert_fails_at(out, first_new)
+
+
+def test_a_header_that_is_not_json_is_named_not_a_crash(built: Built) -> None:
+    sql(built, "UPDATE blocks SET header = 'not json {' WHERE height = ?", FIRST_READING_BLOCK + 1)
+    out = verify(built)
+    assert_fails_at(out, FIRST_READING_BLOCK + 1)
+    assert "not a JSON object" in out.stdout and "Traceback" not in out.stderr
+    assert "not a JSON object" in verify(built, "--deep").stdout
+
+
+def test_an_entry_that_is_not_json_is_named_not_a_crash(built: Built) -> None:
+    sql(built, "UPDATE entries SET body = '[1, 2' WHERE height = 2")
+    out = verify(built)
+    assert_fails_at(out, 2, "leaf 0")
+    assert "stored entry is not a JSON object" in out.stdout and "Traceback" not in out.stderr
