@@ -497,9 +497,9 @@ def test_the_whole_pipeline_runs_over_tls(tmp_path: Path) -> None:
             wait_for(lambda: auditor.holds_through(height), 30, f"the witness to hold height {height}")
             assert auditor.stop() == 0
 
-        # Every login went through the TLS listener: the ingest, each device and the witness.
+        # Every login went through the TLS listener: the ingest and its ack publisher, each device, the witness.
         logins = _listener_of_each_client(stack.broker.log())
-        assert set(logins) == plan | {"ingest", "auditor"}, logins
+        assert set(logins) == plan | {"ingest", "ingest-acks", "auditor"}, logins
         assert all(ports == {stack.broker.tls_port} for ports in logins.values()), logins
 
         stack.stop_ingest()  # asserts a clean exit
