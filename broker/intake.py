@@ -77,17 +77,21 @@ class QuarantineCap:
 
     def __init__(self, per_hour: int = 1000, stored: Mapping[str, int] | None = None, hour: int = -1) -> None:
         self.per_hour = per_hour
-        self.hour = hour
-        self.counts: dict[str, int] = dict(stored or {})
+        self.hour = hour  # the latest hour seen
+        # Counted per (device, hour), not reset when the hour changes: a batch that straddles
+        # the hour (a replay settled after later messages) goes back and forth between two.
+        self.counts: dict[tuple[str, int], int] = {(device, hour): n for device, n in (stored or {}).items()}
 
     def admit(self, device: str, at_ms: int) -> bool:
         hour = at_ms // 3_600_000
-        if hour != self.hour:
-            self.hour, self.counts = hour, {}
-        n = self.counts.get(device, 0)
+        if hour > self.hour:
+            self.hour = hour
+            self.counts = {k: n for k, n in self.counts.items() if k[1] >= hour - 1}
+        key = (device, hour)
+        n = self.counts.get(key, 0)
         if n >= self.per_hour:
             return False
-        self.counts[device] = n + 1
+        self.counts[key] = n + 1
         return True
 
 

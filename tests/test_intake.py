@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import pytest
 from nacl.signing import SigningKey
 
-from broker.intake import Incoming, Intake, Screened, Screener, SeqState
+from broker.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
 from ledger.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
 from ledger.store import DeviceRecord, QuarantineRow
 
@@ -184,3 +184,13 @@ def test_a_rejection_from_an_older_registry_is_screened_again() -> None:
     assert len(intake.settle([again]).readings) == 1
     malformed = Screener().screen(msg(b"{"), {}, NOW)
     assert intake.recheck(malformed, {DEV.device: DEV}, NOW) is malformed  # nothing the registry could change
+
+
+def test_the_quarantine_cap_holds_per_hour_when_a_batch_goes_back_and_forth_across_the_hour() -> None:
+    """A replay settled after later messages can be older than them: the cap must not reset on it."""
+    cap = QuarantineCap(per_hour=3)
+    hour = 3_600_000
+    times = [10 * hour - 1, 10 * hour + 1] * 10  # 10:59:59.999, 11:00:00.001, 10:59:59.999, ...
+    admitted = [t // hour for t in times if cap.admit("wm-d01-000001", t)]
+    assert admitted.count(9) == 3 and admitted.count(10) == 3
+    assert cap.admit("wm-d01-000002", 10 * hour + 2)  # per device

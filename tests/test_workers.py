@@ -10,16 +10,18 @@ behind when the number of workers changes.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
-from broker.workers import pack, unpack
+from nacl.signing import SigningKey
+
 from broker.intake import Incoming, Screened
+from broker.workers import pack, unpack
 from ledger.protocol import parse_ack, sign_reading
 from ledger.store import QuarantineRow
-from nacl.signing import SigningKey
-from tests.support.broker import client_log, close_client, publish, subscribe, wait_for
+from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
@@ -77,7 +79,7 @@ def test_two_workers_share_the_readings_of_two_districts(tmp_path: Path) -> None
         assert len(_workers(stack)) == 2
         stack.stop_ingest()
     log = stack.ingest_log.read_text()
-    shares = [int(n) for n in __import__("re").findall(r"worker \d screened (\d+) messages", log)]
+    shares = [int(n) for n in re.findall(r"worker \d screened (\d+) messages", log)]
     assert len(shares) == 2 and all(n > 0 for n in shares) and sum(shares) >= 600, log
     assert stack.cli("verify").returncode == 0
 
@@ -110,7 +112,7 @@ def test_a_device_enrolled_while_workers_run_is_ledgered_not_unknown(tmp_path: P
     with Stack(tmp_path / "home", workers=2) as stack:
         _send(stack, [stack.enroll("gm-d02-000001", kind="gas", district="d02")], 1)
         wait_for(lambda: stack.status()["readings"] == 1, 30, "the first device's reading")
-        late = stack.enroll("gm-d02-000002", kind="gas", district="d02")  # workers screen with an older copy
+        late = stack.enroll("gm-d02-000002", kind="gas", district="d02")  # pushed to the running workers
         _send(stack, [late], 5)
         wait_for(lambda: stack.status()["readings"] == 6, 30, "the new device's readings")
         assert stack.status()["quarantined"] == 0
