@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +21,19 @@ from nacl.signing import SigningKey
 from ledger import archive, rpc
 from ledger.api import LedgerAPI, local_api
 from ledger.home import Home
-from ledger.protocol import canonical_json, sign_reading
-from ledger.store import LedgeredReading
+from ledger.protocol import canonical_json
 from ledger.writer import Batch, LedgerWriter
-from tests.support.ledgers import T0, build_ledger
+from tests.support.ledgers import T0, Growing, build_ledger
 
 DEVICES, PER_DEVICE = 5, 1000  # enough readings for several Parquet row groups
 REVOKED = "wm-d01-000004"
 
 
-@dataclass
-class Ledger:
-    home: Home
-    first_key: str
-    keys: dict[str, SigningKey]
-    seqs: dict[str, int]
-
+class Ledger(Growing):
     def commit(self, writer: LedgerWriter, blocks: int, size: int, devices: list[str] | None = None) -> None:
-        """`blocks` more blocks of `size` signed readings, round robin over `devices`."""
-        devices = devices or [d for d in self.keys if d != REVOKED]
+        """`blocks` more blocks of `size` signed readings, round robin over `devices` (not the revoked one)."""
         for _ in range(blocks):
-            batch = []
-            for i in range(size):
-                device = devices[i % len(devices)]
-                self.seqs[device] += 1
-                seq = self.seqs[device]
-                r = sign_reading(self.keys[device], device=device, kind="water", seq=seq, ts=T0 + seq * 900_000,
-                                 value=1000 + seq * 37)
-                batch.append(LedgeredReading(r, r.ts + 500))
-            writer.commit(Batch(readings=batch))
+            writer.commit(Batch(readings=self.readings(size, devices or [d for d in self.keys if d != REVOKED])))
 
     def grow(self, blocks: int = 2, size: int = 9) -> None:
         writer = LedgerWriter.open(self.home)
@@ -64,7 +47,8 @@ def build(root: Path) -> Ledger:
     """Registry blocks, 10 blocks of 500 readings, then a ledger key rotation, a device key
     rotation and a revocation, each followed by more blocks."""
     built = build_ledger(root, devices=DEVICES, per_device=PER_DEVICE, block_size=500)
-    ledger = Ledger(built.home, built.first_key, dict(built.keys), dict.fromkeys(built.keys, PER_DEVICE))
+    ledger = Ledger(built.home, built.first_key, dict(built.keys), dict.fromkeys(built.keys, PER_DEVICE),
+                    dict.fromkeys(built.keys, "water"))
     writer = LedgerWriter.open(ledger.home)
     try:
         writer.rotate_ledger_key()
@@ -88,8 +72,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
 @pytest.fixture
 def ledger(pristine: Ledger, tmp_path: Path) -> Ledger:
     """A copy of the module's ledger that a test may grow."""
-    shutil.copytree(pristine.home.root, tmp_path / "home")
-    return Ledger(Home(tmp_path / "home"), pristine.first_key, pristine.keys, dict(pristine.seqs))
+    return pristine.copy(tmp_path / "home")
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,11 @@ from ledger import merkle, sqlaudit
 from ledger.audit import Report, audit
 from ledger.home import Home
 from ledger.protocol import Reading, parse_reading, sign_reading, signature_bytes
-from ledger.store import LedgeredReading, Store, _reading_or_none
+from ledger.store import Store, _reading_or_none
 from ledger.writer import Batch, LedgerWriter, initialize
 from tests.test_protocol import LEAF_HASH, PAYLOAD
+from tests.support.ledgers import T0, Growing
 
-T0 = 1_764_000_000_000
 DEVICES = {  # device ids at the edges of the pattern, one of each kind
     "wm-d01-000001": "water",
     "ps.d01_000002": "parking",
@@ -43,26 +41,7 @@ REVOKED = "g"
 # --------------------------------------------------------------------------- ledgers
 
 
-@dataclass
-class Ledger:
-    home: Home
-    first_key: str
-    keys: dict[str, SigningKey]
-    seqs: dict[str, int]
-
-    def readings(self, n: int, devices: list[str] | None = None) -> list[LedgeredReading]:
-        """n signed readings, round robin over `devices` (all by default)."""
-        devices = devices or list(self.keys)
-        out = []
-        for i in range(n):
-            device = devices[i % len(devices)]
-            self.seqs[device] += 1
-            seq = self.seqs[device]
-            value = seq % 2 if DEVICES[device] == "parking" else 10**15 + seq * 37
-            r = sign_reading(self.keys[device], device=device, kind=DEVICES[device], seq=seq,
-                             ts=T0 + seq * 900_000, value=value)
-            out.append(LedgeredReading(r, r.ts))
-        return out
+Ledger = Growing
 
 
 def build(root: Path) -> Ledger:
@@ -76,7 +55,7 @@ def build(root: Path) -> Ledger:
         for device, kind in DEVICES.items():
             keys[device] = SigningKey.generate()
             writer.enroll_device(device, kind, "d01", keys[device].verify_key.encode().hex())
-        ledger = Ledger(home, info["ledger_key"], keys, dict.fromkeys(keys, 0))
+        ledger = Ledger(home, info["ledger_key"], keys, dict.fromkeys(keys, 0), DEVICES, value_base=10**15)
         for size in range(1, 71):
             writer.commit(Batch(readings=ledger.readings(size)))
         writer.commit(Batch(readings=ledger.readings(5)),
@@ -103,8 +82,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
 @pytest.fixture
 def ledger(pristine: Ledger, tmp_path: Path) -> Ledger:
     """A copy of the module's ledger to tamper with."""
-    shutil.copytree(pristine.home.root, tmp_path / "home")
-    return Ledger(Home(tmp_path / "home"), pristine.first_key, pristine.keys, dict(pristine.seqs))
+    return pristine.copy(tmp_path / "home")
 
 
 @pytest.fixture(params=[sqlaudit.BATCH_LEAVES, 40], ids=["default-batches", "small-batches"])

@@ -6,7 +6,9 @@ makes, so the blocks are exactly what the service would seal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import shutil
+from dataclasses import dataclass, field, replace
+from typing import Self
 from pathlib import Path
 
 from nacl.signing import SigningKey
@@ -49,3 +51,35 @@ def build_ledger(root: Path, *, devices: int = 3, per_device: int = 12, block_si
     finally:
         writer.close()
     return built
+
+
+@dataclass
+class Growing:
+    """A built ledger that tests keep signing readings for: its keys, each device's last seq,
+    and each device's kind. A module builds one (slowly) and gives each test a copy."""
+
+    home: Home
+    first_key: str
+    keys: dict[str, SigningKey]
+    seqs: dict[str, int]
+    kinds: dict[str, str]
+    value_base: int = 1000  # meters read value_base + 37 × seq; parking alternates 0 and 1
+
+    def readings(self, n: int, devices: list[str] | None = None) -> list[LedgeredReading]:
+        """n signed readings, round robin over `devices` (all by default), 15 minutes apart per device."""
+        devices = devices or list(self.keys)
+        out = []
+        for i in range(n):
+            device = devices[i % len(devices)]
+            self.seqs[device] += 1
+            seq = self.seqs[device]
+            kind = self.kinds[device]
+            value = seq % 2 if kind == "parking" else self.value_base + seq * 37
+            r = sign_reading(self.keys[device], device=device, kind=kind, seq=seq, ts=T0 + seq * 900_000, value=value)
+            out.append(LedgeredReading(r, r.ts))
+        return out
+
+    def copy(self, root: Path) -> Self:
+        """The same ledger in another home, with seqs of its own: a test may grow or tamper with it."""
+        shutil.copytree(self.home.root, root)
+        return replace(self, home=Home(root), seqs=dict(self.seqs))
