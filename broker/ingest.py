@@ -23,6 +23,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker import workers
 from broker.acks import AckPublisher
+from broker.headers import publish_head, publish_sealed
 from broker.workers import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
 from broker.tls import TLSSettings
@@ -31,12 +32,9 @@ from ledger import rpc
 from ledger.api import local_api
 from ledger.home import Home
 from ledger.protocol import (
-    CHECKPOINT_TOPIC,
-    HEADERS_TOPIC,
-    INGEST_TOPICS,
+    ChainTopics,
     ack_payload,
     device_topic,
-    signed_header_payload,
 )
 from ledger.writer import Batch, LedgerWriter, Sealed, now_ms
 
@@ -62,7 +60,12 @@ class IngestService:
             raise ValueError(f"--block-readings must be between 1 and {RECEIVE_MAXIMUM - 1}")
         if not 0 <= workers <= 64:
             raise ValueError("--workers must be between 0 and 64")
+        if home.district is None and writer.districts():
+            raise ValueError(f"{home.root} keeps its readings in district chains: run `cityledger anchor` on it, "
+                             "and `cityledger ingest --home HOME/districts/DISTRICT` for each district")
+        writer.ledgers_readings = True
         self.home, self.writer = home, writer
+        self.topics = ChainTopics(home.district)  # a district's ingest takes its district's topics only
         self.host, self.port, self.tls = host, port, tls
         self.workers = workers
         self.block_readings, self.block_seconds = block_readings, block_seconds
@@ -97,8 +100,8 @@ class IngestService:
             return
         self._generation += 1
         if not self.workers:  # else the workers subscribe, and this client only publishes
-            client.subscribe([(t, SubscribeOptions(qos=1)) for t in INGEST_TOPICS])
-        self._publish_head()
+            client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics.ingest])
+        publish_head(client, self.topics, self.writer)
         log.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
         self.connected.set()
 
@@ -148,7 +151,8 @@ class IngestService:
     def _run_workers(self, stop: threading.Event) -> None:
         """Workers screen in parallel; this process settles, seals, and says what to acknowledge."""
         pool = workers.WorkerPool([
-            workers.WorkerSettings(i, self.host, self.port, self.home.service_secret(workers.worker_login(i)), self.tls)
+            workers.WorkerSettings(i, self.host, self.port, self.home.service_secret(workers.worker_login(i)), self.tls,
+                                   self.topics)
             for i in range(1, self.workers + 1)])
         self.writer.on_registry.append(pool.publish_registry)
         pool.start(self.writer.registry_version, self.writer.registry)
@@ -227,24 +231,8 @@ class IngestService:
 
     def _publish_sealed(self, sealed: Sealed) -> None:
         self.stats.blocks += 1
-        signed = signed_header_payload(sealed.hash, sealed.header, sealed.sig)
-        self.client.publish(HEADERS_TOPIC, signed, qos=1)
-        self.client.publish(CHECKPOINT_TOPIC, signed, qos=1, retain=True)
+        publish_sealed(self.client, self.topics, sealed)
         self._publish_acks({r.reading.device for r in sealed.readings}, sealed.hash)
-
-    def _publish_head(self) -> None:
-        """Re-announce the head we start from: a ledger restored from an old copy shows here."""
-        with self.writer.lock:  # no block may be sealed (and announced) between reading and publishing
-            if self.writer.height < 0:
-                return
-            store = self.writer.store.cursor()  # we are on paho's thread: never share the writer's cursor
-            try:
-                block = store.block(self.writer.height)
-            finally:
-                store.close()
-            if block is not None:
-                payload = signed_header_payload(block["hash"], block["header"], block["sig"])
-                self.client.publish(CHECKPOINT_TOPIC, payload, qos=1, retain=True)
 
     def _publish_acks(self, devices: set[str], block_hash: str, again: bool = False) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""

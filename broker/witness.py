@@ -26,7 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
-from ledger.protocol import CHECKPOINT_TOPIC, HEADERS_TOPIC, canonical_json, valid_device_id, witness_topic
+from ledger.protocol import ChainTopics, canonical_json, valid_device_id, witness_topic
 from ledger.witness import (
     Accepted,
     Alarm,
@@ -46,7 +46,6 @@ EXIT_STOPPED, EXIT_CONFIG, EXIT_ALARM = 0, 2, 3
 ALARM_PUBACK_TIMEOUT_S = 10.0
 # CONNACK refusals that retrying cannot cure: identity, password, authorisation, ban, auth method.
 FATAL_CONNACK = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
-SOURCES: dict[str, Source] = {HEADERS_TOPIC: "headers", CHECKPOINT_TOPIC: "checkpoint"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +69,11 @@ def now_ms() -> int:
 
 
 def run_witness(store: Path, *, host: str, port: int, name: str, password: str, ledger_key: str | None,
-                stop: threading.Event, tls: TLSSettings | None = None) -> int:
+                stop: threading.Event, tls: TLSSettings | None = None, chain: ChainTopics = ChainTopics()) -> int:
     """Follow the ledger until `stop` (0), an alarm (3) or a configuration problem (2).
 
-    With `tls` the witness connects over TLS and verifies the broker against that CA.
+    With `tls` the witness connects over TLS and verifies the broker against that CA;
+    with `chain`, it follows that district's chain instead of the city's.
     """
     if not valid_device_id(name):
         return _config_error(f"invalid witness name {name!r}")
@@ -81,7 +81,7 @@ def run_witness(store: Path, *, host: str, port: int, name: str, password: str, 
     if isinstance(opened, StoreError):
         return _config_error(opened.message)
     _report_start(opened)
-    return Follower(opened, host=host, port=port, name=name, password=password, tls=tls).run(stop)
+    return Follower(opened, host=host, port=port, name=name, password=password, tls=tls, chain=chain).run(stop)
 
 
 def _config_error(message: str) -> int:
@@ -101,8 +101,10 @@ class Follower:
     """One MQTT connection to the broker, and the loop that judges what it delivers."""
 
     def __init__(self, store: WitnessStore, *, host: str, port: int, name: str, password: str,
-                 tls: TLSSettings | None = None) -> None:
+                 tls: TLSSettings | None = None, chain: ChainTopics = ChainTopics()) -> None:
         self.store, self.host, self.port, self.name = store, host, port, name
+        self.chain = chain
+        self.sources: dict[str, Source] = {chain.headers: "headers", chain.checkpoint: "checkpoint"}
         self.inbox: queue.SimpleQueue[_Message | _Refused] = queue.SimpleQueue()
         self._generation = 0
         self._pubacks: dict[int, ReasonCode] | None = None  # collected only while waiting for one
@@ -134,7 +136,7 @@ class Follower:
         # Retain handling 1: the retained checkpoint only for a new subscription. A
         # resumed session gets its queued headers, in order, and nothing out of turn.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        client.subscribe([(HEADERS_TOPIC, options), (CHECKPOINT_TOPIC, options)])
+        client.subscribe([(self.chain.headers, options), (self.chain.checkpoint, options)])
         log.info("connected to %s:%d as %s (session present: %s)", self.host, self.port, self.name,
                  flags.session_present)
 
@@ -150,8 +152,8 @@ class Follower:
                       properties: Properties | None) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
-            self.inbox.put(_Refused(f"the broker refused the subscription to {HEADERS_TOPIC} and "
-                                    f"{CHECKPOINT_TOPIC}: {', '.join(refused)} (is {self.name!r} a witness login?)"))
+            self.inbox.put(_Refused(f"the broker refused the subscription to {self.chain.headers} and "
+                                    f"{self.chain.checkpoint}: {', '.join(refused)} (is {self.name!r} a witness login?)"))
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -195,7 +197,7 @@ class Follower:
 
     def handle(self, msg: _Message) -> int | None:
         """Judge one message, keep the outcome, then acknowledge it; an exit code on alarm."""
-        source = SOURCES.get(msg.topic)
+        source = self.sources.get(msg.topic)
         if source is None:
             log.warning("ignoring a message on %s", msg.topic)
             self._ack(msg)

@@ -28,13 +28,12 @@ from typing import Any
 from broker.intake import Incoming, Screened, Screener, Screening
 from broker.subscriber import MQTTError, Subscriber
 from broker.tls import TLSSettings
-from ledger.protocol import INGEST_TOPICS, Reading
+from ledger.protocol import ChainTopics, Reading
 from ledger.store import DeviceRecord
 from ledger.writer import WORKER_PREFIX, now_ms
 
 log = logging.getLogger("cityledger.ingest")
 
-SHARE_GROUP = "cityledger-ingest"
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # MQTT 5 cap on unacknowledged deliveries to one client, so also on what waits in its inbox:
 # at most RECEIVE_MAXIMUM messages of at most max_packet_size (mosquitto.conf) each.
@@ -46,8 +45,9 @@ def worker_login(index: int) -> str:
     return f"{WORKER_PREFIX}{index}"
 
 
-def shared_topics() -> list[str]:
-    return [f"$share/{SHARE_GROUP}/{t}" for t in INGEST_TOPICS]
+def shared_topics(chain: ChainTopics) -> list[str]:
+    """One shared subscription group per chain: the city's, or each district's of its own."""
+    return [f"$share/{chain.share_group}/{t}" for t in chain.ingest]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class WorkerSettings:
     port: int
     secret_file: Path  # the worker's broker login, 0600; never passed on a command line
     tls: TLSSettings | None = None
+    chain: ChainTopics = ChainTopics()
     batch: int = 1000  # outcomes per hand-over to the sealer
     wait_s: float = 0.02  # or fewer, after this long
 
@@ -161,7 +162,7 @@ class Worker:
             self.sub = Subscriber(s.host, s.port, client_id=self.login["username"], username=self.login["username"],
                                   password=self.login["password"], tls=s.tls, clean_start=False,
                                   session_expiry=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM)
-            self.sub.subscribe(shared_topics())
+            self.sub.subscribe(shared_topics(s.chain))
         except (MQTTError, OSError) as exc:
             log.warning("cannot reach the broker (%s); retrying", exc)
             self.sub = None

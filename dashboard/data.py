@@ -435,6 +435,10 @@ class OperatorData:
     def blocks(self, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return view("blocks_page", before=before, limit=limit)
 
+    def district_chains(self) -> list[dict[str, Any]]:
+        """A city of district chains: each district and the newest head the city chain anchored."""
+        return CACHE.get(("district_chains",), 5, lambda: api("districts"))
+
     # -------------------------------------------------------- anomalies
 
     def anomalies(self, status: str | None = None, type: str | None = None,

@@ -758,7 +758,7 @@ def detect_hostile(devices: Sequence[DeviceInfo], rejects: Mapping[str, Sequence
             continue
         minutes = [m for m, _, _ in rows]
         counts = [c for _, _, c in rows]
-        peak, lo, total, j = 0, 0, 0, 0
+        peak, total, j = 0, 0, 0
         for i, m in enumerate(minutes):  # sliding window [m - window + 1, m]
             total += counts[i]
             while minutes[j] <= m - window:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger import anomaly_queries, billing_queries, investigations, merkle, views
+from ledger import anchors, anomaly_queries, billing_queries, investigations, merkle, views
 from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, compare_with_witness
 from ledger.protocol import Reading
@@ -88,7 +88,7 @@ class LedgerAPI:
         "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
-        "enroll_devices", "archive", "archive_anchor",
+        "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -250,6 +250,39 @@ class LedgerAPI:
 
         with self.backend.reading() as store:
             return store.flagged_devices(int(time.time() // 60) - minutes, threshold)
+
+    # ------------------------------------------------------------ district chains
+
+    def add_district(self, district: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.add_district(district)
+
+    def districts(self) -> list[dict[str, Any]]:
+        """The city's district chains, each with the newest head the city chain anchored."""
+        with self.backend.reading() as store:
+            rows = store.con.execute(
+                "SELECT d.district, d.ledger_key, d.added_at, max(h.height), arg_max(h.hash, h.height),"
+                " max(h.anchored_at) FROM districts d LEFT JOIN district_heads h USING (district)"
+                " GROUP BY ALL ORDER BY d.district").fetchall()
+        return [{"district": d, "ledger_key": key, "added_at": added, "home": str(self.home.district_home(d).root),
+                 "anchored_height": height, "anchored_block": block, "anchored_at": at}
+                for d, key, added, height, block, at in rows]
+
+    def anchors(self) -> dict[str, Any]:
+        """Each district's first key and every anchor, as the city chain's entries say (for `verify`)."""
+        with self.backend.reading() as store:
+            entries = store.con.execute(
+                "SELECT height, type, body FROM entries WHERE type IN (?, ?) ORDER BY height, idx",
+                [anchors.ADDED_ENTRY, anchors.HEAD_ENTRY]).fetchall()
+        keys, found = anchors.anchors_in(entries)
+        return {"districts": keys, "anchors": [[a.district, a.height, a.block, a.city_height] for a in found]}
+
+    def block_hashes(self, heights: list[int]) -> list[list[Any]]:
+        """[height, hash] of the blocks this chain holds at `heights`."""
+        with self.backend.reading() as store:
+            return [list(r) for r in store.con.execute(
+                "SELECT height, hash FROM blocks WHERE list_contains(?, height) ORDER BY height",
+                [sorted(set(heights))]).fetchall()]
 
     # ------------------------------------------------------------ billing
 

@@ -118,18 +118,58 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     home = _home(args)
     secret = json.loads(home.service_secret("ingest").read_text())
     writer = LedgerWriter.open(home)
-    service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
-                            password=secret["password"], block_readings=args.block_readings,
-                            block_seconds=args.block_seconds, tls=_tls(args), quarantine_cap=args.quarantine_cap,
-                            workers=args.workers)
-    stop = _stop_on_signals()
-    logging.getLogger("cityledger.ingest").info(
-        "ingest on %s:%d, home %s, blocks of %d readings or %.1f s, %s", args.mqtt_host, args.mqtt_port, home.root,
-        args.block_readings, args.block_seconds, f"{args.workers} workers" if args.workers else "no workers")
     try:
+        service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
+                                password=secret["password"], block_readings=args.block_readings,
+                                block_seconds=args.block_seconds, tls=_tls(args), quarantine_cap=args.quarantine_cap,
+                                workers=args.workers)
+        stop = _stop_on_signals()
+        logging.getLogger("cityledger.ingest").info(
+            "ingest on %s:%d, home %s, blocks of %d readings or %.1f s, %s", args.mqtt_host, args.mqtt_port,
+            home.root, args.block_readings, args.block_seconds,
+            f"{args.workers} workers" if args.workers else "no workers")
         service.run(stop)
     finally:
         writer.close()
+    return 0
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    from broker.anchor import AnchorService
+    from ledger.writer import LedgerWriter
+
+    home = _home(args)
+    secret = json.loads(home.service_secret("ingest").read_text())
+    writer = LedgerWriter.open(home)
+    try:
+        service = AnchorService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
+                                password=secret["password"], every=args.every, tls=_tls(args))
+        logging.getLogger("cityledger.anchor").info(
+            "anchoring %d district chains into %s every %.1f s", len(writer.districts()), home.root, args.every)
+        service.run(_stop_on_signals())
+    finally:
+        writer.close()
+    return 0
+
+
+def cmd_districts_add(args: argparse.Namespace) -> int:
+    out = _ledger(args).add_district(args.district)
+    if args.json:
+        _print(out)
+    else:
+        print(f"district {out['district']}: its ledger is {out['home']} (first key {out['ledger_key']})")
+        print(f"run its ingest with `cityledger --home {out['home']} ingest`")
+    return 0
+
+
+def cmd_districts_list(args: argparse.Namespace) -> int:
+    rows = _ledger(args).districts()
+    if args.json:
+        _print(rows)
+        return 0
+    for r in rows:
+        head = f"anchored at height {r['anchored_height']}" if r["anchored_height"] is not None else "not anchored yet"
+        print(f"{r['district']:<12} {head:<28} {r['home']}")
     return 0
 
 
@@ -537,8 +577,11 @@ def cmd_witness(args: argparse.Namespace) -> int:
         print("a witness needs its broker password: --password-file FILE or CITYLEDGER_WITNESS_PASSWORD",
               file=sys.stderr)
         return 2
+    from ledger.protocol import ChainTopics
+
     return run_witness(Path(args.store), host=args.mqtt_host, port=args.mqtt_port, name=args.name,
-                       password=password, ledger_key=args.ledger_key, stop=_stop_on_signals(), tls=_tls(args))
+                       password=password, ledger_key=args.ledger_key, stop=_stop_on_signals(), tls=_tls(args),
+                       chain=ChainTopics(args.district))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -628,6 +671,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.archive:
         return cmd_verify_archive(args)
+    if args.districts:
+        return cmd_verify_districts(args)
     bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
     report = _ledger(args).verify(deep=args.deep, ledger_key=args.ledger_key,
                                   witness=str(Path(args.witness).resolve()) if args.witness else None,
@@ -646,6 +691,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"compared with {report['witness_blocks']} blocks held by the witness")
         if report["failure"]:
             print(f"first failure: {report['failure']}")
+    return 0 if report["ok"] else 1
+
+
+def cmd_verify_districts(args: argparse.Namespace) -> int:
+    from ledger.cityaudit import verify_city
+    from ledger.progress import ProgressBar
+
+    bars: dict[str, ProgressBar] = {}
+
+    def progress(chain: str, done: int, total: int) -> None:
+        if chain not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[chain] = ProgressBar(f"verify {chain}", stream=sys.stderr)
+        bars[chain].update(done, total)
+
+    report = verify_city(_home(args), deep=args.deep, ledger_key=args.ledger_key,
+                         progress=None if args.json else progress)
+    for bar in bars.values():
+        bar.close()
+    if args.json:
+        _print(report)
+        return 0 if report["ok"] else 1
+    for name, chain in [("city", report["city"]), *sorted(report["districts"].items())]:
+        state = "intact" if chain["ok"] else "FAILED"
+        anchored = f", anchored up to height {chain['anchored_height']}" if chain.get("anchored_height") is not None else ""
+        print(f"{name:<12} {state}: {chain['blocks']} blocks, {chain['readings']} readings{anchored}")
+    print(f"anchors: {report['anchors']} district heads in the city chain, "
+          + ("all held by their district chains" if report["anchor_failure"] is None else "NOT all held"))
+    print(f"city {'intact' if report['ok'] else 'FAILED'}: {report['blocks']} blocks, {report['readings']} readings "
+          f"in {report['seconds']:.2f} s ({'deep' if report['deep'] else 'structural'})")
+    if report["failure"]:
+        print(f"first failure: {report['failure']}")
     return 0 if report["ok"] else 1
 
 
@@ -688,6 +766,16 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
     _opt(p, "--quarantine-cap", 1000, "quarantine entries stored per device and hour (the rest only counted)")
     _opt(p, "--workers", 0, "screening processes on one MQTT 5 shared subscription (0: screen in this process)")
+    p = add("anchor", cmd_anchor, "on a city of district chains: seal every district's head into the city chain")
+    _opt(p, "--every", 5.0, "seconds between anchors (a city block when any district head moved)")
+    ds = add("districts", lambda a: 2, "a city of district chains: each district seals its own (docs/scaling.md)")
+    dssub = ds.add_subparsers(dest="districts_command", required=True, metavar="ACTION")
+    p = add("add", cmd_districts_add, "open a district's chain in HOME/districts/DISTRICT (city home, no devices)",
+            dssub)
+    p.add_argument("district")
+    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_districts_list, "the district chains, and how far the city chain anchors each", dssub)
+    p.add_argument("--json", action="store_true")
     p = add("fleet", cmd_fleet, "run a fleet of simulated devices (keys provisioned on first run)")
     _opt(p, "--devices", 40, "number of devices")
     _opt(p, "--interval", 5.0, "seconds between readings")
@@ -757,6 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--name", "witness", "this witness's broker login")
     p.add_argument("--password-file", help="file holding the witness's broker password")
     p.add_argument("--ledger-key", help="hex ledger key to trust (required on first run)")
+    p.add_argument("--district", help="follow this district's chain instead of the city's (its first key: "
+                   "`cityledger districts list`)")
 
     a = add("accounts", lambda a: 2, "households and businesses that own meters")
     asub = a.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
@@ -865,6 +955,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--witness", metavar="DIR", help="also compare with the headers a witness kept in DIR")
     p.add_argument("--archive", metavar="DIR",
                    help="verify the Parquet archive in DIR instead (files, chain, and its link to the live ledger)")
+    p.add_argument("--districts", action="store_true",
+                   help="on a city home: also every district chain, from the keys the city chain names, and the anchors")
     p.add_argument("--json", action="store_true")
     p = add("archive", cmd_archive, "append sealed blocks not yet in DIR to its Parquet archive (docs/verifying.md)")
     p.add_argument("--out", required=True, metavar="DIR", help="archive directory (created if need be)")

@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+DISTRICT_FILE = "district"  # in a district's home: the district's name, and nothing else
 
 
 def _env(name: str, default: str) -> str:
@@ -25,6 +28,31 @@ class Home:
     @classmethod
     def from_env(cls, override: str | os.PathLike[str] | None = None) -> Home:
         return cls(Path(override or _env("HOME", "./var")).resolve())
+
+    @cached_property
+    def district(self) -> str | None:
+        """The district whose chain this home keeps, or None for a city home.
+
+        A district's home lives at CITY/districts/NAME (made by `cityledger districts add`):
+        a whole ledger of its own, sharing only the city's broker.
+        """
+        try:
+            return (self.root / DISTRICT_FILE).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @property
+    def city(self) -> Path:
+        """The city home's root: this one, or the one a district's home sits in."""
+        return self.root.parent.parent if self.district else self.root
+
+    def district_home(self, district: str) -> Home:
+        return Home(self.root / "districts" / district)
+
+    def login(self, name: str) -> str:
+        """The broker login of this home's service `name`: a district's are prefixed by the district,
+        so that every district's ingest, acks publisher and workers have logins of their own."""
+        return f"{self.district}.{name}" if self.district else name
 
     @property
     def database(self) -> Path:
@@ -53,7 +81,13 @@ class Home:
 
     @property
     def broker(self) -> Path:
-        return self.root / "broker"
+        """The city's broker, which every district's home shares."""
+        return self.city / "broker"
+
+    @property
+    def access_fragments(self) -> Path:
+        """Each home's share of the broker's passwd and ACL (broker/access.py merges them)."""
+        return self.broker / "access.d"
 
     @property
     def broker_config(self) -> Path:
@@ -95,7 +129,8 @@ class Home:
         return self.root / "logs"
 
     def ensure(self) -> None:
-        for d in (self.root, self.secrets, self.ledger_key.parent, self.broker, self.broker_data, self.logs):
+        for d in (self.root, self.secrets, self.ledger_key.parent, self.broker, self.broker_data, self.logs,
+                  self.access_fragments):
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.secrets, self.ledger_key.parent):
             d.chmod(0o700)

@@ -49,12 +49,53 @@ READING_CONTEXT_TEXT = "cityledger/reading/v1\n"
 READING_CONTEXT = READING_CONTEXT_TEXT.encode()
 
 CHECKPOINT_TOPIC = "city/ledger/checkpoint"
-# Every sealed header, in order, for witnesses with a durable session (not retained).
-HEADERS_TOPIC = "city/ledger/headers"
 STATUS_ONLINE = b"online"
 STATUS_OFFLINE = b"offline"
 # What the ingest identity subscribes to: every reading and status, and witnesses' reports.
 INGEST_TOPICS: tuple[str, ...] = ("city/+/+/+/reading", "city/+/+/+/status", "city/witness/+/+")
+
+
+RESERVED_DISTRICTS = frozenset({"ledger", "witness"})  # city/ledger/# and city/witness/# are the ledger's own
+
+
+@dataclass(frozen=True)
+class ChainTopics:
+    """The topics of one chain: the city's (district None) or one district's.
+
+    `headers` carries every sealed header, in order, for witnesses with a durable
+    session (not retained); `checkpoint` the newest (retained). A district's chain
+    has its own pair under `city/ledger/districts/{district}/`, and its ingest takes
+    only that district's device topics, in a shared subscription group of its own.
+    """
+
+    district: str | None = None
+
+    @property
+    def _ledger(self) -> str:
+        return f"city/ledger/districts/{self.district}" if self.district else "city/ledger"
+
+    @property
+    def checkpoint(self) -> str:
+        return f"{self._ledger}/checkpoint"
+
+    @property
+    def headers(self) -> str:
+        return f"{self._ledger}/headers"
+
+    @property
+    def ingest(self) -> tuple[str, ...]:
+        if self.district is None:
+            return INGEST_TOPICS
+        return (f"city/{self.district}/+/+/reading", f"city/{self.district}/+/+/status")
+
+    @property
+    def share_group(self) -> str:
+        return f"cityledger-{self.district}" if self.district else "cityledger-ingest"
+
+
+# What the city anchor follows: every district's header stream and checkpoint.
+DISTRICT_HEADERS_TOPIC = "city/ledger/districts/+/headers"
+DISTRICT_CHECKPOINT_TOPIC = "city/ledger/districts/+/checkpoint"
 
 
 def witness_topic(witness: str, leaf: str) -> str:

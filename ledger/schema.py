@@ -129,6 +129,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             drops INTEGER NOT NULL, breaks INTEGER NOT NULL, changes INTEGER NOT NULL, max_gap BIGINT NOT NULL);
         """,
     ),
+    (
+        9,
+        """
+        -- A city of district chains (ledger/anchors.py): each district's first ledger key, and each
+        -- district head the city chain anchored, with its signed header (what keys it hands on).
+        CREATE TABLE districts (
+            district VARCHAR PRIMARY KEY, ledger_key VARCHAR NOT NULL, added_at BIGINT NOT NULL, height BIGINT NOT NULL);
+        CREATE TABLE district_heads (
+            district VARCHAR NOT NULL, height BIGINT NOT NULL, hash VARCHAR NOT NULL, header VARCHAR NOT NULL,
+            sig VARCHAR NOT NULL, anchored_at BIGINT NOT NULL, city_height BIGINT NOT NULL,
+            PRIMARY KEY (district, height));
+        """,
+    ),
 ]
 
 

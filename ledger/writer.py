@@ -21,13 +21,14 @@ import pyarrow as pa
 from nacl.signing import SigningKey
 
 from broker import access, mosquitto
-from ledger import auth, device_days, merkle
+from ledger import anchors, auth, device_days, merkle
 from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
-from ledger.home import Home, write_private
+from ledger.home import DISTRICT_FILE, Home, write_private
 from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
-from ledger.protocol import KINDS, canonical_json, valid_device_id, valid_district
+from ledger.protocol import KINDS, RESERVED_DISTRICTS, canonical_json, strict_json, valid_device_id, valid_district
 from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
 from ledger.tariffs import DEFAULT_FILE, parse_tariffs
+from ledger.witness import SignedHeader
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
@@ -85,6 +86,7 @@ class LedgerWriter:
         self.height, self.head_hash = head if head else (-1, GENESIS_PREV)
         self._registry: dict[str, DeviceRecord] = {d.device: d for d in store.devices()}
         self.registry_version = 0
+        self.ledgers_readings = False  # set by a running ingest: it would take a new district's readings too
         self.on_sealed: list[Callable[[Sealed], None]] = []
         self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
 
@@ -138,7 +140,7 @@ class LedgerWriter:
                 height = self.height + 1
                 header = make_header(
                     height=height, prev=self.head_hash, leaf_hashes=[merkle.leaf_hash(x) for x in leaves],
-                    sealed_at=now_ms(), v=1, **(header_extra or {}),
+                    sealed_at=now_ms(), v=1, **self._chain, **(header_extra or {}),
                 )
                 sig = sign_header(self.key, header)
                 sealed = Sealed(height, block_hash(header), header, sig, tuple(batch.readings))
@@ -158,6 +160,11 @@ class LedgerWriter:
                 for callback in self.on_sealed:
                     callback(sealed)
         return sealed
+
+    @property
+    def _chain(self) -> dict[str, str]:
+        """A district's headers name their chain, so that no header can pass for another chain's."""
+        return {"chain": self.home.district} if self.home.district else {}
 
     def _commit_with(self, commit: Commit, also: Callable[[Store], None]) -> None:
         con = self.store.con
@@ -190,6 +197,7 @@ class LedgerWriter:
         checked = [self._checked_enrolment(row) for row in rows]
         if not checked:
             raise EnrolmentError("no devices to enrol")
+        self._refuse_other_districts({c[2] for c in checked})
         self._refuse_repeats([c[0] for c in checked], "device id {} appears twice in the batch")
         self._refuse_repeats([c[3] for c in checked], "public key {} appears twice in the batch")
         with self.lock:
@@ -198,6 +206,9 @@ class LedgerWriter:
                                            [ids]).fetchone()
             if taken is not None:
                 raise AlreadyEnrolled(f"device {taken[0]} is already enrolled")
+            elsewhere = access.logins_elsewhere(self.home).intersection(ids)
+            if elsewhere:
+                raise AlreadyEnrolled(f"device {min(elsewhere)} is already a broker login of another district")
             for account in {c[4] for c in checked}:
                 self.require_account(account)
             owner = self.store.con.execute(
@@ -232,13 +243,29 @@ class LedgerWriter:
             raise EnrolmentError(f"invalid device id {device!r}")
         if kind not in KINDS:
             raise EnrolmentError(f"kind must be one of {', '.join(KINDS)}")
-        if not isinstance(district, str) or not valid_district(district):
+        if not isinstance(district, str) or not valid_district(district) or district in RESERVED_DISTRICTS:
             raise EnrolmentError(f"invalid district {district!r}")
         try:
             public_key = check_device_key(str(row.get("public_key", "")))
         except ValueError as exc:
             raise EnrolmentError(f"{device}: {exc}") from exc
         return device, str(kind), district, public_key, row.get("account")
+
+    def _refuse_other_districts(self, districts: set[str]) -> None:
+        """A district's ledger keeps its own devices only; a city of district chains keeps none."""
+        own = self.home.district
+        if own is not None and districts != {own}:
+            raise EnrolmentError(f"this ledger keeps district {own}'s devices only, not {', '.join(sorted(districts - {own}))}")
+        if own is None and self.districts():
+            d = sorted(districts)[0]
+            raise EnrolmentError(f"this city keeps its readings in district chains: enrol in the district's home "
+                                 f"({self.home.district_home(d).root})" + ("" if d in self.districts() else
+                                 f", after `cityledger districts add {d}`"))
+
+    def districts(self) -> dict[str, str]:
+        """The city's district chains and the first key of each."""
+        with self.lock:
+            return dict(self.store.con.execute("SELECT district, ledger_key FROM districts").fetchall())
 
     @staticmethod
     def _refuse_repeats(values: list[str], message: str) -> None:
@@ -341,7 +368,8 @@ class LedgerWriter:
                 or username.startswith(WORKER_PREFIX):
             raise EnrolmentError(f"invalid or reserved login name {username!r}")
         with self.lock:
-            if username in self.registry or username in {s.username for s in self.store.services()}:
+            if username in self.registry or username in {s.username for s in self.store.services()} \
+                    or username in access.logins_elsewhere(self.home):
                 raise AlreadyEnrolled(f"login {username} exists")
             password = access.new_password()
             self.store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
@@ -358,8 +386,55 @@ class LedgerWriter:
                         for i in range(1, workers + 1)]
             if any(created):
                 self.sync_broker_access()
-            return sorted(int(s.username[len(WORKER_PREFIX):]) for s in self.store.services()
-                          if s.username.startswith(WORKER_PREFIX) and s.username[len(WORKER_PREFIX):].isdigit())
+            prefix = self.home.login(WORKER_PREFIX)
+            return sorted(int(s.username[len(prefix):]) for s in self.store.services()
+                          if s.username.startswith(prefix) and s.username[len(prefix):].isdigit())
+
+    # ------------------------------------------------------------ district chains
+
+    def add_district(self, district: str) -> dict[str, Any]:
+        """Open a district's chain: a home of its own under districts/, its first key sealed in the city chain.
+
+        Only a city home without devices takes districts: a home that ledgers readings
+        itself would otherwise ledger a district's readings in two chains.
+        """
+        if self.home.district is not None:
+            raise EnrolmentError("a district's ledger has no districts of its own")
+        if not valid_district(district) or district in RESERVED_DISTRICTS:
+            raise EnrolmentError(f"invalid district {district!r}")
+        with self.lock:
+            if district in self.districts():
+                raise AlreadyEnrolled(f"district {district} exists")
+            if self.registry or self.ledgers_readings:
+                raise EnrolmentError("this home ledgers readings itself (it has devices, or `cityledger ingest` "
+                                     "runs on it); district chains need a city home with no devices, running "
+                                     "`cityledger anchor` instead")
+            sub = self.home.district_home(district)
+            sub.root.mkdir(parents=True, exist_ok=True)
+            (sub.root / DISTRICT_FILE).write_text(district + "\n")
+            initialize(sub)
+            first_key = sub.trusted_key.read_text().strip()
+            at = now_ms()
+            sealed = self._record({"entry": "district_added", "district": district, "ledger_key": first_key, "at": at},
+                                  "INSERT INTO districts VALUES (?, ?, ?, ?)", [district, first_key, at, self.height + 1])
+        return {"district": district, "home": str(sub.root), "ledger_key": first_key, "block": sealed.hash}
+
+    def anchor(self, heads: Sequence[anchors.Head], alarms: Sequence[tuple[str, str, str, int]] = ()) -> Sealed | None:
+        """Seal district heads into the city chain (and record alarms about district chains)."""
+        with self.lock:
+            at, height = now_ms(), self.height + 1
+            rows = [(h.district, h.height, h.hash, canonical_json(h.signed.header).decode(), h.signed.sig, at, height)
+                    for h in heads]
+
+            def insert(s: Store) -> None:
+                if rows:
+                    s.con.executemany("INSERT OR REPLACE INTO district_heads VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+            return self.commit(Batch(witness_reports=list(alarms)), [h.entry(at) for h in heads], also=insert)
+
+    def anchored_heads(self) -> list[anchors.Head]:
+        rows = self.store.con.execute("SELECT district, hash, header, sig FROM district_heads").fetchall()
+        return [anchors.Head(d, SignedHeader(h, strict_json(header), sig)) for d, h, header, sig in rows]
 
     # ------------------------------------------------------------ billing records
 
@@ -633,12 +708,17 @@ def recover_key_rotation(home: Home, store: Store) -> None:
         pending.unlink()
 
 
-def ensure_service_login(home: Home, store: Store, username: str, role: str) -> bool:
-    """A service's broker login, its password kept only in the home's secrets (0600); True if made now."""
-    if username in {s.username for s in store.services()} and home.service_secret(username).exists():
+def ensure_service_login(home: Home, store: Store, name: str, role: str) -> bool:
+    """A service's broker login, its password kept only in the home's secrets (0600); True if made now.
+
+    The secret file is named after the service (`ingest`); the login in it is the
+    home's (`d01.ingest` in district d01's home).
+    """
+    username = home.login(name)
+    if username in {s.username for s in store.services()} and home.service_secret(name).exists():
         return False
     password = access.new_password()
-    write_private(home.service_secret(username), canonical_json({"username": username, "password": password}))
+    write_private(home.service_secret(name), canonical_json({"username": username, "password": password}))
     store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
     return True
 
@@ -661,7 +741,8 @@ def initialize(home: Home) -> dict[str, Any]:
             ensure_service_login(home, store, username, role)
         writer = LedgerWriter(home, store, key)
         if writer.height < 0:
-            writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), "at": now_ms()}])
+            district = {"district": home.district} if home.district else {}
+            writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}])
         if store.con.execute("SELECT count(*) FROM tariff_versions").fetchone()[0] == 0:
             writer.load_tariffs(DEFAULT_FILE.read_text())
         writer.sync_broker_access()

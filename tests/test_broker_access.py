@@ -27,6 +27,7 @@ from broker.access import (
     DeviceAccess,
     ServiceAccess,
     device_rules,
+    logins_elsewhere,
     hash_password,
     new_password,
     render_acl,
@@ -401,3 +402,46 @@ def test_a_device_cannot_take_over_another_clients_session(broker: RunningBroker
     clients.append(marker)
     publish(marker, device_topic(B.district, B.kind, B.device, "reading"), b"still there?")
     assert ingest.is_connected() and not client_log(ingest).disconnects
+
+
+# ---------------------------------------------------------------- one broker, several homes
+
+
+def _district_home(city: Path, district: str) -> Home:
+    root = city / "districts" / district
+    root.mkdir(parents=True)
+    (root / "district").write_text(district + "\n")
+    return Home(root)
+
+
+def test_each_home_writes_its_share_and_the_broker_files_join_them(tmp_path: Path) -> None:
+    city = Home(tmp_path)
+    d02 = _district_home(tmp_path, "d02")
+    b = DeviceAccess("wm-d02-000001", "d02", "water", HASH)
+    write_access_files(city, [], [INGEST])
+    write_access_files(d02, [b], [ServiceAccess("d02.ingest", HASH, "ingest")])
+    passwd = city.passwd.read_text()
+    assert [line.split(":")[0] for line in passwd.splitlines()] == ["ingest", "wm-d02-000001", "d02.ingest"]
+    assert d02.passwd == city.passwd  # one broker: the district's home points at the city's files
+    acl = city.acl.read_text()
+    assert "user ingest\n" in acl and "user wm-d02-000001\n" in acl
+    # The district's device reads its own chain's checkpoint, not the city's.
+    assert "topic read city/ledger/districts/d02/checkpoint" in acl and f"topic read {CHECKPOINT_TOPIC}" not in acl
+    # Rewriting one share keeps the other.
+    write_access_files(city, [], [])
+    assert city.passwd.read_text() == f"wm-d02-000001:{HASH}\nd02.ingest:{HASH}\n"
+    for path in city.access_fragments.glob("*.*"):
+        if path.suffix in (".passwd", ".acl"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_login_another_home_holds_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    city = Home(tmp_path)
+    d01, d02 = _district_home(tmp_path, "d01"), _district_home(tmp_path, "d02")
+    write_access_files(d01, [A], [])
+    before = city.passwd.read_text(), city.acl.read_text()
+    assert logins_elsewhere(d02) == {A.device} and logins_elsewhere(d01) == set()
+    with pytest.raises(ValueError, match="duplicate broker username"):
+        write_access_files(d02, [DeviceAccess(A.device, "d02", "water", HASH)], [])
+    assert (city.passwd.read_text(), city.acl.read_text()) == before
+    assert not (city.access_fragments / "d02.passwd").exists()

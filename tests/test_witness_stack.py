@@ -28,13 +28,15 @@ EXIT_ALARM = 3
 class WitnessProcess:
     """`cityledger witness` as a subprocess with its own log file."""
 
-    def __init__(self, stack: Stack, store: Path, name: str, password_file: Path, ledger_key: str | None) -> None:
+    def __init__(self, stack: Stack, store: Path, name: str, password_file: Path, ledger_key: str | None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.stack, self.store, self.name = stack, store, name
         self.log_path = stack.home.logs / f"witness-{name}.log"
         args = [sys.executable, "-m", "ledger.cli", "witness", "--store", str(store), "--name", name,
                 "--password-file", str(password_file)]
         if ledger_key:
             args += ["--ledger-key", ledger_key]
+        args += extra
         self.mark = self.log().count("connected to")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, env=stack.env, stdout=log, stderr=subprocess.STDOUT,
@@ -71,8 +73,8 @@ class WitnessProcess:
 
 @contextmanager
 def witness(stack: Stack, store: Path, name: str, password_file: Path,
-            ledger_key: str | None = None) -> Iterator[WitnessProcess]:
-    w = WitnessProcess(stack, store, name, password_file, ledger_key)
+            ledger_key: str | None = None, extra: tuple[str, ...] = ()) -> Iterator[WitnessProcess]:
+    w = WitnessProcess(stack, store, name, password_file, ledger_key, extra)
     try:
         yield w
     finally:

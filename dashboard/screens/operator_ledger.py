@@ -62,6 +62,18 @@ if st.button("Run an audit now", key="run_audit", icon=":material/play_arrow:", 
         st.info("An audit is already running.")
 audit_progress()
 
+with ui.guard("the district chains"):
+    districts = data.district_chains()
+    if districts:  # a city of district chains: this chain anchors theirs
+        st.subheader("District chains")
+        st.caption("Each district seals its own chain; this city chain anchors their heads every few seconds. "
+                   "`cityledger verify --districts` checks every chain and every anchor from the city's first key.")
+        now = now_ms()
+        ui.table([{"District": d["district"],
+                   "Anchored height": d["anchored_height"] if d["anchored_height"] is not None else "-",
+                   "Anchored block": fmt.short(d["anchored_block"], 20), "Anchored": fmt.ago(d["anchored_at"], now),
+                   "First key": fmt.short(d["ledger_key"], 16)} for d in districts])
+
 with ui.guard("the witnesses"):
     st.subheader("Witnesses")
     reports = data.witness_reports(limit=200)

@@ -55,10 +55,13 @@ class SimDevice:
 class Stack:
     """Broker + ingest on a temporary home; every process is stopped on exit."""
 
-    def __init__(self, root: Path, *, block_readings: int = 500, block_seconds: float = 0.3, workers: int = 0) -> None:
+    def __init__(self, root: Path, *, block_readings: int = 500, block_seconds: float = 0.3, workers: int = 0,
+                 broker: RunningBroker | None = None) -> None:
+        """With `broker`, this stack shares another's broker (a district's home shares its city's)."""
         self.home = Home(root)
         self.block_readings, self.block_seconds, self.workers = block_readings, block_seconds, workers
-        self.broker = RunningBroker(self.home)
+        self._owns_broker = broker is None
+        self.broker = broker or RunningBroker(self.home)
         self.info = initialize(self.home)
         self.ingest: subprocess.Popen[bytes] | None = None
         self.ingest_log = self.home.logs / "ingest.log"
@@ -71,17 +74,19 @@ class Stack:
                 "CITYLEDGER_MQTT_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
 
     def start(self) -> Stack:
-        self.broker.start()
+        if self._owns_broker:
+            self.broker.start()
         self.start_ingest()
         return self
 
-    def start_ingest(self) -> None:
+    def start_ingest(self, command: tuple[str, ...] | None = None) -> None:
+        """`cityledger ingest` with this stack's settings, or `cityledger COMMAND` (e.g. `anchor`)."""
         assert self.ingest is None or self.ingest.poll() is not None, "ingest already running"
+        command = command or ("ingest", "--block-readings", str(self.block_readings),
+                              "--block-seconds", str(self.block_seconds), "--workers", str(self.workers))
         with self.ingest_log.open("ab") as log:
-            self.ingest = subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", "ingest", "--block-readings", str(self.block_readings),
-                 "--block-seconds", str(self.block_seconds), "--workers", str(self.workers)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.ingest = subprocess.Popen([sys.executable, "-m", "ledger.cli", *command],
+                                           env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: self._ingest_ready(), 30, "the ingest's API socket")
 
     def _ingest_ready(self) -> bool:
@@ -107,7 +112,8 @@ class Stack:
         try:
             self.stop_ingest()
         finally:
-            self.broker.close()
+            if self._owns_broker:
+                self.broker.close()
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -1,0 +1,136 @@
+"""The city anchor: follows every district's header stream and seals district heads into the city chain.
+
+It runs on the city home (`cityledger anchor`), where a city of district chains
+runs no ingest of its own. Headers arrive on a persistent MQTT 5 session, so
+what is published while the anchor is down is queued by the broker; a message is
+acknowledged only after the city block that anchors what it said has committed,
+so a crash loses nothing the broker still holds. The judging is ledger/anchors.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from broker.headers import publish_head, publish_sealed
+from broker.tls import TLSSettings
+from broker.tls import configure as configure_tls
+from broker.workers import SESSION_EXPIRY_S
+from ledger import rpc
+from ledger.anchors import Follower
+from ledger.api import local_api
+from ledger.home import Home
+from ledger.protocol import DISTRICT_CHECKPOINT_TOPIC, DISTRICT_HEADERS_TOPIC, ChainTopics, canonical_json
+from ledger.witness import alarm_record
+from ledger.writer import LedgerWriter, now_ms
+
+log = logging.getLogger("cityledger.anchor")
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    district: str
+    source: str  # "headers" | "checkpoint"
+    payload: bytes
+    redelivered: bool
+    token: tuple[int, int, int]  # (connection generation, packet id, QoS)
+
+
+class AnchorService:
+    """One MQTT connection in, one city block per tick out."""
+
+    def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
+                 every: float = 5.0, tls: TLSSettings | None = None) -> None:
+        if home.district is not None:
+            raise ValueError("the anchor runs on the city's home, not a district's")
+        if not 0.05 <= every <= 3600:
+            raise ValueError("--every must be between 0.05 and 3600 seconds")
+        self.home, self.writer, self.every = home, writer, every
+        self.host, self.port = host, port
+        self.follower = Follower.resume(writer.districts(), writer.anchored_heads())
+        self.anchored = 0
+        self.inbox: queue.Queue[_Header] = queue.Queue()
+        self._generation = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5,
+                                  manual_ack=True)
+        self.client.username_pw_set(username, password)
+        configure_tls(self.client, tls)
+        self.client.reconnect_delay_set(0.2, 5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        writer.on_sealed.append(lambda sealed: publish_sealed(self.client, ChainTopics(), sealed))
+
+    # ------------------------------------------------------------ MQTT callbacks (network thread)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                    reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("broker refused the anchor's connection: %s", reason)
+            return
+        self._generation += 1
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        client.subscribe([(DISTRICT_HEADERS_TOPIC, options), (DISTRICT_CHECKPOINT_TOPIC, options)])
+        publish_head(client, ChainTopics(), self.writer)
+        log.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        parts = msg._topic.split(b"/")  # city/ledger/districts/{district}/{headers|checkpoint}
+        self.inbox.put(_Header(parts[3].decode("utf-8", "replace"), parts[4].decode("ascii", "replace"),
+                               msg.payload, bool(msg.dup), (self._generation, msg.mid, msg.qos)))
+
+    # ------------------------------------------------------------ the loop (main thread)
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve the city's local API and anchor every `every` seconds until `stop` is set."""
+        server, _ = rpc.serve(local_api(self.home, self.writer), self.home.rpc_socket)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        self.client.loop_start()
+        try:
+            while not stop.is_set():
+                stop.wait(self.every)
+                self.tick()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+            rpc.stop(server, self.home.rpc_socket)
+
+    def tick(self) -> None:
+        """Judge what arrived, seal what moved, then acknowledge it all."""
+        for district, key in self.writer.districts().items():  # districts added since we started
+            self.follower.add_district(district, key)
+        messages, alarms, now = self._drain(), [], now_ms()
+        for m in messages:
+            alarm = self.follower.offer(m.district, m.payload, "headers" if m.source == "headers" else "checkpoint",
+                                        m.redelivered)
+            if alarm is not None:
+                witness = f"anchor-{m.district}"
+                log.error("district %s is no longer anchored: %s", m.district, alarm.line())
+                alarms.append((witness, "alarm", canonical_json(alarm_record(alarm, witness=witness, at=now)).decode(),
+                               now))
+        heads = self.follower.take()
+        if heads or alarms:
+            self.writer.anchor(heads, alarms)
+            self.anchored += len(heads)
+        generation = self._generation
+        for m in messages:
+            gen, mid, qos = m.token
+            if gen == generation and qos > 0:
+                self.client.ack(mid, qos)
+
+    def _drain(self) -> list[_Header]:
+        out = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
