@@ -1,6 +1,6 @@
 """`cityledger bench`: how many signed readings a second this machine ledgers, and at what cost.
 
-    cityledger bench [--seconds 60] [--devices 1000] [--workers W] [--json]
+    cityledger bench [--seconds 60] [--devices 1000] [--workers W] [--districts N] [--json]
 
 On a fresh home it starts the real Mosquitto and the real `cityledger ingest`,
 enrols the devices in bulk, signs their readings before the clock starts
@@ -12,6 +12,14 @@ of ingest (and any processes it spawns) per reading against one Ed25519
 verification measured in the same run, ingest peak memory, and DuckDB bytes
 per reading; the broker's and the load generator's CPU show where the rest of
 the machine went. Then it waits until every published reading is ledgered.
+
+With `--districts N` the same is measured on a city of N district chains
+(docs/scaling.md): the devices are spread over districts d01..dNN, each enrolled
+in its own district's home, one `cityledger ingest` runs per district and
+`cityledger anchor` on the city home, all on the one broker. The figures are
+sums over the districts (the anchor's CPU counts as ingest CPU), with a
+breakdown per district and how far the city chain's anchors trailed the
+district heads when the last reading was ledgered.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import time
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -58,6 +66,8 @@ ENROL_CHUNK = 2_000  # devices per enrol call: the API reads requests of at most
 VERIFY_SAMPLES = 20_000
 DISTRICTS = ("d01", "d02", "d03", "d04")
 KINDS = ("water", "electricity", "gas")
+KIND_PREFIX = {"water": "wm", "electricity": "em", "gas": "gm"}  # district devices: wm-d01-000001
+ANCHOR_EVERY_S = 1.0
 INGEST_START_S = 30.0
 # One reading's canonical JSON (PROTOCOL.md section 2), members in sorted order; device ids and
 # kinds match [A-Za-z0-9._-], so nothing needs escaping.
@@ -81,16 +91,21 @@ class BenchOptions:
     supply_rate: float = SUPPLY_RATE
     drain_timeout: float = 120.0
     command: str = ""
+    districts: int = 0  # 0: one chain; N >= 2: a city of N district chains and the anchor
+
+    def chains(self) -> int:
+        return max(1, self.districts)
 
     def warmup(self) -> float:
         """Seconds of load before the measured window: connections settle, caches fill."""
         return min(5.0, self.seconds / 3)
 
     def window_per_device(self) -> int:
-        """Enough in flight to keep two blocks' worth queued, whatever the device count."""
+        """Enough in flight to keep two blocks' worth queued on every chain, whatever the device count."""
         if self.window:
             return self.window
-        return max(2, min(wire.MAX_PACKET_ID - 1, math.ceil(2 * self.block_readings / self.devices)))
+        in_flight = 2 * self.block_readings * self.chains()
+        return max(2, min(wire.MAX_PACKET_ID - 1, math.ceil(in_flight / self.devices)))
 
     def readings_per_device(self) -> int:
         publishing = self.warmup() + self.seconds
@@ -102,11 +117,20 @@ class Snapshot:
     """What the ledger and the processes had done at one moment."""
 
     t: float
-    readings: int
-    ingest_cpu: float
+    chain_readings: tuple[int, ...]  # per chain: the one ledger, or each district's
+    chain_cpu: tuple[float, ...]  # per chain: its ingest's process tree
+    anchor_cpu: float  # the city's anchor; 0 on one chain
     broker_cpu: float
     loadgen_cpu: float
     machine_cpu: float  # every process on the machine, ours and anyone else's
+
+    @property
+    def readings(self) -> int:
+        return sum(self.chain_readings)
+
+    @property
+    def ingest_cpu(self) -> float:
+        return sum(self.chain_cpu) + self.anchor_cpu
 
 
 @dataclass
@@ -119,13 +143,27 @@ class DeviceSpec:
 
 
 @dataclass
-class Stack:
+class Service:
+    """One `cityledger` process on a home (an ingest, or the city's anchor), and its API once it serves."""
+
+    name: str
     home: Home
+    proc: subprocess.Popen[bytes]
+    log: Path
+    api: Any = None
+
+
+@dataclass
+class Stack:
+    home: Home  # the one chain's home, or the city's (its districts' homes are under it)
     port: int
     broker: subprocess.Popen[bytes]
-    ingest: subprocess.Popen[bytes]
-    ingest_log: Path
-    api: Any = None
+    ingests: list[Service] = field(default_factory=list)  # one per chain
+    anchor: Service | None = None
+
+    @property
+    def services(self) -> list[Service]:
+        return self.ingests + ([self.anchor] if self.anchor else [])
 
 
 # ---------------------------------------------------------------- readings, signed by the "devices"
@@ -289,35 +327,57 @@ def ingest_argv(opt: BenchOptions) -> list[str]:
     return argv
 
 
+def anchor_argv() -> list[str]:
+    return [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "anchor", "--every", str(ANCHOR_EVERY_S)]
+
+
+def district_names(n: int) -> list[str]:
+    return [f"d{i:02d}" for i in range(1, n + 1)]
+
+
 @contextmanager
 def running_stack(home: Home, opt: BenchOptions) -> Iterator[Stack]:
-    """Mosquitto and ingest on `home`, stopped (ingest first, so it lets go of the file) on exit."""
+    """Mosquitto, and ingest on `home` or, with districts, on each district's home and the anchor on `home`;
+    stopped on exit (the ledger processes first, so they let go of their files)."""
     initialize(home)
+    chains = [home]
+    if opt.districts:
+        city = open_ledger(home)  # nothing runs yet: direct access, letting go of the file after each call
+        chains = [home.district_home(city.add_district(d)["district"]) for d in district_names(opt.districts)]
     port = _free_port()
-    broker = mosquitto.start(home, port)
-    home.logs.mkdir(parents=True, exist_ok=True)
-    log = home.logs / "bench-ingest.log"
-    env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "CITYLEDGER_MQTT_PORT": str(port)}
-    with log.open("ab") as out:
-        ingest = subprocess.Popen(ingest_argv(opt), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
-    stack = Stack(home, port, broker, ingest, log)
+    stack = Stack(home, port, mosquitto.start(home, port))
     try:
-        stack.api = _await_ingest(stack)
+        for chain in chains:
+            stack.ingests.append(_launch(stack, f"ingest of {chain.district}" if chain.district else "ingest",
+                                         chain, ingest_argv(opt), "bench-ingest.log"))
+        if opt.districts:
+            stack.anchor = _launch(stack, "anchor", home, anchor_argv(), "bench-anchor.log")
+        for service in stack.services:
+            service.api = _await_api(service)
         yield stack
     finally:
-        _stop(ingest, 60.0)
-        _stop(broker, 30.0)
+        for service in stack.services:
+            _stop(service.proc, 60.0)
+        _stop(stack.broker, 30.0)
 
 
-def _await_ingest(stack: Stack) -> RemoteLedger:
+def _launch(stack: Stack, name: str, home: Home, argv: list[str], log_name: str) -> Service:
+    home.logs.mkdir(parents=True, exist_ok=True)
+    log = home.logs / log_name
+    env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "CITYLEDGER_MQTT_PORT": str(stack.port)}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Service(name, home, proc, log)
+
+
+def _await_api(service: Service) -> RemoteLedger:
     deadline = time.monotonic() + INGEST_START_S
     while True:
-        api = open_ledger(stack.home)
+        api = open_ledger(service.home)
         if isinstance(api, RemoteLedger):
             return api
-        if stack.ingest.poll() is not None or time.monotonic() > deadline:
-            raise BenchError(f"ingest did not start:\n{_tail(stack.ingest_log)}")
+        if service.proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"{service.name} did not start:\n{_tail(service.log)}")
         time.sleep(0.1)
 
 
@@ -338,9 +398,14 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"(no log: {exc})"
 
 
+def _logs(stack: Stack) -> str:
+    return "".join(f"\n--- {s.name} log ---\n{_tail(s.log)}" for s in stack.services)
+
+
 def _check_alive(stack: Stack) -> None:
-    if stack.ingest.poll() is not None:
-        raise BenchError(f"ingest exited with status {stack.ingest.returncode}:\n{_tail(stack.ingest_log)}")
+    for s in stack.services:
+        if s.proc.poll() is not None:
+            raise BenchError(f"{s.name} exited with status {s.proc.returncode}:\n{_tail(s.log)}")
     if stack.broker.poll() is not None:
         raise BenchError(f"mosquitto exited with status {stack.broker.returncode}")
 
@@ -348,35 +413,55 @@ def _check_alive(stack: Stack) -> None:
 # ---------------------------------------------------------------- enrolment
 
 
-def device_specs(n: int) -> list[DeviceSpec]:
-    """N devices spread over districts and meter kinds, each with a fresh key seed."""
-    return [DeviceSpec(f"bench-{i:06d}", DISTRICTS[i % len(DISTRICTS)], KINDS[i % len(KINDS)], os.urandom(32))
-            for i in range(n)]
+def device_specs(n: int, districts: int = 0) -> list[DeviceSpec]:
+    """N devices spread over districts and meter kinds, each with a fresh key seed.
+
+    On one chain they are bench-NNNNNN in four districts; in a city of district chains the
+    districts d01..dNN take turns, and a device is named after its kind and district (wm-d01-000001).
+    """
+    if not districts:
+        return [DeviceSpec(f"bench-{i:06d}", DISTRICTS[i % len(DISTRICTS)], KINDS[i % len(KINDS)], os.urandom(32))
+                for i in range(n)]
+    names, specs = district_names(districts), []
+    for i in range(n):
+        district, j = names[i % districts], i // districts
+        kind = KINDS[j % len(KINDS)]
+        specs.append(DeviceSpec(f"{KIND_PREFIX[kind]}-{district}-{j + 1:06d}", district, kind, os.urandom(32)))
+    return specs
 
 
-def enrol(api: Any, specs: list[DeviceSpec]) -> None:
-    """Bulk enrolment, a block per chunk; fills in each spec's one-time broker password."""
+def enrol(stack: Stack, specs: list[DeviceSpec]) -> None:
+    """Bulk enrolment in each device's chain, a block per chunk; fills in each spec's one-time broker password."""
     by_device = {s.device: s for s in specs}
     bar = ProgressBar("enrolling devices")
-    for start in range(0, len(specs), ENROL_CHUNK):
-        chunk = specs[start:start + ENROL_CHUNK]
-        rows = [{"device": s.device, "kind": s.kind, "district": s.district,
-                 "public_key": SigningKey(s.seed).verify_key.encode().hex()} for s in chunk]
-        for login in api.enroll_devices(rows=rows)["devices"]:
-            by_device[login["device"]].password = login["mqtt_password"]
-        bar.update(start + len(chunk), len(specs))
+    done = 0
+    for ingest in stack.ingests:
+        mine = [s for s in specs if ingest.home.district in (None, s.district)]
+        for start in range(0, len(mine), ENROL_CHUNK):
+            chunk = mine[start:start + ENROL_CHUNK]
+            rows = [{"device": s.device, "kind": s.kind, "district": s.district,
+                     "public_key": SigningKey(s.seed).verify_key.encode().hex()} for s in chunk]
+            for login in ingest.api.enroll_devices(rows=rows)["devices"]:
+                by_device[login["device"]].password = login["mqtt_password"]
+            done += len(chunk)
+            bar.update(done, len(specs))
     bar.close()
 
 
 # ---------------------------------------------------------------- the run
 
 
+def chain_readings(stack: Stack) -> tuple[int, ...]:
+    return tuple(int(s.api.status()["readings"]) for s in stack.ingests)
+
+
 def snapshot(stack: Stack) -> Snapshot:
-    """Ledger count and CPU clocks at (about) one moment: the status call's midpoint."""
+    """Ledger counts and CPU clocks at (about) one moment: the status calls' midpoint."""
     t0 = time.monotonic()
-    readings = int(stack.api.status()["readings"])
+    readings = chain_readings(stack)
     t1 = time.monotonic()
-    return Snapshot((t0 + t1) / 2, readings, tree_cpu_seconds(stack.ingest.pid),
+    return Snapshot((t0 + t1) / 2, readings, tuple(tree_cpu_seconds(s.proc.pid) for s in stack.ingests),
+                    tree_cpu_seconds(stack.anchor.proc.pid) if stack.anchor else 0.0,
                     tree_cpu_seconds(stack.broker.pid), own_cpu_seconds(), machine_busy_seconds())
 
 
@@ -430,20 +515,50 @@ def drain(stack: Stack, gen: LoadGenerator, base: int, timeout: float) -> int:
             _check_alive(stack)
             last_check = now
         if now > deadline:
-            ledgered = int(stack.api.status()["readings"]) - base
+            ledgered = sum(chain_readings(stack)) - base
             raise BenchError(f"after {timeout:.0f} s only {gen.acked_total:,} of {gen.sent_total:,} published "
                              f"readings are acknowledged ({ledgered:,} in the ledger)")
     bar.close()
-    ledgered = int(stack.api.status()["readings"]) - base
+    ledgered = sum(chain_readings(stack)) - base
     if ledgered != gen.sent_total:
         raise BenchError(f"{gen.sent_total:,} readings published and acknowledged, but the ledger gained {ledgered:,}")
     return ledgered
+
+
+def await_anchor(stack: Stack, timeout: float) -> dict[str, Any]:
+    """How many blocks the city chain's anchors trail the district heads by now (the last reading is
+    ledgered), and how long the anchor then takes to anchor every head."""
+    assert stack.anchor is not None
+    start = time.monotonic()
+    heads, anchored = anchor_state(stack)
+    behind = _behind(heads, anchored)
+    while any(_behind(heads, anchored).values()) and time.monotonic() - start < timeout:
+        time.sleep(0.1)
+        heads, anchored = anchor_state(stack)
+    caught_up = None if any(_behind(heads, anchored).values()) else round(time.monotonic() - start, 2)
+    return {"every_s": ANCHOR_EVERY_S, "blocks_behind_at_end": behind, "caught_up_s": caught_up,
+            "district_heads": heads, "anchored_heights": anchored,
+            "city_blocks": stack.anchor.api.status()["blocks"],
+            "cpu_s_total": round(tree_cpu_seconds(stack.anchor.proc.pid), 2)}
+
+
+def anchor_state(stack: Stack) -> tuple[dict[str, int], dict[str, int | None]]:
+    """(each district's head height, the height the city chain anchors for it), anchors read first."""
+    assert stack.anchor is not None
+    anchored = {r["district"]: r["anchored_height"] for r in stack.anchor.api.districts()}
+    return {str(s.home.district): s.api.status()["height"] for s in stack.ingests}, anchored
+
+
+def _behind(heads: dict[str, int], anchored: dict[str, int | None]) -> dict[str, int]:
+    return {d: h - (-1 if (a := anchored.get(d)) is None else a) for d, h in heads.items()}
 
 
 def run(opt: BenchOptions) -> dict[str, Any]:
     """The whole benchmark on a fresh home; returns the figures (see `format_summary`)."""
     if opt.devices < 1 or opt.seconds <= 0:
         raise BenchError("--devices and --seconds must be positive")
+    if opt.districts and not 2 <= opt.districts <= opt.devices:
+        raise BenchError("--districts takes 2 or more districts (0: one chain), and at least a device for each")
     home, temporary = _fresh_home(opt.home)
     load_before = os.getloadavg()
     started_at = datetime.now(timezone.utc)
@@ -473,12 +588,17 @@ def _fresh_home(given: Path | None) -> tuple[Home, bool]:
     return home, False
 
 
+def _db_bytes(home: Home) -> int:
+    wal = home.database.with_name(home.database.name + ".wal")  # none after a clean close, normally
+    return sum(p.stat().st_size for p in (home.database, wal) if p.exists())
+
+
 def _run_on(home: Home, opt: BenchOptions) -> dict[str, Any]:
-    specs = device_specs(opt.devices)
+    specs = device_specs(opt.devices, opt.districts)
     window = opt.window_per_device()
     with running_stack(home, opt) as stack:
         t0 = time.monotonic()
-        enrol(stack.api, specs)
+        enrol(stack, specs)
         t1 = time.monotonic()
         supplies = presign(specs, opt.readings_per_device(), os.cpu_count() or 1)
         t2 = time.monotonic()
@@ -488,21 +608,40 @@ def _run_on(home: Home, opt: BenchOptions) -> dict[str, Any]:
         gen = LoadGenerator("127.0.0.1", stack.port, supplies, window)
         try:
             gen.connect()
-            base = int(stack.api.status()["readings"])
+            base = sum(chain_readings(stack))
             first, last, dry = drive(stack, gen, opt)
             ledgered = drain(stack, gen, base, opt.drain_timeout)
         except LoadError as exc:
-            raise BenchError(f"{exc}\n--- ingest log ---\n{_tail(stack.ingest_log)}") from exc
+            raise BenchError(f"{exc}{_logs(stack)}") from exc
         finally:
             gen.close()
-        peak_rss = tree_peak_rss_mb(stack.ingest.pid)
-        status = stack.api.status()
-    wal = home.database.with_name(home.database.name + ".wal")  # none after a clean close, normally
-    db_bytes = sum(p.stat().st_size for p in (home.database, wal) if p.exists())
-    result = figures(opt, window, first, last, gen, verify_us, bare_us, peak_rss, db_bytes, status,
+        anchor = await_anchor(stack, opt.drain_timeout) if stack.anchor else None
+        peak_rss = sum(tree_peak_rss_mb(s.proc.pid) for s in stack.services)
+        statuses = [s.api.status() for s in stack.ingests]
+    db_bytes = [_db_bytes(s.home) for s in stack.ingests]
+    status = {k: sum(s[k] for s in statuses) for k in ("readings", "blocks", "quarantined", "duplicates")}
+    result = figures(opt, window, first, last, gen, verify_us, bare_us, peak_rss, sum(db_bytes), status,
                      ledgered=ledgered, supply_exhausted=dry)
     result.update(prepare=prepare, readings_signed=opt.devices * opt.readings_per_device())
+    if anchor is not None:
+        result["per_district"] = district_figures(stack, first, last, statuses, db_bytes)
+        result["anchor"] = {"cpu_s": round(last.anchor_cpu - first.anchor_cpu, 2), **anchor,
+                            "city_db_bytes": _db_bytes(home)}
     return result
+
+
+def district_figures(stack: Stack, first: Snapshot, last: Snapshot, statuses: list[dict[str, Any]],
+                     db_bytes: list[int]) -> dict[str, dict[str, Any]]:
+    """Each district's share: readings (in the window, and in its ledger), its chain, its ingest's CPU."""
+    seconds = last.t - first.t
+    out = {}
+    for i, service in enumerate(stack.ingests):
+        readings = last.chain_readings[i] - first.chain_readings[i]
+        out[str(service.home.district)] = {
+            "readings_per_s": round(readings / seconds, 1), "readings_in_window": readings,
+            "readings": statuses[i]["readings"], "blocks": statuses[i]["blocks"], "height": statuses[i]["height"],
+            "ingest_cpu_s": round(last.chain_cpu[i] - first.chain_cpu[i], 2), "db_bytes": db_bytes[i]}
+    return out
 
 
 def figures(opt: BenchOptions, window: int, first: Snapshot, last: Snapshot, gen: LoadGenerator,
@@ -540,6 +679,7 @@ def figures(opt: BenchOptions, window: int, first: Snapshot, last: Snapshot, gen
         "broker_cpu_us_per_reading": round((last.broker_cpu - first.broker_cpu) / readings * 1e6, 1),
         "loadgen_cpu_us_per_reading": round((last.loadgen_cpu - first.loadgen_cpu) / readings * 1e6, 1),
         "devices": opt.devices,
+        "districts": opt.districts,
         "window_per_device": window,
         "workers": opt.workers,
         "block_readings": opt.block_readings,
@@ -593,7 +733,9 @@ def _mosquitto_version() -> str:
 def format_summary(r: dict[str, Any]) -> str:
     m, c, p = r["machine"], r["cores"], r["prepare"]
     lines = [
-        f"cityledger bench: {r['devices']:,} devices, {r['window_s']:.1f} s measured "
+        f"cityledger bench: {r['devices']:,} devices"
+        + (f" in {r['districts']} district chains" if r.get("districts") else "")
+        + f", {r['window_s']:.1f} s measured "
         f"(window {r['window_per_device']} unacknowledged readings per device, "
         f"blocks of {r['block_readings']:,} or {r['block_seconds']} s, workers {r['workers'] or 'none'})",
         f"  ledgered readings per second, sustained   {r['readings_per_s']:>12,.0f}",
@@ -615,16 +757,35 @@ def format_summary(r: dict[str, Any]) -> str:
         f"  load average before / after: {r['load_before']} / {r['load_after']}",
         f"  command: {r['command']}",
     ]
+    if r.get("districts"):
+        lines[-3:-3] = district_lines(r)  # before the machine, the load and the command
     if r["supply_exhausted"]:
         lines.append("  NOTE: devices ran out of pre-signed readings before the window ended; "
                      f"the supply is sized for {SUPPLY_RATE:,}/s")
     return "\n".join(lines)
 
 
+def district_lines(r: dict[str, Any]) -> list[str]:
+    """The per-district breakdown and the anchor, for the summary."""
+    a = r["anchor"]
+    lines = [f"  {'district':<10} {'readings/s':>10} {'in window':>10} {'readings':>10} {'blocks':>7} "
+             f"{'height':>7} {'ingest CPU s':>13}"]
+    lines += [f"  {d:<10} {x['readings_per_s']:>10,.0f} {x['readings_in_window']:>10,} {x['readings']:>10,} "
+              f"{x['blocks']:>7,} {x['height']:>7,} {x['ingest_cpu_s']:>13.2f}" for d, x in r["per_district"].items()]
+    behind = sum(a["blocks_behind_at_end"].values())
+    caught = (f"every head anchored {a['caught_up_s']} s later" if a["caught_up_s"] is not None
+              else "NOT caught up with the district heads")
+    lines.append(f"  anchor every {a['every_s']} s: {a['cpu_s']} CPU s in the window (counted as ingest CPU), "
+                 f"{a['city_blocks']:,} city blocks; {behind} district blocks not yet anchored when the last "
+                 f"reading was ledgered, {caught}")
+    return lines
+
+
 def options_from_args(args: argparse.Namespace, home_given: bool) -> BenchOptions:
     return BenchOptions(seconds=args.seconds, devices=args.devices, window=args.window, workers=args.workers,
                         block_readings=args.block_readings, block_seconds=args.block_seconds,
                         home=Path(args.home) if home_given else None,
+                        districts=getattr(args, "districts", 0) or 0,
                         command="cityledger " + shlex.join(sys.argv[1:]))
 
 

@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.headers import publish_head, publish_sealed
+from broker.ingest import drain
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 from broker.workers import SESSION_EXPIRY_S
@@ -108,7 +109,7 @@ class AnchorService:
         """Judge what arrived, seal what moved, then acknowledge it all."""
         for district, key in self.writer.districts().items():  # districts added since we started
             self.follower.add_district(district, key)
-        messages, alarms, now = self._drain(), [], now_ms()
+        messages, alarms, now = drain(self.inbox), [], now_ms()
         for m in messages:
             alarm = self.follower.offer(m.district, m.payload, "headers" if m.source == "headers" else "checkpoint",
                                         m.redelivered)
@@ -126,11 +127,3 @@ class AnchorService:
             gen, mid, qos = m.token
             if gen == generation and qos > 0:
                 self.client.ack(mid, qos)
-
-    def _drain(self) -> list[_Header]:
-        out = []
-        while True:
-            try:
-                out.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return out

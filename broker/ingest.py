@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -39,6 +40,7 @@ from ledger.protocol import (
 from ledger.writer import Batch, LedgerWriter, Sealed, now_ms
 
 log = logging.getLogger("cityledger.ingest")
+T = TypeVar("T")
 
 @dataclass
 class IngestStats:
@@ -48,6 +50,16 @@ class IngestStats:
     duplicates: int = 0
     blocks: int = 0
     started: float = field(default_factory=time.monotonic)
+
+
+def drain(inbox: queue.Queue[T]) -> list[T]:
+    """Everything waiting in `inbox` now, without waiting for more."""
+    out: list[T] = []
+    while True:
+        try:
+            out.append(inbox.get_nowait())
+        except queue.Empty:
+            return out
 
 
 class IngestService:
@@ -141,7 +153,7 @@ class IngestService:
                     batch = self._collect(stop)
                     if batch:
                         self._flush(batch)
-                self._flush(self._drain())
+                self._flush(drain(self.inbox))
         finally:
             self.client.disconnect()
             self.client.loop_stop()
@@ -194,14 +206,6 @@ class IngestService:
             except queue.Empty:
                 continue
         return batch
-
-    def _drain(self) -> list[Incoming]:
-        out = []
-        while True:
-            try:
-                out.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return out
 
     def _flush(self, messages: list[Incoming]) -> None:
         if not messages:

@@ -153,7 +153,8 @@ class Follower:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
             self.inbox.put(_Refused(f"the broker refused the subscription to {self.chain.headers} and "
-                                    f"{self.chain.checkpoint}: {', '.join(refused)} (is {self.name!r} a witness login?)"))
+                                    f"{self.chain.checkpoint}: {', '.join(refused)} "
+                                    f"(is {self.name!r} a witness login?)"))
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:

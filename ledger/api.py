@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ledger import anchors, anomaly_queries, billing_queries, investigations, merkle, views
 from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, compare_with_witness
-from ledger.protocol import Reading
+from ledger.protocol import Reading, strict_json
 from ledger.receipts import build_receipt
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
@@ -89,6 +89,7 @@ class LedgerAPI:
         "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
         "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
+        "headers", "anchor_proof",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -276,6 +277,34 @@ class LedgerAPI:
                 [anchors.ADDED_ENTRY, anchors.HEAD_ENTRY]).fetchall()
         keys, found = anchors.anchors_in(entries)
         return {"districts": keys, "anchors": [[a.district, a.height, a.block, a.city_height] for a in found]}
+
+    def headers(self, first: int, last: int) -> list[dict[str, Any]]:
+        """The headers of blocks `first`..`last` (at most 10,000), oldest first."""
+        if last - first >= 10_000:
+            raise ValueError("at most 10,000 headers at a time")
+        with self.backend.reading() as store:
+            return [strict_json(h) for (h,) in store.con.execute(
+                "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [first, last]).fetchall()]
+
+    def anchor_proof(self, district: str, height: int) -> dict[str, Any]:
+        """The city chain's first anchor of `district` at or above `height`, with its inclusion path."""
+        with self.backend.reading() as store:
+            row = store.con.execute(
+                "SELECT height, idx, body FROM entries WHERE type = ? AND json_extract_string(body, '$.district') = ?"
+                " AND CAST(json_extract(body, '$.height') AS BIGINT) >= ? ORDER BY height, idx LIMIT 1",
+                [anchors.HEAD_ENTRY, district, height]).fetchone()
+            if row is None:
+                raise LookupError(f"district {district} block {height} is not anchored yet: try again in a few seconds")
+            city_height, idx, body = row
+            block = store.block(city_height)
+            hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data())  # type: ignore[union-attr]
+                      for _, obj, raw in store.leaves(city_height)]
+            if block is None:
+                raise ValueError(f"the city chain has no block {city_height} (run `cityledger verify`)")
+            return {"entry": strict_json(body), "city_block": block["header"],
+                    "city_block_sig": base64.b64encode(block["sig"]).decode(),
+                    "city_ledger_key": store.ledger_key_at(city_height), "leaf_index": idx,
+                    "proof": [h.hex() for h in merkle.inclusion_proof(hashes, idx)]}
 
     def block_hashes(self, heights: list[int]) -> list[list[Any]]:
         """[height, hash] of the blocks this chain holds at `heights`."""

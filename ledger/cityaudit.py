@@ -1,4 +1,6 @@
-"""`cityledger verify --districts`: the city chain, then every district chain, then the anchors.
+"""Auditing a city of district chains across its homes: `verify --districts`, and anchored receipts.
+
+`verify --districts` checks the city chain, then every district chain, then the anchors.
 
 The auditor trusts one key, the city's first. The city chain, checked from it,
 names each district's first ledger key (`district_added`) and every head it
@@ -15,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ledger.anchored import build_anchored
 from ledger.anchors import Anchor, first_broken
 from ledger.home import Home
 from ledger.rpc import open_ledger
@@ -67,3 +70,14 @@ def _done(out: dict[str, Any], started: float) -> dict[str, Any]:
     out["readings"] = sum(c.get("readings", 0) for c in chains)
     out["seconds"] = time.monotonic() - started
     return out
+
+
+def anchored_receipt(home: Home, device: str, seq: int) -> dict[str, Any]:
+    """A district reading's receipt with the city anchor that covers its block (ledger/anchored.py)."""
+    if home.district is None:
+        raise ValueError("an anchored receipt is made from a district's home (--home HOME/districts/DISTRICT)")
+    district = open_ledger(home)
+    receipt = district.receipt(device=device, seq=seq)
+    proof = open_ledger(Home(home.city)).anchor_proof(district=home.district, height=receipt["block"]["height"])
+    headers = district.headers(first=receipt["block"]["height"] + 1, last=proof["entry"]["height"])
+    return build_anchored(receipt, headers, proof)

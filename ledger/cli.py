@@ -309,7 +309,12 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
 def cmd_receipt(args: argparse.Namespace) -> int:
     from ledger.receipts import encode_receipt
 
-    data = encode_receipt(_ledger(args).receipt(device=args.device, seq=args.seq))
+    if args.anchored:
+        from ledger.cityaudit import anchored_receipt
+
+        data = encode_receipt(anchored_receipt(_home(args), args.device, args.seq))
+    else:
+        data = encode_receipt(_ledger(args).receipt(device=args.device, seq=args.seq))
     if args.out:
         Path(args.out).write_bytes(data)
     else:
@@ -322,18 +327,24 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     from ledger.keychain import KeyChainError, key_for_height
     from ledger.receipts import receipt_ok, verify_receipt
 
+    from ledger.anchored import anchored_ok, is_anchored, verify_anchored
+
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     trusted = args.ledger_key.lower()
+    try:
+        anchored = is_anchored(json.loads(data))
+    except ValueError:
+        anchored = False
     if args.key_chain:
         try:
             receipt = json.loads(data)
-            trusted = key_for_height(trusted, json.loads(Path(args.key_chain).read_bytes()),
-                                     receipt["block"]["height"])
+            height = receipt["anchor"]["city_block"]["height"] if anchored else receipt["block"]["height"]
+            trusted = key_for_height(trusted, json.loads(Path(args.key_chain).read_bytes()), height)
         except (KeyChainError, ValueError, KeyError, TypeError) as exc:
             print(f"key chain refused: {exc}", file=sys.stderr)
             return 1
-    checks = verify_receipt(data, trusted)
-    ok = receipt_ok(checks)
+    checks = verify_anchored(data, trusted) if anchored else verify_receipt(data, trusted)
+    ok = anchored_ok(checks) if anchored else receipt_ok(checks)
     if args.json:
         _print({"ok": ok, "checks": [vars(c) for c in checks]})
     else:
@@ -716,7 +727,8 @@ def cmd_verify_districts(args: argparse.Namespace) -> int:
         return 0 if report["ok"] else 1
     for name, chain in [("city", report["city"]), *sorted(report["districts"].items())]:
         state = "intact" if chain["ok"] else "FAILED"
-        anchored = f", anchored up to height {chain['anchored_height']}" if chain.get("anchored_height") is not None else ""
+        height = chain.get("anchored_height")
+        anchored = f", anchored up to height {height}" if height is not None else ""
         print(f"{name:<12} {state}: {chain['blocks']} blocks, {chain['readings']} readings{anchored}")
     print(f"anchors: {report['anchors']} district heads in the city chain, "
           + ("all held by their district chains" if report["anchor_failure"] is None else "NOT all held"))
@@ -798,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--devices", 1000, "simulated devices, one broker connection each")
     _opt(p, "--window", 0, "unacknowledged readings per device (0: about two blocks in flight in all)")
     p.add_argument("--workers", type=int, help="run ingest with --workers W (default: ingest's own default)")
+    p.add_argument("--districts", type=int, default=0, help="a city of N district chains (N >= 2): one ingest per "
+                   "district (--workers each) and the city's anchor (default 0: one chain)")
     _opt(p, "--block-readings", 5000, "ingest seals a block at this many messages")
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
     p.add_argument("--json", action="store_true", help="print one JSON object on standard output")
@@ -967,9 +981,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device")
     p.add_argument("seq", type=int)
     p.add_argument("--out", help="write to this file instead of standard output")
-    p = add("verify-receipt", cmd_verify_receipt, "check a receipt offline: device signature, inclusion, block signature")
+    p.add_argument("--anchored", action="store_true", help="from a district's home: with the city anchor covering it, "
+                   "so that it verifies against the city's key")
+    p = add("verify-receipt", cmd_verify_receipt, "check a receipt offline: device signature, inclusion, block "
+            "signature (and, for an anchored receipt, the link to the city's anchor)")
     p.add_argument("file", help="receipt JSON file, or - for standard input")
-    p.add_argument("--ledger-key", required=True, help="hex ledger public key you trust")
+    p.add_argument("--ledger-key", required=True, help="hex ledger public key you trust (the city's, for an anchored "
+                   "receipt)")
     p.add_argument("--key-chain", help="file from `cityledger key-chain`, when the ledger key has rotated since")
     p.add_argument("--json", action="store_true")
     p = add("key-chain", cmd_key_chain, "the signed headers that rotate the ledger key, oldest first")

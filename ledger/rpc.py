@@ -71,8 +71,14 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     api: LedgerAPI
 
 
+MAX_SOCKET_PATH = 107  # sun_path on Linux holds 108 bytes, the last one a NUL
+
+
 def serve(api: LedgerAPI, path: Path) -> tuple[_Server, threading.Thread]:
     """Start serving `api` on `path` in a background thread."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:  # a district's home sits two folders deeper than its city's
+        raise ValueError(f"the API socket {path} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path "
+                         "may have: use a shorter --home")
     path.unlink(missing_ok=True)
     old = os.umask(0o177)
     try:

@@ -255,12 +255,11 @@ class LedgerWriter:
         """A district's ledger keeps its own devices only; a city of district chains keeps none."""
         own = self.home.district
         if own is not None and districts != {own}:
-            raise EnrolmentError(f"this ledger keeps district {own}'s devices only, not {', '.join(sorted(districts - {own}))}")
+            raise EnrolmentError(f"this ledger keeps district {own}'s devices only, "
+                                 f"not {', '.join(sorted(districts - {own}))}'s")
         if own is None and self.districts():
-            d = sorted(districts)[0]
-            raise EnrolmentError(f"this city keeps its readings in district chains: enrol in the district's home "
-                                 f"({self.home.district_home(d).root})" + ("" if d in self.districts() else
-                                 f", after `cityledger districts add {d}`"))
+            raise EnrolmentError("this city keeps its readings in district chains: enrol each device in its "
+                                 "district's home (--home HOME/districts/DISTRICT, made by `cityledger districts add`)")
 
     def districts(self) -> dict[str, str]:
         """The city's district chains and the first key of each."""
@@ -433,7 +432,8 @@ class LedgerWriter:
             return self.commit(Batch(witness_reports=list(alarms)), [h.entry(at) for h in heads], also=insert)
 
     def anchored_heads(self) -> list[anchors.Head]:
-        rows = self.store.con.execute("SELECT district, hash, header, sig FROM district_heads").fetchall()
+        with self.lock:
+            rows = self.store.con.execute("SELECT district, hash, header, sig FROM district_heads").fetchall()
         return [anchors.Head(d, SignedHeader(h, strict_json(header), sig)) for d, h, header, sig in rows]
 
     # ------------------------------------------------------------ billing records

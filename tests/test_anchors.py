@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -119,3 +120,68 @@ def test_first_broken_names_a_truncated_or_rewritten_district_chain() -> None:
     # In city order: the earlier anchor's problem is the one named.
     both = first_broken(anchors, {"d01": {3: "xx"}, "d02": {}})
     assert both is not None and both.startswith("district d01 block 3")
+
+
+# ---------------------------------------------------------------- anchored receipts
+
+
+def _anchored_city(headers_after: int = 1) -> tuple[dict[str, Any], str, str]:
+    """(an anchored receipt, the city's key, the district's key) over a small made-up city."""
+    from ledger.anchored import build_anchored
+    from ledger.protocol import sign_reading
+    from ledger.receipts import build_receipt
+
+    device, district, city = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
+    reading = sign_reading(device, device="wm-d01-000001", kind="water", seq=1, ts=1_764_000_000_000, value=5)
+    leaves = [merkle.leaf_hash(reading.leaf_data()), merkle.leaf_hash(b"another reading")]
+    header = make_header(height=1, prev="ab" * 32, leaf_hashes=leaves, sealed_at=1, v=1, chain="d01")
+    receipt = build_receipt(reading, public_hex(device), header, sign_header(district, header), public_hex(district),
+                            leaves, 0)
+    chain = Chain("d01", district)
+    chain.prev, chain.height = block_hash(header), 1
+    later = [parse_signed_header(chain.next()).header for _ in range(headers_after)]  # type: ignore[union-attr]
+    entry = {"entry": "district_head", "district": "d01", "height": 1 + headers_after, "block": chain.prev, "at": 7}
+    city_leaves = [merkle.leaf_hash(b"an earlier entry"), merkle.leaf_hash(canonical_json(entry)),
+                   merkle.leaf_hash(b"a later entry")]
+    city_header = make_header(height=4, prev="cd" * 32, leaf_hashes=city_leaves, sealed_at=9, v=1)
+    proof = {"entry": entry, "city_block": city_header,
+             "city_block_sig": base64.b64encode(sign_header(city, city_header)).decode(),
+             "city_ledger_key": public_hex(city), "leaf_index": 1,
+             "proof": [h.hex() for h in merkle.inclusion_proof(city_leaves, 1)]}
+    return build_anchored(receipt, later, proof), public_hex(city), public_hex(district)
+
+
+def test_an_anchored_receipt_verifies_against_the_city_key_alone() -> None:
+    from ledger.anchored import anchored_ok, verify_anchored
+
+    for after in (0, 1, 3):
+        anchored, city_key, district_key = _anchored_city(after)
+        checks = verify_anchored(canonical_json(anchored), city_key)
+        assert anchored_ok(checks), checks
+        assert [c.name for c in checks] == ["format", "device_signature", "inclusion", "block_signature", "link",
+                                            "anchor_inclusion", "city_signature"]
+        refused = verify_anchored(canonical_json(anchored), district_key)
+        assert not anchored_ok(refused) and refused[-1].name == "city_signature"
+
+
+def test_an_anchored_receipt_with_any_part_changed_is_refused_at_that_step() -> None:
+    from ledger.anchored import anchored_ok, verify_anchored
+
+    def refused_at(change: Any) -> str:
+        anchored, city_key, _ = _anchored_city(2)
+        change(anchored)
+        checks = verify_anchored(json.dumps(anchored), city_key)
+        assert not anchored_ok(checks)
+        return checks[-1].name
+
+    assert refused_at(lambda a: a["receipt"]["reading"].update(value=6)) == "device_signature"
+    assert refused_at(lambda a: a["anchor"]["headers"][0].update(sealed_at=2)) == "link"
+    assert refused_at(lambda a: a["anchor"]["headers"].pop()) == "link"
+    assert refused_at(lambda a: a["anchor"]["entry"].update(district="d02")) == "link"
+    assert refused_at(lambda a: a["receipt"]["block"].update(chain="d02")) == "block_signature"
+    assert refused_at(lambda a: a["anchor"].update(leaf_index=0)) == "anchor_inclusion"
+    assert refused_at(lambda a: a["anchor"]["proof"].reverse()) == "anchor_inclusion"
+    assert refused_at(lambda a: a["anchor"]["city_block"].update(sealed_at=10)) == "city_signature"
+    assert refused_at(lambda a: a["anchor"].update(city_block_sig="AAAA")) == "city_signature"
+    assert refused_at(lambda a: a["anchor"].update(extra=1)) == "format"
+    assert refused_at(lambda a: a.update(extra=1)) == "format"

@@ -9,21 +9,25 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
 
 from broker import mqtt_wire as wire
-from bench.city import (BenchError, BenchOptions, _fresh_home, encode_reading, parse_machine_busy,
+from bench.city import (BenchError, BenchOptions, _fresh_home, device_specs, encode_reading, parse_machine_busy,
                         parse_proc_stat, sign_supply)
 from bench.loadgen import weighted_percentile
 from broker.access import hash_password
 from ledger.api import LedgerAPI, local_api
+from ledger.cli import build_parser
 from ledger.home import Home
 from ledger.protocol import Reading, parse_reading, sign_reading, verify_reading
 from ledger.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
@@ -177,6 +181,17 @@ def test_window_and_supply_sizing() -> None:
     assert BenchOptions(devices=100_000).window_per_device() == 2
     assert BenchOptions(window=3).window_per_device() == 3
     assert BenchOptions(seconds=3).warmup() == 1.0
+    assert BenchOptions(devices=1000, districts=4).window_per_device() == 40  # two blocks in flight on each chain
+
+
+def test_district_devices_are_spread_evenly_and_named_after_their_district() -> None:
+    specs = device_specs(7, districts=3)
+    assert [(s.device, s.district, s.kind) for s in specs] == [
+        ("wm-d01-000001", "d01", "water"), ("wm-d02-000001", "d02", "water"), ("wm-d03-000001", "d03", "water"),
+        ("em-d01-000002", "d01", "electricity"), ("em-d02-000002", "d02", "electricity"),
+        ("em-d03-000002", "d03", "electricity"), ("gm-d01-000003", "d01", "gas")]
+    assert len({s.seed for s in specs}) == 7
+    assert [s.device for s in device_specs(2)] == ["bench-000000", "bench-000001"]
 
 
 def test_a_given_home_that_holds_a_ledger_is_refused(tmp_path: Path) -> None:
@@ -263,13 +278,29 @@ def test_enroll_devices_is_reachable_through_the_api(writer: LedgerWriter) -> No
 # ---------------------------------------------------------------- a real run
 
 
-def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
+# `cityledger bench ... --districts N`, for a ledger/cli.py whose bench has no --districts flag yet.
+_BENCH_IN_DISTRICTS = ("import sys; from ledger import cli; n = int(sys.argv.pop(1)); "
+                       "args = cli.build_parser().parse_args(sys.argv[1:]); args.districts = n; "
+                       "sys.exit(args.handler(args))")
+
+
+def _bench(tmpdir: Path, *args: str, districts: int = 0) -> dict[str, Any]:
+    """`cityledger bench ARGS --json` on a temporary home in tmpdir; its JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYLEDGER_")}
-    env["TMPDIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "ledger.cli", "bench", "--seconds", "3", "--devices", "20", "--json"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    env["TMPDIR"] = str(tmpdir)
+    argv = [sys.executable, "-m", "ledger.cli", "bench", *args, "--json"]
+    if districts:
+        if not build_parser().parse_known_args(["bench", "--districts", str(districts)])[1]:
+            argv += ["--districts", str(districts)]
+        else:
+            argv[1:3] = ["-c", _BENCH_IN_DISTRICTS, str(districts)]
+    proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--seconds", "3", "--devices", "20")
     for name in ("readings_per_s", "ingest_cpu_us_per_reading", "verify_us_per_signature", "ratio", "ack_p50_ms",
                  "ack_p99_ms", "bytes_per_reading", "peak_rss_mb"):
         assert isinstance(result[name], (int, float)) and result[name] > 0, name
@@ -281,3 +312,33 @@ def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
     assert result["devices"] == 20 and result["machine"]["cpus"] >= 1
     assert "bench --seconds 3 --devices 20 --json" in result["command"]
     assert not list(tmp_path.glob("cityledger-bench-*")), "the temporary home is removed after a good run"
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary directory with a short path: a district's API socket sits three levels below the home,
+    and an AF_UNIX path holds at most 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cb-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_short_bench_run_on_district_chains_reports_each_district_and_the_anchor(short_tmp: Path) -> None:
+    result = _bench(short_tmp, "--seconds", "2", "--devices", "20", "--workers", "1", districts=2)
+    assert result["districts"] == 2 and result["devices"] == 20 and result["workers"] == 1
+    per = result["per_district"]
+    assert set(per) == {"d01", "d02"}
+    for d in per.values():
+        assert d["readings_in_window"] > 0 and d["readings"] > 0 and d["ingest_cpu_s"] > 0 and d["db_bytes"] > 0
+        assert d["blocks"] == d["height"] + 1
+    assert sum(d["readings_in_window"] for d in per.values()) == result["readings_in_window"]
+    assert sum(d["readings"] for d in per.values()) == result["readings_total"]
+    assert sum(d["blocks"] for d in per.values()) == result["blocks"]
+    assert sum(d["db_bytes"] for d in per.values()) == result["db_bytes"]
+    assert result["quarantined"] == 0 and result["duplicates"] == 0
+    anchor = result["anchor"]
+    assert anchor["caught_up_s"] is not None, anchor
+    assert anchor["anchored_heights"] == anchor["district_heads"] == {d: per[d]["height"] for d in per}
+    assert anchor["cpu_s"] >= 0 and anchor["cpu_s_total"] > 0 and anchor["city_blocks"] > 2
+    assert set(anchor["blocks_behind_at_end"]) == {"d01", "d02"}
+    assert not list(short_tmp.glob("cityledger-bench-*")), "the temporary home is removed after a good run"

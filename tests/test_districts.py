@@ -64,9 +64,10 @@ def _publish(stack: Stack, dev: SimDevice, n: int) -> None:
     sent = [client.publish(dev.topic, dev.reading(value=i, ts=NOW()).payload(), qos=1) for i in range(n)]
     for info in sent:
         info.wait_for_publish(10)
-    acked = lambda: max((parse_ack(m.payload) or (0, ""))[0] for m in client_log(client).received(dev.ack_topic))  # noqa: E731
-    wait_for(lambda: client_log(client).received(dev.ack_topic) and acked() >= dev.seq, 60,
-             f"{dev.device}'s ack for seq {dev.seq}")
+    def acked() -> int:
+        return max([(parse_ack(m.payload) or (0, ""))[0] for m in client_log(client).received(dev.ack_topic)] or [0])
+
+    wait_for(lambda: acked() >= dev.seq, 60, f"{dev.device}'s ack for seq {dev.seq}")
     close_client(client)
 
 
@@ -97,6 +98,15 @@ def test_two_ingest_workers_on_two_districts_seal_two_chains_that_the_city_ancho
     wait_for(lambda: city.anchored() == heads, 30, f"the city anchoring both district heads {heads}")
     city_status = city.city.status()
     assert city_status["readings"] == 0 and city_status["height"] >= 3
+
+    # A district's reading proven to someone who trusts only the city's first key.
+    city_key = city.city.home.trusted_key.read_text().strip()
+    d01 = city.districts["d01"]
+    anchored = d01.home.root / "anchored.json"
+    d01.cli("receipt", devices["d01"][1].device, "2", "--anchored", "--out", str(anchored), check=True)
+    out = d01.cli("verify-receipt", str(anchored), "--ledger-key", city_key)
+    assert out.returncode == 0 and "city_signature" in out.stdout, out.stdout
+    assert d01.cli("verify-receipt", str(anchored), "--ledger-key", keys["d01"]).returncode == 1
 
     report = json.loads(city.city.cli("verify", "--districts", "--json").stdout)
     assert report["ok"], report["failure"]
