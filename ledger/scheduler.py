@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from ledger.cityaudit import verify_city
 from ledger.home import Home
 from ledger.rpc import open_ledger
 
@@ -24,8 +25,12 @@ log = logging.getLogger("cityledger.scheduler")
 
 
 def audit_job(home: Home) -> dict:
-    """Run a structural audit and keep its result where the dashboard reads it."""
-    report = open_ledger(home).verify()
+    """Run a structural audit and keep its result where the dashboard reads it.
+
+    On a city of district chains: the city chain, every district chain and every anchor.
+    """
+    ledger = open_ledger(home)
+    report = verify_city(home) if home.district is None and ledger.districts() else ledger.verify()
     report["finished_at"] = int(time.time() * 1000)
     tmp = home.last_audit.with_suffix(".tmp")
     tmp.write_text(json.dumps(report))

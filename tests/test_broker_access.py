@@ -427,6 +427,10 @@ def test_each_home_writes_its_share_and_the_broker_files_join_them(tmp_path: Pat
     assert "user ingest\n" in acl and "user wm-d02-000001\n" in acl
     # The district's device reads its own chain's checkpoint, not the city's.
     assert "topic read city/ledger/districts/d02/checkpoint" in acl and f"topic read {CHECKPOINT_TOPIC}" not in acl
+    # The district's services are held to their district; the city's are not.
+    assert "user d02.ingest\ntopic read city/d02/#\ntopic write city/d02/+/+/ack\n" \
+           "topic write city/ledger/districts/d02/#\n" in acl
+    assert "user ingest\ntopic read city/#\n" in acl
     # Rewriting one share keeps the other.
     write_access_files(city, [], [])
     assert city.passwd.read_text() == f"wm-d02-000001:{HASH}\nd02.ingest:{HASH}\n"

@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 from broker.ingest import IngestService
 from ledger.home import Home
 from ledger.protocol import ChainTopics, parse_ack
+from ledger.scheduler import audit_job
 from ledger.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
@@ -232,3 +233,29 @@ def test_the_city_dashboard_shows_how_far_each_district_is_anchored(city: City, 
     assert "District chains" in page
     for d, height in heads.items():
         assert f"{d},{height}," in page  # the table's row: district, anchored height, ...
+
+
+def test_the_anchor_follows_key_rotations_and_resumes_after_a_restart(city: City) -> None:
+    d01 = city.districts["d01"]
+    dev = d01.enroll("wm-d01-0001", district="d01")
+
+    def anchored_at_head() -> None:
+        head = d01.status()["height"]
+        wait_for(lambda: city.anchored()["d01"] == head, 30, f"the city anchoring d01 at {head}")
+
+    _publish(d01, dev, 5)
+    d01.cli("rotate-ledger-key", check=True)  # while the anchor runs: it must learn the new key
+    _publish(d01, dev, 5)
+    anchored_at_head()
+
+    city.city.stop_ingest()  # the anchor is down: d01's headers wait in its session
+    d01.cli("rotate-ledger-key", check=True)
+    _publish(d01, dev, 5)
+    city.city.start_ingest(("anchor", "--every", "0.3"))
+    anchored_at_head()
+
+    assert city.city.cli_json("witnesses", "reports", "--json") == []  # no alarm on the way
+    report = audit_job(city.city.home)  # the scheduler's audit of a city covers its districts
+    assert report["ok"], report["failure"]
+    assert report["districts"]["d01"]["readings"] == 15
+    assert json.loads(city.city.home.last_audit.read_text())["anchors"] == report["anchors"] > 0
