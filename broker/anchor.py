@@ -15,16 +15,14 @@ import threading
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker.headers import publish_head, publish_sealed
 from broker.ingest import drain
+from broker.sessions import service_client
+from broker.sessions import start as start_session
 from broker.tls import TLSSettings
-from broker.tls import configure as configure_tls
-from broker.workers import SESSION_EXPIRY_S
 from ledger import rpc
 from ledger.anchors import Follower
 from ledger.api import local_api
@@ -60,11 +58,7 @@ class AnchorService:
         self.anchored = 0
         self.inbox: queue.Queue[_Header] = queue.Queue()
         self._generation = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5,
-                                  manual_ack=True)
-        self.client.username_pw_set(username, password)
-        configure_tls(self.client, tls)
-        self.client.reconnect_delay_set(0.2, 5)
+        self.client = service_client(username, username, password, tls)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         writer.on_sealed.append(lambda sealed: publish_sealed(self.client, ChainTopics(), sealed))
@@ -92,10 +86,7 @@ class AnchorService:
     def run(self, stop: threading.Event) -> None:
         """Serve the city's local API and anchor every `every` seconds until `stop` is set."""
         server, _ = rpc.serve(local_api(self.home, self.writer), self.home.rpc_socket)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-        self.client.loop_start()
+        start_session(self.client, self.host, self.port)
         try:
             while not stop.is_set():
                 stop.wait(self.every)

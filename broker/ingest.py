@@ -17,18 +17,16 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker import workers
 from broker.acks import AckPublisher
 from broker.headers import publish_head, publish_sealed
-from broker.workers import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
+from broker.sessions import RECEIVE_MAXIMUM, service_client
+from broker.sessions import start as start_session
 from broker.tls import TLSSettings
-from broker.tls import configure as configure_tls
 from ledger import rpc
 from ledger.api import local_api
 from ledger.home import Home
@@ -92,14 +90,10 @@ class IngestService:
         self.acked: dict[str, int] = {}
         self.connected = threading.Event()
         self._generation = 0
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
-                                  manual_ack=True)
-        self.client.username_pw_set(username, password)
-        configure_tls(self.client, tls)
+        self.client = service_client(client_id, username, password, tls)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.2, 5)
         self.acks = AckPublisher(host, port, secret_file=home.service_secret("ingest-acks"), tls=tls)
         writer.on_sealed.append(self._publish_sealed)
 
@@ -139,12 +133,8 @@ class IngestService:
                                 [self.home.service_secret(workers.worker_login(i)) for i in idle])
         workers.tune_gc()
         server, _ = rpc.serve(local_api(self.home, self.writer), self.home.rpc_socket)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0 if self.workers else SESSION_EXPIRY_S
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=bool(self.workers),
-                                  properties=props)
-        self.client.loop_start()
+        # With workers this client only publishes, so it keeps no session to resume.
+        start_session(self.client, self.host, self.port, persistent=not self.workers, receive_maximum=RECEIVE_MAXIMUM)
         try:
             if self.workers:
                 self._run_workers(stop)

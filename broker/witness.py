@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from broker.sessions import service_client
+from broker.sessions import start as start_session
 from broker.tls import TLSSettings
-from broker.tls import configure as configure_tls
 from ledger.protocol import ChainTopics, canonical_json, valid_device_id, witness_topic
 from ledger.witness import (
     Accepted,
@@ -41,7 +40,6 @@ from ledger.witness import (
 
 log = logging.getLogger("cityledger.witness")
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
 EXIT_STOPPED, EXIT_CONFIG, EXIT_ALARM = 0, 2, 3
 ALARM_PUBACK_TIMEOUT_S = 10.0
 # CONNACK refusals that retrying cannot cure: identity, password, authorisation, ban, auth method.
@@ -109,11 +107,7 @@ class Follower:
         self._generation = 0
         self._pubacks: dict[int, ReasonCode] | None = None  # collected only while waiting for one
         self._puback_cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5,
-                                  manual_ack=True)
-        self.client.username_pw_set(name, password)
-        configure_tls(self.client, tls)
-        self.client.reconnect_delay_set(0.2, 5)
+        self.client = service_client(name, name, password, tls)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -176,10 +170,7 @@ class Follower:
     # ------------------------------------------------------------ the loop (calling thread)
 
     def run(self, stop: threading.Event) -> int:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
-        self.client.loop_start()
+        start_session(self.client, self.host, self.port)
         try:
             while not stop.is_set():
                 try:

@@ -26,6 +26,7 @@ from typing import Any
 
 
 from broker.intake import Incoming, Screened, Screener, Screening
+from broker.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.subscriber import MQTTError, Subscriber
 from broker.tls import TLSSettings
 from ledger.protocol import ChainTopics, Reading
@@ -34,10 +35,6 @@ from ledger.writer import WORKER_PREFIX, now_ms
 
 log = logging.getLogger("cityledger.ingest")
 
-SESSION_EXPIRY_S = 7 * 24 * 3600
-# MQTT 5 cap on unacknowledged deliveries to one client, so also on what waits in its inbox:
-# at most RECEIVE_MAXIMUM messages of at most max_packet_size (mosquitto.conf) each.
-RECEIVE_MAXIMUM = 20000
 Token = tuple[int, int, int]  # (connection generation, MQTT packet id, QoS): what acknowledges a message
 
 

@@ -31,7 +31,7 @@ from bench.flood import (
     peak_rss_mb,
     start_hostile,
 )
-from broker.ingest import RECEIVE_MAXIMUM
+from broker.sessions import RECEIVE_MAXIMUM
 from edge.fleet import OUTBOX_FILE
 from edge.outbox import Outbox
 from ledger.protocol import Reason
