@@ -9,10 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +25,6 @@ from bench.city import (BenchError, BenchOptions, _fresh_home, device_specs, enc
 from bench.loadgen import weighted_percentile
 from broker.access import hash_password
 from ledger.api import LedgerAPI, local_api
-from ledger.cli import build_parser
 from ledger.home import Home
 from ledger.protocol import Reading, parse_reading, sign_reading, verify_reading
 from ledger.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
@@ -278,22 +275,11 @@ def test_enroll_devices_is_reachable_through_the_api(writer: LedgerWriter) -> No
 # ---------------------------------------------------------------- a real run
 
 
-# `cityledger bench ... --districts N`, for a ledger/cli.py whose bench has no --districts flag yet.
-_BENCH_IN_DISTRICTS = ("import sys; from ledger import cli; n = int(sys.argv.pop(1)); "
-                       "args = cli.build_parser().parse_args(sys.argv[1:]); args.districts = n; "
-                       "sys.exit(args.handler(args))")
-
-
-def _bench(tmpdir: Path, *args: str, districts: int = 0) -> dict[str, Any]:
+def _bench(tmpdir: Path, *args: str) -> dict[str, Any]:
     """`cityledger bench ARGS --json` on a temporary home in tmpdir; its JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYLEDGER_")}
     env["TMPDIR"] = str(tmpdir)
     argv = [sys.executable, "-m", "ledger.cli", "bench", *args, "--json"]
-    if districts:
-        if not build_parser().parse_known_args(["bench", "--districts", str(districts)])[1]:
-            argv += ["--districts", str(districts)]
-        else:
-            argv[1:3] = ["-c", _BENCH_IN_DISTRICTS, str(districts)]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
@@ -314,17 +300,8 @@ def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("cityledger-bench-*")), "the temporary home is removed after a good run"
 
 
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A temporary directory with a short path: a district's API socket sits three levels below the home,
-    and an AF_UNIX path holds at most 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="cb-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_a_short_bench_run_on_district_chains_reports_each_district_and_the_anchor(short_tmp: Path) -> None:
-    result = _bench(short_tmp, "--seconds", "2", "--devices", "20", "--workers", "1", districts=2)
+def test_a_short_bench_run_on_district_chains_reports_each_district_and_the_anchor(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--seconds", "2", "--devices", "20", "--workers", "1", "--districts", "2")
     assert result["districts"] == 2 and result["devices"] == 20 and result["workers"] == 1
     per = result["per_district"]
     assert set(per) == {"d01", "d02"}
@@ -341,4 +318,4 @@ def test_a_short_bench_run_on_district_chains_reports_each_district_and_the_anch
     assert anchor["anchored_heights"] == anchor["district_heads"] == {d: per[d]["height"] for d in per}
     assert anchor["cpu_s"] >= 0 and anchor["cpu_s_total"] > 0 and anchor["city_blocks"] > 2
     assert set(anchor["blocks_behind_at_end"]) == {"d01", "d02"}
-    assert not list(short_tmp.glob("cityledger-bench-*")), "the temporary home is removed after a good run"
+    assert not list(tmp_path.glob("cityledger-bench-*")), "the temporary home is removed after a good run"
