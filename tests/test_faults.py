@@ -41,8 +41,8 @@ class Params:
     ingest_down_s: float  # 6. ingest down this long while the fleet keeps publishing
 
 
-FAST = Params(ingest_kills=3, broker_down_s=5, broker_kills=1, cut_s=10, fleet_kills=3, seal_kills=3,
-              seal_backlog_s=3, ingest_down_s=20)
+FAST = Params(ingest_kills=3, broker_down_s=5, broker_kills=1, cut_s=6, fleet_kills=3, seal_kills=3,
+              seal_backlog_s=3, ingest_down_s=12)
 SOAK = Params(ingest_kills=10, broker_down_s=10, broker_kills=3, cut_s=60, fleet_kills=10, seal_kills=10,
               seal_backlog_s=8, ingest_down_s=300)
 
