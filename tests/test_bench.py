@@ -294,6 +294,7 @@ def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
     assert result["readings_total"] >= result["readings_in_window"]
     assert result["acked_readings_timed"] > 0
     assert result["ack_p50_ms"] <= result["ack_p99_ms"] <= result["ack_max_ms"]
+    assert 0 < result["used_bytes_per_reading"] <= result["bytes_per_reading"]
     assert result["quarantined"] == 0 and result["duplicates"] == 0
     assert result["devices"] == 20 and result["machine"]["cpus"] >= 1
     assert "bench --seconds 3 --devices 20 --json" in result["command"]
