@@ -384,6 +384,10 @@ class FaultLab:
 
     def stop_fleet(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
         """Stop the fleet with `sig` and wait; a SIGTERM must end in exit code 0."""
+        if sig == signal.SIGTERM and self.fleet is not None and self.fleet.poll() is None:
+            # A fleet started a moment ago may still be importing, before its SIGTERM handler:
+            # the default action would kill it (-15), which is the harness's haste, not a bug.
+            self.wait_fleet_connected()
         proc, self.fleet = self.fleet, None
         if proc is None:
             return None
