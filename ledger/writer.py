@@ -36,6 +36,11 @@ WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ...
 _DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0wM4QqedfpZg+gF6BCQI4LJwndHoqPTrM"
 
 
+# Argon2id takes 64 MiB and a core's worth of time per check, inside the process that seals.
+# Two at a time bound both, whatever the number of callers; the rest wait their turn.
+PASSWORD_CHECKS = threading.BoundedSemaphore(2)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -79,7 +84,10 @@ class LedgerWriter:
 
     def __init__(self, home: Home, store: Store, key: SigningKey) -> None:
         self.home = home
-        self.store = store
+        self._root = store
+        self._owner = threading.get_ident()
+        self._cursors: dict[int, tuple[threading.Thread, Store]] = {}
+        self._cursors_lock = threading.Lock()
         self.key = key
         self.lock = threading.RLock()
         head = store.head()
@@ -89,6 +97,32 @@ class LedgerWriter:
         self.ledgers_readings = False  # set by a running ingest: it would take a new district's readings too
         self.on_sealed: list[Callable[[Sealed], None]] = []
         self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
+
+    @property
+    def store(self) -> Store:
+        """This thread's own cursor on the ledger (the opening thread's is the connection itself).
+
+        DuckDB 2 refuses a second call on a connection that is busy, and a transaction
+        belongs to the connection: a shared one lets an API thread's query fail while
+        ingest seals, or land inside ingest's transaction. Each thread gets its own
+        cursor; writes are still ordered by `self.lock`. Cursors of threads that have
+        ended are closed when the next thread asks, so the set stays as small as the
+        API's worker pool.
+        """
+        ident = threading.get_ident()
+        if ident == self._owner:
+            return self._root
+        mine = self._cursors.get(ident)
+        if mine is not None and mine[0] is threading.current_thread():
+            return mine[1]
+        with self._cursors_lock:
+            for other, (thread, store) in list(self._cursors.items()):
+                if not thread.is_alive() or other == ident:
+                    store.close()
+                    del self._cursors[other]
+            store = self._root.cursor()
+            self._cursors[ident] = (threading.current_thread(), store)
+        return store
 
     @property
     def registry(self) -> dict[str, DeviceRecord]:
@@ -111,7 +145,11 @@ class LedgerWriter:
         return cls(home, store, load_signing_key(home.ledger_key))
 
     def close(self) -> None:
-        self.store.close()
+        with self._cursors_lock:
+            for _, store in self._cursors.values():
+                store.close()
+            self._cursors.clear()
+        self._root.close()
 
     # ------------------------------------------------------------ sealing
 
@@ -451,11 +489,12 @@ class LedgerWriter:
             raise EnrolmentError(f"invalid account id {account!r} (letters, digits, . _ -)")
         if customer_class not in ("residential", "non-residential"):
             raise EnrolmentError("class must be residential or non-residential")
-        if self.store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
-            raise AlreadyEnrolled(f"account {account} exists")
-        at = now_ms()
-        sealed = self._record({"entry": "account_opened", "account": account, "class": customer_class, "at": at},
-                              "INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
+        with self.lock:  # the check and the insert as one step: two callers cannot both pass the check
+            if self.store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
+                raise AlreadyEnrolled(f"account {account} exists")
+            at = now_ms()
+            sealed = self._record({"entry": "account_opened", "account": account, "class": customer_class, "at": at},
+                                  "INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
         return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
 
     def assign_account(self, device: str, account: str | None) -> dict[str, Any]:
@@ -496,37 +535,41 @@ class LedgerWriter:
             raise EnrolmentError(f"{space} is not an enrolled parking sensor")
 
     def set_zone(self, space: str, zone_class: int, from_ts: int) -> dict[str, Any]:
-        self._parking_space(space)
-        if zone_class not in (1, 2, 3):
-            raise EnrolmentError("zone class must be 1, 2 or 3")
-        sealed = self._record({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts},
-                              "INSERT INTO parking_zones VALUES (?, ?, ?)", [space, zone_class, from_ts])
+        with self.lock:  # checks and the record in one step
+            self._parking_space(space)
+            if zone_class not in (1, 2, 3):
+                raise EnrolmentError("zone class must be 1, 2 or 3")
+            sealed = self._record({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts},
+                                  "INSERT INTO parking_zones VALUES (?, ?, ?)", [space, zone_class, from_ts])
         return {"space": space, "class": zone_class, "from": from_ts, "block": sealed.hash}
 
     def lease(self, space: str, account: str | None, from_ts: int) -> dict[str, Any]:
-        self._parking_space(space)
-        self.require_account(account)
-        sealed = self._record({"entry": "parking_lease", "space": space, "account": account, "from": from_ts},
-                              "INSERT INTO parking_leases VALUES (?, ?, ?)", [space, account, from_ts])
+        with self.lock:  # checks and the record in one step
+            self._parking_space(space)
+            self.require_account(account)
+            sealed = self._record({"entry": "parking_lease", "space": space, "account": account, "from": from_ts},
+                                  "INSERT INTO parking_leases VALUES (?, ?, ?)", [space, account, from_ts])
         return {"space": space, "account": account, "from": from_ts, "block": sealed.hash}
 
     def checkin(self, space: str, account: str, at: int) -> dict[str, Any]:
-        self._parking_space(space)
-        self.require_account(account)
-        sealed = self._record({"entry": "parking_checkin", "space": space, "account": account, "at": at},
-                              "INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
+        with self.lock:  # checks and the record in one step
+            self._parking_space(space)
+            self.require_account(account)
+            sealed = self._record({"entry": "parking_checkin", "space": space, "account": account, "at": at},
+                                  "INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
         return {"space": space, "account": account, "at": at, "block": sealed.hash}
 
     def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
                            operator: str) -> dict[str, Any]:
-        rec = self.store.device(device)
-        if rec is None or rec.kind == "parking":
-            raise EnrolmentError(f"{device} is not an enrolled meter")
-        sealed = self._record(
-            {"entry": "meter_replaced", "device": device, "ts": ts, "old_final": old_final,
-             "new_initial": new_initial, "operator": operator},
-            "INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)",
-            [device, ts, old_final, new_initial, operator, now_ms()])
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None or rec.kind == "parking":
+                raise EnrolmentError(f"{device} is not an enrolled meter")
+            sealed = self._record(
+                {"entry": "meter_replaced", "device": device, "ts": ts, "old_final": old_final,
+                 "new_initial": new_initial, "operator": operator},
+                "INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)",
+                [device, ts, old_final, new_initial, operator, now_ms()])
         return {"device": device, "ts": ts, "block": sealed.hash}
 
     def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
@@ -644,12 +687,15 @@ class LedgerWriter:
                                          " WHERE role = ? AND id = ?", [role, principal]).fetchone()
         now = now_ms()
         if row is None:
-            auth.check_password(_DUMMY_HASH, password)  # same time as a real check: ids do not leak
+            with PASSWORD_CHECKS:
+                auth.check_password(_DUMMY_HASH, password)  # same time as a real check: ids do not leak
             return None
         stored, failures, locked_until = row
         if locked_until > now:
             return None
-        if not auth.check_password(stored, password):
+        with PASSWORD_CHECKS:
+            right = auth.check_password(stored, password)
+        if not right:
             failures += 1
             lock = now + auth.LOCKOUT_MS if failures >= auth.MAX_FAILURES else 0
             with self.lock:
