@@ -24,7 +24,7 @@ from dashboard import bills as billfmt
 from dashboard import usage as use
 from dashboard.fmt import unit_label, zone
 from ledger.home import Home
-from ledger.rpc import RemoteError, open_ledger
+from ledger.rpc import BUSY, RemoteError, open_ledger
 
 log = logging.getLogger("cityledger.dashboard")
 
@@ -62,7 +62,7 @@ def _call(fn: Callable[..., Any], **params: Any) -> Any:
             raise NotFound(str(exc)) from exc
         if exc.kind in _REFUSED_KINDS:
             raise Refused(str(exc)) from exc
-        if exc.kind == "FileNotFoundError":
+        if exc.kind in ("FileNotFoundError", BUSY):
             raise Unavailable(str(exc)) from exc
         raise
     except (KeyError, LookupError) as exc:

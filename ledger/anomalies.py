@@ -616,13 +616,16 @@ def detect_zero_consumption(devices: Sequence[DeviceInfo], readings: Mapping[str
 
 def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
                   rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                  tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                  tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig(), *,
+                  lag_ms: int = 0) -> list[Finding]:
     """No reading for too many intervals, or an `offline` status that no `online` followed.
 
     "Heard from" counts rejected messages too: a device whose readings are all
     quarantined is not silent, it is failing, and the clock or hostile rule
     names how. A bay sensor reports on change plus a heartbeat every
     `parking_heartbeat_intervals`, so its limit is counted in heartbeats.
+    `lag_ms` is how far behind ingest is (ledger.health.silence_margin_ms): while
+    it is behind, the ledger hears from every device late, and the limit grows by it.
     """
     out = []
     for d in devices:
@@ -637,7 +640,7 @@ def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
                  if d.kind == "parking" else config.silent_intervals * cadence)
         offline = (d.status == "offline" and d.status_at is not None
                    and now - d.status_at >= config.silent_offline_grace_ms and (heard is None or heard <= d.status_at))
-        if not offline and heard is not None and now - heard <= limit:
+        if not offline and heard is not None and now - heard <= limit + lag_ms:
             continue
         since = heard if heard is not None else now - config.lookback_days * DAY_MS
         if offline and d.status_at is not None:
@@ -907,19 +910,21 @@ def detect_parking_flicker(devices: Sequence[DeviceInfo], readings: Mapping[str,
 def detect(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
            rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int, tz: str = "Asia/Shanghai",
            config: AnomalyConfig = AnomalyConfig(), *,
-           replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None) -> list[Finding]:
+           replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
+           lag_ms: int = 0) -> list[Finding]:
     """Every detector over the same inputs; findings sorted by type, device and window.
 
     `readings`: device -> its ledgered readings of the look-back, sorted by ts.
     `rejects`: device -> (epoch minute, reason, count) from reject_counts.
     `replacements` (optional): device -> recorded meter replacements (ts, old_final, new_initial).
+    `lag_ms`: how far behind ingest is now; silence is judged against it.
     """
     found = [
         *detect_leaks(devices, readings, now, tz, config),
         *detect_rollbacks(devices, readings, now, tz, config, replacements=replacements),
         *detect_spikes(devices, readings, now, tz, config),
         *detect_zero_consumption(devices, readings, now, tz, config),
-        *detect_silent(devices, readings, rejects, now, tz, config),
+        *detect_silent(devices, readings, rejects, now, tz, config, lag_ms=lag_ms),
         *detect_clock(devices, readings, rejects, now, tz, config),
         *detect_hostile(devices, rejects, now, tz, config),
         *detect_parking_overstays(devices, readings, now, tz, config),

@@ -6,22 +6,57 @@ so a slow job never holds the database away from ingest.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import threading
 import time
-
-import datetime
+from collections.abc import Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from ledger import jobs
 from ledger.cityaudit import verify_city
 from ledger.home import Home
 from ledger.rpc import open_ledger
 
 log = logging.getLogger("cityledger.scheduler")
+
+
+class JobLog:
+    """Records each run of each job in HOME/jobs.json, so a failure is seen, not only logged."""
+
+    def __init__(self, home: Home) -> None:
+        self.path = home.jobs
+        self.lock = threading.Lock()
+        self.records = jobs.load(self.path)
+
+    def run(self, name: str, job: Callable[..., Any], *args: Any) -> Any:
+        """Run `job(*args)` as the job `name`; its failure is recorded, then raised for APScheduler to log."""
+        self._update(name, lambda r: jobs.started(r, name, _ms()))
+        try:
+            result = job(*args)
+        except Exception as exc:
+            self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), _ms(), exc))
+            log.error("job %s failed: %s", name, exc)
+            raise
+        self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), _ms(), None))
+        return result
+
+    def _update(self, name: str, change: Callable[[jobs.JobRecord | None], jobs.JobRecord]) -> None:
+        with self.lock:
+            self.records[name] = change(self.records.get(name))
+            try:
+                jobs.save(self.path, self.records)
+            except OSError as exc:  # a full disk must not stop the jobs themselves
+                log.warning("could not record job %s: %s", name, exc)
+
+
+def _ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def audit_job(home: Home) -> dict:
@@ -74,14 +109,16 @@ def roll_up_job(home: Home) -> dict:
 def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
                   timezone: str = "Asia/Shanghai", scan_minutes: float = 5.0) -> None:
     scheduler = BackgroundScheduler(timezone="UTC")
-    scheduler.add_job(audit_job, "interval", args=[home], minutes=audit_minutes, id="audit",
+    record = JobLog(home).run
+    scheduler.add_job(record, "interval", args=["audit", audit_job, home], minutes=audit_minutes, id="audit",
                       max_instances=1, coalesce=True, next_run_time=None)
-    scheduler.add_job(scan_job, "interval", args=[home], minutes=scan_minutes, id="anomaly-scan",
+    scheduler.add_job(record, "interval", args=["anomaly-scan", scan_job, home], minutes=scan_minutes,
+                      id="anomaly-scan", max_instances=1, coalesce=True)
+    scheduler.add_job(record, "interval", args=["roll-up", roll_up_job, home], minutes=1, id="roll-up",
                       max_instances=1, coalesce=True)
-    scheduler.add_job(roll_up_job, "interval", args=[home], minutes=1, id="roll-up", max_instances=1, coalesce=True)
-    scheduler.add_job(close_job, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
-                      args=[home, timezone], id="month-end-close", max_instances=1, coalesce=True,
-                      misfire_grace_time=24 * 3600)
+    scheduler.add_job(record, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
+                      args=["month-end-close", close_job, home, timezone], id="month-end-close", max_instances=1,
+                      coalesce=True, misfire_grace_time=24 * 3600)
     scheduler.start()
     log.info("scheduler running: audit every %.1f min", audit_minutes)
     try:

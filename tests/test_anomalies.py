@@ -298,6 +298,15 @@ def test_no_reading_for_eight_intervals_is_silence() -> None:
     assert f.window_start == last + 500 and f.window_end == last + 5 * HOUR
 
 
+def test_while_ingest_is_behind_a_device_heard_late_is_not_silent() -> None:
+    readings = {"em1": obs("em1", range(100))}
+    last = T0 + 99 * STEP
+    now = last + 3 * HOUR  # past the limit of eight 15-minute intervals by an hour
+    assert one(detect_silent([info("em1", "electricity")], readings, {}, now), "silent", "em1")
+    assert detect_silent([info("em1", "electricity")], readings, {}, now, lag_ms=90 * MIN) == []
+    assert one(detect_silent([info("em1", "electricity")], readings, {}, now, lag_ms=30 * MIN), "silent", "em1")
+
+
 def test_offline_without_online_is_silence_at_once() -> None:
     readings = {"em1": obs("em1", range(100))}
     last = T0 + 99 * STEP

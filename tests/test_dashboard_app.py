@@ -288,6 +288,23 @@ def test_the_city_overview_per_district() -> None:
     assert list(d02["District"]) == ["d02"]
 
 
+def test_the_overview_shows_a_failing_background_job_and_that_ingest_is_not_running(city: DashboardCity) -> None:
+    from ledger.scheduler import JobLog
+
+    def broken() -> None:
+        raise RuntimeError("roll-up could not open the ledger")
+
+    with pytest.raises(RuntimeError):
+        JobLog(city.home).run("roll-up", broken)
+    try:
+        page = texts(clean(sign_in("operator", "op-all")))
+        assert "Background job **roll-up** failed 1 time(s) in a row" in page
+        assert "roll-up could not open the ledger" in page
+        assert "Ingest is not running" in page
+    finally:
+        city.home.jobs.unlink()
+
+
 def test_the_anomaly_queue_is_scoped_and_an_anomaly_is_worked(city: DashboardCity) -> None:
     at = clean(go(sign_in("operator", "op-d02"), "operator_anomalies"))
     queue = at.dataframe[0].value

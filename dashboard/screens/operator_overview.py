@@ -21,6 +21,25 @@ def audit_line(audit: dict | None) -> tuple[str, str]:
     return f"FAILED ({age})", str(audit.get("failure", ""))
 
 
+def operations(status: dict, now: int) -> None:
+    """Ingest's lag and last seal, and every background job whose last run failed."""
+    ingest = status.get("ingest") or {}
+    if not ingest.get("running"):
+        st.warning("Ingest is not running: no reading is being ledgered.", icon="⚠️")
+    else:
+        lag_s = (ingest.get("lag_ms") or 0) / 1000
+        line = (f"Ingest lag {lag_s:,.1f} s · last seal {fmt.ago(ingest.get('last_seal_at'), now)} · "
+                f"{ingest.get('pending') or 0:,} waiting · {ingest.get('workers') or 0} workers")
+        if ingest.get("silence_margin_ms", 0) > 60_000:
+            st.warning(f"Ingest is behind: {line}. Devices are not reported silent meanwhile.", icon="⏳")
+        else:
+            st.caption(line)
+    for name, job in sorted((status.get("jobs") or {}).items()):
+        if job.get("failing"):
+            st.error(f"Background job **{name}** failed {job['failures']} time(s) in a row, last "
+                     f"{fmt.ago(job.get('last_finished_at'), now)}: {job.get('last_error') or ''}", icon="🛑")
+
+
 @st.fragment(run_every=REFRESH_SECONDS)
 def live() -> None:
     with ui.guard("the overview"):
@@ -45,6 +64,7 @@ def live() -> None:
         c[3].metric("Last audit", audit, help=audit_help)
         c[4].metric("Quarantine rate (1 h)", f"{total['rejects_last_hour'] / seen:.2%}" if seen else "-",
                     help="Rejected messages / all messages from devices in the last hour.")
+        operations(data.status(), o["now"])
         st.caption(f"Head block {o['height']} · `{fmt.short(o['head_hash'], 24)}` · last sealed "
                    f"{fmt.ago(o['last_sealed_at'], o['now'])} · {o['readings']:,} readings ledgered · "
                    f"refreshes every {REFRESH_SECONDS} s")
