@@ -45,6 +45,7 @@ import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 
 from broker import mosquitto
+from broker.client_ids import mqtt_client_id
 from edge.agent import AgentSettings
 from ledger.home import Home
 from ledger.protocol import device_topic, sign_reading
@@ -144,7 +145,7 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
                 acked[0] += 1
 
         for dev, password in creds:
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=dev, protocol=mqtt.MQTTv5)
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(dev), protocol=mqtt.MQTTv5)
             c.username_pw_set(dev, password)
             c.max_queued_messages_set(0)
             c.max_inflight_messages_set(500)

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from broker import mqtt_wire as wire
+from broker.client_ids import mqtt_client_id
 from ledger.protocol import parse_ack
 
 CONNECT_TIMEOUT_S = 10.0
@@ -126,7 +127,7 @@ class LoadGenerator:
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.sendall(wire.connect_packet(supply.device, supply.device, supply.password)
+                sock.sendall(wire.connect_packet(mqtt_client_id(supply.device), supply.device, supply.password)
                              + wire.subscribe_packet(1, supply.ack_topic, qos=0))
                 code, rest = _await_login(sock, supply.device)
             except OSError as exc:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from broker import mqtt_wire as wire
+from broker.client_ids import mqtt_client_id
 from broker.tls import TLSSettings, client_context
 
 log = logging.getLogger("cityledger.ingest")
@@ -89,7 +90,8 @@ class AckPublisher:
         sock.settimeout(self.timeout)
         login = json.loads(self.secret_file.read_text())
         # Keepalive 0: the broker never drops us for being quiet, so no pings are needed.
-        sock.sendall(wire.connect_packet(login["username"], login["username"], login["password"], keepalive=0))
+        sock.sendall(wire.connect_packet(mqtt_client_id(login["username"]), login["username"], login["password"],
+                                         keepalive=0))
         buf = bytearray()
         deadline = time.monotonic() + self.timeout
         while True:

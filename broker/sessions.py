@@ -14,6 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from broker.client_ids import mqtt_client_id
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 
@@ -24,8 +25,13 @@ RECEIVE_MAXIMUM = 20000
 
 
 def service_client(client_id: str, username: str, password: str, tls: TLSSettings | None) -> mqtt.Client:
-    """An MQTT 5 client that acknowledges by hand and reconnects quickly after the broker returns."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True)
+    """An MQTT 5 client that acknowledges by hand and reconnects quickly after the broker returns.
+
+    `client_id` goes out with the prefix the broker requires (broker/client_ids.py); the
+    broker then names the session by `username`.
+    """
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(client_id), protocol=mqtt.MQTTv5,
+                         manual_ack=True)
     client.username_pw_set(username, password)
     configure_tls(client, tls)
     client.reconnect_delay_set(0.2, 5)

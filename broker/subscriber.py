@@ -22,6 +22,7 @@ import ssl
 import time
 
 from broker import mqtt_wire as wire
+from broker.client_ids import mqtt_client_id
 from broker.tls import TLSSettings, client_context
 
 
@@ -47,8 +48,9 @@ class Subscriber:
         self.buf = bytearray()
         self.pending: list[wire.Publish] = []  # what arrived while waiting for CONNACK or SUBACK
         self.last_sent = time.monotonic()
-        self._send(wire.connect_packet(client_id, username, password, keepalive=keepalive, clean_session=clean_start,
-                                       version=wire.V5, session_expiry=session_expiry,
+        # The broker requires the prefix (broker/client_ids.py) and names the session by username.
+        self._send(wire.connect_packet(mqtt_client_id(client_id), username, password, keepalive=keepalive,
+                                       clean_session=clean_start, version=wire.V5, session_expiry=session_expiry,
                                        receive_maximum=receive_maximum))
         connack = self._expect(wire.CONNACK, timeout)
         code = wire.parse_connack(connack)

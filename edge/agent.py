@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from broker.client_ids import mqtt_client_id
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 from edge.identity import DeviceIdentity, Enroll, device_dir, load_key, provision
@@ -106,7 +107,9 @@ class DeviceAgent:
 
     def _make_client(self, host: str, port: int, tls: TLSSettings | None) -> mqtt.Client:
         identity = self.identity
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity.device, protocol=mqtt.MQTTv5)
+        # The broker admits only prefixed client ids (broker/client_ids.py) and names the session by username.
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(identity.device),
+                             protocol=mqtt.MQTTv5)
         client.username_pw_set(identity.username, identity.password)
         client.will_set(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
         client.connect_timeout = self.settings.connect_timeout  # bounds the TLS handshake too

@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password
+from broker.client_ids import mqtt_client_id
 from edge.agent import AgentSettings, DeviceAgent, DeviceIdentity, provision
 from edge.fleet import FleetBusy, FleetStats, plan_fleet, run_fleet
 from edge.identity import CREDENTIALS_FILE, KEY_FILE, device_dir
@@ -213,7 +214,8 @@ def durable_subscriber(rig: Rig, topic: str) -> tuple[mqtt.Client, list[bytes]]:
     """An ingest-like client with a persistent session: the broker queues for it while it is away."""
     received: list[bytes] = []
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="durable-ingest", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_client_id("durable-ingest"),
+                         protocol=mqtt.MQTTv5)
     client.username_pw_set(INGEST, rig.ingest_password)
     client.reconnect_delay_set(1, 1)
 

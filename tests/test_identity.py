@@ -90,7 +90,9 @@ def test_provisioned_bundle_works_and_the_server_keeps_no_private_key(stack: Sta
                 continue
             data = (Path(root) / name).read_bytes()
             assert seed.encode() not in data and identity.key.encode() not in data, f"private key in {name}"
-    client = connect_client(stack.broker.port, identity.username, identity.password, client_id=identity.device)
+    # The bundle's own client id, sent as is: what a device's firmware would send.
+    client = connect_client(stack.broker.port, identity.username, identity.password,
+                            client_id=settings["broker"]["client_id"], raw_client_id=True)
     close_client(client)
     assert stack.cli("devices", "provision", "--id", "x-1", "--kind", "gas", "--district", "d02",
                      "--out", str(bundle)).returncode == 2  # never overwrites a bundle

@@ -24,6 +24,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, write_access_files
+from broker.client_ids import mqtt_client_id
 from broker.certs import CertPaths, ca_cert_path
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
@@ -245,8 +246,13 @@ def connect_client(
     timeout: float = DEFAULT_TIMEOUT_S,
     reconnect: bool = True,
     tls: TLSSettings | None = None,
+    raw_client_id: bool = False,
 ) -> mqtt.Client:
     """A paho client, connected (network loop running), or ConnectionRefusedError.
+
+    Like every cityledger client it sends `client_id` behind the prefix the broker
+    requires (broker/client_ids.py); `raw_client_id` sends it exactly as given, as
+    a stranger would.
 
     The handshake runs on the calling thread and the network thread starts only
     after a successful CONNACK: a refused client then has no retrying thread to
@@ -258,7 +264,7 @@ def connect_client(
     log = ClientLog()
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
+        client_id=client_id if raw_client_id else mqtt_client_id(client_id),
         protocol=protocol,
         userdata=log,
         reconnect_on_failure=reconnect,
