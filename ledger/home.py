@@ -125,6 +125,16 @@ class Home:
         return self.root / "audit.json"
 
     @property
+    def jobs(self) -> Path:
+        """What each of the scheduler's jobs did last (ledger.jobs), for `status` and the dashboard."""
+        return self.root / "jobs.json"
+
+    @property
+    def supervisor_state(self) -> Path:
+        """What `cityledger up` knows of its parts (restarts, pids), for `cityledger status` (0600)."""
+        return self.root / "supervisor.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

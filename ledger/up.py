@@ -5,6 +5,12 @@ Each part runs as its own process, exactly as an operator would run it by hand
 own session so that Ctrl-C reaches only this supervisor, which then stops the
 parts in reverse order: nothing is left behind.
 
+A part that exits on its own is restarted with backoff (ledger/supervisor.py),
+logged, and counted in HOME/supervisor.json, which `cityledger status` shows;
+the other parts keep running. The parts start in order, each waiting for the
+one before to be ready, as an operator would start them; after that each part
+is on its own.
+
 With `--tls` the broker also opens its TLS listener (certificates made in the
 home unless the operator gives their own), and every MQTT client part is
 pointed at that listener and told the CA to verify it with
@@ -17,25 +23,17 @@ import argparse
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from broker.certs import CertPaths, resolve
 from ledger import demo
 from ledger.home import Home
 from ledger.rpc import RemoteLedger, open_ledger
+from ledger.supervisor import PartSpec, Stopped, Supervisor
 
-
-@dataclass
-class Part:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
+STATUS_EVERY_S = 10.0
 
 
 def port_open(host: str, port: int) -> bool:
@@ -44,45 +42,16 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, part: Part | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if part and part.proc.poll() is not None:
-            raise RuntimeError(f"{part.name} exited with {part.proc.returncode}; see {part.log}")
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+def _ingest_serving(home: Home) -> bool:
+    return isinstance(open_ledger(home), RemoteLedger)
 
 
-class Supervisor:
-    def __init__(self, home: Home, env: dict[str, str]) -> None:
-        self.home, self.env = home, env
-        self.parts: list[Part] = []
-
-    def start(self, name: str, *args: str) -> Part:
-        log = self.home.logs / f"{name}.log"
-        handle = open(log, "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", *args], env=self.env, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        part = Part(name, proc, log)
-        self.parts.append(part)
-        print(f"  started {name:<10} pid {proc.pid:<7} log {log}", flush=True)
-        return part
-
-    def failed(self) -> Part | None:
-        return next((p for p in self.parts if p.proc.poll() is not None), None)
-
-    def stop_all(self) -> None:
-        for part in reversed(self.parts):
-            if part.proc.poll() is None:
-                part.proc.send_signal(signal.SIGTERM)
-                try:
-                    part.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    part.proc.kill()
-                    part.proc.wait()
-            print(f"  stopped {part.name}", flush=True)
+def _remote(home: Home) -> RemoteLedger:
+    """The ingest's API, never the file itself: `up` must not hold the lock a restarting ingest needs."""
+    ledger = open_ledger(home)
+    if not isinstance(ledger, RemoteLedger):
+        raise ConnectionError("ingest is not serving")
+    return ledger
 
 
 def run_up(home: Home, args: argparse.Namespace) -> int:
@@ -110,36 +79,41 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         print(f"MQTT over TLS on port {tls_port}; clients verify the broker with {certs.ca}")
         broker_args += _tls_broker_args(tls_port, certs)
         env.update({"CITYLEDGER_MQTT_PORT": str(tls_port), "CITYLEDGER_MQTT_CA": str(certs.ca)})
+    listeners = [p for p in (port, tls_port) if p is not None]
     sup = Supervisor(home, env)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return_code = 0
     try:
-        broker = sup.start("broker", *broker_args)
-        for listening in (port, tls_port):
-            if listening is not None:
-                wait_until(lambda: port_open(host, listening), 15, f"the broker on port {listening}", broker)
-        ingest = sup.start("ingest", "ingest")
-        wait_until(lambda: isinstance(open_ledger(home), RemoteLedger), 30, "the ingest's API", ingest)
-        fleet = sup.start("fleet", "fleet", "--devices", str(args.devices), "--interval", str(args.interval))
-        ledger = open_ledger(home)
-        wait_until(lambda: ledger.status()["devices"] >= args.devices, 120, "the fleet's devices to enrol", fleet)
+        broker = sup.start(PartSpec("broker", tuple(broker_args), lambda: all(port_open(host, p) for p in listeners),
+                                    15, f"the broker on port{'s' if len(listeners) > 1 else ''} "
+                                    f"{', '.join(map(str, listeners))}"))
+        sup.wait_ready(broker, stop)
+        ingest = sup.start(PartSpec("ingest", ("ingest",), lambda: _ingest_serving(home), 30, "the ingest's API"))
+        sup.wait_ready(ingest, stop)
+        ledger = _remote(home)
+        baseline = int(ledger.status()["readings"])
+        fleet = sup.start(PartSpec("fleet", ("fleet", "--devices", str(args.devices), "--interval",
+                                             str(args.interval))))
+        sup.wait(lambda: _remote(home).status()["devices"] >= args.devices, 120,
+                 "the fleet's devices to enrol", stop, fleet)
         logins = demo.populate(ledger, home)
-        sup.start("scheduler", "scheduler")
-        dash = sup.start("dashboard", "dashboard", "--port", str(args.dashboard_port))
-        wait_until(lambda: port_open("127.0.0.1", args.dashboard_port), 60, "the dashboard", dash)
+        sup.start(PartSpec("scheduler", ("scheduler",)))
+        dash = sup.start(PartSpec("dashboard", ("dashboard", "--port", str(args.dashboard_port)),
+                                  lambda: port_open("127.0.0.1", args.dashboard_port), 60, "the dashboard"))
+        sup.wait_ready(dash, stop)
         print(f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n"
               f"  sign in as a citizen: {', '.join(logins['citizens'])} (password {logins['citizen_password']})\n"
               f"  or as an operator:    {', '.join(logins['operators'])} (password {logins['operator_password']})\n"
               f"  (all demo logins: {home.root / 'demo-logins.txt'})\n"
               f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n", flush=True)
-        _report_until(stop, sup, home)
+        _supervise_until(stop, sup, home, baseline)
+    except Stopped:
+        pass
     except RuntimeError as exc:
         print(f"cityledger up: {exc}", file=sys.stderr)
-        stop.set()
         return_code = 1
-    else:
-        return_code = 0 if sup.failed() is None else 1
     finally:
         print("stopping...", flush=True)
         sup.stop_all()
@@ -158,17 +132,50 @@ def _tls_broker_args(tls_port: int, certs: CertPaths) -> list[str]:
             "--tls-ca", str(certs.ca)]
 
 
-def _report_until(stop: threading.Event, sup: Supervisor, home: Home) -> None:
-    """Print one status line every 10 s; stop early if a part dies."""
-    while not stop.wait(10):
-        dead = sup.failed()
-        if dead:
-            print(f"{dead.name} exited with {dead.proc.returncode}; see {dead.log}", file=sys.stderr)
-            return
-        try:
-            s = open_ledger(home).status()
-        except Exception as exc:  # ingest restarting: say so, keep going
-            print(f"status unavailable: {exc}", flush=True)
+def _supervise_until(stop: threading.Event, sup: Supervisor, home: Home, baseline: int) -> None:
+    """Keep the parts running until Ctrl-C, and print a status line every STATUS_EVERY_S.
+
+    The first line comes as soon as readings reach the ledger ("N devices
+    ledgering"), so a person (or a test) knows the city works end to end.
+    """
+    started = time.monotonic()
+    next_line, last, announced = started, baseline, False
+    while not stop.wait(sup.tick_s):
+        sup.tick()
+        now = time.monotonic()
+        if now < next_line:
             continue
-        print(f"[{time.strftime('%H:%M:%S')}] blocks {s['blocks']}  readings {s['readings']}  "
-              f"quarantined {s['quarantined']}  duplicates {s['duplicates']}  devices {s['devices']}", flush=True)
+        line, readings = _status_line(home, sup, last)
+        if not announced and (readings is None or readings <= baseline) and now - started < STATUS_EVERY_S:
+            next_line = now + 0.5  # no reading ledgered yet: look again soon
+            continue
+        print(line, flush=True)
+        announced, next_line = True, now + STATUS_EVERY_S
+        last = readings if readings is not None else last
+
+
+def _status_line(home: Home, sup: Supervisor, last: int) -> tuple[str, int | None]:
+    """The status line, and the ledger's reading count (None when ingest is not serving).
+
+    Asks ingest only while the supervisor has it ready: opening the file directly
+    while ingest restarts would hold the lock ingest needs.
+    """
+    stamp = f"[{time.strftime('%H:%M:%S')}]"
+    restarts = sup.restarts()
+    tail = ""
+    if restarts:
+        tail += "; restarts: " + ", ".join(f"{name} {n}" for name, n in restarts.items())
+    if looping := sup.crash_looping():
+        tail += "; crash-looping: " + ", ".join(looping)
+    if not sup.get("ingest").ready:
+        return f"{stamp} ingest is restarting; status unavailable{tail}", None
+    try:
+        s = _remote(home).status()
+    except Exception as exc:  # noqa: BLE001 - ingest went away between the check and the call
+        return f"{stamp} status unavailable: {exc}{tail}", None
+    readings = int(s["readings"])
+    counts = (f"readings {readings} (+{readings - last}), blocks {s['blocks']}, quarantined {s['quarantined']}, "
+              f"duplicates {s['duplicates']}")
+    if readings > last:
+        return f"{stamp} {s['devices']} devices ledgering: {counts}{tail}", readings
+    return f"{stamp} {s['devices']} devices, no new readings: {counts}{tail}", readings

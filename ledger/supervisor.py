@@ -1,0 +1,385 @@
+"""Keep the parts of a city running: restart the one that dies, with backoff, and say so.
+
+`cityledger up` runs each part (broker, ingest, fleet, scheduler, dashboard) as
+its own process. A part that exits while nobody asked it to is restarted, never
+mourned: the others keep running, because every part already copes with a
+neighbour that comes and goes (devices keep readings in their outbox until the
+ledger's `ack`; ingest and the agents reconnect to a broker that returns; the
+broker keeps ingest's session). What a restart costs is only time.
+
+Three pieces, each kept small so it can be checked on its own:
+
+- `Backoff` and `CrashLoop`: the pure policy (how long to wait before restart
+  number n, when a part counts as crash-looping), unit-tested without processes.
+- The state file, HOME/supervisor.json (`Home.supervisor_state`): per part its
+  state, pid, restarts, the time of the last restart and the last exit. Written
+  atomically (temporary file, 0600, rename), read by `cityledger status` through
+  `parts_status`, so an operator sees restarts from any shell.
+- `Supervisor`: the processes. Everything happens in the thread that calls
+  `tick()`, `wait()` and `stop_all()` (up's main thread), so a restart can never
+  race with shutdown: once `stop_all` runs, no tick runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ledger.home import Home, write_private
+
+STATE_VERSION = 1
+STOP_TIMEOUT_S = 15.0
+
+
+# ---------------------------------------------------------------- the policy (pure)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between restarts of one part.
+
+    Restart n of a run of quick failures waits first_s * factor**(n-1), at most
+    max_s. A part that stayed up for stable_s before it died starts a new run:
+    one crash a day is restarted at once, a crash loop is slowed down to one try
+    every max_s, and never given up on (a broker missing for an hour is back
+    within max_s of its return).
+    """
+
+    first_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 30.0
+    stable_s: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before restarting after the `failures`-th quick failure in a row (>= 1)."""
+        if failures < 1:
+            raise ValueError("failures counts from 1")
+        # Bounded exponent: a part failing for days must not overflow a float.
+        return min(self.max_s, self.first_s * self.factor ** min(failures - 1, 64))
+
+    def failures_after_exit(self, failures: int, uptime_s: float) -> int:
+        """The run of quick failures after an exit that came `uptime_s` after the part started."""
+        return 1 if uptime_s >= self.stable_s else failures + 1
+
+
+@dataclass(frozen=True)
+class CrashLoop:
+    """A part that exited `exits` times within `window_s` is crash-looping: reported, still retried."""
+
+    exits: int = 5
+    window_s: float = 60.0
+
+    def looping(self, exit_times: Iterable[float], now: float) -> bool:
+        return sum(1 for t in exit_times if now - t <= self.window_s) >= self.exits
+
+
+def describe_exit(returncode: int) -> str:
+    """Popen's returncode in words: 'exit code 1', or 'killed by SIGKILL' for a negative one."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------- the state file
+
+
+@dataclass
+class PartRecord:
+    """What the state file says about one part. Times are Unix epoch milliseconds."""
+
+    state: str = "starting"  # starting | running | backoff | stopped
+    pid: int | None = None
+    restarts: int = 0
+    last_restart_at: int | None = None
+    last_exit_code: int | None = None  # Popen's returncode: negative for a signal
+    last_exit: str | None = None  # the same in words
+    last_exit_at: int | None = None
+    started_at: int | None = None
+    crash_looping: bool = False
+
+
+def write_state(path: Path, parts: Mapping[str, PartRecord], supervisor_pid: int | None = None) -> None:
+    """Replace the state file atomically (0600): a reader sees the old or the new whole file."""
+    doc = {"version": STATE_VERSION, "supervisor_pid": supervisor_pid if supervisor_pid is not None else os.getpid(),
+           "updated_at": now_ms(), "parts": {name: asdict(rec) for name, rec in parts.items()}}
+    write_private(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The whole state file, or None when there is none (no `up` ever ran here) or it is unreadable."""
+    try:
+        doc = json.loads(path.read_text())
+    except (FileNotFoundError, PermissionError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("parts"), dict) else None
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def parts_status(home: Home) -> dict[str, dict[str, Any]]:
+    """What `cityledger status` shows under `supervisor`: {part: {restarts, last_restart_at, ...}}, or {}.
+
+    If the `up` that wrote the file is gone without stopping its parts (killed),
+    a part it called running is reported `unsupervised`: it may still run, but
+    nobody restarts it.
+    """
+    doc = read_state(home.supervisor_state)
+    if doc is None:
+        return {}
+    parts = {str(k): dict(v) for k, v in doc["parts"].items() if isinstance(v, dict)}
+    if not _alive(doc.get("supervisor_pid")):
+        for rec in parts.values():
+            if rec.get("state") != "stopped":
+                rec["state"] = "unsupervised"
+    return parts
+
+
+def describe_restarts(parts: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """One line for the plain `status`: 'ingest 2 (last 14:03:07, killed by SIGKILL), ...', or None."""
+    said = []
+    for name, rec in parts.items():
+        if rec.get("restarts"):
+            when = rec.get("last_restart_at")
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when / 1000)) if when else "?"
+            loop = ", crash-looping" if rec.get("crash_looping") else ""
+            said.append(f"{name} {rec['restarts']} (last {at}, after {rec.get('last_exit') or '?'}{loop})")
+    return ", ".join(said) or None
+
+
+# ---------------------------------------------------------------- the processes
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """A part: its name, its `cityledger` arguments, and how to tell it is ready to serve.
+
+    `ready` (None: running is ready) is polled after every (re)start; a part not
+    ready within `ready_timeout_s` is killed and restarted like one that died.
+    """
+
+    name: str
+    args: tuple[str, ...]
+    ready: Callable[[], bool] | None = None
+    ready_timeout_s: float = 30.0
+    what: str = ""  # what readiness means, for messages ("the broker on port 1883")
+
+
+@dataclass
+class Part:
+    spec: PartSpec
+    log: Path
+    record: PartRecord = field(default_factory=PartRecord)
+    proc: subprocess.Popen[bytes] | None = None
+    ready: bool = False
+    started: float = 0.0  # monotonic
+    due: float | None = None  # monotonic time of a scheduled restart
+    failures: int = 0  # quick failures in a row (Backoff)
+    exits: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+class Stopped(Exception):
+    """A wait ended because a stop was requested (Ctrl-C)."""
+
+
+class Supervisor:
+    """Start parts, restart them when they die, stop them all in reverse order.
+
+    Not thread-safe by design: one thread calls everything (see the module docstring).
+    """
+
+    def __init__(self, home: Home, env: Mapping[str, str], *, backoff: Backoff = Backoff(),
+                 crash_loop: CrashLoop = CrashLoop(), say: Callable[[str], None] | None = None,
+                 tick_s: float = 0.1) -> None:
+        self.home, self.env = home, dict(env)
+        self.backoff, self.crash_loop = backoff, crash_loop
+        self.parts: list[Part] = []
+        self.stopping = False
+        self.tick_s = tick_s
+        self._say = say or (lambda line: print(line, flush=True))
+
+    # ------------------------------------------------------------ starting
+
+    def start(self, spec: PartSpec) -> Part:
+        """Start a new part now (in the order of calls: stop_all stops in reverse)."""
+        if self.stopping:
+            raise Stopped(f"not starting {spec.name}: stopping")
+        part = Part(spec, self.home.logs / f"{spec.name}.log")
+        self.parts.append(part)
+        self._spawn(part, restart=False)
+        return part
+
+    def _spawn(self, part: Part, *, restart: bool) -> None:
+        self.home.logs.mkdir(parents=True, exist_ok=True)
+        with open(part.log, "ab") as log:  # the child has its own copy of the descriptor
+            if restart:
+                log.write(f"--- cityledger up: restart {part.record.restarts + 1} of {part.name} after "
+                          f"{part.record.last_exit}\n".encode())
+                log.flush()
+            proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", *part.spec.args], env=self.env,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # Ctrl-C reaches `up` only, which stops each part
+        part.proc = proc
+        part.started, part.ready, part.due = time.monotonic(), False, None
+        rec = part.record
+        rec.state, rec.pid, rec.started_at = "starting", proc.pid, now_ms()
+        if restart:
+            rec.restarts += 1
+            rec.last_restart_at = rec.started_at
+        self.save()
+        verb = "restarted" if restart else "started"
+        extra = f" (restart {rec.restarts})" if restart else ""
+        self._say(f"  {verb} {part.name:<10} pid {proc.pid:<7} log {part.log}{extra}")
+
+    # ------------------------------------------------------------ watching
+
+    def tick(self) -> None:
+        """Notice exits, start restarts that are due, check readiness. Call often (every 0.1-0.5 s)."""
+        if self.stopping:
+            return
+        for part in self.parts:
+            now = time.monotonic()
+            if part.proc is not None and part.proc.poll() is not None:
+                self._exited(part, now)
+            elif part.proc is None and part.due is not None and now >= part.due:
+                self._spawn(part, restart=True)
+            elif part.proc is not None and not part.ready:
+                self._check_ready(part, now)
+            elif part.ready and part.record.crash_looping and now - part.started >= self.backoff.stable_s:
+                part.record.crash_looping = False
+                self.save()
+                self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} has stayed up for "
+                          f"{self.backoff.stable_s:.0f} s: no longer crash-looping")
+
+    def _check_ready(self, part: Part, now: float) -> None:
+        check = part.spec.ready
+        try:
+            ready = check is None or bool(check())
+        except Exception:  # noqa: BLE001 - a readiness probe that fails means "not yet"
+            ready = False
+        if ready:
+            part.ready = True
+            part.record.state = "running"
+            self.save()
+        elif now - part.started > part.spec.ready_timeout_s and part.proc is not None:
+            self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} (pid {part.proc.pid}) not ready after "
+                      f"{part.spec.ready_timeout_s:.0f} s ({part.spec.what or 'readiness'}): killing it")
+            part.proc.kill()  # its exit is noticed on the next tick, and restarted like any other
+
+    def _exited(self, part: Part, now: float) -> None:
+        assert part.proc is not None
+        code = part.proc.returncode
+        uptime = now - part.started
+        part.proc, part.ready = None, False
+        part.failures = self.backoff.failures_after_exit(part.failures, uptime)
+        part.exits.append(now)
+        delay = self.backoff.delay(part.failures)
+        part.due = now + delay
+        was_looping = part.record.crash_looping
+        rec = part.record
+        rec.state, rec.pid = "backoff", None
+        rec.last_exit_code, rec.last_exit, rec.last_exit_at = code, describe_exit(code), now_ms()
+        rec.crash_looping = self.crash_loop.looping(part.exits, now)
+        self.save()
+        self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} {describe_exit(code)} after {uptime:.1f} s; "
+                  f"restarting it in {delay:.1f} s (restart {rec.restarts + 1}); see {part.log}")
+        if rec.crash_looping and not was_looping:
+            self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} is crash-looping ({self.crash_loop.exits} exits "
+                      f"within {self.crash_loop.window_s:.0f} s); still retrying, at most "
+                      f"{self.backoff.max_s:.0f} s apart; the other parts keep running")
+
+    def wait(self, condition: Callable[[], bool], timeout: float, what: str, stop: threading.Event,
+             part: Part | None = None) -> None:
+        """Tick until `condition()` holds; raise RuntimeError after `timeout` s, Stopped on a stop request.
+
+        Exceptions from `condition` count as "not yet" (a part it asks may be restarting).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if stop.is_set():
+                raise Stopped(f"stopped while waiting for {what}")
+            self.tick()
+            try:
+                if condition():
+                    return
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass
+            if time.monotonic() >= deadline:
+                detail = ""
+                if part is not None and part.record.restarts:
+                    detail = (f" ({part.name} restarted {part.record.restarts} times, last after "
+                              f"{part.record.last_exit}; see {part.log})")
+                elif part is not None:
+                    detail = f" (see {part.log})"
+                raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
+            stop.wait(self.tick_s)
+
+    def wait_ready(self, part: Part, stop: threading.Event, timeout: float | None = None) -> None:
+        self.wait(lambda: part.ready, timeout if timeout is not None else part.spec.ready_timeout_s,
+                  part.spec.what or f"{part.name} to be ready", stop, part)
+
+    def get(self, name: str) -> Part:
+        return next(p for p in self.parts if p.name == name)
+
+    def restarts(self) -> dict[str, int]:
+        return {p.name: p.record.restarts for p in self.parts if p.record.restarts}
+
+    def crash_looping(self) -> list[str]:
+        return [p.name for p in self.parts if p.record.crash_looping]
+
+    # ------------------------------------------------------------ stopping
+
+    def stop_all(self) -> None:
+        """Stop every part, last started first; no restart happens from here on."""
+        self.stopping = True
+        for part in reversed(self.parts):
+            part.due = None
+            proc = part.proc
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            part.proc, part.ready = None, False
+            part.record.state, part.record.pid = "stopped", None
+            self.save()
+            self._say(f"  stopped {part.name}")
+
+    def save(self) -> None:
+        write_state(self.home.supervisor_state, {p.name: p.record for p in self.parts})
