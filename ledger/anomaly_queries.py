@@ -5,27 +5,55 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import pyarrow as pa
+
 from ledger.store import Store
 
 
 def inputs(store: Store, since: int) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[tuple[int, str, int]]]]:
-    """(devices, readings by device since `since`, rejects by device) for `anomalies.detect`."""
-    from ledger.anomalies import DeviceInfo, Obs
+    """(devices, readings by device since `since`, rejects by device) for `anomalies.detect`, all at once.
 
-    statuses = store.device_statuses()
-    devices = [DeviceInfo(d.device, d.kind, d.district, d.account, *statuses.get(d.device, (None, None)))
-               for d in store.devices() if d.status == "active"]
+    For tests and small ledgers: the scan itself reads a group at a time (`readings_table`).
+    """
+    from ledger.anomalies import Obs
+
     readings: dict[str, list[Any]] = defaultdict(list)
     for device, seq, ts, value, received in store.con.execute(
             "SELECT device, seq, ts, value, received_at FROM readings WHERE ts >= ? ORDER BY device, ts, seq",
             [since]).fetchall():
         readings[device].append(Obs(device, seq, ts, value, received))
-    rejects: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
+    return active_devices(store), dict(readings), rejects(store, since)
+
+
+def active_devices(store: Store) -> list[Any]:
+    """Every active device as the detectors see it (`anomalies.DeviceInfo`), with its last status."""
+    from ledger.anomalies import DeviceInfo
+
+    statuses = store.device_statuses()
+    return [DeviceInfo(d.device, d.kind, d.district, d.account, *statuses.get(d.device, (None, None)))
+            for d in store.devices() if d.status == "active"]
+
+
+def rejects(store: Store, since: int) -> dict[str, list[tuple[int, str, int]]]:
+    """device -> (epoch minute, reason, count) of its rejected messages since `since` (ms)."""
+    out: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
     for device, minute, reason, count in store.con.execute(
             "SELECT device, minute, reason, count FROM reject_counts WHERE minute >= ? ORDER BY device, minute",
             [since // 60_000]).fetchall():
-        rejects[device].append((minute, reason, count))
-    return devices, dict(readings), dict(rejects)
+        out[device].append((minute, reason, count))
+    return dict(out)
+
+
+def readings_table(store: Store, devices: list[str], since: int) -> pa.Table:
+    """The readings of `devices` since `since` as Arrow (device, seq, ts, value, received_at), by device, ts, seq.
+
+    DuckDB builds the table on its own threads, without Python objects per reading;
+    the device list joins as a set (a hash semi-join, not a list search per row).
+    """
+    return store.con.sql(
+        "SELECT device, seq, ts, value, received_at FROM readings"
+        " WHERE ts >= $since AND device IN (SELECT unnest($devices::VARCHAR[])) ORDER BY device, ts, seq",
+        params={"since": since, "devices": devices}).to_arrow_table()
 
 
 def replacements(store: Store) -> dict[str, list[tuple[int, int, int]]]:

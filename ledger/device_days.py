@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from ledger.billing import GAP_MS, Point
 from ledger.store import Store
 
@@ -129,42 +131,90 @@ def history(store: Store, device: str, start: int, end: int,
 # ---------------------------------------------------------------- writing (the writer's transaction)
 
 
+@dataclass(frozen=True)
+class Summary:
+    """The day summaries of the blocks after `lo` up to `hi`, made without holding the writer's lock."""
+
+    lo: int
+    hi: int
+    readings: int  # in those blocks
+    days: tuple[int, ...]  # every day they touch, summarised again from all its readings
+    rows: pa.Table  # device_days rows of those days
+
+
+def summarise_next(store: Store, max_readings: int, upto: int | None = None) -> Summary | None:
+    """What `roll_up_next` writes, computed on a read snapshot; None when caught up.
+
+    Only reads: the caller can run it without the writer's lock (ingest keeps sealing,
+    DuckDB does the work on its own threads) and hold the lock for `store_summary`
+    alone. Readings sealed meanwhile are in blocks after `hi`, so the next roll-up
+    summarises their days again, as it does for a late reading. `upto`: no block above
+    this height (the head when the roll-up began, so that it does not chase the sealer).
+    """
+    con = store.con
+    lo = rolled_up(store)
+    top = con.execute(_TOP_SQL, [lo, (1 << 62) if upto is None else upto, max_readings]).fetchone()[0]
+    if top is None:
+        return None
+    hi = int(top)
+    per_day = con.execute(_PER_DAY_SQL, [DAY_MS, lo, hi]).fetchall()
+    days = tuple(sorted(int(d) for d, _ in per_day))
+    rows = con.sql(_summary_sql(days)).to_arrow_table() if days else pa.table({})
+    return Summary(lo, hi, sum(n for _, n in per_day), days, rows)
+
+
+def store_summary(store: Store, summary: Summary) -> bool:
+    """Write a `summarise_next` result, inside the caller's transaction; False (nothing written) if another
+    roll-up moved the mark since it was made."""
+    if rolled_up(store) != summary.lo:
+        return False
+    con = store.con
+    if summary.days:
+        con.execute(f"DELETE FROM device_days WHERE day IN ({', '.join(str(d) for d in summary.days)})")
+        con.register("_device_days", summary.rows)
+        try:
+            con.execute("INSERT INTO device_days SELECT * FROM _device_days")
+        finally:
+            con.unregister("_device_days")
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [ROLLED_UP, str(summary.hi)])
+    return True
+
+
+_TOP_SQL = """
+    SELECT max(height) FROM (
+        SELECT height, size, sum(size) OVER (ORDER BY height) AS upto FROM blocks WHERE height > ? AND height <= ?)
+    WHERE upto - size < ?"""
+_PER_DAY_SQL = "SELECT ts // ?, count(*) FROM readings WHERE height > ? AND height <= ? GROUP BY 1"
+
+
+def _summary_sql(days: Iterable[int]) -> str:
+    """device_days rows of `days`, from every reading of those days."""
+    return f"""
+        SELECT device, day, count(*)::INTEGER, min(ts), arg_min(value, ord), arg_min(seq, ord),
+               max(ts), arg_max(value, ord), arg_max(seq, ord),
+               count(*) FILTER (WHERE value < pv)::INTEGER, count(*) FILTER (WHERE seq <> ps + 1)::INTEGER,
+               count(*) FILTER (WHERE value <> pv)::INTEGER, coalesce(max(ts - pts), 0)
+        FROM (SELECT device, ts // {DAY_MS} AS day, ts, value, seq, (ts::HUGEINT << 64) + seq AS ord,
+                     lag(ts) OVER w AS pts, lag(value) OVER w AS pv, lag(seq) OVER w AS ps
+              FROM readings WHERE {_ts_filter(days)}
+              WINDOW w AS (PARTITION BY device, ts // {DAY_MS} ORDER BY ts, seq))
+        GROUP BY device, day ORDER BY day, device"""
+
+
 def roll_up_next(store: Store, max_readings: int) -> tuple[int, int] | None:
     """Summarise the blocks after the last roll-up, about `max_readings` readings' worth.
 
     Every day those blocks touch is summarised again from all its readings, so a
     reading arriving days late still lands in the right day's summary. Returns
     (height now summarised, readings in those blocks), or None when caught up.
-    Runs inside the caller's transaction.
+    Runs inside the caller's transaction (the writer's `roll_up` instead reads
+    first and holds the lock only to write: `summarise_next`, `store_summary`).
     """
-    con = store.con
-    lo = rolled_up(store)
-    top = con.execute("""
-        SELECT max(height) FROM (
-            SELECT height, size, sum(size) OVER (ORDER BY height) AS upto FROM blocks WHERE height > ?)
-        WHERE upto - size < ?""", [lo, max_readings]).fetchone()[0]
-    if top is None:
+    summary = summarise_next(store, max_readings)
+    if summary is None:
         return None
-    hi = int(top)
-    per_day = con.execute("SELECT ts // ?, count(*) FROM readings WHERE height > ? AND height <= ? GROUP BY 1",
-                          [DAY_MS, lo, hi]).fetchall()
-    days = [d for d, _ in per_day]
-    if days:
-        where = _ts_filter(days)
-        con.execute(f"DELETE FROM device_days WHERE day IN ({', '.join(str(int(d)) for d in days)})")
-        con.execute(f"""
-            INSERT INTO device_days
-            SELECT device, day, count(*)::INTEGER, min(ts), arg_min(value, ord), arg_min(seq, ord),
-                   max(ts), arg_max(value, ord), arg_max(seq, ord),
-                   count(*) FILTER (WHERE value < pv)::INTEGER, count(*) FILTER (WHERE seq <> ps + 1)::INTEGER,
-                   count(*) FILTER (WHERE value <> pv)::INTEGER, coalesce(max(ts - pts), 0)
-            FROM (SELECT device, ts // {DAY_MS} AS day, ts, value, seq, (ts::HUGEINT << 64) + seq AS ord,
-                         lag(ts) OVER w AS pts, lag(value) OVER w AS pv, lag(seq) OVER w AS ps
-                  FROM readings WHERE {where}
-                  WINDOW w AS (PARTITION BY device, ts // {DAY_MS} ORDER BY ts, seq))
-            GROUP BY device, day ORDER BY day, device""")
-    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [ROLLED_UP, str(hi)])
-    return hi, sum(n for _, n in per_day)
+    store_summary(store, summary)
+    return summary.hi, summary.readings
 
 
 # ---------------------------------------------------------------- what "quiet" means to billing

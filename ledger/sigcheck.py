@@ -19,6 +19,9 @@ from nacl.signing import VerifyKey
 
 Item = tuple[bytes, bytes, bytes]  # public key, message, signature
 CHUNK = 2048
+NICENESS = 10
+"""The checkers' lower priority: a deep audit inside ingest leaves the cores to sealing first
+(issue 14, `cityledger bench --job deep-audit`); on an idle machine they still take every core."""
 
 
 def first_bad(items: Sequence[Item]) -> int:
@@ -54,7 +57,8 @@ class ParallelVerifier:
 
     def __enter__(self) -> ParallelVerifier:
         if self.workers > 1:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=os.nice, initargs=(NICENESS,))
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

@@ -332,7 +332,9 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
     for `deep` (it rebuilds every reading to check its signature anyway) or an odd schema.
 
     `start`/`prev`: begin at a later block, trusting `ledger_key` there (an archive that
-    starts after genesis; SQL path only). `fits`: the caller has checked the column types
+    starts after genesis; SQL path only). `workers`: signature checkers for `deep`; on the SQL
+    path, how many ranges DuckDB hashes at once (each on about one core; default FETCH_AHEAD).
+    `fits`: the caller has checked the column types
     and NULLs itself (views over Parquet files report every column as nullable).
     """
     if deep or not (schema_fits(store.con) if fits is None else fits):
@@ -345,7 +347,7 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
     expected_height, expected_prev = start, prev
     counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
-    batches = _batches(store, start=start)
+    batches = _batches(store, ahead=workers, start=start)  # the SQL path's workers: ranges hashed at once
     try:
         for batch in batches:
             outcome = _check_batch(store, batch, chain, counts, expected_height, expected_prev, total, progress)
