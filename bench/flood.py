@@ -1,6 +1,7 @@
 """Hostile flood benchmark: one authenticated device sends garbage as fast as it can while honest devices publish.
 
-    .venv/bin/python -m bench.flood --seconds 30 --honest 100
+    .venv/bin/python -m bench.flood --seconds 30 --honest 100 [--qos 0|1] [--workers W]
+        [--suspend-after MIN --suspend-for MIN] [--hostile-only]
 
 Runs the scenario twice on fresh homes (the real Mosquitto, `cityledger ingest` and
 `cityledger fleet --interval 1` as subprocesses): once with the honest fleet only,
@@ -39,6 +40,7 @@ import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion
 
+from broker.client_ids import mqtt_client_id
 from ledger.protocol import canonical_json, device_topic, sign_reading
 
 HOSTILE_DEVICE = "em-d09-666666"  # a district of its own, so no fleet device shares its name
@@ -91,6 +93,7 @@ class HostileConfig:
     kind: str = HOSTILE_KIND
     district: str = HOSTILE_DISTRICT
     seed: int = 0
+    qos: int = 1  # of the garbage (the primers always go QoS 1, so that they are ledgered)
 
 
 class Garbage:
@@ -179,8 +182,10 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
     lock = threading.Lock()
     slots = threading.Semaphore(WINDOW)
     acks: Counter[str] = Counter()
-    connected, stopping = threading.Event(), threading.Event()
-    disconnects: list[str] = []  # unexpected ones: each would re-send in-flight messages
+    connected, stopping, cut = threading.Event(), threading.Event(), threading.Event()
+    disconnects: list[str] = []  # unexpected ones: the broker cut us off (suspended, see broker/budget.py)
+    refusals: list[str] = []  # paho's reconnects after that, and what the broker answered
+    reconnects: list[str] = []  # ... those it accepted (none, while the device is suspended)
 
     def on_publish(client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
         with lock:
@@ -188,14 +193,21 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
         slots.release()
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if not rc.is_failure:
+        if cut.is_set():
+            (refusals if rc.is_failure else reconnects).append(str(rc))
+        elif not rc.is_failure:
             connected.set()
 
     def on_disconnect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if not stopping.is_set():
+        if stopping.is_set():
+            return
+        if cut.is_set():  # a reconnect attempt that the broker ended
+            refusals.append(str(rc))
+        else:
             disconnects.append(str(rc))
+            cut.set()
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.username, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(cfg.username), protocol=mqtt.MQTTv5)
     client.username_pw_set(cfg.username, cfg.password)
     client.max_inflight_messages_set(WINDOW)
     client.max_queued_messages_set(0)
@@ -206,27 +218,36 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
         if not connected.wait(10):
             raise RuntimeError("the hostile device could not connect")
 
-        def publish(topic: str, payload: bytes) -> None:
-            slots.acquire()
-            info = client.publish(topic, payload, qos=1)
+        def publish(topic: str, payload: bytes, qos: int) -> bool:
+            """False once the broker has cut us off."""
+            while not slots.acquire(timeout=0.1):
+                if cut.is_set():
+                    return False
+            if cut.is_set():
+                return False
+            info = client.publish(topic, payload, qos=qos)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                return False
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise RuntimeError(f"publish failed locally: {info.rc}")
+            return True
 
         for reading in garbage.primes:
-            publish(garbage.reading_topic, reading.payload())
+            publish(garbage.reading_topic, reading.payload(), 1)
         kinds: Counter[str] = Counter()
         payload_bytes = published = 0
         started = time.monotonic()
         end = started + cfg.seconds
         while time.monotonic() < end:
             kind, topic, payload = garbage.next()
-            publish(topic, payload)
+            if not publish(topic, payload, cfg.qos):
+                break
             kinds[kind] += 1
             payload_bytes += len(payload)
             published += 1
         flood_seconds = time.monotonic() - started
         deadline = time.monotonic() + 60
-        while True:  # every publish answered: then `ok` is exact
+        while not cut.is_set():  # every publish answered: then `ok` is exact
             with lock:
                 answered = acks["ok"] + acks["failed"]
             if answered >= published + PRIMED:
@@ -234,13 +255,19 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {answered} of {published + PRIMED} publishes PUBACKed after 60 s")
             time.sleep(0.01)
+        if cut.is_set():  # suspended: paho keeps trying to come back until the flood's time is up
+            deadline = max(end, time.monotonic() + 3)
+            while time.monotonic() < deadline or (not refusals and time.monotonic() < deadline + 10):
+                time.sleep(0.05)
     finally:
         stopping.set()
         client.disconnect()
         client.loop_stop()
     return {
-        "device": cfg.device, "primed": PRIMED, "published": published, "sent": acks["ok"] - PRIMED,
-        "refused": acks["failed"], "disconnects": disconnects,
+        "device": cfg.device, "qos": cfg.qos, "primed": PRIMED, "published": published,
+        # QoS 1: what the broker PUBACKed, exactly what ingest receives; QoS 0: what left the socket.
+        "sent": acks["ok"] - PRIMED, "refused": acks["failed"], "disconnects": disconnects,
+        "reconnect_refusals": refusals[:3], "reconnects": reconnects,
         "seconds": round(flood_seconds, 3), "per_second": round(published / flood_seconds),
         "payload_bytes": payload_bytes, "kinds": dict(kinds),
     }
@@ -296,7 +323,8 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] if sorted_values else 0
 
 
-def run_scenario(honest: int, seconds: float, hostile: bool) -> dict[str, Any]:
+def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, workers: int = 0,
+                 suspend_after_min: float | None = None, suspend_for_min: float | None = None) -> dict[str, Any]:
     from broker import mosquitto
     from edge.fleet import OUTBOX_FILE
     from edge.outbox import Outbox
@@ -313,7 +341,8 @@ def run_scenario(honest: int, seconds: float, hostile: bool) -> dict[str, Any]:
            "CITYLEDGER_MQTT_HOST": "127.0.0.1"}
     procs: list[subprocess.Popen[Any]] = []
     with (home.logs / "ingest.log").open("ab") as log:
-        ingest = subprocess.Popen([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest"],
+        ingest = subprocess.Popen([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest",
+                                   "--workers", str(workers)],
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     procs.append(ingest)
     try:
@@ -322,6 +351,8 @@ def run_scenario(honest: int, seconds: float, hostile: bool) -> dict[str, Any]:
         key = SigningKey.generate()
         login = api.enroll_device(device=HOSTILE_DEVICE, kind=HOSTILE_KIND, district=HOSTILE_DISTRICT,
                                   public_key=key.verify_key.encode().hex())
+        rule = api.set_budget_policy(suspend_after_min=suspend_after_min, suspend_for_min=suspend_for_min) \
+            if suspend_after_min or suspend_for_min else api.budget_policy()
         print(f"provisioning {honest} honest devices...", file=sys.stderr)
         fleet = subprocess.Popen([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "fleet",
                                   "--devices", str(honest), "--interval", "1"], env=env,
@@ -337,15 +368,18 @@ def run_scenario(honest: int, seconds: float, hostile: bool) -> dict[str, Any]:
         processed_at = None
         if hostile:
             worker = start_hostile(HostileConfig("127.0.0.1", port, login["mqtt_username"], login["mqtt_password"],
-                                                 bytes(key).hex(), seconds))
+                                                 bytes(key).hex(), seconds, qos=qos))
             procs.append(worker)
             report = finish_hostile(worker, seconds + 120)
-            t1 = t0 + round(report["seconds"] * 1000)
+            t1 = max(now_ms(), t0 + round(seconds * 1000))  # a suspended flooder keeps knocking till then
+            last = [-1]
 
-            def hostile_done() -> bool:
+            def hostile_done() -> bool:  # counted: all the broker took (QoS 1), then no change for 2 s
                 s = api.status()
-                return s["quarantined"] + s["quarantine_dropped"] >= report["sent"]
-            _wait(hostile_done, 600, "ingest to account for every hostile message")
+                n = s["quarantined"] + s["quarantine_dropped"]
+                done, last[0] = n == last[0] and (qos == 0 or report["disconnects"] or n >= report["sent"]), n
+                return bool(done)
+            _wait(lambda: hostile_done() or time.sleep(2), 600, "ingest to account for every hostile message")
             processed_at = now_ms()
         else:
             time.sleep(seconds)
@@ -381,6 +415,11 @@ def run_scenario(honest: int, seconds: float, hostile: bool) -> dict[str, Any]:
             " WHERE r.device <> ? AND r.ts BETWEEN ? AND ?", [HOSTILE_DEVICE, t0, t1]).fetchall())
         ledgered = set(con.execute("SELECT device, seq FROM readings").fetchall())
         stored_hostile = con.execute("SELECT count(*) FROM quarantine WHERE device = ?", [HOSTILE_DEVICE]).fetchone()[0]
+        by_reason = dict(con.execute("SELECT reason, sum(count) FROM reject_counts WHERE device = ? GROUP BY 1",
+                                     [HOSTILE_DEVICE]).fetchall())
+        budget_entries = {t: json.loads(b) for t, b in con.execute(
+            "SELECT type, body FROM entries WHERE type IN ('device_suspended', 'device_reinstated')"
+            " ORDER BY height").fetchall()}
     finally:
         con.close()
     missing = sum(1 for d, last in generated.items() for s in range(1, last + 1) if (d, s) not in ledgered)
@@ -409,6 +448,17 @@ def run_scenario(honest: int, seconds: float, hostile: bool) -> dict[str, Any]:
             "hostile_drain_seconds_after_flood": round((processed_at - t1) / 1000, 1),
             "hostile_payload_mb": round(report["payload_bytes"] / 1e6, 1),
             "hostile_kinds": report["kinds"],
+            "qos": qos, "workers": workers, "rule": rule,
+            "hostile_counted": sum(by_reason.values()),
+            "hostile_dropped_over_budget": by_reason.get("over_budget", 0),
+            "hostile_dropped_suspended": by_reason.get("suspended", 0),
+            "hostile_screened": sum(by_reason.values()) - by_reason.get("over_budget", 0)
+            - by_reason.get("suspended", 0),
+            "suspended_after_s": round((budget_entries["device_suspended"]["at"] - t0) / 1000, 1)
+            if "device_suspended" in budget_entries else None,
+            "reinstated_after_s": round((budget_entries["device_reinstated"]["at"] - t0) / 1000, 1)
+            if "device_reinstated" in budget_entries else None,
+            "hostile_refused_on_reconnect": report["reconnect_refusals"],
         })
     return out
 
@@ -417,12 +467,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=30.0, help="length of the measured window (and of the flood)")
     p.add_argument("--honest", type=int, default=100, help="honest devices, one reading a second each")
+    p.add_argument("--qos", type=int, choices=(0, 1), default=1, help="QoS of the hostile device's garbage")
+    p.add_argument("--workers", type=int, default=0, help="cityledger ingest --workers")
+    p.add_argument("--suspend-after", type=float, metavar="MIN", help="the budget rule's M (default: the ledger's)")
+    p.add_argument("--suspend-for", type=float, metavar="MIN", help="the budget rule's T (default: the ledger's)")
+    p.add_argument("--hostile-only", action="store_true", help="skip the run without the hostile device")
     p.add_argument("--hostile-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.hostile_worker:
         print(json.dumps(run_hostile(HostileConfig(**json.loads(sys.stdin.read())))))
         return
-    runs = [run_scenario(args.honest, args.seconds, hostile) for hostile in (False, True)]
+    runs = [run_scenario(args.honest, args.seconds, hostile, args.qos, args.workers, args.suspend_after,
+                         args.suspend_for) for hostile in ((True,) if args.hostile_only else (False, True))]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(json.dumps({"machine": machine, "runs": runs}, indent=2))
 

@@ -22,6 +22,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker import workers
 from broker.acks import AckPublisher
+from broker.budget import Budget, BudgetPolicy, Drops, Streaks
 from broker.headers import publish_head, publish_sealed
 from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
 from broker.sessions import RECEIVE_MAXIMUM, service_client
@@ -29,15 +30,18 @@ from broker.sessions import start as start_session
 from broker.tls import TLSSettings
 from ledger import rpc
 from ledger.api import local_api
+from ledger.health import IngestHealth
 from ledger.home import Home
 from ledger.protocol import (
     ChainTopics,
     ack_payload,
     device_topic,
 )
+from ledger.store import DeviceRecord
 from ledger.writer import Batch, LedgerWriter, Sealed, now_ms
 
 log = logging.getLogger("cityledger.ingest")
+POLICE_EVERY_S = 0.25  # how often budget drops are written and suspensions begun or ended
 T = TypeVar("T")
 
 @dataclass
@@ -47,6 +51,7 @@ class IngestStats:
     quarantined: int = 0
     duplicates: int = 0
     blocks: int = 0
+    over_budget: int = 0  # messages dropped by budgets (broker/budget.py), never screened
     started: float = field(default_factory=time.monotonic)
 
 
@@ -80,14 +85,24 @@ class IngestService:
         self.workers = workers
         self.block_readings, self.block_seconds = block_readings, block_seconds
         self.stats = IngestStats()
+        self.health = IngestHealth(workers, now_ms())
         # queue.Queue, not SimpleQueue: on CPython 3.11 a signal landing in SimpleQueue.get's
         # timed wait can turn it into a wait forever, and an idle ingest then ignores SIGTERM.
         self.inbox: queue.Queue[Incoming] = queue.Queue()
+        self.health.pending = self.inbox.qsize
         hour_start = now_ms() // 3_600_000 * 3_600_000
         cap = QuarantineCap(quarantine_cap, writer.store.quarantine_stored_since(hour_start), hour_start // 3_600_000)
         self.intake = Intake({d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()},
                              writer.store.stored_readings, cap)
         self.acked: dict[str, int] = {}
+        # Per-device budgets (broker/budget.py), checked before a message is queued or parsed.
+        self.policy = writer.budget_policy()
+        self.budget = Budget(self.policy)
+        self.drops: Drops = self.budget.drops  # the workers' drops are merged in here too
+        self.streaks = Streaks()
+        self.suspended_until = {d: s["until"] for d, s in writer.suspensions().items()}
+        self.pool: workers.WorkerPool | None = None
+        self._note_registry(writer.registry_version, writer.registry)
         self.connected = threading.Event()
         self._generation = 0
         self.client = service_client(client_id, username, password, tls)
@@ -121,7 +136,52 @@ class IngestService:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "backslashreplace")
-        self.inbox.put(Incoming(topic, msg.payload, now_ms(), (self._generation, msg.mid, msg.qos)))
+        at = now_ms()
+        if self.budget.admit(topic, time.monotonic(), at) is not None:  # counted in self.drops
+            if msg.qos > 0:  # PUBACK it now: held, it would fill the broker's window for every device
+                client.ack(msg.mid, msg.qos)
+            return
+        self.inbox.put(Incoming(topic, msg.payload, at, (self._generation, msg.mid, msg.qos)))
+
+    # ------------------------------------------------------------ budgets (a thread of their own)
+
+    def _note_registry(self, version: int, registry: dict[str, DeviceRecord]) -> None:
+        self.budget.suspended = frozenset(d for d, r in registry.items() if r.status == "suspended")
+
+    def _note_policy(self, policy: BudgetPolicy) -> None:
+        self.policy = policy
+        self.budget.set_policy(policy)
+        if self.pool is not None:
+            self.pool.publish_policy(policy.share(self.workers))
+
+    def _police_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(POLICE_EVERY_S):
+            try:
+                self._police(now_ms())
+            except Exception:  # a bug; enforcement must go on for the other devices
+                log.exception("budget enforcement failed")
+
+    def _police(self, now: int) -> None:
+        """Write what budgets dropped (as rejects), suspend devices over budget for too long,
+        reinstate those whose time is up."""
+        counts, spans = self.drops.take()
+        if counts:
+            self.writer.commit(Batch(rejects=counts))
+            self.stats.over_budget += sum(counts.values())
+        policy = self.policy
+        self.streaks.observe(spans, policy)
+        for device, streak in self.streaks.due(now, policy):
+            self.streaks.forget(device)
+            done = self.writer.suspend_device(device, policy, streak.start, streak.messages)
+            if done is not None:
+                self.suspended_until[device] = done["until"]
+                log.warning("suspended %s until %d: over budget since %d (%d messages dropped), rule %s",
+                            device, done["until"], streak.start, streak.messages, done["rule"])
+        for device, until in list(self.suspended_until.items()):
+            if until <= now:
+                del self.suspended_until[device]
+                if self.writer.reinstate_device(device) is not None:
+                    log.warning("reinstated %s: its suspension ended", device)
 
     # ------------------------------------------------------------ the batch loop (main thread)
 
@@ -132,7 +192,11 @@ class IngestService:
         workers.forget_sessions(self.host, self.port, self.tls,
                                 [self.home.service_secret(workers.worker_login(i)) for i in idle])
         workers.tune_gc()
-        server, _ = rpc.serve(local_api(self.home, self.writer), self.home.rpc_socket)
+        self.writer.on_registry.append(self._note_registry)
+        self.writer.on_policy.append(self._note_policy)
+        police = threading.Thread(target=self._police_loop, args=(stop,), name="cityledger-budget", daemon=True)
+        police.start()
+        server, _ = rpc.serve(local_api(self.home, self.writer, self.health), self.home.rpc_socket)
         # With workers this client only publishes, so it keeps no session to resume.
         start_session(self.client, self.host, self.port, persistent=not self.workers, receive_maximum=RECEIVE_MAXIMUM)
         try:
@@ -145,6 +209,10 @@ class IngestService:
                         self._flush(batch)
                 self._flush(drain(self.inbox))
         finally:
+            police.join(timeout=10)
+            self._police(now_ms())  # the last drops counted
+            self.writer.on_registry.remove(self._note_registry)
+            self.writer.on_policy.remove(self._note_policy)
             self.client.disconnect()
             self.client.loop_stop()
             self.acks.close()
@@ -156,6 +224,9 @@ class IngestService:
             workers.WorkerSettings(i, self.host, self.port, self.home.service_secret(workers.worker_login(i)), self.tls,
                                    self.topics)
             for i in range(1, self.workers + 1)])
+        pool.policy = self.policy.share(self.workers)  # each worker checks its share of every budget
+        pool.on_drops = self.drops.merge
+        self.pool = pool
         self.writer.on_registry.append(pool.publish_registry)
         pool.start(self.writer.registry_version, self.writer.registry)
         try:
@@ -165,6 +236,7 @@ class IngestService:
                     self._settle(handovers, pool)
         finally:
             self.writer.on_registry.remove(pool.publish_registry)
+            self.pool = None
             pool.stop()  # what they hold unacknowledged, the broker redelivers on the next start
 
     def _settle(self, handovers: list[tuple[int, int, list[tuple[workers.Token, Screening]]]],
@@ -225,6 +297,7 @@ class IngestService:
 
     def _publish_sealed(self, sealed: Sealed) -> None:
         self.stats.blocks += 1
+        self.health.sealed(sealed.header["sealed_at"], [r.reading.ts for r in sealed.readings])
         publish_sealed(self.client, self.topics, sealed)
         self._publish_acks({r.reading.device for r in sealed.readings}, sealed.hash)
 

@@ -136,7 +136,7 @@ class Screener:
         if rec is None:
             return _quarantine(msg, Reason.UNKNOWN_DEVICE, f"{reading.device} is not enrolled", reading.device)
         if rec.status != "active":
-            return _quarantine(msg, Reason.REVOKED_DEVICE, f"{reading.device} is revoked", reading.device)
+            return _quarantine(msg, Reason.REVOKED_DEVICE, f"{reading.device} is {rec.status}", reading.device)
         if topic is None or topic.leaf != "reading":
             return _quarantine(msg, Reason.TOPIC_MISMATCH, "not a reading topic", reading.device)
         if (topic.device, topic.kind, topic.district) != (reading.device, reading.kind, rec.district) or reading.kind != rec.kind:

@@ -2,8 +2,10 @@
 
 Each worker is an MQTT 5 client in one shared subscription (`$share/cityledger-ingest/...`),
 so the broker spreads the readings over the workers, and the same code runs
-against a clustered broker (EMQX, HiveMQ, VerneMQ) unchanged. A worker screens
-each message (shape, registry, topic, signature: `Screener`) and hands the
+against a clustered broker (EMQX, HiveMQ, VerneMQ) unchanged. A worker first checks
+the sending device's budget (broker/budget.py; each worker holds 1/N of it), drops and
+counts what is over it (PUBACKed at once), screens the rest (shape, registry, topic,
+signature: `Screener`) and hands the
 outcomes to the sealer, the one process that writes the ledger, over a pipe. It
 PUBACKs a message only when the sealer says the transaction holding its outcome
 has committed. Its session is persistent and its login its own (the broker
@@ -17,14 +19,17 @@ import gc
 import json
 import logging
 import multiprocessing
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
 
+from broker.budget import Budget, BudgetPolicy, Count, Span
 from broker.intake import Incoming, Screened, Screener, Screening
 from broker.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.subscriber import MQTTError, Subscriber
@@ -36,6 +41,28 @@ from ledger.writer import WORKER_PREFIX, now_ms
 log = logging.getLogger("cityledger.ingest")
 
 Token = tuple[int, int, int]  # (connection generation, MQTT packet id, QoS): what acknowledges a message
+
+
+MAX_WORKERS = 64
+
+
+def worker_count(value: str | int, cores: int | None = None) -> int:
+    """`--workers`: a number, or `auto` for one per core (none on a single core).
+
+    Screening (the signature above all) is what costs; one process screens on one core,
+    so a machine's defaults leave its other cores idle unless workers screen beside the
+    sealer. On a single core a worker adds a hop and no parallelism.
+    """
+    if str(value).strip().lower() == "auto":
+        cores = cores if cores is not None else (os.cpu_count() or 1)
+        return min(cores, 8) if cores >= 2 else 0
+    try:
+        count = int(value)
+    except ValueError:
+        raise ValueError(f"--workers must be a number or auto, not {value!r}") from None
+    if not 0 <= count <= MAX_WORKERS:
+        raise ValueError(f"--workers must be between 0 and {MAX_WORKERS}")
+    return count
 
 
 def worker_login(index: int) -> str:
@@ -121,6 +148,8 @@ class Worker:
         self.registry: dict[str, DeviceRecord] = {}
         self.version = -1
         self.screener = Screener()
+        self.budget = Budget()  # the sealer sends this worker's share of the policy right after the registry
+        self.drops_sent = 0.0
         self.stop = False
         self.generation = 0
         self.login = json.loads(settings.secret_file.read_text())
@@ -137,8 +166,16 @@ class Worker:
                 continue
             assert self.sub is not None
             try:
+                over: list[int] = []
                 for m in self.sub.receive(0.01):
-                    held.append(Incoming(m.topic, m.payload, now_ms(), (self.generation, m.packet_id or 0, m.qos)))
+                    at = now_ms()
+                    if self.budget.admit(m.topic, time.monotonic(), at) is not None:  # counted, never screened
+                        if m.qos > 0:
+                            over.append(m.packet_id or 0)
+                        continue
+                    held.append(Incoming(m.topic, m.payload, at, (self.generation, m.packet_id or 0, m.qos)))
+                # PUBACKed now: held, they would fill the broker's window and stall every device.
+                self.sub.ack(over)
             except (MQTTError, OSError) as exc:
                 log.warning("lost the broker: %s", exc)
                 self.sub, held = None, []  # the broker redelivers what we had not acknowledged
@@ -150,6 +187,9 @@ class Worker:
                 outcomes = [(m.token, self.screener.screen(m, registry, now)) for m in held]
                 self.conn.send(("batch", version, pack(outcomes)))
                 held, first = [], 0.0
+            if self.budget.drops and time.monotonic() - self.drops_sent >= 0.2:
+                self.conn.send(("drops", *self.budget.drops.take()))
+                self.drops_sent = time.monotonic()
         if self.sub is not None:
             self.sub.close()
 
@@ -182,6 +222,9 @@ class Worker:
                     self.sub = None
         elif kind == "registry":
             self.version, self.registry = message[1], message[2]
+            self.budget.suspended = frozenset(d for d, r in self.registry.items() if r.status == "suspended")
+        elif kind == "policy":
+            self.budget.set_policy(message[1])
         elif kind == "stop":
             self.stop = True
 
@@ -211,6 +254,8 @@ class WorkerPool:
         self.conns: dict[int, Connection] = {}
         self.locks: dict[int, threading.Lock] = {}
         self.registry: tuple[int, dict[str, DeviceRecord]] = (0, {})
+        self.policy = BudgetPolicy()  # each worker's share of the per-device budget
+        self.on_drops: Callable[[dict[Count, int], dict[str, Span]], None] | None = None
         self.restarts = 0
         self.screened: dict[int, int] = {s.index: 0 for s in settings}  # messages per worker
 
@@ -227,7 +272,8 @@ class WorkerPool:
         theirs.close()
         self.procs[s.index], self.conns[s.index] = proc, ours
         self.locks.setdefault(s.index, threading.Lock())
-        self._send(s.index, ("registry", *self.registry))
+        self._send(s.index, ("registry", *self.registry))  # first: the worker waits for it
+        self._send(s.index, ("policy", self.policy))
 
     def _send(self, index: int, message: tuple[Any, ...]) -> None:
         with self.locks[index]:
@@ -235,6 +281,11 @@ class WorkerPool:
                 self.conns[index].send(message)
             except (BrokenPipeError, OSError):
                 pass  # noticed and restarted by `collect`
+
+    def publish_policy(self, policy: BudgetPolicy) -> None:
+        self.policy = policy
+        for index in list(self.conns):
+            self._send(index, ("policy", policy))
 
     def publish_registry(self, version: int, registry: dict[str, DeviceRecord]) -> None:
         self.registry = (version, registry)
@@ -254,10 +305,15 @@ class WorkerPool:
             for conn in wait(list(by_conn), timeout):
                 index = by_conn[conn]  # type: ignore[index]
                 try:
-                    _, version, items = conn.recv()  # type: ignore[union-attr]
+                    message = conn.recv()  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     self._restart(index)
                     continue
+                if message[0] == "drops":  # what the worker's budget dropped: counts only
+                    if self.on_drops is not None:
+                        self.on_drops(message[1], message[2])
+                    continue
+                _, version, items = message
                 outcomes = unpack(items)
                 out.append((index, version, outcomes))
                 self.screened[index] += len(outcomes)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from dataclasses import asdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger import anchors, anomaly_queries, billing_queries, investigations, merkle, views
+from ledger import anchors, anomaly_queries, billing_queries, investigations, jobs, merkle, supervisor, views
 from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, compare_with_witness
 from ledger.protocol import Reading, strict_json
 from ledger.receipts import build_receipt
+from ledger.health import IngestHealth
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.sqlaudit import audit_store
@@ -28,6 +30,8 @@ from ledger.writer import LedgerWriter
 
 
 class Backend(Protocol):
+    health: IngestHealth | None  # the running ingest's view of itself, inside ingest only
+
     def reading(self) -> contextlib.AbstractContextManager[Store]: ...
     def writing(self) -> contextlib.AbstractContextManager[LedgerWriter]: ...
 
@@ -35,8 +39,9 @@ class Backend(Protocol):
 class InProcessBackend:
     """Inside the ingest: reads on a fresh cursor, writes through the live writer."""
 
-    def __init__(self, writer: LedgerWriter) -> None:
+    def __init__(self, writer: LedgerWriter, health: IngestHealth | None = None) -> None:
         self.writer = writer
+        self.health = health
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Store]:
@@ -53,6 +58,8 @@ class InProcessBackend:
 
 class DirectBackend:
     """No ingest running: open the file per call and let go of it at once."""
+
+    health: IngestHealth | None = None  # no ingest runs
 
     def __init__(self, home: Home) -> None:
         self.home = home
@@ -86,10 +93,10 @@ class LedgerAPI:
         "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
         "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
         "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
-        "scan_anomalies", "anomalies", "anomaly", "act_on_anomaly",
+        "scan_anomalies", "anomalies", "silence_margin_ms", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
         "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
-        "headers", "anchor_proof",
+        "headers", "anchor_proof", "budget_policy", "set_budget_policy", "reinstate_device",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -104,12 +111,21 @@ class LedgerAPI:
         with self.backend.reading() as store:
             counts = store.counts()
             head = store.head()
+        health = self.backend.health
         return {
             "ledger_key": self.ledger_key(),
             **counts,
             "height": head[0] if head else None,
             "last_block_hash": head[1] if head else None,
+            "ingest": health.snapshot(_now()) if health else {"running": False},
+            "jobs": {name: {**asdict(r), "failing": r.failing} for name, r in jobs.load(self.home.jobs).items()},
+            "supervisor": supervisor.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
         }
+
+    def silence_margin_ms(self) -> int:
+        """How much later than usual the ledger may hear from a device now (ledger.health)."""
+        health = self.backend.health
+        return int(health.snapshot(_now())["silence_margin_ms"] or 0) if health else 0
 
     def devices(self) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
@@ -139,6 +155,25 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return writer.revoke_device(device)
 
+    def budget_policy(self) -> dict[str, Any]:
+        """The per-device message budget in force (broker/budget.py)."""
+        with self.backend.writing() as writer:
+            return writer.budget_policy().rule()
+
+    def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
+                          suspend_after_min: float | None = None,
+                          suspend_for_min: float | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_budget_policy(rate, burst, suspend_after_min, suspend_for_min)
+
+    def reinstate_device(self, device: str) -> dict[str, Any]:
+        """End a suspension before its time (the operator's call); refused if not suspended."""
+        with self.backend.writing() as writer:
+            done = writer.reinstate_device(device)
+        if done is None:
+            raise ValueError(f"{device} is not suspended")
+        return done
+
     def reset_device_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
             return writer.reset_password(device, public_key)
@@ -167,8 +202,11 @@ class LedgerAPI:
             trusted = verify_key_from_hex(ledger_key or self._first_key(store))
             head = store.head()
             # Structural audit hashed in DuckDB; blocks it cannot clear, and --deep, take the Python audit.
+            # Inside ingest it hashes one range at a time, on about one core: the other stays with the
+            # sealing (issue 14; `cityledger bench --job audit`).
+            inside = isinstance(self.backend, InProcessBackend) and not deep
             report = audit_store(store, trusted, deep=deep, total=(head[0] + 1) if head else 0,
-                                 progress=progress).as_dict()
+                                 progress=progress, workers=1 if inside else None).as_dict()
             if witness is not None:
                 from ledger.witness import load_headers
 
@@ -403,14 +441,19 @@ class LedgerAPI:
 
     def scan_anomalies(self, lookback_days: int = 14) -> dict[str, Any]:
         """Run every detector now over the recent ledger; raise new anomalies, update ongoing ones."""
-        from ledger.anomalies import AnomalyConfig, detect
+        from ledger.anomalies import AnomalyConfig
+        from ledger.anomaly_scan import detect_by_group
 
         now = _now()
+        since = now - lookback_days * 86_400_000
         with self.backend.reading() as store:
-            devices, readings, rejects = anomaly_queries.inputs(store, now - lookback_days * 86_400_000)
-            swaps = anomaly_queries.replacements(store)
-            tz = self._timezone(store)
-        findings = detect(devices, readings, rejects, now, tz, AnomalyConfig(), replacements=swaps)
+            # A district's devices of one kind at a time, the detectors in a child process: weeks of
+            # readings never sit in this (the sealing) process's memory as Python objects (ledger/anomaly_scan.py).
+            devices = anomaly_queries.active_devices(store)
+            findings = detect_by_group(devices, lambda ids: anomaly_queries.readings_table(store, ids, since),
+                                       anomaly_queries.rejects(store, since), now, self._timezone(store),
+                                       AnomalyConfig(), replacements=anomaly_queries.replacements(store),
+                                       lag_ms=self.silence_margin_ms())
         with self.backend.writing() as writer, writer.lock:
             counts = investigations.record_findings(writer.store, findings, now)
         by_type: dict[str, int] = {}
@@ -503,8 +546,8 @@ def _now() -> int:
     return time.time_ns() // 1_000_000
 
 
-def local_api(home: Home, writer: LedgerWriter | None = None) -> LedgerAPI:
-    return LedgerAPI(home, InProcessBackend(writer) if writer else DirectBackend(home))
+def local_api(home: Home, writer: LedgerWriter | None = None, health: IngestHealth | None = None) -> LedgerAPI:
+    return LedgerAPI(home, InProcessBackend(writer, health) if writer else DirectBackend(home))
 
 
 ProgressFn = Callable[[int, int], None]

@@ -113,21 +113,26 @@ def _broker_certs(args: argparse.Namespace, home: Home) -> Any:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from broker.ingest import IngestService
+    from broker.workers import worker_count
     from ledger.writer import LedgerWriter
 
     home = _home(args)
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        print(f"cityledger ingest: {exc}", file=sys.stderr)
+        return 2
     secret = json.loads(home.service_secret("ingest").read_text())
     writer = LedgerWriter.open(home)
     try:
         service = IngestService(home, writer, host=args.mqtt_host, port=args.mqtt_port, username=secret["username"],
                                 password=secret["password"], block_readings=args.block_readings,
                                 block_seconds=args.block_seconds, tls=_tls(args), quarantine_cap=args.quarantine_cap,
-                                workers=args.workers)
+                                workers=workers)
         stop = _stop_on_signals()
         logging.getLogger("cityledger.ingest").info(
             "ingest on %s:%d, home %s, blocks of %d readings or %.1f s, %s", args.mqtt_host, args.mqtt_port,
-            home.root, args.block_readings, args.block_seconds,
-            f"{args.workers} workers" if args.workers else "no workers")
+            home.root, args.block_readings, args.block_seconds, f"{workers} workers" if workers else "no workers")
         service.run(stop)
     finally:
         writer.close()
@@ -230,8 +235,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     return run_up(_home(args), args)
 
 
+def cmd_systemd_units(args: argparse.Namespace) -> int:
+    from ledger import systemd_units as su
+
+    home = _home(args)
+    settings = su.UnitSettings(
+        home=home.root, user=args.user or su.home_owner(home.root), group=args.group or None,
+        executable=su.this_executable(), mqtt_host=args.mqtt_host, mqtt_port=args.mqtt_port, mqtt_ca=args.mqtt_ca,
+        dashboard_port=args.dashboard_port, fleet_devices=args.devices, fleet_interval=args.interval,
+        parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()), prefix=args.prefix,
+        code_paths=su.code_paths())
+    written = su.write_units(su.render_units(settings), Path(args.out))
+    for path in written:
+        print(path)
+    if settings.user == "root":
+        print("warning: the units run as root; a user of their own (--user) is safer", file=sys.stderr)
+    print(f"install: cp {' '.join(p.name for p in written)} /etc/systemd/system/ (from {args.out}), then "
+          f"systemctl daemon-reload && systemctl enable --now {settings.unit_name('target')}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.city import main as bench_main
+    if args.job:  # the heavy jobs against a loaded ingest (bench/jobs.py)
+        from bench.jobs import main as bench_main
+    else:
+        from bench.city import main as bench_main
 
     # --home defaults to the deployment's home, which the bench must never fill with its devices.
     return bench_main(args, home_given=args.home != _env("home", "./var"))
@@ -246,6 +274,7 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
 
 def cmd_devices_provision(args: argparse.Namespace) -> int:
     """Make a key pair for a device with no key store of its own; only the bundle keeps the private key."""
+    from broker.client_ids import mqtt_client_id
     from edge.identity import DeviceIdentity
 
     out = Path(args.out)
@@ -258,7 +287,8 @@ def cmd_devices_provision(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     identity.with_credentials(enrolled["mqtt_username"], enrolled["mqtt_password"]).save(out)
-    broker = {"host": args.mqtt_host, "port": args.mqtt_port, "ca": None}
+    # client_id: the broker admits only ids with the project's prefix (docs/security.md).
+    broker = {"host": args.mqtt_host, "port": args.mqtt_port, "ca": None, "client_id": mqtt_client_id(args.id)}
     if args.mqtt_ca:
         (out / "ca.crt").write_bytes(Path(args.mqtt_ca).read_bytes())
         broker["ca"] = "ca.crt"
@@ -284,7 +314,40 @@ def cmd_devices_flagged(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         print(f"{r['device']:<22} peak {r['peak_rejects_per_minute']:>7}/min  {r['rejects']:>9} rejects  {r['reasons']}")
+        s = r.get("suspension")
+        if s:  # broker/budget.py: over budget for too long
+            rule = s["rule"] or {}
+            state = (f"suspended until {_iso(s['until'])}" if s["status"] == "suspended"
+                     else f"was suspended {_iso(s['at'])}, reinstated {_iso(s['reinstated_at'])}")
+            print(f"{'':<22} {state}: over budget ({rule.get('rate')}/s, burst {rule.get('burst')}) for "
+                  f"{rule.get('suspend_after_min')} min, suspended for {rule.get('suspend_for_min')} min "
+                  + (f"(rule of block {rule['policy_height']})" if rule.get("policy_height") is not None
+                     else "(the default rule)"))
     print(f"{len(rows)} flagged devices")
+    return 0
+
+
+def _iso(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_devices_policy(args: argparse.Namespace) -> int:
+    changes = {"rate": args.rate, "burst": args.burst, "suspend_after_min": args.suspend_after,
+               "suspend_for_min": args.suspend_for}
+    api = _ledger(args)
+    if any(v is not None for v in changes.values()):
+        _print(api.set_budget_policy(**changes))
+    else:
+        _print(api.budget_policy())
+    return 0
+
+
+def cmd_devices_reinstate(args: argparse.Namespace) -> int:
+    _print(_ledger(args).reinstate_device(device=args.id))
     return 0
 
 
@@ -298,9 +361,9 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
     if args.json:
         _print(devices)
         return 0
-    print(f"{'device':<22} {'kind':<12} {'district':<10} {'status':<8} {'online':<8} account")
+    print(f"{'device':<22} {'kind':<12} {'district':<10} {'status':<9} {'online':<8} account")
     for d in devices:
-        print(f"{d['device']:<22} {d['kind']:<12} {d['district']:<10} {d['status']:<8} {d['online']:<8} "
+        print(f"{d['device']:<22} {d['kind']:<12} {d['district']:<10} {d['status']:<9} {d['online']:<8} "
               f"{d['account'] or '-'}")
     print(f"{len(devices)} devices")
     return 0
@@ -603,6 +666,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         for key in ("ledger_key", "height", "last_block_hash", "blocks", "readings", "quarantined",
                     "quarantine_dropped", "duplicates", "devices"):
             print(f"{key:>16}: {status[key]}")
+        ingest = status["ingest"]
+        if ingest["running"]:
+            print(f"{'ingest':>16}: lag {ingest['lag_ms'] / 1000:.1f} s, last seal at {ingest['last_seal_at']}, "
+                  f"{ingest['pending']} waiting, {ingest['workers']} workers")
+        else:
+            print(f"{'ingest':>16}: not running")
+        for name, job in status["jobs"].items():
+            if job["failing"]:
+                print(f"{'job failing':>16}: {name}, {job['failures']} in a row: {job['last_error']}")
+        from ledger.supervisor import describe_restarts
+
+        if restarts := describe_restarts(status.get("supervisor") or {}):  # parts `cityledger up` restarted
+            print(f"{'restarts':>16}: {restarts}")
     return 0
 
 
@@ -777,7 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--block-readings", 5000, "seal a block at this many messages")
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
     _opt(p, "--quarantine-cap", 1000, "quarantine entries stored per device and hour (the rest only counted)")
-    _opt(p, "--workers", 0, "screening processes on one MQTT 5 shared subscription (0: screen in this process)")
+    _opt(p, "--workers", "auto", "screening processes on one MQTT 5 shared subscription (auto: one per core; "
+         "0: screen in this process)")
     p = add("anchor", cmd_anchor, "on a city of district chains: seal every district's head into the city chain")
     _opt(p, "--every", 5.0, "seconds between anchors (a city block when any district head moved)")
     ds = add("districts", lambda a: 2, "a city of district chains: each district seals its own (docs/scaling.md)")
@@ -803,6 +880,17 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--interval", 5.0, "seconds between readings")
     _opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
     _broker_tls_options(p)
+    p = add("systemd-units", cmd_systemd_units, "for a server: write a systemd unit per long-running part "
+            "(Restart=on-failure, hardened) and cityledger.target into DIR (docs/reliability.md)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the unit files to")
+    p.add_argument("--user", help="the user the parts run as (default: the owner of the home)")
+    p.add_argument("--group", help="their group (default: the user's)")
+    p.add_argument("--parts", default="broker,ingest,scheduler,dashboard",
+                   help="comma-separated parts among broker, ingest, fleet (simulated devices), scheduler, dashboard")
+    p.add_argument("--prefix", default="cityledger", help="unit names: PREFIX-PART.service and PREFIX.target")
+    _opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
+    _opt(p, "--devices", 40, "with the fleet part: simulated devices")
+    _opt(p, "--interval", 5.0, "with the fleet part: seconds between readings")
 
     p = add("bench", cmd_bench, "measure sustained readings/s, ack latency and CPU per reading on this machine "
             "(on a temporary home, or --home naming an empty directory)")
@@ -814,6 +902,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "district (--workers each) and the city's anchor (default 0: one chain)")
     _opt(p, "--block-readings", 5000, "ingest seals a block at this many messages")
     _opt(p, "--block-seconds", 1.0, "or when the oldest pending message is this old")
+    p.add_argument("--job", action="append", default=[], metavar="JOB",
+                   help="measure sealing while a job runs over and over, --seconds each after a baseline: audit, "
+                   "deep-audit, scan, roll-up, close, sign-in, or all (repeat or comma-separate; bench/jobs.py)")
+    _opt(p, "--history-devices", 1000, "with --job: meters whose history the ledger holds before the load starts")
+    _opt(p, "--history-days", 21.0, "with --job: days of 15-minute readings in that history")
+    _opt(p, "--extra-accounts", 0, "with --job: accounts without meters, more bills for the close to issue")
     p.add_argument("--json", action="store_true", help="print one JSON object on standard output")
 
     devices = add("devices", lambda a: 2, "enrol, revoke and list devices")
@@ -844,6 +938,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=int, default=60, help="look back this far")
     p.add_argument("--threshold", type=int, default=60, help="rejects per minute that flag a device")
     p.add_argument("--json", action="store_true")
+    p = add("policy", cmd_devices_policy, "the per-device message budget, and when a device over it is "
+            "suspended (sealed in the chain); no option: show it", dsub)
+    p.add_argument("--rate", type=float, help="messages a second a device may send, sustained")
+    p.add_argument("--burst", type=float, help="messages a device may send at once")
+    p.add_argument("--suspend-after", type=float, metavar="MIN", help="minutes over budget before suspension")
+    p.add_argument("--suspend-for", type=float, metavar="MIN", help="minutes a suspension lasts")
+    p = add("reinstate", cmd_devices_reinstate, "end a device's suspension now (it ends by itself when due)", dsub)
+    p.add_argument("id")
     p = add("list", cmd_devices_list, "list enrolled devices", dsub)
     p.add_argument("--json", action="store_true")
 

@@ -100,6 +100,9 @@ class _Server(socketserver.UnixStreamServer):
     """
 
     api: LedgerAPI
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5). A burst of
+    # callers while the accepting thread waits for the GIL would otherwise get EAGAIN on connect.
+    request_queue_size = 128
 
     def __init__(self, address: str, workers: int = WORKERS, waiting: int = WAITING) -> None:
         super().__init__(address, _Handler)
@@ -211,7 +214,10 @@ class RemoteLedger:
     def _call_once(self, method: str, progress: Any, params: dict[str, Any]) -> Any:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
-            _connect(sock, self.path)
+            try:
+                _connect(sock, self.path)
+            except BlockingIOError as exc:  # EAGAIN: even the kernel's queue of new connections is full
+                raise LedgerBusy("the ledger's API is busy: retry in a moment", BUSY) from exc
             request = {"method": method, "params": params, "progress": progress is not None}
             try:
                 sock.sendall(_encode(request))

@@ -442,11 +442,42 @@ class Store:
             SELECT h.device, h.peak, h.total, h.first_minute, h.last_minute,
                    (SELECT string_agg(reason || ':' || c, ',' ORDER BY c DESC) FROM (
                         SELECT reason, sum(count) AS c FROM reject_counts r
-                        WHERE r.device = h.device AND r.minute >= ? GROUP BY reason)) AS reasons
+                        WHERE r.device = h.device AND r.minute >= ? GROUP BY reason)) AS reasons,
+                   (SELECT coalesce(sum(count), 0) FROM reject_counts r WHERE r.device = h.device AND r.minute >= ?
+                        AND r.reason IN ('over_budget', 'suspended')) AS over_budget
             FROM hostile h ORDER BY h.peak DESC
-            """, [since_minute, threshold, since_minute]).fetchall()
-        keys = ("device", "peak_rejects_per_minute", "rejects", "first_minute", "last_minute", "reasons")
-        return [dict(zip(keys, r)) for r in rows]
+            """, [since_minute, threshold, since_minute, since_minute]).fetchall()
+        keys = ("device", "peak_rejects_per_minute", "rejects", "first_minute", "last_minute", "reasons", "over_budget")
+        out = [dict(zip(keys, r)) for r in rows]
+        suspensions = self.suspensions()
+        for r in out:
+            r["over_budget"] = int(r["over_budget"])
+            r["suspension"] = suspensions.pop(r["device"], None)
+        # A device suspended is listed even when its rejects are below the threshold now.
+        out += [{"device": d, "peak_rejects_per_minute": 0, "rejects": 0, "first_minute": None, "last_minute": None,
+                 "reasons": None, "over_budget": 0, "suspension": s}
+                for d, s in suspensions.items() if s["status"] == "suspended"]
+        return out
+
+    def suspensions(self) -> dict[str, dict[str, Any]]:
+        """Each device's latest budget suspension (broker/budget.py): when, until when, under which
+        rule, and whether it is still in force (`status` suspended) or ended (`reinstated_at`)."""
+        rows = self.con.execute(
+            """
+            WITH s AS (SELECT json_extract_string(body, '$.device') AS device, arg_max(body, height) AS body,
+                              max(height) AS height FROM entries WHERE type = 'device_suspended' GROUP BY 1),
+            r AS (SELECT json_extract_string(body, '$.device') AS device, max(height) AS height,
+                         arg_max(json_extract(body, '$.at')::BIGINT, height) AS at
+                  FROM entries WHERE type = 'device_reinstated' GROUP BY 1)
+            SELECT s.device, s.body, d.status, CASE WHEN r.height > s.height THEN r.at END
+            FROM s JOIN devices d USING (device) LEFT JOIN r USING (device) ORDER BY s.device
+            """).fetchall()
+        out = {}
+        for device, body, status, reinstated_at in rows:
+            entry = json.loads(body)
+            out[device] = {"at": entry.get("at"), "until": entry.get("until"), "rule": entry.get("rule"),
+                           "over_budget": entry.get("over_budget"), "status": status, "reinstated_at": reinstated_at}
+        return out
 
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         sql = "SELECT witness, kind, body, received_at FROM witness_reports"

@@ -284,7 +284,7 @@ def device_search(store: Store, districts: list[str] | None = None, text: str = 
     if kind:
         sql += " AND d.kind = ?"
         args.append(kind)
-    if status in ("active", "revoked"):
+    if status in ("active", "revoked", "suspended"):
         sql += " AND d.status = ?"
         args.append(status)
     elif status in ("online", "offline"):
@@ -330,6 +330,7 @@ def device_detail(store: Store, device: str, now: int | None = None) -> dict[str
     rejects = store.con.execute("SELECT coalesce(sum(count), 0) FROM reject_counts WHERE minute >= ? AND device = ?",
                                 [(now - 24 * HOUR) // 60_000, device]).fetchone()[0]
     out.update(readings_last_day=day, rejects_last_day=int(rejects))
+    out["suspension"] = store.suspensions().get(device)  # its latest budget suspension (broker/budget.py)
     return out
 
 

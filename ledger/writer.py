@@ -21,6 +21,7 @@ import pyarrow as pa
 from nacl.signing import SigningKey
 
 from broker import access, mosquitto
+from broker.budget import BudgetPolicy
 from ledger import anchors, auth, device_days, merkle
 from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.home import DISTRICT_FILE, Home, write_private
@@ -97,6 +98,7 @@ class LedgerWriter:
         self.ledgers_readings = False  # set by a running ingest: it would take a new district's readings too
         self.on_sealed: list[Callable[[Sealed], None]] = []
         self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
+        self.on_policy: list[Callable[[BudgetPolicy], None]] = []  # ingest's budgets (broker/budget.py)
 
     @property
     def store(self) -> Store:
@@ -379,6 +381,79 @@ class LedgerWriter:
         assert sealed is not None
         return {"device": device, "revoked_at": at, "block": sealed.hash}
 
+    # ------------------------------------------------------------ budgets and suspensions (broker/budget.py)
+
+    def budget_policy(self) -> BudgetPolicy:
+        """The per-device budget in force: the latest `budget_policy` entry, else the defaults."""
+        with self.lock:
+            row = self.store.con.execute("SELECT height, body FROM entries WHERE type = 'budget_policy'"
+                                         " ORDER BY height DESC LIMIT 1").fetchone()
+        return BudgetPolicy() if row is None else BudgetPolicy.from_entry(strict_json(row[1]), row[0])
+
+    def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
+                          suspend_after_min: float | None = None, suspend_for_min: float | None = None) -> dict[str, Any]:
+        """Seal a new budget rule (values not given stay as they are); ingest applies it at once."""
+        with self.lock:
+            old = self.budget_policy()
+            try:
+                new = BudgetPolicy(old.rate if rate is None else rate, old.burst if burst is None else burst,
+                                   old.suspend_after_min if suspend_after_min is None else suspend_after_min,
+                                   old.suspend_for_min if suspend_for_min is None else suspend_for_min)
+            except ValueError as exc:
+                raise EnrolmentError(str(exc)) from exc
+            sealed = self.commit(Batch(), [new.entry(now_ms())])
+            assert sealed is not None
+            policy = BudgetPolicy(new.rate, new.burst, new.suspend_after_min, new.suspend_for_min, sealed.height)
+            for callback in self.on_policy:
+                callback(policy)
+        return {**policy.rule(), "block": sealed.hash}
+
+    def suspend_device(self, device: str, policy: BudgetPolicy, since: int, over_budget: int) -> dict[str, Any] | None:
+        """Suspend a device over budget: the entry naming the rule and the registry change in one
+        transaction, then its broker login goes (a connected client is dropped on the reload).
+        None when the device is not active (revoked or already suspended meanwhile)."""
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None or rec.status != "active":
+                return None
+            at = now_ms()
+            until = at + policy.suspend_for_ms
+            entry = {"entry": "device_suspended", "device": device, "rule": policy.rule(),
+                     "over_budget_since": since, "over_budget": over_budget, "until": until, "at": at}
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
+                "UPDATE devices SET status = 'suspended' WHERE device = ?", [device]))
+            self.registry = {**self.registry, device: DeviceRecord(
+                rec.device, rec.kind, rec.district, rec.account, rec.public_key, "suspended", rec.mqtt_hash,
+                rec.enrolled_at, rec.revoked_at)}
+            self.sync_broker_access()
+        assert sealed is not None
+        return {"device": device, "until": until, "at": at, "rule": entry["rule"], "block": sealed.hash}
+
+    def reinstate_device(self, device: str) -> dict[str, Any] | None:
+        """End a device's suspension: an entry naming the rule it was suspended under, and its
+        broker login back (the same password). None when the device is not suspended."""
+        with self.lock:
+            rec = self.store.device(device)
+            if rec is None or rec.status != "suspended":
+                return None
+            suspension = self.suspensions().get(device, {})
+            at = now_ms()
+            entry = {"entry": "device_reinstated", "device": device, "rule": suspension.get("rule"),
+                     "suspended_at": suspension.get("at"), "at": at}
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
+                "UPDATE devices SET status = 'active' WHERE device = ?", [device]))
+            self.registry = {**self.registry, device: DeviceRecord(
+                rec.device, rec.kind, rec.district, rec.account, rec.public_key, "active", rec.mqtt_hash,
+                rec.enrolled_at, rec.revoked_at)}
+            self.sync_broker_access()
+        assert sealed is not None
+        return {"device": device, "at": at, "block": sealed.hash}
+
+    def suspensions(self) -> dict[str, dict[str, Any]]:
+        """Devices suspended now, each with its latest `device_suspended` entry (until, rule, at)."""
+        with self.lock:
+            return {d: s for d, s in self.store.suspensions().items() if s["status"] == "suspended"}
+
     def reset_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
         """Issue a new broker password for an active device, shown once; the old one stops working.
 
@@ -591,30 +666,38 @@ class LedgerWriter:
                          [adj_id, account, str(value), reason, operator, at, height])
         return {"id": adj_id, "account": account, "amount": str(value), "created_at": at}
 
-    def roll_up(self, max_readings: int = 2_000_000,
+    def roll_up(self, max_readings: int = 500_000,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Bring the per-device daily summaries up to the head, a chunk per transaction.
 
-        The lock is let go between chunks, so ingest seals blocks in between even
-        when a large ledger is summarised for the first time.
+        Each chunk is summarised on a read snapshot without the lock (DuckDB reads every
+        reading of the days it touches, on its own threads), and the lock is held only to
+        write the summaries: ingest keeps sealing meanwhile (issue 14; it used to wait
+        for the whole chunk's aggregation). It stops at the head as it was when called:
+        chasing the blocks sealed meanwhile would summarise today's readings again and
+        again under load; the next run takes them.
         """
         chunks = readings = 0
+        head = self.height
         while True:
+            summary = device_days.summarise_next(self.store, max_readings, upto=head)
+            if summary is None:
+                return {"height": device_days.rolled_up(self.store), "chunks": chunks, "readings": readings}
             with self.lock:
                 con = self.store.con
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    step = device_days.roll_up_next(self.store, max_readings)
+                    stored = device_days.store_summary(self.store, summary)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
                 target = self.height
-            if step is None:
-                return {"height": device_days.rolled_up(self.store), "chunks": chunks, "readings": readings}
-            chunks, readings = chunks + 1, readings + step[1]
+            if not stored:
+                continue  # another roll-up moved the mark meanwhile: summarise from where it is now
+            chunks, readings = chunks + 1, readings + summary.readings
             if progress:
-                progress(step[0], target)
+                progress(summary.hi, target)
 
     def issue_bills(self, month: str, bills: Sequence[dict[str, Any]], per_block: int = 5000) -> dict[str, Any]:
         """Seal bills not yet issued: each bill's hash goes into the chain, its body into `bills`.
@@ -622,19 +705,27 @@ class LedgerWriter:
         Issued bills are never replaced, so running the close again issues nothing new.
         """
         issued = 0
-        with self.lock:
-            done = {r[0] for r in self.store.con.execute("SELECT account FROM bills WHERE month = ?", [month]).fetchall()}
-            todo = [b for b in bills if b["account"] not in done and b.get("status") != "issued"]
-            for start in range(0, len(todo), per_block):
-                chunk = todo[start:start + per_block]
-                at = now_ms()
-                rows, entries = [], []
-                for bill in chunk:
-                    body = canonical_json({**bill, "status": "issued"}).decode()
-                    digest = hashlib.sha256(body.encode()).hexdigest()
-                    entries.append({"entry": "bill_issued", "account": bill["account"], "month": month,
-                                    "total": bill["total"], "bill_hash": digest, "at": at})
-                    rows.append((bill["account"], month, at, bill["total"], body, digest))
+        issued_sql = "SELECT account FROM bills WHERE month = ?"
+        done = {r[0] for r in self.store.con.execute(issued_sql, [month]).fetchall()}
+        todo = [b for b in bills if b["account"] not in done and b.get("status") != "issued"]
+        for start in range(0, len(todo), per_block):
+            # Bodies and hashes are made before the lock, and the lock is held per block, not for
+            # the whole close: ingest seals between blocks (issue 14). Each block checks again
+            # which bills are issued by now, so a close running at the same time issues none twice.
+            at = now_ms()
+            rows, entries = [], []
+            for bill in todo[start:start + per_block]:
+                body = canonical_json({**bill, "status": "issued"}).decode()
+                digest = hashlib.sha256(body.encode()).hexdigest()
+                entries.append({"entry": "bill_issued", "account": bill["account"], "month": month,
+                                "total": bill["total"], "bill_hash": digest, "at": at})
+                rows.append((bill["account"], month, at, bill["total"], body, digest))
+            with self.lock:
+                now_done = {r[0] for r in self.store.con.execute(issued_sql, [month]).fetchall()}
+                keep = [i for i, row in enumerate(rows) if row[0] not in now_done]
+                if not keep:
+                    continue
+                rows, entries = [rows[i] for i in keep], [entries[i] for i in keep]
                 height = self.height + 1
 
                 def insert(s: Store, rows: list[tuple[Any, ...]] = rows, height: int = height) -> None:
@@ -645,7 +736,7 @@ class LedgerWriter:
                         "height": pa.array([height] * len(rows), pa.int64())}))
 
                 self.commit(Batch(), entries, also=insert)
-                issued += len(chunk)
+                issued += len(rows)
         return {"month": month, "issued": issued, "already_issued": len(done)}
 
     # ------------------------------------------------------------ dashboard logins

@@ -15,10 +15,11 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from nacl.signing import SigningKey
 
 from broker.intake import Incoming, Screened
-from broker.workers import pack, unpack
+from broker.workers import pack, unpack, worker_count
 from ledger.protocol import parse_ack, sign_reading
 from ledger.store import QuarantineRow
 from tests.support.broker import client_log, close_client, subscribe, wait_for
@@ -150,3 +151,13 @@ def test_fewer_workers_after_a_restart_leave_no_share_behind(tmp_path: Path) -> 
             _send(stack, devices, 30)
             wait_for(lambda: stack.status()["readings"] == before + 120, 30, f"every reading with {workers} workers")
     assert "ended the broker session of idle worker login ingest-w3" in stack.ingest_log.read_text()
+
+
+def test_the_worker_count_defaults_to_one_per_core_and_none_on_a_single_core() -> None:
+    assert worker_count("auto", cores=2) == 2
+    assert worker_count("AUTO", cores=32) == 8
+    assert worker_count("auto", cores=1) == 0
+    assert worker_count("3") == 3 and worker_count(0) == 0
+    for bad in ("-1", "65", "two"):
+        with pytest.raises(ValueError, match="--workers"):
+            worker_count(bad)

@@ -16,7 +16,7 @@ with ui.guard("the devices"):
     text = c[0].text_input("Search", key="dev_text", placeholder="device or account id", max_chars=64)
     kind = c[1].selectbox("Kind", ["", "water", "electricity", "gas", "parking"], key="dev_kind",
                           format_func=lambda k: k or "any")
-    status = c[2].selectbox("Status", ["", "online", "offline", "active", "revoked"], key="dev_status",
+    status = c[2].selectbox("Status", ["", "online", "offline", "active", "suspended", "revoked"], key="dev_status",
                             format_func=lambda s: s or "any")
     districts = c[3].multiselect("Districts", data.districts(), key="dev_districts",
                                  placeholder="All your districts" if data.limited else "The whole city")
@@ -52,6 +52,15 @@ with ui.guard("the devices"):
                     delta_color="off")
         st.caption(f"{d['kind']} in {d['district']} · account {d['account'] or '-'} · enrolled "
                    f"{ui.when(d['enrolled_at'])}" + (f" · revoked {ui.when(d['revoked_at'])}" if d["revoked_at"] else ""))
+        s = d.get("suspension")
+        if s:  # over its message budget for too long (docs/security.md)
+            rule = s["rule"] or {}
+            text = (f"over budget ({rule.get('rate')} messages/s, burst {rule.get('burst')}) for "
+                    f"{rule.get('suspend_after_min')} min; suspended {ui.when(s['at'])}")
+            if s["status"] == "suspended":
+                st.warning(f"Suspended until {ui.when(s['until'])}: {text}. The broker refuses it until then.")
+            else:
+                st.caption(f"Last suspension: {text}, reinstated {ui.when(s['reinstated_at'])}.")
         st.markdown("**Key history** (readings signed under an earlier key stay verifiable)")
         ui.table([{"Public key": k["public_key"], "Signs from block": k["from_height"], "Since": ui.when(k["since"])}
                   for k in data.key_history(d["device"])])
