@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -820,12 +820,17 @@ def options_from_args(args: argparse.Namespace, home_given: bool) -> BenchOption
 
 def main(args: argparse.Namespace, home_given: bool) -> int:
     """The `cityledger bench` command: JSON on stdout with --json, else a readable summary."""
+    return report(lambda: run(options_from_args(args, home_given)), format_summary, args.json)
+
+
+def report(measure: Callable[[], dict[str, Any]], summary: Callable[[dict[str, Any]], str], as_json: bool) -> int:
+    """Run a benchmark and print its result; a BenchError is the one failure a user sees, exit 1."""
     try:
-        result = run(options_from_args(args, home_given))
+        result = measure()
     except BenchError as exc:
         print(f"cityledger bench: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=None if args.json else 2) if args.json else format_summary(result))
+    print(json.dumps(result) if as_json else summary(result))
     return 0
 
 

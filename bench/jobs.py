@@ -59,7 +59,7 @@ import numpy as np
 import pyarrow as pa
 from nacl.signing import SigningKey
 
-from bench.city import (DISTRICTS, KINDS, BenchError, BenchOptions, Stack, _check_alive, _logs,
+from bench.city import (DISTRICTS, KINDS, BenchError, BenchOptions, Stack, _check_alive, _logs, report,
                         _raise_open_files_limit, chain_readings, device_specs, enrol, machine, machine_busy_seconds,
                         own_cpu_seconds, presign, process_tree, running_stack, tree_cpu_seconds, tree_peak_rss_mb)
 from bench.loadgen import Latencies, LoadError, LoadGenerator, weighted_percentile
@@ -585,10 +585,5 @@ def options_from_args(args: argparse.Namespace, home_given: bool) -> JobsOptions
 
 
 def main(args: argparse.Namespace, home_given: bool) -> int:
-    try:
-        result = run(options_from_args(args, home_given))
-    except BenchError as exc:
-        print(f"cityledger bench: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result) if args.json else format_summary(result))
-    return 0
+    """`cityledger bench --job …`: JSON on stdout with --json, else a readable summary."""
+    return report(lambda: run(options_from_args(args, home_given)), format_summary, args.json)

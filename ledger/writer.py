@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -336,9 +336,7 @@ class LedgerWriter:
                 s.add_device_key(device, public_key, height, at)
 
             sealed = self.commit(Batch(), [entry], also=rotate)
-            self.registry = {**self.registry, device: DeviceRecord(
-                rec.device, rec.kind, rec.district, rec.account, public_key, rec.status, rec.mqtt_hash,
-                rec.enrolled_at, rec.revoked_at)}
+            self.registry = {**self.registry, device: replace(rec, public_key=public_key)}
         assert sealed is not None
         return {"device": device, "public_key": public_key, "previous_key": rec.public_key, "block": sealed.hash}
 
@@ -374,9 +372,7 @@ class LedgerWriter:
             at = now_ms()
             entry = {"entry": "device_revoked", "device": device, "public_key": rec.public_key, "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.mark_revoked(device, at))
-            self.registry = {**self.registry, device: DeviceRecord(
-                rec.device, rec.kind, rec.district, rec.account, rec.public_key, "revoked", rec.mqtt_hash,
-                rec.enrolled_at, at)}
+            self.registry = {**self.registry, device: replace(rec, status="revoked", revoked_at=at)}
             self.sync_broker_access()
         assert sealed is not None
         return {"device": device, "revoked_at": at, "block": sealed.hash}
@@ -422,9 +418,7 @@ class LedgerWriter:
                      "over_budget_since": since, "over_budget": over_budget, "until": until, "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
                 "UPDATE devices SET status = 'suspended' WHERE device = ?", [device]))
-            self.registry = {**self.registry, device: DeviceRecord(
-                rec.device, rec.kind, rec.district, rec.account, rec.public_key, "suspended", rec.mqtt_hash,
-                rec.enrolled_at, rec.revoked_at)}
+            self.registry = {**self.registry, device: replace(rec, status="suspended")}
             self.sync_broker_access()
         assert sealed is not None
         return {"device": device, "until": until, "at": at, "rule": entry["rule"], "block": sealed.hash}
@@ -442,9 +436,7 @@ class LedgerWriter:
                      "suspended_at": suspension.get("at"), "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
                 "UPDATE devices SET status = 'active' WHERE device = ?", [device]))
-            self.registry = {**self.registry, device: DeviceRecord(
-                rec.device, rec.kind, rec.district, rec.account, rec.public_key, "active", rec.mqtt_hash,
-                rec.enrolled_at, rec.revoked_at)}
+            self.registry = {**self.registry, device: replace(rec, status="active")}
             self.sync_broker_access()
         assert sealed is not None
         return {"device": device, "at": at, "block": sealed.hash}
@@ -467,8 +459,7 @@ class LedgerWriter:
             if public_key is not None and public_key.lower() != rec.public_key:
                 raise EnrolmentError(f"that key is not the enrolled key of {device}")
             password = access.new_password()
-            new = DeviceRecord(rec.device, rec.kind, rec.district, rec.account, rec.public_key, rec.status,
-                               access.hash_password(password), rec.enrolled_at, rec.revoked_at)
+            new = replace(rec, mqtt_hash=access.hash_password(password))
             self.store.set_mqtt_hash(device, new.mqtt_hash)
             self.registry = {**self.registry, device: new}
             self.sync_broker_access()
@@ -581,9 +572,7 @@ class LedgerWriter:
                 raise EnrolmentError(f"unknown device {device}")
             sealed = self._record({"entry": "device_account", "device": device, "account": account},
                                   "UPDATE devices SET account = ? WHERE device = ?", [account, device])
-            self.registry = {**self.registry, device: DeviceRecord(
-                rec.device, rec.kind, rec.district, account, rec.public_key, rec.status, rec.mqtt_hash,
-                rec.enrolled_at, rec.revoked_at)}
+            self.registry = {**self.registry, device: replace(rec, account=account)}
         return {"device": device, "account": account, "block": sealed.hash}
 
     def require_account(self, account: str | None) -> None:
