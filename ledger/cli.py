@@ -122,6 +122,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cityledger ingest: {exc}", file=sys.stderr)
         return 2
+    if home.root.exists():
+        home.close_to_others()  # a home from an older version, or widened by hand
     secret = json.loads(home.service_secret("ingest").read_text())
     writer = LedgerWriter.open(home)
     try:
@@ -1098,6 +1100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever a command or a library creates (DuckDB's file and WAL, SQLite outboxes, logs,
+    # the broker's files, since its process inherits this) is its owner's alone.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

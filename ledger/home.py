@@ -6,11 +6,15 @@ and so that a secret is never written with a permissive mode even for a moment.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+
+log = logging.getLogger("cityledger.home")
 
 DISTRICT_FILE = "district"  # in a district's home: the district's name, and nothing else
 
@@ -144,6 +148,31 @@ class Home:
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.secrets, self.ledger_key.parent):
             d.chmod(0o700)
+        self.close_to_others()
+
+    def close_to_others(self) -> int:
+        """Take every permission of group and others off the home and all in it; how many paths had any.
+
+        The database, its WAL, the logs and the fleet's outboxes are written by libraries
+        (DuckDB, SQLite, logging) with the process's umask, which `cityledger` sets to 077;
+        a home made by an older version, or by hand, is closed here when a service starts,
+        with a warning naming how much was open.
+        """
+        opened: list[tuple[Path, int]] = []
+        for path in (self.root, *self.root.rglob("*")):
+            try:
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+                    continue
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o077)
+            except FileNotFoundError:  # a file a running part removed meanwhile
+                continue
+            opened.append((path, stat.S_IMODE(st.st_mode)))
+        if opened:
+            first, was = opened[0]
+            log.warning("%d paths in %s were open to other users (e.g. %s, mode %o): now only the owner's",
+                        len(opened), self.root, first, was)
+        return len(opened)
 
 
 def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> None:
