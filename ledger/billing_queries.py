@@ -139,7 +139,7 @@ def meters_needing_checks(store: Store, start: int, end: int, gap_ms: int) -> se
             FROM readings WHERE kind <> 'parking' AND ts BETWEEN ? AND ?),
         span AS (SELECT device, min(ts) AS first, max(ts) AS last FROM w GROUP BY device)
         SELECT DISTINCT device FROM w
-        WHERE pts IS NOT NULL AND (value < pv OR seq <> ps + 1 OR ts - pts > ?)
+        WHERE pts IS NOT NULL AND (value < pv OR seq - 1 <> ps OR ts - pts > ?)
         UNION SELECT device FROM span WHERE first > ? OR last < ?
         UNION SELECT device FROM meter_replacements
         """, [start - gap_ms, end + gap_ms, gap_ms, start, end]).fetchall()

@@ -188,11 +188,15 @@ _PER_DAY_SQL = "SELECT ts // ?, count(*) FROM readings WHERE height > ? AND heig
 
 
 def _summary_sql(days: Iterable[int]) -> str:
-    """device_days rows of `days`, from every reading of those days."""
+    """device_days rows of `days`, from every reading of those days.
+
+    A break is `seq - 1 <> ps`, never `seq <> ps + 1`: a seq of 2^63-1, which the protocol
+    allows, would overflow BIGINT there and fail every roll-up after it.
+    """
     return f"""
         SELECT device, day, count(*)::INTEGER, min(ts), arg_min(value, ord), arg_min(seq, ord),
                max(ts), arg_max(value, ord), arg_max(seq, ord),
-               count(*) FILTER (WHERE value < pv)::INTEGER, count(*) FILTER (WHERE seq <> ps + 1)::INTEGER,
+               count(*) FILTER (WHERE value < pv)::INTEGER, count(*) FILTER (WHERE seq - 1 <> ps)::INTEGER,
                count(*) FILTER (WHERE value <> pv)::INTEGER, coalesce(max(ts - pts), 0)
         FROM (SELECT device, ts // {DAY_MS} AS day, ts, value, seq, (ts::HUGEINT << 64) + seq AS ord,
                      lag(ts) OVER w AS pts, lag(value) OVER w AS pv, lag(seq) OVER w AS ps

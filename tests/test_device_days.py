@@ -206,3 +206,26 @@ def test_the_scheduler_job_rolls_up_through_the_ledger_api(tmp_path: Path) -> No
         assert device_days.rolled_up(store) == height and pts[-1].seq == 30 and not checked
     finally:
         store.close()
+
+
+def test_a_seq_at_the_protocols_limit_followed_by_another_reading_rolls_up_and_bills(tmp_path: Path) -> None:
+    """A meter sending seq 2^63-1 and then one more reading must not break the roll-up or the bills."""
+    from ledger.billing_queries import meters_needing_checks
+    from ledger.protocol import SEQ_MAX
+
+    home = Home(tmp_path / "home")
+    initialize(home)
+    writer = LedgerWriter.open(home)
+    try:
+        key = SigningKey(b"\x0b" * 32)
+        writer.enroll_device("em-d01-000009", "electricity", "d01", key.verify_key.encode().hex())
+        seqs = [1, SEQ_MAX, 2]
+        writer.commit(Batch(readings=[LedgeredReading(sign_reading(
+            key, device="em-d01-000009", kind="electricity", seq=seq, ts=T0 + i * HOUR, value=100 + i), T0)
+            for i, seq in enumerate(seqs)]))
+        assert writer.roll_up()["readings"] == 3
+        breaks = writer.store.con.execute("SELECT breaks FROM device_days WHERE device = 'em-d01-000009'").fetchall()
+        assert breaks == [(2,)]  # 1 -> 2^63-1 and 2^63-1 -> 2 are both breaks
+        assert meters_needing_checks(writer.store, T0, T0 + DAY_MS, HOUR) == {"em-d01-000009"}
+    finally:
+        writer.close()
