@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import stat
 import threading
-import time
 from pathlib import Path
 
 from ledger import jobs
@@ -13,7 +12,6 @@ from ledger.health import IngestHealth, block_lag_ms, silence_margin_ms
 from ledger.home import Home
 from ledger.scheduler import JobLog
 from ledger.writer import initialize
-from tests.support.broker import close_client, wait_for
 from tests.support.stack import Stack
 
 
@@ -88,14 +86,7 @@ def _swallow(run: object, *args: object) -> None:
 
 
 def test_status_of_a_running_ingest_shows_its_lag_and_last_seal(stack: Stack) -> None:
-    dev = stack.enroll("wm-d01-000001")
-    client = stack.connect(dev)
-    try:
-        for n in range(5):
-            client.publish(dev.topic, dev.reading(value=1000 + n, ts=time.time_ns() // 1_000_000).payload(), qos=1)
-        wait_for(lambda: stack.status()["readings"] == 5, what="5 readings ledgered")
-    finally:
-        close_client(client)
+    stack.ledger_readings(stack.enroll("wm-d01-000001"), 5)
     ingest = stack.cli_json("status", "--json")["ingest"]
     assert ingest["running"] is True and ingest["workers"] == 0 and ingest["pending"] == 0
     assert ingest["last_seal_at"] is not None and ingest["readings_sealed"] == 5

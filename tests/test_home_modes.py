@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 
 from ledger.home import Home
 from ledger.writer import initialize
-from tests.support.broker import close_client, wait_for
 from tests.support.stack import Stack
 
 
@@ -42,14 +40,7 @@ def _open_to_others(home: Home) -> list[str]:
 
 
 def test_everything_a_running_city_writes_in_its_home_is_the_owners_alone(stack: Stack) -> None:
-    dev = stack.enroll("wm-d01-000001")
-    client = stack.connect(dev)
-    try:
-        for n in range(3):
-            client.publish(dev.topic, dev.reading(value=1000 + n, ts=time.time_ns() // 1_000_000).payload(), qos=1)
-        wait_for(lambda: stack.status()["readings"] == 3, what="3 readings ledgered")
-    finally:
-        close_client(client)
+    stack.ledger_readings(stack.enroll("wm-d01-000001"), 3)
     assert Path(str(stack.home.database) + ".wal").exists() or stack.home.database.exists()
     assert mode(stack.home.root) == 0o700 and mode(stack.home.database) == 0o600
     assert _open_to_others(stack.home) == []

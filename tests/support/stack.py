@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +24,7 @@ from ledger.home import Home
 from ledger.protocol import Reading, device_topic, sign_reading
 from ledger.rpc import RemoteLedger, open_ledger
 from ledger.writer import initialize
-from tests.support.broker import RunningBroker, connect_client, wait_for
+from tests.support.broker import RunningBroker, close_client, connect_client, wait_for
 
 
 @dataclass
@@ -152,3 +153,14 @@ class Stack:
 
     def status(self) -> dict[str, Any]:
         return self.api.status()
+
+    def ledger_readings(self, dev: SimDevice, count: int) -> None:
+        """Publish `count` readings of `dev` timestamped now, and wait until the ledger holds them."""
+        before = self.status()["readings"]
+        client = self.connect(dev)
+        try:
+            for n in range(count):
+                client.publish(dev.topic, dev.reading(value=1000 + n, ts=time.time_ns() // 1_000_000).payload(), qos=1)
+            wait_for(lambda: self.status()["readings"] == before + count, what=f"{count} readings ledgered")
+        finally:
+            close_client(client)
