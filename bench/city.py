@@ -445,7 +445,7 @@ def enrol(stack: Stack, specs: list[DeviceSpec]) -> None:
     bar = ProgressBar("enrolling devices")
     done = 0
     for ingest in stack.ingests:
-        ingest.api.set_budget_policy(rate=BENCH_BUDGET, burst=BENCH_BUDGET)
+        ingest.api.set_budget_policy(rate=BENCH_BUDGET, burst=BENCH_BUDGET, operator="bench")
         mine = [s for s in specs if ingest.home.district in (None, s.district)]
         for start in range(0, len(mine), ENROL_CHUNK):
             chunk = mine[start:start + ENROL_CHUNK]

@@ -72,7 +72,8 @@ def fabricate(home: Home, devices: int, days: int, end: int) -> dict[str, Any]:
         con.execute("CREATE TEMP TABLE fleet AS SELECT *, (row_number() OVER (ORDER BY device) - 1)::INTEGER AS i FROM devs")
         con.execute("""INSERT INTO devices SELECT device, kind, district, account, lpad(lower(hex(i + 1)), 64, '0'),
                        'active', '-', ?, NULL FROM fleet""", [t0])
-        con.execute("INSERT INTO device_keys SELECT device, public_key, 0, ? FROM devices", [t0])
+        con.execute("INSERT INTO device_keys (device, public_key, from_height, since)"
+                    " SELECT device, public_key, 0, ? FROM devices", [t0])
         con.execute("""INSERT INTO device_status SELECT device, CASE WHEN i % 37 = 0 THEN 'offline' ELSE 'online' END, ?
                        FROM fleet""", [end - 3_600_000])
         con.execute("""INSERT INTO parking_leases SELECT device, 'hh-' || lpad(((i * 7) % ?)::VARCHAR, 7, '0'), ?

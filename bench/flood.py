@@ -351,7 +351,8 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
         key = SigningKey.generate()
         login = api.enroll_device(device=HOSTILE_DEVICE, kind=HOSTILE_KIND, district=HOSTILE_DISTRICT,
                                   public_key=key.verify_key.encode().hex())
-        rule = api.set_budget_policy(suspend_after_min=suspend_after_min, suspend_for_min=suspend_for_min) \
+        rule = api.set_budget_policy(suspend_after_min=suspend_after_min, suspend_for_min=suspend_for_min,
+                                     operator="bench") \
             if suspend_after_min or suspend_for_min else api.budget_policy()
         print(f"provisioning {honest} honest devices...", file=sys.stderr)
         fleet = subprocess.Popen([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "fleet",

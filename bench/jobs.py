@@ -276,7 +276,7 @@ def call_job(ledger: Any, job: str, month: str, login: str) -> int:
                         if time.monotonic() > deadline:
                             raise
                         time.sleep(0.05)
-                if found is None:
+                if found.get("outcome") != "signed_in":
                     raise RuntimeError("the right password was refused")
             except Exception as exc:
                 failed.append(exc)

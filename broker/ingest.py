@@ -111,6 +111,7 @@ class IngestService:
         self.client.on_message = self._on_message
         self.acks = AckPublisher(host, port, secret_file=home.service_secret("ingest-acks"), tls=tls)
         writer.on_sealed.append(self._publish_sealed)
+        writer.on_written_off.append(self._written_off)
 
     # ------------------------------------------------------------ MQTT callbacks (network thread)
 
@@ -241,14 +242,17 @@ class IngestService:
 
     def _settle(self, handovers: list[tuple[int, int, list[tuple[workers.Token, Screening]]]],
                 pool: workers.WorkerPool) -> None:
-        registry, version, now = self.writer.registry, self.writer.registry_version, now_ms()
-        outcomes: list[Screening] = []
-        for _, screened_with, items in handovers:
-            if screened_with == version:
-                outcomes += [o for _, o in items]
-            else:  # the registry changed since: enrolled, revoked, rotated
-                outcomes += [self.intake.recheck(o, registry, now) for _, o in items]
-        self._commit(self.intake.settle(outcomes), len(outcomes))
+        # Under the writer's lock from reading the registry to the commit: a revocation, rotation
+        # or write-off sealed in between would otherwise not apply to a batch settled before it.
+        with self.writer.lock:
+            registry, version, now = self.writer.registry, self.writer.registry_version, now_ms()
+            outcomes: list[Screening] = []
+            for _, screened_with, items in handovers:
+                if screened_with == version:
+                    outcomes += [o for _, o in items]
+                else:  # the registry changed since: enrolled, revoked, rotated
+                    outcomes += [self.intake.recheck(o, registry, now) for _, o in items]
+            self._commit(self.intake.settle(outcomes), len(outcomes))
         for index, _, items in handovers:
             pool.ack(index, [token for token, _ in items])
 
@@ -272,7 +276,14 @@ class IngestService:
     def _flush(self, messages: list[Incoming]) -> None:
         if not messages:
             return
-        self._commit(self.intake.classify(messages, self.writer.registry, now_ms()), len(messages))
+        # Screened (the signatures, the costly part) outside the writer's lock, settled and
+        # committed under it, against the registry in force then (see `_settle`).
+        version = self.writer.registry_version
+        screened = [self.intake.screener.screen(m, self.writer.registry, now_ms()) for m in messages]
+        with self.writer.lock:
+            if version != self.writer.registry_version:
+                screened = [self.intake.recheck(o, self.writer.registry, now_ms()) for o in screened]
+            self._commit(self.intake.settle(screened), len(messages))
         generation = self._generation
         for msg in messages:
             gen, mid, qos = msg.token
@@ -297,11 +308,18 @@ class IngestService:
 
     def _publish_sealed(self, sealed: Sealed) -> None:
         self.stats.blocks += 1
-        self.health.sealed(sealed.header["sealed_at"], [r.reading.ts for r in sealed.readings])
+        self.health.sealed(sealed.header["sealed_at"], [(r.reading.device, r.reading.ts) for r in sealed.readings])
         publish_sealed(self.client, self.topics, sealed)
         self._publish_acks({r.reading.device for r in sealed.readings}, sealed.hash)
 
-    def _publish_acks(self, devices: set[str], block_hash: str, again: bool = False) -> None:
+    def _written_off(self, device: str, lo: int, hi: int, sealed: Sealed) -> None:
+        """An operator settled seqs lo..hi of `device` for good: its ack moves past them, saying so."""
+        self.intake.seqs.setdefault(device, SeqState()).settle_range(lo, hi)
+        log.warning("seqs %d-%d of %s written off (block %d): its ack passes them", lo, hi, device, sealed.height)
+        self._publish_acks({device}, sealed.hash, written_off=(lo, hi))
+
+    def _publish_acks(self, devices: set[str], block_hash: str, again: bool = False,
+                      written_off: tuple[int, int] | None = None) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""
         registry = self.writer.registry
         acks = []
@@ -310,5 +328,6 @@ class IngestService:
             if state is None or rec is None or state.hwm == 0 or (state.hwm <= self.acked.get(device, 0) and not again):
                 continue
             self.acked[device] = state.hwm
-            acks.append((device_topic(rec.district, rec.kind, device, "ack"), ack_payload(state.hwm, block_hash)))
+            acks.append((device_topic(rec.district, rec.kind, device, "ack"),
+                         ack_payload(state.hwm, block_hash, written_off)))
         self.acks.publish(acks)

@@ -67,6 +67,17 @@ class SeqState:
         elif seq > self.hwm:
             self.above.add(seq)
 
+    def settle_range(self, lo: int, hi: int) -> None:
+        """Seqs lo..hi written off by an operator: settled like ledgered ones, so the ack passes them."""
+        if lo <= self.hwm + 1:
+            self.hwm = max(self.hwm, hi)
+            self.above = {s for s in self.above if s > self.hwm}
+            while self.hwm + 1 in self.above:
+                self.hwm += 1
+                self.above.discard(self.hwm)
+        else:
+            self.above.update(range(lo, hi + 1))
+
 
 class QuarantineCap:
     """At most `per_hour` stored quarantine entries per sending device and hour.
@@ -107,7 +118,7 @@ class Screened:
 
     msg: Incoming
     reading: Reading
-    key: str  # hex of the device key its signature verified under
+    key: str  # hex of the device key its signature verified under (ledger/keyspans.py)
 
 
 Screening = Union[QuarantineRow, Screened, Status, "WitnessReport"]
@@ -142,17 +153,20 @@ class Screener:
         if (topic.device, topic.kind, topic.district) != (reading.device, reading.kind, rec.district) or reading.kind != rec.kind:
             return _quarantine(msg, Reason.TOPIC_MISMATCH,
                                f"topic {topic} does not match {rec.district}/{rec.kind}/{reading.device}", reading.device)
-        if not self._verify(rec, reading):
+        key = rec.key_for(reading.seq)
+        if key is None or not self._verify(rec.device, key, reading):
             return _quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device)
         if reading.ts > now_ms + FUTURE_TOLERANCE_MS:
             return _quarantine(msg, Reason.FUTURE_TIMESTAMP, f"ts is {reading.ts - now_ms} ms ahead", reading.device)
-        return Screened(msg, reading, rec.public_key)
+        return Screened(msg, reading, key)
 
-    def _verify(self, rec: DeviceRecord, reading: Reading) -> bool:
-        cached = self._keys.get(rec.device)
-        if cached is None or cached[0] != rec.public_key:
-            cached = (rec.public_key, VerifyKey(bytes.fromhex(rec.public_key)))
-            self._keys[rec.device] = cached
+    def _verify(self, device: str, key: str, reading: Reading) -> bool:
+        """One cached VerifyKey per device: its current key, or an earlier one while its
+        readings from before a rotation arrive (ledger/keyspans.py)."""
+        cached = self._keys.get(device)
+        if cached is None or cached[0] != key:
+            cached = (key, VerifyKey(bytes.fromhex(key)))
+            self._keys[device] = cached
         return verify_reading(cached[1], reading)
 
 
@@ -203,7 +217,10 @@ class Intake:
                 reading, key = x.reading, (x.reading.device, x.reading.seq)
                 prior = pending.get(key)
                 same = (prior.ts, prior.value, prior.sig) if prior else stored.get(key)
-                if same == (reading.ts, reading.value, reading.sig):
+                if same is None:  # settled but not ledgered: written off, and here it is after all
+                    batch.readings.append(LedgeredReading(reading, x.msg.received_at))
+                    pending[key] = reading
+                elif same == (reading.ts, reading.value, reading.sig):
                     batch.duplicates.append((reading.device, reading.seq, x.msg.received_at))
                 else:  # its signature verified: a device re-using a seq for something else
                     batch.quarantine.append(_quarantine(x.msg, Reason.REPLAY,
@@ -217,7 +234,7 @@ class Intake:
         depends on the registry (the device may have been enrolled since)."""
         if isinstance(outcome, Screened):
             rec = registry.get(outcome.reading.device)
-            if rec is not None and rec.status == "active" and rec.public_key == outcome.key:
+            if rec is not None and rec.status == "active" and rec.key_for(outcome.reading.seq) == outcome.key:
                 return outcome  # same key, still active (a device's district and kind never change)
             return self.screener.screen(outcome.msg, registry, now_ms)
         if isinstance(outcome, QuarantineRow) and outcome.reason in REGISTRY_REASONS:

@@ -25,6 +25,7 @@ from dashboard import usage as use
 from dashboard.fmt import unit_label, zone
 from ledger.home import Home
 from ledger.rpc import BUSY, RemoteError, open_ledger
+from ledger.signin import LOCAL, Throttled, Wrong
 
 log = logging.getLogger("cityledger.dashboard")
 
@@ -182,11 +183,22 @@ class Principal:
         return "all" in self.districts
 
 
-def authenticate(role: str, principal: str, password: str) -> Principal | None:
+def authenticate(role: str, principal: str, password: str, source: str = LOCAL) -> Principal | Wrong | Throttled:
+    """Who signed in, or why not: `Throttled` says how long to wait; `Wrong` never says whether the id exists."""
     if role not in ("citizen", "operator") or not principal.strip() or not password:
-        return None
-    found = api("authenticate", role=role, principal=principal.strip(), password=password)
-    return Principal.from_dict(found) if found else None
+        return Wrong()
+    return sign_in_outcome(api("authenticate", role=role, principal=principal.strip(), password=password,
+                               source=source))
+
+
+def sign_in_outcome(found: Any) -> Principal | Wrong | Throttled:
+    """The API's answer as a value (ledger.signin.outcome_as_dict); anything unexpected is a refusal."""
+    kind = found.get("outcome") if isinstance(found, dict) else None
+    if kind == "signed_in":
+        return Principal.from_dict(found)
+    if kind == "throttled":
+        return Throttled(str(found.get("scope") or "pair"), max(1, int(found.get("retry_after_s") or 1)))
+    return Wrong()
 
 
 # ---------------------------------------------------------------- citizens
@@ -247,13 +259,13 @@ class CitizenData:
         tariff = use.select_tariff(summary, meter["kind"], customer_class, today)
         if tariff is None:
             raise NotFound("tariff")
-        first = {}
+        first: dict[int, int] = {}
         for start in use.first_reading_needed(ps, registers, now, tz):
             # Look only near the start (or the meter's enrolment): a bounded slice, never a year.
             lo = max(start, since, int(meter.get("enrolled_at") or 0) - DAY_MS)
             found = view("first_reading", device=device, start=lo, end=min(now, lo + 2 * DAY_MS))
             if found is not None:
-                first[start] = float(found["value"])
+                first[start] = int(found["value"])  # exact: a register may be near 2^63
         typical = typical_household(meter["district"], meter["kind"], ps, now)
         tiers = use.tiers_of(tariff) if tariff["basis"] == "calendar_year" or len(tariff["tiers"]) == 1 else []
         return {
@@ -435,6 +447,14 @@ class OperatorData:
     def blocks(self, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return view("blocks_page", before=before, limit=limit)
 
+    def failed_sign_ins(self) -> dict[str, list[dict[str, Any]]]:
+        """Logins and sources with repeated failed sign-ins in the last hour. A whole-city operator
+        sees every login and source; a district operator only their districts' citizens' accounts
+        (and the sources as counted on those), never operators' logins or ids that are no account."""
+        scope = list(self.limited) if self.limited is not None else None
+        key = ("failed_sign_ins", tuple(scope) if scope is not None else None)
+        return CACHE.get(key, 5, lambda: api("failed_sign_ins", districts=scope))
+
     def district_chains(self) -> list[dict[str, Any]]:
         """A city of district chains: each district and the newest head the city chain anchored."""
         return CACHE.get(("district_chains",), 5, lambda: api("districts"))
@@ -503,7 +523,7 @@ class OperatorData:
         d = self.device(device)
         if d["status"] == "revoked":
             raise Refused(f"{device} is already revoked")
-        out = api("revoke_device", device=device)
+        out = api("revoke_device", device=device, operator=self.operator)
         log.info("operator %s revoked %s", self.operator, device)
         return out
 
@@ -551,9 +571,30 @@ class OperatorData:
         """Append a correction to the disputed account's bill, and say so in the dispute."""
         d = self.dispute(dispute_id)
         out = api("adjust", account=d["account"], amount=amount.strip(), reason=reason.strip(), operator=self.operator)
+        done = ("was appended to your bill" if out["status"] == "sealed"
+                else "was requested; a second operator must approve it before it reaches your bill")
         api("dispute", account=d["account"], author=self.operator, dispute_id=d["id"], status="answered",
-            message=f"A correction of {out['amount']} CNY was appended to your bill ({out['id']}): {reason.strip()}")
+            message=f"A correction of {out['amount']} CNY {done} ({out['id']}): {reason.strip()}")
         CACHE.forget("bill", d["account"])
+        return out
+
+    def pending_adjustments(self) -> list[dict[str, Any]]:
+        """Corrections above the approval limit waiting for a second operator, on accounts this
+        operator handles disputes for (the whole city's for a city-wide operator)."""
+        found = api("adjustment_requests", status="pending")
+        if self.limited is None:
+            return found
+        accounts = {d["account"] for d in self.disputes()}
+        return [r for r in found if r["account"] in accounts]
+
+    def decide_adjustment(self, adj_id: str, approve: bool, note: str = "") -> dict[str, Any]:
+        """Approve (sealed now) or reject a requested correction; the requester may only withdraw it."""
+        request = next((r for r in self.pending_adjustments() if r["id"] == adj_id), None)
+        if request is None:
+            raise NotFound("requested adjustment")
+        out = api("decide_adjustment", id=adj_id, operator=self.operator, approve=approve, note=note.strip())
+        log.info("operator %s %s adjustment %s", self.operator, out["status"], adj_id)
+        CACHE.forget("bill", request["account"])
         return out
 
     def bill(self, account: str, month: str) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 A period's consumption is the register at its end minus the register at its
 start, each interpolated linearly between the nearest readings either side (the
 rule bills use, docs/billing.md), so a chart never needs a period's every reading.
+
+Registers stay exact (integers and fractions) until a use has been subtracted: a
+register may be anywhere up to 2^63-1 litres (PROTOCOL.md), and as a float one near
+there is only known to 1,024 litres, so a day's 150 L showed as 0 or 1,024.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -93,32 +98,37 @@ def boundaries(ps: Sequence[Period], tz: ZoneInfo) -> list[int]:
     return sorted(out)
 
 
-def register_values(rows: Iterable[dict[str, Any]]) -> dict[int, float | None]:
-    """Register at each boundary from `registers_at` rows: interpolated between the readings
+def register_values(rows: Iterable[dict[str, Any]]) -> dict[int, Fraction | None]:
+    """Register at each boundary from `registers_at` rows, exactly: interpolated between the readings
     either side; the last reading when none follows yet; unknown (None) when none precedes."""
-    out: dict[int, float | None] = {}
+    out: dict[int, Fraction | None] = {}
     for r in rows:
         pt, pv, nt, nv, at = r["prev_ts"], r["prev_value"], r["next_ts"], r["next_value"], r["at"]
         if pt is None:
             out[at] = None
         elif nt is None or nv < pv or nt == pt:
-            out[at] = float(pv)
+            out[at] = Fraction(pv)
         else:
-            out[at] = pv + (nv - pv) * (at - pt) / (nt - pt)
+            out[at] = pv + Fraction((nv - pv) * (at - pt), nt - pt)
     return out
 
 
-def used(registers: dict[int, float | None], start: int, end: int,
-         first: dict[int, float] | None = None) -> float | None:
+def used(registers: dict[int, Fraction | None], start: int, end: int,
+         first: dict[int, int] | None = None) -> Fraction | None:
     """Base units counted in [start, end), or None when either end is unknown or the register fell.
     `first` gives, for a start with no reading before it, the first reading after it: the use is
     then counted from that reading, as a bill does for a meter that started within the period."""
     a, b = registers.get(start), registers.get(end)
-    if a is None and first:
-        a = first.get(start)
+    if a is None and first and start in first:
+        a = Fraction(first[start])
     if a is None or b is None or b < a:
         return None
     return b - a
+
+
+def in_units(base: Fraction | None, per_unit: int) -> float | None:
+    """Base units (litres, watt-hours) in the tariff's unit, as the float a chart draws; None stays None."""
+    return None if base is None else float(base / per_unit)
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,7 @@ def tiers_of(tariff: dict[str, Any]) -> list[Tier]:
             for i, t in enumerate(tariff["tiers"], 1)]
 
 
-def first_reading_needed(ps: Sequence[Period], registers: dict[int, float | None], now: int, tz: ZoneInfo,
+def first_reading_needed(ps: Sequence[Period], registers: dict[int, Fraction | None], now: int, tz: ZoneInfo,
                          most: int = 3) -> list[int]:
     """Starts (of the latest periods, and of this year) with no reading before them but a register at
     the end: where the use must be counted from the period's first reading."""
@@ -170,9 +180,9 @@ def select_tariff(summary: dict[str, Any], kind: str, customer_class: str, on: d
     return max(found, key=lambda t: t["from"]) if found else None
 
 
-def series(ps: Sequence[Period], registers: dict[int, float | None], typical: dict[tuple[int, int], float | None],
+def series(ps: Sequence[Period], registers: dict[int, Fraction | None], typical: dict[tuple[int, int], float | None],
            per_unit: int, tiers: Sequence[Tier], unit: str, tz: ZoneInfo,
-           first: dict[int, float] | None = None) -> list[dict[str, Any]]:
+           first: dict[int, int] | None = None) -> list[dict[str, Any]]:
     """One row per period: use this period, the same period a year earlier and the district's
     typical household (all in the tariff's unit), and the tier the year's use has reached by its end."""
     rows = []
@@ -182,26 +192,26 @@ def series(ps: Sequence[Period], registers: dict[int, float | None], typical: di
         ys = year_start(p.start, tz)
         cumulative = used(registers, ys, p.end, first) if ys <= p.start else None
         med = typical.get((p.start, p.end))
-        tier = tier_at(None if cumulative is None else cumulative / per_unit, tiers)
+        tier = tier_at(in_units(cumulative, per_unit), tiers)
         rows.append({
             "order": order, "period": p.label, "start": p.start, "end": p.end, "partial": p.partial,
-            "this": None if this is None else this / per_unit,
-            "last_year": None if last is None else last / per_unit,
+            "this": in_units(this, per_unit),
+            "last_year": in_units(last, per_unit),
             "typical": None if med is None else med / per_unit,
-            "year_to_date": None if cumulative is None else cumulative / per_unit,
+            "year_to_date": in_units(cumulative, per_unit),
             "tier": tier_label(tier, tiers, unit),
             "from_first_reading": this is not None and registers.get(p.start) is None,
         })
     return rows
 
 
-def year_to_date(registers: dict[int, float | None], now: int, tz: ZoneInfo, per_unit: int,
-                 first: dict[int, float] | None = None) -> list[dict[str, Any]]:
+def year_to_date(registers: dict[int, Fraction | None], now: int, tz: ZoneInfo, per_unit: int,
+                 first: dict[int, int] | None = None) -> list[dict[str, Any]]:
     """Cumulative use this calendar year at the end of each month so far (and now)."""
     ys = year_start(now, tz)
     month_ends = [p.end for p in periods("Monthly", now, tz, count=12) if p.start >= ys]
     out = []
     for end in month_ends:
         total = used(registers, ys, end, first)
-        out.append({"at": end, "cumulative": None if total is None else total / per_unit})
+        out.append({"at": end, "cumulative": in_units(total, per_unit)})
     return out

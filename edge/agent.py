@@ -27,19 +27,20 @@ import heapq
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from nacl.signing import SigningKey
 
 from broker.client_ids import mqtt_client_id
 from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 from edge.identity import DeviceIdentity, Enroll, device_dir, load_key, provision
 from edge.outbox import Outbox
-from ledger.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_ack, sign_reading
+from ledger.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_ack, parse_written_off, sign_reading
 
 __all__ = ["AgentSettings", "DeviceAgent", "DeviceIdentity", "Enroll", "device_dir", "load_key", "provision"]
 
@@ -186,6 +187,22 @@ class DeviceAgent:
             return None
         return self.client.publish(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
 
+    def rotate_key(self, key: SigningKey | None = None) -> tuple[str, int]:
+        """Sign from the next seq on with a new key; returns (its public key hex, that seq).
+
+        Both go to the ledger (`cityledger devices rotate-key --public-key --from-seq`).
+        Readings already signed stay in the outbox as they are: the ledger verifies
+        seqs below `from_seq` under the earlier key (ledger/keyspans.py), so none is lost.
+        A reading signed with the new key before the ledger has sealed the rotation is
+        refused once and taken when it is re-sent. The caller keeps the new key (the
+        fleet saves it in the device's directory).
+        """
+        key = key or SigningKey.generate()
+        from_seq = self.outbox.state(self.device).next_seq
+        self.identity = replace(self.identity, key=key)
+        log.info("%s: signs with a new key from seq %d", self.device, from_seq)
+        return key.verify_key.encode().hex(), from_seq
+
     # ------------------------------------------------------------ sending
 
     def _send_new(self, now: float, budget: int) -> None:
@@ -239,11 +256,20 @@ class DeviceAgent:
 
     # ------------------------------------------------------------ acknowledgements
 
-    def acknowledge(self, seq: int) -> int:
-        """The ledger holds every reading with seq <= `seq`: drop them. Returns how many went."""
+    def acknowledge(self, seq: int, written_off: tuple[int, int] | None = None) -> int:
+        """The ledger holds every reading with seq <= `seq`, or an operator wrote it off: drop them.
+
+        Returns how many went. Readings an operator wrote off (`written_off`, first and
+        last seq) are dropped unledgered, which the device logs: someone decided it.
+        """
         if seq <= self._acked:
             return 0
+        dropped = self.outbox.seqs(self.device, written_off[0], min(written_off[1], seq)) if written_off else []
         removed = self.outbox.acknowledge(self.device, seq)
+        if written_off:
+            log.warning("%s: the ledger wrote off seqs %d-%d; dropped %d of them from the outbox unledgered%s",
+                        self.device, *written_off, len(dropped),
+                        f" ({', '.join(map(str, dropped[:10]))}{' …' if len(dropped) > 10 else ''})" if dropped else "")
         self._acked = seq
         self._cursor = max(self._cursor, seq)
         self._track_window(time.monotonic())
@@ -293,4 +319,4 @@ class DeviceAgent:
         if parsed is None or parsed[0] < 0:
             log.warning("%s: ignoring malformed ack %r", self.device, message.payload[:100])
             return
-        self.acknowledge(parsed[0])
+        self.acknowledge(parsed[0], parse_written_off(bytes(message.payload)))

@@ -174,6 +174,13 @@ class Outbox:
             row = self._db.execute("SELECT payload FROM outbox WHERE device = ? AND seq = ?", (device, seq)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def seqs(self, device: str, lo: int, hi: int) -> list[int]:
+        """The seqs of `device` stored between lo and hi, in order."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq FROM outbox WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                                    (device, lo, hi)).fetchall()
+        return [seq for (seq,) in rows]
+
     def acknowledge(self, device: str, seq: int) -> int:
         """The ledger holds every reading of `device` with seq <= `seq`: forget them. Returns how many went.
 

@@ -222,9 +222,14 @@ def _cadence(info: DeviceInfo, s: _Series, config: AnomalyConfig) -> int:
     return int(statistics.median(gaps)) if len(gaps) >= 4 else config.default_interval_ms
 
 
-def _register_at(s: _Series, t: int, max_gap: int) -> tuple[float, int, int] | None:
-    """The register at `t`, linear between the clean readings either side: (value, i_before, i_after).
+def _register_at(s: _Series, t: int, max_gap: int) -> tuple[int, float, int, int] | None:
+    """The register at `t`, linear between the clean readings either side: (reading, part, i_before, i_after),
+    the register being the reading's value plus the part of the step to the next one.
 
+    Kept in two pieces because a register may be anywhere up to 2^63-1 (PROTOCOL.md): as
+    one float, a register near there is only known to 1,024 units, and an hour's use
+    (a difference of two) came out as 0 or 1,024 litres. The readings' values subtract
+    exactly as integers; only the parts, at most one step's use, are floats.
     None outside the readings, across a gap longer than `max_gap`, or across a drop.
     """
     i = bisect.bisect_right(s.ts, t) - 1
@@ -232,13 +237,13 @@ def _register_at(s: _Series, t: int, max_gap: int) -> tuple[float, int, int] | N
         return None
     a = s.clean[i]
     if a.ts == t:
-        return float(a.value), i, i
+        return a.value, 0.0, i, i
     if i + 1 >= len(s.clean):
         return None
     b = s.clean[i + 1]
     if b.ts - a.ts > max_gap or b.value < a.value:
         return None
-    return a.value + (b.value - a.value) * (t - a.ts) / (b.ts - a.ts), i, i + 1
+    return a.value, (b.value - a.value) * (t - a.ts) / (b.ts - a.ts), i, i + 1
 
 
 def _hourly(s: _Series, start: int, end: int, max_gap: int) -> list[tuple[int, float, int, int] | None]:
@@ -252,10 +257,10 @@ def _hourly(s: _Series, start: int, end: int, max_gap: int) -> list[tuple[int, f
     h = start
     while h + HOUR_MS <= end:
         nxt = _register_at(s, h + HOUR_MS, max_gap)
-        if prev is None or nxt is None or nxt[0] < prev[0]:
+        if prev is None or nxt is None or (used := (nxt[0] - prev[0]) + (nxt[1] - prev[1])) < 0:
             out.append(None)
         else:
-            out.append((h, nxt[0] - prev[0], prev[1], nxt[2]))
+            out.append((h, used, prev[2], nxt[3]))
         prev = nxt
         h += HOUR_MS
     return out

@@ -10,6 +10,16 @@ import pyarrow as pa
 from ledger.store import Store
 
 
+# The look-back's readings: stamped since `since`, and those received since then with an older stamp.
+# A clock reset to the epoch (ts 0 is a valid ts) stamps its readings 1970: selected by ts alone, they
+# were never seen, so the device looked silent though it kept talking, and the clock rule (behind, or
+# backwards from the reading before) could not see them. Two selects, not one OR, so that each is
+# still skipped row group by row group on its own column's min/max.
+_LOOK_BACK = """
+    SELECT device, seq, ts, value, received_at FROM readings WHERE ts >= $since
+    UNION ALL SELECT device, seq, ts, value, received_at FROM readings WHERE received_at >= $since AND ts < $since"""
+
+
 def inputs(store: Store, since: int) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[tuple[int, str, int]]]]:
     """(devices, readings by device since `since`, rejects by device) for `anomalies.detect`, all at once.
 
@@ -19,8 +29,8 @@ def inputs(store: Store, since: int) -> tuple[list[Any], dict[str, list[Any]], d
 
     readings: dict[str, list[Any]] = defaultdict(list)
     for device, seq, ts, value, received in store.con.execute(
-            "SELECT device, seq, ts, value, received_at FROM readings WHERE ts >= ? ORDER BY device, ts, seq",
-            [since]).fetchall():
+            f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK}) ORDER BY device, ts, seq",
+            {"since": since}).fetchall():
         readings[device].append(Obs(device, seq, ts, value, received))
     return active_devices(store), dict(readings), rejects(store, since)
 
@@ -51,8 +61,8 @@ def readings_table(store: Store, devices: list[str], since: int) -> pa.Table:
     the device list joins as a set (a hash semi-join, not a list search per row).
     """
     return store.con.sql(
-        "SELECT device, seq, ts, value, received_at FROM readings"
-        " WHERE ts >= $since AND device IN (SELECT unnest($devices::VARCHAR[])) ORDER BY device, ts, seq",
+        f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK})"
+        " WHERE device IN (SELECT unnest($devices::VARCHAR[])) ORDER BY device, ts, seq",
         params={"since": since, "devices": devices}).to_arrow_table()
 
 

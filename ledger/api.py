@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger import anchors, anomaly_queries, billing_queries, investigations, jobs, merkle, supervisor, views
+from ledger import anchors, anomaly_queries, billing_queries, investigations, jobs, merkle, signin, supervisor, views
 from ledger.bills import close_bills, make_bill, unpaid_stays
 from ledger.audit import Progress, compare_with_witness
 from ledger.protocol import Reading, strict_json
@@ -95,8 +95,11 @@ class LedgerAPI:
         "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
         "scan_anomalies", "anomalies", "silence_margin_ms", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
+        "failed_sign_ins",
         "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
         "headers", "anchor_proof", "budget_policy", "set_budget_policy", "reinstate_device",
+        "write_off", "write_offs", "held_back", "adjustment_limit", "set_adjustment_limit", "decide_adjustment",
+        "adjustment_requests",
     })
 
     def __init__(self, home: Home, backend: Backend) -> None:
@@ -142,18 +145,18 @@ class LedgerAPI:
             return {d: [s, at] for d, (s, at) in store.device_statuses().items()}
 
     def enroll_device(self, device: str, kind: str, district: str, public_key: str,
-                      account: str | None = None) -> dict[str, Any]:
+                      account: str | None = None, operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.enroll_device(device, kind, district, public_key, account)
+            return writer.enroll_device(device, kind, district, public_key, account, operator)
 
-    def enroll_devices(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def enroll_devices(self, rows: list[dict[str, Any]], operator: str | None = None) -> dict[str, Any]:
         """Many devices in one block and one broker reload (a fleet's first day, the benchmark)."""
         with self.backend.writing() as writer:
-            return writer.enroll_devices(rows)
+            return writer.enroll_devices(rows, operator)
 
-    def revoke_device(self, device: str) -> dict[str, Any]:
+    def revoke_device(self, device: str, operator: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.revoke_device(device)
+            return writer.revoke_device(device, operator)
 
     def budget_policy(self) -> dict[str, Any]:
         """The per-device message budget in force (broker/budget.py)."""
@@ -162,14 +165,14 @@ class LedgerAPI:
 
     def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
                           suspend_after_min: float | None = None,
-                          suspend_for_min: float | None = None) -> dict[str, Any]:
+                          suspend_for_min: float | None = None, *, operator: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.set_budget_policy(rate, burst, suspend_after_min, suspend_for_min)
+            return writer.set_budget_policy(rate, burst, suspend_after_min, suspend_for_min, operator=operator)
 
-    def reinstate_device(self, device: str) -> dict[str, Any]:
+    def reinstate_device(self, device: str, operator: str) -> dict[str, Any]:
         """End a suspension before its time (the operator's call); refused if not suspended."""
         with self.backend.writing() as writer:
-            done = writer.reinstate_device(device)
+            done = writer.reinstate_device(device, operator)
         if done is None:
             raise ValueError(f"{device} is not suspended")
         return done
@@ -214,7 +217,7 @@ class LedgerAPI:
                 theirs = {h: b["hash"] for h, b in load_headers(Path(witness)).items()}
                 report["witness_blocks"] = len(theirs)
                 differs = compare_with_witness(ours, theirs)
-                if differs and (report["ok"] or differs.height < (report["failed_block"] or 0)):
+                if differs and (report["failed_block"] is None or differs.height < report["failed_block"]):
                     report.update(ok=False, failure=str(differs), failed_block=differs.height, failed_reading=None)
         return report
 
@@ -258,7 +261,7 @@ class LedgerAPI:
             block = store.block(height)
             leaves = store.leaves(height)
             reading = leaves[idx][1]
-            device_key = store.device_key_at(device, height)
+            device_key = store.device_key_for(device, seq, height)
             if block is None or not isinstance(reading, Reading) or device_key is None:
                 raise ValueError(f"the stored block {height} cannot back a receipt (run `cityledger verify`)")
             hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]  # type: ignore[union-attr]
@@ -271,13 +274,38 @@ class LedgerAPI:
             return [{"hash": b["hash"], "header": b["header"], "sig": base64.b64encode(b["sig"]).decode()}
                     for b in store.rotation_headers()]
 
-    def rotate_device_key(self, device: str, public_key: str) -> dict[str, Any]:
+    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> dict[str, Any]:
+        """The device's new key, signing its readings from `from_seq` on (ledger/keyspans.py)."""
         with self.backend.writing() as writer:
-            return writer.rotate_device_key(device, public_key)
+            return writer.rotate_device_key(device, public_key, from_seq, operator)
 
-    def rotate_ledger_key(self) -> dict[str, Any]:
+    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> dict[str, Any]:
+        """Settle seqs of a device that will never be ledgered; its ack passes them."""
         with self.backend.writing() as writer:
-            return writer.rotate_ledger_key()
+            return writer.write_off(device, from_seq, to_seq, reason, operator)
+
+    def held_back(self) -> list[dict[str, Any]]:
+        """Devices whose ack is held back by a gap: readings above it are ledgered, the gap is not.
+
+        The gap's first seq is what the device keeps re-sending; if it can never be ledgered
+        (see the quarantine for why), an operator writes it off (`write_off`).
+        """
+        with self.backend.reading() as store:
+            state = store.seq_state()
+        return [{"device": device, "acked": hwm, "missing_from": hwm + 1, "missing_to": min(above) - 1,
+                 "ledgered_above": len(above)} for device, (hwm, above) in sorted(state.items()) if above]
+
+    def write_offs(self, device: str | None = None) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            rows = store.con.execute("SELECT device, from_seq, to_seq, reason, operator, written_at, height"
+                                     " FROM write_offs WHERE ? IS NULL OR device = ? ORDER BY written_at",
+                                     [device, device]).fetchall()
+        cols = ("device", "from_seq", "to_seq", "reason", "operator", "at", "height")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def rotate_ledger_key(self, operator: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.rotate_ledger_key(operator)
 
     def device_key_history(self, device: str) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
@@ -292,9 +320,9 @@ class LedgerAPI:
 
     # ------------------------------------------------------------ district chains
 
-    def add_district(self, district: str) -> dict[str, Any]:
+    def add_district(self, district: str, operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.add_district(district)
+            return writer.add_district(district, operator)
 
     def districts(self) -> list[dict[str, Any]]:
         """The city's district chains, each with the newest head the city chain anchored."""
@@ -353,21 +381,22 @@ class LedgerAPI:
 
     # ------------------------------------------------------------ billing
 
-    def add_account(self, account: str, name: str, customer_class: str = "residential") -> dict[str, Any]:
+    def add_account(self, account: str, name: str, customer_class: str = "residential",
+                    operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.add_account(account, name, customer_class)
+            return writer.add_account(account, name, customer_class, operator)
 
-    def assign_account(self, device: str, account: str | None) -> dict[str, Any]:
+    def assign_account(self, device: str, account: str | None, operator: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.assign_account(device, account)
+            return writer.assign_account(device, account, operator)
 
     def accounts(self) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
             return billing_queries.accounts(store)
 
-    def load_tariffs(self, source: str) -> dict[str, Any]:
+    def load_tariffs(self, source: str, operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.load_tariffs(source)
+            return writer.load_tariffs(source, operator)
 
     def tariffs(self) -> dict[str, Any]:
         """The tariff version in force and its source text."""
@@ -383,17 +412,17 @@ class LedgerAPI:
             raise LookupError("no tariffs loaded: run `cityledger init`")
         return parse_tariffs(latest[1]), latest[0]
 
-    def set_zone(self, space: str, zone_class: int, from_ts: int | None = None) -> dict[str, Any]:
+    def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else _now())
+            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else _now(), operator)
 
-    def lease(self, space: str, account: str | None, from_ts: int | None = None) -> dict[str, Any]:
+    def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.lease(space, account, from_ts if from_ts is not None else _now())
+            return writer.lease(space, account, from_ts if from_ts is not None else _now(), operator)
 
-    def checkin(self, space: str, account: str, at: int | None = None) -> dict[str, Any]:
+    def checkin(self, space: str, account: str, operator: str, at: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.checkin(space, account, at if at is not None else _now())
+            return writer.checkin(space, account, at if at is not None else _now(), operator)
 
     def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
                            operator: str) -> dict[str, Any]:
@@ -401,8 +430,26 @@ class LedgerAPI:
             return writer.record_replacement(device, ts, old_final, new_initial, operator)
 
     def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
+        """Sealed at once up to the approval limit; above it, requested for a second operator."""
         with self.backend.writing() as writer:
             return writer.adjust(account, amount, reason, operator)
+
+    def adjustment_limit(self) -> str:
+        with self.backend.writing() as writer:
+            return str(writer.adjustment_limit())
+
+    def set_adjustment_limit(self, amount: str, operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_adjustment_limit(amount, operator)
+
+    def decide_adjustment(self, id: str, operator: str, approve: bool, note: str = "") -> dict[str, Any]:
+        """A second operator approves or rejects a requested adjustment (four eyes)."""
+        with self.backend.writing() as writer:
+            return writer.decide_adjustment(id, operator, approve, note)
+
+    def adjustment_requests(self, status: str | None = "pending") -> list[dict[str, Any]]:
+        with self.backend.writing() as writer:
+            return writer.adjustment_requests(status)
 
     def bill(self, account: str, month: str) -> dict[str, Any]:
         """The account's bill for a month: issued if it was, else as it stands now."""
@@ -504,11 +551,20 @@ class LedgerAPI:
             rows = store.con.execute("SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()
         return [{"operator": o, "name": n, "districts": d.split(","), "created_at": t} for o, n, d, t in rows]
 
-    def authenticate(self, role: str, principal: str, password: str) -> dict[str, Any] | None:
-        """The signed-in principal, or None (wrong password, unknown login, or locked after failures)."""
+    def authenticate(self, role: str, principal: str, password: str, source: str = signin.LOCAL) -> dict[str, Any]:
+        """`{"outcome": "signed_in", role, id, name, districts}`, `{"outcome": "wrong"}`, or
+        `{"outcome": "throttled", "scope", "retry_after_s"}`. `source` is the caller's address
+        as the dashboard saw it (ledger/signin.py); callers on this machine are `local`."""
         with self.backend.writing() as writer:
-            found = writer.authenticate(role, principal, password)
-        return found.as_dict() if found else None
+            return signin.outcome_as_dict(writer.authenticate(role, principal, password, source))
+
+    def failed_sign_ins(self, districts: list[str] | None = None, since_ms: int | None = None,
+                        at_least: int = signin.REPEATED) -> dict[str, list[dict[str, Any]]]:
+        """Logins and sources with repeated failed sign-ins (default: the last hour). `districts`:
+        only citizens' accounts with a device there; None: every login, for the whole city."""
+        since = _now() - signin.HOUR_MS if since_ms is None else int(since_ms)
+        with self.backend.reading() as store:
+            return signin.repeated_failures(store.con, since, districts, at_least)
 
     def dispute(self, account: str, author: str, message: str, dispute_id: str | None = None,
                 status: str = "open", subject: str | None = None) -> dict[str, Any]:

@@ -3,15 +3,23 @@
 Structural checks (leaves, roots, links, header signatures) always run. A root
 mismatch only says "this block"; to name the reading we then check that block's
 device signatures, since any edit of a signed member breaks its signature.
-Device keys come from the enrolment entries in the chain itself, never from the
-registry table, so a key swapped in the database cannot vouch for a reading.
+Device keys come from the enrolment and rotation entries in the chain itself, never
+from the registry table, so a key swapped in the database cannot vouch for a reading;
+which of a device's keys signs which reading is `keyspans.key_for` (by seq and height).
 The ledger key is followed the same way: a header naming `next_key`, signed by
 the current key, hands signing to the next one.
+
+Each (device, seq) is ledgered at most once (PROTOCOL.md section 3): a second reading
+of it fails the audit at the block holding it, even when it is a copy, properly
+signed, sealed by the ledger key's holder. What the audit remembers for that is a
+set of seq ranges per device (`Ledgered`), not every (device, seq): its size grows
+with the gaps in devices' seqs, not with the readings.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,11 +28,17 @@ from nacl.signing import VerifyKey
 
 from ledger import merkle
 from ledger.blocks import GENESIS_PREV, block_hash, verify_header
+from ledger.keyspans import KeySpan, key_for
 from ledger.protocol import Reading, verify_reading
+from ledger.registry_audit import Disagreement
 from ledger.sigcheck import CHUNK, ParallelVerifier
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
 Progress = Callable[[int, int], None]
+KeySpans = dict[str, tuple[KeySpan, ...]]  # device -> every key the chain gave it, in chain order
+
+DUPLICATE = "reading ledgered twice (this device's seq is already in the chain)"
+"""The one wording of a second reading of a (device, seq): both audit paths report it so."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +61,27 @@ class Report:
     seconds: float
     deep: bool
     failure: Failure | None
+    # --deep on a live ledger: where its registry tables disagree with the chain (registry_audit.py),
+    # the first MAX_KEPT of `disagreements_found`; `registry_checked` is False when no comparison ran.
+    disagreements: tuple[Disagreement, ...] = ()
+    disagreements_found: int = 0
+    registry_checked: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["failure"] = str(self.failure) if self.failure else None
+        out["failure"] = str(self.failure) if self.failure else _registry_failure(self)
         out["failed_block"] = self.failure.height if self.failure else None
         out["failed_reading"] = self.failure.reading if self.failure else None
+        out["disagreements"] = [d.as_dict() for d in self.disagreements]
         return out
+
+
+def _registry_failure(report: Report) -> str | None:
+    """Why a report whose chain holds is not ok: every caller reads `failure` for the reason."""
+    if not report.disagreements_found:
+        return None
+    return (f"registry tables disagree with the chain in {report.disagreements_found} place(s), "
+            f"first: {report.disagreements[0]}")
 
 
 @dataclass
@@ -61,9 +89,54 @@ class Chain:
     """What the audit has learned from the chain so far."""
 
     ledger_key: VerifyKey
-    device_keys: dict[str, VerifyKey] = field(default_factory=dict)
+    device_keys: KeySpans = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
     pending: list[tuple[int, str, tuple[bytes, bytes, bytes]]] = field(default_factory=list)
+
+
+@dataclass
+class Ledgered:
+    """Which seqs of each device the chain holds a reading of, to find one ledgered twice.
+
+    Kept as sorted, disjoint ranges per device, flat `[lo0, hi0, lo1, hi1, ...]`, never as a
+    set of every (device, seq): a device's seqs arrive nearly in order, so a device holds a
+    range or a few, and memory grows with devices and gaps (a written-off gap stays one),
+    not with readings: 10M readings from 100,000 meters take about 18 MB (device ids
+    included), where a set of every (device, seq) would take over a GB.
+    """
+
+    ranges: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, device: str, seq: int) -> bool:
+        """Take in a reading of `seq`; False if the device already has one."""
+        r = self.ranges.get(device)
+        if r is None:
+            self.ranges[device] = [seq, seq]
+            return True
+        if seq == r[-1] + 1:  # the next one: nearly every reading
+            r[-1] = seq
+            return True
+        i = bisect_right(r, seq)
+        if i % 2 or (i and r[i - 1] == seq):
+            return False  # inside a range (or on its last seq)
+        joins_left, joins_right = i > 0 and r[i - 1] == seq - 1, i < len(r) and r[i] == seq + 1
+        if joins_left and joins_right:
+            del r[i - 1:i + 1]
+        elif joins_left:
+            r[i - 1] = seq
+        elif joins_right:
+            r[i] = seq
+        else:
+            r[i:i] = [seq, seq]
+        return True
+
+
+def check_unique(height: int, leaves: list[Leaf], seen: Ledgered) -> Failure | None:
+    """The first reading of a block whose (device, seq) the chain already holds, in leaf order."""
+    for _, obj, _ in leaves:
+        if isinstance(obj, Reading) and not seen.add(obj.device, obj.seq):
+            return Failure(height, DUPLICATE, f"{obj.device}#{obj.seq}")
+    return None
 
 
 def audit(
@@ -78,7 +151,7 @@ def audit(
 ) -> Report:
     """Check every block in height order; stop at the first failure."""
     started = time.perf_counter()
-    chain = Chain(ledger_key)
+    chain, seen = Chain(ledger_key), Ledgered()
     expected_prev, expected_height = GENESIS_PREV, 0
     counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
@@ -86,13 +159,14 @@ def audit(
         for block in blocks:
             header, height = block["header"], block["height"]
             leaves = leaves_of(height)
-            failure = _check_block(block, leaves, expected_height, expected_prev, chain, deep)
+            failure = _check_block(block, leaves, expected_height, expected_prev, chain, deep) \
+                or check_unique(height, leaves, seen)
             if deep and (failure or len(chain.pending) >= CHUNK):
                 # A structural failure here still loses to a bad signature in an earlier block.
                 failure = _flush(chain, verifier, wait=failure is not None) or failure
             if failure:
                 break
-            learn(chain, header, leaves)
+            learn(chain, header, leaves, height)
             counts[0] += 1
             counts[1] += sum(1 for _, _, raw in leaves if raw is None)
             counts[2] += sum(1 for _, _, raw in leaves if raw is not None)
@@ -151,7 +225,7 @@ def check_leaves(block: dict[str, Any], leaves: list[Leaf], chain: Chain, deep: 
         return Failure(height, f"block holds {len(leaves)} leaves, header says {header.get('size')}")
     hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]  # type: ignore[union-attr]
     if merkle.root(hashes).hex() != header.get("root"):
-        bad = _first_bad_signature(leaves, chain.device_keys)
+        bad = _first_bad_signature(leaves, chain.device_keys, height)
         if bad:
             return Failure(height, "device signature does not verify", bad)
         return Failure(height, "Merkle root of the stored leaves differs from the header (leaves altered or reordered)")
@@ -164,13 +238,13 @@ def _queue_signatures(height: int, leaves: list[Leaf], chain: Chain) -> Failure 
     keys = dict(chain.device_keys)
     for _, obj, raw in leaves:
         if raw is not None:
-            apply_entry(keys, obj)  # type: ignore[arg-type]
+            apply_entry(keys, obj, height)  # type: ignore[arg-type]
         elif isinstance(obj, Reading):
-            key = keys.get(obj.device)
+            key = key_for(keys.get(obj.device, ()), obj.seq, height)
             if key is None:
                 return Failure(height, "reading from a device the chain never enrolled", f"{obj.device}#{obj.seq}")
             chain.pending.append((height, f"{obj.device}#{obj.seq}",
-                                  (key.encode(), obj.signed_message(), obj.sig_bytes())))
+                                  (bytes.fromhex(key), obj.signed_message(), obj.sig_bytes())))
     return None
 
 
@@ -187,36 +261,61 @@ def _flush(chain: Chain, verifier: ParallelVerifier, wait: bool = False) -> Fail
     return None
 
 
-def learn(chain: Chain, header: dict[str, Any], leaves: list[Leaf]) -> None:
+def learn(chain: Chain, header: dict[str, Any], leaves: list[Leaf], height: int) -> None:
     """Take in a verified block's registry entries and any ledger key hand-over; readings are ignored."""
     for _, obj, raw in leaves:
         if raw is not None:
-            apply_entry(chain.device_keys, obj)  # type: ignore[arg-type]
+            apply_entry(chain.device_keys, obj, height)  # type: ignore[arg-type]
             if obj.get("entry") == "device_revoked":  # type: ignore[union-attr]
                 chain.revoked.add(obj["device"])  # type: ignore[index]
     if "next_key" in header:
         chain.ledger_key = VerifyKey(bytes.fromhex(header["next_key"]))
 
 
-def apply_entry(device_keys: dict[str, VerifyKey], entry: dict[str, Any]) -> None:
-    """Follow the chain's registry: which key speaks for which device from here on."""
-    if entry.get("entry") in ("device_enrolled", "device_key_rotated"):
-        try:
-            device_keys[entry["device"]] = VerifyKey(bytes.fromhex(entry["public_key"]))
-        except (KeyError, TypeError, ValueError):
-            pass  # a malformed entry leaves the device without a key: its readings fail
+def key_span(entry: dict[str, Any], height: int) -> KeySpan | None:
+    """The key an enrolment or rotation sealed at `height` gives its device, and the seqs it signs from.
+
+    A rotation without `from_seq` (sealed before rotations named one) signs from seq 0, as an
+    enrolment does. A malformed entry gives no key: the device keeps the one it had (none,
+    for an enrolment), so the readings it signed with the malformed key fail.
+    """
+    kind = entry.get("entry")
+    if kind not in ("device_enrolled", "device_key_rotated"):
+        return None
+    public_key, from_seq = entry.get("public_key"), entry.get("from_seq", 0) if kind == "device_key_rotated" else 0
+    if not isinstance(public_key, str) or type(from_seq) is not int or from_seq < 0:
+        return None
+    try:
+        VerifyKey(bytes.fromhex(public_key))
+    except (TypeError, ValueError):
+        return None
+    return KeySpan(public_key, from_seq, height)
 
 
-def _first_bad_signature(leaves: list[Leaf], device_keys: dict[str, VerifyKey]) -> str | None:
+def apply_entry(device_keys: KeySpans, entry: dict[str, Any], height: int) -> None:
+    """Follow the chain's registry: the keys each device has been given, and from which seq and height.
+
+    Never edits a device's spans in place (a new tuple each time), so a copy of the
+    dict taken for one block's readings stays as it was.
+    """
+    span = key_span(entry, height)
+    if span is not None and isinstance(device := entry.get("device"), str):
+        device_keys[device] = (*device_keys.get(device, ()), span)
+
+
+def _first_bad_signature(leaves: list[Leaf], device_keys: KeySpans, height: int) -> str | None:
     keys = dict(device_keys)
+    verifiers: dict[str, VerifyKey] = {}
     for idx, obj, raw in leaves:
         if raw is not None:
-            apply_entry(keys, obj)  # type: ignore[arg-type]
+            apply_entry(keys, obj, height)  # type: ignore[arg-type]
             continue
         if not isinstance(obj, Reading):
             continue
-        key = keys.get(obj.device)
-        if key is None or not verify_reading(key, obj):
+        key = key_for(keys.get(obj.device, ()), obj.seq, height)
+        if key is not None and key not in verifiers:
+            verifiers[key] = VerifyKey(bytes.fromhex(key))
+        if key is None or not verify_reading(verifiers[key], obj):
             return f"{obj.device}#{obj.seq}"
     return None
 

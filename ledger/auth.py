@@ -1,8 +1,9 @@
 """Who may sign in to the dashboard, and as what: citizens and operators, offline.
 
 Passwords are kept only as Argon2id hashes (libsodium through PyNaCl, the
-interactive limits: about 90 ms and 64 MiB per check here). Several failed
-attempts lock that login for a while, so a password cannot be guessed online.
+interactive limits: about 90 ms and 64 MiB per check here). Failed attempts are
+throttled, not locked (ledger/signin.py): a lock is something a stranger can
+set off against any citizen, since account ids are sequential.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import nacl.pwhash
 from nacl.exceptions import InvalidkeyError
 
 MIN_PASSWORD = 10
-MAX_FAILURES = 5
-LOCKOUT_MS = 15 * 60 * 1000
 ALL_DISTRICTS = "all"
 
 

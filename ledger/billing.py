@@ -10,9 +10,10 @@ to the fen. Lines and totals are sums of those rounded amounts, so a bill adds u
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
@@ -22,16 +23,51 @@ FEN = Decimal("0.01")
 GAP_MS = 6 * 3600 * 1000  # readings further apart than this are flagged as a gap
 
 
+# Yuan to the fen as an operator types it: no exponent, no "+", no spaces or separators,
+# at most twelve digits of yuan. ASCII digits only (Python's \d would take other scripts' digits).
+_AMOUNT = re.compile(r"(-?)(0|[1-9][0-9]{0,11})(?:\.([0-9]{1,2}))?", re.ASCII)
+
+
+def parse_amount(text: str) -> Decimal:
+    """A correction's amount: a decimal of yuan with at most two places, minus for a credit.
+
+    Decimal() alone takes `1e9`, `NaN`, `+5`, ` 5 ` and `-0`, and `1e9` once sealed a
+    ¥1,000,000,000.00 correction (issue 15); this takes only what a clerk would write
+    on a form. Zero is refused: an adjustment of nothing is a slip. ValueError says why.
+    """
+    m = _AMOUNT.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"amount {text!r} is not an amount of yuan: write it like 12.50 or -3 (at most two "
+                         "decimal places, a minus sign for a credit, no exponent, spaces or separators)")
+    value = Decimal(f"{m[1]}{m[2]}.{(m[3] or '').ljust(2, '0')}")
+    if value == 0:
+        raise ValueError("amount must not be zero")
+    return value
+
+
+def half_up(q: Fraction, places: int) -> Decimal:
+    """`q` rounded half away from zero (ROUND_HALF_UP) to `places` decimals, exactly, at any size.
+
+    By integers, not by a Decimal division: that first rounds to the context's 28
+    digits, and a register near 2^63 litres leaves only a few of them below the fen,
+    so an amount just under a half fen could be rounded twice, up (issue 15), and
+    one past 10^26 raised InvalidOperation.
+    """
+    scaled = abs(q) * 10**places
+    whole, rest = divmod(scaled.numerator, scaled.denominator)
+    if 2 * rest >= scaled.denominator:
+        whole += 1
+    return Decimal(f"{'-' if q < 0 and whole else ''}{whole}E-{places}")
+
+
 def to_fen(amount: Fraction) -> Decimal:
     """The one rounding rule of cityledger: half-up to the fen (0.01 yuan)."""
-    return (Decimal(amount.numerator) / Decimal(amount.denominator)).quantize(FEN, rounding=ROUND_HALF_UP) \
-        if amount.denominator != 1 else Decimal(amount.numerator).quantize(FEN)
+    return half_up(amount, 2)
 
 
 def show(q: Fraction, places: int = 3) -> str:
     """A quantity for people: rounded for display only, never for arithmetic."""
-    return str((Decimal(q.numerator) / Decimal(q.denominator)).quantize(Decimal(1).scaleb(-places),
-                                                                        rounding=ROUND_HALF_UP))
+    return str(half_up(q, places))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +223,7 @@ class Session:
 
 
 def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_ms: int = 60_000,
-             checked: Collection[int] = frozenset()) -> list[Session]:
+             checked: Collection[int] = frozenset(), silence_ms: int = GAP_MS) -> list[Session]:
     """Parking sessions from a space's occupancy reports (changes and heartbeats), by ts.
 
     A seq gap means reports were lost. Then the state is repaired from the next
@@ -195,7 +231,8 @@ def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_m
     report showing the space taken, a missed departure ends it at the last report
     that did; the session says so. `checked` names the seqs whose step to the
     next report is known to lose nothing and change nothing (a quiet day condensed). Stays shorter than `min_stay_ms` are sensor
-    flicker; free gaps shorter than `merge_gap_ms` join two stays into one.
+    flicker; free gaps shorter than `merge_gap_ms` join two stays into one. A stay during which the
+    space said nothing for longer than `silence_ms` is flagged, as a meter's silence is.
     """
     out: list[Session] = []
     current: Session | None = None
@@ -203,6 +240,8 @@ def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_m
     seen: Point | None = None  # the latest report showing the current stay
     for p in events:
         lost = last is not None and p.seq != last.seq + 1 and last.seq not in checked
+        if current is not None and last is not None and p.ts - last.ts > silence_ms and last.seq not in checked:
+            _flag_silence(current, last, p)
         if p.value == 1 and current is None:
             current, seen = Session(p.ts, None, [p.seq]), p
             if lost:
@@ -213,12 +252,11 @@ def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_m
         elif current is not None and seen is not None:
             if lost:
                 current.end = seen.ts
-                current.rests_on.append(seen.seq)
                 current.flags.append(f"departure report missing: the stay ends at seq {seen.seq}, the last report "
                                      f"showing the space taken (seq {p.seq} showed it free)")
             else:
                 current.end = p.ts
-            current.rests_on.append(p.seq)
+            current.rests_on += [q for q in ((seen.seq, p.seq) if lost else (p.seq,)) if q not in current.rests_on]
             out.append(current)
             current = None
         last = p
@@ -234,6 +272,15 @@ def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_m
         else:
             merged.append(s)
     return [s for s in merged if s.end is None or s.end - s.start >= min_stay_ms]
+
+
+def _flag_silence(stay: Session, before: Point, after: Point) -> None:
+    """A stay the space said nothing about for hours: it is charged as the reports either side say,
+    and the bill says so. A sensor switched off, or a clock far off: a report stamped 1970, which the
+    protocol accepts, followed by one stamped now made a stay of 56 years (¥4.47 million, unflagged)."""
+    stay.flags.append(f"no report for {(after.ts - before.ts) / 3_600_000:.1f} h after seq {before.seq} during the "
+                      "stay: its length rests on the reports either side (check the sensor and its clock)")
+    stay.rests_on += [q for q in (before.seq, after.seq) if q not in stay.rests_on]
 
 
 @dataclass(frozen=True)

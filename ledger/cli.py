@@ -160,7 +160,7 @@ def cmd_anchor(args: argparse.Namespace) -> int:
 
 
 def cmd_districts_add(args: argparse.Namespace) -> int:
-    out = _ledger(args).add_district(args.district)
+    out = _ledger(args).add_district(args.district, operator=_operator(args))
     if args.json:
         _print(out)
     else:
@@ -269,7 +269,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
     out = _ledger(args).enroll_device(device=args.id, kind=args.kind, district=args.district,
-                                      public_key=args.public_key, account=args.account)
+                                      public_key=args.public_key, account=args.account, operator=_operator(args))
     _print(out)
     return 0
 
@@ -285,7 +285,8 @@ def cmd_devices_provision(args: argparse.Namespace) -> int:
         return 2
     identity = DeviceIdentity.generate(args.id, args.kind, args.district)
     enrolled = _ledger(args).enroll_device(device=args.id, kind=args.kind, district=args.district,
-                                           public_key=identity.public_key_hex, account=args.account)
+                                           public_key=identity.public_key_hex, account=args.account,
+                                           operator=_operator(args))
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     identity.with_credentials(enrolled["mqtt_username"], enrolled["mqtt_password"]).save(out)
@@ -305,7 +306,7 @@ def cmd_devices_provision(args: argparse.Namespace) -> int:
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
-    _print(_ledger(args).revoke_device(device=args.id))
+    _print(_ledger(args).revoke_device(device=args.id, operator=_operator(args)))
     return 0
 
 
@@ -342,14 +343,14 @@ def cmd_devices_policy(args: argparse.Namespace) -> int:
                "suspend_for_min": args.suspend_for}
     api = _ledger(args)
     if any(v is not None for v in changes.values()):
-        _print(api.set_budget_policy(**changes))
+        _print(api.set_budget_policy(**changes, operator=_operator(args)))
     else:
         _print(api.budget_policy())
     return 0
 
 
 def cmd_devices_reinstate(args: argparse.Namespace) -> int:
-    _print(_ledger(args).reinstate_device(device=args.id))
+    _print(_ledger(args).reinstate_device(device=args.id, operator=_operator(args)))
     return 0
 
 
@@ -425,12 +426,54 @@ def cmd_key_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_ledger_key(args: argparse.Namespace) -> int:
-    _print(_ledger(args).rotate_ledger_key())
+    _print(_ledger(args).rotate_ledger_key(operator=_operator(args)))
     return 0
 
 
 def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
-    _print(_ledger(args).rotate_device_key(device=args.id, public_key=args.public_key))
+    _print(_ledger(args).rotate_device_key(device=args.id, public_key=args.public_key, from_seq=args.from_seq,
+                                           operator=_operator(args)))
+    return 0
+
+
+def _seq_range(text: str) -> tuple[int, int]:
+    """`7` or `7-12`: the seqs a write-off names."""
+    first, _, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seq or a range like 7-12") from None
+    return lo, hi
+
+
+def cmd_devices_write_off(args: argparse.Namespace) -> int:
+    lo, hi = args.seqs
+    _print(_ledger(args).write_off(device=args.id, from_seq=lo, to_seq=hi, reason=args.reason,
+                                   operator=_operator(args)))
+    return 0
+
+
+def cmd_devices_write_offs(args: argparse.Namespace) -> int:
+    _print(_ledger(args).write_offs(device=args.id))
+    return 0
+
+
+def cmd_devices_held_back(args: argparse.Namespace) -> int:
+    rows = _ledger(args).held_back()
+    if args.json:
+        _print(rows)
+        return 0
+    for r in rows:
+        gap = f"{r['missing_from']}" + (f"-{r['missing_to']}" if r["missing_to"] > r["missing_from"] else "")
+        print(f"{r['device']:<22} acked {r['acked']:>8}  missing {gap:<15} {r['ledgered_above']:>6} ledgered above  "
+              f"(see `cityledger quarantine list --device {r['device']}`; settle: `cityledger devices write-off "
+              f"{r['device']} --seqs {gap} --reason ...`)")
+    return 0
+
+
+def cmd_devices_assign(args: argparse.Namespace) -> int:
+    _print(_ledger(args).assign_account(device=args.id, account=None if args.none else args.account,
+                                        operator=_operator(args)))
     return 0
 
 
@@ -474,7 +517,8 @@ def _password(args: argparse.Namespace) -> str | None:
 
 def cmd_accounts_add(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
-    out = ledger.add_account(account=args.id, name=args.name, customer_class=args.customer_class)
+    out = ledger.add_account(account=args.id, name=args.name, customer_class=args.customer_class,
+                             operator=_operator(args))
     password = _password(args)
     if password:
         out["password_set"] = ledger.set_password(role="citizen", principal=args.id, password=password)["password_set"]
@@ -528,22 +572,24 @@ def cmd_tariffs_show(args: argparse.Namespace) -> int:
 
 
 def cmd_tariffs_load(args: argparse.Namespace) -> int:
-    _print(_ledger(args).load_tariffs(source=Path(args.file).read_text()))
+    _print(_ledger(args).load_tariffs(source=Path(args.file).read_text(), operator=_operator(args)))
     return 0
 
 
 def cmd_parking_zone(args: argparse.Namespace) -> int:
-    _print(_ledger(args).set_zone(space=args.space, zone_class=args.zone_class, from_ts=_when(args.since)))
+    _print(_ledger(args).set_zone(space=args.space, zone_class=args.zone_class, from_ts=_when(args.since),
+                                  operator=_operator(args)))
     return 0
 
 
 def cmd_parking_lease(args: argparse.Namespace) -> int:
-    _print(_ledger(args).lease(space=args.space, account=args.account, from_ts=_when(args.since)))
+    _print(_ledger(args).lease(space=args.space, account=args.account, from_ts=_when(args.since),
+                               operator=_operator(args)))
     return 0
 
 
 def cmd_parking_checkin(args: argparse.Namespace) -> int:
-    _print(_ledger(args).checkin(space=args.space, account=args.account, at=_when(args.at)))
+    _print(_ledger(args).checkin(space=args.space, account=args.account, at=_when(args.at), operator=_operator(args)))
     return 0
 
 
@@ -554,12 +600,36 @@ def cmd_parking_unpaid(args: argparse.Namespace) -> int:
 
 def cmd_meters_replace(args: argparse.Namespace) -> int:
     _print(_ledger(args).record_replacement(device=args.device, ts=_when(args.at), old_final=args.old_final,
-                                            new_initial=args.new_initial, operator=args.operator))
+                                            new_initial=args.new_initial, operator=_operator(args)))
     return 0
 
 
 def cmd_adjust(args: argparse.Namespace) -> int:
-    _print(_ledger(args).adjust(account=args.account, amount=args.amount, reason=args.reason, operator=args.operator))
+    out = _ledger(args).adjust(account=args.account, amount=args.amount, reason=args.reason, operator=_operator(args))
+    _print(out)
+    if out["status"] == "pending":
+        print(f"{out['amount']} is above the approval limit of {out['limit']}: another operator must approve it "
+              f"(`cityledger adjustments approve {out['id']}`)", file=sys.stderr)
+    return 0
+
+
+def cmd_adjustments_list(args: argparse.Namespace) -> int:
+    _print(_ledger(args).adjustment_requests(status=None if args.status == "all" else args.status))
+    return 0
+
+
+def cmd_adjustments_decide(approve: bool) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        _print(_ledger(args).decide_adjustment(id=args.id, operator=_operator(args), approve=approve,
+                                               note=args.note or ""))
+        return 0
+    return run
+
+
+def cmd_adjustments_limit(args: argparse.Namespace) -> int:
+    api = _ledger(args)
+    _print(api.set_adjustment_limit(amount=args.amount, operator=_operator(args)) if args.amount
+           else {"limit": api.adjustment_limit()})
     return 0
 
 
@@ -624,9 +694,15 @@ def cmd_anomalies_show(args: argparse.Namespace) -> int:
 
 
 def _operator(args: argparse.Namespace) -> str:
+    """Who runs this command: every action reaching the ledger is sealed under an operator's id."""
     import getpass
 
     return args.operator or os.environ.get("CITYLEDGER_OPERATOR") or getpass.getuser()
+
+
+def _operator_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--operator", help="your operator id, sealed with the action (env CITYLEDGER_OPERATOR; "
+                   "default: your login name)")
 
 
 def cmd_anomalies_act(status: str) -> Handler:
@@ -778,9 +854,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
               f"{'deep' if report['deep'] else 'structural'})")
         if "witness_blocks" in report:
             print(f"compared with {report['witness_blocks']} blocks held by the witness")
-        if report["failure"]:
+        _print_registry(report)
+        if report["failure"] and (report["failed_block"] is not None or not report.get("disagreements")):
             print(f"first failure: {report['failure']}")
     return 0 if report["ok"] else 1
+
+
+def _print_registry(report: dict[str, Any]) -> None:
+    """--deep: whether the registry tables say what the chain says, and every place they do not."""
+    if not report.get("registry_checked"):
+        if report.get("deep") and report["failure"]:
+            print("registry tables not compared: the chain fails first")
+        return
+    found = report.get("disagreements_found", 0)
+    if not found:
+        print("registry tables agree with the chain")
+        return
+    print(f"registry tables disagree with the chain in {found} place(s):")
+    for d in report["disagreements"]:
+        print(f"  {d['text']}")
+    if found > len(report["disagreements"]):
+        print(f"  ... and {found - len(report['disagreements'])} more")
 
 
 def cmd_verify_districts(args: argparse.Namespace) -> int:
@@ -865,6 +959,7 @@ def build_parser() -> argparse.ArgumentParser:
             dssub)
     p.add_argument("district")
     p.add_argument("--json", action="store_true")
+    _operator_option(p)
     p = add("list", cmd_districts_list, "the district chains, and how far the city chain anchors each", dssub)
     p.add_argument("--json", action="store_true")
     p = add("fleet", cmd_fleet, "run a fleet of simulated devices (keys provisioned on first run)")
@@ -920,6 +1015,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--district", required=True)
     p.add_argument("--public-key", required=True, help="hex Ed25519 public key")
     p.add_argument("--account")
+    _operator_option(p)
     p = add("provision", cmd_devices_provision,
             "for a device without its own key store: make its key and broker login into a bundle DIR", dsub)
     p.add_argument("--id", required=True)
@@ -927,11 +1023,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--district", required=True)
     p.add_argument("--account")
     p.add_argument("--out", required=True, help="bundle directory to create (private key, login, settings)")
+    _operator_option(p)
     p = add("revoke", cmd_devices_revoke, "revoke a device: broker login removed, readings refused", dsub)
     p.add_argument("id")
-    p = add("rotate-key", cmd_devices_rotate_key, "give a device a new key; earlier readings stay verifiable", dsub)
+    _operator_option(p)
+    p = add("rotate-key", cmd_devices_rotate_key, "give a device a new key from a seq on; earlier readings "
+            "stay verifiable", dsub)
     p.add_argument("id")
     p.add_argument("--public-key", required=True, help="hex Ed25519 public key made on the device")
+    p.add_argument("--from-seq", type=int, required=True,
+                   help="the first seq the new key signs, as the device reports it (its next seq)")
+    _operator_option(p)
+    p = add("write-off", cmd_devices_write_off, "settle seqs that will never be ledgered: the device's ack "
+            "passes them and it drops them", dsub)
+    p.add_argument("id")
+    p.add_argument("--seqs", type=_seq_range, required=True, metavar="FIRST[-LAST]")
+    p.add_argument("--reason", required=True)
+    _operator_option(p)
+    p = add("held-back", cmd_devices_held_back, "devices whose ack a missing reading holds back", dsub)
+    p.add_argument("--json", action="store_true")
+    p = add("write-offs", cmd_devices_write_offs, "seqs written off, of one device or all", dsub)
+    p.add_argument("id", nargs="?")
+    p = add("assign", cmd_devices_assign, "bind a meter to an account (a household moves in), or unbind it", dsub)
+    p.add_argument("id")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--account")
+    who.add_argument("--none", action="store_true", help="unbind: nobody is billed for it from now on")
+    _operator_option(p)
     p = add("keys", cmd_devices_keys, "a device's key history", dsub)
     p.add_argument("id")
     p = add("reset-password", cmd_devices_reset_password, "issue a new broker password (shown once)", dsub)
@@ -946,8 +1064,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", type=float, help="messages a device may send at once")
     p.add_argument("--suspend-after", type=float, metavar="MIN", help="minutes over budget before suspension")
     p.add_argument("--suspend-for", type=float, metavar="MIN", help="minutes a suspension lasts")
+    _operator_option(p)
     p = add("reinstate", cmd_devices_reinstate, "end a device's suspension now (it ends by itself when due)", dsub)
     p.add_argument("id")
+    _operator_option(p)
     p = add("list", cmd_devices_list, "list enrolled devices", dsub)
     p.add_argument("--json", action="store_true")
 
@@ -973,6 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--class", dest="customer_class", default="residential", choices=["residential", "non-residential"])
     p.add_argument("--password-file", help="file holding the account's dashboard password")
+    _operator_option(p)
     p = add("set-password", cmd_set_password("citizen"), "set or reset an account's dashboard password", asub)
     p.add_argument("id")
     p.add_argument("--password-file", required=True)
@@ -996,6 +1117,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("show", cmd_tariffs_show, "print the tariff file in force", tsub)
     p = add("load", cmd_tariffs_load, "load an edited tariff file as a new version", tsub)
     p.add_argument("file")
+    _operator_option(p)
 
     pk = add("parking", lambda a: 2, "parking spaces: zones, leases, check-ins")
     psub = pk.add_subparsers(dest="parking_command", required=True, metavar="ACTION")
@@ -1003,14 +1125,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", required=True)
     p.add_argument("--class", dest="zone_class", type=int, required=True, choices=[1, 2, 3])
     p.add_argument("--since", help="ISO time in the city's time zone, or epoch ms")
+    _operator_option(p)
     p = add("lease", cmd_parking_lease, "lease a space to an account (from now, or --since)", psub)
     p.add_argument("--space", required=True)
     p.add_argument("--account", required=True)
     p.add_argument("--since")
+    _operator_option(p)
     p = add("checkin", cmd_parking_checkin, "an account takes responsibility for the current stay", psub)
     p.add_argument("--space", required=True)
     p.add_argument("--account", required=True)
     p.add_argument("--at")
+    _operator_option(p)
     p = add("unpaid", cmd_parking_unpaid, "stays in a month that nobody pays for", psub)
     p.add_argument("--month", required=True)
 
@@ -1021,13 +1146,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", required=True, help="ISO time in the city's time zone, or epoch ms")
     p.add_argument("--old-final", type=int, required=True, help="the old register's last value")
     p.add_argument("--new-initial", type=int, required=True, help="the new register's first value")
-    p.add_argument("--operator", required=True)
+    _operator_option(p)
 
-    p = add("adjust", cmd_adjust, "append a refund, credit or re-bill; it shows on the next bill")
+    p = add("adjust", cmd_adjust, "append a refund, credit or re-bill; it shows on the next bill (above the "
+            "approval limit, once a second operator approves it)")
     p.add_argument("--account", required=True)
-    p.add_argument("--amount", required=True, help="yuan, e.g. -12.50 for a refund")
+    p.add_argument("--amount", required=True, help="yuan to the fen, e.g. -12.50 for a refund (no exponent)")
     p.add_argument("--reason", required=True)
-    p.add_argument("--operator", required=True)
+    _operator_option(p)
+    adj = add("adjustments", lambda a: 2, "adjustments waiting for a second operator (four eyes), and the limit")
+    adjsub = adj.add_subparsers(dest="adjustments_command", required=True, metavar="ACTION")
+    p = add("list", cmd_adjustments_list, "requested adjustments (pending by default)", adjsub)
+    p.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
+    for action, approve, what in (("approve", True, "approve a requested adjustment: it is sealed now"),
+                                  ("reject", False, "reject (or, as its requester, withdraw) a requested adjustment")):
+        p = add(action, cmd_adjustments_decide(approve), what, adjsub)
+        p.add_argument("id")
+        p.add_argument("--note", help="why (kept in the ledger)")
+        _operator_option(p)
+    p = add("limit", cmd_adjustments_limit, "the amount above which an adjustment needs approval; with AMOUNT, "
+            "set it (sealed)", adjsub)
+    p.add_argument("amount", nargs="?")
+    _operator_option(p)
 
     p = add("bill", cmd_bill, "an account's bill for a month (issued, or as it stands)")
     p.add_argument("account")
@@ -1054,7 +1194,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(action, cmd_anomalies_act(status), f"mark an anomaly {status}", ansub)
         p.add_argument("id")
         p.add_argument("--note", required=needs_note, help="what was found or done")
-        p.add_argument("--operator", help="your name (env CITYLEDGER_OPERATOR; default: your login)")
+        _operator_option(p)
 
     p = add("status", cmd_status, "ledger counters and head")
     p.add_argument("--json", action="store_true")
@@ -1095,7 +1235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-chain", help="file from `cityledger key-chain`, when the ledger key has rotated since")
     p.add_argument("--json", action="store_true")
     p = add("key-chain", cmd_key_chain, "the signed headers that rotate the ledger key, oldest first")
-    add("rotate-ledger-key", cmd_rotate_ledger_key, "hand block signing to a new ledger key, announced by the old one")
+    p = add("rotate-ledger-key", cmd_rotate_ledger_key,
+            "hand block signing to a new ledger key, announced by the old one")
+    _operator_option(p)
     return parser
 
 

@@ -230,5 +230,6 @@ def meter_quiet(d: Day) -> bool:
 
 
 def space_quiet(d: Day) -> bool:
-    """A parking day with nothing for the session rules: no report lost, the state never changed."""
-    return d.breaks == 0 and d.changes == 0
+    """A parking day with nothing for the session rules: no report lost, the state never changed, and
+    no silence a stay would be flagged for (`billing.sessions`)."""
+    return d.breaks == 0 and d.changes == 0 and d.max_gap <= GAP_MS

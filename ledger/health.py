@@ -18,15 +18,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
-def block_lag_ms(sealed_at: int, reading_ts: Sequence[int]) -> int:
-    """Median age of a block's readings when it was sealed (device clock to seal), never negative.
+def block_lag_ms(sealed_at: int, readings: Sequence[tuple[str, int]]) -> int:
+    """Median age, over the block's devices, of each one's newest reading when the block was
+    sealed (device clock to seal), never negative.
 
-    The median, not the oldest: one device re-sending a day's backlog after an outage
-    is not a sign that ingest is behind; most of a block being old is.
+    The median, not the oldest: one device re-sending a day's backlog after an outage is not
+    a sign that ingest is behind; most devices being late is. Per device, not per reading:
+    one device whose clock reset to 1970 and that fills most of a quiet block would
+    otherwise make the whole city's lag decades long, and silence detection with it (issue 15).
     """
-    if not reading_ts:
+    newest: dict[str, int] = {}
+    for device, ts in readings:
+        if ts > newest.get(device, ts - 1):
+            newest[device] = ts
+    if not newest:
         return 0
-    ordered = sorted(reading_ts)
+    ordered = sorted(newest.values())
     return max(0, sealed_at - ordered[len(ordered) // 2])
 
 
@@ -53,13 +60,14 @@ class IngestHealth:
     readings: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def sealed(self, sealed_at: int, reading_ts: Sequence[int]) -> None:
+    def sealed(self, sealed_at: int, readings: Sequence[tuple[str, int]]) -> None:
+        """A block sealed with these (device, ts) readings."""
         with self._lock:
             self.last_seal_at = sealed_at
             self.blocks += 1
-            if reading_ts:
-                self.readings += len(reading_ts)
-                self.lag_ms = block_lag_ms(sealed_at, reading_ts)
+            if readings:
+                self.readings += len(readings)
+                self.lag_ms = block_lag_ms(sealed_at, readings)
 
     def snapshot(self, now: int) -> dict[str, int | None | bool]:
         with self._lock:

@@ -100,7 +100,7 @@ DISTRICT_CHECKPOINT_TOPIC = "city/ledger/districts/+/checkpoint"
 
 def witness_topic(witness: str, leaf: str) -> str:
     """`city/witness/{name}/alarm` (an alarm, retained) or `.../head` (what it last accepted)."""
-    if not _DEVICE_RE.match(witness) or leaf not in ("alarm", "head"):
+    if not _DEVICE_RE.fullmatch(witness) or leaf not in ("alarm", "head"):
         raise ValueError(f"invalid witness topic {witness!r}/{leaf!r}")
     return f"city/witness/{witness}/{leaf}"
 
@@ -153,7 +153,7 @@ class DeviceTopic:
 
 def device_topic(district: str, kind: str, device: str, leaf: str) -> str:
     """Build a device topic, refusing names that would escape the topic tree."""
-    if not (_DISTRICT_RE.match(district) and kind in KINDS and _DEVICE_RE.match(device)):
+    if not (_DISTRICT_RE.fullmatch(district) and kind in KINDS and _DEVICE_RE.fullmatch(device)):
         raise ValueError(f"invalid topic parts: {district!r}/{kind!r}/{device!r}")
     if leaf not in ("reading", "status", "ack"):
         raise ValueError(f"invalid topic leaf {leaf!r}")
@@ -166,7 +166,7 @@ def parse_topic(topic: str) -> DeviceTopic | None:
     if len(parts) != 5 or parts[0] != "city":
         return None
     _, district, kind, device, leaf = parts
-    if not (_DISTRICT_RE.match(district) and kind in KINDS and _DEVICE_RE.match(device)):
+    if not (_DISTRICT_RE.fullmatch(district) and kind in KINDS and _DEVICE_RE.fullmatch(device)):
         return None
     if leaf not in ("reading", "status", "ack"):
         return None
@@ -174,11 +174,11 @@ def parse_topic(topic: str) -> DeviceTopic | None:
 
 
 def valid_device_id(device: str) -> bool:
-    return bool(_DEVICE_RE.match(device))
+    return bool(_DEVICE_RE.fullmatch(device))
 
 
 def valid_district(district: str) -> bool:
-    return bool(_DISTRICT_RE.match(district))
+    return bool(_DISTRICT_RE.fullmatch(district))
 
 
 # ---------------------------------------------------------------- the reading
@@ -402,20 +402,41 @@ def _short(exc: BaseException) -> str:
 # ---------------------------------------------------------------- ack
 
 
-def ack_payload(seq: int, block_hash: str) -> bytes:
-    """The end-to-end acknowledgement: every reading with seq <= `seq` is ledgered."""
-    return canonical_json({"seq": seq, "block": block_hash})
+def ack_payload(seq: int, block_hash: str, written_off: tuple[int, int] | None = None) -> bytes:
+    """The end-to-end acknowledgement: every reading with seq <= `seq` is ledgered, or written off.
+
+    `written_off` (our extension, docs/protocol.md) names the seqs an operator wrote off when
+    that is what moved the ack, so the device can say which readings it drops unledgered.
+    """
+    ack: dict[str, Any] = {"seq": seq, "block": block_hash}
+    if written_off is not None:
+        ack["written_off"] = list(written_off)
+    return canonical_json(ack)
 
 
-def parse_ack(payload: bytes) -> tuple[int, str] | None:
-    """(seq, block hash) from an ack payload, or None if it is not one."""
+def _ack_object(payload: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(payload)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(obj, dict):
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_ack(payload: bytes) -> tuple[int, str] | None:
+    """(seq, block hash) from an ack payload, or None if it is not one."""
+    obj = _ack_object(payload)
+    if obj is None:
         return None
     seq, block = obj.get("seq"), obj.get("block")
     if type(seq) is not int or not isinstance(block, str):
         return None
     return seq, block
+
+
+def parse_written_off(payload: bytes) -> tuple[int, int] | None:
+    """The seqs an ack says were written off (first, last), or None."""
+    obj = _ack_object(payload)
+    span = obj.get("written_off") if obj is not None else None
+    if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span) and 1 <= span[0] <= span[1]):
+        return None
+    return span[0], span[1]

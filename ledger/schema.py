@@ -142,6 +142,40 @@ MIGRATIONS: list[tuple[int, str]] = [
             PRIMARY KEY (district, height));
         """,
     ),
+    (
+        10,
+        """
+        -- Issue 15. A key rotation names the first seq the new key signs (ledger/keyspans.py);
+        -- keys recorded before that sign every reading sealed after them (from_seq 0).
+        ALTER TABLE device_keys ADD COLUMN from_seq BIGINT DEFAULT 0;
+        -- Gaps an operator settled for good: the device's ack passes them (`devices write-off`).
+        CREATE TABLE write_offs (
+            device VARCHAR NOT NULL, from_seq BIGINT NOT NULL, to_seq BIGINT NOT NULL, reason VARCHAR NOT NULL,
+            operator VARCHAR NOT NULL, written_at BIGINT NOT NULL, height BIGINT NOT NULL);
+        -- Adjustments above the approval limit wait here for a second operator (four eyes);
+        -- the request and the decision are ledger entries, this is their work queue.
+        CREATE TABLE adjustment_requests (
+            id VARCHAR PRIMARY KEY, account VARCHAR NOT NULL, amount VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+            operator VARCHAR NOT NULL, requested_at BIGINT NOT NULL, height BIGINT NOT NULL, status VARCHAR NOT NULL,
+            decided_by VARCHAR, decided_at BIGINT);
+        """,
+    ),
+    (
+        11,
+        """
+        -- Issue 15. Sign-in throttling (ledger/signin.py): failures per pair (login@source),
+        -- account (login) and source, each with the time of its last failure; a pair also
+        -- remembers its last success, which makes its source known for that login.
+        CREATE TABLE signin_counts (
+            scope VARCHAR NOT NULL, key VARCHAR NOT NULL, failures INTEGER NOT NULL,
+            last_failure_ms BIGINT NOT NULL, last_success_ms BIGINT NOT NULL, PRIMARY KEY (scope, key));
+        -- Every failed sign-in, for operators (never the password). Throttled attempts are
+        -- counted in `attempts`, one row per login, source and minute.
+        CREATE TABLE signin_failures (
+            at_ms BIGINT NOT NULL, role VARCHAR NOT NULL, id VARCHAR NOT NULL, source VARCHAR NOT NULL,
+            throttled BOOLEAN NOT NULL, attempts INTEGER NOT NULL, last_ms BIGINT NOT NULL);
+        """,
+    ),
 ]
 
 

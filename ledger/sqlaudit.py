@@ -13,11 +13,15 @@ fetches at once keep both cores busy.
 
 The header checks are `audit.check_header`, and what a block teaches the chain
 (device keys, revocations, ledger key hand-over) is `audit.learn`: the same code
-as the Python audit. SQL only vouches for a block's leaves when every one of them
-sits at its index, parses as the Python audit would parse it (so needs no JSON
-escaping), is not from a revoked device, the count matches the header's size and
-the root its root. Anything else sends that one block through `audit.check_leaves`,
-so a failure names the same block, reading and message as it always has.
+as the Python audit. A (device, seq) ledgered twice is found by one GROUP BY over
+the readings of each plan of ranges (`first_duplicate`), in DuckDB's bounded memory,
+and reported at the block holding the second one, as the Python audit reports it.
+
+SQL only vouches for a block's leaves when every one of them sits at its index,
+parses as the Python audit would parse it (so needs no JSON escaping), is not from
+a revoked device, the count matches the header's size and the root its root.
+Anything else sends that one block through `audit.check_leaves`, so a failure
+names the same block, reading and message as it always has.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import hashlib
 import json
 import time
 from collections import deque
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
@@ -38,8 +42,9 @@ import numpy as np
 import pyarrow as pa
 from nacl.signing import VerifyKey
 
-from ledger import merkle
-from ledger.audit import Chain, Failure, Leaf, Progress, Report, audit, check_header, check_leaves, learn
+from ledger import merkle, registry_audit
+from ledger.audit import (DUPLICATE, Chain, Failure, Leaf, Progress, Report, audit, check_header, check_leaves,
+                          learn)
 from ledger.blocks import GENESIS_PREV, block_hash
 from ledger.store import Store
 
@@ -69,6 +74,22 @@ READING_PARSES = (
 READINGS_QUERY = (
     f"SELECT height, idx, {READING_PARSES}::UTINYINT AS ok, sha256({READING_LEAF_SQL}) AS h"
     " FROM readings WHERE height BETWEEN $lo AND $hi"
+)
+
+# The second reading of a (device, seq), earliest in chain order, among blocks $start..$hi.
+# `{keys}`: the (device, seq) that occur more than once there. The first plan groups every
+# reading; a later plan (blocks sealed while the audit ran) only the keys of its new blocks
+# $lo..$hi, so chasing the head costs a scan, not a GROUP BY of the whole chain each time.
+TWICE_ALL = ("SELECT device, seq FROM readings WHERE height BETWEEN $start AND $hi"
+             " GROUP BY device, seq HAVING count(*) > 1")
+TWICE_NEW = ("SELECT device, seq FROM readings SEMI JOIN (SELECT DISTINCT device, seq FROM readings"
+             " WHERE height BETWEEN $lo AND $hi) USING (device, seq) WHERE height BETWEEN $start AND $hi"
+             " GROUP BY device, seq HAVING count(*) > 1")
+SECOND_READING = (
+    "SELECT height, idx, device, seq FROM ("
+    " SELECT height, idx, device, seq, row_number() OVER (PARTITION BY device, seq ORDER BY height, idx) AS n"
+    " FROM readings SEMI JOIN ({keys}) USING (device, seq) WHERE height BETWEEN $start AND $hi)"
+    " WHERE n = 2 ORDER BY height, idx LIMIT 1"
 )
 
 # Column types the SQL relies on (an integer stored as text would be hashed as if it
@@ -228,6 +249,19 @@ def reading_leaf_hashes(con: duckdb.DuckDBPyConnection, lo: int, hi: int,
             _ints(table.column("ok"), np.uint8), _packed(table.column("h")))
 
 
+def first_duplicate(con: duckdb.DuckDBPyConnection, start: int, lo: int, hi: int) -> Failure | None:
+    """The earliest reading, among blocks start..hi, of a (device, seq) an earlier reading holds,
+    looking only at keys that occur in blocks lo..hi (lo == start: all of them).
+
+    As `audit.check_unique` names it: the audit stops at the first failure, so only the
+    earliest matters, and it is reported when its block is reached (after that block's own checks).
+    """
+    keys = TWICE_ALL if lo <= start else TWICE_NEW
+    row = con.execute(SECOND_READING.format(keys=keys),
+                      {"start": start, "hi": hi, **({"lo": lo} if lo > start else {})}).fetchone()
+    return None if row is None else Failure(int(row[0]), DUPLICATE, f"{row[2]}#{row[3]}")
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A range of blocks with the leaf hashes of all their readings and their entries."""
@@ -290,11 +324,13 @@ def revoked_devices_by_height(con: duckdb.DuckDBPyConnection, lo: int, hi: int,
     return {height: set(found) for height, found in rows}
 
 
-def _batches(store: Store, ahead: int | None = None, start: int = 0) -> Generator[Batch, None, None]:
+def _batches(store: Store, ahead: int | None = None, start: int = 0,
+             on_plan: Callable[[int, int], None] | None = None) -> Generator[Batch, None, None]:
     """Batches in height order from `start`, the next `ahead` fetched in worker threads while this one is checked.
 
     Planned again from the last height when a plan runs out, so blocks sealed while
-    the audit runs are checked too (as `Store.iter_blocks` does).
+    the audit runs are checked too (as `Store.iter_blocks` does). `on_plan(lo, hi)`
+    runs in this thread for each plan, while its first ranges are being fetched.
     """
     ahead = ahead or FETCH_AHEAD
     pool = ThreadPoolExecutor(ahead, thread_name_prefix="sqlaudit")
@@ -309,6 +345,8 @@ def _batches(store: Store, ahead: int | None = None, start: int = 0) -> Generato
             todo = iter(ranges)
             for lo, hi in islice(todo, ahead):
                 submit(lo, hi)
+            if on_plan:
+                on_plan(ranges[0][0], ranges[-1][1])
             while pending:
                 batch = pending.popleft()[0].result()
                 for lo, hi in islice(todo, 1):
@@ -330,6 +368,7 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
                 start: int = 0, prev: str = GENESIS_PREV, fits: bool | None = None) -> Report:
     """`audit.audit` over a store: hashed in SQL for the structural audit; the Python audit
     for `deep` (it rebuilds every reading to check its signature anyway) or an odd schema.
+    `deep` also compares the registry tables with the chain (ledger/registry_audit.py).
 
     `start`/`prev`: begin at a later block, trusting `ledger_key` there (an archive that
     starts after genesis; SQL path only). `workers`: signature checkers for `deep`; on the SQL
@@ -337,20 +376,54 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
     `fits`: the caller has checked the column types
     and NULLs itself (views over Parquet files report every column as nullable).
     """
+    # The tables first, in a snapshot up to the head: every entry compared is then in a block
+    # the audit below checks (or the comparison is dropped, when the chain fails first).
+    registry = registry_audit.check_store(store.con) if deep else None
     if deep or not (schema_fits(store.con) if fits is None else fits):
         if start:
             raise ValueError("the Python audit starts at genesis only")
-        return audit(store.iter_blocks(), store.leaves, ledger_key, deep=deep, total=total, progress=progress,
-                     workers=workers)
+        report = audit(store.iter_blocks(), store.leaves, ledger_key, deep=deep, total=total, progress=progress,
+                       workers=workers)
+    else:
+        report = _sql_audit(store, ledger_key, total, progress, workers, start, prev)
+    return with_registry(report, registry)
+
+
+def with_registry(report: Report, registry: registry_audit.Outcome | None) -> Report:
+    """The chain's report with the registry comparison, if the chain holds up to where the tables were read."""
+    if registry is None or (report.failure is not None and report.failure.height <= registry.upto):
+        return report
+    return replace(report, ok=report.ok and not registry.found, disagreements=registry.disagreements,
+                   disagreements_found=registry.found, registry_checked=True)
+
+
+@dataclass
+class _Duplicates:
+    """The earliest second reading of a (device, seq) found so far, asked of DuckDB once per plan."""
+
+    con: duckdb.DuckDBPyConnection
+    start: int
+    found: Failure | None = None
+
+    def plan(self, lo: int, hi: int) -> None:
+        if self.found is None:  # else the audit stops there, or earlier
+            self.found = first_duplicate(self.con, self.start, lo, hi)
+
+
+def _sql_audit(store: Store, ledger_key: VerifyKey, total: int, progress: Progress | None, workers: int | None,
+               start: int, prev: str) -> Report:
     started = time.perf_counter()
     chain = Chain(ledger_key)
     expected_height, expected_prev = start, prev
     counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
-    batches = _batches(store, ahead=workers, start=start)  # the SQL path's workers: ranges hashed at once
+    duplicates = _Duplicates(store.con, start)
+    # the SQL path's workers: ranges hashed at once
+    batches = _batches(store, ahead=workers, start=start, on_plan=duplicates.plan)
     try:
         for batch in batches:
-            outcome = _check_batch(store, batch, chain, counts, expected_height, expected_prev, total, progress)
+            outcome = _check_batch(store, batch, chain, counts, expected_height, expected_prev, total, progress,
+                                   duplicates.found)
             if isinstance(outcome, Failure):
                 failure = outcome
                 break
@@ -364,8 +437,13 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
 
 
 def _check_batch(store: Store, batch: Batch, chain: Chain, counts: list[int], expected_height: int,
-                 expected_prev: str, total: int, progress: Progress | None) -> Failure | tuple[int, str]:
-    """Check a batch's blocks in order: the first failure, or where the chain now stands."""
+                 expected_prev: str, total: int, progress: Progress | None,
+                 duplicate: Failure | None = None) -> Failure | tuple[int, str]:
+    """Check a batch's blocks in order: the first failure, or where the chain now stands.
+
+    `duplicate`: the earliest second reading of a (device, seq); it fails its block once
+    that block has passed its own checks, as `audit.check_unique` does in the Python audit.
+    """
     lo, hi = batch.blocks[0][0], batch.blocks[-1][0]
     suspects = revoked_devices_by_height(store.con, lo, hi,
                                          {d for d in chain.revoked | batch.revoking if isinstance(d, str)})
@@ -389,7 +467,9 @@ def _check_batch(store: Store, batch: Batch, chain: Chain, counts: list[int], ex
         else:
             leaves, readings = vouched
             entries = len(leaves)
-        learn(chain, header, leaves)
+        if duplicate is not None and duplicate.height == height:
+            return duplicate
+        learn(chain, header, leaves, height)
         counts[0] += 1
         counts[1] += readings
         counts[2] += entries

@@ -11,13 +11,14 @@ import base64
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from ledger.keyspans import KeySpan, key_for
 from ledger.protocol import Reading
 from ledger.schema import migrate
 
@@ -33,6 +34,16 @@ class DeviceRecord:
     mqtt_hash: str
     enrolled_at: int
     revoked_at: int | None = None
+    # The keys before `public_key` that still sign some seqs (a rotation naming `from_seq`):
+    # empty for the many devices that never rotated with readings unsent.
+    earlier_keys: tuple[KeySpan, ...] = ()
+    key_from_seq: int = 0  # the first seq `public_key` signs
+
+    def key_for(self, seq: int) -> str | None:
+        """The key reading `seq` must be signed with, if ledgered now (ledger/keyspans.py)."""
+        if seq >= self.key_from_seq:
+            return self.public_key
+        return key_for(self.earlier_keys, seq)
 
     def public(self) -> dict[str, Any]:
         """What may be shown: everything but the broker password hash."""
@@ -126,7 +137,8 @@ class Store:
             "SELECT device, kind, district, account, public_key, status, mqtt_hash, enrolled_at, revoked_at"
             " FROM devices ORDER BY device"
         ).fetchall()
-        return [DeviceRecord(*row) for row in rows]
+        spans = self._key_spans()
+        return [self._with_keys(DeviceRecord(*row), spans.get(row[0])) for row in rows]
 
     def device(self, device: str) -> DeviceRecord | None:
         row = self.con.execute(
@@ -134,31 +146,48 @@ class Store:
             " FROM devices WHERE device = ?",
             [device],
         ).fetchone()
-        return DeviceRecord(*row) if row else None
+        return self._with_keys(DeviceRecord(*row), self._key_spans(device).get(device)) if row else None
+
+    def _key_spans(self, device: str | None = None) -> dict[str, list[KeySpan]]:
+        """Key histories of the devices that rotated with a `from_seq` (the only ones that need one)."""
+        rows = self.con.execute(
+            "SELECT device, public_key, from_seq, from_height FROM device_keys WHERE device IN"
+            " (SELECT device FROM device_keys WHERE from_seq > 0 AND (? IS NULL OR device = ?))"
+            " ORDER BY device, from_height", [device, device]).fetchall()
+        spans: dict[str, list[KeySpan]] = {}
+        for dev, key, from_seq, height in rows:
+            spans.setdefault(dev, []).append(KeySpan(key, from_seq, height))
+        return spans
+
+    @staticmethod
+    def _with_keys(rec: DeviceRecord, spans: list[KeySpan] | None) -> DeviceRecord:
+        if not spans or spans[-1].public_key != rec.public_key:
+            return rec
+        return replace(rec, earlier_keys=tuple(spans[:-1]), key_from_seq=spans[-1].from_seq)
 
     def public_key_owner(self, public_key: str) -> str | None:
         """Which device has ever held this key (a key is never reused, not even after revocation)."""
         row = self.con.execute("SELECT device FROM device_keys WHERE public_key = ? LIMIT 1", [public_key]).fetchone()
         return row[0] if row else None
 
-    def add_device_key(self, device: str, public_key: str, from_height: int, since: int) -> None:
-        self.con.execute("INSERT INTO device_keys VALUES (?, ?, ?, ?)", [device, public_key, from_height, since])
+    def add_device_key(self, device: str, public_key: str, from_height: int, since: int, from_seq: int = 0) -> None:
+        self.con.execute("INSERT INTO device_keys (device, public_key, from_height, since, from_seq)"
+                         " VALUES (?, ?, ?, ?, ?)", [device, public_key, from_height, since, from_seq])
 
     def set_public_key(self, device: str, public_key: str) -> None:
         self.con.execute("UPDATE devices SET public_key = ? WHERE device = ?", [public_key, device])
 
-    def device_key_at(self, device: str, height: int) -> str | None:
-        """The key a device had when block `height` was sealed."""
-        row = self.con.execute(
-            "SELECT public_key FROM device_keys WHERE device = ? AND from_height <= ?"
-            " ORDER BY from_height DESC LIMIT 1", [device, height]).fetchone()
-        return row[0] if row else None
+    def device_key_for(self, device: str, seq: int, height: int) -> str | None:
+        """The key that signed reading `seq` of a device, sealed in block `height` (ledger/keyspans.py)."""
+        rows = self.con.execute("SELECT public_key, from_seq, from_height FROM device_keys WHERE device = ?",
+                                [device]).fetchall()
+        return key_for((KeySpan(*row) for row in rows), seq, height)
 
     def device_key_history(self, device: str) -> list[dict[str, Any]]:
         rows = self.con.execute(
-            "SELECT public_key, from_height, since FROM device_keys WHERE device = ? ORDER BY from_height",
+            "SELECT public_key, from_height, since, from_seq FROM device_keys WHERE device = ? ORDER BY from_height",
             [device]).fetchall()
-        return [{"public_key": k, "from_height": h, "since": t} for k, h, t in rows]
+        return [{"public_key": k, "from_height": h, "since": t, "from_seq": f} for k, h, t, f in rows]
 
     def ledger_key_at(self, height: int) -> str:
         """The ledger key that signed block `height`: the last rotation before it decides."""
@@ -341,27 +370,46 @@ class Store:
     # ------------------------------------------------------------ readings
 
     def seq_state(self) -> dict[str, tuple[int, list[int]]]:
-        """Per device: (highest seq with no gap below it, ledgered seqs above it)."""
+        """Per device: (highest seq with no gap below it, settled seqs above it).
+
+        Settled: ledgered, or written off by an operator (`write_offs`); the ack counts both.
+        """
         state: dict[str, tuple[int, list[int]]] = {}
+        written_off: dict[str, list[tuple[int, int]]] = {}
+        for device, lo, hi in self.con.execute("SELECT device, from_seq, to_seq FROM write_offs").fetchall():
+            written_off.setdefault(device, []).append((lo, hi))
         rows = self.con.execute(
             "SELECT device, max(seq), count(*) FROM readings GROUP BY device"
         ).fetchall()
-        gappy = []
+        gappy = set(written_off)
         for device, max_seq, count in rows:
-            if max_seq == count:
+            if max_seq == count and device not in gappy:
                 state[device] = (max_seq, [])
             else:
-                gappy.append(device)
-        for device in gappy:
-            seqs = [r[0] for r in self.con.execute(
-                "SELECT DISTINCT seq FROM readings WHERE device = ? ORDER BY seq", [device]).fetchall()]
-            hwm = 0
-            i = 0
-            while i < len(seqs) and seqs[i] == hwm + 1:
+                gappy.add(device)
+        for device in sorted(gappy):
+            seqs = {r[0] for r in self.con.execute("SELECT DISTINCT seq FROM readings WHERE device = ?",
+                                                   [device]).fetchall()}
+            for lo, hi in written_off.get(device, ()):
+                seqs.update(range(lo, hi + 1))  # at most WRITE_OFF_MAX each (ledger/writer.py)
+            ordered = sorted(seqs)
+            hwm = i = 0
+            while i < len(ordered) and ordered[i] == hwm + 1:
                 hwm += 1
                 i += 1
-            state[device] = (hwm, seqs[i:])
+            state[device] = (hwm, ordered[i:])
         return state
+
+    def highest_seq(self, device: str) -> int:
+        """The highest seq of the device's ledgered readings, 0 if none."""
+        return int(self.con.execute("SELECT coalesce(max(seq), 0) FROM readings WHERE device = ?",
+                                    [device]).fetchone()[0])
+
+    def ledgered_seqs(self, device: str, lo: int, hi: int, limit: int = 6) -> list[int]:
+        """Up to `limit` seqs of the device ledgered within lo..hi."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT seq FROM readings WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            [device, lo, hi, limit]).fetchall()]
 
     def stored_readings(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int, str]]:
         """(ts, value, sig base64) of already-ledgered readings, for duplicate checks."""

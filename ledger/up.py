@@ -15,6 +15,9 @@ With `--tls` the broker also opens its TLS listener (certificates made in the
 home unless the operator gives their own), and every MQTT client part is
 pointed at that listener and told the CA to verify it with
 (CITYLEDGER_MQTT_PORT, CITYLEDGER_MQTT_CA), so nothing travels in plain text.
+
+The demo's households and operators (ledger/demo.py) are made once, on a new
+home, and only ever for the devices of the fleet `up` itself starts.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import threading
 import time
 
 from broker.certs import CertPaths, resolve
+from edge.fleet import plan_fleet
 from ledger import demo
 from ledger.home import Home
 from ledger.rpc import RemoteLedger, open_ledger
@@ -95,18 +99,15 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         ledger = _remote(home)
         baseline = int(ledger.status()["readings"])
         fleet = sup.start(PartSpec("fleet", ("fleet", "--devices", str(args.devices), "--interval",
-                                             str(args.interval))))
-        sup.wait(lambda: _remote(home).status()["devices"] >= args.devices, 120,
-                 "the fleet's devices to enrol", stop, fleet)
-        logins = demo.populate(ledger, home)
+                                             str(args.interval), "--districts", ",".join(demo.DISTRICTS))))
+        planned = fleet_devices(args.devices)
+        sup.wait(lambda: _enrolled(home, planned), 120, "the fleet's devices to enrol", stop, fleet)
+        made = demo.populate(ledger, home, planned)
         sup.start(PartSpec("scheduler", ("scheduler",)))
         dash = sup.start(PartSpec("dashboard", ("dashboard", "--port", str(args.dashboard_port)),
                                   lambda: port_open("127.0.0.1", args.dashboard_port), 60, "the dashboard"))
         sup.wait_ready(dash, stop)
-        print(f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n"
-              f"  sign in as a citizen: {', '.join(logins['citizens'])} (password {logins['citizen_password']})\n"
-              f"  or as an operator:    {', '.join(logins['operators'])} (password {logins['operator_password']})\n"
-              f"  (all demo logins: {home.root / 'demo-logins.txt'})\n"
+        print(f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n{_logins_text(home, made)}"
               f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n", flush=True)
         _supervise_until(stop, sup, home, baseline)
     except Stopped:
@@ -118,6 +119,27 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         print("stopping...", flush=True)
         sup.stop_all()
     return return_code
+
+
+def fleet_devices(devices: int) -> frozenset[str]:
+    """The ids of the fleet `up` starts: the only devices its demo may give households."""
+    return frozenset(p.device for p in plan_fleet(devices, demo.DISTRICTS))
+
+
+def _enrolled(home: Home, planned: frozenset[str]) -> bool:
+    """Every device of the fleet is in the registry (counting devices would count an operator's too)."""
+    return planned <= {d["device"] for d in _remote(home).devices()}
+
+
+def _logins_text(home: Home, made: demo.Demo) -> str:
+    """Who can sign in, or why there is no demo login to offer."""
+    text = f"  {made.note}\n"
+    if made.citizens:
+        text += f"  sign in as a citizen: {', '.join(made.citizens)} (password {made.citizen_password})\n"
+    if made.operators:
+        text += (f"  or as an operator:    {', '.join(made.operators)} (password {made.operator_password})\n"
+                 f"  (all demo logins: {home.root / demo.LOGINS_FILE})\n")
+    return text
 
 
 def _tls_certs(home: Home, args: argparse.Namespace) -> CertPaths:

@@ -161,10 +161,14 @@ def typical_usage(store: Store, district: str, kind: str, boundaries: list[int],
                      max(ts) FILTER (WHERE ts <= bt) AS pt, arg_max(value, ts) FILTER (WHERE ts <= bt) AS pv,
                      min(ts) FILTER (WHERE ts > bt) AS nt, arg_min(value, ts) FILTER (WHERE ts > bt) AS nv
               FROM r JOIN b ON r.ts BETWEEN b.bt - {w} AND b.bt + {w} GROUP BY ALL),
-        reg AS (SELECT device, i, CASE WHEN pt IS NULL THEN NULL WHEN nt IS NULL OR nv < pv THEN pv::DOUBLE
-                                       ELSE pv + (nv - pv) * (bt - pt)::DOUBLE / (nt - pt) END AS v FROM j),
-        u AS (SELECT a.i, z.v - a.v AS used FROM reg a JOIN reg z ON a.device = z.device AND z.i = a.i + 1
-              WHERE a.v IS NOT NULL AND z.v IS NOT NULL AND z.v >= a.v)
+        -- The register at a boundary as the reading before it plus a part of the step to the next.
+        -- Not one DOUBLE: near 2^63-1 (which the protocol allows) a DOUBLE register is only known
+        -- to 1,024 units. The readings subtract exactly (two non-negative BIGINTs cannot overflow).
+        reg AS (SELECT device, i, pv AS base, CASE WHEN nt IS NULL OR nv < pv THEN 0::DOUBLE
+                                                   ELSE (nv - pv) * (bt - pt)::DOUBLE / (nt - pt) END AS part
+                FROM j WHERE pt IS NOT NULL),
+        u AS (SELECT * FROM (SELECT a.i, (z.base - a.base)::DOUBLE + (z.part - a.part) AS used
+                             FROM reg a JOIN reg z ON a.device = z.device AND z.i = a.i + 1) WHERE used >= 0)
         SELECT i, median(used), count(*) FROM u GROUP BY i ORDER BY i
         """, [district, kind, customer_class, kind]).fetchall()
     found = {i: (med, n) for i, med, n in rows}

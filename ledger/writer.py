@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,11 +22,19 @@ from nacl.signing import SigningKey
 
 from broker import access, mosquitto
 from broker.budget import BudgetPolicy
-from ledger import anchors, auth, device_days, merkle
+from ledger import anchors, auth, billing, device_days, merkle, signin
 from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.home import DISTRICT_FILE, Home, write_private
 from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
-from ledger.protocol import KINDS, RESERVED_DISTRICTS, canonical_json, strict_json, valid_device_id, valid_district
+from ledger.protocol import (
+    KINDS,
+    RESERVED_DISTRICTS,
+    SEQ_MAX,
+    canonical_json,
+    strict_json,
+    valid_device_id,
+    valid_district,
+)
 from ledger.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
 from ledger.tariffs import DEFAULT_FILE, parse_tariffs
 from ledger.witness import SignedHeader
@@ -42,8 +50,25 @@ _DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0
 PASSWORD_CHECKS = threading.BoundedSemaphore(2)
 
 
+DEFAULT_ADJUSTMENT_LIMIT = Decimal("1000.00")  # yuan; above it a correction needs a second operator
+WRITE_OFF_MAX = 100_000  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def named(operator: str | None) -> dict[str, str]:
+    """`{"operator": id}` for an entry an operator caused, `{}` for set-up the system did itself
+    (`init`, `up`'s demo, a fleet enrolling its devices)."""
+    return {} if operator is None else {"operator": checked_operator(operator)}
+
+
+def checked_operator(operator: str) -> str:
+    """The operator an action reaching the ledger is recorded under (issue 15: every one names one)."""
+    if not isinstance(operator, str) or not valid_device_id(operator):
+        raise EnrolmentError(f"an operator id is needed (letters, digits, . _ -), not {operator!r}")
+    return operator
 
 
 class EnrolmentError(ValueError):
@@ -99,6 +124,7 @@ class LedgerWriter:
         self.on_sealed: list[Callable[[Sealed], None]] = []
         self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
         self.on_policy: list[Callable[[BudgetPolicy], None]] = []  # ingest's budgets (broker/budget.py)
+        self.on_written_off: list[Callable[[str, int, int, Sealed], None]] = []  # ingest's acks
 
     @property
     def store(self) -> Store:
@@ -220,13 +246,13 @@ class LedgerWriter:
     # ------------------------------------------------------------ registry
 
     def enroll_device(self, device: str, kind: str, district: str, public_key: str,
-                      account: str | None = None) -> dict[str, Any]:
+                      account: str | None = None, operator: str | None = None) -> dict[str, Any]:
         """Register a device whose key was made on the device; returns its broker login once."""
         out = self.enroll_devices([{"device": device, "kind": kind, "district": district,
-                                    "public_key": public_key, "account": account}])
+                                    "public_key": public_key, "account": account}], operator)
         return {**out["devices"][0], "block": out["block"]}
 
-    def enroll_devices(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def enroll_devices(self, rows: Sequence[dict[str, Any]], operator: str | None = None) -> dict[str, Any]:
         """Enrol many devices at once: one block of enrolment entries and one broker reload.
 
         Enrolling a city one device at a time seals a block and reloads the broker
@@ -234,6 +260,7 @@ class LedgerWriter:
         kind, district, public_key and optionally account); any refusal refuses the
         whole batch before anything is written. Returns each broker login once.
         """
+        by = named(operator)
         checked = [self._checked_enrolment(row) for row in rows]
         if not checked:
             raise EnrolmentError("no devices to enrol")
@@ -260,7 +287,7 @@ class LedgerWriter:
             records = [DeviceRecord(device, kind, district, account, key, "active", access.hash_password(pw), at)
                        for (device, kind, district, key, account), pw in zip(checked, passwords)]
             entries = [{"entry": "device_enrolled", "device": r.device, "kind": r.kind, "district": r.district,
-                        "account": r.account, "public_key": r.public_key, "at": at} for r in records]
+                        "account": r.account, "public_key": r.public_key, **by, "at": at} for r in records]
 
             def register(s: Store) -> None:
                 for rec in records:
@@ -314,12 +341,21 @@ class LedgerWriter:
                 raise EnrolmentError(message.format(value))
             seen.add(value)
 
-    def rotate_device_key(self, device: str, public_key: str) -> dict[str, Any]:
-        """Give a device a new key; readings ledgered under its earlier keys stay verifiable."""
+    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> dict[str, Any]:
+        """Give a device a new key that signs its readings from `from_seq` on.
+
+        The device names `from_seq` (its next seq when it rotated): what it signed
+        before and still holds unsent verifies under its earlier key, so a rotation
+        loses no reading (ledger/keyspans.py). `from_seq` must lie past every reading
+        of the device already ledgered, and past where its current key starts.
+        """
         try:
             public_key = check_device_key(public_key)
         except ValueError as exc:
             raise EnrolmentError(str(exc)) from exc
+        operator = checked_operator(operator)
+        if type(from_seq) is not int or not 1 <= from_seq <= SEQ_MAX:
+            raise EnrolmentError(f"from-seq must be a seq, 1 to {SEQ_MAX}")
         with self.lock:
             rec = self.store.device(device)
             if rec is None or rec.status != "active":
@@ -327,20 +363,27 @@ class LedgerWriter:
             owner = self.store.public_key_owner(public_key)
             if owner is not None:
                 raise EnrolmentError(f"that public key is already enrolled for {owner}")
+            ledgered = self.store.highest_seq(device)
+            if from_seq <= max(ledgered, rec.key_from_seq):
+                raise EnrolmentError(f"from-seq must be above {max(ledgered, rec.key_from_seq)}: seqs up to "
+                                     f"{ledgered} of {device} are ledgered under its current key")
             at, height = now_ms(), self.height + 1
             entry = {"entry": "device_key_rotated", "device": device, "public_key": public_key,
-                     "previous_key": rec.public_key, "at": at}
+                     "previous_key": rec.public_key, "from_seq": from_seq, "operator": operator, "at": at}
 
             def rotate(s: Store) -> None:
                 s.set_public_key(device, public_key)
-                s.add_device_key(device, public_key, height, at)
+                s.add_device_key(device, public_key, height, at, from_seq)
 
             sealed = self.commit(Batch(), [entry], also=rotate)
-            self.registry = {**self.registry, device: replace(rec, public_key=public_key)}
+            new = self.store.device(device)
+            assert new is not None
+            self.registry = {**self.registry, device: new}
         assert sealed is not None
-        return {"device": device, "public_key": public_key, "previous_key": rec.public_key, "block": sealed.hash}
+        return {"device": device, "public_key": public_key, "previous_key": rec.public_key, "from_seq": from_seq,
+                "operator": operator, "block": sealed.hash}
 
-    def rotate_ledger_key(self) -> dict[str, Any]:
+    def rotate_ledger_key(self, operator: str | None = None) -> dict[str, Any]:
         """Hand signing over to a new ledger key, announced by the old one.
 
         The rotating block is signed by the old key and names the new one in its
@@ -349,11 +392,12 @@ class LedgerWriter:
         (keys/ledger.next) before the block commits; `recover_key_rotation` finishes
         or abandons a rotation that a crash interrupted.
         """
+        by = named(operator)
         with self.lock:
             new_key = SigningKey.generate()
             write_private(self.home.ledger_next_key, new_key.encode().hex() + "\n")
             old_pub, new_pub = public_hex(self.key), public_hex(new_key)
-            entry = {"entry": "ledger_key_rotated", "old_key": old_pub, "new_key": new_pub, "at": now_ms()}
+            entry = {"entry": "ledger_key_rotated", "old_key": old_pub, "new_key": new_pub, **by, "at": now_ms()}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.set_meta("ledger_key", new_pub),
                                  header_extra={"next_key": new_pub})
             assert sealed is not None
@@ -361,8 +405,9 @@ class LedgerWriter:
             self.key = new_key
         return {"old_key": old_pub, "new_key": new_pub, "height": sealed.height, "block": sealed.hash}
 
-    def revoke_device(self, device: str) -> dict[str, Any]:
+    def revoke_device(self, device: str, operator: str) -> dict[str, Any]:
         """Retire a device: its broker login goes at once, its later readings are quarantined."""
+        operator = checked_operator(operator)
         with self.lock:
             rec = self.store.device(device)
             if rec is None:
@@ -370,12 +415,13 @@ class LedgerWriter:
             if rec.status == "revoked":
                 raise EnrolmentError(f"device {device} is already revoked")
             at = now_ms()
-            entry = {"entry": "device_revoked", "device": device, "public_key": rec.public_key, "at": at}
+            entry = {"entry": "device_revoked", "device": device, "public_key": rec.public_key, "operator": operator,
+                     "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.mark_revoked(device, at))
             self.registry = {**self.registry, device: replace(rec, status="revoked", revoked_at=at)}
             self.sync_broker_access()
         assert sealed is not None
-        return {"device": device, "revoked_at": at, "block": sealed.hash}
+        return {"device": device, "revoked_at": at, "operator": operator, "block": sealed.hash}
 
     # ------------------------------------------------------------ budgets and suspensions (broker/budget.py)
 
@@ -387,8 +433,10 @@ class LedgerWriter:
         return BudgetPolicy() if row is None else BudgetPolicy.from_entry(strict_json(row[1]), row[0])
 
     def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
-                          suspend_after_min: float | None = None, suspend_for_min: float | None = None) -> dict[str, Any]:
+                          suspend_after_min: float | None = None, suspend_for_min: float | None = None,
+                          *, operator: str) -> dict[str, Any]:
         """Seal a new budget rule (values not given stay as they are); ingest applies it at once."""
+        operator = checked_operator(operator)
         with self.lock:
             old = self.budget_policy()
             try:
@@ -397,7 +445,7 @@ class LedgerWriter:
                                    old.suspend_for_min if suspend_for_min is None else suspend_for_min)
             except ValueError as exc:
                 raise EnrolmentError(str(exc)) from exc
-            sealed = self.commit(Batch(), [new.entry(now_ms())])
+            sealed = self.commit(Batch(), [{**new.entry(now_ms()), "operator": operator}])
             assert sealed is not None
             policy = BudgetPolicy(new.rate, new.burst, new.suspend_after_min, new.suspend_for_min, sealed.height)
             for callback in self.on_policy:
@@ -423,9 +471,13 @@ class LedgerWriter:
         assert sealed is not None
         return {"device": device, "until": until, "at": at, "rule": entry["rule"], "block": sealed.hash}
 
-    def reinstate_device(self, device: str) -> dict[str, Any] | None:
+    def reinstate_device(self, device: str, operator: str | None = None) -> dict[str, Any] | None:
         """End a device's suspension: an entry naming the rule it was suspended under, and its
-        broker login back (the same password). None when the device is not suspended."""
+        broker login back (the same password). None when the device is not suspended.
+
+        `operator` is who ended it early; None when ingest ends a suspension that ran out.
+        """
+        by = {"operator": checked_operator(operator)} if operator is not None else {}
         with self.lock:
             rec = self.store.device(device)
             if rec is None or rec.status != "suspended":
@@ -433,13 +485,13 @@ class LedgerWriter:
             suspension = self.suspensions().get(device, {})
             at = now_ms()
             entry = {"entry": "device_reinstated", "device": device, "rule": suspension.get("rule"),
-                     "suspended_at": suspension.get("at"), "at": at}
+                     "suspended_at": suspension.get("at"), **by, "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
                 "UPDATE devices SET status = 'active' WHERE device = ?", [device]))
             self.registry = {**self.registry, device: replace(rec, status="active")}
             self.sync_broker_access()
         assert sealed is not None
-        return {"device": device, "at": at, "block": sealed.hash}
+        return {"device": device, "at": at, **by, "block": sealed.hash}
 
     def suspensions(self) -> dict[str, dict[str, Any]]:
         """Devices suspended now, each with its latest `device_suspended` entry (until, rule, at)."""
@@ -495,12 +547,13 @@ class LedgerWriter:
 
     # ------------------------------------------------------------ district chains
 
-    def add_district(self, district: str) -> dict[str, Any]:
+    def add_district(self, district: str, operator: str | None = None) -> dict[str, Any]:
         """Open a district's chain: a home of its own under districts/, its first key sealed in the city chain.
 
         Only a city home without devices takes districts: a home that ledgers readings
         itself would otherwise ledger a district's readings in two chains.
         """
+        by = named(operator)
         if self.home.district is not None:
             raise EnrolmentError("a district's ledger has no districts of its own")
         if not valid_district(district) or district in RESERVED_DISTRICTS:
@@ -518,7 +571,8 @@ class LedgerWriter:
             initialize(sub)
             first_key = sub.trusted_key.read_text().strip()
             at = now_ms()
-            sealed = self._record({"entry": "district_added", "district": district, "ledger_key": first_key, "at": at},
+            sealed = self._record({"entry": "district_added", "district": district, "ledger_key": first_key, **by,
+                                   "at": at},
                                   "INSERT INTO districts VALUES (?, ?, ?, ?)", [district, first_key, at, self.height + 1])
         return {"district": district, "home": str(sub.root), "ledger_key": first_key, "block": sealed.hash}
 
@@ -550,7 +604,9 @@ class LedgerWriter:
         assert sealed is not None
         return sealed
 
-    def add_account(self, account: str, name: str, customer_class: str = "residential") -> dict[str, Any]:
+    def add_account(self, account: str, name: str, customer_class: str = "residential",
+                    operator: str | None = None) -> dict[str, Any]:
+        by = named(operator)
         if not valid_device_id(account):
             raise EnrolmentError(f"invalid account id {account!r} (letters, digits, . _ -)")
         if customer_class not in ("residential", "non-residential"):
@@ -559,29 +615,32 @@ class LedgerWriter:
             if self.store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
                 raise AlreadyEnrolled(f"account {account} exists")
             at = now_ms()
-            sealed = self._record({"entry": "account_opened", "account": account, "class": customer_class, "at": at},
+            sealed = self._record({"entry": "account_opened", "account": account, "class": customer_class, **by,
+                                   "at": at},
                                   "INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
         return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
 
-    def assign_account(self, device: str, account: str | None) -> dict[str, Any]:
+    def assign_account(self, device: str, account: str | None, operator: str) -> dict[str, Any]:
         """A meter changes hands (a household moves in): recorded in the chain, billed from now on."""
+        operator = checked_operator(operator)
         self.require_account(account)
         with self.lock:
             rec = self.store.device(device)
             if rec is None:
                 raise EnrolmentError(f"unknown device {device}")
-            sealed = self._record({"entry": "device_account", "device": device, "account": account},
+            sealed = self._record({"entry": "device_account", "device": device, "account": account, "operator": operator},
                                   "UPDATE devices SET account = ? WHERE device = ?", [account, device])
             self.registry = {**self.registry, device: replace(rec, account=account)}
-        return {"device": device, "account": account, "block": sealed.hash}
+        return {"device": device, "account": account, "operator": operator, "block": sealed.hash}
 
     def require_account(self, account: str | None) -> None:
         if account is not None and not self.store.con.execute(
                 "SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
             raise EnrolmentError(f"no account {account}: add it first with `cityledger accounts add`")
 
-    def load_tariffs(self, source: str) -> dict[str, Any]:
+    def load_tariffs(self, source: str, operator: str | None = None) -> dict[str, Any]:
         """Keep a new tariff version; bills already issued keep the prices they were issued with."""
+        by = named(operator)
         parse_tariffs(source)  # refuse a file that cannot be used before anything is written
         digest = hashlib.sha256(source.encode()).hexdigest()
         with self.lock:
@@ -589,7 +648,7 @@ class LedgerWriter:
             if row and row[1] == digest:
                 return {"version": row[0], "sha256": digest, "changed": False}
             version = (row[0] or 0) + 1 if row else 1
-            self._record({"entry": "tariffs_loaded", "version": version, "sha256": digest},
+            self._record({"entry": "tariffs_loaded", "version": version, "sha256": digest, **by},
                          "INSERT INTO tariff_versions VALUES (?, ?, ?, ?)", [version, now_ms(), source, digest])
         return {"version": version, "sha256": digest, "changed": True}
 
@@ -598,33 +657,40 @@ class LedgerWriter:
         if rec is None or rec.kind != "parking":
             raise EnrolmentError(f"{space} is not an enrolled parking sensor")
 
-    def set_zone(self, space: str, zone_class: int, from_ts: int) -> dict[str, Any]:
+    def set_zone(self, space: str, zone_class: int, from_ts: int, operator: str) -> dict[str, Any]:
+        operator = checked_operator(operator)
         with self.lock:  # checks and the record in one step
             self._parking_space(space)
             if zone_class not in (1, 2, 3):
                 raise EnrolmentError("zone class must be 1, 2 or 3")
-            sealed = self._record({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts},
+            sealed = self._record({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts,
+                                   "operator": operator},
                                   "INSERT INTO parking_zones VALUES (?, ?, ?)", [space, zone_class, from_ts])
-        return {"space": space, "class": zone_class, "from": from_ts, "block": sealed.hash}
+        return {"space": space, "class": zone_class, "from": from_ts, "operator": operator, "block": sealed.hash}
 
-    def lease(self, space: str, account: str | None, from_ts: int) -> dict[str, Any]:
+    def lease(self, space: str, account: str | None, from_ts: int, operator: str) -> dict[str, Any]:
+        operator = checked_operator(operator)
         with self.lock:  # checks and the record in one step
             self._parking_space(space)
             self.require_account(account)
-            sealed = self._record({"entry": "parking_lease", "space": space, "account": account, "from": from_ts},
+            sealed = self._record({"entry": "parking_lease", "space": space, "account": account, "from": from_ts,
+                                   "operator": operator},
                                   "INSERT INTO parking_leases VALUES (?, ?, ?)", [space, account, from_ts])
-        return {"space": space, "account": account, "from": from_ts, "block": sealed.hash}
+        return {"space": space, "account": account, "from": from_ts, "operator": operator, "block": sealed.hash}
 
-    def checkin(self, space: str, account: str, at: int) -> dict[str, Any]:
+    def checkin(self, space: str, account: str, at: int, operator: str) -> dict[str, Any]:
+        operator = checked_operator(operator)
         with self.lock:  # checks and the record in one step
             self._parking_space(space)
             self.require_account(account)
-            sealed = self._record({"entry": "parking_checkin", "space": space, "account": account, "at": at},
+            sealed = self._record({"entry": "parking_checkin", "space": space, "account": account, "at": at,
+                                   "operator": operator},
                                   "INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
-        return {"space": space, "account": account, "at": at, "block": sealed.hash}
+        return {"space": space, "account": account, "at": at, "operator": operator, "block": sealed.hash}
 
     def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
                            operator: str) -> dict[str, Any]:
+        operator = checked_operator(operator)
         with self.lock:
             rec = self.store.device(device)
             if rec is None or rec.kind == "parking":
@@ -637,23 +703,145 @@ class LedgerWriter:
         return {"device": device, "ts": ts, "block": sealed.hash}
 
     def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
-        """Append a refund, credit or re-bill; it appears on the account's next bill. Nothing is edited."""
-        self.require_account(account)
+        """Append a refund, credit or re-bill; it appears on the account's next bill. Nothing is edited.
+
+        Above the approval limit it is only requested: sealed as `adjustment_requested`, it
+        waits for a second operator (`approve_adjustment`) before it is sealed (four eyes).
+        """
+        operator = checked_operator(operator)
         try:
-            value = Decimal(amount)
-        except InvalidOperation as exc:
-            raise EnrolmentError(f"amount {amount!r} is not a decimal") from exc
-        if not value.is_finite() or value != value.quantize(Decimal("0.01")) or not reason.strip() or not operator:
-            raise EnrolmentError("an adjustment needs an amount in yuan to the fen, a reason and an operator")
+            value = billing.parse_amount(amount)
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        reason = reason.strip() if isinstance(reason, str) else ""
+        if not reason:
+            raise EnrolmentError("an adjustment needs a reason")
         adj_id = f"adj-{secrets.token_hex(6)}"
-        at = now_ms()
         with self.lock:
-            height = self.height + 1
-            self._record({"entry": "adjustment", "id": adj_id, "account": account, "amount": str(value),
-                          "reason": reason, "operator": operator, "at": at},
+            self.require_account(account)
+            at, height, limit = now_ms(), self.height + 1, self.adjustment_limit()
+            if abs(value) > limit:
+                self._record({"entry": "adjustment_requested", "id": adj_id, "account": account, "amount": str(value),
+                              "reason": reason, "operator": operator, "limit": str(limit), "at": at},
+                             "INSERT INTO adjustment_requests VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
+                             [adj_id, account, str(value), reason, operator, at, height])
+                return {"id": adj_id, "account": account, "amount": str(value), "status": "pending",
+                        "limit": str(limit), "created_at": at}
+            self._record(self._adjustment_entry(adj_id, account, value, reason, operator, at),
                          "INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
                          [adj_id, account, str(value), reason, operator, at, height])
-        return {"id": adj_id, "account": account, "amount": str(value), "created_at": at}
+        return {"id": adj_id, "account": account, "amount": str(value), "status": "sealed", "created_at": at}
+
+    @staticmethod
+    def _adjustment_entry(adj_id: str, account: str, value: Decimal, reason: str, operator: str, at: int,
+                          approved_by: str | None = None) -> dict[str, Any]:
+        approval = {"approved_by": approved_by} if approved_by else {}
+        return {"entry": "adjustment", "id": adj_id, "account": account, "amount": str(value), "reason": reason,
+                "operator": operator, **approval, "at": at}
+
+    def adjustment_limit(self) -> Decimal:
+        """Above this (either sign) an adjustment needs a second operator: the latest `adjustment_limit`
+        entry, else DEFAULT_ADJUSTMENT_LIMIT."""
+        row = self.store.con.execute("SELECT body FROM entries WHERE type = 'adjustment_limit'"
+                                     " ORDER BY height DESC LIMIT 1").fetchone()
+        return DEFAULT_ADJUSTMENT_LIMIT if row is None else Decimal(strict_json(row[0])["amount"])
+
+    def set_adjustment_limit(self, amount: str, operator: str) -> dict[str, Any]:
+        """Seal a new approval limit; adjustments already requested keep waiting for approval."""
+        operator = checked_operator(operator)
+        try:
+            limit = billing.parse_amount(amount)
+        except ValueError as exc:
+            raise EnrolmentError(str(exc)) from exc
+        if limit < 0:
+            raise EnrolmentError("the approval limit is an amount of yuan above zero")
+        with self.lock:
+            sealed = self.commit(Batch(), [{"entry": "adjustment_limit", "amount": str(limit), "operator": operator,
+                                            "at": now_ms()}])
+        assert sealed is not None
+        return {"limit": str(limit), "operator": operator, "block": sealed.hash}
+
+    def decide_adjustment(self, adj_id: str, operator: str, approve: bool, note: str = "") -> dict[str, Any]:
+        """A second operator approves (the adjustment is sealed with the approval, one block) or
+        rejects a requested adjustment. The requester may withdraw it, never approve it."""
+        operator = checked_operator(operator)
+        with self.lock:
+            row = self.store.con.execute("SELECT account, amount, reason, operator, status FROM adjustment_requests"
+                                         " WHERE id = ?", [adj_id]).fetchone()
+            if row is None:
+                raise EnrolmentError(f"no requested adjustment {adj_id}")
+            account, amount, reason, requester, status = row
+            if status != "pending":
+                raise EnrolmentError(f"adjustment {adj_id} is already {status}")
+            if approve and operator == requester:
+                raise EnrolmentError(f"{operator} requested {adj_id}: another operator must approve it")
+            at, height = now_ms(), self.height + 1
+            decision = {"entry": "adjustment_approved" if approve else "adjustment_rejected", "id": adj_id,
+                        "operator": operator, "requested_by": requester, **({"note": note} if note else {}), "at": at}
+            entries = [decision]
+            if approve:
+                entries.append(self._adjustment_entry(adj_id, account, Decimal(amount), reason, requester, at, operator))
+
+            def record(s: Store) -> None:
+                s.con.execute("UPDATE adjustment_requests SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+                              ["approved" if approve else "rejected", operator, at, adj_id])
+                if approve:
+                    s.con.execute("INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [adj_id, account, amount, reason, requester, at, height])
+
+            sealed = self.commit(Batch(), entries, also=record)
+        assert sealed is not None
+        return {"id": adj_id, "status": "approved" if approve else "rejected", "operator": operator,
+                "requested_by": requester, "account": account, "amount": amount, "block": sealed.hash}
+
+    def adjustment_requests(self, status: str | None = "pending") -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self.store.con.execute(
+                "SELECT id, account, amount, reason, operator, requested_at, status, decided_by, decided_at"
+                " FROM adjustment_requests WHERE ? IS NULL OR status = ? ORDER BY requested_at", [status, status]).fetchall()
+        cols = ("id", "account", "amount", "reason", "operator", "at", "status", "decided_by", "decided_at")
+        return [dict(zip(cols, r)) for r in rows]
+
+    # ------------------------------------------------------------ gaps settled for good
+
+    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> dict[str, Any]:
+        """Settle seqs of a device that will never be ledgered (a reading lost to corrupt flash, say).
+
+        The entry names the device, the seqs, the reason and the operator. The device's ack
+        then passes them, and its agent drops them from its outbox: one reading the ledger can
+        never take no longer holds the device back for good. Only seqs not ledgered can be
+        written off; a reading of a written-off seq that arrives after all is still ledgered.
+        """
+        operator = checked_operator(operator)
+        reason = reason.strip() if isinstance(reason, str) else ""
+        if not reason:
+            raise EnrolmentError("a write-off needs a reason")
+        if not (type(from_seq) is int and type(to_seq) is int and 1 <= from_seq <= to_seq <= SEQ_MAX):
+            raise EnrolmentError(f"seqs must run from a first to a last seq, 1 to {SEQ_MAX}")
+        if to_seq - from_seq >= WRITE_OFF_MAX:
+            raise EnrolmentError(f"one write-off settles at most {WRITE_OFF_MAX} seqs")
+        with self.lock:
+            if self.store.device(device) is None:
+                raise EnrolmentError(f"unknown device {device}")
+            ledgered = self.store.ledgered_seqs(device, from_seq, to_seq)
+            if ledgered:
+                raise EnrolmentError(f"{device} has seqs {', '.join(map(str, ledgered[:5]))}"
+                                     f"{' …' if len(ledgered) > 5 else ''} ledgered in {from_seq}-{to_seq}: "
+                                     "write off only seqs that are missing")
+            overlap = self.store.con.execute(
+                "SELECT from_seq, to_seq FROM write_offs WHERE device = ? AND from_seq <= ? AND to_seq >= ? LIMIT 1",
+                [device, to_seq, from_seq]).fetchone()
+            if overlap is not None:
+                raise EnrolmentError(f"seqs {overlap[0]}-{overlap[1]} of {device} are already written off")
+            at, height = now_ms(), self.height + 1
+            sealed = self._record({"entry": "seqs_written_off", "device": device, "from_seq": from_seq,
+                                   "to_seq": to_seq, "reason": reason, "operator": operator, "at": at},
+                                  "INSERT INTO write_offs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [device, from_seq, to_seq, reason, operator, at, height])
+            for callback in self.on_written_off:  # ingest moves the device's ack past them, under the lock
+                callback(device, from_seq, to_seq, sealed)
+        return {"device": device, "from_seq": from_seq, "to_seq": to_seq, "reason": reason, "operator": operator,
+                "block": sealed.hash}
 
     def roll_up(self, max_readings: int = 500_000,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
@@ -760,31 +948,37 @@ class LedgerWriter:
             self.store.con.execute("INSERT INTO operators VALUES (?, ?, ?, ?)", [operator, name, ",".join(scope), now_ms()])
         return {"operator": operator, "name": name, "districts": list(scope)}
 
-    def authenticate(self, role: str, principal: str, password: str) -> auth.Principal | None:
-        """The principal if the password is right; failures counted, and a login locked after several."""
-        with self.lock:
-            row = self.store.con.execute("SELECT password_hash, failures, locked_until FROM logins"
-                                         " WHERE role = ? AND id = ?", [role, principal]).fetchone()
-        now = now_ms()
-        if row is None:
-            with PASSWORD_CHECKS:
-                auth.check_password(_DUMMY_HASH, password)  # same time as a real check: ids do not leak
-            return None
-        stored, failures, locked_until = row
-        if locked_until > now:
-            return None
+    def authenticate(self, role: str, principal: str, password: str,
+                     source: str = signin.LOCAL) -> signin.Outcome:
+        """Signed in, wrong, or throttled (ledger/signin.py): no hard lock that a stranger could set off.
+        A throttled attempt costs no Argon2 check. The counts are read again once this attempt holds
+        one of the two check slots, so a burst of parallel attempts gains at most one extra guess."""
+        keys = signin.keys_for(role, principal, source)
+        counts = signin.load_counts(self.store.con, keys)  # a snapshot read: a flood of these never waits for a seal
+        wait = signin.verdict(signin.POLICY, counts, now_ms())
+        if wait is not None:
+            return self._signin_failed(role, principal, source, keys, wait)
         with PASSWORD_CHECKS:
-            right = auth.check_password(stored, password)
-        if not right:
-            failures += 1
-            lock = now + auth.LOCKOUT_MS if failures >= auth.MAX_FAILURES else 0
             with self.lock:
-                self.store.con.execute("UPDATE logins SET failures = ?, locked_until = ? WHERE role = ? AND id = ?",
-                                       [0 if lock else failures, lock, role, principal])
-            return None
+                counts = signin.load_counts(self.store.con, keys)
+                row = self.store.con.execute("SELECT password_hash FROM logins WHERE role = ? AND id = ?",
+                                             [role, principal]).fetchone()
+            wait = signin.verdict(signin.POLICY, counts, now_ms())
+            if wait is not None:
+                return self._signin_failed(role, principal, source, keys, wait)
+            # an unknown login is checked against a dummy hash: the same time as a real check, so ids do not leak
+            right = auth.check_password(row[0] if row else _DUMMY_HASH, password) and row is not None
+            found = self._principal(role, principal) if right else None
+            if found is None:
+                return self._signin_failed(role, principal, source, keys, None)
+            with self.lock:  # counted afresh under the lock: a parallel attempt may have counted meanwhile
+                cleared = signin.after_success(signin.load_counts(self.store.con, keys), now_ms())
+                signin.save_counts(self.store.con, keys, cleared, scopes=("pair",))
+        return signin.SignedIn(found)
+
+    def _principal(self, role: str, principal: str) -> auth.Principal | None:
+        """Who a login with the right password is (None: an operator's login whose operator is gone)."""
         with self.lock:
-            if failures:
-                self.store.con.execute("UPDATE logins SET failures = 0 WHERE role = ? AND id = ?", [role, principal])
             if role == "citizen":
                 name = self.store.con.execute("SELECT name FROM accounts WHERE account = ?", [principal]).fetchone()
                 return auth.Principal("citizen", principal, name[0] if name else principal)
@@ -792,6 +986,22 @@ class LedgerWriter:
         if op is None:
             return None
         return auth.Principal("operator", principal, op[0], tuple(op[1].split(",")))
+
+    def _signin_failed(self, role: str, principal: str, source: str, keys: signin.Keys,
+                       wait: signin.Wait | None) -> signin.Wrong | signin.Throttled:
+        """Count a wrong password (a throttled attempt counts for nothing: it only waits) and record
+        the failure for operators, without the password. Counts are read and written under the
+        lock, so parallel failures all count."""
+        now = now_ms()
+        with self.lock:
+            if wait is None:
+                counts = signin.load_counts(self.store.con, keys)
+                signin.save_counts(self.store.con, keys, signin.after_failure(signin.POLICY, counts, now))
+                signin.forget_stale(self.store.con, signin.POLICY, now)
+            added = signin.record_failure(self.store.con, now, role, principal, source, wait)
+        if added:
+            signin.log_failure(role, principal, source, wait)
+        return signin.Wrong() if wait is None else signin.Throttled(wait.scope, wait.retry_after_s)
 
     # ------------------------------------------------------------ disputes
 

@@ -454,6 +454,38 @@ def test_a_sensor_flipping_every_reading_flickers_and_traffic_does_not() -> None
     ledgered(readings, f)
 
 
+# ---------------------------------------------------------------- registers anywhere in the protocol's range
+
+
+def _shifted(readings: dict[str, list[Obs]], to_top: bool) -> dict[str, list[Obs]]:
+    """Every register moved up by one constant, so that the largest is 2^63-1 (the protocol's limit)."""
+    if not to_top:
+        return readings
+    k = 2**63 - 1 - max(o.value for obs in readings.values() for o in obs)
+    return {d: [replace(o, value=o.value + k) for o in obs] for d, obs in readings.items()}
+
+
+def _what(findings: Sequence[Finding]) -> list[tuple[object, ...]]:
+    """A finding without its sentence (which quotes the registers)."""
+    return [(f.type, f.device, f.window_start, f.window_end, f.severity, f.evidence, f.key) for f in findings]
+
+
+def test_registers_near_2_63_give_the_same_findings_as_near_zero() -> None:
+    # Hourly use is a difference of two registers. As floats, registers near 2^63-1 are only known to
+    # 1,024 units, so a 10 L/h leak read as 0 or 1,024 L an hour: no leak, and spikes out of nothing.
+    leak_from = T0 + 5 * DAY + 12 * HOUR
+    spike_at = T0 + 5 * DAY + 10 * HOUR
+    readings = {"wm1": meter("wm1", lambda ts: household(ts) + (10.0 if ts >= leak_from else 0.0), days=9),
+                "wm2": meter("wm2", household, days=9), "wm3": meter("wm3", household, days=9)}
+    rates = {f"em{i}": electricity(i) for i in range(6)}
+    rates["em2"] = electricity(2, factor=20.0, since=spike_at, until=spike_at + HOUR)
+    readings |= {d: meter(d, r, days=9) for d, r in rates.items()}
+    devices = [info(d) for d in ("wm1", "wm2", "wm3")] + [info(d, "electricity") for d in rates]
+    low = detect(devices, readings, {}, T0 + 9 * DAY)
+    assert {(f.type, f.device) for f in low} == {("leak", "wm1"), ("spike", "em2")}
+    assert _what(detect(devices, _shifted(readings, True), {}, T0 + 9 * DAY)) == _what(low)
+
+
 # ---------------------------------------------------------------- all of them
 
 

@@ -76,3 +76,37 @@ def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_pa
         assert anomaly_queries.readings_table(store, [], 0).num_rows == 0
     finally:
         store.close()
+
+
+def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp_path) -> None:  # noqa: ANN001
+    """A clock reset to the epoch (ts 0 is a ts the protocol accepts) stamps its readings 1970. Read by
+    ts alone, the scan never saw them: the device looked silent though it kept talking, and the clock
+    rule could not see its readings going back. They are read by when they arrived as well."""
+    from nacl.signing import SigningKey
+
+    from ledger import anomaly_queries
+    from ledger.home import Home
+    from ledger.protocol import sign_reading
+    from ledger.store import LedgeredReading
+    from ledger.writer import Batch, LedgerWriter, initialize
+
+    home = Home(tmp_path / "home")
+    initialize(home)
+    writer = LedgerWriter.open(home)
+    try:
+        key = SigningKey(b"\x15" * 32)
+        writer.enroll_device("wm-d01-000015", "water", "d01", key.verify_key.encode().hex())
+        now, minute = 1_780_000_000_000, 60_000
+        stamps = [now - 40 * minute, now - 30 * minute, 0, 1]  # then the clock resets to the epoch
+        writer.commit(Batch(readings=[LedgeredReading(sign_reading(
+            key, device="wm-d01-000015", kind="water", seq=i + 1, ts=ts, value=100 + i), now - (3 - i) * 10 * minute)
+            for i, ts in enumerate(stamps)]))
+        since = now - 14 * 86_400_000
+        devices, readings, rejects = anomaly_queries.inputs(writer.store, since)
+        assert [o.ts for o in readings["wm-d01-000015"]] == [0, 1, now - 40 * minute, now - 30 * minute]
+        table = anomaly_queries.readings_table(writer.store, ["wm-d01-000015"], since)
+        assert observations(table) == readings
+        found = {(f.type, f.device) for f in detect(devices, readings, rejects, now)}
+        assert ("clock", "wm-d01-000015") in found and ("silent", "wm-d01-000015") not in found
+    finally:
+        writer.close()

@@ -59,8 +59,8 @@ class Client:
     def operations(self) -> list[tuple[str, Callable[[], Any]]]:
         return [
             ("enroll_device", self.enrol), ("revoke_device", self.revoke),
-            ("lease", lambda: self.ledger.lease(space=self.space, account=self.account)),
-            ("checkin", lambda: self.ledger.checkin(space=self.space, account=self.account)),
+            ("lease", lambda: self.ledger.lease(space=self.space, account=self.account, operator="op-stress")),
+            ("checkin", lambda: self.ledger.checkin(space=self.space, account=self.account, operator="op-stress")),
             ("adjust", lambda: self.ledger.adjust(account=self.account, amount="-3.20",
                                                   reason="estimated read corrected", operator="op-stress")),
             ("dispute", lambda: self.ledger.dispute(account=self.account, author=self.account,
@@ -82,7 +82,7 @@ class Client:
 
     def revoke(self) -> None:
         if self.enrolled:
-            self.ledger.revoke_device(device=self.enrolled[-1])
+            self.ledger.revoke_device(device=self.enrolled[-1], operator="op-stress")
 
     def receipt(self) -> None:
         rows = [r for r in self.ledger.recent_readings(limit=20) if r["device"] == self.meter] or \

@@ -54,10 +54,11 @@ def build(root: Path) -> Ledger:
         writer.rotate_ledger_key()
         ledger.commit(writer, 3, 40)
         rotated = SigningKey.generate()
-        writer.rotate_device_key("wm-d01-000000", rotated.verify_key.encode().hex())
+        writer.rotate_device_key("wm-d01-000000", rotated.verify_key.encode().hex(),
+                                 ledger.seqs["wm-d01-000000"] + 1, "op-test")
         ledger.keys["wm-d01-000000"] = rotated
         ledger.commit(writer, 2, 30)
-        writer.revoke_device(REVOKED)
+        writer.revoke_device(REVOKED, "op-test")
         ledger.commit(writer, 2, 25)
     finally:
         writer.close()

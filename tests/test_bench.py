@@ -236,7 +236,7 @@ def test_enroll_devices_seals_one_block_like_single_enrolments(writer: LedgerWri
         assert login["mqtt_username"] == login["device"] and f"{login['device']}:" in passwd
         salt = base64.b64decode(rec.mqtt_hash.split("$")[3])
         assert hash_password(login["mqtt_password"], salt=salt) == rec.mqtt_hash  # the one-time password works
-        assert writer.store.device_key_at(login["device"], writer.height) == row["public_key"]
+        assert writer.store.device_key_for(login["device"], 1, writer.height) == row["public_key"]
     assert single["device"] in passwd
 
 

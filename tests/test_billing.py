@@ -17,6 +17,7 @@ from ledger.billing import (
     month_bounds,
     parking_fee,
     sessions,
+    show,
     split_tiers,
     to_fen,
 )
@@ -58,6 +59,36 @@ def test_electricity_prices_round_once_per_tier_row_half_up() -> None:
     rows = split_tiers(POWER, Fraction("2879.5"), Fraction("1.234"))
     assert amounts(rows) == [(1, "1/2", "0.24"), (2, "367/500", "0.40")]
     assert to_fen(Fraction(5, 1000)) == Decimal("0.01")  # half-up, not banker's rounding
+
+
+def _exact_half_up(q: Fraction, places: int) -> Fraction:
+    """The rounding rule by integers, as a person would do it on paper (q >= 0)."""
+    return Fraction((q * 10**places * 2 + 1) // 2, 10**places)
+
+
+def test_a_register_jumping_to_near_2_63_is_billed_to_the_exact_fen() -> None:
+    # A water meter reading 0, then 9,223,372,032,695,021,531 L a week later (the protocol allows it);
+    # the period ends between them, so its use is interpolated: 9.50/m3 of it is
+    # 43,811,017,082,862,501.514999... yuan, which is .51. A Decimal division rounded it to 28 digits
+    # first (…501.5150000000), and then half-up made it .52.
+    flat = BOOK.for_utility("water", "non-residential", dt.date(2026, 1, 1))
+    t_a, t_b, end = 1_779_697_599_999, 1_780_302_400_002, 1_780_000_000_000
+    used = consumption([Point(t_a, 0, 1), Point(t_b, 9_223_372_032_695_021_531, 2)], t_a - 1, end).amount
+    rows = split_tiers(flat, Fraction(0), used / 1000)
+    exact = used / 1000 * Fraction("9.50")
+    assert Fraction(1, 2) - Fraction(1, 10**9) < exact * 100 % 1 < Fraction(1, 2)  # just under half a fen
+    assert [r.amount for r in rows] == [Decimal("43811017082862501.51")]
+    assert Fraction(rows[0].amount) == _exact_half_up(exact, 2)
+
+
+@given(st.integers(0, 2**140), st.integers(1, 2**80))
+@settings(max_examples=300)
+def test_to_fen_is_exact_half_up_at_any_size(numerator: int, denominator: int) -> None:
+    q = Fraction(numerator, denominator)
+    assert Fraction(to_fen(q)) == _exact_half_up(q, 2)
+    assert Fraction(to_fen(-q)) == -_exact_half_up(q, 2)  # half away from zero, as ROUND_HALF_UP
+    assert Fraction(Decimal(show(q))) == _exact_half_up(q, 3)
+    assert to_fen(q).as_tuple().exponent == -2  # always written to the fen: "5.00", never "5"
 
 
 def test_the_year_restarts_the_tiers() -> None:
@@ -114,6 +145,11 @@ def test_a_recorded_replacement_joins_the_registers() -> None:
     used = consumption(pts, at(2026, 6, 1), at(2026, 6, 4), [swap])
     # 1000 -> 1500 -> (1600 + 200) -> (1600 + 700): 1300 L, no rollback
     assert used.amount == 1300 and not any("fell" in f for f in used.flags)
+    # A meter replaced at the protocol's largest register: the joined register passes 2^63, exactly.
+    top = 2**63 - 1
+    pts = [Point(at(2026, 6, d), v, d) for d, v in ((1, top - 10), (2, top), (3, 5), (4, 15))]
+    used = consumption(pts, at(2026, 6, 1), at(2026, 6, 4), [Replacement(at(2026, 6, 2, 12), top, 0)])
+    assert used.amount == 25 and not any("fell" in f for f in used.flags)
 
 
 @settings(max_examples=60, deadline=None)
@@ -185,6 +221,22 @@ def test_sessions_from_changes_and_heartbeats_with_flicker_and_repairs() -> None
     assert [(s.start - t0) // m for s in found] == [5, 90]
     assert [(s.end - t0) // m for s in found] == [40, 120]
     assert "arrival report missing" in found[1].flags[0] and "departure report missing" in found[1].flags[1]
+
+
+def test_a_stay_the_space_said_nothing_about_for_hours_is_flagged() -> None:
+    # A bay sensor whose clock stamped its arrival report 1970 (ts 0 is a ts the protocol accepts), then
+    # a correct departure report: a stay of 56 years, charged as the reports say, and the bill says why.
+    now = at(2026, 3, 10, 9)
+    stay = sessions([Point(0, 1, 1), Point(now, 0, 2)])
+    assert len(stay) == 1 and (stay[0].start, stay[0].end) == (0, now)
+    assert stay[0].flags == [f"no report for {now / 3_600_000:.1f} h after seq 1 during the stay: its length rests "
+                             "on the reports either side (check the sensor and its clock)"]
+    assert stay[0].rests_on == [1, 2]
+    # Heartbeats every 2.5 hours through the night are no silence; nor is a long free spell.
+    t0, h = at(2026, 3, 10, 19), 3_600_000
+    night = [Point(t0 + k * 5 * h // 2, 1, k + 1) for k in range(6)] + [Point(t0 + 15 * h, 0, 7),
+                                                                       Point(t0 + 40 * h, 0, 8)]
+    assert [s.flags for s in sessions(night)] == [[]]
 
 
 def test_the_scheduled_close_bills_the_month_before() -> None:

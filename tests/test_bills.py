@@ -133,14 +133,14 @@ def test_parking_zone_change_lease_checkin_and_unpaid(city: City) -> None:
     w.add_account("hh-0003", "Chen Jie")
     w.add_account("biz-0001", "Noodle shop", "non-residential")
     city.device("ps-d01-000001", "parking", district="d01")  # district d01: zone class 1 by default
-    w.lease("ps-d01-000001", "hh-0003", at(2026, 3, 1))
-    w.set_zone("ps-d01-000001", 3, at(2026, 3, 10))
+    w.lease("ps-d01-000001", "hh-0003", at(2026, 3, 1), "op-chen")
+    w.set_zone("ps-d01-000001", 3, at(2026, 3, 10), "op-chen")
     city.readings("ps-d01-000001", [
         (at(2026, 3, 5, 9, 0), 1), (at(2026, 3, 5, 9, 30), 0),     # zone 1: 2 quarters x 2.50 = 5.00
         (at(2026, 3, 12, 9, 0), 1), (at(2026, 3, 12, 9, 30), 0),   # zone 3: 2 quarters x 0.50 = 1.00
         (at(2026, 3, 20, 12, 0), 1), (at(2026, 3, 20, 12, 45), 0),  # checked in by the shop: 3 x 0.50 = 1.50
     ])
-    w.checkin("ps-d01-000001", "biz-0001", at(2026, 3, 20, 12, 5))
+    w.checkin("ps-d01-000001", "biz-0001", at(2026, 3, 20, 12, 5), "op-chen")
     api = local_api(city.home, city.writer)
     household = api.bill(account="hh-0003", month="2026-03")
     park = next(line for line in household["lines"] if line["type"] == "parking")
@@ -149,7 +149,7 @@ def test_parking_zone_change_lease_checkin_and_unpaid(city: City) -> None:
     shop = api.bill(account="biz-0001", month="2026-03")
     assert shop["total"] == "1.50"
     # Without a lease, a stay with no check-in is unpaid and listed for operators.
-    w.lease("ps-d01-000001", None, at(2026, 3, 25))
+    w.lease("ps-d01-000001", None, at(2026, 3, 25), "op-chen")
     city.readings("ps-d01-000001", [(at(2026, 3, 26, 10, 0), 1), (at(2026, 3, 26, 11, 0), 0)])
     unpaid = api.unpaid_stays(month="2026-03")
     assert [(u["space"], u["start"][:16]) for u in unpaid] == [("ps-d01-000001", "2026-03-26T10:00")]

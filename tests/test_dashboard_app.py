@@ -113,6 +113,35 @@ def test_an_unreachable_ledger_is_a_message_not_a_trace(monkeypatch: pytest.Monk
     assert "not reachable" in at.warning[0].value
 
 
+def test_a_throttled_sign_in_says_so_with_the_wait_and_lets_the_citizen_in_after_it(
+        city: DashboardCity, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15: no hard lock; the page says plainly how long to wait (a fake clock, hours back,
+    so these failures are neither in another test's hour nor in its way)."""
+    import time
+
+    from dashboard import session
+    from ledger import writer as writer_module
+
+    clock = [time.time_ns() // 1_000_000 - 3 * 3_600_000]
+    monkeypatch.setattr(writer_module, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(session, "client_source", lambda: "198.51.100.9")
+    ledger = local_api(city.home)
+    wrong = 0
+    while wrong < 7:  # the 7th failure from here makes the next attempt wait 16 s
+        found = ledger.authenticate(role="citizen", principal="hh-0003", password="not it at all",
+                                    source="198.51.100.9")
+        if found["outcome"] == "throttled":
+            clock[0] += found["retry_after_s"] * 1000
+        else:
+            wrong += 1
+    at = clean(sign_in("citizen", "hh-0003"))  # the right password, too soon
+    assert at.error[0].value == ("Too many failed attempts for this account from here. Try again in 16 seconds.")
+    assert [t.value for t in at.title] == ["cityledger"]
+    clock[0] += 16_000
+    at = clean(sign_in("citizen", "hh-0003"))
+    assert at.title[0].value == "Usage" and "Zhang Wei" in at.sidebar.caption[0].value
+
+
 # ---------------------------------------------------------------- citizen pages
 
 
@@ -225,6 +254,30 @@ def test_a_citizen_disputes_a_bill_line_and_sees_the_answer(city: DashboardCity)
     assert "Adjustment · leak after the meter" in texts(bill)
 
 
+def test_a_correction_above_the_limit_waits_for_a_second_operator_on_the_dashboard(city: DashboardCity) -> None:
+    citizen = clean(go(sign_in("citizen", "hh-0001"), "citizen_disputes"))
+    citizen.radio(key="new_kind").set_value("A line on a bill").run()
+    citizen.text_area(key="new_message").input("A year of estimated reads was far too high.")
+    citizen.button(key="FormSubmitter:new_dispute-Send").click().run()
+    mine = [d for d in data.OperatorData(data.Principal("operator", "op-d02", "x", ("d02",))).disputes()
+            if d["account"] == "hh-0001" and "estimated reads" in d["messages"][0]["message"]][0]
+
+    op = go(clean(sign_in("operator", "op-d02")), "operator_disputes", id=mine["id"])
+    op.text_input(key="dsp_amount").input("-2400.00")
+    op.text_input(key="dsp_reason").input("estimated reads corrected")
+    op.button(key="FormSubmitter:adjust-Append correction").click().run()
+    assert "waits for a second operator" in clean(op).success[0].value
+    [request] = [r for r in local_api(city.home).adjustment_requests() if r["amount"] == "-2400.00"]
+    op = go(op, "operator_disputes", id=mine["id"])
+    assert op.button(key=f"adj_ok_{request['id']}").disabled  # not by the operator who asked
+
+    other = go(clean(sign_in("operator", "op-all")), "operator_disputes", id=mine["id"])
+    other.button(key=f"adj_ok_{request['id']}").click().run()
+    assert "approved and sealed" in clean(other).success[0].value
+    sealed = [a for a in local_api(city.home).adjustment_requests(status="approved") if a["id"] == request["id"]]
+    assert sealed and sealed[0]["decided_by"] == "op-all"
+
+
 # ---------------------------------------------------------------- what a citizen can never see
 
 
@@ -303,6 +356,33 @@ def test_the_overview_shows_a_failing_background_job_and_that_ingest_is_not_runn
         assert "Ingest is not running" in page
     finally:
         city.home.jobs.unlink()
+
+
+def test_the_overview_lists_repeated_failed_sign_ins_as_far_as_the_operator_looks_after_them(
+        city: DashboardCity) -> None:
+    ledger = local_api(city.home)
+    for role, login, source in (("citizen", "hh-0003", "203.0.113.5"), ("citizen", "hh-0005", "203.0.113.6"),
+                                ("operator", "op-d02", "203.0.113.7"), ("citizen", "hh-9999", "203.0.113.7")):
+        for _ in range(3):
+            assert ledger.authenticate(role=role, principal=login, password="a wrong guess",
+                                       source=source)["outcome"] == "wrong"
+
+    def failures(operator: str) -> tuple[set[str], set[str], str]:
+        at = clean(sign_in("operator", operator))
+        tables = [df.value for df in at.dataframe]
+        logins = next((set(t["Id"]) for t in tables if "Id" in t.columns), set())
+        sources = next((set(t["Address"]) for t in tables if "Address" in t.columns), set())
+        return logins, sources, texts(at)
+
+    logins, sources, page = failures("op-all")
+    assert "Failed sign-ins (last hour)" in page and "failed to sign in several times" in page
+    assert {"hh-0003", "hh-0005", "op-d02", "hh-9999"} <= logins
+    assert {"203.0.113.5", "203.0.113.6", "203.0.113.7"} <= sources
+    logins, sources, _ = failures("op-d01")  # d01's citizens only: no operator, no unknown id, no other district
+    assert logins == {"hh-0003"} and sources == {"203.0.113.5"}
+    logins, sources, _ = failures("op-d02")
+    assert logins == {"hh-0005"} and sources == {"203.0.113.6"}
+    assert "a wrong guess" not in page
 
 
 def test_the_anomaly_queue_is_scoped_and_an_anomaly_is_worked(city: DashboardCity) -> None:
@@ -425,6 +505,7 @@ def test_parking_occupancy_and_revenue(city: DashboardCity) -> None:
 
 def test_periods_and_usage_from_boundary_registers() -> None:
     import datetime as dt
+    from fractions import Fraction
     from zoneinfo import ZoneInfo
 
     from dashboard import usage
@@ -446,6 +527,15 @@ def test_periods_and_usage_from_boundary_registers() -> None:
     ])
     assert regs == {100: 1500.0, 200: 2500.0, 300: None}
     assert usage.used(regs, 100, 200) == 1000.0 and usage.used(regs, 200, 300) is None
+    # Near 2^63-1 (the protocol's limit) a use of a few hundred litres stays exact, not 0 or 1,024 (floats).
+    top = 2**63 - 1
+    regs = usage.register_values([
+        {"at": 100, "prev_ts": 50, "prev_value": top - 301, "next_ts": 150, "next_value": top - 151},
+        {"at": 200, "prev_ts": 190, "prev_value": top - 1, "next_ts": 210, "next_value": top},
+    ])
+    assert usage.used(regs, 100, 200) == Fraction(451, 2)  # (top - 1/2) - (top - 226)
+    assert usage.in_units(usage.used(regs, 100, 200), 1000) == 0.2255
+    assert usage.used({100: None, 200: regs[200]}, 100, 200, first={100: top - 7}) == Fraction(13, 2)
     tiers = usage.tiers_of({"tiers": [{"up_to": "180", "price": "5.00"}, {"up_to": "260", "price": "7.00"},
                                       {"up_to": None, "price": "9.00"}]})
     assert [usage.tier_at(x, tiers).number for x in (0, 180, 180.5, 261)] == [1, 1, 2, 3]
@@ -492,7 +582,7 @@ def test_bill_csv_and_printable_page_escape_and_add_up(city: DashboardCity) -> N
 
 def test_a_meter_that_changes_hands_shows_nothing_of_its_previous_holder(city: DashboardCity) -> None:
     """Last in this file: it hands hh-0002's meter to hh-0001 for good."""
-    local_api(city.home).assign_account(device="wm-d02-000002", account="hh-0001")
+    local_api(city.home).assign_account(device="wm-d02-000002", account="hh-0001", operator="op-test")
     data.CACHE.forget()
     me = data.CitizenData(data.Principal("citizen", "hh-0001", "Li Na"))
     assert "wm-d02-000002" in [m["device"] for m in me.meters()]

@@ -50,6 +50,17 @@ def test_without_the_checked_mark_the_condensed_steps_would_be_flagged_as_lost_r
     assert any("readings missing between seq 1 and 21" in f for f in billing.consumption(pts, T0, T0 + DAY_MS).flags)
 
 
+def test_a_parking_day_with_a_long_silence_is_not_quiet() -> None:
+    # A stay the space said nothing about for more than 6 hours is flagged (billing.sessions), so such a
+    # day must be read in full: condensed to its first and last report, the silence would be lost.
+    d = T0 // DAY_MS
+    taken = _day(d, Point(T0, 1, 1), Point(T0 + 20 * HOUR, 1, 3), changes=0, max_gap=HOUR)
+    assert space_quiet(taken)
+    assert not space_quiet(_day(d, Point(T0, 1, 1), Point(T0 + 20 * HOUR, 1, 3), changes=0, max_gap=7 * HOUR))
+    full = [Point(T0, 1, 1), Point(T0 + 13 * HOUR, 1, 2), Point(T0 + 20 * HOUR, 1, 3), Point(T0 + 21 * HOUR, 0, 4)]
+    assert any("no report for 13.0 h after seq 1" in f for f in billing.sessions(full)[0].flags)
+
+
 def test_a_day_that_is_not_quiet_must_be_read_in_full() -> None:
     d = T0 // DAY_MS
     noisy = _day(d, Point(T0, 10, 1), Point(T0 + 20 * HOUR, 5, 21), drops=1)

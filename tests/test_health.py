@@ -17,9 +17,16 @@ from tests.support.stack import Stack
 
 def test_a_blocks_lag_is_the_median_age_of_its_readings_so_one_backlog_does_not_count() -> None:
     assert block_lag_ms(10_000, []) == 0
-    assert block_lag_ms(10_000, [9_000, 9_500, 9_900]) == 500
-    assert block_lag_ms(10_000, [9_000, 9_500, 9_900, 10_000 - 86_400_000]) == 500  # one device's day of backlog
-    assert block_lag_ms(10_000, [12_000]) == 0, "a clock ahead is not negative lag"
+    assert block_lag_ms(10_000, [("a", 9_000), ("b", 9_500), ("c", 9_900)]) == 500
+    backlog = [("d", 10_000 - 86_400_000 + n) for n in range(100)]
+    assert block_lag_ms(10_000, [("a", 9_000), ("b", 9_500), ("c", 9_900), *backlog]) == 500  # a day's backlog
+    assert block_lag_ms(10_000, [("c", 12_000)]) == 0, "a clock ahead is not negative lag"
+
+
+def test_one_device_with_a_reset_clock_does_not_make_the_city_late() -> None:
+    # It fills most of a quiet block with readings stamped 1970: one device, one vote.
+    reset = [("broken", n) for n in range(1_000)]
+    assert block_lag_ms(10_000, [*reset, ("a", 9_800), ("b", 9_900)]) == 200
 
 
 def test_the_silence_margin_adds_the_time_since_the_last_seal_only_while_messages_wait() -> None:
@@ -31,7 +38,7 @@ def test_the_silence_margin_adds_the_time_since_the_last_seal_only_while_message
 def test_ingest_health_follows_the_seals() -> None:
     waiting = [0]
     health = IngestHealth(workers=2, started_at=1, pending=lambda: waiting[0])
-    health.sealed(20_000, [19_000, 18_000, 19_500])
+    health.sealed(20_000, [("a", 19_000), ("b", 18_000), ("c", 19_500)])
     health.sealed(21_000, [])  # a registry block: a seal, but no readings to judge lag by
     waiting[0] = 3
     snap = health.snapshot(now=31_000)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 from nacl.signing import SigningKey
 
 from broker.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
+from ledger.keyspans import KeySpan
 from ledger.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
 from ledger.store import DeviceRecord, QuarantineRow
 
@@ -194,3 +196,23 @@ def test_the_quarantine_cap_holds_per_hour_when_a_batch_goes_back_and_forth_acro
     admitted = [t // hour for t in times if cap.admit("wm-d01-000001", t)]
     assert admitted.count(9) == 3 and admitted.count(10) == 3
     assert cap.admit("wm-d01-000002", 10 * hour + 2)  # per device
+
+
+def test_a_reading_of_a_written_off_seq_that_arrives_after_all_is_ledgered_once() -> None:
+    state = SeqState(1)
+    state.settle_range(2, 3)  # an operator wrote seqs 2-3 off: the ack passes them
+    intake = Intake({DEV.device: state}, FakeLedger([reading(1)]))
+    first = intake.classify([msg(reading(2).payload()), msg(reading(2).payload())], {DEV.device: DEV}, NOW)
+    assert [r.reading.seq for r in first.readings] == [2] and len(first.duplicates) == 1 and not first.quarantine
+    assert state.hwm == 3
+
+
+def test_readings_before_a_rotations_from_seq_verify_under_the_earlier_key() -> None:
+    new = SigningKey(b"\x05" * 32)
+    rotated = replace(DEV, public_key=new.verify_key.encode().hex(), key_from_seq=3,
+                      earlier_keys=(KeySpan(DEV.public_key, 0, 1),))
+    late_old = msg(reading(2).payload())  # signed before the rotation, sent after it
+    new_key = msg(sign_reading(new, device=DEV.device, kind="water", seq=3, ts=NOW, value=10).payload())
+    old_key_past = msg(reading(4).payload())  # the old key may not sign from seq 3 on
+    batch = classify(late_old, new_key, old_key_past, registry={DEV.device: rotated})
+    assert [r.reading.seq for r in batch.readings] == [2, 3] and reasons(batch) == ["bad_signature"]

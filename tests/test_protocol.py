@@ -23,6 +23,8 @@ from ledger.protocol import (
     parse_reading,
     parse_topic,
     sign_reading,
+    valid_device_id,
+    valid_district,
     verify_reading,
 )
 from tests.vectors import load_json
@@ -198,3 +200,9 @@ def test_the_canonical_fast_path_reads_exactly_what_the_full_parser_reads(data: 
             assert fast.sig_bytes() == full.sig_bytes()
         else:
             assert fast == full
+
+
+def test_an_id_with_a_trailing_newline_is_not_an_id() -> None:
+    # `$` in a pattern matches before a final newline; ids, districts and topics must not.
+    assert not valid_device_id("wm1\n") and not valid_district("d01\n")
+    assert parse_topic("city/d01/water/wm1\n/reading") is None

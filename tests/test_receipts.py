@@ -120,7 +120,7 @@ def test_rotations_keep_old_readings_provable(tmp_path: Path) -> None:
     new_device_key = SigningKey.generate()
     try:
         writer.rotate_ledger_key()
-        writer.rotate_device_key("wm-d01-000000", new_device_key.verify_key.encode().hex())
+        writer.rotate_device_key("wm-d01-000000", new_device_key.verify_key.encode().hex(), 5, "op-test")
         later = sign_reading(new_device_key, device="wm-d01-000000", kind="water", seq=5, ts=T0 + 10**7, value=9999)
         writer.commit(Batch(readings=[LedgeredReading(later, later.ts)]))
     finally:

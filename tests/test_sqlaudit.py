@@ -8,6 +8,7 @@ writer. Timing is measured in bench/proofs.py, never here.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -20,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
-from ledger import merkle, sqlaudit
-from ledger.audit import Report, audit
+from ledger import merkle, registry_audit, sqlaudit
+from ledger.audit import DUPLICATE, Failure, Report, audit
 from ledger.home import Home
 from ledger.protocol import Reading, parse_reading, sign_reading, signature_bytes
-from ledger.store import Store, _reading_or_none
+from ledger.store import LedgeredReading, Store, _reading_or_none
 from ledger.writer import Batch, LedgerWriter, initialize
 from tests.test_protocol import LEAF_HASH, PAYLOAD
 from tests.support.ledgers import T0, Growing
@@ -64,10 +65,11 @@ def build(root: Path) -> Ledger:
         for size in (3, 64, 65):
             writer.commit(Batch(readings=ledger.readings(size)))
         rotated = SigningKey.generate()
-        writer.rotate_device_key("wm-d01-000001", rotated.verify_key.encode().hex())
+        writer.rotate_device_key("wm-d01-000001", rotated.verify_key.encode().hex(),
+                                 ledger.seqs["wm-d01-000001"] + 1, "op-test")
         keys["wm-d01-000001"] = rotated
         writer.commit(Batch(readings=ledger.readings(9)))
-        writer.revoke_device(REVOKED)
+        writer.revoke_device(REVOKED, "op-test")
         writer.commit(Batch(readings=ledger.readings(12, [d for d in keys if d != REVOKED])))
     finally:
         writer.close()
@@ -373,3 +375,207 @@ def test_empty_ledger(tmp_path: Path) -> None:
     finally:
         store.close()
     assert isinstance(report, Report) and report.ok and report.blocks == report.readings == 0
+
+
+# --------------------------------------------------------------------------- invariants (issue 15)
+
+
+LIVE = [d for d in DEVICES if d != REVOKED]
+
+
+def seal(ledger: Ledger, *batches: list[LedgeredReading]) -> list[int]:
+    """Seal each batch as ingest would (the writer checks no seqs: intake does): the block heights."""
+    writer = LedgerWriter.open(ledger.home)
+    try:
+        return [writer.commit(Batch(readings=list(b))).height for b in batches]  # type: ignore[union-attr]
+    finally:
+        writer.close()
+
+
+def stored(ledger: Ledger, device: str, seq: int) -> LedgeredReading:
+    """An already ledgered reading, as it was signed: sealing it again ledgers it twice."""
+    height, idx = where(ledger, device, seq)
+    store = Store.open(ledger.home.database, read_only=True)
+    try:
+        reading = store.leaves(height)[idx][1]
+    finally:
+        store.close()
+    assert isinstance(reading, Reading)
+    return LedgeredReading(reading, reading.ts)
+
+
+def deep(ledger: Ledger) -> Report:
+    store = Store.open(ledger.home.database, read_only=True)
+    try:
+        return sqlaudit.audit_store(store, VerifyKey(bytes.fromhex(ledger.first_key)), deep=True, workers=1)
+    finally:
+        store.close()
+
+
+def test_a_reading_ledgered_twice_is_reported_alike(ledger: Ledger, batch_leaves: int) -> None:
+    again = stored(ledger, "ps.d01_000002", 5)
+    height, = seal(ledger, ledger.readings(4, LIVE) + [again] + ledger.readings(2, LIVE))
+    fast, slow = both(ledger)
+    assert fast == slow and not fast["ok"]
+    assert (fast["failed_block"], fast["failed_reading"]) == (height, "ps.d01_000002#5")
+    assert fast["failure"].endswith(DUPLICATE)
+    assert deep(ledger).failure == Failure(height, DUPLICATE, "ps.d01_000002#5")
+
+
+def test_a_reading_ledgered_twice_in_one_block_names_the_second(ledger: Ledger, batch_leaves: int) -> None:
+    one = ledger.readings(1, ["E" * 64])
+    height, = seal(ledger, ledger.readings(3, LIVE) + one + ledger.readings(2, LIVE) + one)
+    fast, slow = both(ledger)
+    assert fast == slow and fast["failed_block"] == height
+    assert fast["failed_reading"] == f"{'E' * 64}#{one[0].reading.seq}"
+
+
+def test_a_duplicate_in_a_later_plan_is_found_by_the_new_keys_alone(ledger: Ledger, batch_leaves: int,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks sealed while an audit runs come in later plans: only their keys are looked up."""
+    height, = seal(ledger, ledger.readings(3, LIVE) + [stored(ledger, "wm-d01-000001", 3)])
+    monkeypatch.setattr(sqlaudit, "plan", functools.partial(sqlaudit.plan, lookahead=10))
+    calls: list[tuple[int, int, Failure | None]] = []
+    real = sqlaudit.first_duplicate
+
+    def spy(con: duckdb.DuckDBPyConnection, start: int, lo: int, hi: int) -> Failure | None:
+        calls.append((start, lo, found := real(con, start, lo, hi)))
+        return found
+
+    monkeypatch.setattr(sqlaudit, "first_duplicate", spy)
+    fast, slow = both(ledger)
+    assert fast == slow and (fast["failed_block"], fast["failed_reading"]) == (height, "wm-d01-000001#3")
+    assert len(calls) > 2 and calls[-1][1] > calls[-1][0] and calls[-1][2] is not None
+    assert all(found is None for _, _, found in calls[:-1])
+
+
+def test_first_duplicate_sees_what_its_ranges_hold(ledger: Ledger) -> None:
+    dup, after = seal(ledger, [stored(ledger, "g", 2)], ledger.readings(2, ["wm-d01-000001"]))
+    con = duckdb.connect(str(ledger.home.database), read_only=True)
+    try:
+        assert sqlaudit.first_duplicate(con, 0, 0, after) == Failure(dup, DUPLICATE, "g#2")
+        assert sqlaudit.first_duplicate(con, 0, dup, after) == Failure(dup, DUPLICATE, "g#2")
+        assert sqlaudit.first_duplicate(con, 0, after, after) is None  # its keys are new: nothing twice
+        assert sqlaudit.first_duplicate(con, dup, dup, after) is None  # an archive from `dup` on holds it once
+    finally:
+        con.close()
+
+
+def test_late_readings_and_written_off_seqs_are_not_duplicates(ledger: Ledger, batch_leaves: int) -> None:
+    """A reading filling a gap is ledgered once, even after its seq was written off (PROTOCOL.md section 3)."""
+    device = "wm-d01-000001"
+    first, late, third, lost, fifth = ledger.readings(5, [device])
+    seal(ledger, [first, third], [fifth])
+    writer = LedgerWriter.open(ledger.home)
+    try:
+        writer.write_off(device, lost.reading.seq, lost.reading.seq, "flash corrupted", "op-1")
+    finally:
+        writer.close()
+    seal(ledger, [late], ledger.readings(2, LIVE) + [lost])
+    fast, slow = both(ledger)
+    assert fast == slow and fast["ok"], fast
+    assert deep(ledger).ok
+
+
+def rotate(ledger: Ledger, device: str, from_seq: int) -> SigningKey:
+    """The device's next key, signing from `from_seq`; the ledger's keys are this test's own from here."""
+    key = SigningKey.generate()
+    writer = LedgerWriter.open(ledger.home)
+    try:
+        writer.rotate_device_key(device, key.verify_key.encode().hex(), from_seq=from_seq, operator="op-1")
+    finally:
+        writer.close()
+    ledger.keys = {**ledger.keys, device: key}
+    return key
+
+
+def test_readings_signed_before_a_rotation_verify_under_the_earlier_key(ledger: Ledger, batch_leaves: int) -> None:
+    """What a meter signed before it rotated, and sent after, verifies under the key it signed with."""
+    device = "ps.d01_000002"
+    held = ledger.readings(2, [device])  # signed, still in the outbox when the device rotates
+    rotate(ledger, device, held[-1].reading.seq + 1)
+    height, = seal(ledger, held + ledger.readings(2, [device]) + ledger.readings(3, LIVE))
+    fast, slow = both(ledger)
+    assert fast == slow and fast["ok"]
+    assert deep(ledger).ok
+    # A changed reading is named by its own key: the held ones before it still verify.
+    seq = held[-1].reading.seq + 2
+    sql(ledger, "UPDATE readings SET ts = ts + 1 WHERE device = ? AND seq = ?", device, seq)
+    fast, slow = both(ledger)
+    assert fast == slow and (fast["failed_block"], fast["failed_reading"]) == (height, f"{device}#{seq}")
+
+
+def test_a_seq_the_new_key_signs_fails_under_the_earlier_one(ledger: Ledger) -> None:
+    device = "ps.d01_000002"
+    old, from_seq = ledger.keys[device], ledger.seqs[device] + 1
+    rotate(ledger, device, from_seq)
+    late = sign_reading(old, device=device, kind="parking", seq=from_seq, ts=T0, value=1)
+    height, = seal(ledger, [LedgeredReading(late, T0)])
+    assert deep(ledger).failure == Failure(height, "device signature does not verify", f"{device}#{from_seq}")
+
+
+def test_a_rotation_without_from_seq_signs_every_later_reading(ledger: Ledger) -> None:
+    """Chains sealed before rotations named a from_seq: the key in force is the latest, for any seq."""
+    device = "E" * 64  # never rotated (wm-d01-000001 was, naming a from_seq: that span would still hold)
+    old = ledger.keys[device]
+    new = SigningKey.generate()
+    writer = LedgerWriter.open(ledger.home)
+    try:
+        writer.commit(Batch(), [{"entry": "device_key_rotated", "device": device,
+                                 "public_key": new.verify_key.encode().hex(),
+                                 "previous_key": old.verify_key.encode().hex(), "at": T0}])
+    finally:
+        writer.close()
+    seq = ledger.seqs[device] + 1
+    late = sign_reading(old, device=device, kind="electricity", seq=seq, ts=T0, value=1)
+    height, = seal(ledger, [LedgeredReading(late, T0)])
+    assert deep(ledger).failure == Failure(height, "device signature does not verify", f"{device}#{seq}")
+
+
+def test_deep_audit_reports_every_registry_disagreement(ledger: Ledger) -> None:
+    clean = deep(ledger)
+    assert clean.ok and clean.registry_checked and clean.disagreements == ()
+    sql(ledger, "UPDATE devices SET kind = 'gas' WHERE device = 'wm-d01-000001'")
+    sql(ledger, "UPDATE devices SET status = 'active', revoked_at = NULL WHERE device = ?", REVOKED)
+    report = deep(ledger)
+    assert not report.ok and report.failure is None and report.disagreements_found == 3
+    assert [(d.row, d.column, d.table_says, d.chain_says) for d in report.disagreements] == [
+        ("devices[device=g]", "status", "active", "revoked"), ("devices[device=g]", "revoked_at", None, ANY_INT),
+        ("devices[device=wm-d01-000001]", "kind", "gas", "water")]
+    assert report.as_dict()["failure"].startswith("registry tables disagree with the chain in 3 place(s)")
+    fast, slow = both(ledger)  # the structural audit never reads the tables
+    assert fast["ok"] and not fast["registry_checked"] and fast == slow
+
+
+def test_registry_is_not_compared_when_the_chain_fails_first(ledger: Ledger) -> None:
+    sql(ledger, "UPDATE devices SET kind = 'gas' WHERE device = 'wm-d01-000001'")
+    sql(ledger, "UPDATE readings SET value = value + 1 WHERE device = 'wm-d01-000001' AND seq = 5")
+    report = deep(ledger)
+    assert report.failure is not None and not report.registry_checked and report.disagreements == ()
+
+
+class _AnyInt:
+    def __eq__(self, other: object) -> bool:
+        return type(other) is int
+
+
+ANY_INT = _AnyInt()
+
+
+def test_the_registry_is_compared_a_partition_at_a_time_alike(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions (by a hash of each row's first key, both sides alike) bound memory, not the outcome."""
+    sql(ledger, "UPDATE devices SET account = 'nobody' WHERE device = 'ps.d01_000002'")
+    sql(ledger, "UPDATE device_keys SET since = 0 WHERE device = 'wm-d01-000001'")
+    sql(ledger, "DELETE FROM tariff_versions")
+    con = duckdb.connect(str(ledger.home.database), read_only=True)
+    try:
+        whole = registry_audit.check_store(con)
+        monkeypatch.setattr(registry_audit, "PARTITION_ROWS", 1)
+        parts = registry_audit.check_store(con)
+    finally:
+        con.close()
+    assert whole is not None and parts is not None
+    assert whole.found == parts.found == 4
+    assert sorted(map(str, whole.disagreements)) == sorted(map(str, parts.disagreements))
+    assert {(d.table, d.column) for d in parts.disagreements} == {
+        ("devices", "account"), ("device_keys", "since"), ("tariff_versions", None)}

@@ -232,3 +232,130 @@ def test_an_entry_that_is_not_json_is_named_not_a_crash(built: Built) -> None:
     out = verify(built)
     assert_fails_at(out, 2, "leaf 0")
     assert "stored entry is not a JSON object" in out.stdout and "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- invariants of the chain (issue 15)
+
+
+def test_a_reading_ledgered_twice_by_the_ledger_key_holder_is_named(built: Built) -> None:
+    """A copy of a properly signed reading, sealed again in a re-hashed, re-signed chain: every
+    signature verifies, so only the rule "each (device, seq) is ledgered once" can catch it."""
+    stolen = SigningKey(bytes.fromhex(built.home.ledger_key.read_text().strip()))
+    last = sql(built, "SELECT max(height) FROM blocks")[0][0]
+    size = sql(built, "SELECT size FROM blocks WHERE height = ?", last)[0][0]
+    sql(built, "INSERT INTO readings SELECT ?, ?, device, kind, seq, ts, value, sig, received_at FROM readings"
+        " WHERE device = 'wm-d01-000001' AND seq = 2", last, size)
+    _rechain(built, last, key=stolen)
+    for extra in ((), ("--deep",)):
+        out = verify(built, *extra)
+        assert_fails_at(out, last, "wm-d01-000001#2")
+        assert "reading ledgered twice" in out.stdout
+
+
+REVOKED, BOUND, REKEYED = "wm-d01-000002", "wm-d01-000000", "wm-d01-000001"
+
+
+@pytest.fixture(scope="module")
+def registry_pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """build_ledger, then what the registry cases need: accounts, a meter bound to one, a key
+    rotated with a from_seq, a revoked meter. Built once; each test tampers with a copy."""
+    from ledger.writer import LedgerWriter
+
+    built = build_ledger(tmp_path_factory.mktemp("registry") / "home")
+    writer = LedgerWriter.open(built.home)
+    try:
+        writer.add_account("hh-1", "Household one", "residential")
+        writer.add_account("hh-2", "Household two", "non-residential")
+        writer.assign_account(BOUND, "hh-1", operator="op-1")
+        built.keys[REKEYED] = SigningKey.generate()
+        writer.rotate_device_key(REKEYED, built.keys[REKEYED].verify_key.encode().hex(), from_seq=13,
+                                 operator="op-1")
+        writer.revoke_device(REVOKED, operator="op-1")
+    finally:
+        writer.close()
+    return built
+
+
+@pytest.fixture
+def registry(registry_pristine: Built, tmp_path: Path) -> Built:
+    shutil.copytree(registry_pristine.home.root, tmp_path / "home")
+    from ledger.home import Home
+
+    return Built(Home(tmp_path / "home"), registry_pristine.first_key, dict(registry_pristine.keys))
+
+
+def assert_disagrees(out: subprocess.CompletedProcess[str], *lines: str) -> None:
+    """exit 1, no chain failure, and each line among the registry disagreements listed."""
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "registry tables disagree with the chain" in out.stdout and "first failure" not in out.stdout, out.stdout
+    for line in lines:
+        assert line in out.stdout, out.stdout
+
+
+def key_of(built: Built, device: str) -> str:
+    return built.keys[device].verify_key.encode().hex()
+
+
+def test_untouched_registry_agrees_with_the_chain(registry: Built) -> None:
+    out = verify(registry, "--deep")
+    assert out.returncode == 0 and "registry tables agree with the chain" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_swapped_device_key_is_named_in_both_tables(registry: Built) -> None:
+    """The forger's key in the registry (ingest would take its readings); the chain still names the real one."""
+    forger = SigningKey.generate().verify_key.encode().hex()
+    sql(registry, "UPDATE devices SET public_key = ? WHERE device = ?", forger, BOUND)
+    sql(registry, "UPDATE device_keys SET public_key = ? WHERE device = ?", forger, BOUND)
+    enrolled = sql(registry, "SELECT from_height FROM device_keys WHERE device = ?", BOUND)[0][0]
+    assert verify(registry).returncode == 0  # the chain itself is intact: only --deep reads the tables
+    assert_disagrees(verify(registry, "--deep"),
+                     f"devices[device={BOUND}]: public_key is '{forger}', the chain says '{key_of(registry, BOUND)}'",
+                     f"device_keys[device={BOUND}, from_height={enrolled}]: public_key is '{forger}', "
+                     f"the chain says '{key_of(registry, BOUND)}'")
+
+
+def test_a_rotation_moved_to_another_seq_is_named(registry: Built) -> None:
+    sql(registry, "UPDATE device_keys SET from_seq = 1 WHERE device = ? AND from_seq = 13", REKEYED)
+    assert_disagrees(verify(registry, "--deep"), f"device_keys[device={REKEYED}, ", "from_seq is 1, the chain says 13")
+
+
+def test_an_unrevoked_device_is_named(registry: Built) -> None:
+    sql(registry, "UPDATE devices SET status = 'active', revoked_at = NULL WHERE device = ?", REVOKED)
+    assert_disagrees(verify(registry, "--deep"),
+                     f"devices[device={REVOKED}]: status is 'active', the chain says 'revoked'",
+                     f"devices[device={REVOKED}]: revoked_at is None, the chain says ")
+
+
+def test_a_deleted_revocation_is_named(registry: Built) -> None:
+    """The revocation taken out of a re-signed chain, the table left saying revoked."""
+    stolen = SigningKey(bytes.fromhex(registry.home.ledger_key.read_text().strip()))
+    height = sql(registry, "SELECT height FROM entries WHERE type = 'device_revoked'")[0][0]
+    sql(registry, "DELETE FROM entries WHERE type = 'device_revoked'")
+    _rechain(registry, height, key=stolen)
+    assert_disagrees(verify(registry, "--deep"),
+                     f"devices[device={REVOKED}]: status is 'revoked', the chain says 'active'")
+
+
+def test_a_changed_account_class_is_named(registry: Built) -> None:
+    sql(registry, "UPDATE accounts SET customer_class = 'non-residential' WHERE account = 'hh-1'")
+    assert_disagrees(verify(registry, "--deep"),
+                     "accounts[account=hh-1]: customer_class is 'non-residential', the chain says 'residential'")
+
+
+def test_a_changed_account_binding_is_named(registry: Built) -> None:
+    sql(registry, "UPDATE devices SET account = 'hh-2' WHERE device = ?", BOUND)
+    assert_disagrees(verify(registry, "--deep"), f"devices[device={BOUND}]: account is 'hh-2', the chain says 'hh-1'")
+
+
+def test_every_disagreement_is_reported_not_only_the_first(registry: Built) -> None:
+    sql(registry, "UPDATE devices SET account = 'hh-2' WHERE device = ?", BOUND)
+    sql(registry, "UPDATE accounts SET customer_class = 'residential' WHERE account = 'hh-2'")
+    sql(registry, "INSERT INTO accounts VALUES ('hh-9', 'Nobody', 'residential', 0)")
+    sql(registry, "DELETE FROM device_keys WHERE device = ? AND from_seq = 13", REKEYED)
+    out = verify(registry, "--deep", "--json")
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    found = {(d["table"], d["column"]) for d in report["disagreements"]}
+    assert found == {("devices", "account"), ("accounts", "customer_class"), ("accounts", None),
+                     ("device_keys", None)}, report["disagreements"]
+    assert report["disagreements_found"] == 4 and not report["ok"] and report["failed_block"] is None

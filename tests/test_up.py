@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
+from ledger import demo
+from ledger.api import local_api
 from ledger.home import Home
 from ledger.rpc import RemoteError, RemoteLedger, open_ledger
 from ledger.supervisor import parts_status
+from ledger.up import fleet_devices
+from ledger.writer import initialize
 from tests.support.broker import free_port, wait_for
 from tests.support.faults import FaultLab
 
@@ -80,7 +85,8 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         assert all(d["account"] for d in ledger.devices() if d["kind"] != "parking")
         citizen = re.search(r"sign in as a citizen: (\S+?),", text).group(1)
         assert ledger.authenticate(role="citizen", principal=citizen, password="demo-citizen-2026")["id"] == citizen
-        assert ledger.authenticate(role="operator", principal="op-city", password="demo-operator-2026") is not None
+        operator = ledger.authenticate(role="operator", principal="op-city", password="demo-operator-2026")
+        assert operator["outcome"] == "signed_in"
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as page:
             assert page.status == 200
 
@@ -171,6 +177,31 @@ def test_up_on_a_fresh_home_twice_never_loses_a_part(tmp_path: Path) -> None:
 @pytest.mark.soak
 def test_up_on_a_fresh_home_twenty_times_never_loses_a_part(tmp_path: Path) -> None:
     _clean_starts(tmp_path, runs=20)
+
+
+def test_up_starts_on_a_home_holding_an_operators_wm1_and_leaves_it_alone(tmp_path: Path) -> None:
+    """Issue 15, point 6: ids outside the fleet's pattern (`wm1`, 64 characters) no longer stop `up`,
+    and the demo gives households to the fleet's own meters only (tests/test_demo.py for the rest)."""
+    home = Home(tmp_path / "home")
+    initialize(home)
+    odd = ("wm1", "a", "x.y_z", "Z" * 64)
+    local_api(home).enroll_devices([{"device": d, "kind": "water", "district": "d01",
+                                     "public_key": SigningKey.generate().verify_key.encode().hex()} for d in odd])
+    out_path = tmp_path / "up.out"
+    proc = _start_up(home, out_path, devices=6, interval=0.5)
+    try:
+        text = _wait_ledgering(proc, out_path)
+        assert "sign in as a citizen: hh-" in text, text
+        ledger = open_ledger(home)
+        assert isinstance(ledger, RemoteLedger)
+        devices = {d["device"]: d for d in ledger.devices()}
+        assert all(devices[d]["account"] is None for d in odd)
+        fleet = fleet_devices(6)
+        assert fleet <= set(devices)
+        assert all(devices[d]["account"] == demo.household_of(d) for d in fleet if devices[d]["kind"] != "parking")
+        _ctrl_c(proc, out_path, home)
+    finally:
+        _stop_everything(proc, _every_pid(out_path))
 
 
 def _ledger_readings(home: Home) -> int:

@@ -11,6 +11,26 @@ data = ui.operator()
 st.title("Disputes")
 ui.show_flash()
 
+with ui.guard("the corrections waiting for approval"):
+    waiting = data.pending_adjustments()
+    if waiting:
+        st.subheader("Corrections waiting for a second operator")
+        st.caption("Above the approval limit a correction is sealed only once another operator approves it.")
+        for r in waiting:
+            cols = st.columns([5, 1, 1])
+            cols[0].markdown(f"`{r['id']}` · account `{r['account']}` · **{money(r['amount'])}** · "
+                             f"requested by {r['operator']} {ui.when(r['at'])}  \n{r['reason']}")
+            mine = r["operator"] == data.operator
+            if cols[1].button("Approve", key=f"adj_ok_{r['id']}", disabled=mine,
+                              help="You requested it: another operator must approve it" if mine else None):
+                data.decide_adjustment(r["id"], approve=True)
+                ui.flash(f"Correction {r['id']} approved and sealed.")
+                st.rerun()
+            if cols[2].button("Withdraw" if mine else "Reject", key=f"adj_no_{r['id']}"):
+                data.decide_adjustment(r["id"], approve=False)
+                ui.flash(f"Correction {r['id']} {'withdrawn' if mine else 'rejected'}.")
+                st.rerun()
+
 with ui.guard("the disputes"):
     status = st.segmented_control("Show", ["open", "answered", "closed", "all"], default="open", key="dsp_status")
     found = data.disputes(None if status in (None, "all") else status)
@@ -65,8 +85,12 @@ with ui.guard("the disputes"):
         reason = st.text_input("Reason (shown on the bill)", key="dsp_reason", max_chars=200)
         if st.form_submit_button("Append correction"):
             out = data.adjust(d["id"], amount, reason)
-            ui.flash(f"Correction {out['id']} of {money(out['amount'])} appended to {d['account']}'s bill; "
-                     "the citizen was told in the dispute.")
+            if out["status"] == "sealed":
+                ui.flash(f"Correction {out['id']} of {money(out['amount'])} appended to {d['account']}'s bill; "
+                         "the citizen was told in the dispute.")
+            else:
+                ui.flash(f"Correction {out['id']} of {money(out['amount'])} is above the approval limit of "
+                         f"{money(out['limit'])}: it waits for a second operator. The citizen was told.")
             st.rerun()
     if st.button("Close without answer", key="dsp_close_now"):
         data.close(d["id"])

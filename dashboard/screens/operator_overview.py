@@ -1,4 +1,5 @@
-"""City overview: readings per second now, devices online and offline, blocks, audit, quarantine rate."""
+"""City overview: readings per second now, devices online and offline, blocks, audit, quarantine rate,
+repeated failed sign-ins."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dashboard.data import now_ms, tariffs
 data = ui.operator()
 st.title("City overview")
 REFRESH_SECONDS = 5
+SIGN_IN_REFRESH_SECONDS = 30
 
 
 def audit_line(audit: dict | None) -> tuple[str, str]:
@@ -86,7 +88,33 @@ def live() -> None:
         } for r in rows], column_config={"Quarantine rate": st.column_config.NumberColumn(format="%.2f %%")})
 
 
+@st.fragment(run_every=SIGN_IN_REFRESH_SECONDS)
+def failed_sign_ins() -> None:
+    """Repeated failed sign-ins of the last hour, as far as this operator looks after the logins
+    (dashboard.data.OperatorData.failed_sign_ins). Ids and addresses are shown as table cells, never markup."""
+    with ui.guard("the failed sign-ins"):
+        found = data.failed_sign_ins()
+        st.subheader("Failed sign-ins (last hour)")
+        if not found["logins"] and not found["sources"]:
+            st.caption("No login or address failed to sign in several times in the last hour.")
+            return
+        st.warning(f"{len(found['logins'])} login(s) and {len(found['sources'])} address(es) failed to sign in "
+                   "several times in the last hour. Throttled attempts were refused without checking a password.",
+                   icon="🔐")
+        if found["logins"]:
+            ui.table([{"Role": r["role"], "Id": r["id"], "Failed": r["failures"], "Of them throttled": r["throttled"],
+                       "Addresses": r["sources"], "Last": ui.when(r["last_at"], seconds=True)}
+                      for r in found["logins"]])
+        if found["sources"]:
+            ui.table([{"Address": r["source"], "Failed": r["failures"], "Of them throttled": r["throttled"],
+                       "Logins tried": r["logins"], "Last": ui.when(r["last_at"], seconds=True)}
+                      for r in found["sources"]])
+        st.caption("Every failed sign-in is also logged (logger `cityledger.signin`), without the password. "
+                   "Attempts refused while an address was throttled as a whole count for the address only.")
+
+
 with ui.guard("the overview"):
     st.multiselect("Districts", data.districts(), key="overview_districts",
                    placeholder="All your districts" if data.limited else "The whole city")
 live()
+failed_sign_ins()

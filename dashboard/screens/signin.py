@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import session, ui
-from dashboard.data import Unavailable
+from dashboard.data import Principal
+from ledger.signin import Throttled, throttle_message
 
 st.title("cityledger")
 st.caption("Signed meter and parking readings in a tamper-evident city ledger.")
@@ -22,14 +23,13 @@ with left:
     if submitted:
         found = None
         with ui.guard("the sign-in"):
-            try:
-                found = session.sign_in(role, principal, password)
-            except Unavailable:
-                raise
-            if found is None:
-                st.error("That id and password do not match. After 5 failed attempts in a row, "
-                         "signing in is paused for 15 minutes.")
-        if found is not None:
+            found = session.sign_in(role, principal, password)
+            if isinstance(found, Throttled):
+                st.error(throttle_message(found.scope, found.retry_after_s))
+            elif not isinstance(found, Principal):
+                st.error("That id and password do not match. After a few failed attempts, each further "
+                         "attempt has to wait a little longer.")
+        if isinstance(found, Principal):
             st.rerun()
     st.caption("Your account id is on your bill. Operators get their id and districts from the city's "
                "administrator. Everything works offline: no outside sign-in service is used.")

@@ -176,7 +176,7 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
         readings("wm-d03-000001", "water", hourly(3, lambda h: 10))
 
         device("ps-d02-000001", "parking", "d02", None)
-        w.lease("ps-d02-000001", "hh-0001", now - 80 * DAY_MS)
+        w.lease("ps-d02-000001", "hh-0001", now - 80 * DAY_MS, "op-test")
         stays = []
         for d in range(70, 0, -1):  # 08:00 to 09:40 every morning
             day = dt.datetime.fromtimestamp((now - d * DAY_MS) / 1000, tz).date()
