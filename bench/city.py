@@ -55,10 +55,10 @@ from broker import mqtt_wire as wire
 from bench.loadgen import LoadError, LoadGenerator, Supply
 from broker import mosquitto
 from ledger.home import Home
-from ledger.progress import ProgressBar
-from ledger.protocol import READING_CONTEXT, device_topic, sign_reading, verify_reading
-from ledger.rpc import RemoteLedger, open_ledger
-from ledger.writer import initialize
+from ledger.service.progress import ProgressBar
+from ledger.chain.protocol import READING_CONTEXT, device_topic, sign_reading, verify_reading
+from ledger.service.rpc import RemoteLedger, open_ledger
+from ledger.service.writer import initialize
 
 # Readings/s the pre-signed supply is sized for, with room for devices progressing unevenly;
 # a faster ledger runs the devices dry, and the result says so (supply_exhausted).

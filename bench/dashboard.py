@@ -37,7 +37,7 @@ import duckdb
 import pyarrow as pa
 
 from ledger.home import Home
-from ledger.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter, initialize
 
 STEP = 900_000
 DAY = 86_400_000
@@ -169,7 +169,7 @@ def _issue_bills(con: duckdb.DuckDBPyConnection, households: int, t0: int, end: 
 
 
 def logins(home: Home) -> None:
-    from ledger.writer import LedgerWriter
+    from ledger.service.writer import LedgerWriter
 
     w = LedgerWriter.open(home)
     try:
@@ -286,9 +286,9 @@ def app_runs(anomaly: str, device: str) -> dict[str, dict[str, float]]:
 
 def measure(home: Home, direct: bool) -> dict[str, Any]:
     from dashboard import data
-    from ledger import rpc
-    from ledger.api import local_api
-    from ledger.writer import LedgerWriter
+    from ledger.service import rpc
+    from ledger.service.api import local_api
+    from ledger.service.writer import LedgerWriter
 
     os.environ["CITYLEDGER_HOME"] = str(home.root)
     server = writer = None

@@ -48,9 +48,9 @@ from broker import mosquitto
 from broker.client_ids import mqtt_client_id
 from edge.agent import AgentSettings
 from ledger.home import Home
-from ledger.protocol import device_topic, sign_reading
-from ledger.rpc import RemoteLedger, open_ledger
-from ledger.writer import initialize
+from ledger.chain.protocol import device_topic, sign_reading
+from ledger.service.rpc import RemoteLedger, open_ledger
+from ledger.service.writer import initialize
 
 
 def _free_port() -> int:

@@ -41,7 +41,7 @@ from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.client_ids import mqtt_client_id
-from ledger.protocol import canonical_json, device_topic, sign_reading
+from ledger.chain.protocol import canonical_json, device_topic, sign_reading
 
 HOSTILE_DEVICE = "em-d09-666666"  # a district of its own, so no fleet device shares its name
 HOSTILE_KIND, HOSTILE_DISTRICT = "electricity", "d09"
@@ -329,8 +329,8 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
     from edge.fleet import OUTBOX_FILE
     from edge.outbox import Outbox
     from ledger.home import Home
-    from ledger.rpc import RemoteLedger, open_ledger
-    from ledger.writer import initialize
+    from ledger.service.rpc import RemoteLedger, open_ledger
+    from ledger.service.writer import initialize
 
     root = Path(tempfile.mkdtemp(prefix="cityledger-flood-"))
     home = Home(root)

@@ -63,13 +63,13 @@ from bench.city import (DISTRICTS, KINDS, BenchError, BenchOptions, Stack, _chec
                         _raise_open_files_limit, chain_readings, device_specs, enrol, machine, machine_busy_seconds,
                         own_cpu_seconds, presign, process_tree, running_stack, tree_cpu_seconds, tree_peak_rss_mb)
 from bench.loadgen import Latencies, LoadError, LoadGenerator, weighted_percentile
-from ledger.blocks import block_hash, make_header, sign_header
+from ledger.chain.blocks import block_hash, make_header, sign_header
 from ledger.home import Home
-from ledger.progress import ProgressBar
-from ledger.protocol import READING_CONTEXT, canonical_json
-from ledger.rpc import open_ledger
-from ledger.sqlaudit import READING_LEAF_SQL
-from ledger.writer import LedgerWriter, initialize
+from ledger.service.progress import ProgressBar
+from ledger.chain.protocol import READING_CONTEXT, canonical_json
+from ledger.service.rpc import open_ledger
+from ledger.store.sqlaudit import READING_LEAF_SQL
+from ledger.service.writer import LedgerWriter, initialize
 
 JOBS = ("audit", "deep-audit", "scan", "roll-up", "close", "sign-in")
 STEP_MS = 900_000  # the history's cadence: a reading every 15 minutes

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from broker import mqtt_wire as wire
 from broker.client_ids import mqtt_client_id
-from ledger.protocol import parse_ack
+from ledger.chain.protocol import parse_ack
 
 CONNECT_TIMEOUT_S = 10.0
 REFUSED_RETRY_S = 0.2  # the broker re-reads its password file asynchronously after enrolment

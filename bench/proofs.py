@@ -4,7 +4,7 @@
 
 Builds a ledger of N pre-signed readings through the real writer (signing runs
 on every core; it is the devices' cost, not measured), then measures `verify`
-(structural, hashed in DuckDB: ledger/sqlaudit.py) and `verify --deep` readings
+(structural, hashed in DuckDB: ledger/store/sqlaudit.py) and `verify --deep` readings
 per second, and the size and time of a receipt. --python-audit also times the
 structural audit's Python path, for comparison.
 Pass --home DIR to keep and reuse the ledger between runs.
@@ -26,13 +26,13 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from ledger.api import local_api
+from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.progress import ProgressBar
-from ledger.protocol import Reading, sign_reading
-from ledger.receipts import encode_receipt
-from ledger.store import LedgeredReading
-from ledger.writer import Batch, LedgerWriter, initialize
+from ledger.service.progress import ProgressBar
+from ledger.chain.protocol import Reading, sign_reading
+from ledger.chain.receipts import encode_receipt
+from ledger.store.store import LedgeredReading
+from ledger.service.writer import Batch, LedgerWriter, initialize
 
 T0 = 1_764_000_000_000
 
@@ -76,10 +76,10 @@ def build(home: Home, readings: int, devices: int, block: int) -> None:
 
 
 def python_audit_rate(home: Home) -> dict:
-    """The structural audit as it was before ledger/sqlaudit.py: every reading rebuilt in Python."""
-    from ledger.audit import audit
+    """The structural audit as it was before ledger/store/sqlaudit.py: every reading rebuilt in Python."""
+    from ledger.chain.audit import audit
     from ledger.keys import verify_key_from_hex
-    from ledger.store import Store
+    from ledger.store.store import Store
 
     store = Store.open(home.database, read_only=True)
     try:

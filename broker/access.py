@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from ledger.home import Home, write_private
-from ledger.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, ChainTopics, device_topic
+from ledger.chain.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, ChainTopics, device_topic
 
 # mosquitto 2.0's "sha512-pbkdf2" format: $7$<iterations>$<base64 salt>$<base64 hash>.
 # 101 iterations and a 12-byte salt are what mosquitto_passwd 2.0 writes; the broker

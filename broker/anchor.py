@@ -4,7 +4,7 @@ It runs on the city home (`cityledger anchor`), where a city of district chains
 runs no ingest of its own. Headers arrive on a persistent MQTT 5 session, so
 what is published while the anchor is down is queued by the broker; a message is
 acknowledged only after the city block that anchors what it said has committed,
-so a crash loses nothing the broker still holds. The judging is ledger/anchors.py.
+so a crash loses nothing the broker still holds. The judging is ledger/chain/anchors.py.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from broker.ingest import drain
 from broker.sessions import service_client
 from broker.sessions import start as start_session
 from broker.tls import TLSSettings
-from ledger import rpc
-from ledger.anchors import Follower
-from ledger.api import local_api
+from ledger.service import rpc
+from ledger.chain.anchors import Follower
+from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.protocol import DISTRICT_CHECKPOINT_TOPIC, DISTRICT_HEADERS_TOPIC, ChainTopics, canonical_json
-from ledger.witness import alarm_record
-from ledger.writer import LedgerWriter, now_ms
+from ledger.chain.protocol import DISTRICT_CHECKPOINT_TOPIC, DISTRICT_HEADERS_TOPIC, ChainTopics, canonical_json
+from ledger.chain.witness import alarm_record
+from ledger.service.writer import LedgerWriter, now_ms
 
 log = logging.getLogger("cityledger.anchor")
 

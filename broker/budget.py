@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from ledger.protocol import parse_topic
+from ledger.chain.protocol import parse_topic
 
 OVER_BUDGET = "over_budget"  # the device sent faster than its budget: counted, never verified
 SUSPENDED = "suspended"  # a message of a suspended device that reached ingest before the broker cut it off

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-from ledger.protocol import ChainTopics, signed_header_payload
-from ledger.writer import LedgerWriter, Sealed
+from ledger.chain.protocol import ChainTopics, signed_header_payload
+from ledger.service.writer import LedgerWriter, Sealed
 
 
 def publish_sealed(client: mqtt.Client, topics: ChainTopics, sealed: Sealed) -> None:

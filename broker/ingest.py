@@ -28,17 +28,17 @@ from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
 from broker.sessions import RECEIVE_MAXIMUM, service_client
 from broker.sessions import start as start_session
 from broker.tls import TLSSettings
-from ledger import rpc
-from ledger.api import local_api
-from ledger.health import IngestHealth
+from ledger.service import rpc
+from ledger.service.api import local_api
+from ledger.service.health import IngestHealth
 from ledger.home import Home
-from ledger.protocol import (
+from ledger.chain.protocol import (
     ChainTopics,
     ack_payload,
     device_topic,
 )
-from ledger.store import DeviceRecord
-from ledger.writer import Batch, LedgerWriter, Sealed, now_ms
+from ledger.store.store import DeviceRecord
+from ledger.service.writer import Batch, LedgerWriter, Sealed, now_ms
 
 log = logging.getLogger("cityledger.ingest")
 POLICE_EVERY_S = 0.25  # how often budget drops are written and suspensions begun or ended

@@ -14,7 +14,7 @@ from typing import Any, Union
 
 from nacl.signing import VerifyKey
 
-from ledger.protocol import (
+from ledger.chain.protocol import (
     FUTURE_TOLERANCE_MS,
     QUARANTINE_RAW_LIMIT,
     STATUS_OFFLINE,
@@ -26,8 +26,8 @@ from ledger.protocol import (
     parse_topic,
     verify_reading,
 )
-from ledger.store import DeviceRecord, LedgeredReading, QuarantineRow
-from ledger.writer import Batch
+from ledger.store.store import DeviceRecord, LedgeredReading, QuarantineRow
+from ledger.service.writer import Batch
 
 Key = tuple[str, int]
 Lookup = Callable[[Iterable[Key]], Mapping[Key, tuple[int, int, str]]]
@@ -118,7 +118,7 @@ class Screened:
 
     msg: Incoming
     reading: Reading
-    key: str  # hex of the device key its signature verified under (ledger/keyspans.py)
+    key: str  # hex of the device key its signature verified under (ledger/chain/keyspans.py)
 
 
 Screening = Union[QuarantineRow, Screened, Status, "WitnessReport"]
@@ -162,7 +162,7 @@ class Screener:
 
     def _verify(self, device: str, key: str, reading: Reading) -> bool:
         """One cached VerifyKey per device: its current key, or an earlier one while its
-        readings from before a rotation arrive (ledger/keyspans.py)."""
+        readings from before a rotation arrive (ledger/chain/keyspans.py)."""
         cached = self._keys.get(device)
         if cached is None or cached[0] != key:
             cached = (key, VerifyKey(bytes.fromhex(key)))

@@ -25,8 +25,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker.sessions import service_client
 from broker.sessions import start as start_session
 from broker.tls import TLSSettings
-from ledger.protocol import ChainTopics, canonical_json, valid_device_id, witness_topic
-from ledger.witness import (
+from ledger.chain.protocol import ChainTopics, canonical_json, valid_device_id, witness_topic
+from ledger.chain.witness import (
     Accepted,
     Alarm,
     AlreadyHave,

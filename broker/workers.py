@@ -34,9 +34,9 @@ from broker.intake import Incoming, Screened, Screener, Screening
 from broker.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.subscriber import MQTTError, Subscriber
 from broker.tls import TLSSettings
-from ledger.protocol import ChainTopics, Reading
-from ledger.store import DeviceRecord
-from ledger.writer import WORKER_PREFIX, now_ms
+from ledger.chain.protocol import ChainTopics, Reading
+from ledger.store.store import DeviceRecord
+from ledger.service.writer import WORKER_PREFIX, now_ms
 
 log = logging.getLogger("cityledger.ingest")
 

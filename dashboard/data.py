@@ -24,8 +24,8 @@ from dashboard import bills as billfmt
 from dashboard import usage as use
 from dashboard.fmt import unit_label, zone
 from ledger.home import Home
-from ledger.rpc import BUSY, RemoteError, open_ledger
-from ledger.signin import LOCAL, Throttled, Wrong
+from ledger.service.rpc import BUSY, RemoteError, open_ledger
+from ledger.people.signin import LOCAL, Throttled, Wrong
 
 log = logging.getLogger("cityledger.dashboard")
 

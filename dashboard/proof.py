@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.receipts import encode_receipt, verify_receipt
+from ledger.chain.receipts import encode_receipt, verify_receipt
 
 STEPS = (
     ("format", "Receipt format", "The receipt has exactly the members of the protocol, each spelt one way."),
@@ -36,8 +36,8 @@ def check(receipt: dict[str, Any], trusted_key: str, key_chain: list[dict[str, A
     With a key chain (the ledger's key rotations), the key for the receipt's block is
     followed from `trusted_key`; a chain that does not verify fails the block signature step.
     """
-    from ledger.keychain import KeyChainError, key_for_height
-    from ledger.receipts import Check
+    from ledger.chain.keychain import KeyChainError, key_for_height
+    from ledger.chain.receipts import Check
 
     key, chain_failure = trusted_key, None
     if key_chain:

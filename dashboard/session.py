@@ -13,7 +13,7 @@ import streamlit as st
 
 from dashboard import data
 from dashboard.data import Principal
-from ledger.signin import LOCAL, Throttled, Wrong
+from ledger.people.signin import LOCAL, Throttled, Wrong
 
 KEY = "_cityledger_principal"
 PROXY_ENV = "CITYLEDGER_DASHBOARD_PROXY"  # "1": a reverse proxy on this machine sets X-Forwarded-For
@@ -42,7 +42,7 @@ def sign_in(role: str, principal: str, password: str) -> Principal | Wrong | Thr
 
 
 def client_source() -> str:
-    """The browser's address, which sign-in throttling counts failures against (ledger/signin.py)."""
+    """The browser's address, which sign-in throttling counts failures against (ledger/people/signin.py)."""
     try:
         ip = st.context.ip_address
         forwarded = st.context.headers.get("X-Forwarded-For") if ip is None else None

@@ -12,7 +12,7 @@ import streamlit as st
 
 from dashboard import data, fmt, session
 from dashboard.data import CitizenData, NotFound, OperatorData, Refused, Unavailable
-from ledger.rpc import RemoteError
+from ledger.service.rpc import RemoteError
 
 log = logging.getLogger("cityledger.dashboard")
 

@@ -40,7 +40,7 @@ from broker.tls import TLSSettings
 from broker.tls import configure as configure_tls
 from edge.identity import DeviceIdentity, Enroll, device_dir, load_key, provision
 from edge.outbox import Outbox
-from ledger.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_ack, parse_written_off, sign_reading
+from ledger.chain.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_ack, parse_written_off, sign_reading
 
 __all__ = ["AgentSettings", "DeviceAgent", "DeviceIdentity", "Enroll", "device_dir", "load_key", "provision"]
 
@@ -192,7 +192,7 @@ class DeviceAgent:
 
         Both go to the ledger (`cityledger devices rotate-key --public-key --from-seq`).
         Readings already signed stay in the outbox as they are: the ledger verifies
-        seqs below `from_seq` under the earlier key (ledger/keyspans.py), so none is lost.
+        seqs below `from_seq` under the earlier key (ledger/chain/keyspans.py), so none is lost.
         A reading signed with the new key before the ledger has sealed the rotation is
         refused once and taken when it is re-sent. The caller keeps the new key (the
         fleet saves it in the device's directory).

@@ -39,7 +39,7 @@ from edge.meters import (
     device_seed,
     meter_for,
 )
-from ledger.protocol import FUTURE_TOLERANCE_MS, METER_KINDS
+from ledger.chain.protocol import FUTURE_TOLERANCE_MS, METER_KINDS
 
 MINUTE_MS = 60_000
 ALL_KINDS = (*METER_KINDS, "parking")
@@ -56,7 +56,7 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "clock": ALL_KINDS,
     "badsig": ALL_KINDS,
 }
-# Fault name -> the anomaly type (ledger/anomalies.py) it should raise.
+# Fault name -> the anomaly type (ledger/anomalies/detectors.py) it should raise.
 EXPECTED: dict[str, str] = {
     "leak": "leak",
     "rollback": "rollback",

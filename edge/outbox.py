@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.protocol import Reading
+from ledger.chain.protocol import Reading
 
 BUSY_TIMEOUT_MS = 10_000
 

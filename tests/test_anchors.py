@@ -8,12 +8,12 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from ledger import merkle
-from ledger.anchors import Anchor, Follower, Head, anchors_in, first_broken
-from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
+from ledger.chain import merkle
+from ledger.chain.anchors import Anchor, Follower, Head, anchors_in, first_broken
+from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.keys import public_hex
-from ledger.protocol import canonical_json, signed_header_payload
-from ledger.witness import SignedHeader, parse_signed_header
+from ledger.chain.protocol import canonical_json, signed_header_payload
+from ledger.chain.witness import SignedHeader, parse_signed_header
 
 
 class Chain:
@@ -127,9 +127,9 @@ def test_first_broken_names_a_truncated_or_rewritten_district_chain() -> None:
 
 def _anchored_city(headers_after: int = 1) -> tuple[dict[str, Any], str, str]:
     """(an anchored receipt, the city's key, the district's key) over a small made-up city."""
-    from ledger.anchored import build_anchored
-    from ledger.protocol import sign_reading
-    from ledger.receipts import build_receipt
+    from ledger.chain.anchored import build_anchored
+    from ledger.chain.protocol import sign_reading
+    from ledger.chain.receipts import build_receipt
 
     device, district, city = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
     reading = sign_reading(device, device="wm-d01-000001", kind="water", seq=1, ts=1_764_000_000_000, value=5)
@@ -152,7 +152,7 @@ def _anchored_city(headers_after: int = 1) -> tuple[dict[str, Any], str, str]:
 
 
 def test_an_anchored_receipt_verifies_against_the_city_key_alone() -> None:
-    from ledger.anchored import anchored_ok, verify_anchored
+    from ledger.chain.anchored import anchored_ok, verify_anchored
 
     for after in (0, 1, 3):
         anchored, city_key, district_key = _anchored_city(after)
@@ -165,7 +165,7 @@ def test_an_anchored_receipt_verifies_against_the_city_key_alone() -> None:
 
 
 def test_an_anchored_receipt_with_any_part_changed_is_refused_at_that_step() -> None:
-    from ledger.anchored import anchored_ok, verify_anchored
+    from ledger.chain.anchored import anchored_ok, verify_anchored
 
     def refused_at(change: Any) -> str:
         anchored, city_key, _ = _anchored_city(2)

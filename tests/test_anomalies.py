@@ -28,7 +28,7 @@ from edge.faults import (
     simulate,
 )
 from edge.meters import ParkingSensor, device_seed, meter_for
-from ledger.anomalies import (
+from ledger.anomalies.detectors import (
     SEVERITIES,
     TYPES,
     AnomalyConfig,

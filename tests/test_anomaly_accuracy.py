@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 
 from edge.faults import DAY_MS, HOUR_MS, Fault, FaultPlan, SimDevice, simulate
 from edge.fleet import plan_fleet
-from ledger.anomalies import TYPES, DeviceInfo, Finding, Obs, detect
+from ledger.anomalies.detectors import TYPES, DeviceInfo, Finding, Obs, detect
 
 BEIJING = timezone(timedelta(hours=8))
 DEVICES = 1200

@@ -1,4 +1,4 @@
-"""The anomaly scan group by group (ledger/anomaly_scan.py) finds exactly what one `detect` finds.
+"""The anomaly scan group by group (ledger/anomalies/scan.py) finds exactly what one `detect` finds.
 
 The scan reads a district's devices of one kind at a time and runs the detectors
 in a child process, so that weeks of readings never sit in the sealing process.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ledger.anomalies import DeviceInfo, Obs, detect
-from ledger.anomaly_scan import COLUMNS, detect_by_group, groups, observations
+from ledger.anomalies.detectors import DeviceInfo, Obs, detect
+from ledger.anomalies.scan import COLUMNS, detect_by_group, groups, observations
 from tests.test_anomaly_accuracy import _ms, city
 
 
@@ -58,8 +58,8 @@ def test_the_scan_by_group_finds_exactly_what_detect_finds() -> None:
 
 
 def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_path) -> None:  # noqa: ANN001
-    from ledger import anomaly_queries
-    from ledger.store import Store
+    from ledger.anomalies import queries as anomaly_queries
+    from ledger.store.store import Store
     from tests.support.ledgers import build_ledger
 
     built = build_ledger(tmp_path / "home", devices=4, per_device=9, block_size=5)
@@ -84,11 +84,11 @@ def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp
     rule could not see its readings going back. They are read by when they arrived as well."""
     from nacl.signing import SigningKey
 
-    from ledger import anomaly_queries
+    from ledger.anomalies import queries as anomaly_queries
     from ledger.home import Home
-    from ledger.protocol import sign_reading
-    from ledger.store import LedgeredReading
-    from ledger.writer import Batch, LedgerWriter, initialize
+    from ledger.chain.protocol import sign_reading
+    from ledger.store.store import LedgeredReading
+    from ledger.service.writer import Batch, LedgerWriter, initialize
 
     home = Home(tmp_path / "home")
     initialize(home)

@@ -29,12 +29,12 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.rpc import BUSY, RemoteError, RemoteLedger
+from ledger.service.rpc import BUSY, RemoteError, RemoteLedger
 from tests.support.faults import FaultLab
 
 CLIENTS = 16
 PASSWORD = "stress-test-password-1"
-DOCUMENTED_REFUSALS = {BUSY}  # the API is full: retry later (ledger/rpc.py)
+DOCUMENTED_REFUSALS = {BUSY}  # the API is full: retry later (ledger/service/rpc.py)
 
 DURATIONS = [
     pytest.param(20.0, id="fast"),

@@ -1,4 +1,4 @@
-"""Parquet archives of sealed blocks (ledger/archive.py): written, appended, queried in place,
+"""Parquet archives of sealed blocks (ledger/store/archive.py): written, appended, queried in place,
 and verified with the same audit as the live ledger, on real DuckDB ledgers built through
 the writer with real signatures. Tampering is done to the Parquet files with DuckDB, as
 someone holding the archive's bucket could; timing is measured in docs/benchmarks.md only.
@@ -18,11 +18,12 @@ import duckdb
 import pytest
 from nacl.signing import SigningKey
 
-from ledger import archive, rpc
-from ledger.api import LedgerAPI, local_api
+from ledger.store import archive
+from ledger.service import rpc
+from ledger.service.api import LedgerAPI, local_api
 from ledger.home import Home
-from ledger.protocol import canonical_json
-from ledger.writer import Batch, LedgerWriter
+from ledger.chain.protocol import canonical_json
+from ledger.service.writer import Batch, LedgerWriter
 from tests.support.ledgers import T0, Growing, build_ledger
 
 DEVICES, PER_DEVICE = 5, 1000  # enough readings for several Parquet row groups

@@ -1,7 +1,7 @@
 """What the chain implies beyond hashes and signatures (issue 15), as pure functions: no DuckDB.
 
 - each (device, seq) is ledgered once (`audit.Ledgered`, `audit.check_unique`);
-- a device's keys by seq and height (`audit.key_span`, `audit.apply_entry` with ledger/keyspans.py);
+- a device's keys by seq and height (`audit.key_span`, `audit.apply_entry` with ledger/chain/keyspans.py);
 - the registry tables are what the chain's entries make them (`registry_audit`).
 
 The same rules against real DuckDB ledgers, and in both audit paths: tests/test_sqlaudit.py;
@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger import merkle
-from ledger.audit import DUPLICATE, Failure, Ledgered, apply_entry, audit, check_unique, key_span
-from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
-from ledger.keyspans import KeySpan, key_for
-from ledger.protocol import canonical_json, sign_reading
-from ledger.registry_audit import TABLES, Disagreement, chain_rows, compare, disagreements
+from ledger.chain import merkle
+from ledger.chain.audit import DUPLICATE, Failure, Ledgered, apply_entry, audit, check_unique, key_span
+from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
+from ledger.chain.keyspans import KeySpan, key_for
+from ledger.chain.protocol import canonical_json, sign_reading
+from ledger.chain.registry_audit import TABLES, Disagreement, chain_rows, compare, disagreements
 
 K1, K2, K3 = "11" * 32, "22" * 32, "33" * 32
 T = 1_764_000_000_000

@@ -24,10 +24,10 @@ from bench.city import (BenchError, BenchOptions, _fresh_home, device_specs, enc
                         parse_proc_stat, sign_supply)
 from bench.loadgen import weighted_percentile
 from broker.access import hash_password
-from ledger.api import LedgerAPI, local_api
+from ledger.service.api import LedgerAPI, local_api
 from ledger.home import Home
-from ledger.protocol import Reading, parse_reading, sign_reading, verify_reading
-from ledger.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.protocol import Reading, parse_reading, sign_reading, verify_reading
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
 
 REPO = Path(__file__).resolve().parent.parent
 

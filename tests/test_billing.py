@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.billing import (
+from ledger.billing.rules import (
     Point,
     Replacement,
     consumption,
@@ -21,7 +21,7 @@ from ledger.billing import (
     split_tiers,
     to_fen,
 )
-from ledger.tariffs import default_tariffs
+from ledger.billing.tariffs import default_tariffs
 
 TZ = ZoneInfo("Asia/Shanghai")
 BOOK = default_tariffs()
@@ -240,7 +240,7 @@ def test_a_stay_the_space_said_nothing_about_for_hours_is_flagged() -> None:
 
 
 def test_the_scheduled_close_bills_the_month_before() -> None:
-    from ledger.scheduler import previous_month
+    from ledger.service.scheduler import previous_month
 
     assert previous_month(dt.date(2026, 1, 1)) == "2025-12"
     assert previous_month(dt.date(2028, 3, 1)) == "2028-02"

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger.api import local_api
+from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.protocol import sign_reading
-from ledger.store import LedgeredReading
-from ledger.writer import Batch, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.protocol import sign_reading
+from ledger.store.store import LedgeredReading
+from ledger.service.writer import Batch, EnrolmentError, LedgerWriter, initialize
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -200,8 +200,8 @@ FAULTS = st.lists(st.tuples(st.integers(0, 365), st.sampled_from(["drop", "lost"
 def test_the_month_end_close_bills_exactly_what_a_draft_says(tmp_path_factory: pytest.TempPathFactory,
                                                               meters: list[list[tuple[int, str]]]) -> None:
     """The close takes a fast path for meters with clean data; it must agree with the full path."""
-    from ledger.bills import clean_meters, make_bill
-    from ledger.tariffs import default_tariffs
+    from ledger.billing.bills import clean_meters, make_bill
+    from ledger.billing.tariffs import default_tariffs
 
     city = City(tmp_path_factory.mktemp("close") / "home")
     try:

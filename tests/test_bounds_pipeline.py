@@ -40,15 +40,15 @@ from nacl.signing import SigningKey
 from dashboard import bills as billfmt
 from dashboard import charts, data
 from dashboard import fmt as dfmt
-from ledger.protocol import (
+from ledger.chain.protocol import (
     FUTURE_TOLERANCE_MS,
     INT64_MAX,
     SEQ_MAX,
     canonical_json,
     signed_message,
 )
-from ledger.receipts import receipt_ok, verify_receipt
-from ledger.tariffs import DEFAULT_FILE, UtilityTariff, parse_tariffs
+from ledger.chain.receipts import receipt_ok, verify_receipt
+from ledger.billing.tariffs import DEFAULT_FILE, UtilityTariff, parse_tariffs
 from tests.support.broker import close_client, wait_for
 from tests.support.stack import SimDevice, Stack
 
@@ -529,11 +529,11 @@ def check_audit(run: Run, archive: Path) -> None:
 def test_the_typical_household_is_exact_for_registers_near_2_63(tmp_path: Path) -> None:
     """Five meters near the protocol's largest register, each using 150 L an hour: the district's typical
     hour is 150 L. As one DOUBLE per register (1,024-litre steps up there) it came out 0 or 1,024."""
-    from ledger import views
+    from ledger.service import views
     from ledger.home import Home
-    from ledger.protocol import sign_reading
-    from ledger.store import LedgeredReading
-    from ledger.writer import Batch, LedgerWriter, initialize
+    from ledger.chain.protocol import sign_reading
+    from ledger.store.store import LedgeredReading
+    from ledger.service.writer import Batch, LedgerWriter, initialize
 
     home = Home(tmp_path / "home")
     initialize(home)

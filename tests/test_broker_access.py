@@ -35,7 +35,7 @@ from broker.access import (
     write_access_files,
 )
 from ledger.home import Home
-from ledger.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, device_topic
+from ledger.chain.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, device_topic
 from tests.support.broker import (
     listening_ports,
     Received,

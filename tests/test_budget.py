@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from broker.budget import OVER_BUDGET, SUSPENDED, Budget, BudgetPolicy, Drops, Streaks, device_of
-from ledger.protocol import canonical_json, device_topic
+from ledger.chain.protocol import canonical_json, device_topic
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.cli import build_parser
+from ledger.cli.commands import build_parser
 
 
 @pytest.mark.parametrize("argv", [

@@ -15,7 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import data
-from ledger.api import local_api
+from ledger.service.api import local_api
 from tests.support.browser import PASSWORD, DashboardCity, build_city
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -120,7 +120,7 @@ def test_a_throttled_sign_in_says_so_with_the_wait_and_lets_the_citizen_in_after
     import time
 
     from dashboard import session
-    from ledger import writer as writer_module
+    from ledger.service import writer as writer_module
 
     clock = [time.time_ns() // 1_000_000 - 3 * 3_600_000]
     monkeypatch.setattr(writer_module, "now_ms", lambda: clock[0])
@@ -342,7 +342,7 @@ def test_the_city_overview_per_district() -> None:
 
 
 def test_the_overview_shows_a_failing_background_job_and_that_ingest_is_not_running(city: DashboardCity) -> None:
-    from ledger.scheduler import JobLog
+    from ledger.service.scheduler import JobLog
 
     def broken() -> None:
         raise RuntimeError("roll-up could not open the ledger")

@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from edge.fleet import plan_fleet
-from ledger import demo
-from ledger.api import LedgerAPI, local_api
+from ledger.city import demo
+from ledger.service.api import LedgerAPI, local_api
 from ledger.home import Home
-from ledger.protocol import valid_device_id
-from ledger.up import fleet_devices
-from ledger.writer import initialize
+from ledger.chain.protocol import valid_device_id
+from ledger.city.up import fleet_devices
+from ledger.service.writer import initialize
 
 # Ids the protocol allows that are not the fleet's: an operator's own meters.
 ODD_IDS = ("wm1", "a", "x.y_z", "Z" * 64)

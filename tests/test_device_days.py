@@ -15,13 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger import billing, device_days
-from ledger.billing import Point
-from ledger.device_days import DAY_MS, Day, condense, history, meter_quiet, space_quiet
+from ledger.billing import rules as billing
+from ledger.billing import device_days
+from ledger.billing.rules import Point
+from ledger.billing.device_days import DAY_MS, Day, condense, history, meter_quiet, space_quiet
 from ledger.home import Home
-from ledger.protocol import sign_reading
-from ledger.store import LedgeredReading, Store
-from ledger.writer import Batch, LedgerWriter, initialize
+from ledger.chain.protocol import sign_reading
+from ledger.store.store import LedgeredReading, Store
+from ledger.service.writer import Batch, LedgerWriter, initialize
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000
@@ -199,7 +200,7 @@ def test_roll_up_catches_up_in_chunks_and_then_has_nothing_to_do(tmp_path: Path)
 
 
 def test_the_scheduler_job_rolls_up_through_the_ledger_api(tmp_path: Path) -> None:
-    from ledger.scheduler import roll_up_job
+    from ledger.service.scheduler import roll_up_job
 
     home = Home(tmp_path / "home")
     initialize(home)
@@ -221,8 +222,8 @@ def test_the_scheduler_job_rolls_up_through_the_ledger_api(tmp_path: Path) -> No
 
 def test_a_seq_at_the_protocols_limit_followed_by_another_reading_rolls_up_and_bills(tmp_path: Path) -> None:
     """A meter sending seq 2^63-1 and then one more reading must not break the roll-up or the bills."""
-    from ledger.billing_queries import meters_needing_checks
-    from ledger.protocol import SEQ_MAX
+    from ledger.billing.queries import meters_needing_checks
+    from ledger.chain.protocol import SEQ_MAX
 
     home = Home(tmp_path / "home")
     initialize(home)

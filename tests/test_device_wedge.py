@@ -24,7 +24,7 @@ from nacl.signing import SigningKey
 from edge.agent import AgentSettings, DeviceAgent, DeviceIdentity
 from edge.netloop import Backoff, NetLoop
 from edge.outbox import Outbox
-from ledger.protocol import Reading
+from ledger.chain.protocol import Reading
 from tests.support.broker import wait_for
 from tests.support.stack import SimDevice, Stack
 

@@ -17,9 +17,9 @@ from nacl.signing import SigningKey
 
 from broker.ingest import IngestService
 from ledger.home import Home
-from ledger.protocol import ChainTopics, parse_ack
-from ledger.scheduler import audit_job
-from ledger.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.protocol import ChainTopics, parse_ack
+from ledger.service.scheduler import audit_job
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 from tests.test_witness_stack import add_witness, witness

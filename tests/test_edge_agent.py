@@ -29,7 +29,7 @@ from edge.identity import CREDENTIALS_FILE, KEY_FILE, device_dir
 from edge.netloop import Backoff, NetLoop
 from edge.outbox import Outbox
 from ledger.home import Home
-from ledger.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, ack_payload, parse_reading, verify_reading
+from ledger.chain.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, ack_payload, parse_reading, verify_reading
 from tests.support.broker import (
     RunningBroker,
     client_log,

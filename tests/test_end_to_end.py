@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ledger.protocol import CHECKPOINT_TOPIC, parse_ack
+from ledger.chain.protocol import CHECKPOINT_TOPIC, parse_ack
 from tests.support.broker import client_log, close_client, connect_client, publish, subscribe, wait_for
 from tests.support.stack import Stack
 

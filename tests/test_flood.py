@@ -53,7 +53,7 @@ from broker.budget import OVER_BUDGET, SUSPENDED
 from broker.sessions import RECEIVE_MAXIMUM
 from edge.fleet import OUTBOX_FILE
 from edge.outbox import Outbox
-from ledger.protocol import Reason
+from ledger.chain.protocol import Reason
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 

@@ -7,11 +7,11 @@ import stat
 import threading
 from pathlib import Path
 
-from ledger import jobs
-from ledger.health import IngestHealth, block_lag_ms, silence_margin_ms
+from ledger.service import jobs
+from ledger.service.health import IngestHealth, block_lag_ms, silence_margin_ms
 from ledger.home import Home
-from ledger.scheduler import JobLog
-from ledger.writer import initialize
+from ledger.service.scheduler import JobLog
+from ledger.service.writer import initialize
 from tests.support.stack import Stack
 
 
@@ -76,7 +76,7 @@ def test_the_scheduler_records_a_failing_job_in_the_home_and_status_shows_it(tmp
     records = json.loads(home.jobs.read_text())
     assert records["anomaly-scan"]["failures"] == 4 and records["roll-up"]["failures"] == 0
 
-    from ledger.api import local_api
+    from ledger.service.api import local_api
 
     status = local_api(home).status()
     assert status["jobs"]["anomaly-scan"]["failing"] is True

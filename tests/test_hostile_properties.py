@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from broker.intake import Incoming, Intake, QuarantineCap, SeqState
-from ledger.protocol import (
+from ledger.chain.protocol import (
     FUTURE_TOLERANCE_MS,
     MAX_PAYLOAD_BYTES,
     QUARANTINE_RAW_LIMIT,
@@ -31,8 +31,8 @@ from ledger.protocol import (
     sign_reading,
     verify_reading,
 )
-from ledger.store import DeviceRecord
-from ledger.writer import Batch
+from ledger.store.store import DeviceRecord
+from ledger.service.writer import Batch
 
 NOW = 1_764_000_000_000
 REASONS = {r.value for r in Reason}

@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 
 from edge.identity import DeviceIdentity
 from ledger.keys import check_device_key
-from ledger.sigcheck import first_bad
+from ledger.chain.sigcheck import first_bad
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 from tests.vectors import load_json

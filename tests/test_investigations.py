@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.anomalies import Finding as F
-from ledger.investigations import InvestigationError, get_anomaly, list_anomalies, record_findings, transition
-from ledger.store import Store
+from ledger.anomalies.detectors import Finding as F
+from ledger.anomalies.investigations import InvestigationError, get_anomaly, list_anomalies, record_findings, transition
+from ledger.store.store import Store
 
 
 def leak(end: int, start: int = 100, device: str = "wm-d01-000001") -> F:

@@ -12,11 +12,11 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from bench.jobs import history_values, previous_month, window_gaps
-from ledger import device_days
+from ledger.billing import device_days
 from ledger.home import Home
-from ledger.protocol import sign_reading
-from ledger.store import LedgeredReading
-from ledger.writer import Batch, LedgerWriter, Sealed, initialize
+from ledger.chain.protocol import sign_reading
+from ledger.store.store import LedgeredReading
+from ledger.service.writer import Batch, LedgerWriter, Sealed, initialize
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.merkle import (
+from ledger.chain.merkle import (
     EMPTY_ROOT,
     ProofError,
     consistency_proof,

@@ -16,13 +16,13 @@ import pytest
 from nacl.signing import SigningKey
 
 from broker.intake import SeqState
-from ledger.api import local_api
-from ledger.billing import parse_amount
+from ledger.service.api import local_api
+from ledger.billing.rules import parse_amount
 from ledger.home import Home
-from ledger.keyspans import KeySpan, key_for
-from ledger.protocol import ack_payload, parse_ack, parse_written_off, sign_reading
-from ledger.store import LedgeredReading
-from ledger.writer import DEFAULT_ADJUSTMENT_LIMIT, Batch, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.keyspans import KeySpan, key_for
+from ledger.chain.protocol import ack_payload, parse_ack, parse_written_off, sign_reading
+from ledger.store.store import LedgeredReading
+from ledger.service.writer import DEFAULT_ADJUSTMENT_LIMIT, Batch, EnrolmentError, LedgerWriter, initialize
 
 T0 = 1_764_000_000_000
 

@@ -13,7 +13,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from edge.outbox import Outbox, OutboxFull
-from ledger.protocol import Reading, parse_reading, sign_reading, verify_reading
+from ledger.chain.protocol import Reading, parse_reading, sign_reading, verify_reading
 
 KEY = SigningKey(bytes(range(1, 33)))
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from nacl.signing import SigningKey
     from edge.outbox import Outbox
-    from ledger.protocol import sign_reading
+    from ledger.chain.protocol import sign_reading
 
     key = SigningKey(bytes(range(1, 33)))
     outbox = Outbox(sys.argv[1])

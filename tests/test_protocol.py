@@ -1,4 +1,4 @@
-"""PROTOCOL.md section 6 test vector and the parsing rules of ledger/protocol.py."""
+"""PROTOCOL.md section 6 test vector and the parsing rules of ledger/chain/protocol.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger import merkle
-from ledger.protocol import (
+from ledger.chain import merkle
+from ledger.chain.protocol import (
     Reading,
     Reason,
     Rejected,
@@ -189,7 +189,7 @@ def _mutations(payload: bytes) -> st.SearchStrategy[bytes]:
        seq=st.integers(1, 2**63 - 1), ts=st.integers(0, 2**63 - 1), value=st.integers(0, 2**63 - 1))
 def test_the_canonical_fast_path_reads_exactly_what_the_full_parser_reads(data: st.DataObject, kind: str, seq: int,
                                                                            ts: int, value: int) -> None:
-    from ledger.protocol import _parse_reading_fully
+    from ledger.chain.protocol import _parse_reading_fully
 
     value = value % 2 if kind == "parking" else value
     payload = sign_reading(SigningKey(SEED), device="wm-d01-000042", kind=kind, seq=seq, ts=ts, value=value).payload()

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.api import local_api
-from ledger.protocol import sign_reading
-from ledger.receipts import encode_receipt, receipt_ok, verify_receipt
-from ledger.store import LedgeredReading
-from ledger.writer import Batch, LedgerWriter
+from ledger.service.api import local_api
+from ledger.chain.protocol import sign_reading
+from ledger.chain.receipts import encode_receipt, receipt_ok, verify_receipt
+from ledger.store.store import LedgeredReading
+from ledger.service.writer import Batch, LedgerWriter
 from tests.support.ledgers import T0, Built, build_ledger
 
 

@@ -1,4 +1,4 @@
-"""The ingest's local API socket (ledger/rpc.py), with a real DuckDB ledger behind it."""
+"""The ingest's local API socket (ledger/service/rpc.py), with a real DuckDB ledger behind it."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger import rpc
-from ledger.api import local_api
+from ledger.service import rpc
+from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.writer import Batch, LedgerWriter, initialize
+from ledger.service.writer import Batch, LedgerWriter, initialize
 from tests.support.broker import wait_for
 
 

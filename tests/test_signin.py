@@ -1,6 +1,6 @@
 """Sign-in cannot be used against citizens (issue 15): growing waits instead of a hard lock.
 
-The policy (ledger/signin.py) is pure and runs here on a fake clock. The writer's
+The policy (ledger/people/signin.py) is pure and runs here on a fake clock. The writer's
 `authenticate` runs on a real DuckDB ledger with real Argon2 checks, its clock
 replaced by a fake one so that waits are exact and nothing sleeps.
 """
@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from ledger import auth, signin
-from ledger import writer as writer_module
-from ledger.api import local_api
+from ledger.people import auth
+from ledger.people import signin
+from ledger.service import writer as writer_module
+from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.signin import POLICY, Count, Counts, Rule, SignedIn, Throttled, Wrong
-from ledger.writer import LedgerWriter, initialize
+from ledger.people.signin import POLICY, Count, Counts, Rule, SignedIn, Throttled, Wrong
+from ledger.service.writer import LedgerWriter, initialize
 
 PASSWORD = "the right horse staple"
 T0 = 1_770_000_000_000
@@ -335,7 +336,7 @@ def test_the_dashboard_reads_the_apis_answer_as_a_value() -> None:
 
 
 def test_over_the_ingests_socket_the_source_reaches_the_writer_and_operators_can_ask(ledger: Ledger) -> None:
-    from ledger import rpc
+    from ledger.service import rpc
 
     server, _ = rpc.serve(local_api(ledger.home, ledger.writer), ledger.home.rpc_socket)
     try:

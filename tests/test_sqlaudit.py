@@ -1,4 +1,4 @@
-"""The SQL audit (ledger/sqlaudit.py) against the Python audit it speeds up.
+"""The SQL audit (ledger/store/sqlaudit.py) against the Python audit it speeds up.
 
 Both must agree hash for hash (PROTOCOL.md section 6 vector included), root for root,
 and report for report on intact and tampered DuckDB ledgers built through the real
@@ -21,12 +21,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
-from ledger import merkle, registry_audit, sqlaudit
-from ledger.audit import DUPLICATE, Failure, Report, audit
+from ledger.chain import merkle
+from ledger.chain import registry_audit
+from ledger.store import sqlaudit
+from ledger.chain.audit import DUPLICATE, Failure, Report, audit
 from ledger.home import Home
-from ledger.protocol import Reading, parse_reading, sign_reading, signature_bytes
-from ledger.store import LedgeredReading, Store, _reading_or_none
-from ledger.writer import Batch, LedgerWriter, initialize
+from ledger.chain.protocol import Reading, parse_reading, sign_reading, signature_bytes
+from ledger.store.store import LedgeredReading, Store, _reading_or_none
+from ledger.service.writer import Batch, LedgerWriter, initialize
 from tests.test_protocol import LEAF_HASH, PAYLOAD
 from tests.support.ledgers import T0, Growing
 
@@ -353,9 +355,9 @@ def test_reading_sealed_after_its_device_was_revoked(ledger: Ledger, batch_leave
 
 def test_wrong_size_signed_with_the_ledger_key_is_named(ledger: Ledger) -> None:
     """Only the size check can catch this one: root and signature are right."""
-    from ledger.blocks import sign_header
+    from ledger.chain.blocks import sign_header
     from ledger.keys import load_signing_key
-    from ledger.protocol import canonical_json
+    from ledger.chain.protocol import canonical_json
     import json
 
     height = sql(ledger, "SELECT max(height) FROM blocks")[0][0]

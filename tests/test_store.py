@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ledger.store import Commit, Store
+from ledger.store.store import Commit, Store
 
 
 def test_a_flood_of_statuses_is_one_write_and_the_last_wins(tmp_path: Path) -> None:

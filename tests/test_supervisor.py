@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from ledger.home import Home
-from ledger.supervisor import (Backoff, CrashLoop, PartRecord, PartSpec, Stopped, Supervisor, describe_exit,
+from ledger.city.supervisor import (Backoff, CrashLoop, PartRecord, PartSpec, Stopped, Supervisor, describe_exit,
                                describe_restarts, parts_status, read_state, write_state)
-from ledger.up import port_open
+from ledger.city.up import port_open
 from tests.support.broker import free_port, wait_for
 from tests.support.stack import Stack
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.systemd_units import ALL_PARTS, UnitSettings, quote, render_units, this_executable
+from ledger.city.systemd_units import ALL_PARTS, UnitSettings, quote, render_units, this_executable
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 

@@ -18,10 +18,10 @@ import duckdb
 import pytest
 from nacl.signing import SigningKey
 
-from ledger import merkle
-from ledger.blocks import block_hash, sign_header
-from ledger.store import Store
-from ledger.protocol import canonical_json, sign_reading, signature_bytes
+from ledger.chain import merkle
+from ledger.chain.blocks import block_hash, sign_header
+from ledger.store.store import Store
+from ledger.chain.protocol import canonical_json, sign_reading, signature_bytes
 from tests.support.ledgers import T0, Built, build_ledger
 
 # build_ledger: 3 devices x 12 readings in blocks of 7 after 4 registry blocks (genesis + 3 enrolments).
@@ -147,8 +147,8 @@ def test_rewritten_and_rehashed_chain_without_the_key_is_caught(built: Built) ->
 
 def witness_copy(built: Built, directory: Path) -> Path:
     """Feed every signed header, in order, through a witness as it would arrive over MQTT."""
-    from ledger.protocol import signed_header_payload
-    from ledger.witness import Accepted, WitnessStore, check
+    from ledger.chain.protocol import signed_header_payload
+    from ledger.chain.witness import Accepted, WitnessStore, check
 
     store = WitnessStore.open(directory, built.first_key)
     assert isinstance(store, WitnessStore), store
@@ -198,8 +198,8 @@ def test_rewritten_and_resigned_with_a_stolen_key_is_caught_with_a_witness(built
 
 
 def test_restoring_an_older_copy_is_caught_with_a_witness(built: Built, tmp_path: Path) -> None:
-    from ledger.store import LedgeredReading
-    from ledger.writer import Batch, LedgerWriter
+    from ledger.store.store import LedgeredReading
+    from ledger.service.writer import Batch, LedgerWriter
 
     old_copy = tmp_path / "old.duckdb"
     shutil.copy(built.home.database, old_copy)
@@ -259,7 +259,7 @@ REVOKED, BOUND, REKEYED = "wm-d01-000002", "wm-d01-000000", "wm-d01-000001"
 def registry_pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """build_ledger, then what the registry cases need: accounts, a meter bound to one, a key
     rotated with a from_seq, a revoked meter. Built once; each test tampers with a copy."""
-    from ledger.writer import LedgerWriter
+    from ledger.service.writer import LedgerWriter
 
     built = build_ledger(tmp_path_factory.mktemp("registry") / "home")
     writer = LedgerWriter.open(built.home)

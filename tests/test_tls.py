@@ -39,7 +39,7 @@ from edge.identity import DeviceIdentity
 from edge.netloop import Backoff, NetLoop
 from edge.outbox import Outbox
 from ledger.home import Home
-from ledger.protocol import ack_payload, device_topic
+from ledger.chain.protocol import ack_payload, device_topic
 from tests.support.broker import (
     listening_ports,
     RunningBroker,
@@ -282,7 +282,7 @@ def _run_broker_command(home: Home, *args: str) -> None:
 
 
 def test_cityledger_broker_tls_makes_its_certificates_or_uses_the_operators(tmp_path: Path) -> None:
-    from ledger.writer import initialize
+    from ledger.service.writer import initialize
 
     home = Home(tmp_path / "home")
     initialize(home)

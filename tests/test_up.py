@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from ledger import demo
-from ledger.api import local_api
+from ledger.city import demo
+from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.rpc import RemoteError, RemoteLedger, open_ledger
-from ledger.supervisor import parts_status
-from ledger.up import fleet_devices
-from ledger.writer import initialize
+from ledger.service.rpc import RemoteError, RemoteLedger, open_ledger
+from ledger.city.supervisor import parts_status
+from ledger.city.up import fleet_devices
+from ledger.service.writer import initialize
 from tests.support.broker import free_port, wait_for
 from tests.support.faults import FaultLab
 

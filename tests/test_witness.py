@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger import merkle
-from ledger.blocks import GENESIS_PREV, block_hash, make_header, sign_header
-from ledger.protocol import canonical_json, signed_header_payload
-from ledger.witness import (
+from ledger.chain import merkle
+from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
+from ledger.chain.protocol import canonical_json, signed_header_payload
+from ledger.chain.witness import (
     Accepted,
     Alarm,
     AlreadyHave,

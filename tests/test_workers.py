@@ -20,8 +20,8 @@ from nacl.signing import SigningKey
 
 from broker.intake import Incoming, Screened
 from broker.workers import pack, unpack, worker_count
-from ledger.protocol import parse_ack, sign_reading
-from ledger.store import QuarantineRow
+from ledger.chain.protocol import parse_ack, sign_reading
+from ledger.store.store import QuarantineRow
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import session, ui
 from dashboard.data import Principal
-from ledger.signin import Throttled, throttle_message
+from ledger.people.signin import Throttled, throttle_message
 
 st.title("cityledger")
 st.caption("Signed meter and parking readings in a tamper-evident city ledger.")

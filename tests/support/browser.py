@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 from nacl.signing import SigningKey
 from playwright.sync_api import Browser, sync_playwright
 
-from ledger.anomalies import Finding
+from ledger.anomalies.detectors import Finding
 from ledger.home import Home
-from ledger.up import port_open
+from ledger.city.up import port_open
 from tests.support.broker import free_port, wait_for
 from tests.support.stack import Stack
 
@@ -111,11 +111,11 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
     Last month is issued (month-end close). One anomaly in each of d01 and d02, quarantined
     messages (one with markup in its payload), a witness report.
     """
-    from ledger.api import local_api
-    from ledger.investigations import record_findings
-    from ledger.protocol import sign_reading
-    from ledger.store import LedgeredReading, QuarantineRow
-    from ledger.writer import Batch, LedgerWriter, initialize
+    from ledger.service.api import local_api
+    from ledger.anomalies.investigations import record_findings
+    from ledger.chain.protocol import sign_reading
+    from ledger.store.store import LedgeredReading, QuarantineRow
+    from ledger.service.writer import Batch, LedgerWriter, initialize
 
     now = now or int(time.time() * 1000)
     now -= now % 60_000

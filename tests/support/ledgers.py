@@ -14,9 +14,9 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from ledger.home import Home
-from ledger.protocol import Reading, sign_reading
-from ledger.store import LedgeredReading
-from ledger.writer import Batch, LedgerWriter, initialize
+from ledger.chain.protocol import Reading, sign_reading
+from ledger.store.store import LedgeredReading
+from ledger.service.writer import Batch, LedgerWriter, initialize
 
 T0 = 1_764_000_000_000
 

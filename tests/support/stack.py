@@ -21,9 +21,9 @@ import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 
 from ledger.home import Home
-from ledger.protocol import Reading, device_topic, sign_reading
-from ledger.rpc import RemoteLedger, open_ledger
-from ledger.writer import initialize
+from ledger.chain.protocol import Reading, device_topic, sign_reading
+from ledger.service.rpc import RemoteLedger, open_ledger
+from ledger.service.writer import initialize
 from tests.support.broker import RunningBroker, close_client, connect_client, wait_for
 
 

@@ -1,0 +1,1 @@
+"""Bills from the ledger: tariffs, the pure billing rules, bills, and the daily summaries they read."""

@@ -1,0 +1,382 @@
+"""The registry tables against the chain's own entries (`cityledger verify --deep`, issue 15).
+
+Why: every registry change is sealed as a ledger entry in the same transaction as
+the table row it stands for (ledger/service/writer.py), yet ingest, billing, the broker's
+logins and the dashboard read the tables. Someone with write access to the DuckDB
+file can swap a device's key, un-revoke a device or move a meter to another account
+in the tables alone, and the chain audit still passes: it never reads them. Here
+each table is rebuilt from the entries, in chain order, and every row that differs
+is reported, naming the table, the row and what the chain says.
+
+Pure: `chain_rows` and `compare` take entries and rows, no database. The query layer
+(`check_store`) reads entries and tables in one snapshot, one partition of rows
+(by a hash of the row's first key) at a time, so memory is bounded by a partition,
+not by a table of every bill ever issued.
+
+Columns that no entry fixes are not compared: a device's broker password hash, an
+account holder's name, the time a replacement or a tariff file was stored (taken
+apart from the entry's `at`), a district head's header signature.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+Key = tuple[Any, ...]
+Row = tuple[Any, ...]
+Entry = tuple[int, dict[str, Any]]  # (height of its block, the entry), in chain order
+Rows = dict[Key, list[Row]]
+
+MAX_KEPT = 1000
+"""Disagreements kept for the report; beyond that they are counted (a table rewritten whole
+would otherwise print a line per row)."""
+PARTITION_ROWS = 200_000
+"""Rows (or entries) per partition: what the comparison holds in memory at once."""
+PAIR_ALIKE = 64
+"""Changed rows of one key (parking check-ins of one space, say) paired by likeness up to this many."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """One place where a registry table and the chain differ."""
+
+    table: str
+    key: tuple[tuple[str, Any], ...]  # the row's key columns and values
+    column: str | None  # None: the whole row is missing from the table, or the chain has no such row
+    table_says: Any  # the table's value; the row as a dict when `column` is None; None when it lacks the row
+    chain_says: Any  # the chain's value; the row as a dict when `column` is None; None when it has no such row
+
+    @property
+    def row(self) -> str:
+        return f"{self.table}[{', '.join(f'{k}={v}' for k, v in self.key)}]"
+
+    def __str__(self) -> str:
+        if self.column is not None:
+            return f"{self.row}: {self.column} is {self.table_says!r}, the chain says {self.chain_says!r}"
+        if self.table_says is None:
+            return f"{self.row}: no such row, the chain says {_show(self.chain_says)}"
+        return f"{self.row}: a row the chain does not have ({_show(self.table_says)})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "row": dict(self.key), "column": self.column, "table_says": self.table_says,
+                "chain_says": self.chain_says, "text": str(self)}
+
+
+def _show(row: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v!r}" for k, v in row.items())
+
+
+# --------------------------------------------------------------------------- the chain's rows
+
+
+def _plain(value: Any) -> Any:
+    """An entry member as a table could hold it: a list or object (a malformed entry) as its JSON text,
+    so that rows stay hashable and compare unequal to whatever the table holds."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
+
+
+def _row(entry: Mapping[str, Any], members: Iterable[str]) -> Row:
+    return tuple(_plain(entry.get(m)) for m in members)
+
+
+def _one_per_entry(key: tuple[str, ...], members: tuple[str, ...], with_height: bool = False,
+                   latest: bool = False) -> Callable[[Iterable[Entry]], Rows]:
+    """Rows of a table that gets a row per entry: key and columns read off the entry's members
+    (`with_height`: the entry's block height as the last column; `latest`: a later entry replaces
+    the row of the same key, as INSERT OR REPLACE does)."""
+
+    def rows(entries: Iterable[Entry]) -> Rows:
+        out: Rows = {}
+        for height, entry in entries:
+            row = _row(entry, members) + ((height,) if with_height else ())
+            same = out.setdefault(_row(entry, key), [])
+            if latest:
+                same.clear()
+            same.append(row)
+        return out
+
+    return rows
+
+
+DEVICE_COLUMNS = ("kind", "district", "account", "public_key", "status", "enrolled_at", "revoked_at")
+
+
+def _devices(entries: Iterable[Entry]) -> Rows:
+    """Each device's row as the chain's entries leave it: enrolled, re-keyed, suspended and
+    reinstated, bound to an account, revoked. Entries about a device the chain never enrolled
+    make no row (the table's row, if any, is then one the chain does not have)."""
+    state: dict[Any, dict[str, Any]] = {}
+    for _, e in entries:
+        kind, device = e.get("entry"), _plain(e.get("device"))
+        if kind == "device_enrolled":
+            state[device] = {c: _plain(e.get(c)) for c in ("kind", "district", "account", "public_key")} | {
+                "status": "active", "enrolled_at": _plain(e.get("at")), "revoked_at": None}
+        elif device in state:
+            state[device].update(_DEVICE_CHANGES[kind](e))
+    return {(device, ): [tuple(s[c] for c in DEVICE_COLUMNS)] for device, s in state.items()}
+
+
+_DEVICE_CHANGES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "device_key_rotated": lambda e: {"public_key": _plain(e.get("public_key"))},
+    "device_revoked": lambda e: {"status": "revoked", "revoked_at": _plain(e.get("at"))},
+    "device_suspended": lambda e: {"status": "suspended"},
+    "device_reinstated": lambda e: {"status": "active"},
+    "device_account": lambda e: {"account": _plain(e.get("account"))},
+}
+
+
+def _device_keys(entries: Iterable[Entry]) -> Rows:
+    """Each key a device was given, at the height that gave it: an enrolment signs from seq 0,
+    a rotation from its `from_seq` (0 when it names none: ledger/chain/keyspans.py)."""
+    out: Rows = {}
+    for height, e in entries:
+        from_seq = _plain(e.get("from_seq", 0)) if e.get("entry") == "device_key_rotated" else 0
+        out.setdefault((_plain(e.get("device")), height), []).append(
+            (_plain(e.get("public_key")), _plain(e.get("at")), from_seq))
+    return out
+
+
+REQUEST_COLUMNS = ("account", "amount", "reason", "operator", "requested_at", "height", "status", "decided_by",
+                   "decided_at")
+_DECISIONS = {"adjustment_approved": "approved", "adjustment_rejected": "rejected"}
+
+
+def _adjustment_requests(entries: Iterable[Entry]) -> Rows:
+    """Adjustments above the approval limit (four eyes): requested, then approved or rejected
+    by a second operator. A decision on a request the chain does not hold makes no row."""
+    state: dict[Any, Row] = {}
+    for height, e in entries:
+        kind, adj_id = e.get("entry"), _plain(e.get("id"))
+        if kind == "adjustment_requested":
+            state[adj_id] = _row(e, ("account", "amount", "reason", "operator", "at")) + (height, "pending", None, None)
+        elif adj_id in state:
+            state[adj_id] = state[adj_id][:6] + (_DECISIONS[kind], _plain(e.get("operator")), _plain(e.get("at")))
+    return {(adj_id, ): [row] for adj_id, row in state.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A registry table, the entries that write it, and how to read both sides alike."""
+
+    name: str
+    entries: tuple[str, ...]  # entry types that make or change its rows
+    key: tuple[str, ...]  # columns naming a row (not necessarily unique: parking rows by space)
+    columns: tuple[str, ...]  # compared columns, in the order `rows` gives them
+    rows: Callable[[Iterable[Entry]], Rows]  # the rows the chain's entries make
+    member: str  # the entry member that holds key[0]: both sides are partitioned by it
+    select: tuple[str, ...] = ()  # SQL per key column and column, where not the column itself
+    absent: Mapping[str, str] = field(default_factory=dict)  # SQL for a column an older schema lacks
+
+    def sql(self, present: set[str]) -> str:
+        """The select list over key and columns, for a table that has the columns in `present`."""
+        names = self.key + self.columns
+        exprs = self.select or names
+        return ", ".join(self.absent[n] if n in self.absent and n not in present else e for n, e in zip(names, exprs))
+
+
+TABLES: tuple[Table, ...] = (
+    Table("devices", ("device_enrolled", *_DEVICE_CHANGES), ("device",), DEVICE_COLUMNS, _devices, "device"),
+    Table("device_keys", ("device_enrolled", "device_key_rotated"), ("device", "from_height"),
+          ("public_key", "since", "from_seq"), _device_keys, "device",
+          select=("device", "from_height", "public_key", "since", "coalesce(from_seq, 0)"),
+          absent={"from_seq": "0"}),
+    Table("accounts", ("account_opened",), ("account",), ("customer_class", "created_at"),
+          _one_per_entry(("account",), ("class", "at")), "account"),
+    Table("parking_zones", ("parking_zone",), ("space",), ("zone_class", "from_ts"),
+          _one_per_entry(("space",), ("class", "from")), "space"),
+    Table("parking_leases", ("parking_lease",), ("space",), ("account", "from_ts"),
+          _one_per_entry(("space",), ("account", "from")), "space"),
+    Table("parking_checkins", ("parking_checkin",), ("space",), ("account", "checked_in_at"),
+          _one_per_entry(("space",), ("account", "at")), "space"),
+    Table("meter_replacements", ("meter_replaced",), ("device",), ("ts", "old_final", "new_initial", "operator"),
+          _one_per_entry(("device",), ("ts", "old_final", "new_initial", "operator")), "device"),
+    Table("adjustments", ("adjustment",), ("id",), ("account", "amount", "reason", "operator", "created_at", "height"),
+          _one_per_entry(("id",), ("account", "amount", "reason", "operator", "at"), with_height=True), "id"),
+    # A bill's body is kept in the table only: its SHA-256 must still be the hash the chain sealed.
+    Table("bills", ("bill_issued",), ("account", "month"), ("issued_at", "total", "hash", "body_sha256", "height"),
+          _one_per_entry(("account", "month"), ("at", "total", "bill_hash", "bill_hash"), with_height=True), "account",
+          select=("account", "month", "issued_at", "total", "hash", "sha256(body)", "height")),
+    Table("districts", ("district_added",), ("district",), ("ledger_key", "added_at", "height"),
+          _one_per_entry(("district",), ("ledger_key", "at"), with_height=True), "district"),
+    # Stored canonical, so the SHA-256 of a district head's header is its block hash.
+    Table("district_heads", ("district_head",), ("district", "height"), ("hash", "header_hash", "anchored_at",
+                                                                          "city_height"),
+          _one_per_entry(("district", "height"), ("block", "block", "at"), with_height=True, latest=True), "district",
+          select=("district", "height", "hash", "sha256(header)", "anchored_at", "city_height")),
+    Table("tariff_versions", ("tariffs_loaded",), ("version",), ("sha256", "source_sha256"),
+          _one_per_entry(("version",), ("sha256", "sha256")), "version",
+          select=("version", "sha256", "sha256(source)")),
+    Table("adjustment_requests", ("adjustment_requested", *_DECISIONS), ("id",), REQUEST_COLUMNS,
+          _adjustment_requests, "id"),
+    Table("write_offs", ("seqs_written_off",), ("device", "from_seq"),
+          ("to_seq", "reason", "operator", "written_at", "height"),
+          _one_per_entry(("device", "from_seq"), ("to_seq", "reason", "operator", "at"), with_height=True), "device"),
+)
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def chain_rows(table: Table, entries: Iterable[Entry]) -> Rows:
+    """The rows `table` should hold, from the chain's entries in chain order (others ignored)."""
+    return table.rows((h, e) for h, e in entries if e.get("entry") in table.entries)
+
+
+def compare(table: Table, expected: Rows, rows: Iterable[Row]) -> Iterator[Disagreement]:
+    """Every difference between the rows the chain makes and the table's rows (key columns first).
+
+    Rows equal on both sides cancel out, as many times as they occur. A key left with as many
+    rows on each side has changed rows, each differing column reported; otherwise each row
+    left over is missing from the table or not in the chain.
+    """
+    n = len(table.key)
+    actual: Rows = {}
+    for row in rows:
+        actual.setdefault(tuple(row[:n]), []).append(tuple(row[n:]))
+    for key in sorted(expected.keys() | actual.keys(), key=lambda k: tuple(map(repr, k))):
+        chain, stored = Counter(expected.get(key, ())), Counter(actual.get(key, ()))
+        yield from _differences(table, key, list((chain - stored).elements()), list((stored - chain).elements()))
+
+
+def _differences(table: Table, key: Key, chain: list[Row], stored: list[Row]) -> Iterator[Disagreement]:
+    named = tuple(zip(table.key, key))
+    for ours, theirs in _pairs(chain, stored):
+        if ours is None:
+            yield Disagreement(table.name, named, None, dict(zip(table.columns, theirs)), None)
+        elif theirs is None:
+            yield Disagreement(table.name, named, None, None, dict(zip(table.columns, ours)))
+        else:
+            for column, a, b in zip(table.columns, theirs, ours):
+                if a != b:
+                    yield Disagreement(table.name, named, column, a, b)
+
+
+def _pairs(chain: list[Row], stored: list[Row]) -> Iterator[tuple[Row | None, Row | None]]:
+    """Rows of one key left over on each side, paired as changed rows when both sides have as
+    many (each with the one most alike; beyond PAIR_ALIKE rows, in sorted order), else each alone."""
+    if len(chain) != len(stored):
+        yield from ((row, None) for row in chain)
+        yield from ((None, row) for row in stored)
+        return
+    if len(chain) > PAIR_ALIKE:  # a key rewritten wholesale: no quadratic search
+        yield from zip(sorted(chain, key=repr), sorted(stored, key=repr))
+        return
+    left = list(stored)
+    for row in chain:
+        best = max(left, key=lambda other: sum(a == b for a, b in zip(row, other)))
+        left.remove(best)
+        yield row, best
+
+
+def disagreements(entries: Iterable[Entry], tables: Mapping[str, Iterable[Row]]) -> list[Disagreement]:
+    """Every disagreement between the chain's entries and the given tables' rows (a table not
+    given is not compared). The whole comparison in one call, for callers without a database."""
+    entries = list(entries)
+    return [d for table in TABLES if table.name in tables
+            for d in compare(table, chain_rows(table, entries), tables[table.name])]
+
+
+# --------------------------------------------------------------------------- the query layer
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What `check_store` found: the first MAX_KEPT disagreements, how many in all, up to which height."""
+
+    disagreements: tuple[Disagreement, ...]
+    found: int
+    upto: int
+
+
+def check_store(con: duckdb.DuckDBPyConnection) -> Outcome | None:
+    """Compare every registry table with the entries of blocks up to the head, in one snapshot
+    (a cursor of its own in one read transaction); None when there is no registry (an archive)."""
+    cur = con.cursor()
+    try:
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            return _check(cur)
+        finally:
+            cur.execute("ROLLBACK")
+    finally:
+        cur.close()
+
+
+def _check(cur: duckdb.DuckDBPyConnection) -> Outcome | None:
+    columns = _columns(cur)
+    if "devices" not in columns:
+        return None
+    head = cur.execute("SELECT max(height) FROM blocks").fetchone()
+    upto = -1 if head is None or head[0] is None else int(head[0])
+    counts = dict(cur.execute(
+        f"SELECT {_member('entry')}, count(*) FROM entries WHERE height <= ? GROUP BY 1", [upto]).fetchall())
+    kept: list[Disagreement] = []
+    found = 0
+    for table in TABLES:
+        for found_here in _check_table(cur, table, columns.get(table.name), counts, upto):
+            found += 1
+            if len(kept) < MAX_KEPT:
+                kept.append(found_here)
+    return Outcome(tuple(kept), found, upto)
+
+
+def _columns(cur: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    rows = cur.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_catalog = current_database() AND table_schema = current_schema()").fetchall()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        out.setdefault(table, set()).add(column)
+    return out
+
+
+def _check_table(cur: duckdb.DuckDBPyConnection, table: Table, present: set[str] | None,
+                 counts: Mapping[str | None, int], upto: int) -> Iterator[Disagreement]:
+    """One table, a partition at a time. A table an older schema lacks counts as empty."""
+    entries = sum(counts.get(kind, 0) for kind in table.entries)
+    rows = cur.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0] if present else 0  # type: ignore[index]
+    parts = 1 + max(entries, rows) // PARTITION_ROWS
+    for part in range(parts):
+        expected = chain_rows(table, _entries(cur, table, upto, part, parts))
+        stored = _rows(cur, table, present, part, parts) if present else []
+        yield from compare(table, expected, stored)
+
+
+def _member(name: str) -> str:
+    """SQL for an entry body's member as text; NULL, not an error, for a body that is not JSON."""
+    return f"CASE WHEN json_valid(body) THEN json_extract_string(body, '$.{name}') END"
+
+
+def _part(expr: str, parts: int) -> str:
+    return f" AND hash(coalesce(CAST({expr} AS VARCHAR), '')) % {parts} = $part" if parts > 1 else ""
+
+
+def _entries(cur: duckdb.DuckDBPyConnection, table: Table, upto: int, part: int, parts: int) -> list[Entry]:
+    """The table's entries in chain order, read as the audit reads them (Python's JSON parser);
+    the SQL filter on the `entry` member only narrows what is read."""
+    found = cur.execute(
+        "SELECT height, body FROM entries WHERE height <= $upto"
+        f" AND {_member('entry')} IN (SELECT unnest($kinds::VARCHAR[]))"
+        + _part(_member(table.member), parts) + " ORDER BY height, idx",
+        {"upto": upto, "kinds": list(table.entries), **({"part": part} if parts > 1 else {})}).fetchall()
+    out = []
+    for height, body in found:
+        try:
+            entry = json.loads(body)
+        except ValueError:
+            continue  # the chain audit names a body that is not JSON
+        if isinstance(entry, dict):
+            out.append((height, entry))
+    return out
+
+
+def _rows(cur: duckdb.DuckDBPyConnection, table: Table, present: set[str], part: int, parts: int) -> list[Row]:
+    first = (table.select or table.key)[0]
+    return cur.execute(f"SELECT {table.sql(present)} FROM {table.name} WHERE true" + _part(first, parts),
+                       {"part": part} if parts > 1 else {}).fetchall()

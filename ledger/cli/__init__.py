@@ -1,0 +1,5 @@
+"""The `cityledger` command."""
+
+from ledger.cli.commands import main
+
+__all__ = ["main"]

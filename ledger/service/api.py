@@ -1,0 +1,617 @@
+"""What the CLI and the dashboard may ask of the ledger, whoever owns the file.
+
+DuckDB lets one process hold the database file; while ingest runs, that is
+ingest, and these operations run inside it (reached over `ledger.rpc`). When no
+ingest runs, a `DirectBackend` opens the file for the length of one call, so a
+CLI command or a dashboard page never keeps ingest from starting.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from ledger.chain import anchors
+from ledger.anomalies import queries as anomaly_queries
+from ledger.billing import queries as billing_queries
+from ledger.anomalies import investigations
+from ledger.service import jobs
+from ledger.chain import merkle
+from ledger.people import signin
+from ledger.city import supervisor
+from ledger.service import views
+from ledger.billing.bills import close_bills, make_bill, unpaid_stays
+from ledger.chain.audit import Progress, compare_with_witness
+from ledger.chain.protocol import Reading, strict_json
+from ledger.chain.receipts import build_receipt
+from ledger.service.health import IngestHealth
+from ledger.home import Home
+from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
+from ledger.store.sqlaudit import audit_store
+from ledger.store.store import Store
+from ledger.billing.tariffs import TariffBook, parse_tariffs
+from ledger.service.writer import LedgerWriter
+
+
+class Backend(Protocol):
+    health: IngestHealth | None  # the running ingest's view of itself, inside ingest only
+
+    def reading(self) -> contextlib.AbstractContextManager[Store]: ...
+    def writing(self) -> contextlib.AbstractContextManager[LedgerWriter]: ...
+
+
+class InProcessBackend:
+    """Inside the ingest: reads on a fresh cursor, writes through the live writer."""
+
+    def __init__(self, writer: LedgerWriter, health: IngestHealth | None = None) -> None:
+        self.writer = writer
+        self.health = health
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Store]:
+        store = self.writer.store.cursor()
+        try:
+            yield store
+        finally:
+            store.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[LedgerWriter]:
+        yield self.writer
+
+
+class DirectBackend:
+    """No ingest running: open the file per call and let go of it at once."""
+
+    health: IngestHealth | None = None  # no ingest runs
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Store]:
+        if not self.home.database.exists():
+            raise FileNotFoundError(f"no ledger in {self.home.root}: run `cityledger init` first")
+        store = Store.open(self.home.database, read_only=True)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[LedgerWriter]:
+        writer = LedgerWriter.open(self.home)
+        try:
+            yield writer
+        finally:
+            writer.close()
+
+
+class LedgerAPI:
+    """The public operations; every result is plain JSON-able data."""
+
+    # Methods the RPC server will run for a client; nothing else is reachable.
+    REMOTE = frozenset({
+        "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "add_witness", "quarantine",
+        "verify", "recent_blocks", "recent_readings", "device_statuses", "receipt", "rotate_device_key",
+        "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
+        "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
+        "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
+        "scan_anomalies", "anomalies", "silence_margin_ms", "anomaly", "act_on_anomaly",
+        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
+        "failed_sign_ins",
+        "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
+        "headers", "anchor_proof", "budget_policy", "set_budget_policy", "reinstate_device",
+        "write_off", "write_offs", "held_back", "adjustment_limit", "set_adjustment_limit", "decide_adjustment",
+        "adjustment_requests",
+    })
+
+    def __init__(self, home: Home, backend: Backend) -> None:
+        self.home = home
+        self.backend = backend
+
+    def ledger_key(self) -> str:
+        """The key signing new blocks now (after any rotation)."""
+        return public_hex(load_signing_key(self.home.ledger_key))
+
+    def status(self) -> dict[str, Any]:
+        with self.backend.reading() as store:
+            counts = store.counts()
+            head = store.head()
+        health = self.backend.health
+        return {
+            "ledger_key": self.ledger_key(),
+            **counts,
+            "height": head[0] if head else None,
+            "last_block_hash": head[1] if head else None,
+            "ingest": health.snapshot(_now()) if health else {"running": False},
+            "jobs": {name: {**asdict(r), "failing": r.failing} for name, r in jobs.load(self.home.jobs).items()},
+            "supervisor": supervisor.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
+        }
+
+    def silence_margin_ms(self) -> int:
+        """How much later than usual the ledger may hear from a device now (ledger.health)."""
+        health = self.backend.health
+        return int(health.snapshot(_now())["silence_margin_ms"] or 0) if health else 0
+
+    def devices(self) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            statuses = store.device_statuses()
+            out = []
+            for rec in store.devices():
+                item = rec.public()
+                item["online"] = statuses.get(rec.device, ("unknown", None))[0]
+                out.append(item)
+        return out
+
+    def device_statuses(self) -> dict[str, list[Any]]:
+        with self.backend.reading() as store:
+            return {d: [s, at] for d, (s, at) in store.device_statuses().items()}
+
+    def enroll_device(self, device: str, kind: str, district: str, public_key: str,
+                      account: str | None = None, operator: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.enroll_device(device, kind, district, public_key, account, operator)
+
+    def enroll_devices(self, rows: list[dict[str, Any]], operator: str | None = None) -> dict[str, Any]:
+        """Many devices in one block and one broker reload (a fleet's first day, the benchmark)."""
+        with self.backend.writing() as writer:
+            return writer.enroll_devices(rows, operator)
+
+    def revoke_device(self, device: str, operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.revoke_device(device, operator)
+
+    def budget_policy(self) -> dict[str, Any]:
+        """The per-device message budget in force (broker/budget.py)."""
+        with self.backend.writing() as writer:
+            return writer.budget_policy().rule()
+
+    def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
+                          suspend_after_min: float | None = None,
+                          suspend_for_min: float | None = None, *, operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_budget_policy(rate, burst, suspend_after_min, suspend_for_min, operator=operator)
+
+    def reinstate_device(self, device: str, operator: str) -> dict[str, Any]:
+        """End a suspension before its time (the operator's call); refused if not suspended."""
+        with self.backend.writing() as writer:
+            done = writer.reinstate_device(device, operator)
+        if done is None:
+            raise ValueError(f"{device} is not suspended")
+        return done
+
+    def reset_device_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.reset_password(device, public_key)
+
+    def add_witness(self, name: str) -> dict[str, Any]:
+        """A broker login with which an outside party follows the header stream."""
+        with self.backend.writing() as writer:
+            return writer.add_service(name, "witness")
+
+    def quarantine(self, reason: str | None = None, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.quarantine(reason=reason, device=device, limit=limit)
+
+    def recent_blocks(self, limit: int = 20) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.recent_blocks(limit)
+
+    def recent_readings(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.recent_readings(limit)
+
+    def verify(self, deep: bool = False, ledger_key: str | None = None, witness: str | None = None,
+               progress: Progress | None = None) -> dict[str, Any]:
+        """Audit the chain from the first ledger key (or `ledger_key`), then against a witness's copy."""
+        with self.backend.reading() as store:
+            trusted = verify_key_from_hex(ledger_key or self._first_key(store))
+            head = store.head()
+            # Structural audit hashed in DuckDB; blocks it cannot clear, and --deep, take the Python audit.
+            # Inside ingest it hashes one range at a time, on about one core: the other stays with the
+            # sealing (issue 14; `cityledger bench --job audit`).
+            inside = isinstance(self.backend, InProcessBackend) and not deep
+            report = audit_store(store, trusted, deep=deep, total=(head[0] + 1) if head else 0,
+                                 progress=progress, workers=1 if inside else None).as_dict()
+            if witness is not None:
+                from ledger.chain.witness import load_headers
+
+                ours = dict(store.con.execute("SELECT height, hash FROM blocks").fetchall())
+                theirs = {h: b["hash"] for h, b in load_headers(Path(witness)).items()}
+                report["witness_blocks"] = len(theirs)
+                differs = compare_with_witness(ours, theirs)
+                if differs and (report["failed_block"] is None or differs.height < report["failed_block"]):
+                    report.update(ok=False, failure=str(differs), failed_block=differs.height, failed_reading=None)
+        return report
+
+    def archive(self, out: str, upto_height: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """Append sealed blocks up to `upto_height` (default: all) to the Parquet archive in `out`
+        (an absolute path: while ingest runs, the files are written by the ingest process)."""
+        from ledger.store.archive import write_archive
+
+        with self.backend.reading() as store:
+            return write_archive(store, Path(out), upto_height, progress)
+
+    def archive_anchor(self, last_height: int) -> dict[str, Any]:
+        """Where the live ledger says an archive ending at `last_height` joins it, and the first key."""
+        from ledger.chain.blocks import block_hash
+
+        with self.backend.reading() as store:
+            at, after, head = store.block(last_height), store.block(last_height + 1), store.head()
+            try:
+                first_key: str | None = self._first_key(store)
+            except FileNotFoundError:
+                first_key = None
+        return {"first_key": first_key, "head": head[0] if head else None,
+                "hash_at": block_hash(at["header"]) if at else None,
+                "next_prev": after["header"].get("prev") if after else None}
+
+    def _first_key(self, store: Store) -> str:
+        if self.home.trusted_key.exists():
+            return self.home.trusted_key.read_text().strip()
+        first = store.get_meta("first_ledger_key")
+        if first is None:
+            raise FileNotFoundError("no trusted ledger key: pass --ledger-key")
+        return first
+
+    def receipt(self, device: str, seq: int) -> dict[str, Any]:
+        """PROTOCOL.md section 5 receipt proving that reading (device, seq) is in the ledger."""
+        with self.backend.reading() as store:
+            position = store.reading_position(device, seq)
+            if position is None:
+                raise KeyError(f"no ledgered reading {device}#{seq}")
+            height, idx = position
+            block = store.block(height)
+            leaves = store.leaves(height)
+            reading = leaves[idx][1]
+            device_key = store.device_key_for(device, seq, height)
+            if block is None or not isinstance(reading, Reading) or device_key is None:
+                raise ValueError(f"the stored block {height} cannot back a receipt (run `cityledger verify`)")
+            hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]  # type: ignore[union-attr]
+            return build_receipt(reading, device_key, block["header"], block["sig"], store.ledger_key_at(height),
+                                 hashes, idx)
+
+    def key_chain(self) -> list[dict[str, Any]]:
+        """Headers that rotate the ledger key, for verifiers who trust only the first key."""
+        with self.backend.reading() as store:
+            return [{"hash": b["hash"], "header": b["header"], "sig": base64.b64encode(b["sig"]).decode()}
+                    for b in store.rotation_headers()]
+
+    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> dict[str, Any]:
+        """The device's new key, signing its readings from `from_seq` on (ledger/chain/keyspans.py)."""
+        with self.backend.writing() as writer:
+            return writer.rotate_device_key(device, public_key, from_seq, operator)
+
+    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> dict[str, Any]:
+        """Settle seqs of a device that will never be ledgered; its ack passes them."""
+        with self.backend.writing() as writer:
+            return writer.write_off(device, from_seq, to_seq, reason, operator)
+
+    def held_back(self) -> list[dict[str, Any]]:
+        """Devices whose ack is held back by a gap: readings above it are ledgered, the gap is not.
+
+        The gap's first seq is what the device keeps re-sending; if it can never be ledgered
+        (see the quarantine for why), an operator writes it off (`write_off`).
+        """
+        with self.backend.reading() as store:
+            state = store.seq_state()
+        return [{"device": device, "acked": hwm, "missing_from": hwm + 1, "missing_to": min(above) - 1,
+                 "ledgered_above": len(above)} for device, (hwm, above) in sorted(state.items()) if above]
+
+    def write_offs(self, device: str | None = None) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            rows = store.con.execute("SELECT device, from_seq, to_seq, reason, operator, written_at, height"
+                                     " FROM write_offs WHERE ? IS NULL OR device = ? ORDER BY written_at",
+                                     [device, device]).fetchall()
+        cols = ("device", "from_seq", "to_seq", "reason", "operator", "at", "height")
+        return [dict(zip(cols, r)) for r in rows]
+
+    def rotate_ledger_key(self, operator: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.rotate_ledger_key(operator)
+
+    def device_key_history(self, device: str) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.device_key_history(device)
+
+    def flagged_devices(self, minutes: int = 60, threshold: int = 60) -> list[dict[str, Any]]:
+        """Devices sending rejects at `threshold` or more a minute within the last `minutes`."""
+        import time
+
+        with self.backend.reading() as store:
+            return store.flagged_devices(int(time.time() // 60) - minutes, threshold)
+
+    # ------------------------------------------------------------ district chains
+
+    def add_district(self, district: str, operator: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.add_district(district, operator)
+
+    def districts(self) -> list[dict[str, Any]]:
+        """The city's district chains, each with the newest head the city chain anchored."""
+        with self.backend.reading() as store:
+            rows = store.con.execute(
+                "SELECT d.district, d.ledger_key, d.added_at, max(h.height), arg_max(h.hash, h.height),"
+                " max(h.anchored_at) FROM districts d LEFT JOIN district_heads h USING (district)"
+                " GROUP BY ALL ORDER BY d.district").fetchall()
+        return [{"district": d, "ledger_key": key, "added_at": added, "home": str(self.home.district_home(d).root),
+                 "anchored_height": height, "anchored_block": block, "anchored_at": at}
+                for d, key, added, height, block, at in rows]
+
+    def anchors(self) -> dict[str, Any]:
+        """Each district's first key and every anchor, as the city chain's entries say (for `verify`)."""
+        with self.backend.reading() as store:
+            entries = store.con.execute(
+                "SELECT height, type, body FROM entries WHERE type IN (?, ?) ORDER BY height, idx",
+                [anchors.ADDED_ENTRY, anchors.HEAD_ENTRY]).fetchall()
+        keys, found = anchors.anchors_in(entries)
+        return {"districts": keys, "anchors": [[a.district, a.height, a.block, a.city_height] for a in found]}
+
+    def headers(self, first: int, last: int) -> list[dict[str, Any]]:
+        """The headers of blocks `first`..`last` (at most 10,000), oldest first."""
+        if last - first >= 10_000:
+            raise ValueError("at most 10,000 headers at a time")
+        with self.backend.reading() as store:
+            return [strict_json(h) for (h,) in store.con.execute(
+                "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [first, last]).fetchall()]
+
+    def anchor_proof(self, district: str, height: int) -> dict[str, Any]:
+        """The city chain's first anchor of `district` at or above `height`, with its inclusion path."""
+        with self.backend.reading() as store:
+            row = store.con.execute(
+                "SELECT height, idx, body FROM entries WHERE type = ? AND json_extract_string(body, '$.district') = ?"
+                " AND CAST(json_extract(body, '$.height') AS BIGINT) >= ? ORDER BY height, idx LIMIT 1",
+                [anchors.HEAD_ENTRY, district, height]).fetchone()
+            if row is None:
+                raise LookupError(f"district {district} block {height} is not anchored yet: try again in a few seconds")
+            city_height, idx, body = row
+            block = store.block(city_height)
+            hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data())  # type: ignore[union-attr]
+                      for _, obj, raw in store.leaves(city_height)]
+            if block is None:
+                raise ValueError(f"the city chain has no block {city_height} (run `cityledger verify`)")
+            return {"entry": strict_json(body), "city_block": block["header"],
+                    "city_block_sig": base64.b64encode(block["sig"]).decode(),
+                    "city_ledger_key": store.ledger_key_at(city_height), "leaf_index": idx,
+                    "proof": [h.hex() for h in merkle.inclusion_proof(hashes, idx)]}
+
+    def block_hashes(self, heights: list[int]) -> list[list[Any]]:
+        """[height, hash] of the blocks this chain holds at `heights`."""
+        with self.backend.reading() as store:
+            return [list(r) for r in store.con.execute(
+                "SELECT height, hash FROM blocks WHERE list_contains(?, height) ORDER BY height",
+                [sorted(set(heights))]).fetchall()]
+
+    # ------------------------------------------------------------ billing
+
+    def add_account(self, account: str, name: str, customer_class: str = "residential",
+                    operator: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.add_account(account, name, customer_class, operator)
+
+    def assign_account(self, device: str, account: str | None, operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.assign_account(device, account, operator)
+
+    def accounts(self) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return billing_queries.accounts(store)
+
+    def load_tariffs(self, source: str, operator: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.load_tariffs(source, operator)
+
+    def tariffs(self) -> dict[str, Any]:
+        """The tariff version in force and its source text."""
+        with self.backend.reading() as store:
+            latest = billing_queries.latest_tariffs(store)
+        if latest is None:
+            raise LookupError("no tariffs loaded: run `cityledger init`")
+        return {"version": latest[0], "source": latest[1]}
+
+    def _book(self, store: Store) -> tuple[TariffBook, int]:
+        latest = billing_queries.latest_tariffs(store)
+        if latest is None:
+            raise LookupError("no tariffs loaded: run `cityledger init`")
+        return parse_tariffs(latest[1]), latest[0]
+
+    def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else _now(), operator)
+
+    def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.lease(space, account, from_ts if from_ts is not None else _now(), operator)
+
+    def checkin(self, space: str, account: str, operator: str, at: int | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.checkin(space, account, at if at is not None else _now(), operator)
+
+    def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
+                           operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.record_replacement(device, ts, old_final, new_initial, operator)
+
+    def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
+        """Sealed at once up to the approval limit; above it, requested for a second operator."""
+        with self.backend.writing() as writer:
+            return writer.adjust(account, amount, reason, operator)
+
+    def adjustment_limit(self) -> str:
+        with self.backend.writing() as writer:
+            return str(writer.adjustment_limit())
+
+    def set_adjustment_limit(self, amount: str, operator: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_adjustment_limit(amount, operator)
+
+    def decide_adjustment(self, id: str, operator: str, approve: bool, note: str = "") -> dict[str, Any]:
+        """A second operator approves or rejects a requested adjustment (four eyes)."""
+        with self.backend.writing() as writer:
+            return writer.decide_adjustment(id, operator, approve, note)
+
+    def adjustment_requests(self, status: str | None = "pending") -> list[dict[str, Any]]:
+        with self.backend.writing() as writer:
+            return writer.adjustment_requests(status)
+
+    def bill(self, account: str, month: str) -> dict[str, Any]:
+        """The account's bill for a month: issued if it was, else as it stands now."""
+        with self.backend.reading() as store:
+            book, version = self._book(store)
+            return make_bill(store, book, version, account, month)
+
+    def roll_up(self) -> dict[str, Any]:
+        """Summarise readings sealed since the last roll-up per device and day (what keeps bills fast)."""
+        with self.backend.writing() as writer:
+            return writer.roll_up()
+
+    def bills(self, account: str) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return billing_queries.issued_months(store, account)
+
+    def close_month(self, month: str, progress: Progress | None = None) -> dict[str, Any]:
+        """Issue every account's bill for `month`; bills already issued stay as they are."""
+        started = _now()
+        with self.backend.reading() as store:
+            book, version = self._book(store)
+            drafts, _ = close_bills(store, book, version, month, progress)
+            accounts = len(billing_queries.accounts(store))
+        with self.backend.writing() as writer:
+            result = writer.issue_bills(month, drafts)
+        if progress:
+            progress(accounts, accounts)
+        return {**result, "accounts": accounts, "seconds": (_now() - started) / 1000}
+
+    def unpaid_stays(self, month: str) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            book, _ = self._book(store)
+            return unpaid_stays(store, book, month)
+
+    # ------------------------------------------------------------ anomalies
+
+    def scan_anomalies(self, lookback_days: int = 14) -> dict[str, Any]:
+        """Run every detector now over the recent ledger; raise new anomalies, update ongoing ones."""
+        from ledger.anomalies.detectors import AnomalyConfig
+        from ledger.anomalies.scan import detect_by_group
+
+        now = _now()
+        since = now - lookback_days * 86_400_000
+        with self.backend.reading() as store:
+            # A district's devices of one kind at a time, the detectors in a child process: weeks of
+            # readings never sit in this (the sealing) process's memory as Python objects (ledger/anomalies/scan.py).
+            devices = anomaly_queries.active_devices(store)
+            findings = detect_by_group(devices, lambda ids: anomaly_queries.readings_table(store, ids, since),
+                                       anomaly_queries.rejects(store, since), now, self._timezone(store),
+                                       AnomalyConfig(), replacements=anomaly_queries.replacements(store),
+                                       lag_ms=self.silence_margin_ms())
+        with self.backend.writing() as writer, writer.lock:
+            counts = investigations.record_findings(writer.store, findings, now)
+        by_type: dict[str, int] = {}
+        for f in findings:
+            by_type[f.type] = by_type.get(f.type, 0) + 1
+        return {**counts, "findings": len(findings), "by_type": by_type, "devices": len(devices)}
+
+    def _timezone(self, store: Store) -> str:
+        try:
+            return self._book(store)[0].timezone
+        except LookupError:
+            return "Asia/Shanghai"
+
+    def anomalies(self, status: str | None = None, type: str | None = None, district: str | None = None,
+                  districts: list[str] | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return investigations.list_anomalies(store, status=status, type=type, district=district,
+                                                 districts=districts, limit=limit)
+
+    def anomaly(self, anomaly_id: str) -> dict[str, Any]:
+        with self.backend.reading() as store:
+            return investigations.get_anomaly(store, anomaly_id)
+
+    def act_on_anomaly(self, anomaly_id: str, status: str, operator: str, note: str | None = None) -> dict[str, Any]:
+        """ack (acknowledged), resolve (resolved) or dismiss (dismissed), with the operator's name."""
+        with self.backend.writing() as writer, writer.lock:
+            return investigations.transition(writer.store, anomaly_id, status, operator, note, _now())
+
+    def view(self, name: str, params: dict[str, Any] | None = None) -> Any:
+        """A named read-only query from `ledger.views` (the dashboard's read side)."""
+        if name not in views.VIEWS:
+            raise KeyError(f"no view {name!r}")
+        with self.backend.reading() as store:
+            return views.VIEWS[name](store, **(params or {}))
+
+    # ------------------------------------------------------------ people
+
+    def set_password(self, role: str, principal: str, password: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.set_password(role, principal, password)
+
+    def add_operator(self, operator: str, name: str, districts: str) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.add_operator(operator, name, districts)
+
+    def operators(self) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            rows = store.con.execute("SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()
+        return [{"operator": o, "name": n, "districts": d.split(","), "created_at": t} for o, n, d, t in rows]
+
+    def authenticate(self, role: str, principal: str, password: str, source: str = signin.LOCAL) -> dict[str, Any]:
+        """`{"outcome": "signed_in", role, id, name, districts}`, `{"outcome": "wrong"}`, or
+        `{"outcome": "throttled", "scope", "retry_after_s"}`. `source` is the caller's address
+        as the dashboard saw it (ledger/people/signin.py); callers on this machine are `local`."""
+        with self.backend.writing() as writer:
+            return signin.outcome_as_dict(writer.authenticate(role, principal, password, source))
+
+    def failed_sign_ins(self, districts: list[str] | None = None, since_ms: int | None = None,
+                        at_least: int = signin.REPEATED) -> dict[str, list[dict[str, Any]]]:
+        """Logins and sources with repeated failed sign-ins (default: the last hour). `districts`:
+        only citizens' accounts with a device there; None: every login, for the whole city."""
+        since = _now() - signin.HOUR_MS if since_ms is None else int(since_ms)
+        with self.backend.reading() as store:
+            return signin.repeated_failures(store.con, since, districts, at_least)
+
+    def dispute(self, account: str, author: str, message: str, dispute_id: str | None = None,
+                status: str = "open", subject: str | None = None) -> dict[str, Any]:
+        with self.backend.writing() as writer:
+            return writer.dispute(dispute_id, account, author, status, message, subject)
+
+    def disputes(self, account: str | None = None, districts: list[str] | None = None) -> list[dict[str, Any]]:
+        """Disputes with their messages, oldest message first; for an account, or for districts' accounts."""
+        sql = "SELECT id, at_ms, account, author, status, subject, message FROM disputes"
+        args: list[Any] = []
+        if account is not None:
+            sql += " WHERE account = ?"
+            args.append(account)
+        elif districts is not None and "all" not in districts:
+            sql += (" WHERE account IN (SELECT account FROM devices WHERE district IN ("
+                    + ", ".join("?" * len(districts)) + "))") if districts else " WHERE false"
+            args += districts
+        with self.backend.reading() as store:
+            rows = store.con.execute(sql + " ORDER BY id, at_ms", args).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for i, at, acct, author, status, subject, message in rows:
+            d = out.setdefault(i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": []})
+            d["status"] = status
+            d["messages"].append({"at": at, "author": author, "status": status, "message": message})
+        return sorted(out.values(), key=lambda d: d["messages"][-1]["at"], reverse=True)
+
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.backend.reading() as store:
+            return store.witness_reports(kind, limit)
+
+
+def _now() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+def local_api(home: Home, writer: LedgerWriter | None = None, health: IngestHealth | None = None) -> LedgerAPI:
+    return LedgerAPI(home, InProcessBackend(writer, health) if writer else DirectBackend(home))
+
+
+ProgressFn = Callable[[int, int], None]

@@ -1,0 +1,264 @@
+"""The ingest's local API: JSON lines over a Unix socket in the home (mode 0600).
+
+The database owner runs the server; the CLI and the dashboard call it while
+ingest runs. A Unix socket keeps the API off the network and behind file
+permissions. A call is one request line; the reply is any number of progress
+lines and then one result or error line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ledger.service.api import LedgerAPI, local_api
+from ledger.home import Home
+from ledger.anomalies.investigations import InvestigationError
+from ledger.service.writer import EnrolmentError
+
+log = logging.getLogger(__name__)
+
+# Errors whose message is meant for the caller; anything else is a bug and is logged.
+_USER_ERRORS = (EnrolmentError, InvestigationError, ValueError, FileNotFoundError, KeyError, LookupError, TypeError)
+
+
+# Calls served at once, and calls that may wait for a worker; a caller past both is told
+# "busy" at once. Each worker is a thread with its own DuckDB cursor (see LedgerWriter.store).
+WORKERS = int(os.environ.get("CITYLEDGER_API_WORKERS", "8"))
+WAITING = int(os.environ.get("CITYLEDGER_API_WAITING", "24"))
+REQUEST_TIMEOUT_S = 10.0  # a caller that connects and sends no request line lets its worker go
+BUSY = "Busy"
+
+
+class RemoteError(RuntimeError):
+    """The ledger refused a call; the message is the server's explanation."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind  # the server-side exception's class name, e.g. "AlreadyEnrolled"
+
+
+class LedgerBusy(RemoteError):
+    """Every worker of the ledger's API is taken and the waiting line is full: retry later.
+
+    The server says so before it reads the request, so a retry never runs a call twice.
+    """
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT_S
+
+    def handle(self) -> None:
+        try:
+            line = self.rfile.readline(1 << 20)
+        except TimeoutError:
+            return
+        self.connection.settimeout(None)  # the call itself may take long (an audit); the caller waits
+        if not line:
+            return
+        try:
+            call = json.loads(line)
+            method, params = call["method"], dict(call.get("params") or {})
+            if method not in LedgerAPI.REMOTE:
+                raise KeyError(f"no such method {method!r}")
+            if call.get("progress"):
+                params["progress"] = self._progress
+            result = getattr(self.server.api, method)(**params)
+            self._send({"result": result})
+        except _USER_ERRORS as exc:
+            self._send({"error": str(exc), "type": type(exc).__name__})
+        except Exception as exc:  # a bug: keep serving, tell the caller, log the trace
+            log.exception("rpc call failed")
+            self._send({"error": f"internal error: {type(exc).__name__}", "type": "InternalError"})
+
+    def _progress(self, done: int, total: int) -> None:
+        self._send({"progress": [done, total]})
+
+    def _send(self, obj: dict[str, Any]) -> None:
+        self.wfile.write(_encode(obj))
+        self.wfile.flush()
+
+
+class _Server(socketserver.UnixStreamServer):
+    """Serves each connection on a bounded pool of worker threads.
+
+    socketserver's threading mix-in starts a thread per connection with no limit: a burst of
+    callers means a burst of threads, DuckDB cursors and memory inside the process that seals.
+    Here at most `workers` calls run and `waiting` more queue; past that a caller gets
+    a `Busy` error at once instead of a hang.
+    """
+
+    api: LedgerAPI
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5). A burst of
+    # callers while the accepting thread waits for the GIL would otherwise get EAGAIN on connect.
+    request_queue_size = 128
+
+    def __init__(self, address: str, workers: int = WORKERS, waiting: int = WAITING) -> None:
+        super().__init__(address, _Handler)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ledger-api")
+        self.slots = threading.BoundedSemaphore(workers + waiting)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            try:
+                request.sendall(_encode({"error": "the ledger's API is busy: retry in a moment", "type": BUSY}))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            self.pool.submit(self._serve, request, client_address)
+        except RuntimeError:  # the pool is shutting down
+            self.slots.release()
+            self.shutdown_request(request)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+MAX_SOCKET_PATH = 107  # sun_path on Linux holds 108 bytes, the last one a NUL
+
+
+@contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """A name for the socket at `path` that fits in sun_path, valid inside the `with`.
+
+    A home deep in a tree (a district's home sits two folders below its city's, a test's
+    below pytest's) can put the socket past 107 bytes. Linux resolves /proc/self/fd/N/NAME
+    through the open directory N, so a short name reaches the same socket file.
+    """
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def _connect(sock: socket.socket, path: Path) -> None:
+    with _address(path) as address:
+        sock.connect(address)
+
+
+def serve(api: LedgerAPI, path: Path, workers: int = WORKERS, waiting: int = WAITING) -> tuple[_Server, threading.Thread]:
+    """Start serving `api` on `path` in a background thread, `workers` calls at a time."""
+    path.unlink(missing_ok=True)
+    old = os.umask(0o177)
+    try:
+        with _address(path) as address:
+            server = _Server(address, workers, waiting)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    server.api = api
+    thread = threading.Thread(target=server.serve_forever, name="ledger-rpc", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def stop(server: _Server, path: Path) -> None:
+    server.shutdown()
+    server.server_close()
+    path.unlink(missing_ok=True)
+
+
+class RemoteLedger:
+    """The same methods as LedgerAPI, run inside the ingest process."""
+
+    def __init__(self, path: Path, timeout: float = 600.0, busy_wait: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.busy_wait = busy_wait  # how long a call keeps retrying while the API says "busy"
+
+    def call(self, method: str, progress: Any = None, **params: Any) -> Any:
+        """Run `method` in the ledger; while its API is busy, retry with backoff for `busy_wait` s."""
+        deadline, pause = time.monotonic() + self.busy_wait, 0.02
+        while True:
+            try:
+                return self._call_once(method, progress, params)
+            except LedgerBusy:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)  # backoff between retries of a refused (never started) call
+                pause = min(pause * 2, 0.5)
+
+    def _call_once(self, method: str, progress: Any, params: dict[str, Any]) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            try:
+                _connect(sock, self.path)
+            except BlockingIOError as exc:  # EAGAIN: even the kernel's queue of new connections is full
+                raise LedgerBusy("the ledger's API is busy: retry in a moment", BUSY) from exc
+            request = {"method": method, "params": params, "progress": progress is not None}
+            try:
+                sock.sendall(_encode(request))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a busy server answers and closes before reading: its answer is still there to read
+            with sock.makefile("rb") as reader:
+                for line in reader:
+                    reply = json.loads(line)
+                    if "progress" in reply:
+                        if progress:
+                            progress(*reply["progress"])
+                        continue
+                    if "error" in reply:
+                        kind = reply.get("type", "")
+                        raise (LedgerBusy if kind == BUSY else RemoteError)(reply["error"], kind)
+                    return reply["result"]
+        raise RemoteError("the ingest closed the connection without an answer")
+
+    def __getattr__(self, method: str) -> Any:
+        if method not in LedgerAPI.REMOTE:
+            raise AttributeError(method)
+        return lambda progress=None, **params: self.call(method, progress=progress, **params)
+
+    def ledger_key(self) -> str:
+        return self.call("status")["ledger_key"]
+
+
+def _reachable(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            _connect(sock, path)
+        except OSError:
+            return False
+    return True
+
+
+def open_ledger(home: Home) -> LedgerAPI | RemoteLedger:
+    """The ingest's API when it runs, else direct access to the file."""
+    if _reachable(home.rpc_socket):
+        return RemoteLedger(home.rpc_socket)
+    return local_api(home)

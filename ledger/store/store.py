@@ -1,0 +1,576 @@
+"""The DuckDB file: the one place that knows table layouts and SQL.
+
+Everything a commit writes goes in one transaction, so a crash leaves a block
+whole or absent. Bulk rows go in as Arrow tables (about 150x faster here than
+executemany).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ledger.chain.keyspans import KeySpan, key_for
+from ledger.chain.protocol import Reading
+from ledger.store.schema import migrate
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    device: str
+    kind: str
+    district: str
+    account: str | None
+    public_key: str
+    status: str  # "active" | "revoked"
+    mqtt_hash: str
+    enrolled_at: int
+    revoked_at: int | None = None
+    # The keys before `public_key` that still sign some seqs (a rotation naming `from_seq`):
+    # empty for the many devices that never rotated with readings unsent.
+    earlier_keys: tuple[KeySpan, ...] = ()
+    key_from_seq: int = 0  # the first seq `public_key` signs
+
+    def key_for(self, seq: int) -> str | None:
+        """The key reading `seq` must be signed with, if ledgered now (ledger/chain/keyspans.py)."""
+        if seq >= self.key_from_seq:
+            return self.public_key
+        return key_for(self.earlier_keys, seq)
+
+    def public(self) -> dict[str, Any]:
+        """What may be shown: everything but the broker password hash."""
+        return {
+            "device": self.device,
+            "kind": self.kind,
+            "district": self.district,
+            "account": self.account,
+            "public_key": self.public_key,
+            "status": self.status,
+            "enrolled_at": self.enrolled_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    username: str
+    role: str  # "ingest" | "observer"
+    mqtt_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    received_at: int
+    topic: str
+    reason: str
+    device: str | None
+    detail: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LedgeredReading:
+    reading: Reading
+    received_at: int
+
+
+@dataclass
+class Commit:
+    """Everything one transaction writes; `block` is None when there are no leaves."""
+
+    block: dict[str, Any] | None = None  # height, hash, prev, header (canonical JSON), sig, size, sealed_at
+    readings: list[LedgeredReading] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)  # canonical body + type, leaves before readings
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
+    statuses: list[tuple[str, str, int]] = field(default_factory=list)
+    witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)
+    rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    duplicate_counts: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class Store:
+    """A DuckDB connection with the project's queries. Not thread-safe: one per thread."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    @classmethod
+    def open(cls, path: Path, *, read_only: bool = False) -> Store:
+        """Open the file with a memory cap: DuckDB would otherwise take up to 80% of RAM
+        (and spills to disk beyond the cap instead)."""
+        config = {"memory_limit": os.environ.get("CITYLEDGER_DB_MEMORY", "2GB")}
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
+        store = cls(con)
+        if not read_only:
+            migrate(con)
+        return store
+
+    def cursor(self) -> Store:
+        """A store on a new cursor of the same database, for another thread."""
+        return Store(self.con.cursor())
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ------------------------------------------------------------ meta
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    # ------------------------------------------------------------ registry
+
+    def devices(self) -> list[DeviceRecord]:
+        rows = self.con.execute(
+            "SELECT device, kind, district, account, public_key, status, mqtt_hash, enrolled_at, revoked_at"
+            " FROM devices ORDER BY device"
+        ).fetchall()
+        spans = self._key_spans()
+        return [self._with_keys(DeviceRecord(*row), spans.get(row[0])) for row in rows]
+
+    def device(self, device: str) -> DeviceRecord | None:
+        row = self.con.execute(
+            "SELECT device, kind, district, account, public_key, status, mqtt_hash, enrolled_at, revoked_at"
+            " FROM devices WHERE device = ?",
+            [device],
+        ).fetchone()
+        return self._with_keys(DeviceRecord(*row), self._key_spans(device).get(device)) if row else None
+
+    def _key_spans(self, device: str | None = None) -> dict[str, list[KeySpan]]:
+        """Key histories of the devices that rotated with a `from_seq` (the only ones that need one)."""
+        rows = self.con.execute(
+            "SELECT device, public_key, from_seq, from_height FROM device_keys WHERE device IN"
+            " (SELECT device FROM device_keys WHERE from_seq > 0 AND (? IS NULL OR device = ?))"
+            " ORDER BY device, from_height", [device, device]).fetchall()
+        spans: dict[str, list[KeySpan]] = {}
+        for dev, key, from_seq, height in rows:
+            spans.setdefault(dev, []).append(KeySpan(key, from_seq, height))
+        return spans
+
+    @staticmethod
+    def _with_keys(rec: DeviceRecord, spans: list[KeySpan] | None) -> DeviceRecord:
+        if not spans or spans[-1].public_key != rec.public_key:
+            return rec
+        return replace(rec, earlier_keys=tuple(spans[:-1]), key_from_seq=spans[-1].from_seq)
+
+    def public_key_owner(self, public_key: str) -> str | None:
+        """Which device has ever held this key (a key is never reused, not even after revocation)."""
+        row = self.con.execute("SELECT device FROM device_keys WHERE public_key = ? LIMIT 1", [public_key]).fetchone()
+        return row[0] if row else None
+
+    def add_device_key(self, device: str, public_key: str, from_height: int, since: int, from_seq: int = 0) -> None:
+        self.con.execute("INSERT INTO device_keys (device, public_key, from_height, since, from_seq)"
+                         " VALUES (?, ?, ?, ?, ?)", [device, public_key, from_height, since, from_seq])
+
+    def set_public_key(self, device: str, public_key: str) -> None:
+        self.con.execute("UPDATE devices SET public_key = ? WHERE device = ?", [public_key, device])
+
+    def device_key_for(self, device: str, seq: int, height: int) -> str | None:
+        """The key that signed reading `seq` of a device, sealed in block `height` (ledger/chain/keyspans.py)."""
+        rows = self.con.execute("SELECT public_key, from_seq, from_height FROM device_keys WHERE device = ?",
+                                [device]).fetchall()
+        return key_for((KeySpan(*row) for row in rows), seq, height)
+
+    def device_key_history(self, device: str) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT public_key, from_height, since, from_seq FROM device_keys WHERE device = ? ORDER BY from_height",
+            [device]).fetchall()
+        return [{"public_key": k, "from_height": h, "since": t, "from_seq": f} for k, h, t, f in rows]
+
+    def ledger_key_at(self, height: int) -> str:
+        """The ledger key that signed block `height`: the last rotation before it decides."""
+        row = self.con.execute(
+            "SELECT json_extract_string(header, '$.next_key') FROM blocks"
+            " WHERE height < ? AND json_extract_string(header, '$.next_key') IS NOT NULL"
+            " ORDER BY height DESC LIMIT 1", [height]).fetchone()
+        if row:
+            return row[0]
+        first = self.get_meta("first_ledger_key")
+        assert first is not None, "ledger has no first key"
+        return first
+
+    def rotation_headers(self) -> list[dict[str, Any]]:
+        """Every header that hands signing to a new key, oldest first: a verifier's key chain."""
+        rows = self.con.execute(
+            "SELECT height, hash, header, sig FROM blocks WHERE json_extract_string(header, '$.next_key')"
+            " IS NOT NULL ORDER BY height").fetchall()
+        return [_block_dict(r) for r in rows]
+
+    def reading_position(self, device: str, seq: int) -> tuple[int, int] | None:
+        row = self.con.execute("SELECT height, idx FROM readings WHERE device = ? AND seq = ?", [device, seq]).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def insert_device(self, rec: DeviceRecord) -> None:
+        self.con.execute(
+            "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [rec.device, rec.kind, rec.district, rec.account, rec.public_key, rec.status, rec.mqtt_hash,
+             rec.enrolled_at, rec.revoked_at],
+        )
+
+    def set_mqtt_hash(self, device: str, mqtt_hash: str) -> None:
+        self.con.execute("UPDATE devices SET mqtt_hash = ? WHERE device = ?", [mqtt_hash, device])
+
+    def mark_revoked(self, device: str, at: int) -> None:
+        self.con.execute("UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device = ?", [at, device])
+
+    def services(self) -> list[ServiceRecord]:
+        rows = self.con.execute("SELECT username, role, mqtt_hash FROM services ORDER BY username").fetchall()
+        return [ServiceRecord(*row) for row in rows]
+
+    def upsert_service(self, rec: ServiceRecord) -> None:
+        self.con.execute("INSERT OR REPLACE INTO services VALUES (?, ?, ?)", [rec.username, rec.role, rec.mqtt_hash])
+
+    # ------------------------------------------------------------ writing
+
+    def commit(self, c: Commit) -> None:
+        """Write everything in `c` atomically."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self._write(c)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def _write(self, c: Commit) -> None:
+        con = self.con
+        if c.block is not None:
+            b = c.block
+            con.execute(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [b["height"], b["hash"], b["prev"], b["header"], b["sig"], b["size"], b["sealed_at"]],
+            )
+            height, n_entries = b["height"], len(c.entries)
+            if c.entries:
+                self._insert_arrow("entries", pa.table({
+                    "height": pa.array([height] * n_entries, pa.int64()),
+                    "idx": pa.array(range(n_entries), pa.int32()),
+                    "type": [e["type"] for e in c.entries],
+                    "body": [e["body"] for e in c.entries],
+                }))
+            if c.readings:
+                self._insert_arrow("readings", _readings_table(height, n_entries, c.readings))
+        elif c.readings or c.entries:
+            raise ValueError("leaves without a block")
+        if c.quarantine:
+            q = c.quarantine
+            self._insert_arrow(
+                "quarantine",
+                pa.table({
+                    "received_at": pa.array([r.received_at for r in q], pa.int64()),
+                    "topic": [r.topic for r in q],
+                    "reason": [r.reason for r in q],
+                    "device": pa.array([r.device for r in q], pa.string()),
+                    "detail": [r.detail for r in q],
+                    "payload": pa.array([r.payload for r in q], pa.binary()),
+                }),
+            )
+        if c.duplicates:
+            d = c.duplicates
+            self._insert_arrow(
+                "duplicates",
+                pa.table({
+                    "device": [x[0] for x in d],
+                    "seq": pa.array([x[1] for x in d], pa.int64()),
+                    "received_at": pa.array([x[2] for x in d], pa.int64()),
+                }),
+            )
+        if c.statuses:
+            latest = {device: (status, at) for device, status, at in sorted(c.statuses, key=lambda x: x[2])}
+            self._insert_arrow("device_status", pa.table({
+                "device": list(latest), "status": [v[0] for v in latest.values()],
+                "changed_at": pa.array([v[1] for v in latest.values()], pa.int64()),
+            }), on_conflict="ON CONFLICT DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at")
+        if c.duplicate_counts:
+            keys = list(c.duplicate_counts)
+            self._insert_arrow("duplicate_counts", pa.table({
+                "device": [k[0] for k in keys], "minute": pa.array([k[1] for k in keys], pa.int64()),
+                "count": pa.array([c.duplicate_counts[k] for k in keys], pa.int64()),
+            }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
+        for row in c.witness_reports:
+            con.execute("INSERT INTO witness_reports VALUES (?, ?, ?, ?)", list(row))
+        if c.rejects:
+            keys = list(c.rejects)
+            self._insert_arrow("reject_counts", pa.table({
+                "device": [k[0] for k in keys],
+                "minute": pa.array([k[1] for k in keys], pa.int64()),
+                "reason": [k[2] for k in keys],
+                "count": pa.array([c.rejects[k] for k in keys], pa.int64()),
+            }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
+
+    def _insert_arrow(self, table: str, data: pa.Table, on_conflict: str = "") -> None:
+        self.con.register("_batch", data)
+        try:
+            self.con.execute(f"INSERT INTO {table} SELECT * FROM _batch {on_conflict}")
+        finally:
+            self.con.unregister("_batch")
+
+    # ------------------------------------------------------------ chain
+
+    def head(self) -> tuple[int, str] | None:
+        row = self.con.execute("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None
+
+    def block(self, height: int) -> dict[str, Any] | None:
+        row = self.con.execute(
+            "SELECT height, hash, header, sig FROM blocks WHERE height = ?", [height]
+        ).fetchone()
+        return _block_dict(row) if row else None
+
+    def iter_blocks(self, start: int = 0, batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every block from `start` in height order, with its header parsed."""
+        height = start
+        while True:
+            rows = self.con.execute(
+                "SELECT height, hash, header, sig FROM blocks WHERE height >= ? ORDER BY height LIMIT ?",
+                [height, batch],
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _block_dict(row)
+            height = rows[-1][0] + 1
+
+    def recent_blocks(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT height, hash, size, sealed_at FROM blocks ORDER BY height DESC LIMIT ?", [limit]
+        ).fetchall()
+        return [{"height": h, "hash": x, "size": s, "sealed_at": t} for h, x, s, t in rows]
+
+    def leaves(self, height: int) -> list[tuple[int, Reading | dict[str, Any] | None, bytes | None]]:
+        """(idx, reading or entry object, entry leaf bytes) of a block, by idx.
+
+        A stored reading whose columns no longer make a valid reading comes back
+        as None, so an audit can name it instead of crashing on it.
+        """
+        out: list[tuple[int, Reading | dict[str, Any] | None, bytes | None]] = []
+        for idx, body in self.con.execute(
+            "SELECT idx, body FROM entries WHERE height = ? ORDER BY idx", [height]
+        ).fetchall():
+            out.append((idx, _object_or_none(body), body.encode()))
+        for idx, device, kind, seq, ts, value, sig in self.con.execute(
+            "SELECT idx, device, kind, seq, ts, value, sig FROM readings WHERE height = ? ORDER BY idx", [height]
+        ).fetchall():
+            out.append((idx, _reading_or_none(device, kind, seq, ts, value, sig), None))
+        out.sort(key=lambda leaf: leaf[0])
+        return out
+
+    # ------------------------------------------------------------ readings
+
+    def seq_state(self) -> dict[str, tuple[int, list[int]]]:
+        """Per device: (highest seq with no gap below it, settled seqs above it).
+
+        Settled: ledgered, or written off by an operator (`write_offs`); the ack counts both.
+        """
+        state: dict[str, tuple[int, list[int]]] = {}
+        written_off: dict[str, list[tuple[int, int]]] = {}
+        for device, lo, hi in self.con.execute("SELECT device, from_seq, to_seq FROM write_offs").fetchall():
+            written_off.setdefault(device, []).append((lo, hi))
+        rows = self.con.execute(
+            "SELECT device, max(seq), count(*) FROM readings GROUP BY device"
+        ).fetchall()
+        gappy = set(written_off)
+        for device, max_seq, count in rows:
+            if max_seq == count and device not in gappy:
+                state[device] = (max_seq, [])
+            else:
+                gappy.add(device)
+        for device in sorted(gappy):
+            seqs = {r[0] for r in self.con.execute("SELECT DISTINCT seq FROM readings WHERE device = ?",
+                                                   [device]).fetchall()}
+            for lo, hi in written_off.get(device, ()):
+                seqs.update(range(lo, hi + 1))  # at most WRITE_OFF_MAX each (ledger/service/writer.py)
+            ordered = sorted(seqs)
+            hwm = i = 0
+            while i < len(ordered) and ordered[i] == hwm + 1:
+                hwm += 1
+                i += 1
+            state[device] = (hwm, ordered[i:])
+        return state
+
+    def highest_seq(self, device: str) -> int:
+        """The highest seq of the device's ledgered readings, 0 if none."""
+        return int(self.con.execute("SELECT coalesce(max(seq), 0) FROM readings WHERE device = ?",
+                                    [device]).fetchone()[0])
+
+    def ledgered_seqs(self, device: str, lo: int, hi: int, limit: int = 6) -> list[int]:
+        """Up to `limit` seqs of the device ledgered within lo..hi."""
+        return [r[0] for r in self.con.execute(
+            "SELECT DISTINCT seq FROM readings WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+            [device, lo, hi, limit]).fetchall()]
+
+    def stored_readings(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int, str]]:
+        """(ts, value, sig base64) of already-ledgered readings, for duplicate checks."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        probe = pa.table({"device": [k[0] for k in keys], "seq": pa.array([k[1] for k in keys], pa.int64())})
+        self.con.register("_probe", probe)
+        try:
+            rows = self.con.execute(
+                "SELECT r.device, r.seq, r.ts, r.value, r.sig FROM readings r"
+                " JOIN _probe p ON r.device = p.device AND r.seq = p.seq"
+            ).fetchall()
+        finally:
+            self.con.unregister("_probe")
+        return {(d, s): (ts, v, base64.b64encode(sig).decode()) for d, s, ts, v, sig in rows}
+
+    def recent_readings(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT r.device, r.kind, d.district, r.seq, r.ts, r.value, r.height, r.received_at"
+            " FROM readings r LEFT JOIN devices d USING (device)"
+            " ORDER BY r.height DESC, r.idx DESC LIMIT ?",
+            [limit],
+        ).fetchall()
+        keys = ("device", "kind", "district", "seq", "ts", "value", "height", "received_at")
+        return [dict(zip(keys, row)) for row in rows]
+
+    # ------------------------------------------------------------ quarantine & stats
+
+    def quarantine(self, *, reason: str | None = None, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT received_at, topic, reason, device, detail, payload FROM quarantine WHERE 1=1"
+        args: list[Any] = []
+        if reason:
+            sql += " AND reason = ?"
+            args.append(reason)
+        if device:
+            sql += " AND device = ?"
+            args.append(device)
+        sql += " ORDER BY received_at DESC LIMIT ?"
+        args.append(limit)
+        keys = ("received_at", "topic", "reason", "device", "detail", "payload")
+        out = []
+        for row in self.con.execute(sql, args).fetchall():
+            item = dict(zip(keys, row))
+            item["payload"] = bytes(item["payload"]).decode("utf-8", errors="backslashreplace")
+            out.append(item)
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Totals; `quarantine_dropped` counts rejects beyond the per-device cap (counted, not stored)."""
+        row = self.con.execute(
+            "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings),"
+            " (SELECT count(*) FROM quarantine), (SELECT coalesce(sum(count), 0) FROM duplicate_counts),"
+            " (SELECT count(*) FROM devices WHERE status = 'active'),"
+            " (SELECT coalesce(sum(count), 0) FROM reject_counts)"
+        ).fetchone()
+        assert row is not None
+        out = dict(zip(("blocks", "readings", "quarantined", "duplicates", "devices", "rejected"), row))
+        out["quarantine_dropped"] = max(0, out.pop("rejected") - out["quarantined"])
+        return out
+
+    def quarantine_stored_since(self, since_ms: int) -> dict[str, int]:
+        """Stored quarantine entries per device since a time: where the cap stands after a restart."""
+        rows = self.con.execute(
+            "SELECT coalesce(device, '?'), count(*) FROM quarantine WHERE received_at >= ? GROUP BY 1",
+            [since_ms]).fetchall()
+        return dict(rows)
+
+    def flagged_devices(self, since_minute: int, threshold: int) -> list[dict[str, Any]]:
+        """Devices whose rejects reached `threshold` in some minute since `since_minute`."""
+        rows = self.con.execute(
+            """
+            WITH per_minute AS (
+                SELECT device, minute, sum(count) AS n FROM reject_counts WHERE minute >= ? GROUP BY device, minute),
+            hostile AS (
+                SELECT device, max(n) AS peak, sum(n) AS total, min(minute) AS first_minute, max(minute) AS last_minute
+                FROM per_minute GROUP BY device HAVING max(n) >= ?)
+            SELECT h.device, h.peak, h.total, h.first_minute, h.last_minute,
+                   (SELECT string_agg(reason || ':' || c, ',' ORDER BY c DESC) FROM (
+                        SELECT reason, sum(count) AS c FROM reject_counts r
+                        WHERE r.device = h.device AND r.minute >= ? GROUP BY reason)) AS reasons,
+                   (SELECT coalesce(sum(count), 0) FROM reject_counts r WHERE r.device = h.device AND r.minute >= ?
+                        AND r.reason IN ('over_budget', 'suspended')) AS over_budget
+            FROM hostile h ORDER BY h.peak DESC
+            """, [since_minute, threshold, since_minute, since_minute]).fetchall()
+        keys = ("device", "peak_rejects_per_minute", "rejects", "first_minute", "last_minute", "reasons", "over_budget")
+        out = [dict(zip(keys, r)) for r in rows]
+        suspensions = self.suspensions()
+        for r in out:
+            r["over_budget"] = int(r["over_budget"])
+            r["suspension"] = suspensions.pop(r["device"], None)
+        # A device suspended is listed even when its rejects are below the threshold now.
+        out += [{"device": d, "peak_rejects_per_minute": 0, "rejects": 0, "first_minute": None, "last_minute": None,
+                 "reasons": None, "over_budget": 0, "suspension": s}
+                for d, s in suspensions.items() if s["status"] == "suspended"]
+        return out
+
+    def suspensions(self) -> dict[str, dict[str, Any]]:
+        """Each device's latest budget suspension (broker/budget.py): when, until when, under which
+        rule, and whether it is still in force (`status` suspended) or ended (`reinstated_at`)."""
+        rows = self.con.execute(
+            """
+            WITH s AS (SELECT json_extract_string(body, '$.device') AS device, arg_max(body, height) AS body,
+                              max(height) AS height FROM entries WHERE type = 'device_suspended' GROUP BY 1),
+            r AS (SELECT json_extract_string(body, '$.device') AS device, max(height) AS height,
+                         arg_max(json_extract(body, '$.at')::BIGINT, height) AS at
+                  FROM entries WHERE type = 'device_reinstated' GROUP BY 1)
+            SELECT s.device, s.body, d.status, CASE WHEN r.height > s.height THEN r.at END
+            FROM s JOIN devices d USING (device) LEFT JOIN r USING (device) ORDER BY s.device
+            """).fetchall()
+        out = {}
+        for device, body, status, reinstated_at in rows:
+            entry = json.loads(body)
+            out[device] = {"at": entry.get("at"), "until": entry.get("until"), "rule": entry.get("rule"),
+                           "over_budget": entry.get("over_budget"), "status": status, "reinstated_at": reinstated_at}
+        return out
+
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = "SELECT witness, kind, body, received_at FROM witness_reports"
+        args: list[Any] = []
+        if kind:
+            sql += " WHERE kind = ?"
+            args.append(kind)
+        rows = self.con.execute(sql + " ORDER BY received_at DESC LIMIT ?", [*args, limit]).fetchall()
+        return [{"witness": w, "kind": k, "body": b, "received_at": t} for w, k, b, t in rows]
+
+    def device_statuses(self) -> dict[str, tuple[str, int]]:
+        return {d: (s, at) for d, s, at in self.con.execute("SELECT device, status, changed_at FROM device_status").fetchall()}
+
+
+def _block_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    height, hash_, header, sig = row
+    return {"height": height, "hash": hash_, "header_json": header, "header": _object_or_none(header), "sig": bytes(sig)}
+
+
+def _object_or_none(text: str) -> dict[str, Any] | None:
+    """A stored JSON object, or None when the text is not one: an audit names it, never crashes on it."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _reading_or_none(device: str, kind: str, seq: int, ts: int, value: int, sig: bytes) -> Reading | None:
+    try:
+        return Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value, sig=base64.b64encode(sig).decode())
+    except ValueError:
+        return None
+
+
+def _readings_table(height: int, first_idx: int, rows: list[LedgeredReading]) -> pa.Table:
+    n = len(rows)
+    return pa.table({
+        "height": pa.array([height] * n, pa.int64()),
+        "idx": pa.array(range(first_idx, first_idx + n), pa.int32()),
+        "device": [r.reading.device for r in rows],
+        "kind": [r.reading.kind for r in rows],
+        "seq": pa.array([r.reading.seq for r in rows], pa.int64()),
+        "ts": pa.array([r.reading.ts for r in rows], pa.int64()),
+        "value": pa.array([r.reading.value for r in rows], pa.int64()),
+        "sig": pa.array([r.reading.sig_bytes() for r in rows], pa.binary()),
+        "received_at": pa.array([r.received_at for r in rows], pa.int64()),
+    })
