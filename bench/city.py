@@ -51,7 +51,7 @@ from typing import Any
 import duckdb
 from nacl.signing import SigningKey
 
-from broker import mqtt_wire as wire
+from broker.mqtt import wire
 from bench.loadgen import LoadError, LoadGenerator, Supply
 from broker import mosquitto
 from ledger.home import Home
@@ -432,7 +432,7 @@ def device_specs(n: int, districts: int = 0) -> list[DeviceSpec]:
 
 
 # The bench's devices publish as fast as their window lets them (hundreds a second each with few
-# devices), far past the per-device budget that stops a flooding meter (broker/budget.py, measured
+# devices), far past the per-device budget that stops a flooding meter (ledger/service/budget.py, measured
 # by bench.flood). The bench measures the ledger's throughput, so each chain's rule lifts it.
 BENCH_BUDGET = 1_000_000.0
 

@@ -45,7 +45,7 @@ import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 
 from broker import mosquitto
-from broker.client_ids import mqtt_client_id
+from broker.mqtt.client_ids import mqtt_client_id
 from edge.agent import AgentSettings
 from ledger.home import Home
 from ledger.chain.protocol import device_topic, sign_reading

@@ -40,7 +40,7 @@ import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker.client_ids import mqtt_client_id
+from broker.mqtt.client_ids import mqtt_client_id
 from ledger.chain.protocol import canonical_json, device_topic, sign_reading
 
 HOSTILE_DEVICE = "em-d09-666666"  # a district of its own, so no fleet device shares its name
@@ -183,7 +183,7 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
     slots = threading.Semaphore(WINDOW)
     acks: Counter[str] = Counter()
     connected, stopping, cut = threading.Event(), threading.Event(), threading.Event()
-    disconnects: list[str] = []  # unexpected ones: the broker cut us off (suspended, see broker/budget.py)
+    disconnects: list[str] = []  # unexpected ones: the broker cut us off (suspended, see ledger/service/budget.py)
     refusals: list[str] = []  # paho's reconnects after that, and what the broker answered
     reconnects: list[str] = []  # ... those it accepted (none, while the device is suspended)
 

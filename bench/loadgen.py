@@ -19,8 +19,8 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 
-from broker import mqtt_wire as wire
-from broker.client_ids import mqtt_client_id
+from broker.mqtt import wire
+from broker.mqtt.client_ids import mqtt_client_id
 from ledger.chain.protocol import parse_ack
 
 CONNECT_TIMEOUT_S = 10.0

@@ -42,7 +42,7 @@ ROLES: tuple[str, ...] = get_args(Role)
 ROLE_RULES: dict[str, tuple[str, ...]] = {
     "ingest": ("topic read city/#", "topic write city/+/+/+/ack", "topic write city/ledger/#"),
     "observer": ("topic read city/ledger/#", "topic read city/+/+/+/status"),
-    # Ingest's publisher of device acks (broker/acks.py): that and nothing else.
+    # Ingest's publisher of device acks (ledger/ingest/acks.py): that and nothing else.
     "acks": ("topic write city/+/+/+/ack",),
     # An outside auditor: follows the header stream, reports only under its own name.
     "witness": ("topic read city/ledger/#", "topic write city/witness/{username}/alarm",

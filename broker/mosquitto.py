@@ -18,7 +18,7 @@ What mosquitto 2.0.11 does that this module relies on (checked, not assumed):
 - its stdout log is block-buffered unless stdout is a terminal (see `_argv`);
 - refusing an anonymous CONNECT under `use_username_as_clientid`, it removes the
   connected client with the requested id from its id table, which a reload turns
-  into a crash (fixed in 2.0.13), hence `clientid_prefixes` (broker/client_ids.py).
+  into a crash (fixed in 2.0.13), hence `clientid_prefixes` (broker/mqtt/client_ids.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, NoReturn
 
 from broker.certs import CertPaths, ensure_certs
-from broker.client_ids import CLIENT_ID_PREFIX
+from broker.mqtt.client_ids import CLIENT_ID_PREFIX
 from ledger.home import Home, write_private
 
 TEMPLATE: Path = Path(__file__).resolve().parent.parent / "mosquitto.conf"
@@ -90,7 +90,7 @@ def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1",
     Options are replaced where they stand (a listener's own options follow its
     line); one the template lacks is appended. The TLS listener's section is
     rendered after everything else when `tls` is given and dropped when not. The
-    client-id prefix options are always set from broker/client_ids.py. No
+    client-id prefix options are always set from broker/mqtt/client_ids.py. No
     file is touched: the caller writes the result (only the effective user is
     looked up).
     """
@@ -104,7 +104,7 @@ def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1",
         "pid_file": _path_value(home.broker_pid),
         "user": current_user(),
         # Not left to the template: without these, a refused stranger can unseat a connected
-        # client on mosquitto 2.0.11 (broker/client_ids.py), so every rendered config has them.
+        # client on mosquitto 2.0.11 (broker/mqtt/client_ids.py), so every rendered config has them.
         "clientid_prefixes": CLIENT_ID_PREFIX,
         "auto_id_prefix": CLIENT_ID_PREFIX,
     }

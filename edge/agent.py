@@ -35,9 +35,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from nacl.signing import SigningKey
 
-from broker.client_ids import mqtt_client_id
-from broker.tls import TLSSettings
-from broker.tls import configure as configure_tls
+from broker.mqtt.client_ids import mqtt_client_id
+from broker.mqtt.tls import TLSSettings
+from broker.mqtt.tls import configure as configure_tls
 from edge.identity import DeviceIdentity, Enroll, device_dir, load_key, provision
 from edge.outbox import Outbox
 from ledger.chain.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_ack, parse_written_off, sign_reading
@@ -108,7 +108,7 @@ class DeviceAgent:
 
     def _make_client(self, host: str, port: int, tls: TLSSettings | None) -> mqtt.Client:
         identity = self.identity
-        # The broker admits only prefixed client ids (broker/client_ids.py) and names the session by username.
+        # The broker admits only prefixed client ids (broker/mqtt/client_ids.py) and names the session by username.
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(identity.device),
                              protocol=mqtt.MQTTv5)
         client.username_pw_set(identity.username, identity.password)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from broker.tls import TLSSettings
+from broker.mqtt.tls import TLSSettings
 from edge.agent import AgentSettings, DeviceAgent
 from edge.faults import Fault, FaultPlan, Injector, Measurement, measure
 from edge.identity import DeviceIdentity, Enroll, provision

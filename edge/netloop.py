@@ -16,7 +16,7 @@ thousand devices do not reconnect in lock-step after a broker restart. The TCP
 connect itself blocks (paho has no non-blocking connect), which on a local or
 LAN broker is well under a millisecond and is bounded by `connect_timeout`.
 
-TLS (a client given `broker.tls.configure`): paho wraps the socket itself, and
+TLS (a client given `broker.mqtt.tls.configure`): paho wraps the socket itself, and
 its TLS handshake also runs inside `reconnect()`, blocking, bounded by the same
 `connect_timeout` (a few milliseconds on a LAN; it is why `connects_per_pass`
 bounds a pass). A failed handshake (an untrusted certificate, a host name the

@@ -11,7 +11,7 @@ import pytest
 
 from broker import access
 from broker.access import DeviceAccess, ServiceAccess
-from broker.acks import AckPublisher
+from ledger.ingest.acks import AckPublisher
 from ledger.home import Home, write_private
 from ledger.chain.protocol import ack_payload, device_topic, parse_ack
 from tests.support.broker import RunningBroker, client_log, close_client, connect_client, subscribe, wait_for

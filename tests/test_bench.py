@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from broker import mqtt_wire as wire
+from broker.mqtt import wire
 from bench.city import (BenchError, BenchOptions, _fresh_home, device_specs, encode_reading, parse_machine_busy,
                         parse_proc_stat, sign_supply)
 from bench.loadgen import weighted_percentile

@@ -7,7 +7,7 @@ id (src/context.c `context__remove_from_by_id`, reached with the id that
 key rotation or password reset) then frees what the unseated client still uses,
 and the broker dies on the next message, or the client's durable session is
 orphaned. The project's config admits only client ids with the prefix of
-broker/client_ids.py, checked before the broker takes the id (docs/security.md).
+broker/mqtt/client_ids.py, checked before the broker takes the id (docs/security.md).
 
 These tests run the attack itself against the real broker, with the real ingest,
 a real enrolment as the reload, and the real DuckDB ledger as the judge.
@@ -28,7 +28,7 @@ import pytest
 
 from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password, write_access_files
-from broker.client_ids import CLIENT_ID_PREFIX, mqtt_client_id
+from broker.mqtt.client_ids import CLIENT_ID_PREFIX, mqtt_client_id
 from ledger.home import Home
 from ledger.chain.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, parse_ack
 from tests.support.broker import (

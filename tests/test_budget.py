@@ -1,4 +1,4 @@
-"""Per-device budgets (broker/budget.py): the pure parts without a network, then the rule end to end.
+"""Per-device budgets (ledger/service/budget.py): the pure parts without a network, then the rule end to end.
 
 The flood itself (100 honest devices, one flooder at QoS 0 and 1) is tests/test_flood.py.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from broker.budget import OVER_BUDGET, SUSPENDED, Budget, BudgetPolicy, Drops, Streaks, device_of
+from ledger.service.budget import OVER_BUDGET, SUSPENDED, Budget, BudgetPolicy, Drops, Streaks, device_of
 from ledger.chain.protocol import canonical_json, device_topic
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 from nacl.signing import SigningKey
 
-from broker.ingest import IngestService
+from ledger.ingest.service import IngestService
 from ledger.home import Home
 from ledger.chain.protocol import ChainTopics, parse_ack
 from ledger.service.scheduler import audit_job

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password
-from broker.client_ids import mqtt_client_id
+from broker.mqtt.client_ids import mqtt_client_id
 from edge.agent import AgentSettings, DeviceAgent, DeviceIdentity, provision
 from edge.fleet import FleetBusy, FleetStats, plan_fleet, run_fleet
 from edge.identity import CREDENTIALS_FILE, KEY_FILE, device_dir

@@ -6,7 +6,7 @@ deep nesting, NaN and floats, duplicate members, 1-8 KB payloads, bad signatures
 replays of its own seqs, claims to be other devices), once at QoS 0 and once at QoS 1,
 while `cityledger fleet --devices 100 --interval 1` publishes normally (issue 14,
 point 5: "one device cannot starve the others"). Ingest checks each device's budget
-(broker/budget.py) before any parsing or signature check; the operator's rule
+(ledger/service/budget.py) before any parsing or signature check; the operator's rule
 (`cityledger devices policy`) suspends the flooder at the broker after M minutes over
 budget and reinstates it T minutes later. Afterwards:
 
@@ -49,8 +49,8 @@ from bench.flood import (
     peak_rss_mb,
     start_hostile,
 )
-from broker.budget import OVER_BUDGET, SUSPENDED
-from broker.sessions import RECEIVE_MAXIMUM
+from ledger.service.budget import OVER_BUDGET, SUSPENDED
+from broker.mqtt.sessions import RECEIVE_MAXIMUM
 from edge.fleet import OUTBOX_FILE
 from edge.outbox import Outbox
 from ledger.chain.protocol import Reason
@@ -66,7 +66,7 @@ ACK_P99_BOUND_MS = 2000  # the issue's bound on honest devices' ack latency duri
 #   baseline: Python, paho, pydantic, DuckDB with this ledger, after the fleet's 100 enrolments
 #     and while sealing a block a second: measured 200-205 MB just before the flood.
 #   inbox: QoS 1 messages wait there unacknowledged, at most RECEIVE_MAXIMUM (20000) of them.
-#     QoS 0 has no such window: the bound is the budget (broker/budget.py), checked before a
+#     QoS 0 has no such window: the bound is the budget (ledger/service/budget.py), checked before a
 #     message is queued, so a device's messages in the inbox grow at most at its rate, and an
 #     over-budget one is dropped in the receive callback. Either way a flood's share of the
 #     inbox is small: its messages average ~600 B, so 20000 of them are ~12 MB plus ~7 MB of objects.

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from broker.intake import Incoming, Intake, QuarantineCap, SeqState
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, SeqState
 from ledger.chain.protocol import (
     FUTURE_TOLERANCE_MS,
     MAX_PAYLOAD_BYTES,

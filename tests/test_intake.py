@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from nacl.signing import SigningKey
 
-from broker.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
 from ledger.chain.keyspans import KeySpan
 from ledger.chain.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
 from ledger.store.store import DeviceRecord, QuarantineRow
@@ -129,7 +129,7 @@ def test_seq_state_tracks_the_contiguous_prefix() -> None:
 
 
 def test_rejects_are_all_counted_but_stored_only_up_to_the_cap() -> None:
-    from broker.intake import QuarantineCap
+    from ledger.ingest.intake import QuarantineCap
 
     intake = Intake({}, FakeLedger(), QuarantineCap(per_hour=3))
     batch = intake.classify([msg(b"garbage %d" % i) for i in range(10)], {DEV.device: DEV}, NOW)
@@ -148,7 +148,7 @@ def test_rejects_are_attributed_to_the_sender_not_to_the_claimed_device() -> Non
 
 
 def test_duplicates_are_all_counted_but_stored_only_up_to_the_cap() -> None:
-    from broker.intake import QuarantineCap
+    from ledger.ingest.intake import QuarantineCap
 
     first = reading(1)
     intake = Intake({DEV.device: SeqState(1)}, FakeLedger([first]), QuarantineCap(per_hour=2))

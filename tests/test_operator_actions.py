@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from broker.intake import SeqState
+from ledger.ingest.intake import SeqState
 from ledger.service.api import local_api
 from ledger.billing.rules import parse_amount
 from ledger.home import Home

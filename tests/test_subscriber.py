@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from broker import access
-from broker import mqtt_wire as wire
+from broker.mqtt import wire
 from broker.access import DeviceAccess, ServiceAccess
-from broker.subscriber import MQTTError, Subscriber
+from broker.mqtt.subscriber import MQTTError, Subscriber
 from ledger.home import Home
 from tests.support.broker import RunningBroker, close_client, connect_client, publish, wait_for
 

@@ -30,9 +30,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from broker import certs, mosquitto
+from broker import certs
+from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password
-from broker.tls import TLSSettings
+from broker.mqtt.tls import TLSSettings
 from edge.agent import AgentSettings, DeviceAgent
 from edge.fleet import plan_fleet
 from edge.identity import DeviceIdentity

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from broker.intake import Incoming, Screened
-from broker.workers import pack, unpack, worker_count
+from ledger.ingest.intake import Incoming, Screened
+from ledger.ingest.workers import pack, unpack, worker_count
 from ledger.chain.protocol import parse_ack, sign_reading
 from ledger.store.store import QuarantineRow
 from tests.support.broker import client_log, close_client, subscribe, wait_for

@@ -54,7 +54,7 @@ def _common(suppress: bool = False) -> argparse.ArgumentParser:
 
 
 def _tls(args: argparse.Namespace) -> Any:
-    from broker.tls import TLSSettings
+    from broker.mqtt.tls import TLSSettings
 
     return TLSSettings.from_option(args.mqtt_ca)
 
@@ -112,8 +112,8 @@ def _broker_certs(args: argparse.Namespace, home: Home) -> Any:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from broker.ingest import IngestService
-    from broker.workers import worker_count
+    from ledger.ingest.service import IngestService
+    from ledger.ingest.workers import worker_count
     from ledger.service.writer import LedgerWriter
 
     home = _home(args)
@@ -142,7 +142,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
-    from broker.anchor import AnchorService
+    from ledger.ingest.anchor import AnchorService
     from ledger.service.writer import LedgerWriter
 
     home = _home(args)
@@ -276,7 +276,7 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
 
 def cmd_devices_provision(args: argparse.Namespace) -> int:
     """Make a key pair for a device with no key store of its own; only the bundle keeps the private key."""
-    from broker.client_ids import mqtt_client_id
+    from broker.mqtt.client_ids import mqtt_client_id
     from edge.identity import DeviceIdentity
 
     out = Path(args.out)
@@ -318,7 +318,7 @@ def cmd_devices_flagged(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['device']:<22} peak {r['peak_rejects_per_minute']:>7}/min  {r['rejects']:>9} rejects  {r['reasons']}")
         s = r.get("suspension")
-        if s:  # broker/budget.py: over budget for too long
+        if s:  # ledger/service/budget.py: over budget for too long
             rule = s["rule"] or {}
             state = (f"suspended until {_iso(s['until'])}" if s["status"] == "suspended"
                      else f"was suspended {_iso(s['at'])}, reinstated {_iso(s['reinstated_at'])}")
@@ -721,7 +721,7 @@ def cmd_witnesses_add(args: argparse.Namespace) -> int:
 
 
 def cmd_witness(args: argparse.Namespace) -> int:
-    from broker.witness import run_witness
+    from ledger.witnesses.follower import run_witness
 
     password = open(args.password_file).read().strip() if args.password_file else os.environ.get(
         "CITYLEDGER_WITNESS_PASSWORD", "")

@@ -167,7 +167,7 @@ class LedgerAPI:
             return writer.revoke_device(device, operator)
 
     def budget_policy(self) -> dict[str, Any]:
-        """The per-device message budget in force (broker/budget.py)."""
+        """The per-device message budget in force (ledger/service/budget.py)."""
         with self.backend.writing() as writer:
             return writer.budget_policy().rule()
 

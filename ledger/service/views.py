@@ -334,7 +334,7 @@ def device_detail(store: Store, device: str, now: int | None = None) -> dict[str
     rejects = store.con.execute("SELECT coalesce(sum(count), 0) FROM reject_counts WHERE minute >= ? AND device = ?",
                                 [(now - 24 * HOUR) // 60_000, device]).fetchone()[0]
     out.update(readings_last_day=day, rejects_last_day=int(rejects))
-    out["suspension"] = store.suspensions().get(device)  # its latest budget suspension (broker/budget.py)
+    out["suspension"] = store.suspensions().get(device)  # its latest budget suspension (ledger/service/budget.py)
     return out
 
 

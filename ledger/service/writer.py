@@ -20,8 +20,9 @@ from typing import Any
 import pyarrow as pa
 from nacl.signing import SigningKey
 
-from broker import access, mosquitto
-from broker.budget import BudgetPolicy
+from broker import access
+from broker import mosquitto
+from ledger.service.budget import BudgetPolicy
 from ledger.chain import anchors
 from ledger.people import auth
 from ledger.billing import rules as billing
@@ -128,7 +129,7 @@ class LedgerWriter:
         self.ledgers_readings = False  # set by a running ingest: it would take a new district's readings too
         self.on_sealed: list[Callable[[Sealed], None]] = []
         self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
-        self.on_policy: list[Callable[[BudgetPolicy], None]] = []  # ingest's budgets (broker/budget.py)
+        self.on_policy: list[Callable[[BudgetPolicy], None]] = []  # ingest's budgets (ledger/service/budget.py)
         self.on_written_off: list[Callable[[str, int, int, Sealed], None]] = []  # ingest's acks
 
     @property
@@ -428,7 +429,7 @@ class LedgerWriter:
         assert sealed is not None
         return {"device": device, "revoked_at": at, "operator": operator, "block": sealed.hash}
 
-    # ------------------------------------------------------------ budgets and suspensions (broker/budget.py)
+    # ------------------------------------------------------------ budgets and suspensions (ledger/service/budget.py)
 
     def budget_policy(self) -> BudgetPolicy:
         """The per-device budget in force: the latest `budget_policy` entry, else the defaults."""

@@ -508,7 +508,7 @@ class Store:
         return out
 
     def suspensions(self) -> dict[str, dict[str, Any]]:
-        """Each device's latest budget suspension (broker/budget.py): when, until when, under which
+        """Each device's latest budget suspension (ledger/service/budget.py): when, until when, under which
         rule, and whether it is still in force (`status` suspended) or ended (`reinstated_at`)."""
         rows = self.con.execute(
             """

@@ -24,10 +24,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, write_access_files
-from broker.client_ids import mqtt_client_id
+from broker.mqtt.client_ids import mqtt_client_id
 from broker.certs import CertPaths, ca_cert_path
-from broker.tls import TLSSettings
-from broker.tls import configure as configure_tls
+from broker.mqtt.tls import TLSSettings
+from broker.mqtt.tls import configure as configure_tls
 from ledger.home import Home
 
 T = TypeVar("T")
@@ -251,14 +251,14 @@ def connect_client(
     """A paho client, connected (network loop running), or ConnectionRefusedError.
 
     Like every cityledger client it sends `client_id` behind the prefix the broker
-    requires (broker/client_ids.py); `raw_client_id` sends it exactly as given, as
+    requires (broker/mqtt/client_ids.py); `raw_client_id` sends it exactly as given, as
     a stranger would.
 
     The handshake runs on the calling thread and the network thread starts only
     after a successful CONNACK: a refused client then has no retrying thread to
     stop (stopping one waits out paho's reconnect delay, about a second).
     Refusal is whatever the broker answered: a CONNACK failure or a closed socket.
-    With `tls` the client connects over TLS (broker.tls.configure) and a broker it
+    With `tls` the client connects over TLS (broker.mqtt.tls.configure) and a broker it
     cannot verify raises ssl.SSLCertVerificationError from the TLS handshake.
     """
     log = ClientLog()

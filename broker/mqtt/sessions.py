@@ -4,7 +4,7 @@ Each service acknowledges a message only once what it said is durable (manual
 acks), and keeps a persistent MQTT 5 session, so whatever is published while it
 is down, or was delivered but not yet acknowledged when it died, waits for it
 at the broker. The devices' agents and the lean hot-path subscriber
-(broker/subscriber.py) build their connections their own way.
+(broker/mqtt/subscriber.py) build their connections their own way.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from broker.client_ids import mqtt_client_id
-from broker.tls import TLSSettings
-from broker.tls import configure as configure_tls
+from broker.mqtt.client_ids import mqtt_client_id
+from broker.mqtt.tls import TLSSettings
+from broker.mqtt.tls import configure as configure_tls
 
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # MQTT 5 cap on unacknowledged deliveries to one client, so also on what waits in its inbox:
@@ -27,7 +27,7 @@ RECEIVE_MAXIMUM = 20000
 def service_client(client_id: str, username: str, password: str, tls: TLSSettings | None) -> mqtt.Client:
     """An MQTT 5 client that acknowledges by hand and reconnects quickly after the broker returns.
 
-    `client_id` goes out with the prefix the broker requires (broker/client_ids.py); the
+    `client_id` goes out with the prefix the broker requires (broker/mqtt/client_ids.py); the
     broker then names the session by `username`.
     """
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(client_id), protocol=mqtt.MQTTv5,

@@ -18,11 +18,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.headers import publish_head, publish_sealed
-from broker.ingest import drain
-from broker.sessions import service_client
-from broker.sessions import start as start_session
-from broker.tls import TLSSettings
+from ledger.ingest.headers import publish_head, publish_sealed
+from ledger.ingest.service import drain
+from broker.mqtt.sessions import service_client
+from broker.mqtt.sessions import start as start_session
+from broker.mqtt.tls import TLSSettings
 from ledger.service import rpc
 from ledger.chain.anchors import Follower
 from ledger.service.api import local_api

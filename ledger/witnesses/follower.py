@@ -22,9 +22,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker.sessions import service_client
-from broker.sessions import start as start_session
-from broker.tls import TLSSettings
+from broker.mqtt.sessions import service_client
+from broker.mqtt.sessions import start as start_session
+from broker.mqtt.tls import TLSSettings
 from ledger.chain.protocol import ChainTopics, canonical_json, valid_device_id, witness_topic
 from ledger.chain.witness import (
     Accepted,

@@ -3,7 +3,7 @@
 Each worker is an MQTT 5 client in one shared subscription (`$share/cityledger-ingest/...`),
 so the broker spreads the readings over the workers, and the same code runs
 against a clustered broker (EMQX, HiveMQ, VerneMQ) unchanged. A worker first checks
-the sending device's budget (broker/budget.py; each worker holds 1/N of it), drops and
+the sending device's budget (ledger/service/budget.py; each worker holds 1/N of it), drops and
 counts what is over it (PUBACKed at once), screens the rest (shape, registry, topic,
 signature: `Screener`) and hands the
 outcomes to the sealer, the one process that writes the ledger, over a pipe. It
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 
-from broker.budget import Budget, BudgetPolicy, Count, Span
-from broker.intake import Incoming, Screened, Screener, Screening
-from broker.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
-from broker.subscriber import MQTTError, Subscriber
-from broker.tls import TLSSettings
+from ledger.service.budget import Budget, BudgetPolicy, Count, Span
+from ledger.ingest.intake import Incoming, Screened, Screener, Screening
+from broker.mqtt.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
+from broker.mqtt.subscriber import MQTTError, Subscriber
+from broker.mqtt.tls import TLSSettings
 from ledger.chain.protocol import ChainTopics, Reading
 from ledger.store.store import DeviceRecord
 from ledger.service.writer import WORKER_PREFIX, now_ms

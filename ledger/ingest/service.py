@@ -20,14 +20,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker import workers
-from broker.acks import AckPublisher
-from broker.budget import Budget, BudgetPolicy, Drops, Streaks
-from broker.headers import publish_head, publish_sealed
-from broker.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
-from broker.sessions import RECEIVE_MAXIMUM, service_client
-from broker.sessions import start as start_session
-from broker.tls import TLSSettings
+from ledger.ingest import workers
+from ledger.ingest.acks import AckPublisher
+from ledger.service.budget import Budget, BudgetPolicy, Drops, Streaks
+from ledger.ingest.headers import publish_head, publish_sealed
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
+from broker.mqtt.sessions import RECEIVE_MAXIMUM, service_client
+from broker.mqtt.sessions import start as start_session
+from broker.mqtt.tls import TLSSettings
 from ledger.service import rpc
 from ledger.service.api import local_api
 from ledger.service.health import IngestHealth
@@ -51,7 +51,7 @@ class IngestStats:
     quarantined: int = 0
     duplicates: int = 0
     blocks: int = 0
-    over_budget: int = 0  # messages dropped by budgets (broker/budget.py), never screened
+    over_budget: int = 0  # messages dropped by budgets (ledger/service/budget.py), never screened
     started: float = field(default_factory=time.monotonic)
 
 
@@ -95,7 +95,7 @@ class IngestService:
         self.intake = Intake({d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()},
                              writer.store.stored_readings, cap)
         self.acked: dict[str, int] = {}
-        # Per-device budgets (broker/budget.py), checked before a message is queued or parsed.
+        # Per-device budgets (ledger/service/budget.py), checked before a message is queued or parsed.
         self.policy = writer.budget_policy()
         self.budget = Budget(self.policy)
         self.drops: Drops = self.budget.drops  # the workers' drops are merged in here too

@@ -2,7 +2,7 @@
 
 paho-mqtt costs tens of microseconds of Python per message. Two places cannot
 afford that and speak MQTT over raw sockets instead: the ingest workers'
-subscriber (broker/subscriber.py, MQTT 5: QoS 1 in, PUBACKs out in bulk) and the
+subscriber (broker/mqtt/subscriber.py, MQTT 5: QoS 1 in, PUBACKs out in bulk) and the
 benchmark's load generator (bench/loadgen.py, MQTT 3.1.1: pre-encoded PUBLISH
 packets written in large slices). Everything else uses paho. MQTT 3.1.1 and 5.0
 (OASIS standards) differ here only by the properties that 5.0 adds after the

@@ -10,7 +10,7 @@ single-threaded on purpose (an SSL socket must not be read and written from two
 threads), and everything that is not the hot path (devices, witnesses, the
 sealer's publishing) stays on paho.
 
-The packets are broker/mqtt_wire.py's pure functions, shared with the
+The packets are broker/mqtt/wire.py's pure functions, shared with the
 benchmark's load generator; tests/test_subscriber.py runs this against the
 project's real Mosquitto.
 """
@@ -21,9 +21,9 @@ import socket
 import ssl
 import time
 
-from broker import mqtt_wire as wire
-from broker.client_ids import mqtt_client_id
-from broker.tls import TLSSettings, client_context
+from broker.mqtt import wire
+from broker.mqtt.client_ids import mqtt_client_id
+from broker.mqtt.tls import TLSSettings, client_context
 
 
 class MQTTError(ConnectionError):
@@ -48,7 +48,7 @@ class Subscriber:
         self.buf = bytearray()
         self.pending: list[wire.Publish] = []  # what arrived while waiting for CONNACK or SUBACK
         self.last_sent = time.monotonic()
-        # The broker requires the prefix (broker/client_ids.py) and names the session by username.
+        # The broker requires the prefix (broker/mqtt/client_ids.py) and names the session by username.
         self._send(wire.connect_packet(mqtt_client_id(client_id), username, password, keepalive=keepalive,
                                        clean_session=clean_start, version=wire.V5, session_expiry=session_expiry,
                                        receive_maximum=receive_maximum))

@@ -24,9 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from broker import mqtt_wire as wire
-from broker.client_ids import mqtt_client_id
-from broker.tls import TLSSettings, client_context
+from broker.mqtt import wire
+from broker.mqtt.client_ids import mqtt_client_id
+from broker.mqtt.tls import TLSSettings, client_context
 
 log = logging.getLogger("cityledger.ingest")
 
