@@ -31,8 +31,9 @@ from ledger.home import Home
 from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import Reading, sign_reading
 from ledger.chain.receipts import encode_receipt
-from ledger.store.store import LedgeredReading
-from ledger.service.writer import Batch, LedgerWriter, initialize
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import LedgerWriter, initialize
+from ledger.chain.records import Batch
 
 T0 = 1_764_000_000_000
 

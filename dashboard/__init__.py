@@ -1,1 +1,2 @@
-"""dashboard package."""
+"""The Streamlit dashboard: citizens' usage, bills and proofs; operators' city screens.
+It asks the ledger's API and opens nothing itself."""

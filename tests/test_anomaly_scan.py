@@ -87,8 +87,9 @@ def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp
     from ledger.anomalies import queries as anomaly_queries
     from ledger.home import Home
     from ledger.chain.protocol import sign_reading
-    from ledger.store.store import LedgeredReading
-    from ledger.service.writer import Batch, LedgerWriter, initialize
+    from ledger.chain.records import LedgeredReading
+    from ledger.service.writer import LedgerWriter, initialize
+    from ledger.chain.records import Batch
 
     home = Home(tmp_path / "home")
     initialize(home)

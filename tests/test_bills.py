@@ -18,8 +18,9 @@ from nacl.signing import SigningKey
 from ledger.service.api import local_api
 from ledger.home import Home
 from ledger.chain.protocol import sign_reading
-from ledger.store.store import LedgeredReading
-from ledger.service.writer import Batch, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import EnrolmentError, LedgerWriter, initialize
+from ledger.chain.records import Batch
 
 TZ = ZoneInfo("Asia/Shanghai")
 

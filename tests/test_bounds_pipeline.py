@@ -532,8 +532,9 @@ def test_the_typical_household_is_exact_for_registers_near_2_63(tmp_path: Path) 
     from ledger.service import views
     from ledger.home import Home
     from ledger.chain.protocol import sign_reading
-    from ledger.store.store import LedgeredReading
-    from ledger.service.writer import Batch, LedgerWriter, initialize
+    from ledger.chain.records import LedgeredReading
+    from ledger.service.writer import LedgerWriter, initialize
+    from ledger.chain.records import Batch
 
     home = Home(tmp_path / "home")
     initialize(home)

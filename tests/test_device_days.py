@@ -21,8 +21,10 @@ from ledger.billing.rules import Point
 from ledger.billing.device_days import DAY_MS, Day, condense, history, meter_quiet, space_quiet
 from ledger.home import Home
 from ledger.chain.protocol import sign_reading
-from ledger.store.store import LedgeredReading, Store
-from ledger.service.writer import Batch, LedgerWriter, initialize
+from ledger.store.store import Store
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import LedgerWriter, initialize
+from ledger.chain.records import Batch
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000

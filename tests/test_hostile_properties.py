@@ -31,8 +31,8 @@ from ledger.chain.protocol import (
     sign_reading,
     verify_reading,
 )
-from ledger.store.store import DeviceRecord
-from ledger.service.writer import Batch
+from ledger.chain.records import DeviceRecord
+from ledger.chain.records import Batch
 
 NOW = 1_764_000_000_000
 REASONS = {r.value for r in Reason}

@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
 from ledger.chain.keyspans import KeySpan
 from ledger.chain.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
-from ledger.store.store import DeviceRecord, QuarantineRow
+from ledger.chain.records import DeviceRecord, QuarantineRow
 
 NOW = 1_764_000_000_000
 KEY = SigningKey(bytes(range(32)))

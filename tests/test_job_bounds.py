@@ -15,8 +15,9 @@ from bench.jobs import history_values, previous_month, window_gaps
 from ledger.billing import device_days
 from ledger.home import Home
 from ledger.chain.protocol import sign_reading
-from ledger.store.store import LedgeredReading
-from ledger.service.writer import Batch, LedgerWriter, Sealed, initialize
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import LedgerWriter, Sealed, initialize
+from ledger.chain.records import Batch
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000

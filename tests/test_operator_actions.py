@@ -21,8 +21,9 @@ from ledger.billing.rules import parse_amount
 from ledger.home import Home
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import ack_payload, parse_ack, parse_written_off, sign_reading
-from ledger.store.store import LedgeredReading
-from ledger.service.writer import DEFAULT_ADJUSTMENT_LIMIT, Batch, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import DEFAULT_ADJUSTMENT_LIMIT, EnrolmentError, LedgerWriter, initialize
+from ledger.chain.records import Batch
 
 T0 = 1_764_000_000_000
 

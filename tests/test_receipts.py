@@ -13,8 +13,9 @@ from nacl.signing import SigningKey
 from ledger.service.api import local_api
 from ledger.chain.protocol import sign_reading
 from ledger.chain.receipts import encode_receipt, receipt_ok, verify_receipt
-from ledger.store.store import LedgeredReading
-from ledger.service.writer import Batch, LedgerWriter
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import LedgerWriter
+from ledger.chain.records import Batch
 from tests.support.ledgers import T0, Built, build_ledger
 
 

@@ -12,7 +12,8 @@ import pytest
 from ledger.service import rpc
 from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.service.writer import Batch, LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter, initialize
+from ledger.chain.records import Batch
 from tests.support.broker import wait_for
 
 

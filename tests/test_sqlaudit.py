@@ -22,13 +22,15 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
 from ledger.chain import merkle
-from ledger.chain import registry_audit
+from ledger.store import registry_check
 from ledger.store import sqlaudit
 from ledger.chain.audit import DUPLICATE, Failure, Report, audit
 from ledger.home import Home
 from ledger.chain.protocol import Reading, parse_reading, sign_reading, signature_bytes
-from ledger.store.store import LedgeredReading, Store, _reading_or_none
-from ledger.service.writer import Batch, LedgerWriter, initialize
+from ledger.store.store import Store, _reading_or_none
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import LedgerWriter, initialize
+from ledger.chain.records import Batch
 from tests.test_protocol import LEAF_HASH, PAYLOAD
 from tests.support.ledgers import T0, Growing
 
@@ -571,9 +573,9 @@ def test_the_registry_is_compared_a_partition_at_a_time_alike(ledger: Ledger, mo
     sql(ledger, "DELETE FROM tariff_versions")
     con = duckdb.connect(str(ledger.home.database), read_only=True)
     try:
-        whole = registry_audit.check_store(con)
-        monkeypatch.setattr(registry_audit, "PARTITION_ROWS", 1)
-        parts = registry_audit.check_store(con)
+        whole = registry_check.check_store(con)
+        monkeypatch.setattr(registry_check, "PARTITION_ROWS", 1)
+        parts = registry_check.check_store(con)
     finally:
         con.close()
     assert whole is not None and parts is not None

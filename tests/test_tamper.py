@@ -148,7 +148,8 @@ def test_rewritten_and_rehashed_chain_without_the_key_is_caught(built: Built) ->
 def witness_copy(built: Built, directory: Path) -> Path:
     """Feed every signed header, in order, through a witness as it would arrive over MQTT."""
     from ledger.chain.protocol import signed_header_payload
-    from ledger.chain.witness import Accepted, WitnessStore, check
+    from ledger.chain.witness import Accepted, check
+    from ledger.store.witness_files import WitnessStore
 
     store = WitnessStore.open(directory, built.first_key)
     assert isinstance(store, WitnessStore), store
@@ -198,8 +199,9 @@ def test_rewritten_and_resigned_with_a_stolen_key_is_caught_with_a_witness(built
 
 
 def test_restoring_an_older_copy_is_caught_with_a_witness(built: Built, tmp_path: Path) -> None:
-    from ledger.store.store import LedgeredReading
-    from ledger.service.writer import Batch, LedgerWriter
+    from ledger.chain.records import LedgeredReading
+    from ledger.service.writer import LedgerWriter
+    from ledger.chain.records import Batch
 
     old_copy = tmp_path / "old.duckdb"
     shutil.copy(built.home.database, old_copy)

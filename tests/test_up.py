@@ -20,7 +20,7 @@ from ledger.city import demo
 from ledger.service.api import local_api
 from ledger.home import Home
 from ledger.service.rpc import RemoteError, RemoteLedger, open_ledger
-from ledger.city.supervisor import parts_status
+from ledger.service.supervision import parts_status
 from ledger.city.up import fleet_devices
 from ledger.service.writer import initialize
 from tests.support.broker import free_port, wait_for

@@ -19,14 +19,11 @@ from ledger.chain.witness import (
     Accepted,
     Alarm,
     AlreadyHave,
-    StoreError,
     Unlinked,
     WitnessState,
-    WitnessStore,
     check,
-    load_headers,
-    load_state,
 )
+from ledger.store.witness_files import StoreError, WitnessStore, load_headers, load_state
 
 
 class Chain:

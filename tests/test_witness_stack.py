@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ledger.chain.protocol import witness_topic
-from ledger.chain.witness import StoreError, load_headers, load_state
+from ledger.store.witness_files import StoreError, load_headers, load_state
 from tests.support.broker import client_log, close_client, connect_client, publish, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 

@@ -21,7 +21,7 @@ from nacl.signing import SigningKey
 from ledger.ingest.intake import Incoming, Screened
 from ledger.ingest.workers import pack, unpack, worker_count
 from ledger.chain.protocol import parse_ack, sign_reading
-from ledger.store.store import QuarantineRow
+from ledger.chain.records import QuarantineRow
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 

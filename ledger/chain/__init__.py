@@ -1,5 +1,6 @@
-"""The chain core: the protocol, Merkle proofs, blocks, receipts, key rules and the audit.
+"""The chain core: the protocol, Merkle proofs, blocks, receipts, key rules, the records a
+block is built from, and the audit.
 
-Pure functions over plain data; nothing here opens a file, a socket or a database
-(registry_audit's query layer and witness's store of accepted headers are the exceptions,
-noted in docs/architecture.md)."""
+Pure functions over plain data: nothing here opens a file, a socket or a database, and
+import-linter holds it to that (pyproject.toml, "The pure core ..."). What reads the
+database for an audit lives in ledger/store/; a witness's files in ledger/store/witness_files.py."""

@@ -753,7 +753,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for name, job in status["jobs"].items():
             if job["failing"]:
                 print(f"{'job failing':>16}: {name}, {job['failures']} in a row: {job['last_error']}")
-        from ledger.city.supervisor import describe_restarts
+        from ledger.service.supervision import describe_restarts
 
         if restarts := describe_restarts(status.get("supervisor") or {}):  # parts `cityledger up` restarted
             print(f"{'restarts':>16}: {restarts}")

@@ -26,8 +26,8 @@ from ledger.chain.protocol import (
     parse_topic,
     verify_reading,
 )
-from ledger.store.store import DeviceRecord, LedgeredReading, QuarantineRow
-from ledger.service.writer import Batch
+from ledger.chain.records import DeviceRecord, LedgeredReading, QuarantineRow
+from ledger.chain.records import Batch
 
 Key = tuple[str, int]
 Lookup = Callable[[Iterable[Key]], Mapping[Key, tuple[int, int, str]]]

@@ -37,8 +37,9 @@ from ledger.chain.protocol import (
     ack_payload,
     device_topic,
 )
-from ledger.store.store import DeviceRecord
-from ledger.service.writer import Batch, LedgerWriter, Sealed, now_ms
+from ledger.chain.records import DeviceRecord
+from ledger.service.writer import LedgerWriter, Sealed, now_ms
+from ledger.chain.records import Batch
 
 log = logging.getLogger("cityledger.ingest")
 POLICE_EVERY_S = 0.25  # how often budget drops are written and suspensions begun or ended

@@ -35,7 +35,7 @@ from broker.mqtt.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.mqtt.subscriber import MQTTError, Subscriber
 from broker.mqtt.tls import TLSSettings
 from ledger.chain.protocol import ChainTopics, Reading
-from ledger.store.store import DeviceRecord
+from ledger.chain.records import DeviceRecord
 from ledger.service.writer import WORKER_PREFIX, now_ms
 
 log = logging.getLogger("cityledger.ingest")

@@ -22,7 +22,7 @@ from ledger.anomalies import investigations
 from ledger.service import jobs
 from ledger.chain import merkle
 from ledger.people import signin
-from ledger.city import supervisor
+from ledger.service import supervision
 from ledger.service import views
 from ledger.billing.bills import close_bills, make_bill, unpaid_stays
 from ledger.chain.audit import Progress, compare_with_witness
@@ -130,7 +130,7 @@ class LedgerAPI:
             "last_block_hash": head[1] if head else None,
             "ingest": health.snapshot(_now()) if health else {"running": False},
             "jobs": {name: {**asdict(r), "failing": r.failing} for name, r in jobs.load(self.home.jobs).items()},
-            "supervisor": supervisor.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
+            "supervisor": supervision.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
         }
 
     def silence_margin_ms(self) -> int:
@@ -219,7 +219,7 @@ class LedgerAPI:
             report = audit_store(store, trusted, deep=deep, total=(head[0] + 1) if head else 0,
                                  progress=progress, workers=1 if inside else None).as_dict()
             if witness is not None:
-                from ledger.chain.witness import load_headers
+                from ledger.store.witness_files import load_headers
 
                 ours = dict(store.con.execute("SELECT height, hash FROM blocks").fetchall())
                 theirs = {h: b["hash"] for h, b in load_headers(Path(witness)).items()}

@@ -40,7 +40,7 @@ class JobLog:
         try:
             result = job(*args)
         except Exception as exc:
-            self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), _ms(), exc))
+            self._update(name, lambda r, failure=exc: jobs.finished(r or jobs.JobRecord(name), _ms(), failure))
             log.error("job %s failed: %s", name, exc)
             raise
         self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), _ms(), None))

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -41,7 +41,8 @@ from ledger.chain.protocol import (
     valid_device_id,
     valid_district,
 )
-from ledger.store.store import Commit, DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord, Store
+from ledger.store.store import Commit, Store
+from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, ServiceRecord
 from ledger.billing.tariffs import DEFAULT_FILE, parse_tariffs
 from ledger.chain.witness import SignedHeader
 
@@ -92,23 +93,6 @@ class Sealed:
     header: dict[str, Any]
     sig: bytes
     readings: tuple[LedgeredReading, ...] = ()
-
-
-@dataclass
-class Batch:
-    """What ingest hands over for one transaction."""
-
-    readings: list[LedgeredReading] = field(default_factory=list)
-    quarantine: list[QuarantineRow] = field(default_factory=list)
-    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
-    statuses: list[tuple[str, str, int]] = field(default_factory=list)
-    witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)  # witness, kind, body, at
-    rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (device, minute, reason) -> count
-    duplicate_counts: dict[tuple[str, int], int] = field(default_factory=dict)  # (device, minute) -> count
-
-    def __bool__(self) -> bool:
-        return bool(self.readings or self.quarantine or self.duplicates or self.statuses or self.witness_reports
-                    or self.rejects or self.duplicate_counts)
 
 
 class LedgerWriter:

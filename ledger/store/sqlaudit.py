@@ -43,7 +43,7 @@ import pyarrow as pa
 from nacl.signing import VerifyKey
 
 from ledger.chain import merkle
-from ledger.chain import registry_audit
+from ledger.store import registry_check
 from ledger.chain.audit import (DUPLICATE, Chain, Failure, Leaf, Progress, Report, audit, check_header, check_leaves,
                           learn)
 from ledger.chain.blocks import GENESIS_PREV, block_hash
@@ -379,7 +379,7 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
     """
     # The tables first, in a snapshot up to the head: every entry compared is then in a block
     # the audit below checks (or the comparison is dropped, when the chain fails first).
-    registry = registry_audit.check_store(store.con) if deep else None
+    registry = registry_check.check_store(store.con) if deep else None
     if deep or not (schema_fits(store.con) if fits is None else fits):
         if start:
             raise ValueError("the Python audit starts at genesis only")
@@ -390,7 +390,7 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
     return with_registry(report, registry)
 
 
-def with_registry(report: Report, registry: registry_audit.Outcome | None) -> Report:
+def with_registry(report: Report, registry: registry_check.Outcome | None) -> Report:
     """The chain's report with the registry comparison, if the chain holds up to where the tables were read."""
     if registry is None or (report.failure is not None and report.failure.height <= registry.upto):
         return report

@@ -20,66 +20,8 @@ import pyarrow as pa
 
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading
+from ledger.chain.records import DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord
 from ledger.store.schema import migrate
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceRecord:
-    device: str
-    kind: str
-    district: str
-    account: str | None
-    public_key: str
-    status: str  # "active" | "revoked"
-    mqtt_hash: str
-    enrolled_at: int
-    revoked_at: int | None = None
-    # The keys before `public_key` that still sign some seqs (a rotation naming `from_seq`):
-    # empty for the many devices that never rotated with readings unsent.
-    earlier_keys: tuple[KeySpan, ...] = ()
-    key_from_seq: int = 0  # the first seq `public_key` signs
-
-    def key_for(self, seq: int) -> str | None:
-        """The key reading `seq` must be signed with, if ledgered now (ledger/chain/keyspans.py)."""
-        if seq >= self.key_from_seq:
-            return self.public_key
-        return key_for(self.earlier_keys, seq)
-
-    def public(self) -> dict[str, Any]:
-        """What may be shown: everything but the broker password hash."""
-        return {
-            "device": self.device,
-            "kind": self.kind,
-            "district": self.district,
-            "account": self.account,
-            "public_key": self.public_key,
-            "status": self.status,
-            "enrolled_at": self.enrolled_at,
-            "revoked_at": self.revoked_at,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceRecord:
-    username: str
-    role: str  # "ingest" | "observer"
-    mqtt_hash: str
-
-
-@dataclass(frozen=True, slots=True)
-class QuarantineRow:
-    received_at: int
-    topic: str
-    reason: str
-    device: str | None
-    detail: str
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class LedgeredReading:
-    reading: Reading
-    received_at: int
 
 
 @dataclass

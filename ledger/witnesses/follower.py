@@ -31,12 +31,11 @@ from ledger.chain.witness import (
     Alarm,
     AlreadyHave,
     Source,
-    StoreError,
     Unlinked,
-    WitnessStore,
     alarm_record,
     check,
 )
+from ledger.store.witness_files import StoreError, WitnessStore
 
 log = logging.getLogger("cityledger.witness")
 

@@ -114,8 +114,9 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
     from ledger.service.api import local_api
     from ledger.anomalies.investigations import record_findings
     from ledger.chain.protocol import sign_reading
-    from ledger.store.store import LedgeredReading, QuarantineRow
-    from ledger.service.writer import Batch, LedgerWriter, initialize
+    from ledger.chain.records import LedgeredReading, QuarantineRow
+    from ledger.service.writer import LedgerWriter, initialize
+    from ledger.chain.records import Batch
 
     now = now or int(time.time() * 1000)
     now -= now % 60_000

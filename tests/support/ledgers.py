@@ -15,8 +15,9 @@ from nacl.signing import SigningKey
 
 from ledger.home import Home
 from ledger.chain.protocol import Reading, sign_reading
-from ledger.store.store import LedgeredReading
-from ledger.service.writer import Batch, LedgerWriter, initialize
+from ledger.chain.records import LedgeredReading
+from ledger.service.writer import LedgerWriter, initialize
+from ledger.chain.records import Batch
 
 T0 = 1_764_000_000_000
 
