@@ -15,14 +15,16 @@ import fcntl
 import hashlib
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal, get_args
 
-from ledger.home import Home, write_private
+from broker import mosquitto
 from ledger.chain.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, ChainTopics, device_topic
+from ledger.chain.records import DeviceRecord, ServiceRecord
+from ledger.home import Home, write_private
 
 # mosquitto 2.0's "sha512-pbkdf2" format: $7$<iterations>$<base64 salt>$<base64 hash>.
 # 101 iterations and a 12-byte salt are what mosquitto_passwd 2.0 writes; the broker
@@ -247,3 +249,27 @@ def _read_fragments(fragments: Path) -> dict[str, tuple[str, str]]:
 
 def _logins(passwd: str) -> list[str]:
     return [line.split(":", 1)[0] for line in passwd.splitlines() if line]
+
+
+class MosquittoLogins:
+    """The ledger's registry as Mosquitto's logins: the keeper ledger/service/logins.py names.
+
+    Each writer subscribes `keep_in_step` to its access changes, so the broker's files
+    follow every enrolment, revocation, suspension and new service login, and a running
+    broker reloads them.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+
+    def new_login(self) -> tuple[str, str]:
+        password = new_password()
+        return password, hash_password(password)
+
+    def logins_elsewhere(self) -> set[str]:
+        return logins_elsewhere(self.home)
+
+    def keep_in_step(self, devices: Sequence[DeviceRecord], services: Sequence[ServiceRecord]) -> None:
+        write_access_files(self.home, [DeviceAccess(d.device, d.district, d.kind, d.mqtt_hash) for d in devices],
+                           [ServiceAccess(s.username, s.mqtt_hash, _check_role(s.role)) for s in services])  # type: ignore[arg-type]
+        mosquitto.reload(self.home)

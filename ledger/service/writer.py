@@ -4,6 +4,10 @@ DuckDB admits one writing process per file, so exactly one LedgerWriter exists
 at a time: inside the ingest service while it runs, else inside the CLI command
 that needs to write. A lock orders commits from ingest and from API calls so
 heights stay consecutive.
+
+It writes no broker files: who may log in is published to `on_access`, to which
+each writer subscribes the installed keeper of the broker's logins
+(ledger/service/logins.py; Mosquitto's is broker/access.py).
 """
 
 from __future__ import annotations
@@ -20,8 +24,6 @@ from typing import Any
 import pyarrow as pa
 from nacl.signing import SigningKey
 
-from broker import access
-from broker import mosquitto
 from ledger.service.budget import BudgetPolicy
 from ledger.chain import anchors
 from ledger.people import auth
@@ -31,6 +33,7 @@ from ledger.chain import merkle
 from ledger.people import signin
 from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.home import DISTRICT_FILE, Home, write_private
+from ledger.service.logins import Logins, installed_logins
 from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
 from ledger.chain.protocol import (
     KINDS,
@@ -98,8 +101,9 @@ class Sealed:
 class LedgerWriter:
     """Seals blocks and changes the registry; every change is also a ledger entry."""
 
-    def __init__(self, home: Home, store: Store, key: SigningKey) -> None:
+    def __init__(self, home: Home, store: Store, key: SigningKey, logins: Logins | None = None) -> None:
         self.home = home
+        self.logins = logins if logins is not None else installed_logins(home)
         self._root = store
         self._owner = threading.get_ident()
         self._cursors: dict[int, tuple[threading.Thread, Store]] = {}
@@ -115,6 +119,9 @@ class LedgerWriter:
         self.on_registry: list[Callable[[int, dict[str, DeviceRecord]], None]] = []
         self.on_policy: list[Callable[[BudgetPolicy], None]] = []  # ingest's budgets (ledger/service/budget.py)
         self.on_written_off: list[Callable[[str, int, int, Sealed], None]] = []  # ingest's acks
+        # Who may log in to the broker changed: the broker's keeper of logins follows (issue 16).
+        self.on_access: list[Callable[[Sequence[DeviceRecord], Sequence[ServiceRecord]], None]] = [
+            self.logins.keep_in_step]
 
     @property
     def store(self) -> Store:
@@ -263,7 +270,7 @@ class LedgerWriter:
                                            [ids]).fetchone()
             if taken is not None:
                 raise AlreadyEnrolled(f"device {taken[0]} is already enrolled")
-            elsewhere = access.logins_elsewhere(self.home).intersection(ids)
+            elsewhere = self.logins.logins_elsewhere().intersection(ids)
             if elsewhere:
                 raise AlreadyEnrolled(f"device {min(elsewhere)} is already a broker login of another district")
             for account in {c[4] for c in checked}:
@@ -273,9 +280,10 @@ class LedgerWriter:
             if owner is not None:
                 raise EnrolmentError(f"that public key is already enrolled for {owner[0]}")
             at, height = now_ms(), self.height + 1
-            passwords = [access.new_password() for _ in checked]
-            records = [DeviceRecord(device, kind, district, account, key, "active", access.hash_password(pw), at)
-                       for (device, kind, district, key, account), pw in zip(checked, passwords)]
+            logins = [self.logins.new_login() for _ in checked]
+            passwords = [pw for pw, _ in logins]
+            records = [DeviceRecord(device, kind, district, account, key, "active", hashed, at)
+                       for (device, kind, district, key, account), (_, hashed) in zip(checked, logins)]
             entries = [{"entry": "device_enrolled", "device": r.device, "kind": r.kind, "district": r.district,
                         "account": r.account, "public_key": r.public_key, **by, "at": at} for r in records]
 
@@ -286,7 +294,7 @@ class LedgerWriter:
 
             sealed = self.commit(Batch(), entries, also=register)
             self.registry = {**self.registry, **{r.device: r for r in records}}
-            self.sync_broker_access()
+            self.publish_access()
         assert sealed is not None
         logins = [{"device": r.device, "mqtt_username": r.device, "mqtt_password": pw}
                   for r, pw in zip(records, passwords)]
@@ -409,7 +417,7 @@ class LedgerWriter:
                      "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.mark_revoked(device, at))
             self.registry = {**self.registry, device: replace(rec, status="revoked", revoked_at=at)}
-            self.sync_broker_access()
+            self.publish_access()
         assert sealed is not None
         return {"device": device, "revoked_at": at, "operator": operator, "block": sealed.hash}
 
@@ -457,7 +465,7 @@ class LedgerWriter:
             sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
                 "UPDATE devices SET status = 'suspended' WHERE device = ?", [device]))
             self.registry = {**self.registry, device: replace(rec, status="suspended")}
-            self.sync_broker_access()
+            self.publish_access()
         assert sealed is not None
         return {"device": device, "until": until, "at": at, "rule": entry["rule"], "block": sealed.hash}
 
@@ -479,7 +487,7 @@ class LedgerWriter:
             sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
                 "UPDATE devices SET status = 'active' WHERE device = ?", [device]))
             self.registry = {**self.registry, device: replace(rec, status="active")}
-            self.sync_broker_access()
+            self.publish_access()
         assert sealed is not None
         return {"device": device, "at": at, **by, "block": sealed.hash}
 
@@ -500,11 +508,11 @@ class LedgerWriter:
                 raise EnrolmentError(f"no active device {device}")
             if public_key is not None and public_key.lower() != rec.public_key:
                 raise EnrolmentError(f"that key is not the enrolled key of {device}")
-            password = access.new_password()
-            new = replace(rec, mqtt_hash=access.hash_password(password))
+            password, hashed = self.logins.new_login()
+            new = replace(rec, mqtt_hash=hashed)
             self.store.set_mqtt_hash(device, new.mqtt_hash)
             self.registry = {**self.registry, device: new}
-            self.sync_broker_access()
+            self.publish_access()
         return {"device": device, "mqtt_username": device, "mqtt_password": password}
 
     def add_service(self, username: str, role: str) -> dict[str, Any]:
@@ -514,11 +522,11 @@ class LedgerWriter:
             raise EnrolmentError(f"invalid or reserved login name {username!r}")
         with self.lock:
             if username in self.registry or username in {s.username for s in self.store.services()} \
-                    or username in access.logins_elsewhere(self.home):
+                    or username in self.logins.logins_elsewhere():
                 raise AlreadyEnrolled(f"login {username} exists")
-            password = access.new_password()
-            self.store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
-            self.sync_broker_access()
+            password, hashed = self.logins.new_login()
+            self.store.upsert_service(ServiceRecord(username, role, hashed))
+            self.publish_access()
         return {"username": username, "role": role, "mqtt_password": password}
 
     def ensure_ingest_logins(self, workers: int) -> list[int]:
@@ -526,11 +534,11 @@ class LedgerWriter:
         for ingest workers, created once and kept 0600 in the home's secrets; returns the indices
         of every worker login there is, used or not."""
         with self.lock:
-            created = [ensure_service_login(self.home, self.store, name, role) for name, role in SERVICES]
-            created += [ensure_service_login(self.home, self.store, f"{WORKER_PREFIX}{i}", "ingest")
+            created = [ensure_service_login(self.home, self.store, self.logins, name, role) for name, role in SERVICES]
+            created += [ensure_service_login(self.home, self.store, self.logins, f"{WORKER_PREFIX}{i}", "ingest")
                         for i in range(1, workers + 1)]
             if any(created):
-                self.sync_broker_access()
+                self.publish_access()
             prefix = self.home.login(WORKER_PREFIX)
             return sorted(int(s.username[len(prefix):]) for s in self.store.services()
                           if s.username.startswith(prefix) and s.username[len(prefix):].isdigit())
@@ -1013,14 +1021,12 @@ class LedgerWriter:
                                    [dispute_id, now_ms(), account, author, status, subject, message[:4000]])
         return {"id": dispute_id, "status": status}
 
-    def sync_broker_access(self) -> None:
-        """Regenerate the broker's password and ACL files and make a running broker reload them."""
-        devices = [access.DeviceAccess(d.device, d.district, d.kind, d.mqtt_hash)
-                   for d in self.registry.values() if d.status == "active"]
-        services = [access.ServiceAccess(s.username, s.mqtt_hash, s.role)  # type: ignore[arg-type]
-                    for s in self.store.services()]
-        access.write_access_files(self.home, devices, services)
-        mosquitto.reload(self.home)
+    def publish_access(self) -> None:
+        """Tell the subscribers who may log in now: the active devices and every service."""
+        devices = [d for d in self.registry.values() if d.status == "active"]
+        services = self.store.services()
+        for callback in self.on_access:
+            callback(devices, services)
 
 
 def recover_key_rotation(home: Home, store: Store) -> None:
@@ -1034,7 +1040,7 @@ def recover_key_rotation(home: Home, store: Store) -> None:
         pending.unlink()
 
 
-def ensure_service_login(home: Home, store: Store, name: str, role: str) -> bool:
+def ensure_service_login(home: Home, store: Store, logins: Logins, name: str, role: str) -> bool:
     """A service's broker login, its password kept only in the home's secrets (0600); True if made now.
 
     The secret file is named after the service (`ingest`); the login in it is the
@@ -1043,9 +1049,9 @@ def ensure_service_login(home: Home, store: Store, name: str, role: str) -> bool
     username = home.login(name)
     if username in {s.username for s in store.services()} and home.service_secret(name).exists():
         return False
-    password = access.new_password()
+    password, hashed = logins.new_login()
     write_private(home.service_secret(name), canonical_json({"username": username, "password": password}))
-    store.upsert_service(ServiceRecord(username, role, access.hash_password(password)))
+    store.upsert_service(ServiceRecord(username, role, hashed))
     return True
 
 
@@ -1063,15 +1069,16 @@ def initialize(home: Home) -> dict[str, Any]:
             home.trusted_key.write_text(public_hex(key) + "\n")
         elif known != public_hex(key) and not home.ledger_next_key.exists():
             raise RuntimeError(f"{home.ledger_key} does not match the ledger's key {known}")
+        logins = installed_logins(home)
         for username, role in SERVICES:
-            ensure_service_login(home, store, username, role)
-        writer = LedgerWriter(home, store, key)
+            ensure_service_login(home, store, logins, username, role)
+        writer = LedgerWriter(home, store, key, logins)
         if writer.height < 0:
             district = {"district": home.district} if home.district else {}
             writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}])
         if store.con.execute("SELECT count(*) FROM tariff_versions").fetchone()[0] == 0:
             writer.load_tariffs(DEFAULT_FILE.read_text())
-        writer.sync_broker_access()
+        writer.publish_access()
         return {"home": str(home.root), "ledger_key": public_hex(key), "created": created,
                 "height": writer.height}
     finally:
