@@ -59,6 +59,7 @@ from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import READING_CONTEXT, device_topic, sign_reading, verify_reading
 from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.writer import initialize
+from ledger.clock import now_ms
 
 # Readings/s the pre-signed supply is sized for, with room for devices progressing unevenly;
 # a faster ledger runs the devices dry, and the result says so (supply_exhausted).
@@ -198,7 +199,7 @@ def sign_supply(task: tuple[str, str, str, bytes, int, int]) -> tuple[str, bytes
 
 def presign(specs: list[DeviceSpec], count: int, processes: int) -> list[Supply]:
     """Every device's readings for the whole run, signed on all cores before the clock starts."""
-    ts_end = time.time_ns() // 1_000_000
+    ts_end = now_ms()
     tasks = [(s.device, s.district, s.kind, s.seed, count, ts_end) for s in specs]
     by_device = {s.device: s for s in specs}
     supplies = []

@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from ledger.home import Home
 from ledger.service.writer import LedgerWriter, initialize
+from ledger.clock import now_ms
 
 STEP = 900_000
 DAY = 86_400_000
@@ -341,7 +342,7 @@ def main() -> None:
     made: dict[str, Any] = {}
     if not home.database.exists():
         initialize(home)
-        end = time.time_ns() // 1_000_000 // STEP * STEP
+        end = now_ms() // STEP * STEP
         print(f"fabricating {args.devices:,} devices x {args.days} days in {home.root}", file=sys.stderr)
         made = fabricate(home, args.devices, args.days, end)
         logins(home)

@@ -51,6 +51,7 @@ from ledger.home import Home
 from ledger.chain.protocol import device_topic, sign_reading
 from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.writer import initialize
+from ledger.clock import now_ms
 
 
 def _free_port() -> int:
@@ -119,7 +120,7 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
         ingest.start()  # creates the ingest's persistent session (clean_start=False, 7-day expiry)
         api = open_ledger(home)
         per = messages // devices
-        now = int(time.time() * 1000)
+        now = now_ms()
         print(f"enrolling {devices} devices, signing {per * devices} readings...", file=sys.stderr)
         payloads: list[list[tuple[str, bytes]]] = []
         creds = []

@@ -42,6 +42,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker.mqtt.client_ids import mqtt_client_id
 from ledger.chain.protocol import canonical_json, device_topic, sign_reading
+from ledger.clock import now_ms
 
 HOSTILE_DEVICE = "em-d09-666666"  # a district of its own, so no fleet device shares its name
 HOSTILE_KIND, HOSTILE_DISTRICT = "electricity", "d09"
@@ -59,10 +60,6 @@ MIX: tuple[tuple[str, int], ...] = (
     ("wrong_types", 8), ("oversize", 8), ("bad_signature", 14), ("replay", 10), ("impersonation", 5),
     ("status_garbage", 3),
 )
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -69,6 +69,7 @@ from ledger.chain.protocol import READING_CONTEXT, canonical_json
 from ledger.service.rpc import open_ledger
 from ledger.store.sqlaudit import READING_LEAF_SQL
 from ledger.service.writer import LedgerWriter, initialize
+from ledger.clock import now_ms
 
 JOBS = ("audit", "deep-audit", "scan", "roll-up", "close", "sign-in")
 STEP_MS = 900_000  # the history's cadence: a reading every 15 minutes
@@ -399,11 +400,11 @@ def run_phase(stack: Stack, gen: LoadGenerator, job: str, opt: JobsOptions, mont
                              name=f"bench-job-{job}", daemon=True)
         runner.start()
     h0 = ingest.api.status()["height"]
-    r0, cpu0, t0, wall0 = chain_readings(stack)[0], tree_cpu_seconds(ingest.proc.pid), time.monotonic(), _wall_ms()
+    r0, cpu0, t0, wall0 = chain_readings(stack)[0], tree_cpu_seconds(ingest.proc.pid), time.monotonic(), now_ms()
     rest0 = _rest_cpu(stack, runner)
     gen.latencies, gen.measure_from, gen.measure_until = Latencies(), t0, float("inf")
     _pump(stack, gen, opt.seconds, bar, started, total)
-    r1, cpu1, t1, wall1 = chain_readings(stack)[0], tree_cpu_seconds(ingest.proc.pid), time.monotonic(), _wall_ms()
+    r1, cpu1, t1, wall1 = chain_readings(stack)[0], tree_cpu_seconds(ingest.proc.pid), time.monotonic(), now_ms()
     rest1 = _rest_cpu(stack, runner)
     phase.other_cpu_s = max(0.0, (rest1[0] - rest0[0]) - (rest1[1] - rest0[1]) - (cpu1 - cpu0))
     gen.measure_until = t1
@@ -446,10 +447,6 @@ def _rest_cpu(stack: Stack, runner: Any) -> tuple[float, float]:
     if runner is not None and runner.pid is not None:
         ours += tree_cpu_seconds(runner.pid)
     return machine_busy_seconds(), ours
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _pump(stack: Stack, gen: LoadGenerator, seconds: float, bar: ProgressBar, started: float, total: int) -> None:
@@ -503,7 +500,7 @@ def run(opt: JobsOptions) -> dict[str, Any]:
 
 
 def _run_on(home: Home, opt: JobsOptions) -> dict[str, Any]:
-    now = _wall_ms()
+    now = now_ms()
     history = fabricate_history(home, opt.history_devices, opt.history_days, now, opt.extra_accounts)
     specs = device_specs(opt.load.devices)
     month, login = previous_month(now), history_device(0)[3]

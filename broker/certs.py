@@ -36,7 +36,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ledger.home import Home, write_private
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cityledger.broker")
 
 CA_DAYS = 3650
 SERVER_DAYS = 730

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 from dashboard import data
 from ledger.home import Home
+from ledger.clock import now_ms
 
 log = logging.getLogger("cityledger.dashboard")
 
@@ -34,7 +34,7 @@ class AuditRun:
         with self._lock:
             if self._state.get("running"):
                 return False
-            self._state = {"running": True, "done": 0, "total": None, "started_at": _now(), "by": operator}
+            self._state = {"running": True, "done": 0, "total": None, "started_at": now_ms(), "by": operator}
         thread = threading.Thread(target=self._run, args=(home or Home.from_env(),), name="dashboard-audit",
                                   daemon=True)
         thread.start()
@@ -47,7 +47,7 @@ class AuditRun:
     def _run(self, home: Home) -> None:
         try:
             report = data.ledger().verify(progress=self._progress)
-            report["finished_at"] = _now()
+            report["finished_at"] = now_ms()
             report["by"] = self._state.get("by")
             tmp = home.last_audit.with_suffix(".tmp")
             tmp.write_text(json.dumps(report))
@@ -58,11 +58,7 @@ class AuditRun:
         except Exception as exc:  # shown to the operator as a sentence, logged with its trace
             log.exception("audit failed to run")
             with self._lock:
-                self._state.update(running=False, error=f"{type(exc).__name__}: {exc}"[:300], finished_at=_now())
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
+                self._state.update(running=False, error=f"{type(exc).__name__}: {exc}"[:300], finished_at=now_ms())
 
 
 RUN = AuditRun()

@@ -26,6 +26,7 @@ from dashboard.fmt import unit_label, zone
 from ledger.home import Home
 from ledger.service.rpc import BUSY, RemoteError, open_ledger
 from ledger.people.signin import LOCAL, Throttled, Wrong
+from ledger.clock import now_ms
 
 log = logging.getLogger("cityledger.dashboard")
 
@@ -158,10 +159,6 @@ CACHE = _Cache()
 
 def tariffs() -> dict[str, Any]:
     return CACHE.get(("tariffs",), 300, lambda: view("tariff_summary"))
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # ---------------------------------------------------------------- who is signed in

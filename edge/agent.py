@@ -44,7 +44,7 @@ from ledger.chain.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, parse_
 
 __all__ = ["AgentSettings", "DeviceAgent", "DeviceIdentity", "Enroll", "device_dir", "load_key", "provision"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cityledger.device")
 
 
 @dataclass(frozen=True)

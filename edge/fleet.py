@@ -37,8 +37,9 @@ from edge.meters import MeterModel, ParkingSensor, device_seed, meter_for
 from edge.netloop import NetLoop
 from edge.outbox import Outbox, OutboxFull
 from ledger.home import Home
+from ledger.clock import now_ms
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cityledger.fleet")
 
 PREFIXES: dict[str, str] = {"water": "wm", "gas": "gm", "electricity": "em", "parking": "ps"}
 # The mix of a district's devices, in the order ties are broken.
@@ -46,10 +47,6 @@ KIND_SHARES: tuple[tuple[str, float], ...] = (("electricity", 0.35), ("water", 0
 OUTBOX_FILE = "outbox.sqlite"
 LOCK_FILE = "fleet.lock"
 FAULTS_FILE = "faults.jsonl"  # the ground truth of a run with injected faults, one fault per line
-
-
-def wall_clock_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class FleetBusy(RuntimeError):
@@ -249,7 +246,7 @@ def run_fleet(
     after_enroll: Callable[[list[DeviceIdentity]], None] | None = None,
     settings: AgentSettings = AgentSettings(),
     heartbeat_every: int = 10,
-    clock: Callable[[], int] = wall_clock_ms,
+    clock: Callable[[], int] = now_ms,
     tls: TLSSettings | None = None,
     faults: FaultPlan | None = None,
 ) -> FleetStats:

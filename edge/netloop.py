@@ -54,7 +54,7 @@ from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cityledger.device")
 
 T = TypeVar("T")
 

@@ -132,7 +132,7 @@ def test_a_written_off_reading_releases_the_ack_and_the_agent_drops_it(stack: St
     refused = stack.cli("devices", "write-off", name, "--seqs", "2-3", "--reason", "x", "--operator", "op-li")
     assert refused.returncode != 0 and "ledgered" in refused.stderr  # only what is missing
 
-    with caplog.at_level(logging.WARNING, logger="edge.agent"):
+    with caplog.at_level(logging.WARNING, logger="cityledger.device"):
         out = stack.cli_json("devices", "write-off", name, "--seqs", "2", "--reason", "corrupt flash, replaced",
                              "--operator", "op-li")
         assert (out["from_seq"], out["to_seq"], out["operator"]) == (2, 2, "op-li")

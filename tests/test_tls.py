@@ -328,7 +328,7 @@ def test_an_edge_agent_refuses_an_unverified_broker_and_works_with_ours(
     agent.client.reconnect = lambda: (attempts.append(1), reconnect())[1]  # type: ignore[method-assign]
     loop, stop = NetLoop(backoff=Backoff(initial=0.05, maximum=0.1)), threading.Event()
     loop.add(agent)
-    with caplog.at_level(logging.WARNING, logger="edge.netloop"):
+    with caplog.at_level(logging.WARNING, logger="cityledger.device"):
         thread = loop.start(stop)
         try:
             wait_for(lambda: len(attempts) >= 3, 10, "three connection attempts")

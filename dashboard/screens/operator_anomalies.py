@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import fmt, ui
-from dashboard.data import ANOMALY_STATES, now_ms
+from dashboard.data import ANOMALY_STATES
+from ledger.clock import now_ms
 
 data = ui.operator()
 st.title("Anomalies")

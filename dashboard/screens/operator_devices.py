@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import fmt, ui
-from dashboard.data import now_ms
+from ledger.clock import now_ms
 
 data = ui.operator()
 st.title("Devices")

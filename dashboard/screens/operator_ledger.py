@@ -6,7 +6,7 @@ import streamlit as st
 
 from dashboard import fmt, ui
 from dashboard.audits import RUN
-from dashboard.data import now_ms
+from ledger.clock import now_ms
 
 data = ui.operator()
 st.title("Ledger")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, fmt, ui
-from dashboard.data import now_ms, tariffs
+from dashboard.data import tariffs
+from ledger.clock import now_ms
 
 data = ui.operator()
 st.title("City overview")

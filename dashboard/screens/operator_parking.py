@@ -7,7 +7,8 @@ import datetime as dt
 import streamlit as st
 
 from dashboard import charts, ui
-from dashboard.data import now_ms, tariffs
+from dashboard.data import tariffs
+from ledger.clock import now_ms
 from dashboard.fmt import money
 
 data = ui.operator()

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ledger.home import Home
 from ledger.service.supervision import PartRecord, write_state
+from ledger.clock import now_ms
 
 STOP_TIMEOUT_S = 15.0
 
@@ -88,10 +89,6 @@ def describe_exit(returncode: int) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exit code {returncode}"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # ---------------------------------------------------------------- the processes

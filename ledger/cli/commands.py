@@ -257,7 +257,17 @@ def cmd_systemd_units(args: argparse.Namespace) -> int:
     return 0
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    # The benchmarks stay in the repository, out of the wheel (issue 16): they run from a checkout.
+    if not (CHECKOUT / "bench" / "city.py").is_file():
+        print("cityledger bench: the benchmarks are in the source checkout's bench/, not in an installed "
+              "package; run it from a checkout (bash .ci/setup, then .venv/bin/cityledger bench)", file=sys.stderr)
+        return 2
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
     if args.job:  # the heavy jobs against a loaded ingest (bench/jobs.py)
         from bench.jobs import main as bench_main
     else:

@@ -29,7 +29,8 @@ from ledger.service.api import local_api
 from ledger.home import Home
 from ledger.chain.protocol import DISTRICT_CHECKPOINT_TOPIC, DISTRICT_HEADERS_TOPIC, ChainTopics, canonical_json
 from ledger.chain.witness import alarm_record
-from ledger.service.writer import LedgerWriter, now_ms
+from ledger.service.writer import LedgerWriter
+from ledger.clock import now_ms
 
 log = logging.getLogger("cityledger.anchor")
 

@@ -38,7 +38,8 @@ from ledger.chain.protocol import (
     device_topic,
 )
 from ledger.chain.records import DeviceRecord
-from ledger.service.writer import LedgerWriter, Sealed, now_ms
+from ledger.service.writer import LedgerWriter, Sealed
+from ledger.clock import now_ms
 from ledger.chain.records import Batch
 
 log = logging.getLogger("cityledger.ingest")

@@ -36,7 +36,8 @@ from broker.mqtt.subscriber import MQTTError, Subscriber
 from broker.mqtt.tls import TLSSettings
 from ledger.chain.protocol import ChainTopics, Reading
 from ledger.chain.records import DeviceRecord
-from ledger.service.writer import WORKER_PREFIX, now_ms
+from ledger.service.writer import WORKER_PREFIX
+from ledger.clock import now_ms
 
 log = logging.getLogger("cityledger.ingest")
 

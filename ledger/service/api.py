@@ -35,6 +35,7 @@ from ledger.store.sqlaudit import audit_store
 from ledger.store.store import Store
 from ledger.billing.tariffs import TariffBook, parse_tariffs
 from ledger.service.writer import LedgerWriter
+from ledger.clock import now_ms
 
 
 class Backend(Protocol):
@@ -128,7 +129,7 @@ class LedgerAPI:
             **counts,
             "height": head[0] if head else None,
             "last_block_hash": head[1] if head else None,
-            "ingest": health.snapshot(_now()) if health else {"running": False},
+            "ingest": health.snapshot(now_ms()) if health else {"running": False},
             "jobs": {name: {**asdict(r), "failing": r.failing} for name, r in jobs.load(self.home.jobs).items()},
             "supervisor": supervision.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
         }
@@ -136,7 +137,7 @@ class LedgerAPI:
     def silence_margin_ms(self) -> int:
         """How much later than usual the ledger may hear from a device now (ledger.health)."""
         health = self.backend.health
-        return int(health.snapshot(_now())["silence_margin_ms"] or 0) if health else 0
+        return int(health.snapshot(now_ms())["silence_margin_ms"] or 0) if health else 0
 
     def devices(self) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
@@ -422,15 +423,15 @@ class LedgerAPI:
 
     def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else _now(), operator)
+            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else now_ms(), operator)
 
     def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.lease(space, account, from_ts if from_ts is not None else _now(), operator)
+            return writer.lease(space, account, from_ts if from_ts is not None else now_ms(), operator)
 
     def checkin(self, space: str, account: str, operator: str, at: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.checkin(space, account, at if at is not None else _now(), operator)
+            return writer.checkin(space, account, at if at is not None else now_ms(), operator)
 
     def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
                            operator: str) -> dict[str, Any]:
@@ -476,7 +477,7 @@ class LedgerAPI:
 
     def close_month(self, month: str, progress: Progress | None = None) -> dict[str, Any]:
         """Issue every account's bill for `month`; bills already issued stay as they are."""
-        started = _now()
+        started = now_ms()
         with self.backend.reading() as store:
             book, version = self._book(store)
             drafts, _ = close_bills(store, book, version, month, progress)
@@ -485,7 +486,7 @@ class LedgerAPI:
             result = writer.issue_bills(month, drafts)
         if progress:
             progress(accounts, accounts)
-        return {**result, "accounts": accounts, "seconds": (_now() - started) / 1000}
+        return {**result, "accounts": accounts, "seconds": (now_ms() - started) / 1000}
 
     def unpaid_stays(self, month: str) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
@@ -499,7 +500,7 @@ class LedgerAPI:
         from ledger.anomalies.detectors import AnomalyConfig
         from ledger.anomalies.scan import detect_by_group
 
-        now = _now()
+        now = now_ms()
         since = now - lookback_days * 86_400_000
         with self.backend.reading() as store:
             # A district's devices of one kind at a time, the detectors in a child process: weeks of
@@ -535,7 +536,7 @@ class LedgerAPI:
     def act_on_anomaly(self, anomaly_id: str, status: str, operator: str, note: str | None = None) -> dict[str, Any]:
         """ack (acknowledged), resolve (resolved) or dismiss (dismissed), with the operator's name."""
         with self.backend.writing() as writer, writer.lock:
-            return investigations.transition(writer.store, anomaly_id, status, operator, note, _now())
+            return investigations.transition(writer.store, anomaly_id, status, operator, note, now_ms())
 
     def view(self, name: str, params: dict[str, Any] | None = None) -> Any:
         """A named read-only query from `ledger.views` (the dashboard's read side)."""
@@ -570,7 +571,7 @@ class LedgerAPI:
                         at_least: int = signin.REPEATED) -> dict[str, list[dict[str, Any]]]:
         """Logins and sources with repeated failed sign-ins (default: the last hour). `districts`:
         only citizens' accounts with a device there; None: every login, for the whole city."""
-        since = _now() - signin.HOUR_MS if since_ms is None else int(since_ms)
+        since = now_ms() - signin.HOUR_MS if since_ms is None else int(since_ms)
         with self.backend.reading() as store:
             return signin.repeated_failures(store.con, since, districts, at_least)
 
@@ -602,12 +603,6 @@ class LedgerAPI:
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
             return store.witness_reports(kind, limit)
-
-
-def _now() -> int:
-    import time
-
-    return time.time_ns() // 1_000_000
 
 
 def local_api(home: Home, writer: LedgerWriter | None = None, health: IngestHealth | None = None) -> LedgerAPI:

@@ -26,7 +26,7 @@ from ledger.home import Home
 from ledger.anomalies.investigations import InvestigationError
 from ledger.service.writer import EnrolmentError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cityledger.api")
 
 # Errors whose message is meant for the caller; anything else is a bug and is logged.
 _USER_ERRORS = (EnrolmentError, InvestigationError, ValueError, FileNotFoundError, KeyError, LookupError, TypeError)

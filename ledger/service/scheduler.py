@@ -10,7 +10,6 @@ import datetime
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,6 +21,7 @@ from ledger.service import jobs
 from ledger.service.cityaudit import verify_city
 from ledger.home import Home
 from ledger.service.rpc import open_ledger
+from ledger.clock import now_ms
 
 log = logging.getLogger("cityledger.scheduler")
 
@@ -36,14 +36,14 @@ class JobLog:
 
     def run(self, name: str, job: Callable[..., Any], *args: Any) -> Any:
         """Run `job(*args)` as the job `name`; its failure is recorded, then raised for APScheduler to log."""
-        self._update(name, lambda r: jobs.started(r, name, _ms()))
+        self._update(name, lambda r: jobs.started(r, name, now_ms()))
         try:
             result = job(*args)
         except Exception as exc:
-            self._update(name, lambda r, failure=exc: jobs.finished(r or jobs.JobRecord(name), _ms(), failure))
+            self._update(name, lambda r, failure=exc: jobs.finished(r or jobs.JobRecord(name), now_ms(), failure))
             log.error("job %s failed: %s", name, exc)
             raise
-        self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), _ms(), None))
+        self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), now_ms(), None))
         return result
 
     def _update(self, name: str, change: Callable[[jobs.JobRecord | None], jobs.JobRecord]) -> None:
@@ -55,10 +55,6 @@ class JobLog:
                 log.warning("could not record job %s: %s", name, exc)
 
 
-def _ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def audit_job(home: Home) -> dict:
     """Run a structural audit and keep its result where the dashboard reads it.
 
@@ -66,7 +62,7 @@ def audit_job(home: Home) -> dict:
     """
     ledger = open_ledger(home)
     report = verify_city(home) if home.district is None and ledger.districts() else ledger.verify()
-    report["finished_at"] = int(time.time() * 1000)
+    report["finished_at"] = now_ms()
     tmp = home.last_audit.with_suffix(".tmp")
     tmp.write_text(json.dumps(report))
     tmp.replace(home.last_audit)

@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ledger.home import Home, write_private
+from ledger.clock import now_ms
 
 STATE_VERSION = 1
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass

@@ -16,11 +16,11 @@ history from a bounded time window, never from all of a device's readings.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ledger.store.store import Store
+from ledger.clock import now_ms
 
 View = Callable[..., Any]
 VIEWS: dict[str, View] = {}
@@ -34,10 +34,6 @@ def view(fn: View) -> View:
     """Register a function as a view under its own name."""
     VIEWS[fn.__name__] = fn
     return fn
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -216,7 +212,7 @@ def device_readings(store: Store, device: str, start: int, end: int, max_points:
 def overview(store: Store, districts: list[str] | None = None, now: int | None = None) -> dict[str, Any]:
     """Per district: devices (online, offline, revoked), readings per second over the last
     minute, readings and rejected messages over the last hour; and the chain's totals."""
-    now = int(now or _now())
+    now = int(now or now_ms())
     where, args = _scope("d.district", districts)
     devices = store.con.execute(f"""
         SELECT d.district, count(*) FILTER (WHERE d.status = 'active'),
@@ -263,7 +259,7 @@ def overview(store: Store, districts: list[str] | None = None, now: int | None =
 def arrivals(store: Store, districts: list[str] | None = None, minutes: int = 60,
              now: int | None = None) -> list[dict[str, Any]]:
     """Readings ledgered per minute and district over the last `minutes` (by arrival time, from the tail)."""
-    now = int(now or _now())
+    now = int(now or now_ms())
     where, args = _scope("d.district", districts)
     rows = store.con.execute(f"""
         SELECT d.district, r.received_at // 60000 * 60000 AS m, count(*) FROM readings r JOIN devices d USING (device)
@@ -279,7 +275,7 @@ def arrivals(store: Store, districts: list[str] | None = None, minutes: int = 60
 def device_search(store: Store, districts: list[str] | None = None, text: str = "", kind: str | None = None,
                   status: str | None = None, limit: int = 200, now: int | None = None) -> dict[str, Any]:
     """Devices matching a search, with their connection status and their last reading of the past hour."""
-    now = int(now or _now())
+    now = int(now or now_ms())
     where, args = _scope("d.district", districts)
     sql = f"""FROM devices d LEFT JOIN device_status s USING (device)
               WHERE {where} AND (d.device ILIKE ? OR coalesce(d.account, '') ILIKE ?)"""
@@ -311,7 +307,7 @@ def device_search(store: Store, districts: list[str] | None = None, text: str = 
 def device_detail(store: Store, device: str, now: int | None = None) -> dict[str, Any] | None:
     """One device: its record (never its broker password hash), status, and its last reading,
     looked for in ever wider stretches of the table's tail."""
-    now = int(now or _now())
+    now = int(now or now_ms())
     row = store.con.execute(
         "SELECT d.device, d.kind, d.district, d.account, d.public_key, d.status, d.enrolled_at, d.revoked_at,"
         " s.status, s.changed_at FROM devices d LEFT JOIN device_status s USING (device) WHERE d.device = ?",
@@ -379,7 +375,7 @@ def quarantine_rows(store: Store, districts: list[str] | None = None, reason: st
 @view
 def quarantine_summary(store: Store, districts: list[str] | None = None, since: int | None = None) -> dict[str, Any]:
     """Rejected messages by reason (everything counted, stored or not) and the rows kept."""
-    since = int(since if since is not None else _now() - 24 * HOUR)
+    since = int(since if since is not None else now_ms() - 24 * HOUR)
     where, args = _scope("d.district", districts)
     counted = store.con.execute(f"""
         SELECT c.reason, sum(c.count) FROM reject_counts c LEFT JOIN devices d USING (device)
@@ -418,7 +414,7 @@ def parking_occupancy(store: Store, start: int, end: int, districts: list[str] |
     if not spaces:
         return []
     start, end, bucket, hold = int(start), int(end), int(bucket_ms), int(hold_ms)
-    until = min(end, _now())
+    until = min(end, now_ms())
     zones = ", ".join(f"(?, ?, {int(z)})" for _, _, z in spaces)
     rows = store.con.execute(f"""
         WITH s(device, district, zone) AS (VALUES {zones}),
@@ -466,7 +462,7 @@ def parking_revenue(store: Store, districts: list[str] | None = None, months: in
 @view
 def parking_today(store: Store, districts: list[str] | None = None, now: int | None = None) -> dict[str, Any]:
     """Spaces in scope and how many were last reported taken (from the past hour)."""
-    now = int(now or _now())
+    now = int(now or now_ms())
     spaces = _space_zones(store, districts)
     if not spaces:
         return {"spaces": 0, "taken": 0, "reporting": 0}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import threading
-import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from dataclasses import dataclass, replace
@@ -48,6 +47,7 @@ from ledger.store.store import Commit, Store
 from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, ServiceRecord
 from ledger.billing.tariffs import DEFAULT_FILE, parse_tariffs
 from ledger.chain.witness import SignedHeader
+from ledger.clock import now_ms
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
@@ -62,10 +62,6 @@ PASSWORD_CHECKS = threading.BoundedSemaphore(2)
 
 DEFAULT_ADJUSTMENT_LIMIT = Decimal("1000.00")  # yuan; above it a correction needs a second operator
 WRITE_OFF_MAX = 100_000  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def named(operator: str | None) -> dict[str, str]:

@@ -156,6 +156,12 @@ class Manifest:
         }
 
 
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """manifest.json as written: indented JSON, one member per line, so that a reader can
+    look at it; tests/golden/manifest.json holds an example, and a change shows there."""
+    return json.dumps(manifest.as_dict(), indent=1).encode() + b"\n"
+
+
 def load_manifest(directory: Path) -> Manifest | None:
     """The archive's manifest; None when the directory holds none yet."""
     path = directory / MANIFEST
@@ -268,7 +274,7 @@ def write_archive(store: Store, out: Path, upto_height: int | None = None,
         segment = write_segment(store.con, out, segments[-1].segment + 1 if segments else 0, lo, hi)
         segments.append(segment)
         written.append(segment)
-        _write_atomic(out / MANIFEST, json.dumps(Manifest(segments).as_dict(), indent=1).encode() + b"\n")
+        _write_atomic(out / MANIFEST, manifest_bytes(Manifest(segments)))
         if progress:
             progress(hi - start + 1, total)
     return {

@@ -13,7 +13,6 @@ import logging
 import queue
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from ledger.chain.witness import (
     check,
 )
 from ledger.store.witness_files import StoreError, WitnessStore
+from ledger.clock import now_ms
 
 log = logging.getLogger("cityledger.witness")
 
@@ -59,10 +59,6 @@ class _Refused:
     """The broker will not have us: retrying would only hammer it."""
 
     detail: str
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def run_witness(store: Path, *, host: str, port: int, name: str, password: str, ledger_key: str | None,
