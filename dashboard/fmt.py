@@ -5,15 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
+from ledger.defaults import DEFAULT_TIMEZONE
 
-DEFAULT_TZ = "Asia/Shanghai"
 
 
 def zone(name: str | None) -> ZoneInfo:
     try:
-        return ZoneInfo(name or DEFAULT_TZ)
+        return ZoneInfo(name or DEFAULT_TIMEZONE)
     except (KeyError, ValueError):
-        return ZoneInfo(DEFAULT_TZ)
+        return ZoneInfo(DEFAULT_TIMEZONE)
 
 
 def when(ms: int | None, tz: ZoneInfo, *, seconds: bool = False) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
+from ledger.defaults import DEFAULT_TIMEZONE
 
 TYPES = ("leak", "rollback", "spike", "zero_consumption", "silent", "clock", "hostile", "parking_overstay",
          "parking_flicker")
@@ -336,7 +337,7 @@ def _nights(s: _Series, now: int, tz: str, config: AnomalyConfig, max_gap: int) 
 
 
 def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                 tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                 tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """Water or gas that never stops flowing at night, judged by the minimum night flow over several nights.
 
     A household's taps are shut between 01:00 and 05:00, so the smallest hourly
@@ -425,7 +426,7 @@ def _leak_of(ns: list[_Night], district: Mapping[int, float], config: AnomalyCon
 
 
 def detect_rollbacks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                     tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig(), *,
+                     tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig(), *,
                      replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None) -> list[Finding]:
     """A cumulative register going down: tampering, or a meter replaced without the operator recording it.
 
@@ -455,7 +456,7 @@ def detect_rollbacks(devices: Sequence[DeviceInfo], readings: Mapping[str, Seque
 
 
 def detect_spikes(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                  tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                  tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """An hour's consumption far above the device's own history and far above its district's peers.
 
     Own history: the same local hour on the device's other days, in logs
@@ -582,7 +583,7 @@ def _hhmm(ts: int, tz: str) -> str:
 
 
 def detect_zero_consumption(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                            tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                            tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """An occupied account whose meter keeps reporting but stops advancing for days.
 
     Occupied means the meter has an account. The flat stretch runs from the
@@ -621,7 +622,7 @@ def detect_zero_consumption(devices: Sequence[DeviceInfo], readings: Mapping[str
 
 def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
                   rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                  tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig(), *,
+                  tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig(), *,
                   lag_ms: int = 0) -> list[Finding]:
     """No reading for too many intervals, or an `offline` status that no `online` followed.
 
@@ -665,7 +666,7 @@ def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
 
 def detect_clock(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
                  rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                 tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                 tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """Timestamps far from receive time, or going backwards.
 
     - Behind: every reading received in the last `clock_window_ms` arrived at
@@ -750,7 +751,7 @@ def _clock_of(d: DeviceInfo, s: _Series, skew: tuple[str, int] | None,
 
 
 def detect_hostile(devices: Sequence[DeviceInfo], rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                   tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                   tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """Bursts of quarantined messages from one device: bad signatures, replays, malformed payloads.
 
     A healthy device never sends one (its outbox re-sends byte-identical
@@ -813,7 +814,7 @@ def _stays(obs: Sequence[Obs], max_gap: int) -> list[tuple[int, int]]:
 
 
 def detect_parking_overstays(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                             tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                             tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """A space occupied far longer than any zone allows: an abandoned vehicle, or a sensor stuck on "occupied".
 
     A stay runs from the first reading saying occupied to the reading saying
@@ -868,7 +869,7 @@ def _daytime_ms(start: int, end: int, tz: str, config: AnomalyConfig) -> int:
 
 
 def detect_parking_flicker(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                           tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+                           tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
     """A bay sensor flipping between occupied and free implausibly fast.
 
     Counted are flips whose state lasted at most `flicker_max_state_ms`; at
@@ -913,7 +914,7 @@ def detect_parking_flicker(devices: Sequence[DeviceInfo], readings: Mapping[str,
 
 
 def detect(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
-           rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int, tz: str = "Asia/Shanghai",
+           rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int, tz: str = DEFAULT_TIMEZONE,
            config: AnomalyConfig = AnomalyConfig(), *,
            replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
            lag_ms: int = 0) -> list[Finding]:

@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 
 from ledger.anomalies.detectors import AnomalyConfig, DeviceInfo, Finding, Obs, TYPES, detect
+from ledger.defaults import DEFAULT_TIMEZONE
 
 Rejects = Mapping[str, Sequence[tuple[int, str, int]]]
 Replacements = Mapping[str, Sequence[tuple[int, int, int]]]
@@ -76,7 +77,7 @@ def detect_group(table: pa.Table, devices: Sequence[DeviceInfo], rejects: Reject
 
 
 def detect_by_group(devices: Sequence[DeviceInfo], read: Callable[[list[str]], pa.Table], rejects: Rejects,
-                    now: int, tz: str = "Asia/Shanghai", config: AnomalyConfig = AnomalyConfig(), *,
+                    now: int, tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig(), *,
                     replacements: Replacements | None = None, lag_ms: int = 0,
                     in_process: bool = False) -> list[Finding]:
     """The findings of `detect` over `devices`, reading and detecting one group at a time.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from ledger.defaults import DEFAULT_TIMEZONE
 
 DEFAULT_FILE = Path(__file__).with_name("default_tariffs.toml")
 CLASSES = ("residential", "non-residential")
@@ -96,7 +97,7 @@ class ParkingTariff(_Model):
 
 
 class TariffBook(_Model):
-    timezone: str = "Asia/Shanghai"
+    timezone: str = DEFAULT_TIMEZONE
     utility: tuple[UtilityTariff, ...]
     parking: tuple[ParkingTariff, ...] = ()
 

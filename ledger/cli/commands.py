@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger.home import Home
+from ledger.defaults import configured_timezone
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -514,7 +515,7 @@ def _when(text: str | None) -> int | None:
 
     when = dt.datetime.fromisoformat(text)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=ZoneInfo(os.environ.get("CITYLEDGER_TIMEZONE", "Asia/Shanghai")))
+        when = when.replace(tzinfo=ZoneInfo(configured_timezone()))
     return int(when.timestamp() * 1000)
 
 

@@ -36,6 +36,7 @@ from ledger.store.store import Store
 from ledger.billing.tariffs import TariffBook, parse_tariffs
 from ledger.service.writer import LedgerWriter
 from ledger.clock import now_ms
+from ledger.defaults import DEFAULT_TIMEZONE
 
 
 class Backend(Protocol):
@@ -104,7 +105,7 @@ class LedgerAPI:
         "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
         "scan_anomalies", "anomalies", "silence_margin_ms", "anomaly", "act_on_anomaly",
         "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
-        "failed_sign_ins",
+        "failed_sign_ins", "timezone",
         "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
         "headers", "anchor_proof", "budget_policy", "set_budget_policy", "reinstate_device",
         "write_off", "write_offs", "held_back", "adjustment_limit", "set_adjustment_limit", "decide_adjustment",
@@ -517,11 +518,16 @@ class LedgerAPI:
             by_type[f.type] = by_type.get(f.type, 0) + 1
         return {**counts, "findings": len(findings), "by_type": by_type, "devices": len(devices)}
 
+    def timezone(self) -> str:
+        """The city's time zone: the tariff book's, or the default while there is none (ledger/defaults.py)."""
+        with self.backend.reading() as store:
+            return self._timezone(store)
+
     def _timezone(self, store: Store) -> str:
         try:
             return self._book(store)[0].timezone
         except LookupError:
-            return "Asia/Shanghai"
+            return DEFAULT_TIMEZONE
 
     def anomalies(self, status: str | None = None, type: str | None = None, district: str | None = None,
                   districts: list[str] | None = None, limit: int = 500) -> list[dict[str, Any]]:

@@ -78,10 +78,15 @@ def previous_month(today: datetime.date) -> str:
     return last_month.strftime("%Y-%m")
 
 
-def close_job(home: Home, timezone: str) -> dict:
-    """On the 1st: issue last month's bills (idempotent, so a re-run after a failure is safe)."""
-    month = previous_month(datetime.datetime.now(ZoneInfo(timezone)).date())
-    result = open_ledger(home).close_month(month=month)
+def close_job(home: Home, clock: Callable[[], int] = now_ms) -> dict:
+    """On the 1st: issue last month's bills (idempotent, so a re-run after a failure is safe).
+
+    "Last month" is in the city's time zone, the tariff book's, as the bills' own boundaries are.
+    """
+    ledger = open_ledger(home)
+    today = datetime.datetime.fromtimestamp(clock() / 1000, ZoneInfo(ledger.timezone())).date()
+    month = previous_month(today)
+    result = {**ledger.close_month(month=month), "month": month}
     log.info("month-end close %s: %d bills issued, %d already issued", month, result["issued"],
              result["already_issued"])
     return result
@@ -102,8 +107,13 @@ def roll_up_job(home: Home) -> dict:
     return result
 
 
-def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
-                  timezone: str = "Asia/Shanghai", scan_minutes: float = 5.0) -> None:
+def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event, scan_minutes: float = 5.0) -> None:
+    """Run the periodic jobs until `stop`. The month-end close fires at 01:00 on the 1st in the
+    city's time zone, read from the ledger when the scheduler starts (ledger/defaults.py): a
+    tariff file that changes the zone takes effect for the trigger on the next start."""
+    timezone = _city_timezone(home, stop)
+    if timezone is None:
+        return
     scheduler = BackgroundScheduler(timezone="UTC")
     record = JobLog(home).run
     scheduler.add_job(record, "interval", args=["audit", audit_job, home], minutes=audit_minutes, id="audit",
@@ -113,10 +123,11 @@ def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
     scheduler.add_job(record, "interval", args=["roll-up", roll_up_job, home], minutes=1, id="roll-up",
                       max_instances=1, coalesce=True)
     scheduler.add_job(record, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
-                      args=["month-end-close", close_job, home, timezone], id="month-end-close", max_instances=1,
+                      args=["month-end-close", close_job, home], id="month-end-close", max_instances=1,
                       coalesce=True, misfire_grace_time=24 * 3600)
     scheduler.start()
-    log.info("scheduler running: audit every %.1f min", audit_minutes)
+    log.info("scheduler running: audit every %.1f min, month-end close at 01:00 on the 1st in %s",
+             audit_minutes, timezone)
     try:
         # First audit shortly after start, once ingest has had time to come up.
         if not stop.wait(5):
@@ -124,6 +135,18 @@ def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event,
         stop.wait()
     finally:
         scheduler.shutdown(wait=False)
+
+
+def _city_timezone(home: Home, stop: threading.Event) -> str | None:
+    """The ledger's time zone, asked until the ledger answers (ingest may still be starting);
+    None when `stop` is set first."""
+    while True:
+        try:
+            return open_ledger(home).timezone()
+        except Exception as exc:  # a ledger not up yet, busy, or locked by a starting ingest
+            log.warning("waiting for the ledger to learn the city's time zone: %s", exc)
+        if stop.wait(2):
+            return None
 
 
 def _now():  # noqa: ANN202 - APScheduler wants an aware datetime
