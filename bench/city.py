@@ -60,6 +60,7 @@ from ledger.chain.protocol import READING_CONTEXT, device_topic, sign_reading, v
 from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.writer import initialize
 from ledger.clock import now_ms
+from ledger.errors import LedgerError
 
 # Readings/s the pre-signed supply is sized for, with room for devices progressing unevenly;
 # a faster ledger runs the devices dry, and the result says so (supply_exhausted).
@@ -77,7 +78,7 @@ _UNSIGNED = '{{"device":"{d}","kind":"{k}","seq":{s},"ts":{t},"v":1,"value":{v}}
 _SIGNED = '{{"device":"{d}","kind":"{k}","seq":{s},"sig":"{g}","ts":{t},"v":1,"value":{v}}}'
 
 
-class BenchError(RuntimeError):
+class BenchError(LedgerError, RuntimeError):
     """The run could not measure what it promised; the message says why."""
 
 

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from broker.mqtt import wire
 from broker.mqtt.client_ids import mqtt_client_id
 from ledger.chain.protocol import parse_ack
+from ledger.errors import LedgerError
 
 CONNECT_TIMEOUT_S = 10.0
 REFUSED_RETRY_S = 0.2  # the broker re-reads its password file asynchronously after enrolment
 RECV_BYTES = 1 << 16
 
 
-class LoadError(RuntimeError):
+class LoadError(LedgerError, RuntimeError):
     """The broker refused or dropped a device: the run cannot mean anything any more."""
 
 

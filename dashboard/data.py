@@ -24,7 +24,8 @@ from dashboard import bills as billfmt
 from dashboard import usage as use
 from dashboard.fmt import unit_label, zone
 from ledger.home import Home
-from ledger.service.rpc import BUSY, RemoteError, open_ledger
+from ledger.errors import LedgerError, NotFound, Refused, Unavailable
+from ledger.service.rpc import open_ledger
 from ledger.people.signin import LOCAL, Throttled, Wrong
 from ledger.clock import now_ms
 
@@ -39,33 +40,12 @@ DISPUTE_STATES = ("open", "answered", "closed")
 # ---------------------------------------------------------------- errors shown to people
 
 
-class NotFound(LookupError):
-    """Nothing there for this person: it does not exist, or it is not theirs to see."""
-
-
-class Refused(ValueError):
-    """The ledger refused an action; the message says why and is meant for the person."""
-
-
-class Unavailable(RuntimeError):
-    """The ledger cannot be reached (no ledger yet, or the ingest is restarting)."""
-
-
-_NOT_FOUND_KINDS = {"KeyError", "LookupError", "BillError"}
-_REFUSED_KINDS = {"EnrolmentError", "AlreadyEnrolled", "InvestigationError", "ValueError", "TypeError", "TariffError"}
-
-
 def _call(fn: Callable[..., Any], **params: Any) -> Any:
-    """One API call, with its failures turned into the three kinds a page can explain."""
+    """One API call, its failures as the families a page can explain (ledger/errors.py):
+    NotFound, Refused, Unavailable; over the socket they arrive as such already."""
     try:
         return fn(**params)
-    except RemoteError as exc:
-        if exc.kind in _NOT_FOUND_KINDS:
-            raise NotFound(str(exc)) from exc
-        if exc.kind in _REFUSED_KINDS:
-            raise Refused(str(exc)) from exc
-        if exc.kind in ("FileNotFoundError", BUSY):
-            raise Unavailable(str(exc)) from exc
+    except LedgerError:
         raise
     except (KeyError, LookupError) as exc:
         raise NotFound(str(exc)) from exc

@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 import streamlit as st
 
 from dashboard import data, fmt, session
-from dashboard.data import CitizenData, NotFound, OperatorData, Refused, Unavailable
-from ledger.service.rpc import RemoteError
+from dashboard.data import CitizenData, OperatorData
+from ledger.errors import InternalError, NotFound, Refused, Unavailable
 
 log = logging.getLogger("cityledger.dashboard")
 
@@ -51,8 +51,8 @@ def guard(what: str = "this page") -> Iterator[None]:
     except (ConnectionError, TimeoutError, OSError) as exc:
         log.warning("ledger unreachable while showing %s: %s", what, exc)
         st.warning("The ledger did not answer in time. Please try again in a moment.")
-    except RemoteError as exc:
-        log.error("ledger error while showing %s: %s (%s)", what, exc, exc.kind)
+    except InternalError as exc:
+        log.error("ledger error while showing %s: %s", what, exc)
         st.error("The ledger could not answer that request. It has been logged; please try again.")
     except Exception:  # a bug: logged with its trace on the server, a sentence for the person
         log.exception("error while showing %s", what)

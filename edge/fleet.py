@@ -38,6 +38,7 @@ from edge.netloop import NetLoop
 from edge.outbox import Outbox, OutboxFull
 from ledger.home import Home
 from ledger.clock import now_ms
+from ledger.errors import Unavailable
 
 log = logging.getLogger("cityledger.fleet")
 
@@ -49,7 +50,7 @@ LOCK_FILE = "fleet.lock"
 FAULTS_FILE = "faults.jsonl"  # the ground truth of a run with injected faults, one fault per line
 
 
-class FleetBusy(RuntimeError):
+class FleetBusy(Unavailable):
     """Another process is already running this home's fleet (two would fight over client ids)."""
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.chain.protocol import Reading
+from ledger.errors import Unavailable
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
-class OutboxFull(Exception):
+class OutboxFull(Unavailable):
     """The outbox cannot store another reading: the disk (or the configured cap) is full.
 
     The reading was not stored and its seq not allocated; nothing was sent.

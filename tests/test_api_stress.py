@@ -29,12 +29,13 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.service.rpc import BUSY, RemoteError, RemoteLedger
+from ledger.errors import Busy, LedgerError
+from ledger.service.rpc import RemoteLedger
 from tests.support.faults import FaultLab
 
 CLIENTS = 16
 PASSWORD = "stress-test-password-1"
-DOCUMENTED_REFUSALS = {BUSY}  # the API is full: retry later (ledger/service/rpc.py)
+DOCUMENTED_REFUSALS = (Busy,)  # the API is full: retry later (ledger/service/rpc.py)
 
 DURATIONS = [
     pytest.param(20.0, id="fast"),
@@ -108,11 +109,11 @@ class Client:
             try:
                 op()
                 self.calls[name] += 1
-            except RemoteError as exc:
-                if exc.kind in DOCUMENTED_REFUSALS:
+            except LedgerError as exc:
+                if isinstance(exc, DOCUMENTED_REFUSALS):
                     self.refused[name] += 1
                 else:
-                    self.failures.append(f"{name}: {exc.kind}: {exc}")
+                    self.failures.append(f"{name}: {type(exc).__name__}: {exc}")
             except Exception as exc:  # noqa: BLE001 - a broken socket, a bad answer: all findings
                 self.failures.append(f"{name}: {type(exc).__name__}: {exc}")
 

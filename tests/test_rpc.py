@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.errors import Busy
 from ledger.service import rpc
 from ledger.service.api import local_api
 from ledger.home import Home
@@ -58,7 +59,7 @@ def test_a_caller_past_the_workers_and_the_waiting_line_is_told_busy_and_the_oth
             for t in callers:
                 t.start()
             wait_for(lambda: server.slots._value == 0, what="three calls holding every slot")  # type: ignore[attr-defined]
-            with pytest.raises(rpc.LedgerBusy):
+            with pytest.raises(Busy):
                 rpc.RemoteLedger(home.rpc_socket, busy_wait=0).status()
             assert server.refused == 1
         for t in callers:

@@ -19,7 +19,8 @@ from nacl.signing import SigningKey
 from ledger.city import demo
 from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.service.rpc import RemoteError, RemoteLedger, open_ledger
+from ledger.errors import LedgerError
+from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.supervision import parts_status
 from ledger.city.up import fleet_devices
 from ledger.service.writer import initialize
@@ -211,7 +212,7 @@ def _ledger_readings(home: Home) -> int:
         return -1
     try:
         return int(ledger.status()["readings"])
-    except (OSError, RemoteError):
+    except (OSError, LedgerError):
         return -1
 
 

@@ -24,9 +24,10 @@ import time
 from broker.mqtt import wire
 from broker.mqtt.client_ids import mqtt_client_id
 from broker.mqtt.tls import TLSSettings, client_context
+from ledger.errors import LedgerError
 
 
-class MQTTError(ConnectionError):
+class MQTTError(LedgerError, ConnectionError):
     """The broker refused us or broke the protocol; the caller reconnects."""
 
 

@@ -7,7 +7,8 @@ import datetime as dt
 import streamlit as st
 
 from dashboard import bills, proof, ui
-from dashboard.data import NotFound, api
+from dashboard.data import api
+from ledger.errors import NotFound
 from ledger.clock import now_ms
 from dashboard.fmt import kind_label, month_label
 from ledger.home import Home

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import charts, fmt, ui
-from dashboard.data import NotFound, tariffs
+from dashboard.data import tariffs
+from ledger.errors import NotFound
 
 data = ui.operator()
 

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ledger.store.store import Store
+from ledger.errors import NotFound, Refused
 
 OPEN_STATES = ("open", "acknowledged")
 TRANSITIONS = {"acknowledged": ("open",), "resolved": ("open", "acknowledged"), "dismissed": ("open", "acknowledged")}
 
 
-class InvestigationError(ValueError):
+class InvestigationError(Refused):
     """An action the anomaly's state does not allow; the message is for the operator."""
 
 
@@ -101,7 +102,7 @@ def list_anomalies(store: Store, *, status: str | None = None, type: str | None 
 def get_anomaly(store: Store, anomaly_id: str) -> dict[str, Any]:
     rows = store.con.execute(f"SELECT * FROM ({_latest_sql()}) WHERE id = ?", [anomaly_id]).fetchall()
     if not rows:
-        raise KeyError(f"no anomaly {anomaly_id}")
+        raise NotFound(f"no anomaly {anomaly_id}")
     out = _row(rows[0])
     out["history"] = [
         dict(zip(("at", "status", "operator", "note", "window_end", "severity", "detail"), r))

@@ -18,11 +18,12 @@ from ledger.billing import device_days
 from ledger.billing.rules import Point
 from ledger.store.store import Store
 from ledger.billing.tariffs import TariffBook
+from ledger.errors import NotFound
 
 MARGIN_MS = 45 * 24 * 3600 * 1000  # parking reports this far before the month may start a stay in it
 
 
-class BillError(ValueError):
+class BillError(NotFound):
     """A bill that cannot be made (unknown account, no tariff); the message is for the operator."""
 
 

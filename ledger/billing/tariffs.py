@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from ledger.defaults import DEFAULT_TIMEZONE
+from ledger.errors import NotFound, Refused
 
 DEFAULT_FILE = Path(__file__).with_name("default_tariffs.toml")
 CLASSES = ("residential", "non-residential")
@@ -93,7 +94,7 @@ class ParkingTariff(_Model):
         for z in self.zones:
             if z.zone_class == zone_class:
                 return z
-        raise KeyError(f"no parking zone class {zone_class} in the tariff")
+        raise NotFound(f"no parking zone class {zone_class} in the tariff")
 
 
 class TariffBook(_Model):
@@ -106,17 +107,17 @@ class TariffBook(_Model):
         found = [t for t in self.utility if t.kind == kind and t.customer_class == customer_class
                  and t.effective_from <= on]
         if not found:
-            raise LookupError(f"no {customer_class} {kind} tariff in force on {on}")
+            raise NotFound(f"no {customer_class} {kind} tariff in force on {on}")
         return max(found, key=lambda t: t.effective_from)
 
     def for_parking(self, on: dt.date) -> ParkingTariff:
         found = [t for t in self.parking if t.effective_from <= on]
         if not found:
-            raise LookupError(f"no parking tariff in force on {on}")
+            raise NotFound(f"no parking tariff in force on {on}")
         return max(found, key=lambda t: t.effective_from)
 
 
-class TariffError(ValueError):
+class TariffError(Refused):
     """A tariff file that cannot be used; the message says where and why."""
 
 

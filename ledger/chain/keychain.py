@@ -15,9 +15,10 @@ from typing import Any
 from nacl.signing import VerifyKey
 
 from ledger.chain.blocks import block_hash, verify_header
+from ledger.errors import Refused
 
 
-class KeyChainError(ValueError):
+class KeyChainError(Refused):
     """A rotation header that the key in force did not sign, or is malformed."""
 
 

@@ -17,6 +17,8 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
+from ledger.errors import Refused
+
 __all__ = [
     "HASH_SIZE",
     "EMPTY_ROOT",
@@ -41,7 +43,7 @@ _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 
 
-class ProofError(ValueError):
+class ProofError(Refused):
     """A proof (or its index/size/hashes) is malformed, so no root can be computed.
 
     A ValueError subclass so callers that only care about "bad input" can catch that.

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from ledger.errors import Refused
+
 PROTOCOL_VERSION = 1
 MAX_PAYLOAD_BYTES = 1024
 QUARANTINE_RAW_LIMIT = 4096
@@ -315,7 +317,7 @@ class Rejected:
     detail: str
 
 
-class StrictJSONError(ValueError):
+class StrictJSONError(Refused):
     """JSON that the protocol refuses although Python's parser would take it."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from ledger.home import Home
 from ledger.service.supervision import PartRecord, write_state
 from ledger.clock import now_ms
+from ledger.errors import LedgerError
 
 STOP_TIMEOUT_S = 15.0
 
@@ -130,7 +131,7 @@ class Part:
         return self.proc.pid if self.proc is not None else None
 
 
-class Stopped(Exception):
+class Stopped(LedgerError):
     """A wait ended because a stop was requested (Ctrl-C)."""
 
 

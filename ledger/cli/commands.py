@@ -188,15 +188,12 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
 
     def enroll(identity: Any) -> tuple[str, str]:
-        from ledger.service.rpc import RemoteError
         from ledger.service.writer import AlreadyEnrolled
 
         try:
             out = ledger.enroll_device(device=identity.device, kind=identity.kind, district=identity.district,
                                        public_key=identity.public_key_hex)
-        except (AlreadyEnrolled, RemoteError) as exc:
-            if not isinstance(exc, AlreadyEnrolled) and exc.kind != "AlreadyEnrolled":
-                raise
+        except AlreadyEnrolled:  # raised as itself over the socket too (ledger/errors.py)
             # Enrolled before a crash, login never saved: same key, new password.
             out = ledger.reset_device_password(device=identity.device, public_key=identity.public_key_hex)
         return out["mqtt_username"], out["mqtt_password"]
@@ -1259,12 +1256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from ledger.service.rpc import RemoteError
-    from ledger.service.writer import EnrolmentError
+    from ledger.errors import LedgerError
 
     try:
         return int(args.handler(args))
-    except (EnrolmentError, RemoteError, FileNotFoundError, ValueError, KeyError, LookupError) as exc:
+    except (LedgerError, FileNotFoundError, ValueError, KeyError, LookupError) as exc:
         print(f"cityledger: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

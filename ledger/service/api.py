@@ -37,6 +37,7 @@ from ledger.billing.tariffs import TariffBook, parse_tariffs
 from ledger.service.writer import LedgerWriter
 from ledger.clock import now_ms
 from ledger.defaults import DEFAULT_TIMEZONE
+from ledger.errors import NotFound
 
 
 class Backend(Protocol):
@@ -266,7 +267,7 @@ class LedgerAPI:
         with self.backend.reading() as store:
             position = store.reading_position(device, seq)
             if position is None:
-                raise KeyError(f"no ledgered reading {device}#{seq}")
+                raise NotFound(f"no ledgered reading {device}#{seq}")
             height, idx = position
             block = store.block(height)
             leaves = store.leaves(height)
@@ -370,7 +371,7 @@ class LedgerAPI:
                 " AND CAST(json_extract(body, '$.height') AS BIGINT) >= ? ORDER BY height, idx LIMIT 1",
                 [anchors.HEAD_ENTRY, district, height]).fetchone()
             if row is None:
-                raise LookupError(f"district {district} block {height} is not anchored yet: try again in a few seconds")
+                raise NotFound(f"district {district} block {height} is not anchored yet: try again in a few seconds")
             city_height, idx, body = row
             block = store.block(city_height)
             hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data())  # type: ignore[union-attr]
@@ -413,13 +414,13 @@ class LedgerAPI:
         with self.backend.reading() as store:
             latest = billing_queries.latest_tariffs(store)
         if latest is None:
-            raise LookupError("no tariffs loaded: run `cityledger init`")
+            raise NotFound("no tariffs loaded: run `cityledger init`")
         return {"version": latest[0], "source": latest[1]}
 
     def _book(self, store: Store) -> tuple[TariffBook, int]:
         latest = billing_queries.latest_tariffs(store)
         if latest is None:
-            raise LookupError("no tariffs loaded: run `cityledger init`")
+            raise NotFound("no tariffs loaded: run `cityledger init`")
         return parse_tariffs(latest[1]), latest[0]
 
     def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> dict[str, Any]:
@@ -547,7 +548,7 @@ class LedgerAPI:
     def view(self, name: str, params: dict[str, Any] | None = None) -> Any:
         """A named read-only query from `ledger.views` (the dashboard's read side)."""
         if name not in views.VIEWS:
-            raise KeyError(f"no view {name!r}")
+            raise NotFound(f"no view {name!r}")
         with self.backend.reading() as store:
             return views.VIEWS[name](store, **(params or {}))
 

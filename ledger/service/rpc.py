@@ -23,13 +23,10 @@ from typing import Any
 
 from ledger.service.api import LedgerAPI, local_api
 from ledger.home import Home
-from ledger.anomalies.investigations import InvestigationError
-from ledger.service.writer import EnrolmentError
+from ledger.errors import Busy, InternalError, LedgerError, NotFound, by_name, family
 
 log = logging.getLogger("cityledger.api")
 
-# Errors whose message is meant for the caller; anything else is a bug and is logged.
-_USER_ERRORS = (EnrolmentError, InvestigationError, ValueError, FileNotFoundError, KeyError, LookupError, TypeError)
 
 
 # Calls served at once, and calls that may wait for a worker; a caller past both is told
@@ -37,22 +34,6 @@ _USER_ERRORS = (EnrolmentError, InvestigationError, ValueError, FileNotFoundErro
 WORKERS = int(os.environ.get("CITYLEDGER_API_WORKERS", "8"))
 WAITING = int(os.environ.get("CITYLEDGER_API_WAITING", "24"))
 REQUEST_TIMEOUT_S = 10.0  # a caller that connects and sends no request line lets its worker go
-BUSY = "Busy"
-
-
-class RemoteError(RuntimeError):
-    """The ledger refused a call; the message is the server's explanation."""
-
-    def __init__(self, message: str, kind: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind  # the server-side exception's class name, e.g. "AlreadyEnrolled"
-
-
-class LedgerBusy(RemoteError):
-    """Every worker of the ledger's API is taken and the waiting line is full: retry later.
-
-    The server says so before it reads the request, so a retry never runs a call twice.
-    """
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -71,16 +52,13 @@ class _Handler(socketserver.StreamRequestHandler):
             call = json.loads(line)
             method, params = call["method"], dict(call.get("params") or {})
             if method not in LedgerAPI.REMOTE:
-                raise KeyError(f"no such method {method!r}")
+                raise NotFound(f"no such method {method!r}")
             if call.get("progress"):
                 params["progress"] = self._progress
             result = getattr(self.server.api, method)(**params)
             self._send({"result": result})
-        except _USER_ERRORS as exc:
-            self._send({"error": str(exc), "type": type(exc).__name__})
-        except Exception as exc:  # a bug: keep serving, tell the caller, log the trace
-            log.exception("rpc call failed")
-            self._send({"error": f"internal error: {type(exc).__name__}", "type": "InternalError"})
+        except Exception as exc:
+            self._send(_error_reply(exc))
 
     def _progress(self, done: int, total: int) -> None:
         self._send({"progress": [done, total]})
@@ -114,7 +92,7 @@ class _Server(socketserver.UnixStreamServer):
         if not self.slots.acquire(blocking=False):
             self.refused += 1
             try:
-                request.sendall(_encode({"error": "the ledger's API is busy: retry in a moment", "type": BUSY}))
+                request.sendall(_encode(_error_reply(Busy("the ledger's API is busy: retry in a moment"))))
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -137,6 +115,28 @@ class _Server(socketserver.UnixStreamServer):
     def server_close(self) -> None:
         super().server_close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_reply(exc: BaseException) -> dict[str, Any]:
+    """An error as the socket carries it: the message, the class's name and its family
+    (ledger/errors.py). A bug is reported as InternalError and logged with its trace."""
+    kind = family(exc)
+    if kind is InternalError and not isinstance(exc, InternalError):
+        log.error("rpc call failed", exc_info=exc)
+        return {"error": f"internal error: {type(exc).__name__}", "type": "InternalError", "family": "InternalError"}
+    return {"error": str(exc), "type": type(exc).__name__, "family": kind.__name__}
+
+
+def _raised(reply: dict[str, Any]) -> LedgerError:
+    """The error the server raised, as the same class when this process knows it, else as its family."""
+    for name in (reply.get("type"), reply.get("family")):
+        cls = by_name(str(name))
+        if cls is not None:
+            try:
+                return cls(reply["error"])
+            except TypeError:  # a class whose constructor takes more than a message
+                continue
+    return InternalError(reply["error"])
 
 
 def _encode(obj: dict[str, Any]) -> bytes:
@@ -205,7 +205,7 @@ class RemoteLedger:
         while True:
             try:
                 return self._call_once(method, progress, params)
-            except LedgerBusy:
+            except Busy:
                 if time.monotonic() + pause > deadline:
                     raise
                 time.sleep(pause)  # backoff between retries of a refused (never started) call
@@ -217,7 +217,7 @@ class RemoteLedger:
             try:
                 _connect(sock, self.path)
             except BlockingIOError as exc:  # EAGAIN: even the kernel's queue of new connections is full
-                raise LedgerBusy("the ledger's API is busy: retry in a moment", BUSY) from exc
+                raise Busy("the ledger's API is busy: retry in a moment") from exc
             request = {"method": method, "params": params, "progress": progress is not None}
             try:
                 sock.sendall(_encode(request))
@@ -231,10 +231,9 @@ class RemoteLedger:
                             progress(*reply["progress"])
                         continue
                     if "error" in reply:
-                        kind = reply.get("type", "")
-                        raise (LedgerBusy if kind == BUSY else RemoteError)(reply["error"], kind)
+                        raise _raised(reply)
                     return reply["result"]
-        raise RemoteError("the ingest closed the connection without an answer")
+        raise InternalError("the ingest closed the connection without an answer")
 
     def __getattr__(self, method: str) -> Any:
         if method not in LedgerAPI.REMOTE:

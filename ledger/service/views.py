@@ -21,6 +21,7 @@ from typing import Any
 
 from ledger.store.store import Store
 from ledger.clock import now_ms
+from ledger.errors import NotFound
 
 View = Callable[..., Any]
 VIEWS: dict[str, View] = {}
@@ -94,7 +95,7 @@ def tariff_summary(store: Store) -> dict[str, Any]:
 
     latest = latest_tariffs(store)
     if latest is None:
-        raise LookupError("no tariffs loaded: run `cityledger init`")
+        raise NotFound("no tariffs loaded: run `cityledger init`")
     book = parse_tariffs(latest[1])
     utility = [{"kind": t.kind, "class": t.customer_class, "from": str(t.effective_from), "basis": t.basis,
                 "unit": t.unit, "base_per_unit": t.base_per_unit,
@@ -517,7 +518,7 @@ def parking_lines(store: Store, account: str, month: str) -> list[dict[str, Any]
 
     latest = q.latest_tariffs(store)
     if latest is None:
-        raise LookupError("no tariffs loaded: run `cityledger init`")
+        raise NotFound("no tariffs loaded: run `cityledger init`")
     book = parse_tariffs(latest[1])
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)

@@ -48,6 +48,7 @@ from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, ServiceRe
 from ledger.billing.tariffs import DEFAULT_FILE, parse_tariffs
 from ledger.chain.witness import SignedHeader
 from ledger.clock import now_ms
+from ledger.errors import Refused
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
@@ -77,7 +78,7 @@ def checked_operator(operator: str) -> str:
     return operator
 
 
-class EnrolmentError(ValueError):
+class EnrolmentError(Refused):
     """A request the registry refuses; the message is safe to show to the operator."""
 
 

@@ -53,6 +53,7 @@ from nacl.signing import VerifyKey
 from ledger.chain.audit import Progress
 from ledger.chain.blocks import GENESIS_PREV, block_hash
 from ledger.store.store import Store
+from ledger.errors import Refused
 
 FORMAT = "cityledger-archive/1"
 MANIFEST = "manifest.json"
@@ -91,7 +92,7 @@ AUDIT_VIEWS = {
 AUDIT_ORDER = {"blocks": "height", "entries": "height, idx", "readings": "height, idx"}
 
 
-class ArchiveError(ValueError):
+class ArchiveError(Refused):
     """An archive directory or manifest that cannot be used, said plainly."""
 
 
@@ -402,7 +403,7 @@ class LiveLedger(Protocol):
 
 
 LIVE_ERRORS = (OSError, ValueError, LookupError, RuntimeError, duckdb.Error)
-"""What a live ledger that cannot be reached raises (RemoteError is a RuntimeError)."""
+"""What a live ledger that cannot be reached raises (ledger/errors.py's families are among these)."""
 
 
 def verify_archive(directory: Path, *, live: LiveLedger | None = None, ledger_key: str | None = None,
