@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+import pytest
+
 from ledger.store.store import Commit, Store
 
 
@@ -27,3 +30,24 @@ def test_duplicates_are_counted_even_when_no_row_is_kept(tmp_path: Path) -> None
         assert store.counts()["duplicates"] == 8
     finally:
         store.close()
+
+
+def test_a_transaction_that_raises_leaves_nothing_and_the_connection_usable(tmp_path: Path) -> None:
+    """ledger/store/transactions.py: the one BEGIN/COMMIT/ROLLBACK, on a real DuckDB file."""
+    from ledger.store.transactions import snapshot, transaction
+
+    con = duckdb.connect(str(tmp_path / "t.duckdb"))
+    try:
+        con.execute("CREATE TABLE t (x INTEGER)")
+        with transaction(con):
+            con.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(KeyboardInterrupt):
+            with transaction(con):
+                con.execute("INSERT INTO t VALUES (2)")
+                raise KeyboardInterrupt
+        with pytest.raises(duckdb.Error):
+            with snapshot(con):
+                con.execute("SELECT no_such_column FROM t")
+        assert con.execute("SELECT list(x) FROM t").fetchone() == ([1],)  # 2 was rolled back; the connection works
+    finally:
+        con.close()

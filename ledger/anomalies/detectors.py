@@ -481,7 +481,8 @@ def detect_spikes(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
             continue
         gap = config.max_gap_intervals * _cadence(d, s, config)
         lo = max(start, _hour_floor(s.ts[0]) + HOUR_MS)
-        hours[d.device] = [None] * ((lo - start) // HOUR_MS) + _hourly(s, lo, end, gap)
+        before: list[tuple[int, float, int, int] | None] = [None] * ((lo - start) // HOUR_MS)
+        hours[d.device] = before + _hourly(s, lo, end, gap)
     n_hours = (end - start) // HOUR_MS
     out: list[Finding] = []
     for (_, kind), group in _by_district_kind(meters).items():

@@ -51,9 +51,7 @@ def record_findings(store: Store, findings: Iterable[Any], now: int) -> dict[str
     """Raise new anomalies and update ongoing ones; returns how many of each."""
     current = {a["key"]: a for a in _all(store) if a["status"] in OPEN_STATES or a["status"] == "dismissed"}
     raised = updated = 0
-    con = store.con
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with store.transaction() as con:
         for f in findings:
             snapshot = [f.window_start, f.window_end, f.severity, json.dumps([list(e) for e in f.evidence]), f.detail]
             known = current.get(f.key)
@@ -71,10 +69,6 @@ def record_findings(store: Store, findings: Iterable[Any], now: int) -> dict[str
             con.execute("INSERT INTO anomaly_events VALUES (?, ?, 'open', 'detector', NULL, ?, ?, ?, ?, ?)",
                         [anomaly_id, now, *snapshot])
             raised += 1
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return {"raised": raised, "updated": updated}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import TypeGuard
 
 from ledger.errors import Refused
 
@@ -67,7 +68,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_hash(value: object) -> bool:
+def _is_hash(value: object) -> TypeGuard[bytes | bytearray]:
     return isinstance(value, (bytes, bytearray)) and len(value) == HASH_SIZE
 
 
@@ -80,7 +81,7 @@ def _check_hash(value: object, what: str) -> bytes:
     if not _is_hash(value):
         size = len(value) if isinstance(value, (bytes, bytearray)) else type(value).__name__
         raise ProofError(f"{what} must be {HASH_SIZE} bytes, got {size}")
-    return bytes(value)  # type: ignore[arg-type]
+    return bytes(value)
 
 
 def _check_int(value: object, what: str) -> int:

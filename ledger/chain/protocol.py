@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -236,7 +236,7 @@ class Reading(BaseModel):
 
     def sig_bytes(self) -> bytes:
         """The 64 signature bytes, decoded once (by validation) however often they are checked."""
-        private = self.__pydantic_private__  # direct: pydantic's attribute path costs over 1 µs a call
+        private = cast(dict[str, Any], self.__pydantic_private__)  # direct: pydantic's attribute path costs over 1 µs a call
         raw = private.get("_sig_bytes")
         if raw is None:
             raw = private["_sig_bytes"] = signature_bytes(self.sig)
@@ -292,7 +292,8 @@ def signed_message(unsigned: dict[str, Any]) -> bytes:
 
 def sign_reading(key: SigningKey, *, device: str, kind: str, seq: int, ts: int, value: int) -> Reading:
     """Make a signed reading (the device side)."""
-    unsigned = {"v": PROTOCOL_VERSION, "device": device, "kind": kind, "seq": seq, "ts": ts, "value": value}
+    unsigned: dict[str, Any] = {"v": PROTOCOL_VERSION, "device": device, "kind": kind, "seq": seq, "ts": ts,
+                                "value": value}
     sig = key.sign(signed_message(unsigned)).signature
     return Reading(**unsigned, sig=base64.b64encode(sig).decode())
 

@@ -111,7 +111,7 @@ def _devices(entries: Iterable[Entry]) -> Rows:
             state[device] = {c: _plain(e.get(c)) for c in ("kind", "district", "account", "public_key")} | {
                 "status": "active", "enrolled_at": _plain(e.get("at")), "revoked_at": None}
         elif device in state:
-            state[device].update(_DEVICE_CHANGES[kind](e))
+            state[device].update(_DEVICE_CHANGES[str(kind)](e))
     return {(device, ): [tuple(s[c] for c in DEVICE_COLUMNS)] for device, s in state.items()}
 
 
@@ -149,7 +149,7 @@ def _adjustment_requests(entries: Iterable[Entry]) -> Rows:
         if kind == "adjustment_requested":
             state[adj_id] = _row(e, ("account", "amount", "reason", "operator", "at")) + (height, "pending", None, None)
         elif adj_id in state:
-            state[adj_id] = state[adj_id][:6] + (_DECISIONS[kind], _plain(e.get("operator")), _plain(e.get("at")))
+            state[adj_id] = state[adj_id][:6] + (_DECISIONS[str(kind)], _plain(e.get("operator")), _plain(e.get("at")))
     return {(adj_id, ): [row] for adj_id, row in state.items()}
 
 
@@ -241,7 +241,7 @@ def _differences(table: Table, key: Key, chain: list[Row], stored: list[Row]) ->
     named = tuple(zip(table.key, key))
     for ours, theirs in _pairs(chain, stored):
         if ours is None:
-            yield Disagreement(table.name, named, None, dict(zip(table.columns, theirs)), None)
+            yield Disagreement(table.name, named, None, dict(zip(table.columns, theirs or ())), None)
         elif theirs is None:
             yield Disagreement(table.name, named, None, None, dict(zip(table.columns, ours)))
         else:

@@ -253,8 +253,8 @@ class Intake:
         kept = []
         for q in batch.quarantine:
             device = q.device or "?"
-            key = (device, q.received_at // 60_000, q.reason)
-            batch.rejects[key] = batch.rejects.get(key, 0) + 1
+            reject = (device, q.received_at // 60_000, q.reason)
+            batch.rejects[reject] = batch.rejects.get(reject, 0) + 1
             if self.cap.admit(device, q.received_at):
                 kept.append(q)
         batch.quarantine = kept

@@ -227,15 +227,9 @@ class LedgerWriter:
         return {"chain": self.home.district} if self.home.district else {}
 
     def _commit_with(self, commit: Commit, also: Callable[[Store], None]) -> None:
-        con = self.store.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with self.store.transaction():
             also(self.store)
             self.store._write(commit)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     # ------------------------------------------------------------ registry
 
@@ -856,14 +850,8 @@ class LedgerWriter:
             if summary is None:
                 return {"height": device_days.rolled_up(self.store), "chunks": chunks, "readings": readings}
             with self.lock:
-                con = self.store.con
-                con.execute("BEGIN TRANSACTION")
-                try:
+                with self.store.transaction():
                     stored = device_days.store_summary(self.store, summary)
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
                 target = self.height
             if not stored:
                 continue  # another roll-up moved the mark meanwhile: summarise from where it is now

@@ -54,6 +54,7 @@ from ledger.chain.audit import Progress
 from ledger.chain.blocks import GENESIS_PREV, block_hash
 from ledger.store.store import Store
 from ledger.errors import Refused
+from ledger.store.transactions import snapshot
 
 FORMAT = "cityledger-archive/1"
 MANIFEST = "manifest.json"
@@ -322,14 +323,11 @@ def plan_segments(con: duckdb.DuckDBPyConnection, start: int, last: int) -> Iter
 def write_segment(con: duckdb.DuckDBPyConnection, out: Path, segment: int, lo: int, hi: int) -> Segment:
     """The three files of blocks lo..hi, from one snapshot, each renamed into place once whole."""
     files: dict[str, FileEntry] = {}
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with snapshot(con):  # a read: nothing to keep, and the rollback also ends a transaction a failed COPY aborted
         ends = con.execute("SELECT height, header FROM blocks WHERE height IN (?, ?) ORDER BY height",
                            [lo, hi]).fetchall()
         for table in COLUMNS:
             files[table] = _copy(con, out, table, segment, lo, hi)
-    finally:
-        con.execute("ROLLBACK")  # a read: nothing to keep, and it also ends a transaction a failed COPY aborted
     hashes = {height: block_hash(json.loads(header)) for height, header in ends}
     if lo not in hashes or hi not in hashes:
         raise ArchiveError(f"blocks {lo} and {hi} are not both in the ledger")

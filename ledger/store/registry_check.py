@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import duckdb
 
 from ledger.chain.registry_audit import TABLES, Disagreement, Entry, Row, Table, chain_rows, compare
+from ledger.store.transactions import snapshot
 
 MAX_KEPT = 1000
 """Disagreements kept for the report; beyond that they are counted (a table rewritten whole
@@ -35,11 +36,8 @@ def check_store(con: duckdb.DuckDBPyConnection) -> Outcome | None:
     (a cursor of its own in one read transaction); None when there is no registry (an archive)."""
     cur = con.cursor()
     try:
-        cur.execute("BEGIN TRANSACTION")
-        try:
+        with snapshot(cur):
             return _check(cur)
-        finally:
-            cur.execute("ROLLBACK")
     finally:
         cur.close()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import duckdb
 
+from ledger.store.transactions import transaction
+
 MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
@@ -186,12 +188,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     for version, sql in MIGRATIONS:
         if version in done:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(sql)
             con.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return max(v for v, _ in MIGRATIONS)

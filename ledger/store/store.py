@@ -11,6 +11,7 @@ import base64
 import json
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading
 from ledger.chain.records import DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord
 from ledger.store.schema import migrate
+from ledger.store.transactions import transaction
 
 
 @dataclass
@@ -178,13 +180,12 @@ class Store:
 
     def commit(self, c: Commit) -> None:
         """Write everything in `c` atomically."""
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self.transaction():
             self._write(c)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+
+    def transaction(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A write transaction on this cursor (ledger/store/transactions.py)."""
+        return transaction(self.con)
 
     def _write(self, c: Commit) -> None:
         con = self.con
