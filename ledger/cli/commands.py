@@ -946,9 +946,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common(suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Handler, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+    def add(name: str, handler: Handler, help: str, parent: Any = sub, *,
+            json: bool = False) -> argparse.ArgumentParser:
+        """A command; `json` gives it the one `--json` flag (its result as JSON on standard output)."""
         p = parent.add_parser(name, help=help, description=help, parents=[common])
         p.set_defaults(handler=handler)
+        if json:
+            p.add_argument("--json", action="store_true", help="print the result as JSON on standard output")
         return p
 
     add("init", cmd_init, "create the home, the ledger key, the schema and genesis (idempotent)")
@@ -964,12 +968,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds = add("districts", lambda a: 2, "a city of district chains: each district seals its own (docs/scaling.md)")
     dssub = ds.add_subparsers(dest="districts_command", required=True, metavar="ACTION")
     p = add("add", cmd_districts_add, "open a district's chain in HOME/districts/DISTRICT (city home, no devices)",
-            dssub)
+            dssub, json=True)
     p.add_argument("district")
-    p.add_argument("--json", action="store_true")
     _operator_option(p)
-    p = add("list", cmd_districts_list, "the district chains, and how far the city chain anchors each", dssub)
-    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_districts_list, "the district chains, and how far the city chain anchors each",
+            dssub, json=True)
     p = add("fleet", cmd_fleet, "run a fleet of simulated devices (keys provisioned on first run)")
     _opt(p, "--devices", 40, "number of devices")
     _opt(p, "--interval", 5.0, "seconds between readings")
@@ -998,7 +1001,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--interval", 5.0, "with the fleet part: seconds between readings")
 
     p = add("bench", cmd_bench, "measure sustained readings/s, ack latency and CPU per reading on this machine "
-            "(on a temporary home, or --home naming an empty directory)")
+            "(on a temporary home, or --home naming an empty directory)", json=True)
     _opt(p, "--seconds", 60.0, "measured seconds of load, after a warm-up of up to 5 s")
     _opt(p, "--devices", 1000, "simulated devices, one broker connection each")
     _opt(p, "--window", 0, "unacknowledged readings per device (0: about two blocks in flight in all)")
@@ -1013,7 +1016,6 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--history-devices", 1000, "with --job: meters whose history the ledger holds before the load starts")
     _opt(p, "--history-days", 21.0, "with --job: days of 15-minute readings in that history")
     _opt(p, "--extra-accounts", 0, "with --job: accounts without meters, more bills for the close to issue")
-    p.add_argument("--json", action="store_true", help="print one JSON object on standard output")
 
     devices = add("devices", lambda a: 2, "enrol, revoke and list devices")
     dsub = devices.add_subparsers(dest="devices_command", required=True, metavar="ACTION")
@@ -1048,8 +1050,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seqs", type=_seq_range, required=True, metavar="FIRST[-LAST]")
     p.add_argument("--reason", required=True)
     _operator_option(p)
-    p = add("held-back", cmd_devices_held_back, "devices whose ack a missing reading holds back", dsub)
-    p.add_argument("--json", action="store_true")
+    p = add("held-back", cmd_devices_held_back, "devices whose ack a missing reading holds back", dsub, json=True)
     p = add("write-offs", cmd_devices_write_offs, "seqs written off, of one device or all", dsub)
     p.add_argument("id", nargs="?")
     p = add("assign", cmd_devices_assign, "bind a meter to an account (a household moves in), or unbind it", dsub)
@@ -1062,10 +1063,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p = add("reset-password", cmd_devices_reset_password, "issue a new broker password (shown once)", dsub)
     p.add_argument("id")
-    p = add("flagged", cmd_devices_flagged, "devices sending many rejected messages (hostile or broken)", dsub)
+    p = add("flagged", cmd_devices_flagged, "devices sending many rejected messages (hostile or broken)",
+            dsub, json=True)
     p.add_argument("--minutes", type=int, default=60, help="look back this far")
     p.add_argument("--threshold", type=int, default=60, help="rejects per minute that flag a device")
-    p.add_argument("--json", action="store_true")
     p = add("policy", cmd_devices_policy, "the per-device message budget, and when a device over it is "
             "suspended (sealed in the chain); no option: show it", dsub)
     p.add_argument("--rate", type=float, help="messages a second a device may send, sustained")
@@ -1076,16 +1077,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reinstate", cmd_devices_reinstate, "end a device's suspension now (it ends by itself when due)", dsub)
     p.add_argument("id")
     _operator_option(p)
-    p = add("list", cmd_devices_list, "list enrolled devices", dsub)
-    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_devices_list, "list enrolled devices", dsub, json=True)
 
     w = add("witnesses", lambda a: 2, "logins for outside parties that follow the header stream")
     wsub = w.add_subparsers(dest="witnesses_command", required=True, metavar="ACTION")
     p = add("add", cmd_witnesses_add, "create a witness login (password shown once)", wsub)
     p.add_argument("name")
-    p = add("reports", cmd_witnesses_reports, "what witnesses reported: alarms and the heads they hold", wsub)
+    p = add("reports", cmd_witnesses_reports, "what witnesses reported: alarms and the heads they hold",
+            wsub, json=True)
     p.add_argument("--kind", choices=["alarm", "head"])
-    p.add_argument("--json", action="store_true")
     p = add("witness", cmd_witness, "follow the ledger's headers, keep them, alarm on fork, rollback or bad signature")
     p.add_argument("--store", required=True, help="directory where this witness keeps what it accepted")
     _opt(p, "--name", "witness", "this witness's broker login")
@@ -1105,8 +1105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("set-password", cmd_set_password("citizen"), "set or reset an account's dashboard password", asub)
     p.add_argument("id")
     p.add_argument("--password-file", required=True)
-    p = add("list", cmd_accounts_list, "list accounts", asub)
-    p.add_argument("--json", action="store_true")
+    p = add("list", cmd_accounts_list, "list accounts", asub, json=True)
 
     o = add("operators", lambda a: 2, "people who run the city: scoped to districts")
     osub = o.add_subparsers(dest="operators_command", required=True, metavar="ACTION")
@@ -1177,10 +1176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("amount", nargs="?")
     _operator_option(p)
 
-    p = add("bill", cmd_bill, "an account's bill for a month (issued, or as it stands)")
+    p = add("bill", cmd_bill, "an account's bill for a month (issued, or as it stands)", json=True)
     p.add_argument("account")
     p.add_argument("--month", required=True, help="YYYY-MM")
-    p.add_argument("--json", action="store_true")
     b = add("billing", lambda a: 2, "month-end close")
     bsub = b.add_subparsers(dest="billing_command", required=True, metavar="ACTION")
     p = add("close", cmd_billing_close, "issue every account's bill for a month (again: nothing new)", bsub)
@@ -1190,11 +1188,10 @@ def build_parser() -> argparse.ArgumentParser:
     ansub = an.add_subparsers(dest="anomalies_command", required=True, metavar="ACTION")
     p = add("scan", cmd_anomalies_scan, "run every detector now", ansub)
     p.add_argument("--days", type=int, default=14, help="how far back the detectors look")
-    p = add("list", cmd_anomalies_list, "anomalies, most recently changed first", ansub)
+    p = add("list", cmd_anomalies_list, "anomalies, most recently changed first", ansub, json=True)
     p.add_argument("--status", choices=["open", "acknowledged", "resolved", "dismissed"])
     p.add_argument("--type")
     p.add_argument("--district")
-    p.add_argument("--json", action="store_true")
     p = add("show", cmd_anomalies_show, "one anomaly with its evidence and history", ansub)
     p.add_argument("id")
     for action, status, needs_note in (("ack", "acknowledged", False), ("resolve", "resolved", True),
@@ -1204,18 +1201,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--note", required=needs_note, help="what was found or done")
         _operator_option(p)
 
-    p = add("status", cmd_status, "ledger counters and head")
-    p.add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "ledger counters and head", json=True)
 
     q = add("quarantine", lambda a: 2, "rejected messages")
     qsub = q.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
-    p = add("list", cmd_quarantine_list, "list quarantined messages, newest first", qsub)
+    p = add("list", cmd_quarantine_list, "list quarantined messages, newest first", qsub, json=True)
     p.add_argument("--reason")
     p.add_argument("--device")
     p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
 
-    p = add("verify", cmd_verify, "recompute leaves, roots, links and signatures; exit 1 at the first failure")
+    p = add("verify", cmd_verify, "recompute leaves, roots, links and signatures; exit 1 at the first failure",
+            json=True)
     p.add_argument("--deep", action="store_true", help="also check every device signature")
     p.add_argument("--ledger-key", help="hex first ledger public key to trust (default: the home's first key)")
     p.add_argument("--witness", metavar="DIR", help="also compare with the headers a witness kept in DIR")
@@ -1223,11 +1219,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verify the Parquet archive in DIR instead (files, chain, and its link to the live ledger)")
     p.add_argument("--districts", action="store_true",
                    help="on a city home: also every district chain, from the keys the city chain names, and the anchors")
-    p.add_argument("--json", action="store_true")
-    p = add("archive", cmd_archive, "append sealed blocks not yet in DIR to its Parquet archive (docs/verifying.md)")
+    p = add("archive", cmd_archive,
+            "append sealed blocks not yet in DIR to its Parquet archive (docs/verifying.md)", json=True)
     p.add_argument("--out", required=True, metavar="DIR", help="archive directory (created if need be)")
     p.add_argument("--upto-height", type=int, metavar="H", help="archive blocks up to H only (default: all sealed)")
-    p.add_argument("--json", action="store_true")
 
     p = add("receipt", cmd_receipt, "print the receipt proving a reading is in the ledger (PROTOCOL.md section 5)")
     p.add_argument("device")
@@ -1236,12 +1231,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchored", action="store_true", help="from a district's home: with the city anchor covering it, "
                    "so that it verifies against the city's key")
     p = add("verify-receipt", cmd_verify_receipt, "check a receipt offline: device signature, inclusion, block "
-            "signature (and, for an anchored receipt, the link to the city's anchor)")
+            "signature (and, for an anchored receipt, the link to the city's anchor)", json=True)
     p.add_argument("file", help="receipt JSON file, or - for standard input")
     p.add_argument("--ledger-key", required=True, help="hex ledger public key you trust (the city's, for an anchored "
                    "receipt)")
     p.add_argument("--key-chain", help="file from `cityledger key-chain`, when the ledger key has rotated since")
-    p.add_argument("--json", action="store_true")
     p = add("key-chain", cmd_key_chain, "the signed headers that rotate the ledger key, oldest first")
     p = add("rotate-ledger-key", cmd_rotate_ledger_key,
             "hand block signing to a new ledger key, announced by the old one")
