@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
-from ledger.defaults import DEFAULT_TIMEZONE
 
+from ledger.defaults import DEFAULT_TIMEZONE
 
 
 def zone(name: str | None) -> ZoneInfo:

@@ -27,8 +27,6 @@ from ledger.errors import Busy, InternalError, LedgerError, NotFound, by_name, f
 
 log = logging.getLogger("cityledger.api")
 
-
-
 # Calls served at once, and calls that may wait for a worker; a caller past both is told
 # "busy" at once. Each worker is a thread with its own DuckDB cursor (see LedgerWriter.store).
 WORKERS = int(os.environ.get("CITYLEDGER_API_WORKERS", "8"))
@@ -129,14 +127,8 @@ def _error_reply(exc: BaseException) -> dict[str, Any]:
 
 def _raised(reply: dict[str, Any]) -> LedgerError:
     """The error the server raised, as the same class when this process knows it, else as its family."""
-    for name in (reply.get("type"), reply.get("family")):
-        cls = by_name(str(name))
-        if cls is not None:
-            try:
-                return cls(reply["error"])
-            except TypeError:  # a class whose constructor takes more than a message
-                continue
-    return InternalError(reply["error"])
+    cls = by_name(str(reply.get("type"))) or by_name(str(reply.get("family"))) or InternalError
+    return cls(reply["error"])
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

@@ -94,7 +94,6 @@ class WitnessStore:
         return list(_read_lines(self.root / ALARMS_FILE))
 
 
-
 def iter_headers(root: Path) -> Iterator[dict[str, Any]]:
     """Read headers.jsonl lazily; a torn last line (a crash mid-append) is skipped."""
     return _read_lines(root / HEADERS_FILE)
