@@ -55,10 +55,11 @@ from broker.mqtt import wire
 from bench.loadgen import LoadError, LoadGenerator, Supply
 from broker import mosquitto
 from ledger.home import Home
+from ledger.processes import STDOUT, Child, WaitTimeout, start as start_child, wait_until
 from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import READING_CONTEXT, device_topic, sign_reading, verify_reading
 from ledger.service.rpc import RemoteLedger, open_ledger
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 from ledger.clock import now_ms
 from ledger.errors import LedgerError
 
@@ -151,7 +152,7 @@ class Service:
 
     name: str
     home: Home
-    proc: subprocess.Popen[bytes]
+    proc: Child
     log: Path
     api: Any = None
 
@@ -160,7 +161,7 @@ class Service:
 class Stack:
     home: Home  # the one chain's home, or the city's (its districts' homes are under it)
     port: int
-    broker: subprocess.Popen[bytes]
+    broker: Child
     ingests: list[Service] = field(default_factory=list)  # one per chain
     anchor: Service | None = None
 
@@ -360,38 +361,29 @@ def running_stack(home: Home, opt: BenchOptions) -> Iterator[Stack]:
         yield stack
     finally:
         for service in stack.services:
-            _stop(service.proc, 60.0)
-        _stop(stack.broker, 30.0)
+            service.proc.stop(timeout=60.0)
+        stack.broker.stop(timeout=30.0)
 
 
 def _launch(stack: Stack, name: str, home: Home, argv: list[str], log_name: str) -> Service:
-    home.logs.mkdir(parents=True, exist_ok=True)
     log = home.logs / log_name
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "CITYLEDGER_MQTT_PORT": str(stack.port)}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    return Service(name, home, proc, log)
+    return Service(name, home, start_child(argv, env=env, stdout=log, stderr=STDOUT), log)
 
 
 def _await_api(service: Service) -> RemoteLedger:
-    deadline = time.monotonic() + INGEST_START_S
-    while True:
+    def serving() -> RemoteLedger | None:
         api = open_ledger(service.home)
         if isinstance(api, RemoteLedger):
             return api
-        if service.proc.poll() is not None or time.monotonic() > deadline:
+        if not service.proc.alive:
             raise BenchError(f"{service.name} did not start:\n{_tail(service.log)}")
-        time.sleep(0.1)
+        return None
 
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    try:
+        return wait_until(serving, INGEST_START_S, 0.1, what=f"{service.name}'s API")
+    except WaitTimeout:
+        raise BenchError(f"{service.name} did not start:\n{_tail(service.log)}") from None
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -407,9 +399,9 @@ def _logs(stack: Stack) -> str:
 
 def _check_alive(stack: Stack) -> None:
     for s in stack.services:
-        if s.proc.poll() is not None:
+        if not s.proc.alive:
             raise BenchError(f"{s.name} exited with status {s.proc.returncode}:\n{_tail(s.log)}")
-    if stack.broker.poll() is not None:
+    if not stack.broker.alive:
         raise BenchError(f"mosquitto exited with status {stack.broker.returncode}")
 
 

@@ -37,8 +37,11 @@ import duckdb
 import pyarrow as pa
 
 from ledger.home import Home
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.clock import now_ms
+from ledger.service.operations import billing as billing_ops
+from ledger.service.operations import people as people_ops
 
 STEP = 900_000
 DAY = 86_400_000
@@ -175,9 +178,9 @@ def logins(home: Home) -> None:
     w = LedgerWriter.open(home)
     try:
         for op, districts in (("op-all", "all"), ("op-d01", "d01")):
-            w.add_operator(op, f"Operator {op}", districts)
-            w.set_password("operator", op, PASSWORD)
-        w.set_password("citizen", "hh-0000042", PASSWORD)
+            people_ops.add_operator(w, op, f"Operator {op}", districts)
+            people_ops.set_password(w, "operator", op, PASSWORD)
+        people_ops.set_password(w, "citizen", "hh-0000042", PASSWORD)
     finally:
         w.close()
 
@@ -323,7 +326,7 @@ def roll_up(home: Home) -> dict[str, Any]:
     writer = LedgerWriter.open(home)
     started = time.perf_counter()
     try:
-        done = writer.roll_up(max_readings=10_000_000, progress=lambda h, top: print(
+        done = billing_ops.roll_up(writer, max_readings=10_000_000, progress=lambda h, top: print(
             f"\rrolling up: block {h:,} of {top:,}", end="", file=sys.stderr, flush=True))
     finally:
         writer.close()

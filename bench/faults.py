@@ -33,7 +33,6 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,9 +47,10 @@ from broker import mosquitto
 from broker.mqtt.client_ids import mqtt_client_id
 from edge.agent import AgentSettings
 from ledger.home import Home
+from ledger.processes import STDOUT, Child, start as start_child, wait_until
 from ledger.chain.protocol import device_topic, sign_reading
 from ledger.service.rpc import RemoteLedger, open_ledger
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 from ledger.clock import now_ms
 
 
@@ -67,42 +67,26 @@ def _rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def _wait(predicate: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
-
-
 class _Ingest:
     def __init__(self, home: Home, port: int, *extra: str) -> None:
         self.home, self.port, self.extra = home, port, extra
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
 
     def start(self) -> None:
         env = {**os.environ, "CITYLEDGER_HOME": str(self.home.root), "CITYLEDGER_MQTT_PORT": str(self.port)}
-        with (self.home.logs / "ingest.log").open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "ingest", *self.extra], env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _wait(lambda: isinstance(open_ledger(self.home), RemoteLedger), 60, "the ingest's API")
+        self.proc = start_child([sys.executable, "-m", "ledger.cli", "ingest", *self.extra], env=env,
+                                stdout=self.home.logs / "ingest.log", stderr=STDOUT)
+        wait_until(lambda: isinstance(open_ledger(self.home), RemoteLedger), 60, 0.1, what="the ingest's API")
 
     hung = 0  # SIGTERMs ingest ignored (see docs/reliability.md: a CPython 3.11 SimpleQueue bug)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+        if proc is not None:
+            proc.stop(timeout=60)
+            if proc.forced:
                 _Ingest.hung += 1
                 print(f"ingest (pid {proc.pid}) ignored SIGTERM for 60 s: killed", file=sys.stderr)
-                proc.kill()
-                proc.wait()
 
 
 # ---------------------------------------------------------------- sizing
@@ -159,7 +143,7 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
             for c, device_payloads in zip(clients, payloads, strict=True):
                 topic, payload = device_payloads[s]
                 c.publish(topic, payload, qos=1)
-        _wait(lambda: acked[0] >= total, 600, "every PUBACK")
+        wait_until(lambda: acked[0] >= total, 600, 0.1, what="every PUBACK")
         publish_s = time.monotonic() - started
         for c in clients:
             c.disconnect()
@@ -170,8 +154,7 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
 
         # The save on SIGTERM is the same full write as every autosave (autosave_interval 10).
         t = time.monotonic()
-        broker.terminate()
-        broker.wait(timeout=600)
+        broker.stop(timeout=600)
         save_s = time.monotonic() - t
         db_bytes = (home.broker_data / "mosquitto.db").stat().st_size
         t = time.monotonic()
@@ -184,7 +167,7 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
         t = time.monotonic()
         ingest.start()
         api = open_ledger(home)
-        _wait(lambda: api.status()["readings"] - base >= total, 3600, "ingest to drain the queue", every=0.5)
+        wait_until(lambda: api.status()["readings"] - base >= total, 3600, 0.5, what="ingest to drain the queue")
         drain_s = time.monotonic() - t
         return {
             "messages_queued": total,
@@ -208,9 +191,7 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
             c.disconnect()
             c.loop_stop()
         ingest.stop()
-        if broker.poll() is None:
-            broker.terminate()
-            broker.wait(timeout=600)
+        broker.stop(timeout=600)
 
 
 # ---------------------------------------------------------------- the queue model
@@ -305,10 +286,9 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
     config = home.broker / "mosquitto-small-queue.conf"
     config.write_text("\n".join(lines) + "\n")
     log_path = mosquitto.log_path(home)
-    with log_path.open("ab") as log:
-        broker = subprocess.Popen(["stdbuf", "-oL", mosquitto.mosquitto_binary(), "-c", str(config)], stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    _wait(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, "the broker")
+    broker = start_child(["stdbuf", "-oL", mosquitto.mosquitto_binary(), "-c", str(config)], stdout=log_path,
+                         stderr=STDOUT)
+    wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, 0.1, what="the broker")
     ingest = _Ingest(home, port)
     env = {**os.environ, "CITYLEDGER_HOME": str(root), "CITYLEDGER_MQTT_PORT": str(port)}
     fleet = None
@@ -325,10 +305,9 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
 
     try:
         ingest.start()
-        with (home.logs / "fleet.log").open("ab") as log:
-            fleet = subprocess.Popen([sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(devices),
-                                      "--interval", str(interval)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        _wait(lambda: outbox.exists() and states()[1] > 0, 60, "first acks")
+        fleet = start_child([sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(devices), "--interval",
+                             str(interval)], env=env, stdout=home.logs / "fleet.log", stderr=STDOUT)
+        wait_until(lambda: outbox.exists() and states()[1] > 0, 60, 0.1, what="first acks")
         time.sleep(2)
         ingest.stop()
         time.sleep(down_s)
@@ -336,7 +315,7 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
         ingest.start()
         t = time.monotonic()
         target = generated_down[0]
-        _wait(lambda: states()[1] >= target, 1800, "the ledger to catch up", every=0.5)
+        wait_until(lambda: states()[1] >= target, 1800, 0.5, what="the ledger to catch up")
         recover_s = time.monotonic() - t
         dropped = log_path.read_text(errors="replace").count("Outgoing messages are being dropped")
         api = open_ledger(home)
@@ -347,12 +326,10 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
                 "ledger_readings": status["readings"], "duplicates": status["duplicates"],
                 "ingest_ignored_sigterm": _Ingest.hung, "home": str(root)}
     finally:
-        if fleet is not None and fleet.poll() is None:
-            fleet.send_signal(signal.SIGTERM)
-            fleet.wait(timeout=60)
+        if fleet is not None:
+            fleet.stop(signal.SIGTERM, timeout=60)
         ingest.stop()
-        broker.terminate()
-        broker.wait(timeout=60)
+        broker.stop(timeout=60)
 
 
 def main() -> None:

@@ -25,13 +25,11 @@ import os
 import platform
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from broker.mqtt.client_ids import mqtt_client_id
 from ledger.chain.protocol import canonical_json, device_topic, sign_reading
 from ledger.clock import now_ms
+from ledger.processes import DEVNULL, PIPE, STDOUT, Child, start, wait_until
 
 HOSTILE_DEVICE = "em-d09-666666"  # a district of its own, so no fleet device shares its name
 HOSTILE_KIND, HOSTILE_DISTRICT = "electricity", "d09"
@@ -270,28 +269,21 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
     }
 
 
-def start_hostile(cfg: HostileConfig) -> subprocess.Popen[str]:
+def start_hostile(cfg: HostileConfig) -> Child:
     """The hostile device in its own process; read its report with `finish_hostile`."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.flood", "--hostile-worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps(asdict(cfg)))  # the password and key go through a pipe, not argv
-    proc.stdin.close()
-    proc.stdin = None  # so that communicate() does not touch it again
-    return proc
+    # The password and key go through a pipe (`input`), not argv.
+    return start([sys.executable, "-m", "bench.flood", "--hostile-worker"], input=json.dumps(asdict(cfg)),
+                 stdout=PIPE, stderr=PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
 
 
-def finish_hostile(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"the hostile device did not finish within {timeout} s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"the hostile device failed ({proc.returncode}):\n{err}")
-    return json.loads(out)
+def finish_hostile(proc: Child, timeout: float) -> dict[str, Any]:
+    """Wait for the hostile device to finish (SIGKILL after `timeout` s) and return its report."""
+    code = proc.stop(None, timeout)
+    if proc.forced:
+        raise RuntimeError(f"the hostile device did not finish within {timeout} s")
+    if code != 0:
+        raise RuntimeError(f"the hostile device failed ({code}):\n{proc.err}")
+    return dict(json.loads(proc.out))
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -305,17 +297,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
 def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] if sorted_values else 0
 
@@ -327,7 +308,7 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
     from edge.outbox import Outbox
     from ledger.home import Home
     from ledger.service.rpc import RemoteLedger, open_ledger
-    from ledger.service.writer import initialize
+    from ledger.service.homes import initialize
 
     root = Path(tempfile.mkdtemp(prefix="cityledger-flood-"))
     home = Home(root)
@@ -336,14 +317,12 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
     broker = mosquitto.start(home, port)
     env = {**os.environ, "CITYLEDGER_HOME": str(root), "CITYLEDGER_MQTT_PORT": str(port),
            "CITYLEDGER_MQTT_HOST": "127.0.0.1"}
-    procs: list[subprocess.Popen[Any]] = []
-    with (home.logs / "ingest.log").open("ab") as log:
-        ingest = subprocess.Popen([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest",
-                                   "--workers", str(workers)],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    procs: list[Child] = []
+    ingest = start([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest", "--workers", str(workers)],
+                   env=env, stdout=home.logs / "ingest.log", stderr=STDOUT)
     procs.append(ingest)
     try:
-        _wait(lambda: ingest.poll() is None and isinstance(open_ledger(home), RemoteLedger), 30, "ingest")
+        wait_until(lambda: ingest.alive and isinstance(open_ledger(home), RemoteLedger), 30, 0.1, what="ingest")
         api = open_ledger(home)
         key = SigningKey.generate()
         login = api.enroll_device(device=HOSTILE_DEVICE, kind=HOSTILE_KIND, district=HOSTILE_DISTRICT,
@@ -352,12 +331,11 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
                                      operator="bench") \
             if suspend_after_min or suspend_for_min else api.budget_policy()
         print(f"provisioning {honest} honest devices...", file=sys.stderr)
-        fleet = subprocess.Popen([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "fleet",
-                                  "--devices", str(honest), "--interval", "1"], env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        fleet = start([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "fleet", "--devices", str(honest),
+                       "--interval", "1"], env=env, stdout=PIPE, stderr=DEVNULL, text=True)
         procs.append(fleet)
-        _wait(lambda: sum(1 for s, _ in api.device_statuses().values() if s == "online") >= honest, 180,
-              "every honest device online")
+        wait_until(lambda: sum(1 for s, _ in api.device_statuses().values() if s == "online") >= honest, 180, 0.1,
+                   what="every honest device online")
         time.sleep(3)  # let the fleet settle into its once-a-second rhythm before the window opens
         print(f"window of {seconds} s ({'with' if hostile else 'without'} the hostile device)...", file=sys.stderr)
         cpu0 = cpu_seconds(ingest.pid)
@@ -377,29 +355,29 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
                 n = s["quarantined"] + s["quarantine_dropped"]
                 done, last[0] = n == last[0] and (qos == 0 or report["disconnects"] or n >= report["sent"]), n
                 return bool(done)
-            _wait(lambda: hostile_done() or time.sleep(2), 600, "ingest to account for every hostile message")
+            wait_until(hostile_done, 600, 2.0, what="ingest to account for every hostile message")
             processed_at = now_ms()
         else:
             time.sleep(seconds)
             t1 = now_ms()
         cpu = cpu_seconds(ingest.pid) - cpu0
-        fleet.send_signal(signal.SIGTERM)
-        fleet_stats = json.loads(fleet.communicate(timeout=60)[0].strip().splitlines()[-1])
+        fleet.stop(signal.SIGTERM, timeout=60)
+        if fleet.forced:
+            raise RuntimeError("the fleet ignored SIGTERM for 60 s")
+        fleet_stats = json.loads(fleet.out.strip().splitlines()[-1])
         with Outbox(home.fleet / OUTBOX_FILE) as outbox:
             generated = {d: outbox.state(d).last_seq for d in outbox.devices()}
         expected = sum(generated.values()) + (PRIMED if hostile else 0)
-        _wait(lambda: api.status()["readings"] >= expected, 300, "every honest reading ledgered")
+        wait_until(lambda: api.status()["readings"] >= expected, 300, 0.1, what="every honest reading ledgered")
         status = api.status()
         rss = peak_rss_mb(ingest.pid)
-        ingest.send_signal(signal.SIGTERM)
-        ingest.wait(timeout=60)
+        ingest.stop(signal.SIGTERM, timeout=60)
+        if ingest.forced:
+            raise RuntimeError("ingest ignored SIGTERM for 60 s")
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        broker.terminate()
-        broker.wait(timeout=30)
+            proc.stop(signal.SIGKILL)
+        broker.stop(timeout=30)
 
     import duckdb
 

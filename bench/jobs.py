@@ -68,7 +68,8 @@ from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import READING_CONTEXT, canonical_json
 from ledger.service.rpc import open_ledger
 from ledger.store.sqlaudit import READING_LEAF_SQL
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.clock import now_ms
 
 JOBS = ("audit", "deep-audit", "scan", "roll-up", "close", "sign-in")

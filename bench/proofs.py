@@ -32,7 +32,8 @@ from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import Reading, sign_reading
 from ledger.chain.receipts import encode_receipt
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
 
 T0 = 1_764_000_000_000

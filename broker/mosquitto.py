@@ -28,8 +28,6 @@ import pwd
 import shutil
 import signal
 import socket
-import subprocess
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from typing import IO, NoReturn
 from broker.certs import CertPaths, ensure_certs
 from broker.mqtt.client_ids import CLIENT_ID_PREFIX
 from ledger.home import Home, write_private
+from ledger.processes import STDOUT, Child, Sink, WaitTimeout, start as start_child, wait_until
 
 TEMPLATE: Path = Path(__file__).resolve().parent.parent / "mosquitto.conf"
 TEMPLATE_ENV = "CITYLEDGER_MOSQUITTO_CONF"
@@ -269,55 +268,47 @@ def exec_foreground(home: Home, port: int, tls_port: int | None = None, *,
 
 
 def start(home: Home, port: int, tls_port: int | None = None, *, certs: CertPaths | None = None,
-          stdout: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+          stdout: IO[bytes] | int | None = None) -> Child:
     """Start the broker in the background and return once it accepts TCP connections on every listener.
 
     `tls_port` and `certs` are as for `exec_foreground`. Output goes to `stdout`,
     or by default is appended to `log_path(home)` (a pipe nobody reads would
     stall the broker once full). On failure the broker is stopped and the error
-    carries what it logged.
+    carries what it logged. Stop the broker with `stop()` on what this returns
+    (SIGTERM: mosquitto saves its persistence file on the way out).
     """
     argv = _argv(write_config(home, port, tls=tls_listener(home, tls_port, certs)))
     log_file, log_offset = log_path(home), 0
     own_log = stdout is None
+    sink: Sink = stdout
     if own_log:
-        home.logs.mkdir(parents=True, exist_ok=True)
         log_offset = log_file.stat().st_size if log_file.exists() else 0
-        with log_file.open("ab") as log:
-            proc = _spawn(argv, log)
-    else:
-        proc = _spawn(argv, stdout)
+        sink = log_file
+    broker = start_child(argv, stdout=sink, stderr=STDOUT)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for listening in (port, tls_port):
-            if listening is not None:
-                _wait_listening(proc, "127.0.0.1", listening, max(0.0, deadline - time.monotonic()))
-    except RuntimeError as exc:
-        _stop_quietly(proc)
+        _wait_listening(broker, "127.0.0.1", [p for p in (port, tls_port) if p is not None])
+    except (RuntimeError, WaitTimeout) as exc:
+        broker.stop(signal.SIGKILL)
         output = _read_from(log_file, log_offset) if own_log else "(output went to the given stdout)"
         raise RuntimeError(f"{exc}\n--- mosquitto output ---\n{output}") from None
-    return proc
+    return broker
 
 
-def _spawn(argv: list[str], stdout: IO[bytes] | int | None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-def _wait_listening(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float) -> None:
-    """Poll until `proc` itself listens on `port` and the port accepts TCP.
+def _wait_listening(broker: Child, host: str, ports: list[int]) -> None:
+    """Poll until `broker` itself listens on every port and each accepts TCP (WaitTimeout after START_TIMEOUT_S).
 
     "The port accepts" alone is not enough: when another process holds the port,
     mosquitto takes a few milliseconds to fail its bind and exit, and in that
     window the other listener would pass for ours.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with status {proc.returncode} before listening on {port}")
-        if _owns_listener(proc.pid, port) is not False and _accepts(host, port):
-            return
-        time.sleep(0.02)
-    raise RuntimeError(f"mosquitto did not listen on {host}:{port} within {timeout:.0f} s")
+    named = " and ".join(map(str, ports))
+
+    def listening() -> bool:
+        if not broker.alive:
+            raise RuntimeError(f"mosquitto exited with status {broker.returncode} before listening on {named}")
+        return all(_owns_listener(broker.pid, port) is not False and _accepts(host, port) for port in ports)
+
+    wait_until(listening, START_TIMEOUT_S, 0.02, what=f"mosquitto to listen on {host}:{named}")
 
 
 def _owns_listener(pid: int, port: int) -> bool | None:
@@ -367,12 +358,6 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _stop_quietly(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 def _read_from(path: Path, offset: int) -> str:

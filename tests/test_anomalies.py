@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -46,6 +45,7 @@ from ledger.anomalies.detectors import (
     detect_spikes,
     detect_zero_consumption,
 )
+from ledger.processes import PIPE, start
 from tests.support.broker import wait_for
 from tests.support.stack import Stack
 
@@ -605,9 +605,9 @@ def test_simulate_quarantines_what_ingest_would_and_counts_the_resends() -> None
 
 
 def test_fleet_faults_reach_the_ledger_as_rejects_and_a_last_will(stack: Stack) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "8", "--interval", "0.2",
-                             "--districts", "d01", "--faults", "dead=0.25,badsig=0.25,horizon=4s"],
-                            env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "8", "--interval", "0.2", "--districts",
+                  "d01", "--faults", "dead=0.25,badsig=0.25,horizon=4s"], env=stack.env, stdout=PIPE, stderr=PIPE,
+                 text=True)
     try:
         truth_file = stack.home.fleet / "faults.jsonl"
         wait_for(lambda: truth_file.exists() and truth_file.read_text(), 60, "the fleet's ground truth")
@@ -625,6 +625,6 @@ def test_fleet_faults_reach_the_ledger_as_rejects_and_a_last_will(stack: Stack) 
         scan = stack.api.scan_anomalies(lookback_days=1)
         assert scan["by_type"].get("hostile") == 2, scan
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        proc.stop(signal.SIGTERM, timeout=60)
+        err = proc.err
     assert proc.returncode == 0, err

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ledger.anomalies.detectors import DeviceInfo, Obs, detect
-from ledger.anomalies.scan import COLUMNS, detect_by_group, groups, observations
+from ledger.anomalies.scan import COLUMNS, active_devices, detect_by_group, groups, inputs, observations
 from tests.test_anomaly_accuracy import _ms, city
 
 
@@ -58,15 +58,15 @@ def test_the_scan_by_group_finds_exactly_what_detect_finds() -> None:
 
 
 def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_path) -> None:  # noqa: ANN001
-    from ledger.anomalies import queries as anomaly_queries
+    from ledger.store import anomaly_queries
     from ledger.store.store import Store
     from tests.support.ledgers import build_ledger
 
     built = build_ledger(tmp_path / "home", devices=4, per_device=9, block_size=5)
     store = Store.open(built.home.database, read_only=True)
     try:
-        devices, readings, rejects = anomaly_queries.inputs(store, 0)
-        assert anomaly_queries.active_devices(store) == devices and anomaly_queries.rejects(store, 0) == rejects
+        devices, readings, rejects = inputs(store, 0)
+        assert active_devices(store) == devices and anomaly_queries.rejects(store, 0) == rejects
         some = sorted(readings)[1:3]
         table = anomaly_queries.readings_table(store, some, 0)
         assert observations(table) == {d: readings[d] for d in some}
@@ -84,11 +84,12 @@ def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp
     rule could not see its readings going back. They are read by when they arrived as well."""
     from nacl.signing import SigningKey
 
-    from ledger.anomalies import queries as anomaly_queries
+    from ledger.store import anomaly_queries
     from ledger.home import Home
     from ledger.chain.protocol import sign_reading
     from ledger.chain.records import LedgeredReading
-    from ledger.service.writer import LedgerWriter, initialize
+    from ledger.service.writer import LedgerWriter
+    from ledger.service.homes import initialize
     from ledger.chain.records import Batch
 
     home = Home(tmp_path / "home")
@@ -103,7 +104,7 @@ def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp
             key, device="wm-d01-000015", kind="water", seq=i + 1, ts=ts, value=100 + i), now - (3 - i) * 10 * minute)
             for i, ts in enumerate(stamps)]))
         since = now - 14 * 86_400_000
-        devices, readings, rejects = anomaly_queries.inputs(writer.store, since)
+        devices, readings, rejects = inputs(writer.store, since)
         assert [o.ts for o in readings["wm-d01-000015"]] == [0, 1, now - 40 * minute, now - 30 * minute]
         table = anomaly_queries.readings_table(writer.store, ["wm-d01-000015"], since)
         assert observations(table) == readings

@@ -24,10 +24,12 @@ from bench.city import (BenchError, BenchOptions, _fresh_home, device_specs, enc
                         parse_proc_stat, sign_supply)
 from bench.loadgen import weighted_percentile
 from broker.access import hash_password
-from ledger.service.api import LedgerAPI, local_api
+from ledger.service import rpc
+from ledger.service.api import local_api
 from ledger.home import Home
 from ledger.chain.protocol import Reading, parse_reading, sign_reading, verify_reading
-from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
+from ledger.service.homes import initialize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -267,7 +269,7 @@ def test_enroll_devices_refuses_taken_ids_and_keys(writer: LedgerWriter) -> None
 
 
 def test_enroll_devices_is_reachable_through_the_api(writer: LedgerWriter) -> None:
-    assert "enroll_devices" in LedgerAPI.REMOTE
+    assert "enroll_devices" in rpc.REMOTE
     out = local_api(writer.home, writer).enroll_devices(rows=_rows(2))
     assert len(out["devices"]) == 2 and writer.store.device("bulk-0001") is not None
 

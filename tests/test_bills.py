@@ -19,8 +19,11 @@ from ledger.service.api import local_api
 from ledger.home import Home
 from ledger.chain.protocol import sign_reading
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import EnrolmentError, LedgerWriter, initialize
+from ledger.service.writer import EnrolmentError, LedgerWriter
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import billing as billing_ops
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -68,7 +71,7 @@ def city(tmp_path: Path):
 
 def test_a_households_bill_worked_by_hand(city: City) -> None:
     w = city.writer
-    w.add_account("hh-0001", "Li Na", "residential")
+    billing_ops.add_account(w, "hh-0001", "Li Na", "residential")
     city.device("wm-d02-000001", "water", account="hh-0001")
     city.device("em-d02-000001", "electricity", account="hh-0001")
     # Water: 170 m3 by Mar 1 00:00, 190 m3 by Apr 1 00:00 (readings exactly on the boundaries).
@@ -92,7 +95,7 @@ def test_a_households_bill_worked_by_hand(city: City) -> None:
 
 def test_adjustments_close_and_immutability(city: City) -> None:
     w = city.writer
-    w.add_account("hh-0002", "Zhang Wei")
+    billing_ops.add_account(w, "hh-0002", "Zhang Wei")
     city.device("wm-d02-000002", "water", account="hh-0002")
     city.readings("wm-d02-000002", [(at(2026, 4, 1), 0), (at(2026, 5, 1), 10_000), (at(2026, 6, 1), 20_000)])
     api = local_api(city.home, city.writer)
@@ -117,7 +120,7 @@ def test_adjustments_close_and_immutability(city: City) -> None:
     assert api.bill(account="hh-0002", month="2026-05")["total"] == "60.00"
 
     # A refund is appended and shows on the next bill; nothing issued changes.
-    adj = w.adjust("hh-0002", "-12.50", "meter read high in April", "op-chen")
+    adj = billing_ops.adjust(w, "hh-0002", "-12.50", "meter read high in April", "op-chen")
     may = api.bill(account="hh-0002", month=dt.datetime.fromtimestamp(adj["created_at"] / 1000, TZ).strftime("%Y-%m"))
     assert any(line["type"] == "adjustment" and line["amount"] == "-12.50" for line in may["lines"])
     assert api.bill(account="hh-0002", month="2026-04")["total"] == "50.00"
@@ -131,17 +134,17 @@ def test_unknown_account_is_refused_at_enrolment(city: City) -> None:
 
 def test_parking_zone_change_lease_checkin_and_unpaid(city: City) -> None:
     w = city.writer
-    w.add_account("hh-0003", "Chen Jie")
-    w.add_account("biz-0001", "Noodle shop", "non-residential")
+    billing_ops.add_account(w, "hh-0003", "Chen Jie")
+    billing_ops.add_account(w, "biz-0001", "Noodle shop", "non-residential")
     city.device("ps-d01-000001", "parking", district="d01")  # district d01: zone class 1 by default
-    w.lease("ps-d01-000001", "hh-0003", at(2026, 3, 1), "op-chen")
-    w.set_zone("ps-d01-000001", 3, at(2026, 3, 10), "op-chen")
+    parking_ops.lease(w, "ps-d01-000001", "hh-0003", at(2026, 3, 1), "op-chen")
+    parking_ops.set_zone(w, "ps-d01-000001", 3, at(2026, 3, 10), "op-chen")
     city.readings("ps-d01-000001", [
         (at(2026, 3, 5, 9, 0), 1), (at(2026, 3, 5, 9, 30), 0),     # zone 1: 2 quarters x 2.50 = 5.00
         (at(2026, 3, 12, 9, 0), 1), (at(2026, 3, 12, 9, 30), 0),   # zone 3: 2 quarters x 0.50 = 1.00
         (at(2026, 3, 20, 12, 0), 1), (at(2026, 3, 20, 12, 45), 0),  # checked in by the shop: 3 x 0.50 = 1.50
     ])
-    w.checkin("ps-d01-000001", "biz-0001", at(2026, 3, 20, 12, 5), "op-chen")
+    parking_ops.checkin(w, "ps-d01-000001", "biz-0001", at(2026, 3, 20, 12, 5), "op-chen")
     api = local_api(city.home, city.writer)
     household = api.bill(account="hh-0003", month="2026-03")
     park = next(line for line in household["lines"] if line["type"] == "parking")
@@ -150,7 +153,7 @@ def test_parking_zone_change_lease_checkin_and_unpaid(city: City) -> None:
     shop = api.bill(account="biz-0001", month="2026-03")
     assert shop["total"] == "1.50"
     # Without a lease, a stay with no check-in is unpaid and listed for operators.
-    w.lease("ps-d01-000001", None, at(2026, 3, 25), "op-chen")
+    parking_ops.lease(w, "ps-d01-000001", None, at(2026, 3, 25), "op-chen")
     city.readings("ps-d01-000001", [(at(2026, 3, 26, 10, 0), 1), (at(2026, 3, 26, 11, 0), 0)])
     unpaid = api.unpaid_stays(month="2026-03")
     assert [(u["space"], u["start"][:16]) for u in unpaid] == [("ps-d01-000001", "2026-03-26T10:00")]
@@ -165,7 +168,7 @@ def test_bill_totals_do_not_depend_on_how_readings_were_batched(tmp_path_factory
     for size in (1_000, block):
         city = City(tmp_path_factory.mktemp("batch") / "home")
         try:
-            city.writer.add_account("hh-9", "Batch")
+            billing_ops.add_account(city.writer, "hh-9", "Batch")
             city.writer.enroll_device("wm-d02-000099", "water", "d02", key.verify_key.encode().hex(), "hh-9")
             city.keys["wm-d02-000099"], city.seq["wm-d02-000099"], city.kinds["wm-d02-000099"] = key, 0, "water"
             t0, span, value, pts = at(2026, 2, 20), at(2026, 4, 10) - at(2026, 2, 20), 0, []
@@ -181,7 +184,7 @@ def test_bill_totals_do_not_depend_on_how_readings_were_batched(tmp_path_factory
 
 
 def test_bill_command_json(city: City) -> None:
-    city.writer.add_account("hh-0004", "Sun Li")
+    billing_ops.add_account(city.writer, "hh-0004", "Sun Li")
     city.device("gm-d02-000001", "gas", account="hh-0004")
     city.readings("gm-d02-000001", [(at(2026, 1, 1), 0), (at(2026, 2, 1), 400_000)])  # 400 m3 in January
     city.close()
@@ -206,7 +209,7 @@ def test_the_month_end_close_bills_exactly_what_a_draft_says(tmp_path_factory: p
 
     city = City(tmp_path_factory.mktemp("close") / "home")
     try:
-        city.writer.add_account("hh-7", "Close")
+        billing_ops.add_account(city.writer, "hh-7", "Close")
         expect_clean = set()
         for m, faults in enumerate(meters):
             device = f"wm-d02-{m:06d}"

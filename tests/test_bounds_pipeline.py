@@ -49,6 +49,7 @@ from ledger.chain.protocol import (
 )
 from ledger.chain.receipts import receipt_ok, verify_receipt
 from ledger.billing.tariffs import DEFAULT_FILE, UtilityTariff, parse_tariffs
+from ledger.service.operations import billing as billing_ops
 from tests.support.broker import close_client, wait_for
 from tests.support.stack import SimDevice, Stack
 
@@ -529,11 +530,12 @@ def check_audit(run: Run, archive: Path) -> None:
 def test_the_typical_household_is_exact_for_registers_near_2_63(tmp_path: Path) -> None:
     """Five meters near the protocol's largest register, each using 150 L an hour: the district's typical
     hour is 150 L. As one DOUBLE per register (1,024-litre steps up there) it came out 0 or 1,024."""
-    from ledger.service import views
+    from ledger.store import views
     from ledger.home import Home
     from ledger.chain.protocol import sign_reading
     from ledger.chain.records import LedgeredReading
-    from ledger.service.writer import LedgerWriter, initialize
+    from ledger.service.writer import LedgerWriter
+    from ledger.service.homes import initialize
     from ledger.chain.records import Batch
 
     home = Home(tmp_path / "home")
@@ -544,7 +546,7 @@ def test_the_typical_household_is_exact_for_registers_near_2_63(tmp_path: Path) 
         rows = []
         for n in range(5):
             device, key = f"wm-{DISTRICT}-{n:06d}", SigningKey(bytes([n + 1]) * 32)
-            writer.add_account(f"hh-{n}", f"Household {n}", "residential")
+            billing_ops.add_account(writer, f"hh-{n}", f"Household {n}", "residential")
             writer.enroll_device(device, "water", DISTRICT, key.verify_key.encode().hex(), f"hh-{n}")
             first = TOP - 10_000 - 7 * n  # near the top, a little apart
             rows += [LedgeredReading(sign_reading(key, device=device, kind="water", seq=k + 1, ts=t0 + k * quarter + 7,

@@ -35,6 +35,7 @@ from broker.access import (
     write_access_files,
 )
 from ledger.home import Home
+from ledger.processes import DEVNULL, STDOUT, start
 from ledger.chain.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, device_topic
 from tests.support.broker import (
     listening_ports,
@@ -370,14 +371,12 @@ def test_exec_foreground_keeps_the_pid_that_the_pid_file_names(tmp_path: Path) -
     write_access_files(home, [A], [])
     code = "import sys; from pathlib import Path; from broker.mosquitto import exec_foreground; " \
         "from ledger.home import Home; exec_foreground(Home(Path(sys.argv[1])), int(sys.argv[2]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(home.root), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = start([sys.executable, "-c", code, str(home.root), str(port)], stdout=DEVNULL, stderr=STDOUT)
     try:
         wait_for(lambda: mosquitto.running_pid(home) == proc.pid, what="mosquitto's pid file naming the exec'd process")
         wait_for(lambda: _accepts(port), what="the foreground broker to listen")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.stop(timeout=10)
     assert not home.broker_pid.exists(), "mosquitto removes its pid file on a clean exit"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -30,6 +31,7 @@ from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password, write_access_files
 from broker.mqtt.client_ids import CLIENT_ID_PREFIX, mqtt_client_id
 from ledger.home import Home
+from ledger.processes import STDOUT, start
 from ledger.chain.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, parse_ack
 from tests.support.broker import (
     RELOAD_LOG_LINE,
@@ -193,9 +195,7 @@ def test_proof_without_the_prefix_check_the_attack_kills_this_machines_mosquitto
     config = mosquitto.write_config(home, port)
     config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
                               if not line.startswith(("clientid_prefixes", "auto_id_prefix"))))
-    home.logs.mkdir(parents=True, exist_ok=True)
-    with mosquitto.log_path(home).open("ab") as log:
-        proc = subprocess.Popen(mosquitto._argv(config), stdout=log, stderr=subprocess.STDOUT)
+    proc = start(mosquitto._argv(config), stdout=mosquitto.log_path(home), stderr=STDOUT)
     try:
         wait_for(lambda: proc.poll() is None and _accepts(port), 10, "the unmitigated broker to listen")
         ingest = connect_client(port, "ingest", password, "ingest")
@@ -212,9 +212,7 @@ def test_proof_without_the_prefix_check_the_attack_kills_this_machines_mosquitto
         close_client(device)
         close_client(ingest)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        proc.stop(signal.SIGKILL)
 
 
 def _accepts(port: int) -> bool:

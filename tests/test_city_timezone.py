@@ -16,7 +16,7 @@ from ledger.defaults import DEFAULT_TIMEZONE
 from ledger.home import Home
 from ledger.service.api import local_api
 from ledger.service.scheduler import _city_timezone, close_job
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 
 # 2026-03-01 00:30 UTC: March in Berlin (01:30), still February in New York (19:30 on the 28th).
 INSTANT_MS = int(dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc).timestamp() * 1000)

@@ -120,10 +120,10 @@ def test_a_throttled_sign_in_says_so_with_the_wait_and_lets_the_citizen_in_after
     import time
 
     from dashboard import session
-    from ledger.service import writer as writer_module
+    from ledger.service.operations import people as people_ops
 
     clock = [time.time_ns() // 1_000_000 - 3 * 3_600_000]
-    monkeypatch.setattr(writer_module, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(people_ops, "now_ms", lambda: clock[0])
     monkeypatch.setattr(session, "client_source", lambda: "198.51.100.9")
     ledger = local_api(city.home)
     wrong = 0

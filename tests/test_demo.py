@@ -21,7 +21,7 @@ from ledger.service.api import LedgerAPI, local_api
 from ledger.home import Home
 from ledger.chain.protocol import valid_device_id
 from ledger.city.up import fleet_devices
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 
 # Ids the protocol allows that are not the fleet's: an operator's own meters.
 ODD_IDS = ("wm1", "a", "x.y_z", "Z" * 64)

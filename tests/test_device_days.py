@@ -16,15 +16,17 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from ledger.billing import rules as billing
-from ledger.billing import device_days
+from ledger.store import device_days
 from ledger.billing.rules import Point
 from ledger.billing.device_days import DAY_MS, Day, condense, history, meter_quiet, space_quiet
 from ledger.home import Home
 from ledger.chain.protocol import sign_reading
 from ledger.store.store import Store
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
+from ledger.service.operations import billing as billing_ops
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000
@@ -146,7 +148,7 @@ def test_history_bills_and_parks_exactly_as_a_full_read(steps: list[tuple[str, i
                 if rows:
                     writer.commit(Batch(readings=rows))
                 if roll == 1:
-                    writer.roll_up(max_readings=7)
+                    billing_ops.roll_up(writer, max_readings=7)
             if held:
                 writer.commit(Batch(readings=held))
             store = writer.store
@@ -189,10 +191,10 @@ def test_roll_up_catches_up_in_chunks_and_then_has_nothing_to_do(tmp_path: Path)
                 key, device="em-d01-000001", kind="electricity", seq=block * 10 + i + 1,
                 ts=T0 + (block * 10 + i) * HOUR, value=block * 10 + i), T0) for i in range(10)]))
         seen: list[tuple[int, int]] = []
-        first = writer.roll_up(max_readings=25, progress=lambda h, top: seen.append((h, top)))
+        first = billing_ops.roll_up(writer, max_readings=25, progress=lambda h, top: seen.append((h, top)))
         assert first["readings"] == 60 and first["chunks"] > 1 and first["height"] == writer.height
         assert [h for h, _ in seen] == sorted(h for h, _ in seen)
-        assert writer.roll_up() == {"height": writer.height, "chunks": 0, "readings": 0}
+        assert billing_ops.roll_up(writer) == {"height": writer.height, "chunks": 0, "readings": 0}
         rows = writer.store.con.execute(
             "SELECT day, n, first_seq, last_seq, breaks, max_gap FROM device_days ORDER BY day").fetchall()
         assert [r[1] for r in rows] == [24, 24, 12]  # 60 hourly readings over three UTC days
@@ -224,7 +226,7 @@ def test_the_scheduler_job_rolls_up_through_the_ledger_api(tmp_path: Path) -> No
 
 def test_a_seq_at_the_protocols_limit_followed_by_another_reading_rolls_up_and_bills(tmp_path: Path) -> None:
     """A meter sending seq 2^63-1 and then one more reading must not break the roll-up or the bills."""
-    from ledger.billing.queries import meters_needing_checks
+    from ledger.store.billing_queries import meters_needing_checks
     from ledger.chain.protocol import SEQ_MAX
 
     home = Home(tmp_path / "home")
@@ -237,7 +239,7 @@ def test_a_seq_at_the_protocols_limit_followed_by_another_reading_rolls_up_and_b
         writer.commit(Batch(readings=[LedgeredReading(sign_reading(
             key, device="em-d01-000009", kind="electricity", seq=seq, ts=T0 + i * HOUR, value=100 + i), T0)
             for i, seq in enumerate(seqs)]))
-        assert writer.roll_up()["readings"] == 3
+        assert billing_ops.roll_up(writer)["readings"] == 3
         breaks = writer.store.con.execute("SELECT breaks FROM device_days WHERE device = 'em-d01-000009'").fetchall()
         assert breaks == [(2,)]  # 1 -> 2^63-1 and 2^63-1 -> 2 are both breaks
         assert meters_needing_checks(writer.store, T0, T0 + DAY_MS, HOUR) == {"em-d01-000009"}

@@ -19,7 +19,9 @@ from ledger.ingest.service import IngestService
 from ledger.home import Home
 from ledger.chain.protocol import ChainTopics, parse_ack
 from ledger.service.scheduler import audit_job
-from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, initialize
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
+from ledger.service.homes import initialize
+from ledger.service.operations import districts as district_ops
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 from tests.test_witness_stack import add_witness, witness
@@ -150,13 +152,13 @@ def test_a_home_is_a_city_of_district_chains_or_ledgers_readings_itself(tmp_path
     initialize(city)
     writer = LedgerWriter.open(city)
     try:
-        assert writer.add_district("d01")["ledger_key"] == Home(tmp_path / "city" / "districts" / "d01").trusted_key \
+        assert district_ops.add_district(writer, "d01")["ledger_key"] == Home(tmp_path / "city" / "districts" / "d01").trusted_key \
             .read_text().strip()
         with pytest.raises(AlreadyEnrolled):
-            writer.add_district("d01")
+            district_ops.add_district(writer, "d01")
         for name in ("ledger", "witness", "D01", ""):
             with pytest.raises(EnrolmentError, match="invalid district"):
-                writer.add_district(name)
+                district_ops.add_district(writer, name)
         with pytest.raises(ValueError, match="district chains"):  # its ingest would take every district's readings
             IngestService(city, writer, host="127.0.0.1", port=1, username="ingest", password="-")
     finally:
@@ -168,7 +170,7 @@ def test_a_home_is_a_city_of_district_chains_or_ledgers_readings_itself(tmp_path
     try:
         writer.enroll_device("wm-d01-1", "water", "d01", _key())
         with pytest.raises(EnrolmentError, match="ledgers readings itself"):
-            writer.add_district("d02")
+            district_ops.add_district(writer, "d02")
         with pytest.raises(EnrolmentError, match="invalid district"):
             writer.enroll_device("wm-x-1", "water", "ledger", _key())
     finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 
 from edge.fleet import plan_fleet
 from edge.identity import DeviceIdentity, device_dir
+from ledger.processes import PIPE, start
 from tests.support.broker import wait_for
 from tests.support.stack import Stack
 
@@ -22,9 +22,8 @@ def test_fleet_provisions_publishes_and_recovers_a_half_enrolled_device(stack: S
     stack.api.enroll_device(device=first.device, kind=first.kind, district=first.district,
                             public_key=crashed.public_key_hex)
 
-    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "4", "--interval", "0.5",
-                             "--districts", "d01,d02"], env=stack.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "4", "--interval", "0.5", "--districts",
+                  "d01,d02"], env=stack.env, stdout=PIPE, stderr=PIPE, text=True)
     try:
         def every_device_ledgered() -> bool:
             rows = stack.api.recent_readings(limit=200)
@@ -34,8 +33,8 @@ def test_fleet_provisions_publishes_and_recovers_a_half_enrolled_device(stack: S
         assert devices[first.device]["public_key"] == crashed.public_key_hex  # same key, new login
         wait_for(lambda: all(d["online"] == "online" for d in stack.api.devices()), 20, "status online")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        proc.stop(signal.SIGTERM, timeout=60)
+        out, err = proc.out, proc.err
     assert proc.returncode == 0, err
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["devices"] == 4 and stats["generated"] >= 4

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from broker.mqtt.sessions import RECEIVE_MAXIMUM
 from edge.fleet import OUTBOX_FILE
 from edge.outbox import Outbox
 from ledger.chain.protocol import Reason
+from ledger.processes import start
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 
@@ -133,9 +133,8 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
         rule = stack.cli_json("devices", "policy")
         assert rule["policy_height"] is not None and float(rule["suspend_after_min"]) == flood.suspend_after_min
         fleet_out, fleet_err = tmp_path / "fleet.out", tmp_path / "fleet.err"  # files: a full pipe would stall it
-        with fleet_out.open("w") as out, fleet_err.open("w") as err:
-            fleet = subprocess.Popen([sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(HONEST),
-                                      "--interval", "1"], env=stack.env, stdout=out, stderr=err)
+        fleet = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(HONEST), "--interval", "1"],
+                      env=stack.env, stdout=fleet_out, stderr=fleet_err)
         worker = None
         try:
             def all_online() -> bool:
@@ -167,16 +166,11 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
             ended = wait_for(reinstated, flood.suspend_for_min * 60 + 60, "the flooder's reinstatement", every=0.2)
             assert stack.ingest is not None and stack.ingest.poll() is None, "ingest died under the flood"
         finally:
-            fleet.send_signal(signal.SIGTERM)
             try:
-                fleet.wait(timeout=60)
+                fleet.stop(signal.SIGTERM, timeout=60)
             finally:
-                if fleet.poll() is None:
-                    fleet.kill()
-                    fleet.wait()
-                if worker is not None and worker.poll() is None:
-                    worker.kill()
-                    worker.wait()
+                if worker is not None:
+                    worker.stop(signal.SIGKILL)
         assert fleet.returncode == 0, fleet_err.read_text()[-3000:]
         fleet_stats = json.loads(fleet_out.read_text().strip().splitlines()[-1])
 

@@ -11,7 +11,7 @@ from ledger.service import jobs
 from ledger.service.health import IngestHealth, block_lag_ms, silence_margin_ms
 from ledger.home import Home
 from ledger.service.scheduler import JobLog
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 from tests.support.stack import Stack
 
 

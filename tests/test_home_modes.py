@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ledger.home import Home
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 from tests.support.stack import Stack
 
 

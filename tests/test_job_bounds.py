@@ -12,12 +12,14 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from bench.jobs import history_values, previous_month, window_gaps
-from ledger.billing import device_days
+from ledger.store import device_days
 from ledger.home import Home
 from ledger.chain.protocol import sign_reading
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter, Sealed, initialize
+from ledger.service.writer import LedgerWriter, Sealed
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
+from ledger.service.operations import billing as billing_ops
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000
@@ -50,7 +52,7 @@ def test_a_summary_made_without_the_lock_writes_what_the_locked_roll_up_wrote(tm
         expected = _days(writer)
         con.execute("ROLLBACK")
         assert expected and _days(writer) == [] and device_days.rolled_up(writer.store) == -1
-        done = writer.roll_up(max_readings=25)
+        done = billing_ops.roll_up(writer, max_readings=25)
         assert done["chunks"] > 1 and done["readings"] == 60 and done["height"] == writer.height
         assert _days(writer) == expected
     finally:
@@ -62,7 +64,7 @@ def test_a_summary_is_not_stored_once_another_roll_up_moved_the_mark(tmp_path: P
     try:
         stale = device_days.summarise_next(writer.store, 1_000)
         assert stale is not None and stale.lo == -1 and stale.hi == writer.height and stale.readings == 20
-        writer.roll_up()
+        billing_ops.roll_up(writer)
         assert device_days.store_summary(writer.store, stale) is False
         assert device_days.summarise_next(writer.store, 1_000) is None
     finally:
@@ -76,7 +78,7 @@ def test_a_roll_up_stops_at_the_head_it_started_from(tmp_path: Path) -> None:
         assert capped is not None and capped.hi == writer.height - 1 and capped.readings == 20
         assert device_days.store_summary(writer.store, capped)
         assert device_days.summarise_next(writer.store, 1_000, upto=writer.height - 1) is None
-        assert writer.roll_up()["height"] == writer.height
+        assert billing_ops.roll_up(writer)["height"] == writer.height
     finally:
         writer.close()
 
@@ -96,13 +98,13 @@ def test_bills_are_issued_a_block_at_a_time_and_never_twice(tmp_path: Path) -> N
                                          [sealed.height])
 
         writer.on_sealed.append(meanwhile)
-        first = writer.issue_bills("2026-01", _bills(5), per_block=2)
+        first = billing_ops.issue_bills(writer, "2026-01", _bills(5), per_block=2)
         assert first == {"month": "2026-01", "issued": 4, "already_issued": 0}
         assert writer.height == height + 2  # hh-000/001, then hh-002/003; hh-004's block had nothing left
         rows = writer.store.con.execute("SELECT account, height FROM bills ORDER BY account").fetchall()
         assert rows == [("hh-000", height + 1), ("hh-001", height + 1), ("hh-002", height + 2),
                         ("hh-003", height + 2), ("hh-004", height + 1)]
-        again = writer.issue_bills("2026-01", _bills(6), per_block=2)
+        again = billing_ops.issue_bills(writer, "2026-01", _bills(6), per_block=2)
         assert again == {"month": "2026-01", "issued": 1, "already_issued": 5} and writer.height == height + 3
     finally:
         writer.close()

@@ -22,8 +22,13 @@ from ledger.home import Home
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import ack_payload, parse_ack, parse_written_off, sign_reading
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import DEFAULT_ADJUSTMENT_LIMIT, EnrolmentError, LedgerWriter, initialize
+from ledger.errors import Refused
+from ledger.service.writer import EnrolmentError, LedgerWriter
+from ledger.service.operations.billing import DEFAULT_ADJUSTMENT_LIMIT
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import billing as billing_ops
 
 T0 = 1_764_000_000_000
 
@@ -76,7 +81,7 @@ class City:
         initialize(self.home)
         self.writer = LedgerWriter.open(self.home)
         self.key = SigningKey.generate()
-        self.writer.add_account("hh-0001", "Li Na")
+        billing_ops.add_account(self.writer, "hh-0001", "Li Na")
         self.writer.enroll_device("wm-d01-000001", "water", "d01", self.key.verify_key.encode().hex(), "hh-0001")
         self.writer.enroll_device("ps-d01-000001", "parking", "d01", SigningKey.generate().verify_key.encode().hex())
 
@@ -102,70 +107,70 @@ def city(tmp_path: Path) -> Iterator[City]:
 
 def test_a_correction_above_the_limit_waits_for_a_second_operator(city: City) -> None:
     w = city.writer
-    assert w.adjustment_limit() == DEFAULT_ADJUSTMENT_LIMIT
-    small = w.adjust("hh-0001", "-12.50", "meter read high", "op-li")
-    big = w.adjust("hh-0001", "-2500.00", "a year of estimated reads", "op-li")
+    assert billing_ops.adjustment_limit(w) == DEFAULT_ADJUSTMENT_LIMIT
+    small = billing_ops.adjust(w, "hh-0001", "-12.50", "meter read high", "op-li")
+    big = billing_ops.adjust(w, "hh-0001", "-2500.00", "a year of estimated reads", "op-li")
     assert small["status"] == "sealed" and big["status"] == "pending"
     sealed = lambda: [a["id"] for a in city.entries("adjustment")]  # noqa: E731
     assert sealed() == [small["id"]]  # nothing above the limit reaches a bill before approval
 
-    with pytest.raises(EnrolmentError, match="another operator must approve"):
-        w.decide_adjustment(big["id"], "op-li", approve=True)
-    approved = w.decide_adjustment(big["id"], "op-wang", approve=True, note="checked the meter log")
+    with pytest.raises(Refused, match="another operator must approve"):
+        billing_ops.decide_adjustment(w, big["id"], "op-li", approve=True)
+    approved = billing_ops.decide_adjustment(w, big["id"], "op-wang", approve=True, note="checked the meter log")
     assert approved["status"] == "approved" and sealed() == [small["id"], big["id"]]
     [approval] = city.entries("adjustment_approved")
     assert (approval["id"], approval["operator"], approval["requested_by"]) == (big["id"], "op-wang", "op-li")
     assert city.entries("adjustment")[-1]["approved_by"] == "op-wang"
-    with pytest.raises(EnrolmentError, match="already approved"):
-        w.decide_adjustment(big["id"], "op-zhao", approve=False)
+    with pytest.raises(Refused, match="already approved"):
+        billing_ops.decide_adjustment(w, big["id"], "op-zhao", approve=False)
     assert local_api(city.home, w).verify(deep=True)["ok"]
 
 
 def test_a_rejected_or_withdrawn_correction_is_never_sealed(city: City) -> None:
     w = city.writer
-    w.set_adjustment_limit("100", "op-boss")
-    assert w.adjustment_limit() == Decimal("100.00") and city.entries("adjustment_limit")[0]["operator"] == "op-boss"
-    first = w.adjust("hh-0001", "150", "typo", "op-li")
-    second = w.adjust("hh-0001", "-101.00", "refund", "op-li")
-    assert w.decide_adjustment(first["id"], "op-li", approve=False)["status"] == "rejected"  # withdrawn
-    assert w.decide_adjustment(second["id"], "op-wang", approve=False, note="no evidence")["status"] == "rejected"
+    billing_ops.set_adjustment_limit(w, "100", "op-boss")
+    assert billing_ops.adjustment_limit(w) == Decimal("100.00") and city.entries("adjustment_limit")[0]["operator"] == "op-boss"
+    first = billing_ops.adjust(w, "hh-0001", "150", "typo", "op-li")
+    second = billing_ops.adjust(w, "hh-0001", "-101.00", "refund", "op-li")
+    assert billing_ops.decide_adjustment(w, first["id"], "op-li", approve=False)["status"] == "rejected"  # withdrawn
+    assert billing_ops.decide_adjustment(w, second["id"], "op-wang", approve=False, note="no evidence")["status"] == "rejected"
     assert city.entries("adjustment") == [] and len(city.entries("adjustment_rejected")) == 2
-    assert w.adjustment_requests() == [] and len(w.adjustment_requests(None)) == 2
+    assert billing_ops.adjustment_requests(w) == [] and len(billing_ops.adjustment_requests(w, None)) == 2
 
 
 def test_bad_amounts_are_refused_before_anything_is_sealed(city: City) -> None:
     height = city.writer.height
     for amount in ("1e9", "-0.001", "+5"):
-        with pytest.raises(EnrolmentError, match="write it like 12.50"):
-            city.writer.adjust("hh-0001", amount, "typo", "op-li")
-    with pytest.raises(EnrolmentError, match="operator"):
-        city.writer.adjust("hh-0001", "5", "typo", "")
+        with pytest.raises(Refused, match="write it like 12.50"):
+            billing_ops.adjust(city.writer, "hh-0001", amount, "typo", "op-li")
+    with pytest.raises(Refused, match="operator"):
+        billing_ops.adjust(city.writer, "hh-0001", "5", "typo", "")
     assert city.writer.height == height
 
 
 def test_every_operator_action_names_its_operator(city: City) -> None:
     w = city.writer
     city.readings(1, 2)
-    w.assign_account("wm-d01-000001", None, "op-a")
-    w.set_zone("ps-d01-000001", 2, T0, "op-b")
-    w.lease("ps-d01-000001", "hh-0001", T0, "op-c")
-    w.checkin("ps-d01-000001", "hh-0001", T0 + 1, "op-d")
-    w.record_replacement("wm-d01-000001", T0 + 5, 2, 0, "op-e")
-    w.adjust("hh-0001", "1.00", "fee", "op-f")
+    billing_ops.assign_account(w, "wm-d01-000001", None, "op-a")
+    parking_ops.set_zone(w, "ps-d01-000001", 2, T0, "op-b")
+    parking_ops.lease(w, "ps-d01-000001", "hh-0001", T0, "op-c")
+    parking_ops.checkin(w, "ps-d01-000001", "hh-0001", T0 + 1, "op-d")
+    billing_ops.record_replacement(w, "wm-d01-000001", T0 + 5, 2, 0, "op-e")
+    billing_ops.adjust(w, "hh-0001", "1.00", "fee", "op-f")
     w.write_off("wm-d01-000001", 3, 4, "lost", "op-g")
     w.rotate_device_key("wm-d01-000001", SigningKey.generate().verify_key.encode().hex(), 5, "op-h")
     w.set_budget_policy(rate=5, operator="op-i")
     w.revoke_device("wm-d01-000001", "op-j")
-    w.add_account("hh-0002", "Zhou Min", operator="op-k")
-    w.load_tariffs(w.store.con.execute("SELECT source FROM tariff_versions").fetchone()[0] + "\n", operator="op-l")
+    billing_ops.add_account(w, "hh-0002", "Zhou Min", operator="op-k")
+    billing_ops.load_tariffs(w, w.store.con.execute("SELECT source FROM tariff_versions").fetchone()[0] + "\n", operator="op-l")
     named = {kind: city.entries(kind)[-1]["operator"] for kind in (
         "device_account", "parking_zone", "parking_lease", "parking_checkin", "meter_replaced", "adjustment",
         "seqs_written_off", "device_key_rotated", "budget_policy", "device_revoked", "account_opened",
         "tariffs_loaded")}
     assert list(named.values()) == [f"op-{c}" for c in "abcdefghijkl"]
     assert "operator" not in city.entries("account_opened")[0]  # hh-0001, opened by the set-up itself
-    with pytest.raises(EnrolmentError, match="operator"):
-        w.lease("ps-d01-000001", None, T0, "not an id!")
+    with pytest.raises(Refused, match="operator"):
+        parking_ops.lease(w, "ps-d01-000001", None, T0, "not an id!")
 
 
 def test_write_offs_refuse_what_is_ledgered_overlaps_and_slips(city: City) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ from nacl.signing import SigningKey
 
 from edge.outbox import Outbox, OutboxFull
 from ledger.chain.protocol import Reading, parse_reading, sign_reading, verify_reading
+from ledger.processes import PIPE, Child, start
 
 KEY = SigningKey(bytes(range(1, 33)))
 REPO = Path(__file__).resolve().parent.parent
@@ -156,11 +156,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def run_child(path: Path, limit: int) -> subprocess.Popen[str]:
+def run_child(path: Path, limit: int) -> Child:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path), str(limit)], stdout=subprocess.PIPE, text=True, env=env
-    )
+    return start([sys.executable, "-c", CHILD, str(path), str(limit)], stdout=PIPE, text=True, env=env)
 
 
 def assert_contiguous_and_signed(outbox: Outbox, device: str) -> int:
@@ -191,9 +189,7 @@ def test_kill_9_at_an_arbitrary_instruction_never_reuses_a_seq(tmp_path: Path) -
     for _ in range(200):  # let it run mid-stream, then kill it wherever it is
         device, seq = child.stdout.readline().split()
         printed[device] = int(seq)
-    child.kill()
-    child.wait(timeout=30)
-    child.stdout.close()
+    child.stop(signal.SIGKILL, timeout=30)
     with Outbox(path) as outbox:
         for device, last_printed in printed.items():
             stored = assert_contiguous_and_signed(outbox, device)

@@ -13,7 +13,8 @@ from ledger.errors import Busy
 from ledger.service import rpc
 from ledger.service.api import local_api
 from ledger.home import Home
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
 from tests.support.broker import wait_for
 

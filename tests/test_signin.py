@@ -17,11 +17,13 @@ from nacl.signing import SigningKey
 
 from ledger.people import auth
 from ledger.people import signin
-from ledger.service import writer as writer_module
 from ledger.service.api import local_api
 from ledger.home import Home
 from ledger.people.signin import POLICY, Count, Counts, Rule, SignedIn, Throttled, Wrong
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
+from ledger.service.operations import people as people_ops
+from ledger.service.operations import billing as billing_ops
 
 PASSWORD = "the right horse staple"
 T0 = 1_770_000_000_000
@@ -174,7 +176,7 @@ class Ledger:
     checks: list[str]
 
     def sign_in(self, login: str, password: str, source: str, role: str = "citizen") -> signin.Outcome:
-        return self.writer.authenticate(role, login, password, source)
+        return people_ops.authenticate(self.writer, role, login, password, source)
 
     def failures(self) -> list[tuple]:
         return sorted(self.writer.store.con.execute("SELECT role, id, source, throttled, attempts"
@@ -186,13 +188,13 @@ def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ledger]:
     home = Home(tmp_path / "home")
     initialize(home)
     w = LedgerWriter.open(home)
-    w.add_account("hh-0001", "Li Na", "residential")
-    w.add_account("hh-0002", "Wu Hao", "residential")
+    billing_ops.add_account(w, "hh-0001", "Li Na", "residential")
+    billing_ops.add_account(w, "hh-0002", "Wu Hao", "residential")
     for account in ("hh-0001", "hh-0002"):
-        w.set_password("citizen", account, PASSWORD)
+        people_ops.set_password(w, "citizen", account, PASSWORD)
     w.enroll_device("wm-d01-000001", "water", "d01", SigningKey.generate().verify_key.encode().hex(), "hh-0001")
     w.enroll_device("wm-d02-000001", "water", "d02", SigningKey.generate().verify_key.encode().hex(), "hh-0002")
-    w.add_operator("op-d01", "Wang Fang", "d01")
+    people_ops.add_operator(w, "op-d01", "Wang Fang", "d01")
     clock = [T0]
     checks: list[str] = []
     real_check = auth.check_password
@@ -201,7 +203,7 @@ def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ledger]:
         checks.append(password)
         return real_check(stored, password)
 
-    monkeypatch.setattr(writer_module, "now_ms", lambda: clock[0])
+    monkeypatch.setattr(people_ops, "now_ms", lambda: clock[0])
     monkeypatch.setattr(auth, "check_password", counted)
     try:
         yield Ledger(home, w, clock, checks)
@@ -311,7 +313,7 @@ def test_a_burst_of_parallel_attempts_gains_at_most_one_guess_and_every_failure_
     assert 1 <= checked <= 2 and results.count(Wrong()) == checked  # one allowed, at most one more
     assert all(isinstance(r, Throttled) for r in results if r != Wrong())
     keys = signin.keys_for("citizen", "hh-0002", "203.0.113.5")
-    counts = signin.load_counts(ledger.writer.store.con, keys)
+    counts = signin.load_counts(ledger.writer.store, keys)
     assert counts.pair.failures == counts.account.failures == 2 + checked  # none lost to a parallel write
 
 

@@ -29,7 +29,8 @@ from ledger.home import Home
 from ledger.chain.protocol import Reading, parse_reading, sign_reading, signature_bytes
 from ledger.store.store import Store, _reading_or_none
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
 from tests.test_protocol import LEAF_HASH, PAYLOAD
 from tests.support.ledgers import T0, Growing

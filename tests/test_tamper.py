@@ -22,6 +22,7 @@ from ledger.chain import merkle
 from ledger.chain.blocks import block_hash, sign_header
 from ledger.store.store import Store
 from ledger.chain.protocol import canonical_json, sign_reading, signature_bytes
+from ledger.service.operations import billing as billing_ops
 from tests.support.ledgers import T0, Built, build_ledger
 
 # build_ledger: 3 devices x 12 readings in blocks of 7 after 4 registry blocks (genesis + 3 enrolments).
@@ -266,9 +267,9 @@ def registry_pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
     built = build_ledger(tmp_path_factory.mktemp("registry") / "home")
     writer = LedgerWriter.open(built.home)
     try:
-        writer.add_account("hh-1", "Household one", "residential")
-        writer.add_account("hh-2", "Household two", "non-residential")
-        writer.assign_account(BOUND, "hh-1", operator="op-1")
+        billing_ops.add_account(writer, "hh-1", "Household one", "residential")
+        billing_ops.add_account(writer, "hh-2", "Household two", "non-residential")
+        billing_ops.assign_account(writer, BOUND, "hh-1", operator="op-1")
         built.keys[REKEYED] = SigningKey.generate()
         writer.rotate_device_key(REKEYED, built.keys[REKEYED].verify_key.encode().hex(), from_seq=13,
                                  operator="op-1")

@@ -18,7 +18,6 @@ import signal
 import socket
 import ssl
 import stat
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from edge.identity import DeviceIdentity
 from edge.netloop import Backoff, NetLoop
 from edge.outbox import Outbox
 from ledger.home import Home
+from ledger.processes import DEVNULL, PIPE, start
 from ledger.chain.protocol import ack_payload, device_topic
 from tests.support.broker import (
     listening_ports,
@@ -265,9 +265,8 @@ def _run_broker_command(home: Home, *args: str) -> None:
     """`cityledger broker --tls ARGS` until it listens on its plain and TLS ports (and no other), then stop it."""
     port, tls_port = free_port(), free_port()
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root)}
-    proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "broker", "--mqtt-port", str(port), "--tls",
-                             "--tls-port", str(tls_port), *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = start([sys.executable, "-m", "ledger.cli", "broker", "--mqtt-port", str(port), "--tls", "--tls-port",
+                  str(tls_port), *args], env=env, stdout=DEVNULL, stderr=PIPE)
     try:
         def listening() -> bool:
             if proc.poll() is not None:
@@ -276,14 +275,11 @@ def _run_broker_command(home: Home, *args: str) -> None:
 
         wait_for(listening, 10, "the broker listening on its plain and TLS ports")
     finally:
-        proc.terminate()
-        proc.wait(10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        proc.stop(timeout=10)
 
 
 def test_cityledger_broker_tls_makes_its_certificates_or_uses_the_operators(tmp_path: Path) -> None:
-    from ledger.service.writer import initialize
+    from ledger.service.homes import initialize
 
     home = Home(tmp_path / "home")
     initialize(home)
@@ -476,9 +472,8 @@ def test_the_whole_pipeline_runs_over_tls(tmp_path: Path) -> None:
         with witness(stack, store, "auditor", password_file, stack.info["ledger_key"]) as auditor:
             auditor.wait_connected()
             assert f"connected to 127.0.0.1:{stack.broker.tls_port} as auditor" in auditor.log()
-            fleet = subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", "fleet", "--devices", "6", "--interval", "0.5"],
-                env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            fleet = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "6", "--interval", "0.5"],
+                          env=stack.env, stdout=PIPE, stderr=PIPE, text=True)
             try:
                 def ledgered() -> set[str]:
                     return {r["device"] for r in stack.api.recent_readings(limit=500)}
@@ -487,9 +482,8 @@ def test_the_whole_pipeline_runs_over_tls(tmp_path: Path) -> None:
                 assert fleet.poll() is None, fleet.communicate()[1]
                 wait_for(lambda: all(d["online"] == "online" for d in stack.api.devices()), 20, "every device online")
             finally:
-                if fleet.poll() is None:
-                    fleet.send_signal(signal.SIGTERM)
-                out, err = fleet.communicate(timeout=60)
+                fleet.stop(signal.SIGTERM, timeout=60)
+                out, err = fleet.out, fleet.err
             assert fleet.returncode == 0, err
             stats = json.loads(out.strip().splitlines()[-1])
             assert stats["devices"] == 6 and stats["generated"] >= 6

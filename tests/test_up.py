@@ -23,7 +23,8 @@ from ledger.errors import LedgerError
 from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.supervision import parts_status
 from ledger.city.up import fleet_devices
-from ledger.service.writer import initialize
+from ledger.processes import STDOUT, Child, start
+from ledger.service.homes import initialize
 from tests.support.broker import free_port, wait_for
 from tests.support.faults import FaultLab
 
@@ -41,15 +42,9 @@ def _started_pids(out_path: Path) -> dict[str, int]:
     return {name: int(pid) for name, pid in re.findall(r"started (\w+)\s+pid (\d+)", out_path.read_text())}
 
 
-def _stop_everything(proc: subprocess.Popen[bytes], pids: dict[str, int]) -> None:
+def _stop_everything(proc: Child, pids: dict[str, int]) -> None:
     """On a failed test, leave nothing running: Ctrl-C first, then SIGKILL what remains."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    proc.stop(signal.SIGINT, timeout=60)
     for pid in pids.values():
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
@@ -61,10 +56,9 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     out_path = tmp_path / "up.out"
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "PYTHONUNBUFFERED": "1"}
     with out_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "up", "--devices", "12", "--interval", "1",
-             "--mqtt-port", str(mqtt_port), "--dashboard-port", str(web_port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = start([sys.executable, "-m", "ledger.cli", "up", "--devices", "12", "--interval", "1",
+                      "--mqtt-port", str(mqtt_port), "--dashboard-port", str(web_port)],
+                     env=env, stdout=out, stderr=STDOUT)
     pids: dict[str, int] = {}
     try:
         wait_for(lambda: "Dashboard: http" in out_path.read_text() or proc.poll() is not None, 120,
@@ -108,13 +102,12 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 PARTS = ("broker", "ingest", "fleet", "scheduler", "dashboard")
 
 
-def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> subprocess.Popen[bytes]:
+def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> Child:
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "PYTHONUNBUFFERED": "1"}
     with out_path.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "up", "--devices", str(devices), "--interval", str(interval),
-             "--mqtt-port", str(free_port()), "--dashboard-port", str(free_port())],
-            env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return start([sys.executable, "-m", "ledger.cli", "up", "--devices", str(devices), "--interval",
+                      str(interval), "--mqtt-port", str(free_port()), "--dashboard-port", str(free_port())],
+                     env=env, stdout=out, stderr=STDOUT)
 
 
 def _every_pid(out_path: Path) -> dict[str, int]:
@@ -122,7 +115,7 @@ def _every_pid(out_path: Path) -> dict[str, int]:
     return {f"{name}#{pid}": int(pid) for name, pid in re.findall(r"started (\w+)\s+pid (\d+)", out_path.read_text())}
 
 
-def _wait_ledgering(proc: subprocess.Popen[bytes], out_path: Path, timeout: float = 120) -> str:
+def _wait_ledgering(proc: Child, out_path: Path, timeout: float = 120) -> str:
     wait_for(lambda: "devices ledgering" in out_path.read_text() or proc.poll() is not None, timeout,
              "`up` to say its devices are ledgering", every=0.1)
     text = out_path.read_text()
@@ -137,7 +130,7 @@ def _status_json(home: Home) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def _ctrl_c(proc: subprocess.Popen[bytes], out_path: Path, home: Home) -> None:
+def _ctrl_c(proc: Child, out_path: Path, home: Home) -> None:
     pids = _every_pid(out_path)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=90) == 0, out_path.read_text()

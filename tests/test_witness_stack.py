@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ledger.chain.protocol import witness_topic
+from ledger.processes import STDOUT, start
 from ledger.store.witness_files import StoreError, load_headers, load_state
 from tests.support.broker import client_log, close_client, connect_client, publish, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
@@ -38,9 +38,7 @@ class WitnessProcess:
             args += ["--ledger-key", ledger_key]
         args += extra
         self.mark = self.log().count("connected to")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(args, env=stack.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+        self.proc = start(args, env=stack.env, stdout=self.log_path, stderr=STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -60,15 +58,10 @@ class WitnessProcess:
         return bool(heights) and heights[-1] >= height and heights == list(range(heights[0], heights[-1] + 1))
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError("witness ignored SIGTERM for 30 s") from None
-        return self.proc.returncode
+        code = self.proc.stop(signal.SIGTERM, timeout=30)
+        if self.proc.forced:
+            raise AssertionError("witness ignored SIGTERM for 30 s")
+        return code
 
 
 @contextmanager

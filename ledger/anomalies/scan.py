@@ -37,6 +37,8 @@ import pyarrow as pa
 
 from ledger.anomalies.detectors import AnomalyConfig, DeviceInfo, Finding, Obs, TYPES, detect
 from ledger.defaults import DEFAULT_TIMEZONE
+from ledger.store import anomaly_queries
+from ledger.store.store import Store
 
 Rejects = Mapping[str, Sequence[tuple[int, str, int]]]
 Replacements = Mapping[str, Sequence[tuple[int, int, int]]]
@@ -45,6 +47,31 @@ READ_AHEAD = 2
 NICENESS = 10
 """The child yields the cores to ingest and its workers: the scan may take longer, sealing must not."""
 COLUMNS = ("device", "seq", "ts", "value", "received_at")
+
+
+# ---------------------------------------------------------------- what the detectors are given (read from the store)
+
+
+def active_devices(store: Store) -> list[DeviceInfo]:
+    """Every active device as the detectors see it, with its last status."""
+    statuses = store.device_statuses()
+    return [DeviceInfo(d.device, d.kind, d.district, d.account, *statuses.get(d.device, (None, None)))
+            for d in store.devices() if d.status == "active"]
+
+
+def inputs(store: Store, since: int) -> tuple[list[DeviceInfo], dict[str, list[Obs]],
+                                              dict[str, list[tuple[int, str, int]]]]:
+    """(devices, readings by device since `since`, rejects by device) for `detect`, all at once.
+
+    For tests and small ledgers: the scan itself reads a group at a time (`anomaly_queries.readings_table`).
+    """
+    readings: dict[str, list[Obs]] = {}
+    for device, seq, ts, value, received in anomaly_queries.look_back_readings(store, since):
+        readings.setdefault(device, []).append(Obs(device, seq, ts, value, received))
+    return active_devices(store), readings, anomaly_queries.rejects(store, since)
+
+
+# ---------------------------------------------------------------- the scan
 
 
 def groups(devices: Iterable[DeviceInfo]) -> list[list[DeviceInfo]]:

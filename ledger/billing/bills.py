@@ -13,9 +13,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ledger.billing import rules as billing
-from ledger.billing import queries as q
 from ledger.billing import device_days
-from ledger.billing.rules import Point
+from ledger.billing.rules import Point, Replacement
+from ledger.store import billing_queries as q
 from ledger.store.store import Store
 from ledger.billing.tariffs import TariffBook
 from ledger.errors import NotFound
@@ -106,7 +106,7 @@ def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: di
     year0 = billing.year_start(month, tz)
     tariff = book.for_utility(kind, customer_class, billing.local_date(start, tz))
     checks = pts is None
-    repl = [] if pts is not None else q.replacements(store, device)
+    repl = [] if pts is not None else [Replacement(*r) for r in q.replacements(store, device)]
     checked: frozenset[int] = frozenset()
     if pts is None:
         pts, checked = device_days.history(store, device, year0, end, device_days.meter_quiet)
@@ -190,5 +190,5 @@ def clean_meters(store: Store, month: str, tz: ZoneInfo) -> dict[str, list[Point
     out: dict[str, list[Point]] = {}
     for device, pts in neighbours.items():
         if device not in suspect:
-            out[device] = sorted(set(pts), key=lambda p: (p.ts, p.seq))
+            out[device] = sorted({Point(*p) for p in pts}, key=lambda p: (p.ts, p.seq))
     return out

@@ -23,7 +23,6 @@ Three pieces, each kept small so it can be checked on its own:
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from ledger.home import Home
 from ledger.service.supervision import PartRecord, write_state
 from ledger.clock import now_ms
 from ledger.errors import LedgerError
+from ledger.processes import STDOUT, Child, WaitTimeout, describe_exit, start, wait_until
 
 STOP_TIMEOUT_S = 15.0
 
@@ -82,16 +82,6 @@ class CrashLoop:
         return sum(1 for t in exit_times if now - t <= self.window_s) >= self.exits
 
 
-def describe_exit(returncode: int) -> str:
-    """Popen's returncode in words: 'exit code 1', or 'killed by SIGKILL' for a negative one."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
 # ---------------------------------------------------------------- the processes
 
 
@@ -115,7 +105,7 @@ class Part:
     spec: PartSpec
     log: Path
     record: PartRecord = field(default_factory=PartRecord)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Child | None = None
     ready: bool = False
     started: float = 0.0  # monotonic
     due: float | None = None  # monotonic time of a scheduled restart
@@ -164,14 +154,13 @@ class Supervisor:
 
     def _spawn(self, part: Part, *, restart: bool) -> None:
         self.home.logs.mkdir(parents=True, exist_ok=True)
-        with open(part.log, "ab") as log:  # the child has its own copy of the descriptor
-            if restart:
+        if restart:
+            with open(part.log, "ab") as log:
                 log.write(f"--- cityledger up: restart {part.record.restarts + 1} of {part.name} after "
                           f"{part.record.last_exit}\n".encode())
-                log.flush()
-            proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", *part.spec.args], env=self.env,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)  # Ctrl-C reaches `up` only, which stops each part
+        # In its own session (start's default): Ctrl-C reaches `up` only, which stops each part.
+        proc = start([sys.executable, "-m", "ledger.cli", *part.spec.args], env=self.env, stdout=part.log,
+                     stderr=STDOUT)
         part.proc = proc
         part.started, part.ready, part.due = time.monotonic(), False, None
         rec = part.record
@@ -192,7 +181,7 @@ class Supervisor:
             return
         for part in self.parts:
             now = time.monotonic()
-            if part.proc is not None and part.proc.poll() is not None:
+            if part.proc is not None and not part.proc.alive:
                 self._exited(part, now)
             elif part.proc is None and part.due is not None and now >= part.due:
                 self._spawn(part, restart=True)
@@ -222,6 +211,7 @@ class Supervisor:
     def _exited(self, part: Part, now: float) -> None:
         assert part.proc is not None
         code = part.proc.returncode
+        assert code is not None
         uptime = now - part.started
         part.proc, part.ready = None, False
         part.failures = self.backoff.failures_after_exit(part.failures, uptime)
@@ -247,25 +237,25 @@ class Supervisor:
 
         Exceptions from `condition` count as "not yet" (a part it asks may be restarting).
         """
-        deadline = time.monotonic() + timeout
-        while True:
+        def ticked() -> bool:
             if stop.is_set():
                 raise Stopped(f"stopped while waiting for {what}")
             self.tick()
             try:
-                if condition():
-                    return
+                return bool(condition())
             except Exception:  # noqa: BLE001 - see the docstring
-                pass
-            if time.monotonic() >= deadline:
-                detail = ""
-                if part is not None and part.record.restarts:
-                    detail = (f" ({part.name} restarted {part.record.restarts} times, last after "
-                              f"{part.record.last_exit}; see {part.log})")
-                elif part is not None:
-                    detail = f" (see {part.log})"
-                raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-            stop.wait(self.tick_s)
+                return False
+
+        try:
+            wait_until(ticked, timeout, self.tick_s, what=what, sleep=stop.wait)  # a stop request ends the pause
+        except WaitTimeout as exc:
+            detail = ""
+            if part is not None and part.record.restarts:
+                detail = (f" ({part.name} restarted {part.record.restarts} times, last after "
+                          f"{part.record.last_exit}; see {part.log})")
+            elif part is not None:
+                detail = f" (see {part.log})"
+            raise RuntimeError(f"{exc}{detail}") from None
 
     def wait_ready(self, part: Part, stop: threading.Event, timeout: float | None = None) -> None:
         self.wait(lambda: part.ready, timeout if timeout is not None else part.spec.ready_timeout_s,
@@ -287,14 +277,8 @@ class Supervisor:
         self.stopping = True
         for part in reversed(self.parts):
             part.due = None
-            proc = part.proc
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if part.proc is not None:
+                part.proc.stop(signal.SIGTERM, STOP_TIMEOUT_S)
             part.proc, part.ready = None, False
             part.record.state, part.record.pid = "stopped", None
             self.save()

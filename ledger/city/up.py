@@ -59,7 +59,7 @@ def _remote(home: Home) -> RemoteLedger:
 
 
 def run_up(home: Home, args: argparse.Namespace) -> int:
-    from ledger.service.writer import initialize
+    from ledger.service.homes import initialize
 
     host, port = args.mqtt_host, args.mqtt_port
     tls_port: int | None = args.tls_port if args.tls else None

@@ -91,7 +91,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if isinstance(ledger, RemoteLedger):
         print("ingest is running on this home: already initialised")
         return 0
-    from ledger.service.writer import initialize
+    from ledger.service.homes import initialize
 
     result = initialize(home_of(args))
     print(f"{'created' if result['created'] else 'already initialised'}: {result['home']}")

@@ -31,6 +31,7 @@ from ledger.chain.protocol import DISTRICT_CHECKPOINT_TOPIC, DISTRICT_HEADERS_TO
 from ledger.chain.witness import alarm_record
 from ledger.service.writer import LedgerWriter
 from ledger.clock import now_ms
+from ledger.service.operations import districts as district_ops
 
 log = logging.getLogger("cityledger.anchor")
 
@@ -55,7 +56,7 @@ class AnchorService:
             raise ValueError("--every must be between 0.05 and 3600 seconds")
         self.home, self.writer, self.every = home, writer, every
         self.host, self.port = host, port
-        self.follower = Follower.resume(writer.districts(), writer.anchored_heads())
+        self.follower = Follower.resume(writer.districts(), district_ops.anchored_heads(writer))
         self.anchored = 0
         self.inbox: queue.Queue[_Header] = queue.Queue()
         self._generation = 0
@@ -112,7 +113,7 @@ class AnchorService:
                                now))
         heads = self.follower.take()
         if heads or alarms:
-            self.writer.anchor(heads, alarms)
+            district_ops.anchor(self.writer, heads, alarms)
             self.anchored += len(heads)
         generation = self._generation
         for m in messages:

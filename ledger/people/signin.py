@@ -18,7 +18,8 @@ pair counts, so nobody elsewhere can keep a citizen out of their usual place.
 Unknown logins are counted exactly like real ones, so no answer tells which exist.
 
 The top half is pure (counts in, a verdict out, a fake clock in tests); the bottom
-half stores counts and failures in DuckDB, for the single writer to call under its lock.
+half keeps counts and failures in the store (ledger/store/signin.py), for the single
+writer to call under its lock.
 """
 
 from __future__ import annotations
@@ -27,9 +28,14 @@ import ipaddress
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger.people.auth import Principal
+from ledger.store import signin as stored
+from ledger.store.signin import ANY_LOGIN
+
+if TYPE_CHECKING:
+    from ledger.store.store import Store
 
 SECOND_MS = 1_000
 MINUTE_MS = 60 * SECOND_MS
@@ -37,7 +43,6 @@ HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 LOCAL = "local"  # a caller on this machine (the CLI, or a browser the dashboard sees through loopback)
 MAX_FIELD = 64  # ids and sources are stored and logged at most this long: nobody fills the table with one
-ANY_LOGIN = "*"  # a throttled source's attempts: counted per minute, not per invented id
 RETAIN_MS = 90 * 24 * 60 * 60 * 1000  # failed sign-ins are kept this long for operators
 REPEATED = 3  # the operators' console lists logins and sources with at least this many failures in an hour
 
@@ -240,47 +245,32 @@ def wait_words(seconds: int) -> str:
 # ---------------------------------------------------------------- storage (the writer calls these under its lock)
 
 
-def load_counts(con: Any, keys: Keys) -> Counts:
-    rows = con.execute("SELECT scope, key, failures, last_failure_ms, last_success_ms FROM signin_counts"
-                       " WHERE (scope = 'pair' AND key = ?) OR (scope = 'account' AND key = ?)"
-                       " OR (scope = 'source' AND key = ?)", [keys.pair, keys.account, keys.source]).fetchall()
-    found = {scope: Count(int(f), int(lf), int(ls)) for scope, _, f, lf, ls in rows}
+def load_counts(store: Store, keys: Keys) -> Counts:
+    found = {scope: Count(*c) for scope, c in stored.load_counts(store, keys.pair, keys.account, keys.source).items()}
     return Counts(**{s: found.get(s, Count()) for s in SCOPES})
 
 
-def save_counts(con: Any, keys: Keys, counts: Counts, scopes: tuple[str, ...] = SCOPES) -> None:
+def save_counts(store: Store, keys: Keys, counts: Counts, scopes: tuple[str, ...] = SCOPES) -> None:
     for scope in scopes:
         c = counts.of(scope)
-        con.execute("INSERT OR REPLACE INTO signin_counts VALUES (?, ?, ?, ?, ?)",
-                    [scope, keys.of(scope), c.failures, c.last_failure_ms, c.last_success_ms])
+        stored.save_count(store, scope, keys.of(scope), c.failures, c.last_failure_ms, c.last_success_ms)
 
 
-def forget_stale(con: Any, policy: Policy, now_ms: int) -> None:
+def forget_stale(store: Store, policy: Policy, now_ms: int) -> None:
     """Counts that no longer hold anyone back and mark no known source go, so invented ids do not
     pile up; failures older than RETAIN_MS go too."""
     longest = max(policy.pair.forget_ms, policy.account.forget_ms, policy.source.forget_ms)
-    con.execute("DELETE FROM signin_counts WHERE last_failure_ms < ? AND last_success_ms < ?",
-                [now_ms - longest, now_ms - policy.known_ms])
-    con.execute("DELETE FROM signin_failures WHERE at_ms < ?", [now_ms - RETAIN_MS])
+    stored.forget_stale(store, now_ms - longest, now_ms - policy.known_ms, now_ms - RETAIN_MS)
 
 
-def record_failure(con: Any, at_ms: int, role: str, principal: str, source: str, throttled: Wait | None) -> bool:
+def record_failure(store: Store, at_ms: int, role: str, principal: str, source: str, throttled: Wait | None) -> bool:
     """A failed sign-in for the operators (never the password). A wrong password is a row of its own
     (at most two Argon2 checks run at once, which bounds them); throttled attempts cost nothing, so
     they are counted per login, source and minute in one row, and a throttled source's under `*`.
     True when a row was added (the caller logs it), False when an existing row was counted up."""
     login = ANY_LOGIN if throttled is not None and throttled.scope == "source" else clip(principal)
-    role, source = clip(role), clip(source)
-    if throttled is not None:
-        minute = at_ms - at_ms % MINUTE_MS
-        counted = con.execute("UPDATE signin_failures SET attempts = attempts + 1, last_ms = ? WHERE throttled"
-                              " AND at_ms >= ? AND role = ? AND id = ? AND source = ?",
-                              [at_ms, minute, role, login, source]).fetchone()
-        if counted and counted[0]:
-            return False
-    con.execute("INSERT INTO signin_failures VALUES (?, ?, ?, ?, ?, 1, ?)",
-                [at_ms, role, login, source, throttled is not None, at_ms])
-    return True
+    minute = None if throttled is None else at_ms - at_ms % MINUTE_MS
+    return stored.record_failure(store, at_ms, clip(role), login, clip(source), minute)
 
 
 def log_failure(role: str, principal: str, source: str, throttled: Wait | None) -> None:
@@ -291,29 +281,3 @@ def log_failure(role: str, principal: str, source: str, throttled: Wait | None) 
         log.warning("failed sign-in: %s %r from %r throttled (%s, %d s to wait; more this minute are counted, "
                     "not logged)", clip(role), clip(principal), clip(source), throttled.scope,
                     throttled.retry_after_s)
-
-
-def repeated_failures(con: Any, since_ms: int, districts: list[str] | None,
-                      at_least: int = REPEATED) -> dict[str, list[dict[str, Any]]]:
-    """Logins and sources with at least `at_least` failed attempts since `since_ms`, most first.
-    `districts` None: the whole city, every login. Else only citizens' accounts with a device in
-    those districts (what a district operator looks after), and sources counted on those alone."""
-    where, args = "at_ms >= ?", [since_ms]
-    if districts is not None:
-        marks = ", ".join("?" * len(districts)) or "NULL"
-        where += f" AND role = 'citizen' AND id IN (SELECT account FROM devices WHERE district IN ({marks}))"
-        args += districts
-    logins = con.execute(
-        f"SELECT role, id, sum(attempts), sum(attempts) FILTER (WHERE throttled), count(DISTINCT source),"
-        f" max(last_ms) FROM signin_failures WHERE {where} AND id <> '{ANY_LOGIN}' GROUP BY role, id"
-        f" HAVING sum(attempts) >= ? ORDER BY 3 DESC, 6 DESC LIMIT 50", [*args, at_least]).fetchall()
-    sources = con.execute(
-        f"SELECT source, sum(attempts), sum(attempts) FILTER (WHERE throttled), count(DISTINCT role || ':' || id),"
-        f" max(last_ms) FROM signin_failures WHERE {where} GROUP BY source HAVING sum(attempts) >= ?"
-        f" ORDER BY 2 DESC, 5 DESC LIMIT 50", [*args, at_least]).fetchall()
-    return {
-        "logins": [{"role": r, "id": i, "failures": int(n), "throttled": int(t or 0), "sources": int(s),
-                    "last_at": last} for r, i, n, t, s, last in logins],
-        "sources": [{"source": src, "failures": int(n), "throttled": int(t or 0), "logins": int(k), "last_at": last}
-                    for src, n, t, k, last in sources],
-    }

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ledger.chain import anchors
-from ledger.anomalies import queries as anomaly_queries
-from ledger.billing import queries as billing_queries
+from ledger.store import anomaly_queries
+from ledger.store import billing_queries
+from ledger.store import people
 from ledger.anomalies import investigations
 from ledger.service import jobs
 from ledger.chain import merkle
 from ledger.people import signin
+from ledger.store import signin as store_signin
 from ledger.service import supervision
 from ledger.service import views
 from ledger.billing.bills import close_bills, make_bill, unpaid_stays
@@ -38,6 +40,10 @@ from ledger.service.writer import LedgerWriter
 from ledger.clock import now_ms
 from ledger.defaults import DEFAULT_TIMEZONE
 from ledger.errors import NotFound
+from ledger.service.operations import people as people_ops
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import districts as district_ops
+from ledger.service.operations import billing as billing_ops
 
 
 class Backend(Protocol):
@@ -95,23 +101,8 @@ class DirectBackend:
 
 
 class LedgerAPI:
-    """The public operations; every result is plain JSON-able data."""
-
-    # Methods the RPC server will run for a client; nothing else is reachable.
-    REMOTE = frozenset({
-        "status", "devices", "enroll_device", "revoke_device", "reset_device_password", "add_witness", "quarantine",
-        "verify", "recent_blocks", "recent_readings", "device_statuses", "receipt", "rotate_device_key",
-        "rotate_ledger_key", "key_chain", "device_key_history", "witness_reports", "flagged_devices",
-        "add_account", "accounts", "load_tariffs", "tariffs", "set_zone", "lease", "checkin", "record_replacement",
-        "adjust", "bill", "bills", "close_month", "unpaid_stays", "roll_up",
-        "scan_anomalies", "anomalies", "silence_margin_ms", "anomaly", "act_on_anomaly",
-        "set_password", "add_operator", "operators", "authenticate", "dispute", "disputes", "view", "assign_account",
-        "failed_sign_ins", "timezone",
-        "enroll_devices", "archive", "archive_anchor", "add_district", "districts", "anchors", "block_hashes",
-        "headers", "anchor_proof", "budget_policy", "set_budget_policy", "reinstate_device",
-        "write_off", "write_offs", "held_back", "adjustment_limit", "set_adjustment_limit", "decide_adjustment",
-        "adjustment_requests",
-    })
+    """The public operations. Every public method is also served over the socket (ledger/service/rpc.py),
+    and its result is a typed value (ledger/service/results.py) or plain JSON-able data."""
 
     def __init__(self, home: Home, backend: Backend) -> None:
         self.home = home
@@ -224,7 +215,7 @@ class LedgerAPI:
             if witness is not None:
                 from ledger.store.witness_files import load_headers
 
-                ours = dict(store.con.execute("SELECT height, hash FROM blocks").fetchall())
+                ours = store.block_hashes()
                 theirs = {h: b["hash"] for h, b in load_headers(Path(witness)).items()}
                 report["witness_blocks"] = len(theirs)
                 differs = compare_with_witness(ours, theirs)
@@ -308,11 +299,7 @@ class LedgerAPI:
 
     def write_offs(self, device: str | None = None) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
-            rows = store.con.execute("SELECT device, from_seq, to_seq, reason, operator, written_at, height"
-                                     " FROM write_offs WHERE ? IS NULL OR device = ? ORDER BY written_at",
-                                     [device, device]).fetchall()
-        cols = ("device", "from_seq", "to_seq", "reason", "operator", "at", "height")
-        return [dict(zip(cols, r)) for r in rows]
+            return store.write_offs(device)
 
     def rotate_ledger_key(self, operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
@@ -333,15 +320,12 @@ class LedgerAPI:
 
     def add_district(self, district: str, operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.add_district(district, operator)
+            return district_ops.add_district(writer, district, operator)
 
     def districts(self) -> list[dict[str, Any]]:
         """The city's district chains, each with the newest head the city chain anchored."""
         with self.backend.reading() as store:
-            rows = store.con.execute(
-                "SELECT d.district, d.ledger_key, d.added_at, max(h.height), arg_max(h.hash, h.height),"
-                " max(h.anchored_at) FROM districts d LEFT JOIN district_heads h USING (district)"
-                " GROUP BY ALL ORDER BY d.district").fetchall()
+            rows = store.districts_anchored()
         return [{"district": d, "ledger_key": key, "added_at": added, "home": str(self.home.district_home(d).root),
                  "anchored_height": height, "anchored_block": block, "anchored_at": at}
                 for d, key, added, height, block, at in rows]
@@ -349,9 +333,7 @@ class LedgerAPI:
     def anchors(self) -> dict[str, Any]:
         """Each district's first key and every anchor, as the city chain's entries say (for `verify`)."""
         with self.backend.reading() as store:
-            entries = store.con.execute(
-                "SELECT height, type, body FROM entries WHERE type IN (?, ?) ORDER BY height, idx",
-                [anchors.ADDED_ENTRY, anchors.HEAD_ENTRY]).fetchall()
+            entries = store.entries_of(anchors.ADDED_ENTRY, anchors.HEAD_ENTRY)
         keys, found = anchors.anchors_in(entries)
         return {"districts": keys, "anchors": [[a.district, a.height, a.block, a.city_height] for a in found]}
 
@@ -360,16 +342,12 @@ class LedgerAPI:
         if last - first >= 10_000:
             raise ValueError("at most 10,000 headers at a time")
         with self.backend.reading() as store:
-            return [strict_json(h) for (h,) in store.con.execute(
-                "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [first, last]).fetchall()]
+            return [strict_json(h) for h in store.headers(first, last)]
 
     def anchor_proof(self, district: str, height: int) -> dict[str, Any]:
         """The city chain's first anchor of `district` at or above `height`, with its inclusion path."""
         with self.backend.reading() as store:
-            row = store.con.execute(
-                "SELECT height, idx, body FROM entries WHERE type = ? AND json_extract_string(body, '$.district') = ?"
-                " AND CAST(json_extract(body, '$.height') AS BIGINT) >= ? ORDER BY height, idx LIMIT 1",
-                [anchors.HEAD_ENTRY, district, height]).fetchone()
+            row = store.first_anchor(anchors.HEAD_ENTRY, district, height)
             if row is None:
                 raise NotFound(f"district {district} block {height} is not anchored yet: try again in a few seconds")
             city_height, idx, body = row
@@ -386,20 +364,18 @@ class LedgerAPI:
     def block_hashes(self, heights: list[int]) -> list[list[Any]]:
         """[height, hash] of the blocks this chain holds at `heights`."""
         with self.backend.reading() as store:
-            return [list(r) for r in store.con.execute(
-                "SELECT height, hash FROM blocks WHERE list_contains(?, height) ORDER BY height",
-                [sorted(set(heights))]).fetchall()]
+            return [[h, digest] for h, digest in sorted(store.block_hashes(heights).items())]
 
     # ------------------------------------------------------------ billing
 
     def add_account(self, account: str, name: str, customer_class: str = "residential",
                     operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.add_account(account, name, customer_class, operator)
+            return billing_ops.add_account(writer, account, name, customer_class, operator)
 
     def assign_account(self, device: str, account: str | None, operator: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.assign_account(device, account, operator)
+            return billing_ops.assign_account(writer, device, account, operator)
 
     def accounts(self) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
@@ -407,7 +383,7 @@ class LedgerAPI:
 
     def load_tariffs(self, source: str, operator: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.load_tariffs(source, operator)
+            return billing_ops.load_tariffs(writer, source, operator)
 
     def tariffs(self) -> dict[str, Any]:
         """The tariff version in force and its source text."""
@@ -425,42 +401,42 @@ class LedgerAPI:
 
     def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.set_zone(space, zone_class, from_ts if from_ts is not None else now_ms(), operator)
+            return parking_ops.set_zone(writer, space, zone_class, from_ts if from_ts is not None else now_ms(), operator)
 
     def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.lease(space, account, from_ts if from_ts is not None else now_ms(), operator)
+            return parking_ops.lease(writer, space, account, from_ts if from_ts is not None else now_ms(), operator)
 
     def checkin(self, space: str, account: str, operator: str, at: int | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.checkin(space, account, at if at is not None else now_ms(), operator)
+            return parking_ops.checkin(writer, space, account, at if at is not None else now_ms(), operator)
 
     def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
                            operator: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.record_replacement(device, ts, old_final, new_initial, operator)
+            return billing_ops.record_replacement(writer, device, ts, old_final, new_initial, operator)
 
     def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
         """Sealed at once up to the approval limit; above it, requested for a second operator."""
         with self.backend.writing() as writer:
-            return writer.adjust(account, amount, reason, operator)
+            return billing_ops.adjust(writer, account, amount, reason, operator)
 
     def adjustment_limit(self) -> str:
         with self.backend.writing() as writer:
-            return str(writer.adjustment_limit())
+            return str(billing_ops.adjustment_limit(writer))
 
     def set_adjustment_limit(self, amount: str, operator: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.set_adjustment_limit(amount, operator)
+            return billing_ops.set_adjustment_limit(writer, amount, operator)
 
     def decide_adjustment(self, id: str, operator: str, approve: bool, note: str = "") -> dict[str, Any]:
         """A second operator approves or rejects a requested adjustment (four eyes)."""
         with self.backend.writing() as writer:
-            return writer.decide_adjustment(id, operator, approve, note)
+            return billing_ops.decide_adjustment(writer, id, operator, approve, note)
 
     def adjustment_requests(self, status: str | None = "pending") -> list[dict[str, Any]]:
         with self.backend.writing() as writer:
-            return writer.adjustment_requests(status)
+            return billing_ops.adjustment_requests(writer, status)
 
     def bill(self, account: str, month: str) -> dict[str, Any]:
         """The account's bill for a month: issued if it was, else as it stands now."""
@@ -471,7 +447,7 @@ class LedgerAPI:
     def roll_up(self) -> dict[str, Any]:
         """Summarise readings sealed since the last roll-up per device and day (what keeps bills fast)."""
         with self.backend.writing() as writer:
-            return writer.roll_up()
+            return billing_ops.roll_up(writer)
 
     def bills(self, account: str) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
@@ -485,7 +461,7 @@ class LedgerAPI:
             drafts, _ = close_bills(store, book, version, month, progress)
             accounts = len(billing_queries.accounts(store))
         with self.backend.writing() as writer:
-            result = writer.issue_bills(month, drafts)
+            result = billing_ops.issue_bills(writer, month, drafts)
         if progress:
             progress(accounts, accounts)
         return {**result, "accounts": accounts, "seconds": (now_ms() - started) / 1000}
@@ -500,14 +476,14 @@ class LedgerAPI:
     def scan_anomalies(self, lookback_days: int = 14) -> dict[str, Any]:
         """Run every detector now over the recent ledger; raise new anomalies, update ongoing ones."""
         from ledger.anomalies.detectors import AnomalyConfig
-        from ledger.anomalies.scan import detect_by_group
+        from ledger.anomalies.scan import active_devices, detect_by_group
 
         now = now_ms()
         since = now - lookback_days * 86_400_000
         with self.backend.reading() as store:
             # A district's devices of one kind at a time, the detectors in a child process: weeks of
             # readings never sit in this (the sealing) process's memory as Python objects (ledger/anomalies/scan.py).
-            devices = anomaly_queries.active_devices(store)
+            devices = active_devices(store)
             findings = detect_by_group(devices, lambda ids: anomaly_queries.readings_table(store, ids, since),
                                        anomaly_queries.rejects(store, since), now, self._timezone(store),
                                        AnomalyConfig(), replacements=anomaly_queries.replacements(store),
@@ -556,15 +532,15 @@ class LedgerAPI:
 
     def set_password(self, role: str, principal: str, password: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.set_password(role, principal, password)
+            return people_ops.set_password(writer, role, principal, password)
 
     def add_operator(self, operator: str, name: str, districts: str) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.add_operator(operator, name, districts)
+            return people_ops.add_operator(writer, operator, name, districts)
 
     def operators(self) -> list[dict[str, Any]]:
         with self.backend.reading() as store:
-            rows = store.con.execute("SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()
+            rows = people.operators(store)
         return [{"operator": o, "name": n, "districts": d.split(","), "created_at": t} for o, n, d, t in rows]
 
     def authenticate(self, role: str, principal: str, password: str, source: str = signin.LOCAL) -> dict[str, Any]:
@@ -572,7 +548,7 @@ class LedgerAPI:
         `{"outcome": "throttled", "scope", "retry_after_s"}`. `source` is the caller's address
         as the dashboard saw it (ledger/people/signin.py); callers on this machine are `local`."""
         with self.backend.writing() as writer:
-            return signin.outcome_as_dict(writer.authenticate(role, principal, password, source))
+            return signin.outcome_as_dict(people_ops.authenticate(writer, role, principal, password, source))
 
     def failed_sign_ins(self, districts: list[str] | None = None, since_ms: int | None = None,
                         at_least: int = signin.REPEATED) -> dict[str, list[dict[str, Any]]]:
@@ -580,26 +556,17 @@ class LedgerAPI:
         only citizens' accounts with a device there; None: every login, for the whole city."""
         since = now_ms() - signin.HOUR_MS if since_ms is None else int(since_ms)
         with self.backend.reading() as store:
-            return signin.repeated_failures(store.con, since, districts, at_least)
+            return store_signin.repeated_failures(store, since, districts, at_least)
 
     def dispute(self, account: str, author: str, message: str, dispute_id: str | None = None,
                 status: str = "open", subject: str | None = None) -> dict[str, Any]:
         with self.backend.writing() as writer:
-            return writer.dispute(dispute_id, account, author, status, message, subject)
+            return people_ops.dispute(writer, dispute_id, account, author, status, message, subject)
 
     def disputes(self, account: str | None = None, districts: list[str] | None = None) -> list[dict[str, Any]]:
         """Disputes with their messages, oldest message first; for an account, or for districts' accounts."""
-        sql = "SELECT id, at_ms, account, author, status, subject, message FROM disputes"
-        args: list[Any] = []
-        if account is not None:
-            sql += " WHERE account = ?"
-            args.append(account)
-        elif districts is not None and "all" not in districts:
-            sql += (" WHERE account IN (SELECT account FROM devices WHERE district IN ("
-                    + ", ".join("?" * len(districts)) + "))") if districts else " WHERE false"
-            args += districts
         with self.backend.reading() as store:
-            rows = store.con.execute(sql + " ORDER BY id, at_ms", args).fetchall()
+            rows = people.dispute_messages(store, account, districts)
         out: dict[str, dict[str, Any]] = {}
         for i, at, acct, author, status, subject, message in rows:
             d = out.setdefault(i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": []})

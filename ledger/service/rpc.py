@@ -8,6 +8,8 @@ lines and then one result or error line.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
@@ -15,13 +17,17 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+import typing
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from ledger.service.api import LedgerAPI, local_api
+from ledger.service.results import plain
 from ledger.home import Home
 from ledger.errors import Busy, InternalError, LedgerError, NotFound, by_name, family
 
@@ -49,12 +55,12 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             call = json.loads(line)
             method, params = call["method"], dict(call.get("params") or {})
-            if method not in LedgerAPI.REMOTE:
+            if method not in REMOTE:
                 raise NotFound(f"no such method {method!r}")
             if call.get("progress"):
                 params["progress"] = self._progress
             result = getattr(self.server.api, method)(**params)
-            self._send({"result": result})
+            self._send({"result": plain(result)})
         except Exception as exc:
             self._send(_error_reply(exc))
 
@@ -183,8 +189,13 @@ def stop(server: _Server, path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-class RemoteLedger:
-    """The same methods as LedgerAPI, run inside the ingest process."""
+class RemoteLedger(LedgerAPI):
+    """LedgerAPI's methods with their types, each run inside the ingest process.
+
+    Every public method of LedgerAPI is part of the contract (`REMOTE`); here each one
+    sends its arguments over the socket and reads the answer back as the method's
+    declared result type (`_remote`), so a caller cannot tell this from the API in process.
+    """
 
     def __init__(self, path: Path, timeout: float = 600.0, busy_wait: float = 5.0) -> None:
         self.path = path
@@ -227,13 +238,31 @@ class RemoteLedger:
                     return reply["result"]
         raise InternalError("the ingest closed the connection without an answer")
 
-    def __getattr__(self, method: str) -> Any:
-        if method not in LedgerAPI.REMOTE:
-            raise AttributeError(method)
-        return lambda progress=None, **params: self.call(method, progress=progress, **params)
 
-    def ledger_key(self) -> str:
-        return self.call("status")["ledger_key"]
+
+def _remote(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """`method` of LedgerAPI, run over the socket: the arguments the caller gave (the server applies
+    the defaults), a `progress` callback fed by the server's progress lines, the answer validated
+    as the method's return annotation."""
+    signature = inspect.signature(method)
+    adapter: list[TypeAdapter[Any]] = []  # built at the first call: the annotations name types of api.py
+
+    @functools.wraps(method)
+    def call(self: RemoteLedger, *args: Any, **kwargs: Any) -> Any:
+        params = dict(signature.bind(self, *args, **kwargs).arguments)
+        del params["self"]
+        progress = params.pop("progress", None)
+        if not adapter:
+            adapter.append(TypeAdapter(typing.get_type_hints(method)["return"]))
+        return adapter[0].validate_python(self.call(name, progress=progress, **params))
+
+    return call
+
+
+REMOTE = frozenset(name for name, member in vars(LedgerAPI).items()
+                   if not name.startswith("_") and inspect.isfunction(member))
+for _name in REMOTE:
+    setattr(RemoteLedger, _name, _remote(_name, getattr(LedgerAPI, _name)))
 
 
 def _reachable(path: Path) -> bool:

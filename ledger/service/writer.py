@@ -7,61 +7,35 @@ heights stay consecutive.
 
 It writes no broker files: who may log in is published to `on_access`, to which
 each writer subscribes the installed keeper of the broker's logins
-(ledger/service/logins.py; Mosquitto's is broker/access.py).
+(ledger/service/logins.py; Mosquitto's is broker/access.py). What operators do
+besides (billing, parking, people, district chains) is in ledger/service/operations/,
+sealed through `seal` and `commit` here; a home is made by ledger/service/homes.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import threading
 from collections.abc import Callable, Sequence
-from decimal import Decimal
 from dataclasses import dataclass, replace
 from typing import Any
 
-import pyarrow as pa
 from nacl.signing import SigningKey
 
-from ledger.service.budget import BudgetPolicy
-from ledger.chain import anchors
-from ledger.people import auth
-from ledger.billing import rules as billing
-from ledger.billing import device_days
 from ledger.chain import merkle
-from ledger.people import signin
 from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
-from ledger.home import DISTRICT_FILE, Home, write_private
-from ledger.service.logins import Logins, installed_logins
-from ledger.keys import check_device_key, create_key_file, load_signing_key, public_hex
-from ledger.chain.protocol import (
-    KINDS,
-    RESERVED_DISTRICTS,
-    SEQ_MAX,
-    canonical_json,
-    strict_json,
-    valid_device_id,
-    valid_district,
-)
-from ledger.store.store import Commit, Store
+from ledger.chain.protocol import KINDS, RESERVED_DISTRICTS, SEQ_MAX, canonical_json, valid_device_id, valid_district
 from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, ServiceRecord
-from ledger.billing.tariffs import DEFAULT_FILE, parse_tariffs
-from ledger.chain.witness import SignedHeader
 from ledger.clock import now_ms
 from ledger.errors import Refused
+from ledger.home import Home, write_private
+from ledger.keys import check_device_key, load_signing_key, public_hex
+from ledger.service.budget import BudgetPolicy
+from ledger.service.logins import Logins, installed_logins
+from ledger.store import accounts
+from ledger.store.store import Commit, Store
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
-# Checked against when a login does not exist, so that both cases take the same time.
-_DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0wM4QqedfpZg+gF6BCQI4LJwndHoqPTrM"
-
-
-# Argon2id takes 64 MiB and a core's worth of time per check, inside the process that seals.
-# Two at a time bound both, whatever the number of callers; the rest wait their turn.
-PASSWORD_CHECKS = threading.BoundedSemaphore(2)
-
-
-DEFAULT_ADJUSTMENT_LIMIT = Decimal("1000.00")  # yuan; above it a correction needs a second operator
 WRITE_OFF_MAX = 100_000  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
 
 
@@ -74,7 +48,7 @@ def named(operator: str | None) -> dict[str, str]:
 def checked_operator(operator: str) -> str:
     """The operator an action reaching the ledger is recorded under (issue 15: every one names one)."""
     if not isinstance(operator, str) or not valid_device_id(operator):
-        raise EnrolmentError(f"an operator id is needed (letters, digits, . _ -), not {operator!r}")
+        raise Refused(f"an operator id is needed (letters, digits, . _ -), not {operator!r}")
     return operator
 
 
@@ -88,6 +62,8 @@ class AlreadyEnrolled(EnrolmentError):
 
 @dataclass(frozen=True, slots=True)
 class Sealed:
+    """A block just sealed: what ingest publishes (its header) and acknowledges (its readings)."""
+
     height: int
     hash: str
     header: dict[str, Any]
@@ -209,10 +185,7 @@ class LedgerWriter:
                     "header": canonical_json(header).decode(), "sig": sig,
                     "size": header["size"], "sealed_at": header["sealed_at"],
                 }
-            if also is None:
-                self.store.commit(commit)
-            else:
-                self._commit_with(commit, also)
+            self.store.commit(commit, also)
             if sealed:
                 self.height, self.head_hash = sealed.height, sealed.hash
                 # Still under the lock: headers must reach the broker in height order,
@@ -226,10 +199,13 @@ class LedgerWriter:
         """A district's headers name their chain, so that no header can pass for another chain's."""
         return {"chain": self.home.district} if self.home.district else {}
 
-    def _commit_with(self, commit: Commit, also: Callable[[Store], None]) -> None:
-        with self.store.transaction():
-            also(self.store)
-            self.store._write(commit)
+    def seal(self, entry: dict[str, Any], also: Callable[[Store], None] | None = None) -> Sealed:
+        """Seal one entry (stamped `at` now unless it says when), with the table rows `also` writes
+        in the same transaction: the row and the entry standing for it exist together or not at all."""
+        with self.lock:
+            sealed = self.commit(Batch(), [{**entry, "at": entry.get("at", now_ms())}], also=also)
+        assert sealed is not None
+        return sealed
 
     # ------------------------------------------------------------ registry
 
@@ -257,19 +233,17 @@ class LedgerWriter:
         self._refuse_repeats([c[3] for c in checked], "public key {} appears twice in the batch")
         with self.lock:
             ids, keys = [c[0] for c in checked], [c[3] for c in checked]
-            taken = self.store.con.execute("SELECT device FROM devices WHERE list_contains(?, device) LIMIT 1",
-                                           [ids]).fetchone()
+            taken = self.store.first_enrolled(ids)
             if taken is not None:
-                raise AlreadyEnrolled(f"device {taken[0]} is already enrolled")
+                raise AlreadyEnrolled(f"device {taken} is already enrolled")
             elsewhere = self.logins.logins_elsewhere().intersection(ids)
             if elsewhere:
                 raise AlreadyEnrolled(f"device {min(elsewhere)} is already a broker login of another district")
             for account in {c[4] for c in checked}:
                 self.require_account(account)
-            owner = self.store.con.execute(
-                "SELECT device FROM device_keys WHERE list_contains(?, public_key) LIMIT 1", [keys]).fetchone()
+            owner = self.store.first_key_owner(keys)
             if owner is not None:
-                raise EnrolmentError(f"that public key is already enrolled for {owner[0]}")
+                raise EnrolmentError(f"that public key is already enrolled for {owner}")
             at, height = now_ms(), self.height + 1
             logins = [self.logins.new_login() for _ in checked]
             passwords = [pw for pw, _ in logins]
@@ -320,7 +294,7 @@ class LedgerWriter:
     def districts(self) -> dict[str, str]:
         """The city's district chains and the first key of each."""
         with self.lock:
-            return dict(self.store.con.execute("SELECT district, ledger_key FROM districts").fetchall())
+            return self.store.districts()
 
     @staticmethod
     def _refuse_repeats(values: list[str], message: str) -> None:
@@ -417,9 +391,8 @@ class LedgerWriter:
     def budget_policy(self) -> BudgetPolicy:
         """The per-device budget in force: the latest `budget_policy` entry, else the defaults."""
         with self.lock:
-            row = self.store.con.execute("SELECT height, body FROM entries WHERE type = 'budget_policy'"
-                                         " ORDER BY height DESC LIMIT 1").fetchone()
-        return BudgetPolicy() if row is None else BudgetPolicy.from_entry(strict_json(row[1]), row[0])
+            latest = self.store.latest_entry("budget_policy")
+        return BudgetPolicy() if latest is None else BudgetPolicy.from_entry(latest[1], latest[0])
 
     def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
                           suspend_after_min: float | None = None, suspend_for_min: float | None = None,
@@ -453,8 +426,7 @@ class LedgerWriter:
             until = at + policy.suspend_for_ms
             entry = {"entry": "device_suspended", "device": device, "rule": policy.rule(),
                      "over_budget_since": since, "over_budget": over_budget, "until": until, "at": at}
-            sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
-                "UPDATE devices SET status = 'suspended' WHERE device = ?", [device]))
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.set_status(device, "suspended"))
             self.registry = {**self.registry, device: replace(rec, status="suspended")}
             self.publish_access()
         assert sealed is not None
@@ -475,8 +447,7 @@ class LedgerWriter:
             at = now_ms()
             entry = {"entry": "device_reinstated", "device": device, "rule": suspension.get("rule"),
                      "suspended_at": suspension.get("at"), **by, "at": at}
-            sealed = self.commit(Batch(), [entry], also=lambda s: s.con.execute(
-                "UPDATE devices SET status = 'active' WHERE device = ?", [device]))
+            sealed = self.commit(Batch(), [entry], also=lambda s: s.set_status(device, "active"))
             self.registry = {**self.registry, device: replace(rec, status="active")}
             self.publish_access()
         assert sealed is not None
@@ -534,262 +505,10 @@ class LedgerWriter:
             return sorted(int(s.username[len(prefix):]) for s in self.store.services()
                           if s.username.startswith(prefix) and s.username[len(prefix):].isdigit())
 
-    # ------------------------------------------------------------ district chains
-
-    def add_district(self, district: str, operator: str | None = None) -> dict[str, Any]:
-        """Open a district's chain: a home of its own under districts/, its first key sealed in the city chain.
-
-        Only a city home without devices takes districts: a home that ledgers readings
-        itself would otherwise ledger a district's readings in two chains.
-        """
-        by = named(operator)
-        if self.home.district is not None:
-            raise EnrolmentError("a district's ledger has no districts of its own")
-        if not valid_district(district) or district in RESERVED_DISTRICTS:
-            raise EnrolmentError(f"invalid district {district!r}")
-        with self.lock:
-            if district in self.districts():
-                raise AlreadyEnrolled(f"district {district} exists")
-            if self.registry or self.ledgers_readings:
-                raise EnrolmentError("this home ledgers readings itself (it has devices, or `cityledger ingest` "
-                                     "runs on it); district chains need a city home with no devices, running "
-                                     "`cityledger anchor` instead")
-            sub = self.home.district_home(district)
-            sub.root.mkdir(parents=True, exist_ok=True)
-            (sub.root / DISTRICT_FILE).write_text(district + "\n")
-            initialize(sub)
-            first_key = sub.trusted_key.read_text().strip()
-            at = now_ms()
-            sealed = self._record({"entry": "district_added", "district": district, "ledger_key": first_key, **by,
-                                   "at": at},
-                                  "INSERT INTO districts VALUES (?, ?, ?, ?)", [district, first_key, at, self.height + 1])
-        return {"district": district, "home": str(sub.root), "ledger_key": first_key, "block": sealed.hash}
-
-    def anchor(self, heads: Sequence[anchors.Head], alarms: Sequence[tuple[str, str, str, int]] = ()) -> Sealed | None:
-        """Seal district heads into the city chain (and record alarms about district chains)."""
-        with self.lock:
-            at, height = now_ms(), self.height + 1
-            rows = [(h.district, h.height, h.hash, canonical_json(h.signed.header).decode(), h.signed.sig, at, height)
-                    for h in heads]
-
-            def insert(s: Store) -> None:
-                if rows:
-                    s.con.executemany("INSERT OR REPLACE INTO district_heads VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-
-            return self.commit(Batch(witness_reports=list(alarms)), [h.entry(at) for h in heads], also=insert)
-
-    def anchored_heads(self) -> list[anchors.Head]:
-        with self.lock:
-            rows = self.store.con.execute("SELECT district, hash, header, sig FROM district_heads").fetchall()
-        return [anchors.Head(d, SignedHeader(h, strict_json(header), sig)) for d, h, header, sig in rows]
-
-    # ------------------------------------------------------------ billing records
-
-    def _record(self, entry: dict[str, Any], sql: str, args: list[Any]) -> Sealed:
-        """Seal one entry together with the table row it stands for, in one transaction."""
-        with self.lock:
-            sealed = self.commit(Batch(), [{**entry, "at": entry.get("at", now_ms())}],
-                                 also=lambda s: s.con.execute(sql, args))
-        assert sealed is not None
-        return sealed
-
-    def add_account(self, account: str, name: str, customer_class: str = "residential",
-                    operator: str | None = None) -> dict[str, Any]:
-        by = named(operator)
-        if not valid_device_id(account):
-            raise EnrolmentError(f"invalid account id {account!r} (letters, digits, . _ -)")
-        if customer_class not in ("residential", "non-residential"):
-            raise EnrolmentError("class must be residential or non-residential")
-        with self.lock:  # the check and the insert as one step: two callers cannot both pass the check
-            if self.store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
-                raise AlreadyEnrolled(f"account {account} exists")
-            at = now_ms()
-            sealed = self._record({"entry": "account_opened", "account": account, "class": customer_class, **by,
-                                   "at": at},
-                                  "INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
-        return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
-
-    def assign_account(self, device: str, account: str | None, operator: str) -> dict[str, Any]:
-        """A meter changes hands (a household moves in): recorded in the chain, billed from now on."""
-        operator = checked_operator(operator)
-        self.require_account(account)
-        with self.lock:
-            rec = self.store.device(device)
-            if rec is None:
-                raise EnrolmentError(f"unknown device {device}")
-            sealed = self._record({"entry": "device_account", "device": device, "account": account, "operator": operator},
-                                  "UPDATE devices SET account = ? WHERE device = ?", [account, device])
-            self.registry = {**self.registry, device: replace(rec, account=account)}
-        return {"device": device, "account": account, "operator": operator, "block": sealed.hash}
-
     def require_account(self, account: str | None) -> None:
-        if account is not None and not self.store.con.execute(
-                "SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone():
+        """A device (or a parking lease) may name only an account that exists."""
+        if account is not None and not accounts.account_exists(self.store, account):
             raise EnrolmentError(f"no account {account}: add it first with `cityledger accounts add`")
-
-    def load_tariffs(self, source: str, operator: str | None = None) -> dict[str, Any]:
-        """Keep a new tariff version; bills already issued keep the prices they were issued with."""
-        by = named(operator)
-        parse_tariffs(source)  # refuse a file that cannot be used before anything is written
-        digest = hashlib.sha256(source.encode()).hexdigest()
-        with self.lock:
-            row = self.store.con.execute("SELECT max(version), arg_max(sha256, version) FROM tariff_versions").fetchone()
-            if row and row[1] == digest:
-                return {"version": row[0], "sha256": digest, "changed": False}
-            version = (row[0] or 0) + 1 if row else 1
-            self._record({"entry": "tariffs_loaded", "version": version, "sha256": digest, **by},
-                         "INSERT INTO tariff_versions VALUES (?, ?, ?, ?)", [version, now_ms(), source, digest])
-        return {"version": version, "sha256": digest, "changed": True}
-
-    def _parking_space(self, space: str) -> None:
-        rec = self.store.device(space)
-        if rec is None or rec.kind != "parking":
-            raise EnrolmentError(f"{space} is not an enrolled parking sensor")
-
-    def set_zone(self, space: str, zone_class: int, from_ts: int, operator: str) -> dict[str, Any]:
-        operator = checked_operator(operator)
-        with self.lock:  # checks and the record in one step
-            self._parking_space(space)
-            if zone_class not in (1, 2, 3):
-                raise EnrolmentError("zone class must be 1, 2 or 3")
-            sealed = self._record({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts,
-                                   "operator": operator},
-                                  "INSERT INTO parking_zones VALUES (?, ?, ?)", [space, zone_class, from_ts])
-        return {"space": space, "class": zone_class, "from": from_ts, "operator": operator, "block": sealed.hash}
-
-    def lease(self, space: str, account: str | None, from_ts: int, operator: str) -> dict[str, Any]:
-        operator = checked_operator(operator)
-        with self.lock:  # checks and the record in one step
-            self._parking_space(space)
-            self.require_account(account)
-            sealed = self._record({"entry": "parking_lease", "space": space, "account": account, "from": from_ts,
-                                   "operator": operator},
-                                  "INSERT INTO parking_leases VALUES (?, ?, ?)", [space, account, from_ts])
-        return {"space": space, "account": account, "from": from_ts, "operator": operator, "block": sealed.hash}
-
-    def checkin(self, space: str, account: str, at: int, operator: str) -> dict[str, Any]:
-        operator = checked_operator(operator)
-        with self.lock:  # checks and the record in one step
-            self._parking_space(space)
-            self.require_account(account)
-            sealed = self._record({"entry": "parking_checkin", "space": space, "account": account, "at": at,
-                                   "operator": operator},
-                                  "INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
-        return {"space": space, "account": account, "at": at, "operator": operator, "block": sealed.hash}
-
-    def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
-                           operator: str) -> dict[str, Any]:
-        operator = checked_operator(operator)
-        with self.lock:
-            rec = self.store.device(device)
-            if rec is None or rec.kind == "parking":
-                raise EnrolmentError(f"{device} is not an enrolled meter")
-            sealed = self._record(
-                {"entry": "meter_replaced", "device": device, "ts": ts, "old_final": old_final,
-                 "new_initial": new_initial, "operator": operator},
-                "INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)",
-                [device, ts, old_final, new_initial, operator, now_ms()])
-        return {"device": device, "ts": ts, "block": sealed.hash}
-
-    def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
-        """Append a refund, credit or re-bill; it appears on the account's next bill. Nothing is edited.
-
-        Above the approval limit it is only requested: sealed as `adjustment_requested`, it
-        waits for a second operator (`approve_adjustment`) before it is sealed (four eyes).
-        """
-        operator = checked_operator(operator)
-        try:
-            value = billing.parse_amount(amount)
-        except ValueError as exc:
-            raise EnrolmentError(str(exc)) from exc
-        reason = reason.strip() if isinstance(reason, str) else ""
-        if not reason:
-            raise EnrolmentError("an adjustment needs a reason")
-        adj_id = f"adj-{secrets.token_hex(6)}"
-        with self.lock:
-            self.require_account(account)
-            at, height, limit = now_ms(), self.height + 1, self.adjustment_limit()
-            if abs(value) > limit:
-                self._record({"entry": "adjustment_requested", "id": adj_id, "account": account, "amount": str(value),
-                              "reason": reason, "operator": operator, "limit": str(limit), "at": at},
-                             "INSERT INTO adjustment_requests VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
-                             [adj_id, account, str(value), reason, operator, at, height])
-                return {"id": adj_id, "account": account, "amount": str(value), "status": "pending",
-                        "limit": str(limit), "created_at": at}
-            self._record(self._adjustment_entry(adj_id, account, value, reason, operator, at),
-                         "INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [adj_id, account, str(value), reason, operator, at, height])
-        return {"id": adj_id, "account": account, "amount": str(value), "status": "sealed", "created_at": at}
-
-    @staticmethod
-    def _adjustment_entry(adj_id: str, account: str, value: Decimal, reason: str, operator: str, at: int,
-                          approved_by: str | None = None) -> dict[str, Any]:
-        approval = {"approved_by": approved_by} if approved_by else {}
-        return {"entry": "adjustment", "id": adj_id, "account": account, "amount": str(value), "reason": reason,
-                "operator": operator, **approval, "at": at}
-
-    def adjustment_limit(self) -> Decimal:
-        """Above this (either sign) an adjustment needs a second operator: the latest `adjustment_limit`
-        entry, else DEFAULT_ADJUSTMENT_LIMIT."""
-        row = self.store.con.execute("SELECT body FROM entries WHERE type = 'adjustment_limit'"
-                                     " ORDER BY height DESC LIMIT 1").fetchone()
-        return DEFAULT_ADJUSTMENT_LIMIT if row is None else Decimal(strict_json(row[0])["amount"])
-
-    def set_adjustment_limit(self, amount: str, operator: str) -> dict[str, Any]:
-        """Seal a new approval limit; adjustments already requested keep waiting for approval."""
-        operator = checked_operator(operator)
-        try:
-            limit = billing.parse_amount(amount)
-        except ValueError as exc:
-            raise EnrolmentError(str(exc)) from exc
-        if limit < 0:
-            raise EnrolmentError("the approval limit is an amount of yuan above zero")
-        with self.lock:
-            sealed = self.commit(Batch(), [{"entry": "adjustment_limit", "amount": str(limit), "operator": operator,
-                                            "at": now_ms()}])
-        assert sealed is not None
-        return {"limit": str(limit), "operator": operator, "block": sealed.hash}
-
-    def decide_adjustment(self, adj_id: str, operator: str, approve: bool, note: str = "") -> dict[str, Any]:
-        """A second operator approves (the adjustment is sealed with the approval, one block) or
-        rejects a requested adjustment. The requester may withdraw it, never approve it."""
-        operator = checked_operator(operator)
-        with self.lock:
-            row = self.store.con.execute("SELECT account, amount, reason, operator, status FROM adjustment_requests"
-                                         " WHERE id = ?", [adj_id]).fetchone()
-            if row is None:
-                raise EnrolmentError(f"no requested adjustment {adj_id}")
-            account, amount, reason, requester, status = row
-            if status != "pending":
-                raise EnrolmentError(f"adjustment {adj_id} is already {status}")
-            if approve and operator == requester:
-                raise EnrolmentError(f"{operator} requested {adj_id}: another operator must approve it")
-            at, height = now_ms(), self.height + 1
-            decision = {"entry": "adjustment_approved" if approve else "adjustment_rejected", "id": adj_id,
-                        "operator": operator, "requested_by": requester, **({"note": note} if note else {}), "at": at}
-            entries = [decision]
-            if approve:
-                entries.append(self._adjustment_entry(adj_id, account, Decimal(amount), reason, requester, at, operator))
-
-            def record(s: Store) -> None:
-                s.con.execute("UPDATE adjustment_requests SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
-                              ["approved" if approve else "rejected", operator, at, adj_id])
-                if approve:
-                    s.con.execute("INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  [adj_id, account, amount, reason, requester, at, height])
-
-            sealed = self.commit(Batch(), entries, also=record)
-        assert sealed is not None
-        return {"id": adj_id, "status": "approved" if approve else "rejected", "operator": operator,
-                "requested_by": requester, "account": account, "amount": amount, "block": sealed.hash}
-
-    def adjustment_requests(self, status: str | None = "pending") -> list[dict[str, Any]]:
-        with self.lock:
-            rows = self.store.con.execute(
-                "SELECT id, account, amount, reason, operator, requested_at, status, decided_by, decided_at"
-                " FROM adjustment_requests WHERE ? IS NULL OR status = ? ORDER BY requested_at", [status, status]).fetchall()
-        cols = ("id", "account", "amount", "reason", "operator", "at", "status", "decided_by", "decided_at")
-        return [dict(zip(cols, r)) for r in rows]
 
     # ------------------------------------------------------------ gaps settled for good
 
@@ -817,194 +536,17 @@ class LedgerWriter:
                 raise EnrolmentError(f"{device} has seqs {', '.join(map(str, ledgered[:5]))}"
                                      f"{' …' if len(ledgered) > 5 else ''} ledgered in {from_seq}-{to_seq}: "
                                      "write off only seqs that are missing")
-            overlap = self.store.con.execute(
-                "SELECT from_seq, to_seq FROM write_offs WHERE device = ? AND from_seq <= ? AND to_seq >= ? LIMIT 1",
-                [device, to_seq, from_seq]).fetchone()
+            overlap = self.store.write_off_overlapping(device, from_seq, to_seq)
             if overlap is not None:
                 raise EnrolmentError(f"seqs {overlap[0]}-{overlap[1]} of {device} are already written off")
             at, height = now_ms(), self.height + 1
-            sealed = self._record({"entry": "seqs_written_off", "device": device, "from_seq": from_seq,
-                                   "to_seq": to_seq, "reason": reason, "operator": operator, "at": at},
-                                  "INSERT INTO write_offs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  [device, from_seq, to_seq, reason, operator, at, height])
+            sealed = self.seal({"entry": "seqs_written_off", "device": device, "from_seq": from_seq,
+                                "to_seq": to_seq, "reason": reason, "operator": operator, "at": at},
+                               lambda s: s.add_write_off(device, from_seq, to_seq, reason, operator, at, height))
             for callback in self.on_written_off:  # ingest moves the device's ack past them, under the lock
                 callback(device, from_seq, to_seq, sealed)
         return {"device": device, "from_seq": from_seq, "to_seq": to_seq, "reason": reason, "operator": operator,
                 "block": sealed.hash}
-
-    def roll_up(self, max_readings: int = 500_000,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-        """Bring the per-device daily summaries up to the head, a chunk per transaction.
-
-        Each chunk is summarised on a read snapshot without the lock (DuckDB reads every
-        reading of the days it touches, on its own threads), and the lock is held only to
-        write the summaries: ingest keeps sealing meanwhile (issue 14; it used to wait
-        for the whole chunk's aggregation). It stops at the head as it was when called:
-        chasing the blocks sealed meanwhile would summarise today's readings again and
-        again under load; the next run takes them.
-        """
-        chunks = readings = 0
-        head = self.height
-        while True:
-            summary = device_days.summarise_next(self.store, max_readings, upto=head)
-            if summary is None:
-                return {"height": device_days.rolled_up(self.store), "chunks": chunks, "readings": readings}
-            with self.lock:
-                with self.store.transaction():
-                    stored = device_days.store_summary(self.store, summary)
-                target = self.height
-            if not stored:
-                continue  # another roll-up moved the mark meanwhile: summarise from where it is now
-            chunks, readings = chunks + 1, readings + summary.readings
-            if progress:
-                progress(summary.hi, target)
-
-    def issue_bills(self, month: str, bills: Sequence[dict[str, Any]], per_block: int = 5000) -> dict[str, Any]:
-        """Seal bills not yet issued: each bill's hash goes into the chain, its body into `bills`.
-
-        Issued bills are never replaced, so running the close again issues nothing new.
-        """
-        issued = 0
-        issued_sql = "SELECT account FROM bills WHERE month = ?"
-        done = {r[0] for r in self.store.con.execute(issued_sql, [month]).fetchall()}
-        todo = [b for b in bills if b["account"] not in done and b.get("status") != "issued"]
-        for start in range(0, len(todo), per_block):
-            # Bodies and hashes are made before the lock, and the lock is held per block, not for
-            # the whole close: ingest seals between blocks (issue 14). Each block checks again
-            # which bills are issued by now, so a close running at the same time issues none twice.
-            at = now_ms()
-            rows, entries = [], []
-            for bill in todo[start:start + per_block]:
-                body = canonical_json({**bill, "status": "issued"}).decode()
-                digest = hashlib.sha256(body.encode()).hexdigest()
-                entries.append({"entry": "bill_issued", "account": bill["account"], "month": month,
-                                "total": bill["total"], "bill_hash": digest, "at": at})
-                rows.append((bill["account"], month, at, bill["total"], body, digest))
-            with self.lock:
-                now_done = {r[0] for r in self.store.con.execute(issued_sql, [month]).fetchall()}
-                keep = [i for i, row in enumerate(rows) if row[0] not in now_done]
-                if not keep:
-                    continue
-                rows, entries = [rows[i] for i in keep], [entries[i] for i in keep]
-                height = self.height + 1
-
-                def insert(s: Store, rows: list[tuple[Any, ...]] = rows, height: int = height) -> None:
-                    cols = list(zip(*rows))
-                    s._insert_arrow("bills", pa.table({
-                        "account": cols[0], "month": cols[1], "issued_at": pa.array(cols[2], pa.int64()),
-                        "total": cols[3], "body": cols[4], "hash": cols[5],
-                        "height": pa.array([height] * len(rows), pa.int64())}))
-
-                self.commit(Batch(), entries, also=insert)
-                issued += len(rows)
-        return {"month": month, "issued": issued, "already_issued": len(done)}
-
-    # ------------------------------------------------------------ dashboard logins
-
-    def set_password(self, role: str, principal: str, password: str) -> dict[str, Any]:
-        """Set or reset a citizen's or operator's dashboard password (kept only as Argon2id)."""
-        exists = {"citizen": "SELECT 1 FROM accounts WHERE account = ?",
-                  "operator": "SELECT 1 FROM operators WHERE operator = ?"}.get(role)
-        if exists is None:
-            raise EnrolmentError("role must be citizen or operator")
-        try:
-            hashed = auth.hash_password(password)
-        except ValueError as exc:
-            raise EnrolmentError(str(exc)) from exc
-        with self.lock:
-            if not self.store.con.execute(exists, [principal]).fetchone():
-                raise EnrolmentError(f"no {role} {principal}")
-            self.store.con.execute("INSERT OR REPLACE INTO logins VALUES (?, ?, ?, ?, 0, 0)",
-                                   [role, principal, hashed, now_ms()])
-        return {"role": role, "id": principal, "password_set": True}
-
-    def add_operator(self, operator: str, name: str, districts: str) -> dict[str, Any]:
-        if not valid_device_id(operator):
-            raise EnrolmentError(f"invalid operator id {operator!r}")
-        try:
-            scope = auth.parse_districts(districts)
-        except ValueError as exc:
-            raise EnrolmentError(str(exc)) from exc
-        with self.lock:
-            if self.store.con.execute("SELECT 1 FROM operators WHERE operator = ?", [operator]).fetchone():
-                raise AlreadyEnrolled(f"operator {operator} exists")
-            self.store.con.execute("INSERT INTO operators VALUES (?, ?, ?, ?)", [operator, name, ",".join(scope), now_ms()])
-        return {"operator": operator, "name": name, "districts": list(scope)}
-
-    def authenticate(self, role: str, principal: str, password: str,
-                     source: str = signin.LOCAL) -> signin.Outcome:
-        """Signed in, wrong, or throttled (ledger/people/signin.py): no hard lock that a stranger could set off.
-        A throttled attempt costs no Argon2 check. The counts are read again once this attempt holds
-        one of the two check slots, so a burst of parallel attempts gains at most one extra guess."""
-        keys = signin.keys_for(role, principal, source)
-        counts = signin.load_counts(self.store.con, keys)  # a snapshot read: a flood of these never waits for a seal
-        wait = signin.verdict(signin.POLICY, counts, now_ms())
-        if wait is not None:
-            return self._signin_failed(role, principal, source, keys, wait)
-        with PASSWORD_CHECKS:
-            with self.lock:
-                counts = signin.load_counts(self.store.con, keys)
-                row = self.store.con.execute("SELECT password_hash FROM logins WHERE role = ? AND id = ?",
-                                             [role, principal]).fetchone()
-            wait = signin.verdict(signin.POLICY, counts, now_ms())
-            if wait is not None:
-                return self._signin_failed(role, principal, source, keys, wait)
-            # an unknown login is checked against a dummy hash: the same time as a real check, so ids do not leak
-            right = auth.check_password(row[0] if row else _DUMMY_HASH, password) and row is not None
-            found = self._principal(role, principal) if right else None
-            if found is None:
-                return self._signin_failed(role, principal, source, keys, None)
-            with self.lock:  # counted afresh under the lock: a parallel attempt may have counted meanwhile
-                cleared = signin.after_success(signin.load_counts(self.store.con, keys), now_ms())
-                signin.save_counts(self.store.con, keys, cleared, scopes=("pair",))
-        return signin.SignedIn(found)
-
-    def _principal(self, role: str, principal: str) -> auth.Principal | None:
-        """Who a login with the right password is (None: an operator's login whose operator is gone)."""
-        with self.lock:
-            if role == "citizen":
-                name = self.store.con.execute("SELECT name FROM accounts WHERE account = ?", [principal]).fetchone()
-                return auth.Principal("citizen", principal, name[0] if name else principal)
-            op = self.store.con.execute("SELECT name, districts FROM operators WHERE operator = ?", [principal]).fetchone()
-        if op is None:
-            return None
-        return auth.Principal("operator", principal, op[0], tuple(op[1].split(",")))
-
-    def _signin_failed(self, role: str, principal: str, source: str, keys: signin.Keys,
-                       wait: signin.Wait | None) -> signin.Wrong | signin.Throttled:
-        """Count a wrong password (a throttled attempt counts for nothing: it only waits) and record
-        the failure for operators, without the password. Counts are read and written under the
-        lock, so parallel failures all count."""
-        now = now_ms()
-        with self.lock:
-            if wait is None:
-                counts = signin.load_counts(self.store.con, keys)
-                signin.save_counts(self.store.con, keys, signin.after_failure(signin.POLICY, counts, now))
-                signin.forget_stale(self.store.con, signin.POLICY, now)
-            added = signin.record_failure(self.store.con, now, role, principal, source, wait)
-        if added:
-            signin.log_failure(role, principal, source, wait)
-        return signin.Wrong() if wait is None else signin.Throttled(wait.scope, wait.retry_after_s)
-
-    # ------------------------------------------------------------ disputes
-
-    def dispute(self, dispute_id: str | None, account: str, author: str, status: str, message: str,
-                subject: str | None = None) -> dict[str, Any]:
-        """Append to a dispute (a new one when `dispute_id` is None): a citizen's message or an operator's answer."""
-        if not message.strip():
-            raise EnrolmentError("a dispute needs a message")
-        if status not in ("open", "answered", "closed"):
-            raise EnrolmentError("status must be open, answered or closed")
-        with self.lock:
-            if dispute_id is None:
-                dispute_id = f"dsp-{secrets.token_hex(5)}"
-            else:
-                known = self.store.con.execute("SELECT account FROM disputes WHERE id = ? LIMIT 1", [dispute_id]).fetchone()
-                if known is None or known[0] != account:
-                    raise EnrolmentError(f"no dispute {dispute_id} for account {account}")
-            self.store.con.execute("INSERT INTO disputes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                   [dispute_id, now_ms(), account, author, status, subject, message[:4000]])
-        return {"id": dispute_id, "status": status}
 
     def publish_access(self) -> None:
         """Tell the subscribers who may log in now: the active devices and every service."""
@@ -1039,32 +581,3 @@ def ensure_service_login(home: Home, store: Store, logins: Logins, name: str, ro
     store.upsert_service(ServiceRecord(username, role, hashed))
     return True
 
-
-def initialize(home: Home) -> dict[str, Any]:
-    """Create the home, ledger key, schema, service logins and genesis; idempotent."""
-    home.ensure()
-    created = not home.ledger_key.exists()
-    key = create_key_file(home.ledger_key) if created else load_signing_key(home.ledger_key)
-    store = Store.open(home.database)
-    try:
-        known = store.get_meta("ledger_key")
-        if known is None:
-            store.set_meta("ledger_key", public_hex(key))
-            store.set_meta("first_ledger_key", public_hex(key))
-            home.trusted_key.write_text(public_hex(key) + "\n")
-        elif known != public_hex(key) and not home.ledger_next_key.exists():
-            raise RuntimeError(f"{home.ledger_key} does not match the ledger's key {known}")
-        logins = installed_logins(home)
-        for username, role in SERVICES:
-            ensure_service_login(home, store, logins, username, role)
-        writer = LedgerWriter(home, store, key, logins)
-        if writer.height < 0:
-            district = {"district": home.district} if home.district else {}
-            writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}])
-        if store.con.execute("SELECT count(*) FROM tariff_versions").fetchone()[0] == 0:
-            writer.load_tariffs(DEFAULT_FILE.read_text())
-        writer.publish_access()
-        return {"home": str(home.root), "ledger_key": public_hex(key), "created": created,
-                "height": writer.height}
-    finally:
-        store.close()

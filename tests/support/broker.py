@@ -8,8 +8,8 @@ fake. Every wait is on a condition with a deadline: no sleep-and-hope.
 
 from __future__ import annotations
 
+import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +29,7 @@ from broker.certs import CertPaths, ca_cert_path
 from broker.mqtt.tls import TLSSettings
 from broker.mqtt.tls import configure as configure_tls
 from ledger.home import Home
+from ledger.processes import Child, WaitTimeout, wait_until
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 5.0
@@ -40,19 +41,15 @@ RELOAD_LOG_LINE = "Reloading config."
 
 def wait_for(predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition",
              every: float = 0.01) -> T:
-    """Poll `predicate` until it returns something truthy, and return that.
+    """Poll `predicate` until it returns something truthy, and return that (ledger.processes.wait_until).
 
     Raises AssertionError naming `what` on timeout, so a failing test says what
-    it was waiting for instead of hanging or flaking.
+    it was waiting for instead of hanging or flaking, and reads as a failed check.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
-        time.sleep(every)
+    try:
+        return wait_until(predicate, timeout, every, what=what)
+    except WaitTimeout as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def free_port() -> int:
@@ -93,7 +90,7 @@ class RunningBroker:
         self._pinned_port = port is not None
         self.certs = certs
         self.tls_port: int | None = free_port() if tls or certs is not None else None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
         if devices is not None or services is not None:
             self.set_access(devices or (), services or ())
 
@@ -103,7 +100,7 @@ class RunningBroker:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._proc is not None and self._proc.alive
 
     @property
     def pid(self) -> int | None:
@@ -133,23 +130,17 @@ class RunningBroker:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: mosquitto saves its persistence file on the way out."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"mosquitto ignored SIGTERM for {timeout} s and was killed") from None
+        proc.stop(timeout=timeout)
+        if proc.forced:
+            raise AssertionError(f"mosquitto ignored SIGTERM for {timeout} s and was killed")
 
     def kill(self) -> None:
         """SIGKILL: a crash, losing whatever was not autosaved yet."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
         if proc is not None:
-            proc.wait()  # reap it, or its pid stays "alive" as a zombie
+            proc.stop(signal.SIGKILL)  # and reap it, or its pid stays "alive" as a zombie
 
     def reload(self, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         """SIGHUP, then wait until the broker logs the reload.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,10 @@ from playwright.sync_api import Browser, sync_playwright
 from ledger.anomalies.detectors import Finding
 from ledger.home import Home
 from ledger.city.up import port_open
+from ledger.processes import STDOUT, start
+from ledger.service.operations import people as people_ops
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import billing as billing_ops
 from tests.support.broker import free_port, wait_for
 from tests.support.stack import Stack
 
@@ -55,20 +58,14 @@ def dashboard(stack: Stack) -> Iterator[str]:
     """`cityledger dashboard` on a free port of this stack; yields its URL."""
     port = free_port()
     log = stack.home.logs / "dashboard.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ledger.cli", "dashboard", "--port", str(port)],
-                                env=stack.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = start([sys.executable, "-m", "ledger.cli", "dashboard", "--port", str(port)], env=stack.env, stdout=log,
+                 stderr=STDOUT)
     try:
         wait_for(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 60, "the dashboard's port")
         assert proc.poll() is None, f"dashboard exited:\n{log.read_text()}"
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stop(timeout=15)
 
 
 def save_screenshot(png: bytes, name: str, *, publish: bool = False) -> Path:
@@ -115,7 +112,8 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
     from ledger.anomalies.investigations import record_findings
     from ledger.chain.protocol import sign_reading
     from ledger.chain.records import LedgeredReading, QuarantineRow
-    from ledger.service.writer import LedgerWriter, initialize
+    from ledger.service.writer import LedgerWriter
+    from ledger.service.homes import initialize
     from ledger.chain.records import Batch
 
     now = now or int(time.time() * 1000)
@@ -153,16 +151,16 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
         return out
 
     try:
-        w.add_account("hh-0001", "Li Na", "residential")
-        w.add_account("hh-0003", "Zhang Wei", "residential")
+        billing_ops.add_account(w, "hh-0001", "Li Na", "residential")
+        billing_ops.add_account(w, "hh-0003", "Zhang Wei", "residential")
         for n in (2, 4, 5, 6, 7):
-            w.add_account(f"hh-000{n}", f"Household {n}", "residential")
+            billing_ops.add_account(w, f"hh-000{n}", f"Household {n}", "residential")
         for op, name, districts in (("op-d02", "Chen Jie", "d02"), ("op-d01", "Wang Fang", "d01"),
                                     ("op-all", "Sun Li", "all")):
-            w.add_operator(op, name, districts)
-            w.set_password("operator", op, PASSWORD)
+            people_ops.add_operator(w, op, name, districts)
+            people_ops.set_password(w, "operator", op, PASSWORD)
         for account in ("hh-0001", "hh-0003"):
-            w.set_password("citizen", account, PASSWORD)
+            people_ops.set_password(w, "citizen", account, PASSWORD)
 
         device("wm-d02-000001", "water", "d02", "hh-0001")
         readings("wm-d02-000001", "water", hourly(400, lambda h: 40 if 7 <= h < 23 else 8))
@@ -177,7 +175,7 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
         readings("wm-d03-000001", "water", hourly(3, lambda h: 10))
 
         device("ps-d02-000001", "parking", "d02", None)
-        w.lease("ps-d02-000001", "hh-0001", now - 80 * DAY_MS, "op-test")
+        parking_ops.lease(w, "ps-d02-000001", "hh-0001", now - 80 * DAY_MS, "op-test")
         stays = []
         for d in range(70, 0, -1):  # 08:00 to 09:40 every morning
             day = dt.datetime.fromtimestamp((now - d * DAY_MS) / 1000, tz).date()
@@ -212,7 +210,7 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
                      ("wm-d02-000002", (now - 500_000) // 60_000, "bad_signature"): 1},
             statuses=[("wm-d02-000001", "online", now - HOUR_MS), ("wm-d01-000001", "offline", now - HOUR_MS)],
             witness_reports=[("witness-a", "head", '{"height": 1}', now - 120_000)]))
-        city.disputes["d01"] = w.dispute(None, "hh-0003", "hh-0003", "open", "My meter reads twice what I use.",
+        city.disputes["d01"] = people_ops.dispute(w, None, "hh-0003", "hh-0003", "open", "My meter reads twice what I use.",
                                          "Meter wm-d01-000001")["id"]
     finally:
         w.close()

@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -57,6 +55,7 @@ import duckdb
 
 from broker import mosquitto
 from edge.fleet import OUTBOX_FILE, plan_fleet
+from ledger.processes import STDOUT, Child, start
 from tests.support.broker import wait_for
 from tests.support.stack import Stack
 
@@ -286,7 +285,7 @@ class FaultLab:
         self.devices = [p.device for p in plan_fleet(devices, DISTRICTS)]
         self._device_set = frozenset(self.devices)
         self.interval = interval
-        self.fleet: subprocess.Popen[bytes] | None = None
+        self.fleet: Child | None = None
         self.fleet_log = self.home.logs / "fleet.log"
         self.fleet_starts = 0
         self._broker_log_offset = 0
@@ -314,14 +313,12 @@ class FaultLab:
 
     def close(self) -> None:
         """Stop everything this lab started, then check that nothing is left running."""
-        procs = []
+        procs: list[Child] = []
         try:
             if self.fleet is not None:
                 procs.append(self.fleet)
                 self._resume_fleet()
-                if self.fleet.poll() is None:
-                    self.fleet.kill()
-                self.fleet.wait(timeout=30)
+                self.fleet.stop(signal.SIGKILL, timeout=30)
                 self.fleet = None
         finally:
             try:
@@ -335,10 +332,9 @@ class FaultLab:
                 try:
                     self.stack.close()
                 finally:
-                    if ingest is not None and ingest.poll() is None:
-                        ingest.kill()
-                        ingest.wait()
-        left = [p.args for p in procs if p.poll() is None]
+                    if ingest is not None:
+                        ingest.stop(signal.SIGKILL)
+        left = [p.args for p in procs if p.alive]
         assert not left and not self.stack.broker.running, f"processes left running: {left}"
 
     # ------------------------------------------------------------ the fleet
@@ -350,18 +346,16 @@ class FaultLab:
         return env
 
     def start_fleet(self, interval: float | None = None, *, port: int | None = None) -> None:
-        assert self.fleet is None or self.fleet.poll() is not None, "the fleet is already running"
+        assert self.fleet is None or not self.fleet.alive, "the fleet is already running"
         self.fleet_log.parent.mkdir(parents=True, exist_ok=True)
         broker_log = mosquitto.log_path(self.home)
         self._broker_log_offset = broker_log.stat().st_size if broker_log.exists() else 0
         with self.fleet_log.open("ab") as log:
             log.write(f"--- fleet start {self.fleet_starts + 1} (interval {interval or self.interval})\n".encode())
-            log.flush()
-            self.fleet = subprocess.Popen(
-                [sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(self.devices_n), "--interval",
-                 str(interval or self.interval), "--districts", ",".join(DISTRICTS), "--seed", "7"],
-                env=self.fleet_env(port if port is not None else self.fleet_port), stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.fleet = start(
+            [sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(self.devices_n), "--interval",
+             str(interval or self.interval), "--districts", ",".join(DISTRICTS), "--seed", "7"],
+            env=self.fleet_env(port if port is not None else self.fleet_port), stdout=self.fleet_log, stderr=STDOUT)
         self.fleet_starts += 1
 
     def wait_fleet_connected(self, timeout: float = 60) -> None:
@@ -384,25 +378,19 @@ class FaultLab:
 
     def stop_fleet(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
         """Stop the fleet with `sig` and wait; a SIGTERM must end in exit code 0."""
-        if sig == signal.SIGTERM and self.fleet is not None and self.fleet.poll() is None:
+        if sig == signal.SIGTERM and self.fleet is not None and self.fleet.alive:
             # A fleet started a moment ago may still be importing, before its SIGTERM handler:
             # the default action would kill it (-15), which is the harness's haste, not a bug.
             self.wait_fleet_connected()
         proc, self.fleet = self.fleet, None
         if proc is None:
             return None
-        if proc.poll() is None:
+        if proc.alive:
             if sig == signal.SIGTERM:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGCONT)
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise AssertionError(f"the fleet ignored signal {sig} for {timeout} s\n"
-                                     f"{tail(self.fleet_log)}") from None
+                proc.send_signal(signal.SIGCONT)
+            proc.stop(sig, timeout)
+            if proc.forced:
+                raise AssertionError(f"the fleet ignored signal {sig} for {timeout} s\n{tail(self.fleet_log)}")
         if sig == signal.SIGTERM:
             assert proc.returncode == 0, f"the fleet exited with {proc.returncode}\n{tail(self.fleet_log)}"
         return proc.returncode
@@ -411,12 +399,12 @@ class FaultLab:
         self.stop_fleet(signal.SIGKILL)
 
     def freeze_fleet(self) -> None:
-        assert self.fleet is not None and self.fleet.poll() is None
-        os.kill(self.fleet.pid, signal.SIGSTOP)
+        assert self.fleet is not None and self.fleet.alive
+        self.fleet.send_signal(signal.SIGSTOP)
 
     def _resume_fleet(self) -> None:
-        if self.fleet is not None and self.fleet.poll() is None:
-            os.kill(self.fleet.pid, signal.SIGCONT)
+        if self.fleet is not None:
+            self.fleet.send_signal(signal.SIGCONT)
 
     def thaw_fleet(self) -> None:
         self._resume_fleet()
@@ -433,7 +421,7 @@ class FaultLab:
         poll_until(every_device_acked, timeout, "every device's first reading acked")
 
     def _fleet_alive(self) -> bool:
-        if self.fleet is not None and self.fleet.poll() is not None:
+        if self.fleet is not None and not self.fleet.alive:
             raise AssertionError(f"the fleet exited with {self.fleet.returncode}\n{tail(self.fleet_log)}")
         return True
 
@@ -491,8 +479,8 @@ class FaultLab:
 
     def signal_ingest(self, sig: int) -> None:
         """Send `sig` to ingest at once, without waiting (kill_ingest/stop_ingest reap it)."""
-        assert self.stack.ingest is not None and self.stack.ingest.poll() is None, "ingest is not running"
-        os.kill(self.stack.ingest.pid, sig)
+        assert self.stack.ingest is not None and self.stack.ingest.alive, "ingest is not running"
+        self.stack.ingest.send_signal(sig)
 
     def stop_ingest(self) -> None:
         self.stack.stop_ingest(signal.SIGTERM)

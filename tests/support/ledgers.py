@@ -16,7 +16,8 @@ from nacl.signing import SigningKey
 from ledger.home import Home
 from ledger.chain.protocol import Reading, sign_reading
 from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter, initialize
+from ledger.service.writer import LedgerWriter
+from ledger.service.homes import initialize
 from ledger.chain.records import Batch
 
 T0 = 1_764_000_000_000

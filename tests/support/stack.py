@@ -21,9 +21,10 @@ import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 
 from ledger.home import Home
+from ledger.processes import STDOUT, Child, start
 from ledger.chain.protocol import Reading, device_topic, sign_reading
 from ledger.service.rpc import RemoteLedger, open_ledger
-from ledger.service.writer import initialize
+from ledger.service.homes import initialize
 from tests.support.broker import RunningBroker, close_client, connect_client, wait_for
 
 
@@ -64,7 +65,7 @@ class Stack:
         self._owns_broker = broker is None
         self.broker = broker or RunningBroker(self.home)
         self.info = initialize(self.home)
-        self.ingest: subprocess.Popen[bytes] | None = None
+        self.ingest: Child | None = None
         self.ingest_log = self.home.logs / "ingest.log"
 
     # ------------------------------------------------------------ processes
@@ -82,30 +83,25 @@ class Stack:
 
     def start_ingest(self, command: tuple[str, ...] | None = None) -> None:
         """`cityledger ingest` with this stack's settings, or `cityledger COMMAND` (e.g. `anchor`)."""
-        assert self.ingest is None or self.ingest.poll() is not None, "ingest already running"
+        assert self.ingest is None or not self.ingest.alive, "ingest already running"
         command = command or ("ingest", "--block-readings", str(self.block_readings),
                               "--block-seconds", str(self.block_seconds), "--workers", str(self.workers))
-        with self.ingest_log.open("ab") as log:
-            self.ingest = subprocess.Popen([sys.executable, "-m", "ledger.cli", *command],
-                                           env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.ingest = start([sys.executable, "-m", "ledger.cli", *command], env=self.env, stdout=self.ingest_log,
+                            stderr=STDOUT)
         wait_for(lambda: self._ingest_ready(), 30, "the ingest's API socket")
 
     def _ingest_ready(self) -> bool:
-        if self.ingest is not None and self.ingest.poll() is not None:
+        if self.ingest is not None and not self.ingest.alive:
             raise AssertionError(f"ingest exited with {self.ingest.returncode}:\n{self.ingest_log.read_text()}")
         return isinstance(open_ledger(self.home), RemoteLedger)
 
     def stop_ingest(self, sig: int = signal.SIGTERM) -> None:
         proc, self.ingest = self.ingest, None
-        if proc is None or proc.poll() is not None:
+        if proc is None or not proc.alive:
             return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError("ingest ignored SIGTERM for 30 s") from None
+        proc.stop(sig, timeout=30)
+        if proc.forced:
+            raise AssertionError("ingest ignored SIGTERM for 30 s")
         if sig == signal.SIGTERM:
             assert proc.returncode == 0, f"ingest exited with {proc.returncode}:\n{self.ingest_log.read_text()}"
 

@@ -2,13 +2,15 @@
 
 Kept apart from store.py so that the chain's storage and the billing's read
 side can change independently; both work on the same DuckDB connection.
+Readings and replacements come back as plain tuples, in the field order of
+billing's `Point` (ts, value, seq) and `Replacement` (ts, old_final, new_initial),
+which billing builds from them (the store does not import billing).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ledger.billing.rules import Point, Replacement
 from ledger.store.store import Store
 
 
@@ -32,10 +34,10 @@ def meters(store: Store, account_id: str) -> list[dict[str, Any]]:
     return [{"device": d, "kind": k, "district": di} for d, k, di in rows]
 
 
-def replacements(store: Store, device: str) -> list[Replacement]:
-    rows = store.con.execute("SELECT ts, old_final, new_initial FROM meter_replacements WHERE device = ? ORDER BY ts",
+def replacements(store: Store, device: str) -> list[tuple[int, int, int]]:
+    """(ts, old_final, new_initial) of a meter's recorded replacements, oldest first."""
+    return store.con.execute("SELECT ts, old_final, new_initial FROM meter_replacements WHERE device = ? ORDER BY ts",
                              [device]).fetchall()
-    return [Replacement(*r) for r in rows]
 
 
 def spaces_for(store: Store, account_id: str, start: int, end: int) -> list[str]:
@@ -101,10 +103,12 @@ def latest_tariffs(store: Store) -> tuple[int, str] | None:
     return (row[0], row[1]) if row else None
 
 
-def boundary_neighbours(store: Store, boundaries: tuple[int, ...], within_ms: int) -> dict[str, list[Point]]:
+def boundary_neighbours(store: Store, boundaries: tuple[int, ...],
+                        within_ms: int) -> dict[str, list[tuple[int, int, int]]]:
     """For every account meter: the last reading at or before, and the first after, each
     boundary, looking no further than `within_ms` away (a meter silent longer than that
-    is checked in full anyway), so only narrow slices of the table are read."""
+    is checked in full anyway), so only narrow slices of the table are read. Readings
+    as (ts, value, seq)."""
     values = ", ".join(f"({int(b)})" for b in boundaries)
     near = " OR ".join(f"ts BETWEEN {int(b) - within_ms} AND {int(b) + within_ms}" for b in boundaries)
     rows = store.con.execute(f"""
@@ -117,13 +121,13 @@ def boundary_neighbours(store: Store, boundaries: tuple[int, ...], within_ms: in
         ASOF LEFT JOIN r p ON probe.device = p.device AND probe.ts >= p.ts
         ASOF LEFT JOIN r n ON probe.device = n.device AND probe.ts < n.ts
         """).fetchall()
-    out: dict[str, list[Point]] = {}
+    out: dict[str, list[tuple[int, int, int]]] = {}
     for device, pt, pv, ps, nt, nv, ns in rows:
         pts = out.setdefault(device, [])
         if pt is not None:
-            pts.append(Point(pt, pv, ps))
+            pts.append((pt, pv, ps))
         if nt is not None:
-            pts.append(Point(nt, nv, ns))
+            pts.append((nt, nv, ns))
     return out
 
 

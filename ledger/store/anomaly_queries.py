@@ -1,9 +1,9 @@
-"""What the anomaly detectors look at, read from the store as plain data."""
+"""What the anomaly detectors look at, read from the store as plain data (tuples and Arrow):
+ledger/anomalies/scan.py builds the detectors' `Obs` and `DeviceInfo` from it."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import pyarrow as pa
 
@@ -20,28 +20,14 @@ _LOOK_BACK = """
     UNION ALL SELECT device, seq, ts, value, received_at FROM readings WHERE received_at >= $since AND ts < $since"""
 
 
-def inputs(store: Store, since: int) -> tuple[list[Any], dict[str, list[Any]], dict[str, list[tuple[int, str, int]]]]:
-    """(devices, readings by device since `since`, rejects by device) for `anomalies.detect`, all at once.
+def look_back_readings(store: Store, since: int) -> list[tuple[str, int, int, int, int]]:
+    """(device, seq, ts, value, received_at) of the look-back's readings, by device, ts, seq, all at once.
 
     For tests and small ledgers: the scan itself reads a group at a time (`readings_table`).
     """
-    from ledger.anomalies.detectors import Obs
-
-    readings: dict[str, list[Any]] = defaultdict(list)
-    for device, seq, ts, value, received in store.con.execute(
-            f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK}) ORDER BY device, ts, seq",
-            {"since": since}).fetchall():
-        readings[device].append(Obs(device, seq, ts, value, received))
-    return active_devices(store), dict(readings), rejects(store, since)
-
-
-def active_devices(store: Store) -> list[Any]:
-    """Every active device as the detectors see it (`anomalies.DeviceInfo`), with its last status."""
-    from ledger.anomalies.detectors import DeviceInfo
-
-    statuses = store.device_statuses()
-    return [DeviceInfo(d.device, d.kind, d.district, d.account, *statuses.get(d.device, (None, None)))
-            for d in store.devices() if d.status == "active"]
+    return store.con.execute(
+        f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK}) ORDER BY device, ts, seq",
+        {"since": since}).fetchall()
 
 
 def rejects(store: Store, since: int) -> dict[str, list[tuple[int, str, int]]]:

@@ -1,0 +1,48 @@
+"""Making a home's ledger: the ledger key, the schema, the service logins, genesis and the
+default tariffs. `cityledger init`, `up` and a new district chain all start here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ledger.billing.tariffs import DEFAULT_FILE
+from ledger.chain.records import Batch
+from ledger.clock import now_ms
+from ledger.home import Home
+from ledger.keys import create_key_file, load_signing_key, public_hex
+from ledger.service.logins import installed_logins
+from ledger.service.operations.billing import load_tariffs
+from ledger.service.writer import SERVICES, LedgerWriter, ensure_service_login
+from ledger.store import accounts
+from ledger.store.store import Store
+
+
+def initialize(home: Home) -> dict[str, Any]:
+    """Create the home, ledger key, schema, service logins and genesis; idempotent."""
+    home.ensure()
+    created = not home.ledger_key.exists()
+    key = create_key_file(home.ledger_key) if created else load_signing_key(home.ledger_key)
+    store = Store.open(home.database)
+    try:
+        known = store.get_meta("ledger_key")
+        if known is None:
+            store.set_meta("ledger_key", public_hex(key))
+            store.set_meta("first_ledger_key", public_hex(key))
+            home.trusted_key.write_text(public_hex(key) + "\n")
+        elif known != public_hex(key) and not home.ledger_next_key.exists():
+            raise RuntimeError(f"{home.ledger_key} does not match the ledger's key {known}")
+        logins = installed_logins(home)
+        for username, role in SERVICES:
+            ensure_service_login(home, store, logins, username, role)
+        writer = LedgerWriter(home, store, key, logins)
+        if writer.height < 0:
+            district = {"district": home.district} if home.district else {}
+            writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}])
+        if accounts.tariff_count(store) == 0:
+            load_tariffs(writer, DEFAULT_FILE.read_text())
+        writer.publish_access()
+        return {"home": str(home.root), "ledger_key": public_hex(key), "created": created,
+                "height": writer.height}
+    finally:
+        store.close()

@@ -1,0 +1,103 @@
+"""What billing writes: accounts, tariff versions, parking arrangements, meter replacements,
+adjustments and their approvals, and issued bills.
+
+Each write here runs inside the transaction that seals the entry standing for it
+(`LedgerWriter.seal`), so the row and its entry are on disk together or not at all.
+The reads billing needs for drafting bills are in the store's billing queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from ledger.store.store import Store
+
+
+def account_exists(store: Store, account: str) -> bool:
+    return store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone() is not None
+
+
+def add_account(store: Store, account: str, name: str, customer_class: str, at: int) -> None:
+    store.con.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
+
+
+def tariff_count(store: Store) -> int:
+    return int(store.con.execute("SELECT count(*) FROM tariff_versions").fetchone()[0])
+
+
+def latest_tariff_version(store: Store) -> tuple[int, str] | None:
+    """(version, sha256) of the tariffs in force, None before any were loaded."""
+    row = store.con.execute("SELECT max(version), arg_max(sha256, version) FROM tariff_versions").fetchone()
+    return (row[0], row[1]) if row and row[0] is not None else None
+
+
+def add_tariffs(store: Store, version: int, at: int, source: str, sha256: str) -> None:
+    store.con.execute("INSERT INTO tariff_versions VALUES (?, ?, ?, ?)", [version, at, source, sha256])
+
+
+def add_zone(store: Store, space: str, zone_class: int, from_ts: int) -> None:
+    store.con.execute("INSERT INTO parking_zones VALUES (?, ?, ?)", [space, zone_class, from_ts])
+
+
+def add_lease(store: Store, space: str, account: str | None, from_ts: int) -> None:
+    store.con.execute("INSERT INTO parking_leases VALUES (?, ?, ?)", [space, account, from_ts])
+
+
+def add_checkin(store: Store, space: str, account: str, at: int) -> None:
+    store.con.execute("INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
+
+
+def add_replacement(store: Store, device: str, ts: int, old_final: int, new_initial: int, operator: str,
+                    at: int) -> None:
+    store.con.execute("INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)",
+                      [device, ts, old_final, new_initial, operator, at])
+
+
+def add_adjustment(store: Store, adj_id: str, account: str, amount: str, reason: str, operator: str, at: int,
+                   height: int) -> None:
+    store.con.execute("INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      [adj_id, account, amount, reason, operator, at, height])
+
+
+def request_adjustment(store: Store, adj_id: str, account: str, amount: str, reason: str, operator: str, at: int,
+                       height: int) -> None:
+    store.con.execute("INSERT INTO adjustment_requests VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
+                      [adj_id, account, amount, reason, operator, at, height])
+
+
+def adjustment_request(store: Store, adj_id: str) -> tuple[str, str, str, str, str] | None:
+    """(account, amount, reason, requester, status) of a requested adjustment."""
+    row = store.con.execute("SELECT account, amount, reason, operator, status FROM adjustment_requests WHERE id = ?",
+                            [adj_id]).fetchone()
+    return (row[0], row[1], row[2], row[3], row[4]) if row else None
+
+
+def decide_adjustment_request(store: Store, adj_id: str, status: str, operator: str, at: int) -> None:
+    store.con.execute("UPDATE adjustment_requests SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+                      [status, operator, at, adj_id])
+
+
+def adjustment_requests(store: Store, status: str | None) -> list[dict[str, Any]]:
+    """Requested adjustments (all of them when `status` is None), oldest first."""
+    rows = store.con.execute(
+        "SELECT id, account, amount, reason, operator, requested_at, status, decided_by, decided_at"
+        " FROM adjustment_requests WHERE ? IS NULL OR status = ? ORDER BY requested_at", [status, status]).fetchall()
+    cols = ("id", "account", "amount", "reason", "operator", "at", "status", "decided_by", "decided_at")
+    return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def billed_accounts(store: Store, month: str) -> set[str]:
+    """Accounts whose bill for `month` is issued."""
+    return {r[0] for r in store.con.execute("SELECT account FROM bills WHERE month = ?", [month]).fetchall()}
+
+
+def add_bills(store: Store, rows: Sequence[tuple[str, str, int, str, str, str]], height: int) -> None:
+    """Issued bills, each (account, month, issued_at, total, body, hash), sealed in block `height`."""
+    cols = list(zip(*rows, strict=True))
+    store.insert_table("bills", pa.table({
+        "account": cols[0], "month": cols[1], "issued_at": pa.array(cols[2], pa.int64()),
+        "total": cols[3], "body": cols[4], "hash": cols[5],
+        "height": pa.array([height] * len(rows), pa.int64())}))
