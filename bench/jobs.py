@@ -428,7 +428,7 @@ def run_phase(stack: Stack, gen: LoadGenerator, job: str, opt: JobsOptions, mont
                 raise BenchError(f"phase {job}: the job's process died (exit code {runner.exitcode})") from None
         if time.monotonic() > deadline:
             raise BenchError(f"phase {job}: the job or the acks did not finish in time{_logs(stack)}")
-    if runner is not None:
+    if runner is not None and outcome is not None:
         phase.durations, phase.errors, phase.failed_runs, phase.refused = outcome
         runner.join(30)
     phase.peak_rss_mb = tree_peak_rss_mb(ingest.proc.pid)

@@ -327,7 +327,7 @@ def _owns_listener(pid: int, port: int) -> bool | None:
 
 def listening_inodes(proc_net_tcp: str, port: int) -> set[str]:
     """Socket inodes in LISTEN state (0A) on `port`, parsed from /proc/net/tcp text."""
-    inodes = set()
+    inodes: set[str] = set()
     for row in proc_net_tcp.splitlines()[1:]:
         fields = row.split()
         if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
@@ -337,7 +337,7 @@ def listening_inodes(proc_net_tcp: str, port: int) -> set[str]:
 
 def _socket_inodes(pid: int) -> set[str]:
     """Inodes of the sockets process `pid` has open (empty if we may not look)."""
-    inodes = set()
+    inodes: set[str] = set()
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:

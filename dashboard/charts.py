@@ -55,7 +55,7 @@ def usage_chart(rows: Sequence[dict[str, Any]], kind: str, unit: str, tiers: Seq
     return alt.layer(bars, comparison).resolve_scale(color="independent").properties(height=360)
 
 
-def year_chart(points: Sequence[dict[str, Any]], kind: str, unit: str, tiers: Sequence[Tier], tz: str) -> alt.LayerChart:
+def year_chart(points: Sequence[dict[str, Any]], kind: str, unit: str, tiers: Sequence[Tier], tz: str) -> alt.LayerChart | alt.FacetChart:
     """The year's cumulative use at each month's end, with the tier thresholds as rules."""
     u = unit_label(unit)
     df = pd.DataFrame(points)
@@ -78,7 +78,7 @@ def year_chart(points: Sequence[dict[str, Any]], kind: str, unit: str, tiers: Se
 
 
 def readings_chart(points: Sequence[dict[str, Any]], unit: str, window: tuple[int | None, int | None], tz: str,
-                   evidence: Sequence[int] = ()) -> alt.LayerChart:
+                   evidence: Sequence[int] = ()) -> alt.LayerChart | alt.FacetChart:
     """A device's register over time around an anomaly, its window shaded, evidence readings marked."""
     df = pd.DataFrame(points)
     df["time"] = _local(df["ts"], tz)

@@ -304,7 +304,7 @@ class CitizenData:
         except (TypeError, ValueError) as exc:
             raise NotFound("reading") from exc
         own = {d["device"] for d in self._devices()}
-        on_bill = bool(month) and any((d, s) == (device, seq) for _, d, s in billfmt.all_readings(self.bill(month)))
+        on_bill = month is not None and any((d, s) == (device, seq) for _, d, s in billfmt.all_readings(self.bill(month)))
         if not on_bill and device not in own:
             raise NotFound("reading")
         found = api("receipt", device=device, seq=seq)

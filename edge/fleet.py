@@ -168,9 +168,9 @@ class SimulatedDevice:
         def refuse() -> None:
             raise OSError(f"{self.agent.device} is dead (fault injection)")
 
-        client.reconnect = refuse  # type: ignore[method-assign]  # the NetLoop retries, with backoff, in vain
+        client.reconnect = refuse  # type: ignore[method-assign,assignment]  # the NetLoop retries, in vain
         sock = client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # paho's socket: plain TCP or TLS (ssl.SSLSocket is one too)
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # the loop reads EOF and closes; the broker sees a dead link
             except OSError:

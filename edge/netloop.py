@@ -235,11 +235,11 @@ class NetLoop:
 
     def _poll(self, timeout: float) -> None:
         """Wait for socket events up to `timeout` and let paho read and write."""
-        for link in list(self._buffered):  # TLS bytes left over by the previous pass
-            if link.sock is not None:
-                self._read(link, link.sock)
+        for pending in list(self._buffered):  # TLS bytes left over by the previous pass
+            if pending.sock is not None:
+                self._read(pending, pending.sock)
             else:
-                self._buffered.discard(link)
+                self._buffered.discard(pending)
         for key, events in self._selector.select(0.0 if self._buffered else timeout):
             link: _Link | None = key.data
             if link is None:

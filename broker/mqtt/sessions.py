@@ -34,7 +34,7 @@ def service_client(client_id: str, username: str, password: str, tls: TLSSetting
                          manual_ack=True)
     client.username_pw_set(username, password)
     configure_tls(client, tls)
-    client.reconnect_delay_set(0.2, 5)
+    client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho only multiplies it: a float works
     return client
 
 

@@ -48,6 +48,7 @@ class Subscriber:
         self.keepalive = keepalive
         self.buf = bytearray()
         self.pending: list[wire.Publish] = []  # what arrived while waiting for CONNACK or SUBACK
+        self.found: bytes | None = None  # the body of the packet `_expect` waits for, once it came
         self.last_sent = time.monotonic()
         # The broker requires the prefix (broker/mqtt/client_ids.py) and names the session by username.
         self._send(wire.connect_packet(mqtt_client_id(client_id), username, password, keepalive=keepalive,
@@ -131,7 +132,7 @@ class Subscriber:
 
     def _expect(self, kind: int, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
-        self.found: bytes | None = None
+        self.found = None
         while True:
             self.pending += self._drain(kind)
             if self.found is not None:

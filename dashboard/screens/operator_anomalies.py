@@ -39,7 +39,7 @@ with ui.guard("the anomaly queue"):
     ids = [a["id"] for a in found]
     manual = st.selectbox("Open anomaly", ids, index=ids.index(chosen) if chosen in ids else None, key="an_open",
                           placeholder="Pick an anomaly id")
-    if st.button("Open this anomaly", key="an_go", type="primary", disabled=manual is None):
+    if st.button("Open this anomaly", key="an_go", type="primary", disabled=manual is None) and manual is not None:
         st.switch_page("screens/operator_anomaly.py", query_params={"id": manual})
     if chosen:
         st.switch_page("screens/operator_anomaly.py", query_params={"id": chosen})

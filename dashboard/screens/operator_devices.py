@@ -42,13 +42,13 @@ with ui.guard("the devices"):
         d = data.device(device_id)
         st.query_params["device"] = d["device"]
         st.subheader(d["device"])
-        c = st.columns(4)
-        c[0].metric("Status", d["status"])
-        c[1].metric("Connection", d["online"] or "unknown", help=f"since {ui.when(d['status_changed_at'])}")
+        cols = st.columns(4)
+        cols[0].metric("Status", d["status"])
+        cols[1].metric("Connection", d["online"] or "unknown", help=f"since {ui.when(d['status_changed_at'])}")
         last = d["last"]
-        c[2].metric("Last reading", fmt.ago(last["received_at"], now) if last else "never",
+        cols[2].metric("Last reading", fmt.ago(last["received_at"], now) if last else "never",
                     help=None if last is None else f"#{last['seq']} = {last['value']:,} measured {ui.when(last['ts'])}")
-        c[3].metric("Readings (24 h)", f"{d['readings_last_day']:,}", delta=f"{d['rejects_last_day']:,} rejected",
+        cols[3].metric("Readings (24 h)", f"{d['readings_last_day']:,}", delta=f"{d['rejects_last_day']:,} rejected",
                     delta_color="off")
         st.caption(f"{d['kind']} in {d['district']} · account {d['account'] or '-'} · enrolled "
                    f"{ui.when(d['enrolled_at'])}" + (f" · revoked {ui.when(d['revoked_at'])}" if d["revoked_at"] else ""))

@@ -57,7 +57,7 @@ chain()
 st.subheader("Audit")
 st.caption("Recomputes every reading's leaf, every block's Merkle root, every link and header signature, from the "
            "city's first ledger key. It runs inside the ledger service on its own thread and does not stop ingest.")
-if st.button("Run an audit now", key="run_audit", icon=":material/play_arrow:", disabled=RUN.snapshot().get("running")):
+if st.button("Run an audit now", key="run_audit", icon=":material/play_arrow:", disabled=bool(RUN.snapshot().get("running"))):
     if not RUN.start(data.operator):
         st.info("An audit is already running.")
 audit_progress()

@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterable
-from typing import Any
 
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
+from ledger.anomalies.detectors import Finding
 from ledger.store import investigations as stored
+from ledger.store.investigations import Anomaly, AnomalyEvent
 from ledger.store.store import Store
 from ledger.errors import NotFound, Refused
 
@@ -26,7 +30,25 @@ class InvestigationError(Refused):
     """An action the anomaly's state does not allow; the message is for the operator."""
 
 
-def record_findings(store: Store, findings: Iterable[Any], now: int) -> dict[str, int]:
+_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+
+
+@_no_extra
+class FindingsRecorded(TypedDict):
+    """What a scan's findings did: anomalies raised, ongoing ones updated."""
+
+    raised: int
+    updated: int
+
+
+@_no_extra
+class AnomalyDetail(Anomaly):
+    """An anomaly as it stands now, with every event of its history, oldest first."""
+
+    history: list[AnomalyEvent]
+
+
+def record_findings(store: Store, findings: Iterable[Finding], now: int) -> FindingsRecorded:
     """Raise new anomalies and update ongoing ones; returns how many of each."""
     current = {a["key"]: a for a in stored.all_anomalies(store)
                if a["status"] in OPEN_STATES or a["status"] == "dismissed"}
@@ -51,15 +73,15 @@ def record_findings(store: Store, findings: Iterable[Any], now: int) -> dict[str
 list_anomalies = stored.list_anomalies  # a plain read: filtered by status, type and districts, newest first
 
 
-def get_anomaly(store: Store, anomaly_id: str) -> dict[str, Any]:
+def get_anomaly(store: Store, anomaly_id: str) -> AnomalyDetail:
     out = stored.anomaly(store, anomaly_id)
     if out is None:
         raise NotFound(f"no anomaly {anomaly_id}")
-    out["history"] = stored.history(store, anomaly_id)
-    return out
+    return {**out, "history": stored.history(store, anomaly_id)}
 
 
-def transition(store: Store, anomaly_id: str, status: str, operator: str, note: str | None, now: int) -> dict[str, Any]:
+def transition(store: Store, anomaly_id: str, status: str, operator: str, note: str | None,
+               now: int) -> AnomalyDetail:
     """Move an anomaly along open -> acknowledged -> resolved, or dismiss it; appended, never edited."""
     if status not in TRANSITIONS:
         raise InvestigationError(f"unknown status {status}")

@@ -9,18 +9,119 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Annotated, Literal, Union, cast
 from zoneinfo import ZoneInfo
+
+from pydantic import ConfigDict, Field, with_config
+from typing_extensions import NotRequired, TypedDict
 
 from ledger.billing import rules as billing
 from ledger.billing import device_days
-from ledger.billing.rules import Point, Replacement
+from ledger.billing.rules import FeeLine, Point, Replacement, TierLine
 from ledger.store import billing_queries as q
+from ledger.store.billing_queries import Account, AdjustmentRow, Meter
 from ledger.store.store import Store
 from ledger.billing.tariffs import TariffBook
 from ledger.errors import NotFound
 
 MARGIN_MS = 45 * 24 * 3600 * 1000  # parking reports this far before the month may start a stay in it
+
+_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+
+
+# ---------------------------------------------------------------- the bill document
+# A reading a line rests on is [device, seq]: a receipt (`cityledger receipt`) proves each.
+
+
+@_no_extra
+class Stay(TypedDict):
+    """A parking stay as a bill prices it: local ISO times, `end` None (and no `minutes`, no rows)
+    while the car is still parked."""
+
+    start: str
+    end: str | None
+    zone_class: int
+    readings: list[list[str | int]]
+    flags: list[str]
+    rows: list[FeeLine]
+    amount: str
+    minutes: NotRequired[int]
+
+
+@_no_extra
+class UnpaidStay(Stay):
+    """A stay nobody pays for (no lessee, no check-in), with its space (`unpaid_stays`)."""
+
+    space: str
+
+
+@_no_extra
+class UtilityLine(TypedDict):
+    """A meter's line: consumption in the tariff's unit, split on the tiers."""
+
+    type: Literal["utility"]
+    device: str
+    kind: str
+    unit: str
+    consumption: str
+    used_this_year_before: str  # in the tariff's unit, before this month (calendar-year tiers)
+    tiers: list[TierLine]
+    amount: str
+    tariff_from: str  # ISO date the tariff is in force from
+    readings: list[list[str | int]]
+    flags: list[str]
+
+
+@_no_extra
+class ParkingLine(TypedDict):
+    """A parking space's line: the stays the account pays for."""
+
+    type: Literal["parking"]
+    device: str
+    sessions: list[Stay]
+    amount: str
+
+
+@_no_extra
+class AdjustmentLine(TypedDict):
+    """A sealed adjustment (refund, credit, re-bill) the bill carries, sealed in `block`."""
+
+    type: Literal["adjustment"]
+    id: str
+    reason: str
+    operator: str
+    amount: str
+    created_at: int
+    block: int
+
+
+BillLine = Annotated[Union[UtilityLine, ParkingLine, AdjustmentLine], Field(discriminator="type")]
+
+
+@_no_extra
+class Bill(TypedDict):
+    """A month's bill for one account, amounts in yuan as decimal strings (`currency` CNY).
+
+    A draft is computed now; an issued bill is the draft as it was sealed, with the hash of
+    its body, the block that holds the hash and when it was issued.
+    """
+
+    account: str
+    name: str
+    customer_class: str
+    month: str  # YYYY-MM
+    currency: str
+    timezone: str
+    tariff_version: int
+    lines: list[BillLine]
+    total: str
+    status: Literal["draft", "issued"]
+    hash: NotRequired[str]  # issued bills only: sha256 of the body, hex
+    height: NotRequired[int]
+    issued_at: NotRequired[int]
+
+
+# ---------------------------------------------------------------- making bills
 
 
 class BillError(NotFound):
@@ -28,7 +129,7 @@ class BillError(NotFound):
 
 
 def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: str, month: str,
-              clean: dict[str, list[Point]] | None = None) -> dict[str, Any]:
+              clean: dict[str, list[Point]] | None = None) -> Bill:
     """The bill as it stands: issued bills come back as issued, others are computed now.
 
     `clean` maps meters already known to have no drop, gap or replacement to their
@@ -36,7 +137,7 @@ def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: s
     """
     issued = q.issued_bill(store, account_id, month)
     if issued is not None:
-        return issued
+        return cast(Bill, issued)  # a draft made here, as `issue_bills` stored it (the store knows no Bill)
     acct = q.account(store, account_id)
     if acct is None:
         raise BillError(f"unknown account {account_id}")
@@ -47,7 +148,7 @@ def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: s
 
 
 def close_bills(store: Store, book: TariffBook, tariff_version: int, month: str,
-                progress: Callable[[int, int], None] | None = None) -> tuple[list[dict[str, Any]], int]:
+                progress: Callable[[int, int], None] | None = None) -> tuple[list[Bill], int]:
     """Drafts of every account's bill not yet issued for `month`, and how many were issued.
 
     The same assembly as `make_bill`, fed from a handful of bulk queries instead
@@ -74,13 +175,13 @@ def close_bills(store: Store, book: TariffBook, tariff_version: int, month: str,
     return drafts, len(issued)
 
 
-def _assemble(store: Store, book: TariffBook, tariff_version: int, acct: dict[str, Any], month: str,
-              meters: list[dict[str, Any]], spaces: list[str], adjustments: list[dict[str, Any]],
-              clean: dict[str, list[Point]] | None) -> dict[str, Any]:
+def _assemble(store: Store, book: TariffBook, tariff_version: int, acct: Account, month: str,
+              meters: list[Meter], spaces: list[str], adjustments: list[AdjustmentRow],
+              clean: dict[str, list[Point]] | None) -> Bill:
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
     account_id = acct["account"]
-    lines: list[dict[str, Any]] = []
+    lines: list[BillLine] = []
     for meter in meters:
         pts = (clean or {}).get(meter["device"])
         lines.append(_utility_line(store, book, acct["customer_class"], meter, month, tz, pts))
@@ -97,8 +198,8 @@ def _assemble(store: Store, book: TariffBook, tariff_version: int, acct: dict[st
             "total": str(total.quantize(billing.FEN)), "status": "draft"}
 
 
-def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: dict[str, Any], month: str,
-                  tz: ZoneInfo, pts: list[Point] | None = None) -> dict[str, Any]:
+def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: Meter, month: str,
+                  tz: ZoneInfo, pts: list[Point] | None = None) -> UtilityLine:
     """One meter's line. `pts` are the boundary neighbours when the caller knows the
     stretch is clean (month-end close); otherwise every reading is read and checked."""
     device, kind = meter["device"], meter["kind"]
@@ -125,7 +226,7 @@ def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: di
 
 
 def _parking_line(store: Store, book: TariffBook, account_id: str, space: str, start: int, end: int,
-                  tz: ZoneInfo) -> dict[str, Any]:
+                  tz: ZoneInfo) -> ParkingLine:
     stays = []
     for stay in _sessions(store, space, start, end):
         stay_end = stay.end if stay.end is not None else None
@@ -149,28 +250,29 @@ def _payer(store: Store, space: str, start: int, end: int) -> str | None:
     return ins[0][1] if ins else q.lessee(store, space, start)
 
 
-def _stay(store: Store, book: TariffBook, space: str, stay: billing.Session, tz: ZoneInfo) -> dict[str, Any]:
+def _stay(store: Store, book: TariffBook, space: str, stay: billing.Session, tz: ZoneInfo) -> Stay:
     tariff = book.for_parking(billing.local_date(stay.start, tz))
     district = q.space_district(store, space) or ""
     zone = q.zone_class(store, space, stay.start, tariff.district_zone_class.get(district, tariff.default_zone_class))
-    out: dict[str, Any] = {"start": billing._iso(stay.start, tz), "end": None, "zone_class": zone,
-                           "readings": [[space, s] for s in stay.rests_on], "flags": stay.flags,
-                           "rows": [], "amount": "0.00"}
+    out: Stay = {"start": billing._iso(stay.start, tz), "end": None, "zone_class": zone,
+                 "readings": [[space, s] for s in stay.rests_on], "flags": stay.flags,
+                 "rows": [], "amount": "0.00"}
     if stay.end is None:
         out["flags"] = [*stay.flags, "still parked: charged when the stay ends"]
         return out
     rows = billing.parking_fee(stay.start, stay.end, tariff, zone, tz)
-    out.update(end=billing._iso(stay.end, tz), minutes=(stay.end - stay.start) // 60000,
-               rows=[{**vars(r), "price": str(r.price), "amount": str(r.amount)} for r in rows],
-               amount=str(sum((r.amount for r in rows), Decimal("0.00"))))
+    out["end"] = billing._iso(stay.end, tz)
+    out["minutes"] = (stay.end - stay.start) // 60000
+    out["rows"] = [r.as_dict() for r in rows]
+    out["amount"] = str(sum((r.amount for r in rows), Decimal("0.00")))
     return out
 
 
-def unpaid_stays(store: Store, book: TariffBook, month: str) -> list[dict[str, Any]]:
+def unpaid_stays(store: Store, book: TariffBook, month: str) -> list[UnpaidStay]:
     """Stays in the month with nobody to pay: no lessee and no check-in."""
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
-    out = []
+    out: list[UnpaidStay] = []
     for space in q.parking_spaces(store):
         for stay in _sessions(store, space, start, end):
             if start <= stay.start < end and _payer(store, space, stay.start, stay.end or end) is None:

@@ -17,6 +17,9 @@ from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
 from ledger.billing.tariffs import ParkingTariff, UtilityTariff
 
 FEN = Decimal("0.01")
@@ -181,6 +184,17 @@ def _register_at(pts: list[tuple[int, Fraction, int]], ts: int, i: int) -> Fract
 # ---------------------------------------------------------------- tiers
 
 
+@with_config(ConfigDict(extra="forbid"))
+class TierLine(TypedDict):
+    """A tier row as a bill shows it (`TierRow.as_dict`): quantity for display, money to the fen."""
+
+    tier: int
+    quantity: str
+    unit: str
+    price: str
+    amount: str
+
+
 @dataclass(frozen=True)
 class TierRow:
     tier: int  # 1-based
@@ -188,7 +202,7 @@ class TierRow:
     price: Decimal
     amount: Decimal  # rounded to the fen: the only rounding
 
-    def as_dict(self, unit: str) -> dict[str, str | int]:
+    def as_dict(self, unit: str) -> TierLine:
         return {"tier": self.tier, "quantity": show(self.quantity), "unit": unit, "price": str(self.price),
                 "amount": str(self.amount)}
 
@@ -283,6 +297,19 @@ def _flag_silence(stay: Session, before: Point, after: Point) -> None:
     stay.rests_on += [q for q in (before.seq, after.seq) if q not in stay.rests_on]
 
 
+@with_config(ConfigDict(extra="forbid"))
+class FeeLine(TypedDict):
+    """A fee row as a bill shows it (`FeeRow.as_dict`): money to the fen, as strings."""
+
+    period: str
+    start: str
+    end: str
+    units: int
+    unit_minutes: int
+    price: str
+    amount: str
+
+
 @dataclass(frozen=True)
 class FeeRow:
     period: str  # "day" | "night"
@@ -292,6 +319,10 @@ class FeeRow:
     unit_minutes: int
     price: Decimal
     amount: Decimal
+
+    def as_dict(self) -> FeeLine:
+        return {"period": self.period, "start": self.start, "end": self.end, "units": self.units,
+                "unit_minutes": self.unit_minutes, "price": str(self.price), "amount": str(self.amount)}
 
 
 def parking_fee(start: int, end: int, tariff: ParkingTariff, zone_class: int, tz: ZoneInfo) -> list[FeeRow]:

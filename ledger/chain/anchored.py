@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nacl.signing import VerifyKey
@@ -34,7 +35,8 @@ def is_anchored(obj: Any) -> bool:
     return isinstance(obj, dict) and set(obj) == ANCHORED_MEMBERS
 
 
-def build_anchored(receipt: dict[str, Any], headers: list[dict[str, Any]], proof: dict[str, Any]) -> dict[str, Any]:
+def build_anchored(receipt: Mapping[str, Any], headers: Sequence[Mapping[str, Any]],
+                   proof: Mapping[str, Any]) -> dict[str, Any]:
     """Join a district receipt, the district headers after its block, and the city's proof of the anchor."""
     return {"receipt": receipt, "anchor": {"headers": headers, **proof}}
 

@@ -15,13 +15,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.chain.protocol import strict_json
 from ledger.chain.witness import Accepted, Alarm, Source, SignedHeader, WitnessState, check
 
 HEAD_ENTRY = "district_head"
 ADDED_ENTRY = "district_added"
+
+
+@with_config(ConfigDict(extra="forbid"))
+class HeadEntry(TypedDict):
+    """The city chain's leaf anchoring a district head (`Head.entry`): `block` is the hash of
+    the district's block at `height`, `at` when the city sealed it (epoch ms)."""
+
+    entry: str  # HEAD_ENTRY
+    district: str
+    height: int
+    block: str
+    at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +53,7 @@ class Head:
     def hash(self) -> str:
         return self.signed.hash
 
-    def entry(self, at: int) -> dict[str, Any]:
+    def entry(self, at: int) -> HeadEntry:
         """The city chain's leaf for this head."""
         return {"entry": HEAD_ENTRY, "district": self.district, "height": self.height, "block": self.hash, "at": at}
 

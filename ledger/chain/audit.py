@@ -21,16 +21,18 @@ from __future__ import annotations
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NotRequired
 
 from nacl.signing import VerifyKey
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.chain import merkle
 from ledger.chain.blocks import GENESIS_PREV, block_hash, verify_header
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading, verify_reading
-from ledger.chain.registry_audit import Disagreement
+from ledger.chain.registry_audit import Disagreement, DisagreementDoc
 from ledger.chain.sigcheck import CHUNK, ParallelVerifier
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
@@ -52,6 +54,26 @@ class Failure:
         return f"{where}: {self.what}"
 
 
+@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+class VerifyReport(TypedDict):
+    """A `Report` as `verify` answers it (`Report.as_dict`): `failure` says why it is not ok, in words,
+    `failed_block` and `failed_reading` where the chain first breaks (None when it holds)."""
+
+    ok: bool
+    blocks: int
+    readings: int
+    entries: int
+    seconds: float
+    deep: bool
+    failure: str | None
+    disagreements: list[DisagreementDoc]
+    disagreements_found: int
+    registry_checked: bool
+    failed_block: int | None
+    failed_reading: str | None
+    witness_blocks: NotRequired[int]  # blocks of the witness's copy compared (`verify --witness`)
+
+
 @dataclass(frozen=True)
 class Report:
     ok: bool
@@ -67,13 +89,16 @@ class Report:
     disagreements_found: int = 0
     registry_checked: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["failure"] = str(self.failure) if self.failure else _registry_failure(self)
-        out["failed_block"] = self.failure.height if self.failure else None
-        out["failed_reading"] = self.failure.reading if self.failure else None
-        out["disagreements"] = [d.as_dict() for d in self.disagreements]
-        return out
+    def as_dict(self) -> VerifyReport:
+        return {
+            "ok": self.ok, "blocks": self.blocks, "readings": self.readings, "entries": self.entries,
+            "seconds": self.seconds, "deep": self.deep,
+            "failure": str(self.failure) if self.failure else _registry_failure(self),
+            "disagreements": [d.as_dict() for d in self.disagreements],
+            "disagreements_found": self.disagreements_found, "registry_checked": self.registry_checked,
+            "failed_block": self.failure.height if self.failure else None,
+            "failed_reading": self.failure.reading if self.failure else None,
+        }
 
 
 def _registry_failure(report: Report) -> str | None:

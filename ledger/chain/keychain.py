@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nacl.signing import VerifyKey
@@ -22,7 +22,7 @@ class KeyChainError(Refused):
     """A rotation header that the key in force did not sign, or is malformed."""
 
 
-def follow(first_key: str, rotations: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+def follow(first_key: str, rotations: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
     """[(first height signed by key, key hex)], starting with (0, first_key)."""
     chain = [(0, first_key)]
     last_height = -1
@@ -47,7 +47,7 @@ def follow(first_key: str, rotations: Sequence[dict[str, Any]]) -> list[tuple[in
     return chain
 
 
-def key_for_height(first_key: str, rotations: Sequence[dict[str, Any]], height: int) -> str:
+def key_for_height(first_key: str, rotations: Sequence[Mapping[str, Any]], height: int) -> str:
     """The ledger key that must have signed block `height`."""
     key = first_key
     for start, k in follow(first_key, rotations):

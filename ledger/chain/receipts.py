@@ -15,17 +15,33 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nacl.signing import VerifyKey
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.chain import merkle
-from ledger.chain.blocks import block_hash, verify_header
+from ledger.chain.blocks import Header, block_hash, verify_header
 from ledger.chain.protocol import Reading, canonical_json, strict_json, verify_reading
 
 RECEIPT_MEMBERS = frozenset({"reading", "device_key", "block", "block_sig", "ledger_key", "leaf_index", "proof"})
 _HEX32 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+class Receipt(TypedDict):
+    """A receipt (PROTOCOL.md section 5), as `build_receipt` makes it: exactly `RECEIPT_MEMBERS`."""
+
+    reading: dict[str, Any]  # the signed reading's members (`Reading.as_dict`, ledger/chain/protocol.py)
+    device_key: str
+    block: Header
+    block_sig: str  # base64
+    ledger_key: str
+    leaf_index: int
+    proof: list[str]  # hex, leaf to root
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,7 @@ class _Bad(ValueError):
 
 
 def build_receipt(reading: Reading, device_key: str, header: dict[str, Any], block_sig: bytes, ledger_key: str,
-                  leaf_hashes: list[bytes], leaf_index: int) -> dict[str, Any]:
+                  leaf_hashes: list[bytes], leaf_index: int) -> Receipt:
     """Assemble a receipt for the reading at `leaf_index` of a block whose leaves are given."""
     if merkle.leaf_hash(reading.leaf_data()) != leaf_hashes[leaf_index]:
         raise ValueError("the reading is not the leaf at that index")
@@ -57,7 +73,7 @@ def build_receipt(reading: Reading, device_key: str, header: dict[str, Any], blo
     }
 
 
-def encode_receipt(receipt: dict[str, Any]) -> bytes:
+def encode_receipt(receipt: Mapping[str, Any]) -> bytes:
     """The receipt as a file: canonical JSON with no whitespace at all, so that it
     has one byte form and every single-byte change of it changes what it says."""
     return canonical_json(receipt)

@@ -8,10 +8,26 @@ them) and the writer (which seals them) share one definition without importing e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading
+
+
+@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+class DevicePublic(TypedDict):
+    """A device's record as it may be shown (`DeviceRecord.public`): all but its broker password hash."""
+
+    device: str
+    kind: str
+    district: str
+    account: str | None
+    public_key: str
+    status: str  # active | suspended | revoked
+    enrolled_at: int
+    revoked_at: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +52,7 @@ class DeviceRecord:
             return self.public_key
         return key_for(self.earlier_keys, seq)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> DevicePublic:
         """What may be shown: everything but the broker password hash."""
         return {
             "device": self.device,

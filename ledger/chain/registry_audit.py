@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
 Key = tuple[Any, ...]
 Row = tuple[Any, ...]
 Entry = tuple[int, dict[str, Any]]  # (height of its block, the entry), in chain order
@@ -33,6 +36,18 @@ Rows = dict[Key, list[Row]]
 
 PAIR_ALIKE = 64
 """Changed rows of one key (parking check-ins of one space, say) paired by likeness up to this many."""
+
+
+@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+class DisagreementDoc(TypedDict):
+    """A `Disagreement` as the verify report lists it (`Disagreement.as_dict`)."""
+
+    table: str
+    row: dict[str, Any]  # the row's key columns and values
+    column: str | None
+    table_says: Any  # a column's value, or a whole row as a dict, or None (see `Disagreement`)
+    chain_says: Any
+    text: str  # str(disagreement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +71,7 @@ class Disagreement:
             return f"{self.row}: no such row, the chain says {_show(self.chain_says)}"
         return f"{self.row}: a row the chain does not have ({_show(self.table_says)})"
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> DisagreementDoc:
         return {"table": self.table, "row": dict(self.key), "column": self.column, "table_says": self.table_says,
                 "chain_says": self.chain_says, "text": str(self)}
 

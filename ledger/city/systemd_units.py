@@ -9,7 +9,7 @@ privileges, no devices, no other users' home directories, files created 0600.
 Rendering is a pure function of `UnitSettings` (string templates, no I/O), so
 it is tested by comparing text and by `systemd-analyze verify` on the result;
 `cityledger systemd-units` fills the settings from the running installation and
-writes the files (ledger/cli/commands.py).
+writes the files (ledger/cli/city.py).
 
 Quoting follows systemd.service(5) and systemd.unit(5): a word with a space or
 quote is double-quoted with backslash escapes, `%` is doubled everywhere (unit

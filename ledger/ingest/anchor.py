@@ -81,7 +81,7 @@ class AnchorService:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         parts = msg._topic.split(b"/")  # city/ledger/districts/{district}/{headers|checkpoint}
         self.inbox.put(_Header(parts[3].decode("utf-8", "replace"), parts[4].decode("ascii", "replace"),
-                               msg.payload, bool(msg.dup), (self._generation, msg.mid, msg.qos)))
+                               msg.payload, bool(msg.dup), (self._generation, msg.mid, msg.qos)))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ the loop (main thread)
 

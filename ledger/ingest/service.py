@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ledger.ingest import workers
+from ledger.ingest.workers import WorkerPool
 from ledger.ingest.acks import AckPublisher
 from ledger.service.budget import Budget, BudgetPolicy, Drops, Streaks
 from ledger.ingest.headers import publish_head, publish_sealed
@@ -103,7 +104,7 @@ class IngestService:
         self.drops: Drops = self.budget.drops  # the workers' drops are merged in here too
         self.streaks = Streaks()
         self.suspended_until = {d: s["until"] for d, s in writer.suspensions().items()}
-        self.pool: workers.WorkerPool | None = None
+        self.pool: WorkerPool | None = None
         self._note_registry(writer.registry_version, writer.registry)
         self.connected = threading.Event()
         self._generation = 0
@@ -144,7 +145,7 @@ class IngestService:
             if msg.qos > 0:  # PUBACK it now: held, it would fill the broker's window for every device
                 client.ack(msg.mid, msg.qos)
             return
-        self.inbox.put(Incoming(topic, msg.payload, at, (self._generation, msg.mid, msg.qos)))
+        self.inbox.put(Incoming(topic, msg.payload, at, (self._generation, msg.mid, msg.qos)))  # type: ignore[arg-type]  # paho's payload is bytes
 
     # ------------------------------------------------------------ budgets (a thread of their own)
 

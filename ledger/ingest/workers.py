@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 from ledger.service.budget import Budget, BudgetPolicy, Count, Span
@@ -303,10 +303,11 @@ class WorkerPool:
             if timeout <= 0:
                 break
             by_conn = {c: i for i, c in self.conns.items()}
-            for conn in wait(list(by_conn), timeout):
-                index = by_conn[conn]  # type: ignore[index]
+            for ready in wait(list(by_conn), timeout):
+                conn = cast(Connection, ready)  # only the workers' pipes are waited on
+                index = by_conn[conn]
                 try:
-                    message = conn.recv()  # type: ignore[union-attr]
+                    message = conn.recv()
                 except (EOFError, OSError):
                     self._restart(index)
                     continue

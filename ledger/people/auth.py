@@ -12,9 +12,21 @@ from dataclasses import dataclass
 
 import nacl.pwhash
 from nacl.exceptions import InvalidkeyError
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 MIN_PASSWORD = 10
 ALL_DISTRICTS = "all"
+
+
+@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+class PrincipalDoc(TypedDict):
+    """A principal as JSON."""
+
+    role: str  # citizen | operator
+    id: str
+    name: str
+    districts: list[str]  # operators only (["all"]: the whole city); [] for a citizen
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,7 @@ class Principal:
     def sees_district(self, district: str) -> bool:
         return self.role == "operator" and (ALL_DISTRICTS in self.districts or district in self.districts)
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> PrincipalDoc:
         return {"role": self.role, "id": self.id, "name": self.name, "districts": list(self.districts)}
 
 

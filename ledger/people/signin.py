@@ -28,7 +28,10 @@ import ipaddress
 import logging
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.people.auth import Principal
 from ledger.store import signin as stored
@@ -216,8 +219,36 @@ class Throttled:
 
 Outcome = SignedIn | Wrong | Throttled
 
+_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
 
-def outcome_as_dict(outcome: Outcome) -> dict[str, Any]:
+
+@_no_extra
+class SignedInDoc(TypedDict):
+    """`SignedIn` as JSON: the principal's fields (auth.PrincipalDoc) at the top."""
+
+    outcome: Literal["signed_in"]
+    role: str
+    id: str
+    name: str
+    districts: list[str]
+
+
+@_no_extra
+class WrongDoc(TypedDict):
+    outcome: Literal["wrong"]
+
+
+@_no_extra
+class ThrottledDoc(TypedDict):
+    outcome: Literal["throttled"]
+    scope: str  # pair | account | source
+    retry_after_s: int
+
+
+OutcomeDoc = SignedInDoc | WrongDoc | ThrottledDoc
+
+
+def outcome_as_dict(outcome: Outcome) -> OutcomeDoc:
     """The JSON form the API returns; a success carries the principal's fields at the top."""
     if isinstance(outcome, SignedIn):
         return {"outcome": "signed_in", **outcome.principal.as_dict()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from dataclasses import asdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +30,15 @@ from ledger.chain.audit import Progress, compare_with_witness
 from ledger.chain.protocol import Reading, strict_json
 from ledger.chain.receipts import build_receipt
 from ledger.service.health import IngestHealth
+from ledger.chain.audit import VerifyReport
+from ledger.chain.receipts import Receipt
+from ledger.service.budget import BudgetRule
+from ledger.service.results.chain import (ArchiveAnchor, BudgetPolicySet, DeviceInfo, DeviceKeyRotated,
+                                          DeviceLogin, Enrolled, Enrolments, HeldBack, KeyLink, LedgerKeyRotated,
+                                          Reinstated, Revoked, ServiceLogin, Status, WrittenOff)
+from ledger.store.archive import ArchiveWritten
+from ledger.store.store import (DeviceKey, FlaggedDevice, QuarantineEntry, RecentBlock, RecentReading, WitnessReport,
+                                WriteOff)
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.store.sqlaudit import audit_store
@@ -41,9 +49,23 @@ from ledger.clock import now_ms
 from ledger.defaults import DEFAULT_TIMEZONE
 from ledger.errors import NotFound
 from ledger.service.operations import people as people_ops
+from ledger.anomalies.investigations import AnomalyDetail
+from ledger.people.signin import OutcomeDoc
+from ledger.service.results.anomalies import ScanSummary
+from ledger.service.results.people import Dispute, DisputePosted, Operator, OperatorAdded, PasswordSet
+from ledger.store.investigations import Anomaly
+from ledger.store.signin import RepeatedFailures
 from ledger.service.operations import parking as parking_ops
 from ledger.service.operations import districts as district_ops
 from ledger.service.operations import billing as billing_ops
+from ledger.billing.bills import Bill, UnpaidStay
+from ledger.chain.blocks import Header
+from ledger.service.results.billing import (AccountAssigned, AccountOpened, Adjustment, AdjustmentDecided,
+                                            AdjustmentLimitSet, CheckedIn, Leased, MonthClosed,
+                                            ReplacementRecorded, RolledUp, TariffsInForce, TariffsLoaded, ZoneSet)
+from ledger.service.results.districts import AnchorProof, Anchors, DistrictAdded, DistrictChain
+from ledger.store.accounts import AdjustmentRequest
+from ledger.store.billing_queries import AccountWithDevices, IssuedMonth
 
 
 class Backend(Protocol):
@@ -112,7 +134,7 @@ class LedgerAPI:
         """The key signing new blocks now (after any rotation)."""
         return public_hex(load_signing_key(self.home.ledger_key))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         with self.backend.reading() as store:
             counts = store.counts()
             head = store.head()
@@ -123,7 +145,7 @@ class LedgerAPI:
             "height": head[0] if head else None,
             "last_block_hash": head[1] if head else None,
             "ingest": health.snapshot(now_ms()) if health else {"running": False},
-            "jobs": {name: {**asdict(r), "failing": r.failing} for name, r in jobs.load(self.home.jobs).items()},
+            "jobs": jobs.statuses(self.home.jobs),
             "supervisor": supervision.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
         }
 
@@ -132,46 +154,44 @@ class LedgerAPI:
         health = self.backend.health
         return int(health.snapshot(now_ms())["silence_margin_ms"] or 0) if health else 0
 
-    def devices(self) -> list[dict[str, Any]]:
+    def devices(self) -> list[DeviceInfo]:
         with self.backend.reading() as store:
             statuses = store.device_statuses()
-            out = []
+            out: list[DeviceInfo] = []
             for rec in store.devices():
-                item = rec.public()
-                item["online"] = statuses.get(rec.device, ("unknown", None))[0]
-                out.append(item)
+                out.append({**rec.public(), "online": statuses.get(rec.device, ("unknown", None))[0]})
         return out
 
-    def device_statuses(self) -> dict[str, list[Any]]:
+    def device_statuses(self) -> dict[str, list[str | int]]:
         with self.backend.reading() as store:
             return {d: [s, at] for d, (s, at) in store.device_statuses().items()}
 
     def enroll_device(self, device: str, kind: str, district: str, public_key: str,
-                      account: str | None = None, operator: str | None = None) -> dict[str, Any]:
+                      account: str | None = None, operator: str | None = None) -> Enrolled:
         with self.backend.writing() as writer:
             return writer.enroll_device(device, kind, district, public_key, account, operator)
 
-    def enroll_devices(self, rows: list[dict[str, Any]], operator: str | None = None) -> dict[str, Any]:
+    def enroll_devices(self, rows: list[dict[str, Any]], operator: str | None = None) -> Enrolments:
         """Many devices in one block and one broker reload (a fleet's first day, the benchmark)."""
         with self.backend.writing() as writer:
             return writer.enroll_devices(rows, operator)
 
-    def revoke_device(self, device: str, operator: str) -> dict[str, Any]:
+    def revoke_device(self, device: str, operator: str) -> Revoked:
         with self.backend.writing() as writer:
             return writer.revoke_device(device, operator)
 
-    def budget_policy(self) -> dict[str, Any]:
+    def budget_policy(self) -> BudgetRule:
         """The per-device message budget in force (ledger/service/budget.py)."""
         with self.backend.writing() as writer:
             return writer.budget_policy().rule()
 
     def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
                           suspend_after_min: float | None = None,
-                          suspend_for_min: float | None = None, *, operator: str) -> dict[str, Any]:
+                          suspend_for_min: float | None = None, *, operator: str) -> BudgetPolicySet:
         with self.backend.writing() as writer:
             return writer.set_budget_policy(rate, burst, suspend_after_min, suspend_for_min, operator=operator)
 
-    def reinstate_device(self, device: str, operator: str) -> dict[str, Any]:
+    def reinstate_device(self, device: str, operator: str) -> Reinstated:
         """End a suspension before its time (the operator's call); refused if not suspended."""
         with self.backend.writing() as writer:
             done = writer.reinstate_device(device, operator)
@@ -179,29 +199,30 @@ class LedgerAPI:
             raise ValueError(f"{device} is not suspended")
         return done
 
-    def reset_device_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
+    def reset_device_password(self, device: str, public_key: str | None = None) -> DeviceLogin:
         with self.backend.writing() as writer:
             return writer.reset_password(device, public_key)
 
-    def add_witness(self, name: str) -> dict[str, Any]:
+    def add_witness(self, name: str) -> ServiceLogin:
         """A broker login with which an outside party follows the header stream."""
         with self.backend.writing() as writer:
             return writer.add_service(name, "witness")
 
-    def quarantine(self, reason: str | None = None, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def quarantine(self, reason: str | None = None, device: str | None = None,
+                   limit: int = 100) -> list[QuarantineEntry]:
         with self.backend.reading() as store:
             return store.quarantine(reason=reason, device=device, limit=limit)
 
-    def recent_blocks(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent_blocks(self, limit: int = 20) -> list[RecentBlock]:
         with self.backend.reading() as store:
             return store.recent_blocks(limit)
 
-    def recent_readings(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent_readings(self, limit: int = 50) -> list[RecentReading]:
         with self.backend.reading() as store:
             return store.recent_readings(limit)
 
     def verify(self, deep: bool = False, ledger_key: str | None = None, witness: str | None = None,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None) -> VerifyReport:
         """Audit the chain from the first ledger key (or `ledger_key`), then against a witness's copy."""
         with self.backend.reading() as store:
             trusted = verify_key_from_hex(ledger_key or self._first_key(store))
@@ -220,10 +241,11 @@ class LedgerAPI:
                 report["witness_blocks"] = len(theirs)
                 differs = compare_with_witness(ours, theirs)
                 if differs and (report["failed_block"] is None or differs.height < report["failed_block"]):
-                    report.update(ok=False, failure=str(differs), failed_block=differs.height, failed_reading=None)
+                    report.update({"ok": False, "failure": str(differs), "failed_block": differs.height,
+                                   "failed_reading": None})
         return report
 
-    def archive(self, out: str, upto_height: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    def archive(self, out: str, upto_height: int | None = None, progress: Progress | None = None) -> ArchiveWritten:
         """Append sealed blocks up to `upto_height` (default: all) to the Parquet archive in `out`
         (an absolute path: while ingest runs, the files are written by the ingest process)."""
         from ledger.store.archive import write_archive
@@ -231,7 +253,7 @@ class LedgerAPI:
         with self.backend.reading() as store:
             return write_archive(store, Path(out), upto_height, progress)
 
-    def archive_anchor(self, last_height: int) -> dict[str, Any]:
+    def archive_anchor(self, last_height: int) -> ArchiveAnchor:
         """Where the live ledger says an archive ending at `last_height` joins it, and the first key."""
         from ledger.chain.blocks import block_hash
 
@@ -253,7 +275,7 @@ class LedgerAPI:
             raise FileNotFoundError("no trusted ledger key: pass --ledger-key")
         return first
 
-    def receipt(self, device: str, seq: int) -> dict[str, Any]:
+    def receipt(self, device: str, seq: int) -> Receipt:
         """PROTOCOL.md section 5 receipt proving that reading (device, seq) is in the ledger."""
         with self.backend.reading() as store:
             position = store.reading_position(device, seq)
@@ -270,23 +292,23 @@ class LedgerAPI:
             return build_receipt(reading, device_key, block["header"], block["sig"], store.ledger_key_at(height),
                                  hashes, idx)
 
-    def key_chain(self) -> list[dict[str, Any]]:
+    def key_chain(self) -> list[KeyLink]:
         """Headers that rotate the ledger key, for verifiers who trust only the first key."""
         with self.backend.reading() as store:
             return [{"hash": b["hash"], "header": b["header"], "sig": base64.b64encode(b["sig"]).decode()}
                     for b in store.rotation_headers()]
 
-    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> dict[str, Any]:
+    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> DeviceKeyRotated:
         """The device's new key, signing its readings from `from_seq` on (ledger/chain/keyspans.py)."""
         with self.backend.writing() as writer:
             return writer.rotate_device_key(device, public_key, from_seq, operator)
 
-    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> dict[str, Any]:
+    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> WrittenOff:
         """Settle seqs of a device that will never be ledgered; its ack passes them."""
         with self.backend.writing() as writer:
             return writer.write_off(device, from_seq, to_seq, reason, operator)
 
-    def held_back(self) -> list[dict[str, Any]]:
+    def held_back(self) -> list[HeldBack]:
         """Devices whose ack is held back by a gap: readings above it are ledgered, the gap is not.
 
         The gap's first seq is what the device keeps re-sending; if it can never be ledgered
@@ -297,19 +319,19 @@ class LedgerAPI:
         return [{"device": device, "acked": hwm, "missing_from": hwm + 1, "missing_to": min(above) - 1,
                  "ledgered_above": len(above)} for device, (hwm, above) in sorted(state.items()) if above]
 
-    def write_offs(self, device: str | None = None) -> list[dict[str, Any]]:
+    def write_offs(self, device: str | None = None) -> list[WriteOff]:
         with self.backend.reading() as store:
             return store.write_offs(device)
 
-    def rotate_ledger_key(self, operator: str | None = None) -> dict[str, Any]:
+    def rotate_ledger_key(self, operator: str | None = None) -> LedgerKeyRotated:
         with self.backend.writing() as writer:
             return writer.rotate_ledger_key(operator)
 
-    def device_key_history(self, device: str) -> list[dict[str, Any]]:
+    def device_key_history(self, device: str) -> list[DeviceKey]:
         with self.backend.reading() as store:
             return store.device_key_history(device)
 
-    def flagged_devices(self, minutes: int = 60, threshold: int = 60) -> list[dict[str, Any]]:
+    def flagged_devices(self, minutes: int = 60, threshold: int = 60) -> list[FlaggedDevice]:
         """Devices sending rejects at `threshold` or more a minute within the last `minutes`."""
         import time
 
@@ -318,11 +340,11 @@ class LedgerAPI:
 
     # ------------------------------------------------------------ district chains
 
-    def add_district(self, district: str, operator: str | None = None) -> dict[str, Any]:
+    def add_district(self, district: str, operator: str | None = None) -> DistrictAdded:
         with self.backend.writing() as writer:
             return district_ops.add_district(writer, district, operator)
 
-    def districts(self) -> list[dict[str, Any]]:
+    def districts(self) -> list[DistrictChain]:
         """The city's district chains, each with the newest head the city chain anchored."""
         with self.backend.reading() as store:
             rows = store.districts_anchored()
@@ -330,21 +352,21 @@ class LedgerAPI:
                  "anchored_height": height, "anchored_block": block, "anchored_at": at}
                 for d, key, added, height, block, at in rows]
 
-    def anchors(self) -> dict[str, Any]:
+    def anchors(self) -> Anchors:
         """Each district's first key and every anchor, as the city chain's entries say (for `verify`)."""
         with self.backend.reading() as store:
             entries = store.entries_of(anchors.ADDED_ENTRY, anchors.HEAD_ENTRY)
         keys, found = anchors.anchors_in(entries)
         return {"districts": keys, "anchors": [[a.district, a.height, a.block, a.city_height] for a in found]}
 
-    def headers(self, first: int, last: int) -> list[dict[str, Any]]:
+    def headers(self, first: int, last: int) -> list[Header]:
         """The headers of blocks `first`..`last` (at most 10,000), oldest first."""
         if last - first >= 10_000:
             raise ValueError("at most 10,000 headers at a time")
         with self.backend.reading() as store:
             return [strict_json(h) for h in store.headers(first, last)]
 
-    def anchor_proof(self, district: str, height: int) -> dict[str, Any]:
+    def anchor_proof(self, district: str, height: int) -> AnchorProof:
         """The city chain's first anchor of `district` at or above `height`, with its inclusion path."""
         with self.backend.reading() as store:
             row = store.first_anchor(anchors.HEAD_ENTRY, district, height)
@@ -361,7 +383,7 @@ class LedgerAPI:
                     "city_ledger_key": store.ledger_key_at(city_height), "leaf_index": idx,
                     "proof": [h.hex() for h in merkle.inclusion_proof(hashes, idx)]}
 
-    def block_hashes(self, heights: list[int]) -> list[list[Any]]:
+    def block_hashes(self, heights: list[int]) -> list[list[int | str]]:
         """[height, hash] of the blocks this chain holds at `heights`."""
         with self.backend.reading() as store:
             return [[h, digest] for h, digest in sorted(store.block_hashes(heights).items())]
@@ -369,23 +391,23 @@ class LedgerAPI:
     # ------------------------------------------------------------ billing
 
     def add_account(self, account: str, name: str, customer_class: str = "residential",
-                    operator: str | None = None) -> dict[str, Any]:
+                    operator: str | None = None) -> AccountOpened:
         with self.backend.writing() as writer:
             return billing_ops.add_account(writer, account, name, customer_class, operator)
 
-    def assign_account(self, device: str, account: str | None, operator: str) -> dict[str, Any]:
+    def assign_account(self, device: str, account: str | None, operator: str) -> AccountAssigned:
         with self.backend.writing() as writer:
             return billing_ops.assign_account(writer, device, account, operator)
 
-    def accounts(self) -> list[dict[str, Any]]:
+    def accounts(self) -> list[AccountWithDevices]:
         with self.backend.reading() as store:
             return billing_queries.accounts(store)
 
-    def load_tariffs(self, source: str, operator: str | None = None) -> dict[str, Any]:
+    def load_tariffs(self, source: str, operator: str | None = None) -> TariffsLoaded:
         with self.backend.writing() as writer:
             return billing_ops.load_tariffs(writer, source, operator)
 
-    def tariffs(self) -> dict[str, Any]:
+    def tariffs(self) -> TariffsInForce:
         """The tariff version in force and its source text."""
         with self.backend.reading() as store:
             latest = billing_queries.latest_tariffs(store)
@@ -399,24 +421,24 @@ class LedgerAPI:
             raise NotFound("no tariffs loaded: run `cityledger init`")
         return parse_tariffs(latest[1]), latest[0]
 
-    def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> dict[str, Any]:
+    def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> ZoneSet:
         with self.backend.writing() as writer:
             return parking_ops.set_zone(writer, space, zone_class, from_ts if from_ts is not None else now_ms(), operator)
 
-    def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> dict[str, Any]:
+    def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> Leased:
         with self.backend.writing() as writer:
             return parking_ops.lease(writer, space, account, from_ts if from_ts is not None else now_ms(), operator)
 
-    def checkin(self, space: str, account: str, operator: str, at: int | None = None) -> dict[str, Any]:
+    def checkin(self, space: str, account: str, operator: str, at: int | None = None) -> CheckedIn:
         with self.backend.writing() as writer:
             return parking_ops.checkin(writer, space, account, at if at is not None else now_ms(), operator)
 
     def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
-                           operator: str) -> dict[str, Any]:
+                           operator: str) -> ReplacementRecorded:
         with self.backend.writing() as writer:
             return billing_ops.record_replacement(writer, device, ts, old_final, new_initial, operator)
 
-    def adjust(self, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
+    def adjust(self, account: str, amount: str, reason: str, operator: str) -> Adjustment:
         """Sealed at once up to the approval limit; above it, requested for a second operator."""
         with self.backend.writing() as writer:
             return billing_ops.adjust(writer, account, amount, reason, operator)
@@ -425,35 +447,35 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return str(billing_ops.adjustment_limit(writer))
 
-    def set_adjustment_limit(self, amount: str, operator: str) -> dict[str, Any]:
+    def set_adjustment_limit(self, amount: str, operator: str) -> AdjustmentLimitSet:
         with self.backend.writing() as writer:
             return billing_ops.set_adjustment_limit(writer, amount, operator)
 
-    def decide_adjustment(self, id: str, operator: str, approve: bool, note: str = "") -> dict[str, Any]:
+    def decide_adjustment(self, id: str, operator: str, approve: bool, note: str = "") -> AdjustmentDecided:
         """A second operator approves or rejects a requested adjustment (four eyes)."""
         with self.backend.writing() as writer:
             return billing_ops.decide_adjustment(writer, id, operator, approve, note)
 
-    def adjustment_requests(self, status: str | None = "pending") -> list[dict[str, Any]]:
+    def adjustment_requests(self, status: str | None = "pending") -> list[AdjustmentRequest]:
         with self.backend.writing() as writer:
             return billing_ops.adjustment_requests(writer, status)
 
-    def bill(self, account: str, month: str) -> dict[str, Any]:
+    def bill(self, account: str, month: str) -> Bill:
         """The account's bill for a month: issued if it was, else as it stands now."""
         with self.backend.reading() as store:
             book, version = self._book(store)
             return make_bill(store, book, version, account, month)
 
-    def roll_up(self) -> dict[str, Any]:
+    def roll_up(self) -> RolledUp:
         """Summarise readings sealed since the last roll-up per device and day (what keeps bills fast)."""
         with self.backend.writing() as writer:
             return billing_ops.roll_up(writer)
 
-    def bills(self, account: str) -> list[dict[str, Any]]:
+    def bills(self, account: str) -> list[IssuedMonth]:
         with self.backend.reading() as store:
             return billing_queries.issued_months(store, account)
 
-    def close_month(self, month: str, progress: Progress | None = None) -> dict[str, Any]:
+    def close_month(self, month: str, progress: Progress | None = None) -> MonthClosed:
         """Issue every account's bill for `month`; bills already issued stay as they are."""
         started = now_ms()
         with self.backend.reading() as store:
@@ -466,14 +488,14 @@ class LedgerAPI:
             progress(accounts, accounts)
         return {**result, "accounts": accounts, "seconds": (now_ms() - started) / 1000}
 
-    def unpaid_stays(self, month: str) -> list[dict[str, Any]]:
+    def unpaid_stays(self, month: str) -> list[UnpaidStay]:
         with self.backend.reading() as store:
             book, _ = self._book(store)
             return unpaid_stays(store, book, month)
 
     # ------------------------------------------------------------ anomalies
 
-    def scan_anomalies(self, lookback_days: int = 14) -> dict[str, Any]:
+    def scan_anomalies(self, lookback_days: int = 14) -> ScanSummary:
         """Run every detector now over the recent ledger; raise new anomalies, update ongoing ones."""
         from ledger.anomalies.detectors import AnomalyConfig
         from ledger.anomalies.scan import active_devices, detect_by_group
@@ -507,16 +529,16 @@ class LedgerAPI:
             return DEFAULT_TIMEZONE
 
     def anomalies(self, status: str | None = None, type: str | None = None, district: str | None = None,
-                  districts: list[str] | None = None, limit: int = 500) -> list[dict[str, Any]]:
+                  districts: list[str] | None = None, limit: int = 500) -> list[Anomaly]:
         with self.backend.reading() as store:
             return investigations.list_anomalies(store, status=status, type=type, district=district,
                                                  districts=districts, limit=limit)
 
-    def anomaly(self, anomaly_id: str) -> dict[str, Any]:
+    def anomaly(self, anomaly_id: str) -> AnomalyDetail:
         with self.backend.reading() as store:
             return investigations.get_anomaly(store, anomaly_id)
 
-    def act_on_anomaly(self, anomaly_id: str, status: str, operator: str, note: str | None = None) -> dict[str, Any]:
+    def act_on_anomaly(self, anomaly_id: str, status: str, operator: str, note: str | None = None) -> AnomalyDetail:
         """ack (acknowledged), resolve (resolved) or dismiss (dismissed), with the operator's name."""
         with self.backend.writing() as writer, writer.lock:
             return investigations.transition(writer.store, anomaly_id, status, operator, note, now_ms())
@@ -530,20 +552,20 @@ class LedgerAPI:
 
     # ------------------------------------------------------------ people
 
-    def set_password(self, role: str, principal: str, password: str) -> dict[str, Any]:
+    def set_password(self, role: str, principal: str, password: str) -> PasswordSet:
         with self.backend.writing() as writer:
             return people_ops.set_password(writer, role, principal, password)
 
-    def add_operator(self, operator: str, name: str, districts: str) -> dict[str, Any]:
+    def add_operator(self, operator: str, name: str, districts: str) -> OperatorAdded:
         with self.backend.writing() as writer:
             return people_ops.add_operator(writer, operator, name, districts)
 
-    def operators(self) -> list[dict[str, Any]]:
+    def operators(self) -> list[Operator]:
         with self.backend.reading() as store:
             rows = people.operators(store)
         return [{"operator": o, "name": n, "districts": d.split(","), "created_at": t} for o, n, d, t in rows]
 
-    def authenticate(self, role: str, principal: str, password: str, source: str = signin.LOCAL) -> dict[str, Any]:
+    def authenticate(self, role: str, principal: str, password: str, source: str = signin.LOCAL) -> OutcomeDoc:
         """`{"outcome": "signed_in", role, id, name, districts}`, `{"outcome": "wrong"}`, or
         `{"outcome": "throttled", "scope", "retry_after_s"}`. `source` is the caller's address
         as the dashboard saw it (ledger/people/signin.py); callers on this machine are `local`."""
@@ -551,7 +573,7 @@ class LedgerAPI:
             return signin.outcome_as_dict(people_ops.authenticate(writer, role, principal, password, source))
 
     def failed_sign_ins(self, districts: list[str] | None = None, since_ms: int | None = None,
-                        at_least: int = signin.REPEATED) -> dict[str, list[dict[str, Any]]]:
+                        at_least: int = signin.REPEATED) -> RepeatedFailures:
         """Logins and sources with repeated failed sign-ins (default: the last hour). `districts`:
         only citizens' accounts with a device there; None: every login, for the whole city."""
         since = now_ms() - signin.HOUR_MS if since_ms is None else int(since_ms)
@@ -559,22 +581,23 @@ class LedgerAPI:
             return store_signin.repeated_failures(store, since, districts, at_least)
 
     def dispute(self, account: str, author: str, message: str, dispute_id: str | None = None,
-                status: str = "open", subject: str | None = None) -> dict[str, Any]:
+                status: str = "open", subject: str | None = None) -> DisputePosted:
         with self.backend.writing() as writer:
             return people_ops.dispute(writer, dispute_id, account, author, status, message, subject)
 
-    def disputes(self, account: str | None = None, districts: list[str] | None = None) -> list[dict[str, Any]]:
+    def disputes(self, account: str | None = None, districts: list[str] | None = None) -> list[Dispute]:
         """Disputes with their messages, oldest message first; for an account, or for districts' accounts."""
         with self.backend.reading() as store:
             rows = people.dispute_messages(store, account, districts)
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Dispute] = {}
         for i, at, acct, author, status, subject, message in rows:
-            d = out.setdefault(i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": []})
+            d = out.setdefault(i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": [],
+                                   "status": status})
             d["status"] = status
             d["messages"].append({"at": at, "author": author, "status": status, "message": message})
         return sorted(out.values(), key=lambda d: d["messages"][-1]["at"], reverse=True)
 
-    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReport]:
         with self.backend.reading() as store:
             return store.witness_reports(kind, limit)
 

@@ -28,13 +28,28 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from ledger.chain.protocol import parse_topic
+from ledger.service.results import result
 
 OVER_BUDGET = "over_budget"  # the device sent faster than its budget: counted, never verified
 SUSPENDED = "suspended"  # a message of a suspended device that reached ingest before the broker cut it off
 
 Count = tuple[str, int, str]  # (device, minute, reason), as Batch.rejects keys them
 Span = tuple[int, int, int]  # (first ms, last ms, messages) of a device's over-budget messages
+
+
+@result
+class BudgetRule(TypedDict):
+    """A budget rule as entries name it and `budget_policy` answers: JSON numbers (integers, or
+    decimal strings for fractions), and the block that set them (None: the defaults)."""
+
+    rate: int | str
+    burst: int | str
+    suspend_after_min: int | str
+    suspend_for_min: int | str
+    policy_height: int | None
 
 
 @dataclass(frozen=True)
@@ -80,14 +95,14 @@ class BudgetPolicy:
             return self
         return replace(self, rate=self.rate / workers, burst=max(1.0, self.burst / workers))
 
-    def rule(self) -> dict[str, Any]:
+    def rule(self) -> BudgetRule:
         """What a suspension entry names: the numbers, and the block that set them (None: the defaults)."""
         return {"rate": _num(self.rate), "burst": _num(self.burst), "suspend_after_min": _num(self.suspend_after_min),
                 "suspend_for_min": _num(self.suspend_for_min), "policy_height": self.height}
 
     def entry(self, at: int) -> dict[str, Any]:
         """The ledger entry that sets this policy (JSON numbers: integers, or decimal strings)."""
-        rule = self.rule()
+        rule: dict[str, Any] = dict(self.rule())
         del rule["policy_height"]
         return {"entry": "budget_policy", **rule, "at": at}
 

@@ -37,13 +37,13 @@ def verify_city(home: Home, *, deep: bool = False, ledger_key: str | None = None
     if not report["ok"]:
         return _done(out, started)  # a broken city chain vouches for no district key and no anchor
     found = city.anchors()
-    anchors = [Anchor(*a) for a in found["anchors"]]
+    anchors = [Anchor(str(d), int(h), str(b), int(c)) for d, h, b, c in found["anchors"]]
     hashes: dict[str, dict[int, str]] = {}
     for district, key in sorted(found["districts"].items()):
         heights = [a.height for a in anchors if a.district == district]
         try:
             ledger = open_ledger(home.district_home(district))
-            result = ledger.verify(deep=deep, ledger_key=key, progress=_for(district, progress))
+            result: dict[str, Any] = dict(ledger.verify(deep=deep, ledger_key=key, progress=_for(district, progress)))
             hashes[district] = {int(h): str(x) for h, x in ledger.block_hashes(heights=heights)}
         except (OSError, ValueError) as exc:
             result = {"ok": False, "failure": f"cannot open its ledger: {exc}", "blocks": 0, "readings": 0}

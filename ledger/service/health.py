@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ledger.service.results.chain import IngestState
+
 
 def block_lag_ms(sealed_at: int, readings: Sequence[tuple[str, int]]) -> int:
     """Median age, over the block's devices, of each one's newest reading when the block was
@@ -69,7 +71,7 @@ class IngestHealth:
                 self.readings += len(readings)
                 self.lag_ms = block_lag_ms(sealed_at, readings)
 
-    def snapshot(self, now: int) -> dict[str, int | None | bool]:
+    def snapshot(self, now: int) -> IngestState:
         with self._lock:
             pending = self.pending()
             return {

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ledger.home import write_private
+from ledger.service.results.chain import JobStatus
 
 ERROR_CHARS = 300  # a message, not a trace: the trace is in the scheduler's log
 
@@ -57,6 +58,15 @@ def load(path: Path) -> dict[str, JobRecord]:
         return {name: JobRecord(**fields) for name, fields in raw.items()}
     except (OSError, ValueError, TypeError):
         return {}
+
+
+def statuses(path: Path) -> dict[str, JobStatus]:
+    """What `status` shows of each job: its record in `path`, and whether it is failing."""
+    return {name: {"job": r.job, "runs": r.runs, "failures": r.failures, "failures_total": r.failures_total,
+                   "last_started_at": r.last_started_at, "last_finished_at": r.last_finished_at,
+                   "last_ok_at": r.last_ok_at, "last_seconds": r.last_seconds, "last_error": r.last_error,
+                   "failing": r.failing}
+            for name, r in load(path).items()}
 
 
 def save(path: Path, records: dict[str, JobRecord]) -> None:

@@ -24,10 +24,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ledger.service.api import LedgerAPI, local_api
-from ledger.service.results import plain
 from ledger.home import Home
 from ledger.errors import Busy, InternalError, LedgerError, NotFound, by_name, family
 
@@ -60,7 +59,7 @@ class _Handler(socketserver.StreamRequestHandler):
             if call.get("progress"):
                 params["progress"] = self._progress
             result = getattr(self.server.api, method)(**params)
-            self._send({"result": plain(result)})
+            self._send({"result": result})
         except Exception as exc:
             self._send(_error_reply(exc))
 
@@ -242,8 +241,8 @@ class RemoteLedger(LedgerAPI):
 
 def _remote(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     """`method` of LedgerAPI, run over the socket: the arguments the caller gave (the server applies
-    the defaults), a `progress` callback fed by the server's progress lines, the answer validated
-    as the method's return annotation."""
+    the defaults), a `progress` callback fed by the server's progress lines, and the answer checked
+    against the method's return annotation (InternalError if it does not match the declaration)."""
     signature = inspect.signature(method)
     adapter: list[TypeAdapter[Any]] = []  # built at the first call: the annotations name types of api.py
 
@@ -254,7 +253,12 @@ def _remote(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         progress = params.pop("progress", None)
         if not adapter:
             adapter.append(TypeAdapter(typing.get_type_hints(method)["return"]))
-        return adapter[0].validate_python(self.call(name, progress=progress, **params))
+        answer = self.call(name, progress=progress, **params)
+        try:  # a check: the answer is returned as it came, keys in their order
+            adapter[0].validate_python(answer, strict=True)
+        except ValidationError as exc:  # a bug: the ledger and this client disagree on the contract
+            raise InternalError(f"the ledger's answer to {name} does not match its declared type: {exc}") from exc
+        return answer
 
     return call
 

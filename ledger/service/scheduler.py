@@ -22,6 +22,8 @@ from ledger.service.cityaudit import verify_city
 from ledger.home import Home
 from ledger.service.rpc import open_ledger
 from ledger.clock import now_ms
+from ledger.service.results.anomalies import ScanSummary
+from ledger.service.results.billing import RolledUp
 
 log = logging.getLogger("cityledger.scheduler")
 
@@ -40,7 +42,8 @@ class JobLog:
         try:
             result = job(*args)
         except Exception as exc:
-            self._update(name, lambda r, failure=exc: jobs.finished(r or jobs.JobRecord(name), now_ms(), failure))
+            failure = exc  # `exc` itself is unbound when the block ends
+            self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), now_ms(), failure))
             log.error("job %s failed: %s", name, exc)
             raise
         self._update(name, lambda r: jobs.finished(r or jobs.JobRecord(name), now_ms(), None))
@@ -55,13 +58,13 @@ class JobLog:
                 log.warning("could not record job %s: %s", name, exc)
 
 
-def audit_job(home: Home) -> dict:
+def audit_job(home: Home) -> dict[str, Any]:
     """Run a structural audit and keep its result where the dashboard reads it.
 
     On a city of district chains: the city chain, every district chain and every anchor.
     """
     ledger = open_ledger(home)
-    report = verify_city(home) if home.district is None and ledger.districts() else ledger.verify()
+    report: dict[str, Any] = verify_city(home) if home.district is None and ledger.districts() else dict(ledger.verify())
     report["finished_at"] = now_ms()
     tmp = home.last_audit.with_suffix(".tmp")
     tmp.write_text(json.dumps(report))
@@ -78,7 +81,7 @@ def previous_month(today: datetime.date) -> str:
     return last_month.strftime("%Y-%m")
 
 
-def close_job(home: Home, clock: Callable[[], int] = now_ms) -> dict:
+def close_job(home: Home, clock: Callable[[], int] = now_ms) -> dict[str, Any]:
     """On the 1st: issue last month's bills (idempotent, so a re-run after a failure is safe).
 
     "Last month" is in the city's time zone, the tariff book's, as the bills' own boundaries are.
@@ -92,14 +95,14 @@ def close_job(home: Home, clock: Callable[[], int] = now_ms) -> dict:
     return result
 
 
-def scan_job(home: Home) -> dict:
+def scan_job(home: Home) -> ScanSummary:
     result = open_ledger(home).scan_anomalies()
     log.info("anomaly scan: %d raised, %d updated over %d devices", result["raised"], result["updated"],
              result["devices"])
     return result
 
 
-def roll_up_job(home: Home) -> dict:
+def roll_up_job(home: Home) -> RolledUp:
     """Keep the per-device daily summaries near the head, so a bill reads a day of readings, not a year."""
     result = open_ledger(home).roll_up()
     if result["readings"]:

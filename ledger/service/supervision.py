@@ -13,10 +13,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ledger.home import Home, write_private
 from ledger.clock import now_ms
+from ledger.service.results.chain import PartStatus
 
 STATE_VERSION = 1
 
@@ -64,7 +65,7 @@ def _alive(pid: object) -> bool:
     return True
 
 
-def parts_status(home: Home) -> dict[str, dict[str, Any]]:
+def parts_status(home: Home) -> dict[str, PartStatus]:
     """What `cityledger status` shows under `supervisor`: {part: {restarts, last_restart_at, ...}}, or {}.
 
     If the `up` that wrote the file is gone without stopping its parts (killed),
@@ -74,7 +75,8 @@ def parts_status(home: Home) -> dict[str, dict[str, Any]]:
     doc = read_state(home.supervisor_state)
     if doc is None:
         return {}
-    parts = {str(k): dict(v) for k, v in doc["parts"].items() if isinstance(v, dict)}
+    # The file's parts are `PartRecord`s as `write_state` wrote them (asdict): taken as such, unchecked.
+    parts = {str(k): cast(PartStatus, dict(v)) for k, v in doc["parts"].items() if isinstance(v, dict)}
     if not _alive(doc.get("supervisor_pid")):
         for rec in parts.values():
             if rec.get("state") != "stopped":

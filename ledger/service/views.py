@@ -8,41 +8,77 @@ parking lines as billing computes them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
 from ledger.billing import rules as billing
-from ledger.billing.bills import _parking_line
+from ledger.billing.bills import ParkingLine, _parking_line
 from ledger.billing.tariffs import parse_tariffs
 from ledger.clock import now_ms
 from ledger.errors import NotFound
 from ledger.store import billing_queries as q
 from ledger.store import views as stored
 from ledger.store.store import Store
-from ledger.store.views import HOUR, View
+from ledger.store.views import HOUR, SpacesTaken, View, ZoneOccupancy
 
 VIEWS: dict[str, View] = dict(stored.VIEWS)
+_View = TypeVar("_View", bound=View)
 
 
-def view(fn: View) -> View:
-    """Register a function as a view under its own name."""
+def view(fn: _View) -> _View:
+    """Register a function as a view under its own name (the function keeps its type)."""
     VIEWS[fn.__name__] = fn
     return fn
 
 
+# The tariff in force as plain data. A view, not an API result: declared beside the view that
+# makes it, unknown keys refused like ledger/service/results' @result. "class" and "from" are
+# Python keywords, hence the functional form.
+_no_extra = with_config(ConfigDict(extra="forbid"))
+
+
+@_no_extra
+class TierPrice(TypedDict):
+    up_to: str | None  # a decimal in the tariff's unit; None: no upper bound
+    price: str  # a decimal
+
+
+UtilityTariffSummary = TypedDict("UtilityTariffSummary", {
+    "kind": str, "class": str, "from": str, "basis": str, "unit": str, "base_per_unit": int,
+    "tiers": list[TierPrice]})
+_no_extra(UtilityTariffSummary)
+
+ParkingTariffSummary = TypedDict("ParkingTariffSummary", {
+    "from": str, "default_zone_class": int, "district_zone_class": dict[str, int]})
+_no_extra(ParkingTariffSummary)
+
+
+@_no_extra
+class TariffSummary(TypedDict):
+    version: int
+    timezone: str
+    utility: list[UtilityTariffSummary]
+    parking: list[ParkingTariffSummary]
+
+
 @view
-def tariff_summary(store: Store) -> dict[str, Any]:
+def tariff_summary(store: Store) -> TariffSummary:
     """The tariff version in force, as plain data: time zone, utility tiers per kind and class, parking zones."""
     latest = q.latest_tariffs(store)
     if latest is None:
         raise NotFound("no tariffs loaded: run `cityledger init`")
     book = parse_tariffs(latest[1])
-    utility = [{"kind": t.kind, "class": t.customer_class, "from": str(t.effective_from), "basis": t.basis,
-                "unit": t.unit, "base_per_unit": t.base_per_unit,
-                "tiers": [{"up_to": None if x.up_to is None else str(x.up_to), "price": str(x.price)} for x in t.tiers]}
-               for t in book.utility]
-    parking = [{"from": str(p.effective_from), "default_zone_class": p.default_zone_class,
-                "district_zone_class": dict(p.district_zone_class)} for p in book.parking]
+    utility: list[UtilityTariffSummary] = [
+        {"kind": t.kind, "class": t.customer_class, "from": str(t.effective_from), "basis": t.basis,
+         "unit": t.unit, "base_per_unit": t.base_per_unit,
+         "tiers": [{"up_to": None if x.up_to is None else str(x.up_to), "price": str(x.price)} for x in t.tiers]}
+        for t in book.utility]
+    parking: list[ParkingTariffSummary] = [
+        {"from": str(p.effective_from), "default_zone_class": p.default_zone_class,
+         "district_zone_class": dict(p.district_zone_class)} for p in book.parking]
     return {"version": latest[0], "timezone": book.timezone, "utility": utility, "parking": parking}
 
 
@@ -51,29 +87,30 @@ def tariff_summary(store: Store) -> dict[str, Any]:
 
 def _space_zones(store: Store, districts: list[str] | None) -> list[tuple[str, str, int]]:
     """(space, district, zone class now) of the parking spaces in scope."""
-    summary = tariff_summary(store)
-    default = summary["parking"][-1] if summary["parking"] else {"default_zone_class": 2, "district_zone_class": {}}
-    return [(s, di, z if z is not None else default["district_zone_class"].get(di, default["default_zone_class"]))
+    parking = tariff_summary(store)["parking"]
+    default_class = parking[-1]["default_zone_class"] if parking else 2
+    by_district = parking[-1]["district_zone_class"] if parking else {}
+    return [(s, di, z if z is not None else by_district.get(di, default_class))
             for s, di, z in stored.space_zones(store, districts)]
 
 
 @view
 def parking_occupancy(store: Store, start: int, end: int, districts: list[str] | None = None,
-                      bucket_ms: int = HOUR, hold_ms: int = 6 * HOUR) -> list[dict[str, Any]]:
+                      bucket_ms: int = HOUR, hold_ms: int = 6 * HOUR) -> list[ZoneOccupancy]:
     """Share of the time spaces were reported taken, per zone class and time bucket in [start, end).
     A report holds until the next one (at most `hold_ms`), split across the buckets it spans."""
     return stored.spaces_occupancy(store, _space_zones(store, districts), start, end, bucket_ms, hold_ms)
 
 
 @view
-def parking_today(store: Store, districts: list[str] | None = None, now: int | None = None) -> dict[str, Any]:
+def parking_today(store: Store, districts: list[str] | None = None, now: int | None = None) -> SpacesTaken:
     """Spaces in scope and how many were last reported taken (from the past hour)."""
     now = int(now or now_ms())
     return stored.spaces_taken(store, _space_zones(store, districts), now)
 
 
 @view
-def parking_lines(store: Store, account: str, month: str) -> list[dict[str, Any]]:
+def parking_lines(store: Store, account: str, month: str) -> list[ParkingLine]:
     """The parking lines of an account's bill for a month as it stands, computed by the billing
     code itself (`ledger.bills`), without the utility lines."""
     latest = q.latest_tariffs(store)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nacl.signing import SigningKey
+from typing_extensions import TypedDict
 
 from ledger.chain import merkle
 from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
@@ -31,8 +32,10 @@ from ledger.home import Home, write_private
 from ledger.keys import check_device_key, load_signing_key, public_hex
 from ledger.service.budget import BudgetPolicy
 from ledger.service.logins import Logins, installed_logins
+from ledger.service.results.chain import (BudgetPolicySet, DeviceKeyRotated, DeviceLogin, Enrolled, Enrolments,
+                                          LedgerKeyRotated, Reinstated, Revoked, ServiceLogin, WrittenOff)
 from ledger.store import accounts
-from ledger.store.store import Commit, Store
+from ledger.store.store import Commit, Store, Suspension
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
@@ -50,6 +53,10 @@ def checked_operator(operator: str) -> str:
     if not isinstance(operator, str) or not valid_device_id(operator):
         raise Refused(f"an operator id is needed (letters, digits, . _ -), not {operator!r}")
     return operator
+
+
+class _ByOperator(TypedDict, total=False):
+    operator: str  # who ended a suspension early; absent when ingest ended one that ran out
 
 
 class EnrolmentError(Refused):
@@ -210,13 +217,13 @@ class LedgerWriter:
     # ------------------------------------------------------------ registry
 
     def enroll_device(self, device: str, kind: str, district: str, public_key: str,
-                      account: str | None = None, operator: str | None = None) -> dict[str, Any]:
+                      account: str | None = None, operator: str | None = None) -> Enrolled:
         """Register a device whose key was made on the device; returns its broker login once."""
         out = self.enroll_devices([{"device": device, "kind": kind, "district": district,
                                     "public_key": public_key, "account": account}], operator)
         return {**out["devices"][0], "block": out["block"]}
 
-    def enroll_devices(self, rows: Sequence[dict[str, Any]], operator: str | None = None) -> dict[str, Any]:
+    def enroll_devices(self, rows: Sequence[dict[str, Any]], operator: str | None = None) -> Enrolments:
         """Enrol many devices at once: one block of enrolment entries and one broker reload.
 
         Enrolling a city one device at a time seals a block and reloads the broker
@@ -261,9 +268,9 @@ class LedgerWriter:
             self.registry = {**self.registry, **{r.device: r for r in records}}
             self.publish_access()
         assert sealed is not None
-        logins = [{"device": r.device, "mqtt_username": r.device, "mqtt_password": pw}
-                  for r, pw in zip(records, passwords)]
-        return {"block": sealed.hash, "devices": logins}
+        shown: list[DeviceLogin] = [{"device": r.device, "mqtt_username": r.device, "mqtt_password": pw}
+                                    for r, pw in zip(records, passwords)]
+        return {"block": sealed.hash, "devices": shown}
 
     @staticmethod
     def _checked_enrolment(row: dict[str, Any]) -> tuple[str, str, str, str, str | None]:
@@ -304,7 +311,7 @@ class LedgerWriter:
                 raise EnrolmentError(message.format(value))
             seen.add(value)
 
-    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> dict[str, Any]:
+    def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> DeviceKeyRotated:
         """Give a device a new key that signs its readings from `from_seq` on.
 
         The device names `from_seq` (its next seq when it rotated): what it signed
@@ -346,7 +353,7 @@ class LedgerWriter:
         return {"device": device, "public_key": public_key, "previous_key": rec.public_key, "from_seq": from_seq,
                 "operator": operator, "block": sealed.hash}
 
-    def rotate_ledger_key(self, operator: str | None = None) -> dict[str, Any]:
+    def rotate_ledger_key(self, operator: str | None = None) -> LedgerKeyRotated:
         """Hand signing over to a new ledger key, announced by the old one.
 
         The rotating block is signed by the old key and names the new one in its
@@ -368,7 +375,7 @@ class LedgerWriter:
             self.key = new_key
         return {"old_key": old_pub, "new_key": new_pub, "height": sealed.height, "block": sealed.hash}
 
-    def revoke_device(self, device: str, operator: str) -> dict[str, Any]:
+    def revoke_device(self, device: str, operator: str) -> Revoked:
         """Retire a device: its broker login goes at once, its later readings are quarantined."""
         operator = checked_operator(operator)
         with self.lock:
@@ -396,7 +403,7 @@ class LedgerWriter:
 
     def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
                           suspend_after_min: float | None = None, suspend_for_min: float | None = None,
-                          *, operator: str) -> dict[str, Any]:
+                          *, operator: str) -> BudgetPolicySet:
         """Seal a new budget rule (values not given stay as they are); ingest applies it at once."""
         operator = checked_operator(operator)
         with self.lock:
@@ -432,33 +439,34 @@ class LedgerWriter:
         assert sealed is not None
         return {"device": device, "until": until, "at": at, "rule": entry["rule"], "block": sealed.hash}
 
-    def reinstate_device(self, device: str, operator: str | None = None) -> dict[str, Any] | None:
+    def reinstate_device(self, device: str, operator: str | None = None) -> Reinstated | None:
         """End a device's suspension: an entry naming the rule it was suspended under, and its
         broker login back (the same password). None when the device is not suspended.
 
         `operator` is who ended it early; None when ingest ends a suspension that ran out.
         """
-        by = {"operator": checked_operator(operator)} if operator is not None else {}
+        by: _ByOperator = {"operator": checked_operator(operator)} if operator is not None else {}
         with self.lock:
             rec = self.store.device(device)
             if rec is None or rec.status != "suspended":
                 return None
-            suspension = self.suspensions().get(device, {})
+            suspension = self.suspensions().get(device)
             at = now_ms()
-            entry = {"entry": "device_reinstated", "device": device, "rule": suspension.get("rule"),
-                     "suspended_at": suspension.get("at"), **by, "at": at}
+            entry = {"entry": "device_reinstated", "device": device,
+                     "rule": suspension["rule"] if suspension else None,
+                     "suspended_at": suspension["at"] if suspension else None, **by, "at": at}
             sealed = self.commit(Batch(), [entry], also=lambda s: s.set_status(device, "active"))
             self.registry = {**self.registry, device: replace(rec, status="active")}
             self.publish_access()
         assert sealed is not None
         return {"device": device, "at": at, **by, "block": sealed.hash}
 
-    def suspensions(self) -> dict[str, dict[str, Any]]:
+    def suspensions(self) -> dict[str, Suspension]:
         """Devices suspended now, each with its latest `device_suspended` entry (until, rule, at)."""
         with self.lock:
             return {d: s for d, s in self.store.suspensions().items() if s["status"] == "suspended"}
 
-    def reset_password(self, device: str, public_key: str | None = None) -> dict[str, Any]:
+    def reset_password(self, device: str, public_key: str | None = None) -> DeviceLogin:
         """Issue a new broker password for an active device, shown once; the old one stops working.
 
         With `public_key`, only if it is the device's enrolled key: how a device that
@@ -477,7 +485,7 @@ class LedgerWriter:
             self.publish_access()
         return {"device": device, "mqtt_username": device, "mqtt_password": password}
 
-    def add_service(self, username: str, role: str) -> dict[str, Any]:
+    def add_service(self, username: str, role: str) -> ServiceLogin:
         """A broker login for a service (a witness, say); its password is shown once."""
         if not valid_device_id(username) or username in {name for name, _ in SERVICES} \
                 or username.startswith(WORKER_PREFIX):
@@ -512,7 +520,7 @@ class LedgerWriter:
 
     # ------------------------------------------------------------ gaps settled for good
 
-    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> dict[str, Any]:
+    def write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str) -> WrittenOff:
         """Settle seqs of a device that will never be ledgered (a reading lost to corrupt flash, say).
 
         The entry names the device, the seqs, the reason and the operator. The device's ack

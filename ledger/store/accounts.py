@@ -9,9 +9,11 @@ The reads billing needs for drafting bills are in the store's billing queries.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Literal
 
 import pyarrow as pa
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.store.store import Store
 
@@ -25,7 +27,7 @@ def add_account(store: Store, account: str, name: str, customer_class: str, at: 
 
 
 def tariff_count(store: Store) -> int:
-    return int(store.con.execute("SELECT count(*) FROM tariff_versions").fetchone()[0])
+    return int(store.one("SELECT count(*) FROM tariff_versions")[0])
 
 
 def latest_tariff_version(store: Store) -> tuple[int, str] | None:
@@ -80,13 +82,29 @@ def decide_adjustment_request(store: Store, adj_id: str, status: str, operator: 
                       [status, operator, at, adj_id])
 
 
-def adjustment_requests(store: Store, status: str | None) -> list[dict[str, Any]]:
+@with_config(ConfigDict(extra="forbid"))
+class AdjustmentRequest(TypedDict):
+    """An adjustment above the approval limit, requested by `operator` at `at` (epoch ms);
+    `status` pending, approved or rejected, `decided_by`/`decided_at` None while pending."""
+
+    id: str
+    account: str
+    amount: str  # yuan, a decimal string
+    reason: str
+    operator: str
+    at: int
+    status: Literal["pending", "approved", "rejected"]
+    decided_by: str | None
+    decided_at: int | None
+
+
+def adjustment_requests(store: Store, status: str | None) -> list[AdjustmentRequest]:
     """Requested adjustments (all of them when `status` is None), oldest first."""
     rows = store.con.execute(
         "SELECT id, account, amount, reason, operator, requested_at, status, decided_by, decided_at"
         " FROM adjustment_requests WHERE ? IS NULL OR status = ? ORDER BY requested_at", [status, status]).fetchall()
-    cols = ("id", "account", "amount", "reason", "operator", "at", "status", "decided_by", "decided_at")
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+    return [{"id": i, "account": a, "amount": m, "reason": r, "operator": o, "at": at, "status": st,
+             "decided_by": by, "decided_at": when} for i, a, m, r, o, at, st, by, when in rows]
 
 
 def billed_accounts(store: Store, month: str) -> set[str]:

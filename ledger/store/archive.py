@@ -42,13 +42,15 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
 from nacl.signing import VerifyKey
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.chain.audit import Progress
 from ledger.chain.blocks import GENESIS_PREV, block_hash
@@ -95,6 +97,24 @@ AUDIT_ORDER = {"blocks": "height", "entries": "height, idx", "readings": "height
 
 class ArchiveError(Refused):
     """An archive directory or manifest that cannot be used, said plainly."""
+
+
+@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+class ArchiveWritten(TypedDict):
+    """What `write_archive` did: the segments (blocks, readings, entries, bytes) it appended in this
+    run, starting at `first_height` (None: nothing new), and where the archive now ends."""
+
+    archive: str
+    segments_written: int
+    blocks: int
+    readings: int
+    entries: int
+    bytes: int
+    first_height: int | None
+    last_height: int | None
+    last_hash: str | None
+    segments: int
+    seconds: float
 
 
 # --------------------------------------------------------------------------- manifest
@@ -253,7 +273,7 @@ def _quote(path: Path) -> str:
 
 
 def write_archive(store: Store, out: Path, upto_height: int | None = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None) -> ArchiveWritten:
     """Append the sealed blocks up to `upto_height` (default: all) that `out` lacks, segment by segment."""
     started = time.perf_counter()
     try:
@@ -394,10 +414,11 @@ def device_readings(directory: Path, device: str, start: int | None = None,
 
 
 class LiveLedger(Protocol):
-    """The two calls of `LedgerAPI` (or `RemoteLedger`) that `verify_archive` makes."""
+    """The two calls of `LedgerAPI` (or `RemoteLedger`) that `verify_archive` makes (their documents,
+    `ArchiveAnchor` and `KeyLink`, are the service's: ledger/service/results/chain.py)."""
 
-    def archive_anchor(self, last_height: int) -> dict[str, Any]: ...
-    def key_chain(self) -> list[dict[str, Any]]: ...
+    def archive_anchor(self, last_height: int) -> Mapping[str, Any]: ...
+    def key_chain(self) -> Sequence[Mapping[str, Any]]: ...
 
 
 LIVE_ERRORS = (OSError, ValueError, LookupError, RuntimeError, duckdb.Error)
@@ -453,7 +474,7 @@ def _empty_report(directory: Path, deep: bool) -> dict[str, Any]:
             "link": {"checked": False, "ok": None, "detail": "not checked"}}
 
 
-def _anchor(live: LiveLedger | None, last_height: int) -> tuple[dict[str, Any] | None, str]:
+def _anchor(live: LiveLedger | None, last_height: int) -> tuple[Mapping[str, Any] | None, str]:
     """What the live ledger says about the heights around the archive's end, or why it cannot say."""
     if live is None:
         return None, "no live ledger given"
@@ -464,7 +485,7 @@ def _anchor(live: LiveLedger | None, last_height: int) -> tuple[dict[str, Any] |
 
 
 def _trusted_key(first_height: int, ledger_key: str | None, first_key: str | None,
-                 anchor: dict[str, Any] | None, live: LiveLedger | None) -> VerifyKey:
+                 anchor: Mapping[str, Any] | None, live: LiveLedger | None) -> VerifyKey:
     """The ledger key the archive's first block must be signed by."""
     from ledger.chain.keychain import key_for_height
     from ledger.keys import verify_key_from_hex
@@ -553,8 +574,8 @@ def _audit(con: duckdb.DuckDBPyConnection, manifest: Manifest, key: VerifyKey, d
         raise ValueError(f"--deep needs an archive from genesis; this one starts at block {start}")
     try:
         prev = GENESIS_PREV if start == 0 else _prev_of(store, start)
-        result = audit_store(store, key, deep=deep, total=total, progress=progress, start=start, prev=prev,
-                             fits=True).as_dict()
+        result: dict[str, Any] = dict(audit_store(store, key, deep=deep, total=total, progress=progress,
+                                                  start=start, prev=prev, fits=True).as_dict())
         if result["ok"]:
             result["failure"] = _ends_problem(store, manifest, result["blocks"])
     except (ValueError, TypeError, AttributeError, duckdb.Error) as exc:  # e.g. a header that is not JSON
@@ -582,7 +603,7 @@ def _ends_problem(store: Store, manifest: Manifest, audited: int) -> str | None:
     return None
 
 
-def check_link(anchor: dict[str, Any] | None, reason: str, last_height: int, last_hash: str) -> dict[str, Any]:
+def check_link(anchor: Mapping[str, Any] | None, reason: str, last_height: int, last_hash: str) -> dict[str, Any]:
     """Does the live ledger continue the archive? Its block last_height + 1 must name the archive's
     last hash as `prev` (or, when the archive reaches the live head, its last block must be the head)."""
     if anchor is None:

@@ -11,23 +11,75 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
 from ledger.store.store import Store
 
 
-def account(store: Store, account_id: str) -> dict[str, Any] | None:
+@with_config(ConfigDict(extra="forbid"))
+class Account(TypedDict):
+    """A billing account: `customer_class` residential or non-residential, `created_at` epoch ms."""
+
+    account: str
+    name: str
+    customer_class: str
+    created_at: int
+
+
+@with_config(ConfigDict(extra="forbid"))
+class AccountWithDevices(Account):
+    """An account as `accounts` lists it: with how many devices (meters, spaces) it holds."""
+
+    devices: int
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Meter(TypedDict):
+    """A utility meter an account holds (`kind` water, gas or electricity)."""
+
+    device: str
+    kind: str
+    district: str
+
+
+@with_config(ConfigDict(extra="forbid"))
+class AdjustmentRow(TypedDict):
+    """A sealed adjustment (refund, credit, re-bill) of an account, sealed in block `height`."""
+
+    id: str
+    amount: str  # yuan, a decimal string
+    reason: str
+    operator: str
+    created_at: int
+    height: int
+
+
+@with_config(ConfigDict(extra="forbid"))
+class IssuedMonth(TypedDict):
+    """An issued bill as `issued_months` lists it: `hash` of its body, sealed in block `height`."""
+
+    month: str
+    total: str
+    hash: str
+    height: int
+    issued_at: int
+
+
+def account(store: Store, account_id: str) -> Account | None:
     row = store.con.execute("SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?",
                             [account_id]).fetchone()
-    return dict(zip(("account", "name", "customer_class", "created_at"), row)) if row else None
+    return {"account": row[0], "name": row[1], "customer_class": row[2], "created_at": row[3]} if row else None
 
 
-def accounts(store: Store) -> list[dict[str, Any]]:
+def accounts(store: Store) -> list[AccountWithDevices]:
     rows = store.con.execute(
         "SELECT a.account, a.name, a.customer_class, a.created_at, count(d.device) FROM accounts a"
         " LEFT JOIN devices d ON d.account = a.account GROUP BY ALL ORDER BY a.account").fetchall()
-    return [dict(zip(("account", "name", "customer_class", "created_at", "devices"), r)) for r in rows]
+    return [{"account": a, "name": n, "customer_class": c, "created_at": t, "devices": k} for a, n, c, t, k in rows]
 
 
-def meters(store: Store, account_id: str) -> list[dict[str, Any]]:
+def meters(store: Store, account_id: str) -> list[Meter]:
     rows = store.con.execute(
         "SELECT device, kind, district FROM devices WHERE account = ? AND kind <> 'parking' ORDER BY device",
         [account_id]).fetchall()
@@ -75,14 +127,20 @@ def parking_spaces(store: Store) -> list[str]:
     return [r[0] for r in store.con.execute("SELECT device FROM devices WHERE kind = 'parking' ORDER BY device").fetchall()]
 
 
-def adjustments(store: Store, account_id: str, start: int, end: int) -> list[dict[str, Any]]:
+def adjustments(store: Store, account_id: str, start: int, end: int) -> list[AdjustmentRow]:
     rows = store.con.execute(
         "SELECT id, amount, reason, operator, created_at, height FROM adjustments"
         " WHERE account = ? AND created_at >= ? AND created_at < ? ORDER BY created_at", [account_id, start, end]).fetchall()
-    return [dict(zip(("id", "amount", "reason", "operator", "created_at", "height"), r)) for r in rows]
+    return [_adjustment(r) for r in rows]
+
+
+def _adjustment(r: tuple[Any, ...]) -> AdjustmentRow:
+    return {"id": r[0], "amount": r[1], "reason": r[2], "operator": r[3], "created_at": r[4], "height": r[5]}
 
 
 def issued_bill(store: Store, account_id: str, month: str) -> dict[str, Any] | None:
+    """The issued bill's body (a bill as billing drafted it, ledger/billing/bills.py `Bill`) with
+    where it was sealed; the store does not know the bill's shape, billing does."""
     row = store.con.execute("SELECT body, hash, height, issued_at FROM bills WHERE account = ? AND month = ?",
                             [account_id, month]).fetchone()
     if not row:
@@ -92,10 +150,10 @@ def issued_bill(store: Store, account_id: str, month: str) -> dict[str, Any] | N
     return {**json.loads(row[0]), "status": "issued", "hash": row[1], "height": row[2], "issued_at": row[3]}
 
 
-def issued_months(store: Store, account_id: str) -> list[dict[str, Any]]:
+def issued_months(store: Store, account_id: str) -> list[IssuedMonth]:
     rows = store.con.execute("SELECT month, total, hash, height, issued_at FROM bills WHERE account = ?"
                              " ORDER BY month DESC", [account_id]).fetchall()
-    return [dict(zip(("month", "total", "hash", "height", "issued_at"), r)) for r in rows]
+    return [{"month": m, "total": t, "hash": x, "height": h, "issued_at": at} for m, t, x, h, at in rows]
 
 
 def latest_tariffs(store: Store) -> tuple[int, str] | None:
@@ -154,8 +212,8 @@ def issued_accounts(store: Store, month: str) -> set[str]:
     return {r[0] for r in store.con.execute("SELECT account FROM bills WHERE month = ?", [month]).fetchall()}
 
 
-def meters_by_account(store: Store) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def meters_by_account(store: Store) -> dict[str, list[Meter]]:
+    out: dict[str, list[Meter]] = {}
     for device, kind, district, acct in store.con.execute(
             "SELECT device, kind, district, account FROM devices WHERE account IS NOT NULL AND kind <> 'parking'"
             " ORDER BY device").fetchall():
@@ -169,10 +227,10 @@ def accounts_with_parking(store: Store, end: int) -> set[str]:
     return {r[0] for r in rows}
 
 
-def adjustments_by_account(store: Store, start: int, end: int) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def adjustments_by_account(store: Store, start: int, end: int) -> dict[str, list[AdjustmentRow]]:
+    out: dict[str, list[AdjustmentRow]] = {}
     for r in store.con.execute(
             "SELECT account, id, amount, reason, operator, created_at, height FROM adjustments"
             " WHERE created_at >= ? AND created_at < ? ORDER BY created_at", [start, end]).fetchall():
-        out.setdefault(r[0], []).append(dict(zip(("id", "amount", "reason", "operator", "created_at", "height"), r[1:])))
+        out.setdefault(r[0], []).append(_adjustment(r[1:]))
     return out

@@ -103,7 +103,7 @@ def summarise_next(store: Store, max_readings: int, upto: int | None = None) -> 
     """
     con = store.con
     lo = rolled_up(store)
-    top = con.execute(_TOP_SQL, [lo, (1 << 62) if upto is None else upto, max_readings]).fetchone()[0]
+    top = store.one(_TOP_SQL, [lo, (1 << 62) if upto is None else upto, max_readings])[0]
     if top is None:
         return None
     hi = int(top)

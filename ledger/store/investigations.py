@@ -9,7 +9,46 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
 from ledger.store.store import Store
+
+_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+
+
+@_no_extra
+class Anomaly(TypedDict):
+    """An anomaly as it stands now: as raised, with its latest status, window, severity, evidence
+    and detail (each the latest event's that set one; the columns allow NULL)."""
+
+    id: str
+    key: str
+    type: str
+    device: str
+    account: str | None
+    district: str
+    raised_at: int
+    status: str  # open | acknowledged | resolved | dismissed
+    window_start: int | None
+    window_end: int | None
+    severity: str | None
+    evidence: list[list[str | int]]  # [device, seq] of ledgered readings
+    detail: str | None
+    updated_at: int
+
+
+@_no_extra
+class AnomalyEvent(TypedDict):
+    """One event of an anomaly's history: raised, updated by a detector, or an operator's action."""
+
+    at: int
+    status: str  # open | updated | acknowledged | resolved | dismissed
+    operator: str | None  # "detector" when raised, None for an update
+    note: str | None
+    window_end: int | None
+    severity: str | None
+    detail: str | None
 
 
 def _latest_sql() -> str:
@@ -27,25 +66,26 @@ def _latest_sql() -> str:
     """
 
 
-def _row(r: tuple[Any, ...]) -> dict[str, Any]:
-    keys = ("id", "key", "type", "device", "account", "district", "raised_at", "status", "window_start",
-            "window_end", "severity", "evidence", "detail", "updated_at")
-    out = dict(zip(keys, r))
-    out["evidence"] = json.loads(out["evidence"]) if out["evidence"] else []
-    return out
+def _row(r: tuple[Any, ...]) -> Anomaly:
+    (anomaly_id, key, kind, device, account, district, raised_at, status, window_start, window_end, severity,
+     evidence, detail, updated_at) = r
+    return {"id": anomaly_id, "key": key, "type": kind, "device": device, "account": account, "district": district,
+            "raised_at": raised_at, "status": status, "window_start": window_start, "window_end": window_end,
+            "severity": severity, "evidence": json.loads(evidence) if evidence else [], "detail": detail,
+            "updated_at": updated_at}
 
 
 # ---------------------------------------------------------------- reading
 
 
-def all_anomalies(store: Store) -> list[dict[str, Any]]:
+def all_anomalies(store: Store) -> list[Anomaly]:
     """Every anomaly as it stands now (its latest status, window, severity, evidence and detail)."""
     return [_row(r) for r in store.con.execute(_latest_sql()).fetchall()]
 
 
 def list_anomalies(store: Store, *, status: str | None = None, type: str | None = None,
                    district: str | None = None, districts: Iterable[str] | None = None,
-                   limit: int = 500) -> list[dict[str, Any]]:
+                   limit: int = 500) -> list[Anomaly]:
     sql = f"SELECT * FROM ({_latest_sql()}) WHERE 1=1"
     args: list[Any] = []
     for column, value in (("status", status), ("type", type), ("district", district)):
@@ -60,16 +100,17 @@ def list_anomalies(store: Store, *, status: str | None = None, type: str | None 
     return [_row(r) for r in store.con.execute(sql, [*args, limit]).fetchall()]
 
 
-def anomaly(store: Store, anomaly_id: str) -> dict[str, Any] | None:
+def anomaly(store: Store, anomaly_id: str) -> Anomaly | None:
     """One anomaly as it stands now, or None."""
     rows = store.con.execute(f"SELECT * FROM ({_latest_sql()}) WHERE id = ?", [anomaly_id]).fetchall()
     return _row(rows[0]) if rows else None
 
 
-def history(store: Store, anomaly_id: str) -> list[dict[str, Any]]:
+def history(store: Store, anomaly_id: str) -> list[AnomalyEvent]:
     """Every event of an anomaly, oldest first."""
-    return [dict(zip(("at", "status", "operator", "note", "window_end", "severity", "detail"), r))
-            for r in store.con.execute(
+    return [{"at": at, "status": status, "operator": operator, "note": note, "window_end": window_end,
+             "severity": severity, "detail": detail}
+            for at, status, operator, note, window_end, severity, detail in store.con.execute(
                 "SELECT at_ms, status, operator, note, window_end, severity, detail FROM anomaly_events"
                 " WHERE id = ? ORDER BY at_ms", [anomaly_id]).fetchall()]
 

@@ -51,7 +51,11 @@ def operators(store: Store) -> list[tuple[str, str, str, int]]:
         "SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()]
 
 
-def dispute_messages(store: Store, account: str | None, districts: list[str] | None) -> list[tuple[Any, ...]]:
+DisputeMessageRow = tuple[str, int, str, str, str, str | None, str]
+"""(id, at, account, author, status, subject, message): one message of a dispute."""
+
+
+def dispute_messages(store: Store, account: str | None, districts: list[str] | None) -> list[DisputeMessageRow]:
     """(id, at, account, author, status, subject, message) of every message of the disputes of
     `account`, else of the accounts with a device in `districts` (None or "all": every dispute)."""
     sql = "SELECT id, at_ms, account, author, status, subject, message FROM disputes"

@@ -7,12 +7,46 @@ plain (failures, last_failure_ms, last_success_ms). The writer calls the writes 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 if TYPE_CHECKING:  # the dashboard imports the policy, and so this module: no DuckDB for it
     from ledger.store.store import Store
 
 ANY_LOGIN = "*"  # a throttled source's attempts: counted per minute, not per invented id
+
+_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+
+
+@_no_extra
+class FailedLogin(TypedDict):
+    """A login's failed sign-ins: attempts in all, of them throttled, from how many sources, the last."""
+
+    role: str
+    id: str
+    failures: int
+    throttled: int
+    sources: int
+    last_at: int
+
+
+@_no_extra
+class FailedSource(TypedDict):
+    """A source's failed sign-ins: attempts in all, of them throttled, at how many logins, the last."""
+
+    source: str
+    failures: int
+    throttled: int
+    logins: int
+    last_at: int
+
+
+@_no_extra
+class RepeatedFailures(TypedDict):
+    logins: list[FailedLogin]
+    sources: list[FailedSource]
 
 
 def load_counts(store: Store, pair: str, account: str, source: str) -> dict[str, tuple[int, int, int]]:
@@ -52,11 +86,12 @@ def record_failure(store: Store, at_ms: int, role: str, login: str, source: str,
 
 
 def repeated_failures(store: Store, since_ms: int, districts: list[str] | None,
-                      at_least: int) -> dict[str, list[dict[str, Any]]]:
+                      at_least: int) -> RepeatedFailures:
     """Logins and sources with at least `at_least` failed attempts since `since_ms`, most first.
     `districts` None: the whole city, every login. Else only citizens' accounts with a device in
     those districts (what a district operator looks after), and sources counted on those alone."""
-    where, args = "at_ms >= ?", [since_ms]
+    where = "at_ms >= ?"
+    args: list[int | str] = [since_ms]
     if districts is not None:
         marks = ", ".join("?" * len(districts)) or "NULL"
         where += f" AND role = 'citizen' AND id IN (SELECT account FROM devices WHERE district IN ({marks}))"

@@ -173,6 +173,7 @@ def parse_entries(rows: list[tuple[int, int, str]]) -> tuple[dict[int, Entries |
     revoking: set[str] = set()
     for height, items in grouped.items():
         leaves: list[Leaf] = []
+        bodies: list[bytes] = []
         vouched = True
         for position, (idx, body) in enumerate(items):
             try:
@@ -185,8 +186,9 @@ def parse_entries(rows: list[tuple[int, int, str]]) -> tuple[dict[int, Entries |
             if obj.get("entry") == "device_revoked" and isinstance(obj.get("device"), str):
                 revoking.add(obj["device"])  # even from a block SQL does not vouch for: Python may pass it
             vouched = vouched and idx == position
-            leaves.append((idx, obj, body.encode()))
-        out[height] = Entries(leaves, b"".join(merkle.leaf_hash(raw) for _, _, raw in leaves)) if vouched else None
+            bodies.append(body.encode())
+            leaves.append((idx, obj, bodies[-1]))
+        out[height] = Entries(leaves, b"".join(merkle.leaf_hash(raw) for raw in bodies)) if vouched else None
     return out, {height: len(items) for height, items in grouped.items()}, frozenset(revoking)
 
 

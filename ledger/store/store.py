@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,12 +18,132 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
 
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading
 from ledger.chain.records import DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord
 from ledger.store.schema import migrate
 from ledger.store.transactions import transaction
+
+_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+
+
+# ------------------------------------------------------------ rows as the API answers them
+
+
+@_no_extra
+class DeviceKey(TypedDict):
+    """One of `device_key_history`: a key the device was given in block `from_height` at `since`,
+    signing its readings from seq `from_seq` on (0: every reading sealed after it)."""
+
+    public_key: str
+    from_height: int
+    since: int
+    from_seq: int
+
+
+@_no_extra
+class WriteOff(TypedDict):
+    """One of `write_offs`: seqs an operator settled for good, sealed in block `height`."""
+
+    device: str
+    from_seq: int
+    to_seq: int
+    reason: str
+    operator: str
+    at: int
+    height: int
+
+
+@_no_extra
+class RecentBlock(TypedDict):
+    """One of `recent_blocks`."""
+
+    height: int
+    hash: str
+    size: int
+    sealed_at: int
+
+
+@_no_extra
+class RecentReading(TypedDict):
+    """One of `recent_readings`; `district` is None for a device no longer in the registry."""
+
+    device: str
+    kind: str
+    district: str | None
+    seq: int
+    ts: int
+    value: int
+    height: int
+    received_at: int
+
+
+@_no_extra
+class QuarantineEntry(TypedDict):
+    """One of `quarantine`: a message refused, with why."""
+
+    received_at: int
+    topic: str
+    reason: str
+    device: str | None
+    detail: str | None
+    payload: str  # as text, undecodable bytes escaped
+
+
+@_no_extra
+class Counts(TypedDict):
+    """The ledger's totals (`counts`); `devices` counts the active ones."""
+
+    blocks: int
+    readings: int
+    quarantined: int
+    duplicates: int
+    devices: int
+    quarantine_dropped: int
+
+
+@_no_extra
+class Suspension(TypedDict):
+    """A device's latest budget suspension (`suspensions`): its `device_suspended` entry's when, until
+    when, rule and messages over budget, the device's status now, and when it was reinstated."""
+
+    at: int
+    until: int
+    # The budget rule the entry names, as recorded in the chain: ledger/service/budget.py's
+    # `BudgetRule`, which this layer cannot import.
+    rule: dict[str, Any]
+    over_budget: int
+    status: str  # the device's now: suspended while the suspension is in force
+    reinstated_at: int | None
+
+
+@_no_extra
+class FlaggedDevice(TypedDict):
+    """One of `flagged_devices`: a device's rejects since a minute (the peak per minute, the total,
+    the first and last minute, `reason:count,...`, those over budget), and its latest suspension.
+    A device suspended now with rejects below the threshold has zeros and Nones."""
+
+    device: str
+    peak_rejects_per_minute: int
+    rejects: int
+    first_minute: int | None
+    last_minute: int | None
+    reasons: str | None
+    over_budget: int
+    suspension: Suspension | None
+
+
+@_no_extra
+class WitnessReport(TypedDict):
+    """One of `witness_reports`: what a witness said (`kind`: alarm, ...), as it sent it."""
+
+    witness: str
+    kind: str
+    body: str
+    received_at: int
 
 
 @dataclass
@@ -51,12 +171,20 @@ class Store:
     def open(cls, path: Path, *, read_only: bool = False) -> Store:
         """Open the file with a memory cap: DuckDB would otherwise take up to 80% of RAM
         (and spills to disk beyond the cap instead)."""
-        config = {"memory_limit": os.environ.get("CITYLEDGER_DB_MEMORY", "2GB")}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": os.environ.get("CITYLEDGER_DB_MEMORY", "2GB")}
         con = duckdb.connect(str(path), read_only=read_only, config=config)
         store = cls(con)
         if not read_only:
             migrate(con)
         return store
+
+    def one(self, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...]:
+        """The one row a query always answers (an aggregate: count, sum, max)."""
+        row = self.con.execute(sql, list(args)).fetchone()
+        if row is None:
+            raise AssertionError(f"no row for {sql!r}: an aggregate query answers one")
+        return tuple(row)
 
     def cursor(self) -> Store:
         """A store on a new cursor of the same database, for another thread."""
@@ -127,7 +255,7 @@ class Store:
                                 [device]).fetchall()
         return key_for((KeySpan(*row) for row in rows), seq, height)
 
-    def device_key_history(self, device: str) -> list[dict[str, Any]]:
+    def device_key_history(self, device: str) -> list[DeviceKey]:
         rows = self.con.execute(
             "SELECT public_key, from_height, since, from_seq FROM device_keys WHERE device = ? ORDER BY from_height",
             [device]).fetchall()
@@ -209,12 +337,12 @@ class Store:
     def add_district(self, district: str, first_key: str, at: int, height: int) -> None:
         self.con.execute("INSERT INTO districts VALUES (?, ?, ?, ?)", [district, first_key, at, height])
 
-    def put_district_heads(self, rows: list[tuple[str, int, str, str, bytes, int, int]]) -> None:
-        """(district, height, hash, header, sig, anchored_at, city height) of each head anchored now."""
+    def put_district_heads(self, rows: list[tuple[str, int, str, str, str, int, int]]) -> None:
+        """(district, height, hash, header, base64 sig, anchored_at, city height) of each head anchored now."""
         if rows:
             self.con.executemany("INSERT OR REPLACE INTO district_heads VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def district_heads(self) -> list[tuple[str, str, str, bytes]]:
+    def district_heads(self) -> list[tuple[str, str, str, str]]:
         """(district, hash, header, sig) of the latest head anchored for each district."""
         return [tuple(r) for r in self.con.execute("SELECT district, hash, header, sig FROM district_heads").fetchall()]
 
@@ -241,13 +369,13 @@ class Store:
             [device, to_seq, from_seq]).fetchone()
         return (row[0], row[1]) if row else None
 
-    def write_offs(self, device: str | None = None) -> list[dict[str, Any]]:
+    def write_offs(self, device: str | None = None) -> list[WriteOff]:
         """Seqs written off (of one device, or of all), oldest first."""
         rows = self.con.execute("SELECT device, from_seq, to_seq, reason, operator, written_at, height"
                                 " FROM write_offs WHERE ? IS NULL OR device = ? ORDER BY written_at",
                                 [device, device]).fetchall()
-        cols = ("device", "from_seq", "to_seq", "reason", "operator", "at", "height")
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return [{"device": d, "from_seq": lo, "to_seq": hi, "reason": reason, "operator": operator, "at": at,
+                 "height": height} for d, lo, hi, reason, operator, at, height in rows]
 
     def add_write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str, at: int,
                       height: int) -> None:
@@ -325,12 +453,12 @@ class Store:
         for row in c.witness_reports:
             con.execute("INSERT INTO witness_reports VALUES (?, ?, ?, ?)", list(row))
         if c.rejects:
-            keys = list(c.rejects)
+            rejects = list(c.rejects)
             self.insert_table("reject_counts", pa.table({
-                "device": [k[0] for k in keys],
-                "minute": pa.array([k[1] for k in keys], pa.int64()),
-                "reason": [k[2] for k in keys],
-                "count": pa.array([c.rejects[k] for k in keys], pa.int64()),
+                "device": [k[0] for k in rejects],
+                "minute": pa.array([k[1] for k in rejects], pa.int64()),
+                "reason": [k[2] for k in rejects],
+                "count": pa.array([c.rejects[k] for k in rejects], pa.int64()),
             }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
 
     def insert_table(self, table: str, data: pa.Table, on_conflict: str = "") -> None:
@@ -385,7 +513,7 @@ class Store:
                 yield _block_dict(row)
             height = rows[-1][0] + 1
 
-    def recent_blocks(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent_blocks(self, limit: int = 20) -> list[RecentBlock]:
         rows = self.con.execute(
             "SELECT height, hash, size, sealed_at FROM blocks ORDER BY height DESC LIMIT ?", [limit]
         ).fetchall()
@@ -444,8 +572,8 @@ class Store:
 
     def highest_seq(self, device: str) -> int:
         """The highest seq of the device's ledgered readings, 0 if none."""
-        return int(self.con.execute("SELECT coalesce(max(seq), 0) FROM readings WHERE device = ?",
-                                    [device]).fetchone()[0])
+        return int(self.one("SELECT coalesce(max(seq), 0) FROM readings WHERE device = ?",
+                                    [device])[0])
 
     def ledgered_seqs(self, device: str, lo: int, hi: int, limit: int = 6) -> list[int]:
         """Up to `limit` seqs of the device ledgered within lo..hi."""
@@ -469,19 +597,21 @@ class Store:
             self.con.unregister("_probe")
         return {(d, s): (ts, v, base64.b64encode(sig).decode()) for d, s, ts, v, sig in rows}
 
-    def recent_readings(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent_readings(self, limit: int = 50) -> list[RecentReading]:
         rows = self.con.execute(
             "SELECT r.device, r.kind, d.district, r.seq, r.ts, r.value, r.height, r.received_at"
             " FROM readings r LEFT JOIN devices d USING (device)"
             " ORDER BY r.height DESC, r.idx DESC LIMIT ?",
             [limit],
         ).fetchall()
-        keys = ("device", "kind", "district", "seq", "ts", "value", "height", "received_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [{"device": device, "kind": kind, "district": district, "seq": seq, "ts": ts, "value": value,
+                 "height": height, "received_at": received_at}
+                for device, kind, district, seq, ts, value, height, received_at in rows]
 
     # ------------------------------------------------------------ quarantine & stats
 
-    def quarantine(self, *, reason: str | None = None, device: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def quarantine(self, *, reason: str | None = None, device: str | None = None,
+                   limit: int = 100) -> list[QuarantineEntry]:
         sql = "SELECT received_at, topic, reason, device, detail, payload FROM quarantine WHERE 1=1"
         args: list[Any] = []
         if reason:
@@ -492,15 +622,11 @@ class Store:
             args.append(device)
         sql += " ORDER BY received_at DESC LIMIT ?"
         args.append(limit)
-        keys = ("received_at", "topic", "reason", "device", "detail", "payload")
-        out = []
-        for row in self.con.execute(sql, args).fetchall():
-            item = dict(zip(keys, row))
-            item["payload"] = bytes(item["payload"]).decode("utf-8", errors="backslashreplace")
-            out.append(item)
-        return out
+        return [{"received_at": received_at, "topic": topic, "reason": why, "device": sender, "detail": detail,
+                 "payload": bytes(payload).decode("utf-8", errors="backslashreplace")}
+                for received_at, topic, why, sender, detail, payload in self.con.execute(sql, args).fetchall()]
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> Counts:
         """Totals; `quarantine_dropped` counts rejects beyond the per-device cap (counted, not stored)."""
         row = self.con.execute(
             "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings),"
@@ -509,9 +635,9 @@ class Store:
             " (SELECT coalesce(sum(count), 0) FROM reject_counts)"
         ).fetchone()
         assert row is not None
-        out = dict(zip(("blocks", "readings", "quarantined", "duplicates", "devices", "rejected"), row))
-        out["quarantine_dropped"] = max(0, out.pop("rejected") - out["quarantined"])
-        return out
+        blocks, readings, quarantined, duplicates, devices, rejected = row
+        return {"blocks": blocks, "readings": readings, "quarantined": quarantined, "duplicates": duplicates,
+                "devices": devices, "quarantine_dropped": max(0, rejected - quarantined)}
 
     def quarantine_stored_since(self, since_ms: int) -> dict[str, int]:
         """Stored quarantine entries per device since a time: where the cap stands after a restart."""
@@ -520,7 +646,7 @@ class Store:
             [since_ms]).fetchall()
         return dict(rows)
 
-    def flagged_devices(self, since_minute: int, threshold: int) -> list[dict[str, Any]]:
+    def flagged_devices(self, since_minute: int, threshold: int) -> list[FlaggedDevice]:
         """Devices whose rejects reached `threshold` in some minute since `since_minute`."""
         rows = self.con.execute(
             """
@@ -537,19 +663,19 @@ class Store:
                         AND r.reason IN ('over_budget', 'suspended')) AS over_budget
             FROM hostile h ORDER BY h.peak DESC
             """, [since_minute, threshold, since_minute, since_minute]).fetchall()
-        keys = ("device", "peak_rejects_per_minute", "rejects", "first_minute", "last_minute", "reasons", "over_budget")
-        out = [dict(zip(keys, r)) for r in rows]
         suspensions = self.suspensions()
-        for r in out:
-            r["over_budget"] = int(r["over_budget"])
-            r["suspension"] = suspensions.pop(r["device"], None)
+        out: list[FlaggedDevice] = [
+            {"device": device, "peak_rejects_per_minute": peak, "rejects": rejects, "first_minute": first,
+             "last_minute": last, "reasons": reasons, "over_budget": int(over_budget),
+             "suspension": suspensions.pop(device, None)}
+            for device, peak, rejects, first, last, reasons, over_budget in rows]
         # A device suspended is listed even when its rejects are below the threshold now.
         out += [{"device": d, "peak_rejects_per_minute": 0, "rejects": 0, "first_minute": None, "last_minute": None,
                  "reasons": None, "over_budget": 0, "suspension": s}
                 for d, s in suspensions.items() if s["status"] == "suspended"]
         return out
 
-    def suspensions(self) -> dict[str, dict[str, Any]]:
+    def suspensions(self) -> dict[str, Suspension]:
         """Each device's latest budget suspension (ledger/service/budget.py): when, until when, under which
         rule, and whether it is still in force (`status` suspended) or ended (`reinstated_at`)."""
         rows = self.con.execute(
@@ -562,14 +688,14 @@ class Store:
             SELECT s.device, s.body, d.status, CASE WHEN r.height > s.height THEN r.at END
             FROM s JOIN devices d USING (device) LEFT JOIN r USING (device) ORDER BY s.device
             """).fetchall()
-        out = {}
+        out: dict[str, Suspension] = {}
         for device, body, status, reinstated_at in rows:
             entry = json.loads(body)
             out[device] = {"at": entry.get("at"), "until": entry.get("until"), "rule": entry.get("rule"),
                            "over_budget": entry.get("over_budget"), "status": status, "reinstated_at": reinstated_at}
         return out
 
-    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReport]:
         sql = "SELECT witness, kind, body, received_at FROM witness_reports"
         args: list[Any] = []
         if kind:
@@ -598,7 +724,8 @@ def _object_or_none(text: str) -> dict[str, Any] | None:
 
 def _reading_or_none(device: str, kind: str, seq: int, ts: int, value: int, sig: bytes) -> Reading | None:
     try:
-        return Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value, sig=base64.b64encode(sig).decode())
+        return Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value,  # type: ignore[arg-type]
+                       sig=base64.b64encode(sig).decode())  # a stored kind pydantic checks again, as a string
     except ValueError:
         return None
 

@@ -18,23 +18,229 @@ history from a bounded time window, never from all of a device's readings.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from ledger.store.store import Store
+from pydantic import ConfigDict, with_config
+from typing_extensions import TypedDict
+
+from ledger.store.store import Store, Suspension
 from ledger.clock import now_ms
 
-View = Callable[..., Any]
+View = Callable[..., Any]  # each view's own return is typed below; by name (`LedgerAPI.view`) it is Any
 VIEWS: dict[str, View] = {}
+_View = TypeVar("_View", bound=View)
 
 HOUR = 3_600_000
 BOUNDARY_WINDOW = 2 * HOUR  # meters report every 15 minutes; a boundary with nothing this close is left out
 MIN_TYPICAL_METERS = 5  # fewer households than this: no "typical household" (it would show a neighbour's use)
 
 
-def view(fn: View) -> View:
-    """Register a function as a view under its own name."""
+def view(fn: _View) -> _View:
+    """Register a function as a view under its own name (the function keeps its type)."""
     VIEWS[fn.__name__] = fn
     return fn
+
+
+# ---------------------------------------------------------------- what the views return
+# Rows as JSON documents (ledger/service/results/__init__.py says why TypedDicts), unknown keys refused.
+
+_no_extra = with_config(ConfigDict(extra="forbid"))
+
+
+@_no_extra
+class AccountDevice(TypedDict):
+    device: str
+    kind: str
+    district: str
+    status: str  # active | suspended | revoked
+    enrolled_at: int
+
+
+@_no_extra
+class AccountProfile(TypedDict):
+    account: str
+    name: str
+    customer_class: str
+    created_at: int
+    districts: list[str]  # where its devices are
+
+
+@_no_extra
+class RegisterBracket(TypedDict):
+    """A device's readings either side of a boundary (within the window): None where there is none."""
+
+    device: str
+    at: int  # the boundary
+    prev_ts: int | None
+    prev_value: int | None
+    next_ts: int | None
+    next_value: int | None
+
+
+@_no_extra
+class TypicalUsage(TypedDict):
+    start: int
+    end: int
+    meters: int
+    median: float | None  # base units; None below the minimum number of meters
+
+
+@_no_extra
+class FirstReading(TypedDict):
+    ts: int
+    value: int
+    seq: int
+
+
+@_no_extra
+class ReadingPoint(TypedDict):
+    ts: int
+    value: int
+    seq: int
+    received_at: int
+    height: int
+
+
+@_no_extra
+class DeviceReadings(TypedDict):
+    device: str
+    count: int  # readings in the window (before thinning)
+    thinned: bool
+    points: list[ReadingPoint]
+
+
+@_no_extra
+class DistrictNow(TypedDict):
+    district: str
+    devices: int  # active
+    online: int
+    offline: int
+    no_status: int
+    revoked: int
+    readings_last_minute: int
+    readings_last_hour: int
+    reporting_last_hour: int
+    rejects_last_hour: int
+    readings_per_second: float
+    quarantine_rate: float | None  # None: nothing seen in the hour
+
+
+@_no_extra
+class Overview(TypedDict):
+    now: int
+    districts: list[DistrictNow]
+    blocks: int
+    height: int | None  # None: no block yet
+    head_hash: str | None
+    last_sealed_at: int | None
+    blocks_last_hour: int
+    readings: int
+
+
+@_no_extra
+class Arrival(TypedDict):
+    district: str
+    minute_ms: int
+    readings: int
+
+
+@_no_extra
+class DeviceFound(TypedDict):
+    device: str
+    kind: str
+    district: str
+    account: str | None
+    status: str  # active | suspended | revoked
+    online: str | None  # online | offline; None: no status yet
+    status_changed_at: int | None
+    enrolled_at: int
+    last_ts: int | None  # its last reading of the past hour, if any
+    last_value: int | None
+
+
+@_no_extra
+class DeviceSearch(TypedDict):
+    total: int
+    devices: list[DeviceFound]
+
+
+@_no_extra
+class DeviceDetail(TypedDict):
+    device: str
+    kind: str
+    district: str
+    account: str | None
+    public_key: str
+    status: str
+    enrolled_at: int
+    revoked_at: int | None
+    online: str | None
+    status_changed_at: int | None
+    last: ReadingPoint | None
+    readings_last_day: int
+    rejects_last_day: int
+    suspension: Suspension | None  # its latest budget suspension, if it ever had one
+
+
+@_no_extra
+class QuarantineRow(TypedDict):
+    received_at: int
+    topic: str
+    reason: str
+    device: str | None
+    district: str  # the sender's, or the topic's
+    detail: str | None
+    payload: str  # as text, undecodable bytes escaped
+    payload_bytes: int
+
+
+@_no_extra
+class ReasonCount(TypedDict):
+    reason: str
+    count: int
+
+
+@_no_extra
+class QuarantineSummary(TypedDict):
+    since: int
+    by_reason: list[ReasonCount]
+    stored: int
+    reasons: list[str]
+
+
+@_no_extra
+class ZoneOccupancy(TypedDict):
+    zone_class: int
+    start: int  # the bucket's
+    occupied: float | None  # share of the time taken
+    reporting: int
+    spaces: int
+
+
+@_no_extra
+class ParkingRevenue(TypedDict):
+    month: str
+    district: str
+    amount: str  # a decimal
+    stays: int
+
+
+@_no_extra
+class SpacesTaken(TypedDict):
+    spaces: int
+    taken: int
+    reporting: int
+
+
+@_no_extra
+class BlockSummary(TypedDict):
+    height: int
+    hash: str
+    prev: str
+    size: int
+    sealed_at: int
+    entries: str | None  # its entries' types, comma-separated; None: readings only
+    rotates_key: bool
 
 
 def _marks(values: Sequence[Any]) -> str:
@@ -53,22 +259,25 @@ def _ints(values: Iterable[int]) -> list[int]:
     return [int(v) for v in values]
 
 
-def _rows(cursor: Any, keys: Sequence[str]) -> list[dict[str, Any]]:
-    return [dict(zip(keys, r)) for r in cursor.fetchall()]
+def _points(cursor: Any) -> list[ReadingPoint]:
+    """(ts, value, seq, received_at, height) rows as points."""
+    return [{"ts": ts, "value": value, "seq": seq, "received_at": received_at, "height": height}
+            for ts, value, seq, received_at, height in cursor.fetchall()]
 
 
 # ---------------------------------------------------------------- accounts and tariffs
 
 
 @view
-def devices_of_account(store: Store, account: str) -> list[dict[str, Any]]:
+def devices_of_account(store: Store, account: str) -> list[AccountDevice]:
     rows = store.con.execute("SELECT device, kind, district, status, enrolled_at FROM devices WHERE account = ?"
                              " ORDER BY device", [account]).fetchall()
-    return [dict(zip(("device", "kind", "district", "status", "enrolled_at"), r)) for r in rows]
+    return [{"device": device, "kind": kind, "district": district, "status": status, "enrolled_at": enrolled_at}
+            for device, kind, district, status, enrolled_at in rows]
 
 
 @view
-def account_profile(store: Store, account: str) -> dict[str, Any] | None:
+def account_profile(store: Store, account: str) -> AccountProfile | None:
     """An account's name, class and the districts its devices are in."""
     row = store.con.execute("SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?",
                             [account]).fetchone()
@@ -76,15 +285,15 @@ def account_profile(store: Store, account: str) -> dict[str, Any] | None:
         return None
     districts = [r[0] for r in store.con.execute(
         "SELECT DISTINCT district FROM devices WHERE account = ? ORDER BY 1", [account]).fetchall()]
-    return {**dict(zip(("account", "name", "customer_class", "created_at"), row)), "districts": districts}
+    return {"account": row[0], "name": row[1], "customer_class": row[2], "created_at": row[3], "districts": districts}
 
 
 @view
 def account_in_districts(store: Store, account: str, districts: list[str] | None) -> bool:
     """Whether an operator of `districts` (None: all) looks after this account: one of its devices is there."""
     where, args = _scope("district", districts)
-    return store.con.execute(f"SELECT count(*) FROM devices WHERE account = ? AND {where}",
-                             [account, *args]).fetchone()[0] > 0
+    return store.one(f"SELECT count(*) FROM devices WHERE account = ? AND {where}",
+                             [account, *args])[0] > 0
 
 
 # ---------------------------------------------------------------- usage
@@ -99,7 +308,7 @@ def _boundary_sql(boundaries: Sequence[int], window: int) -> tuple[str, str]:
 
 @view
 def registers_at(store: Store, devices: list[str], boundaries: list[int],
-                 window_ms: int = BOUNDARY_WINDOW) -> list[dict[str, Any]]:
+                 window_ms: int = BOUNDARY_WINDOW) -> list[RegisterBracket]:
     """For each device and boundary: the last reading at or before it and the first after it
     (within `window_ms`), from which the register at the boundary is interpolated."""
     bounds = _ints(boundaries)
@@ -115,12 +324,13 @@ def registers_at(store: Store, devices: list[str], boundaries: list[int],
         FROM r JOIN b ON r.ts BETWEEN b.bt - {int(window_ms)} AND b.bt + {int(window_ms)}
         GROUP BY ALL ORDER BY 1, 2
         """, list(devices))
-    return _rows(rows, ("device", "at", "prev_ts", "prev_value", "next_ts", "next_value"))
+    return [{"device": device, "at": at, "prev_ts": prev_ts, "prev_value": prev_value, "next_ts": next_ts,
+             "next_value": next_value} for device, at, prev_ts, prev_value, next_ts, next_value in rows.fetchall()]
 
 
 @view
 def typical_usage(store: Store, district: str, kind: str, boundaries: list[int], customer_class: str = "residential",
-                  window_ms: int = BOUNDARY_WINDOW, min_meters: int = MIN_TYPICAL_METERS) -> list[dict[str, Any]]:
+                  window_ms: int = BOUNDARY_WINDOW, min_meters: int = MIN_TYPICAL_METERS) -> list[TypicalUsage]:
     """The median consumption (base units) of the district's meters of `kind` held by accounts of
     `customer_class`, for each interval between consecutive boundaries. An interval with fewer
     than `min_meters` meters gets no median, so one household's use is never shown as "typical"."""
@@ -150,7 +360,7 @@ def typical_usage(store: Store, district: str, kind: str, boundaries: list[int],
         SELECT i, median(used), count(*) FROM u GROUP BY i ORDER BY i
         """, [district, kind, customer_class, kind]).fetchall()
     found = {i: (med, n) for i, med, n in rows}
-    out = []
+    out: list[TypicalUsage] = []
     for i in range(len(bounds) - 1):
         med, n = found.get(i, (None, 0))
         out.append({"start": bounds[i], "end": bounds[i + 1], "meters": n,
@@ -159,39 +369,38 @@ def typical_usage(store: Store, district: str, kind: str, boundaries: list[int],
 
 
 @view
-def first_reading(store: Store, device: str, start: int, end: int) -> dict[str, Any] | None:
+def first_reading(store: Store, device: str, start: int, end: int) -> FirstReading | None:
     """A device's first reading in [start, end] (keep the span short: it is scanned)."""
     row = store.con.execute("SELECT ts, value, seq FROM readings WHERE ts BETWEEN ? AND ? AND device = ?"
                             " ORDER BY ts, seq LIMIT 1", [int(start), int(end), device]).fetchone()
-    return dict(zip(("ts", "value", "seq"), row)) if row else None
+    return {"ts": row[0], "value": row[1], "seq": row[2]} if row else None
 
 
 @view
-def device_readings(store: Store, device: str, start: int, end: int, max_points: int = 1500) -> dict[str, Any]:
+def device_readings(store: Store, device: str, start: int, end: int, max_points: int = 1500) -> DeviceReadings:
     """A device's readings in [start, end] for a chart; thinned to `max_points` buckets
     (the last reading of each) when there are more, so a long window stays small."""
     start, end = int(start), int(end)
-    count = store.con.execute("SELECT count(*) FROM readings WHERE ts BETWEEN ? AND ? AND device = ?",
-                              [start, end, device]).fetchone()[0]
-    keys = ("ts", "value", "seq", "received_at", "height")
+    count = store.one("SELECT count(*) FROM readings WHERE ts BETWEEN ? AND ? AND device = ?",
+                              [start, end, device])[0]
     if count <= max_points:
         rows = store.con.execute(
             "SELECT ts, value, seq, received_at, height FROM readings WHERE ts BETWEEN ? AND ? AND device = ?"
             " ORDER BY ts, seq", [start, end, device])
-        return {"device": device, "count": count, "thinned": False, "points": _rows(rows, keys)}
+        return {"device": device, "count": count, "thinned": False, "points": _points(rows)}
     width = max(1, -(-(end - start) // int(max_points)))
     rows = store.con.execute(
         "SELECT max(ts), arg_max(value, ts), arg_max(seq, ts), arg_max(received_at, ts), arg_max(height, ts)"
         " FROM readings WHERE ts BETWEEN ? AND ? AND device = ? GROUP BY (ts - ?) // ? ORDER BY 1",
         [start, end, device, start, width])
-    return {"device": device, "count": count, "thinned": True, "points": _rows(rows, keys)}
+    return {"device": device, "count": count, "thinned": True, "points": _points(rows)}
 
 
 # ---------------------------------------------------------------- the city now
 
 
 @view
-def overview(store: Store, districts: list[str] | None = None, now: int | None = None) -> dict[str, Any]:
+def overview(store: Store, districts: list[str] | None = None, now: int | None = None) -> Overview:
     """Per district: devices (online, offline, revoked), readings per second over the last
     minute, readings and rejected messages over the last hour; and the chain's totals."""
     now = int(now or now_ms())
@@ -210,17 +419,21 @@ def overview(store: Store, districts: list[str] | None = None, now: int | None =
     rejects = store.con.execute(f"""
         SELECT coalesce(d.district, '?'), sum(c.count) FROM reject_counts c LEFT JOIN devices d USING (device)
         WHERE c.minute >= ? AND {where} GROUP BY 1""", [(now - HOUR) // 60_000, *args]).fetchall()
-    table: dict[str, dict[str, Any]] = {}
+    table: dict[str, DistrictNow] = {}
 
-    def row(district: str) -> dict[str, Any]:
+    def row(district: str) -> DistrictNow:
+        # the last two are set below, once every count is in
         return table.setdefault(district, {
             "district": district, "devices": 0, "online": 0, "offline": 0, "no_status": 0, "revoked": 0,
-            "readings_last_minute": 0, "readings_last_hour": 0, "reporting_last_hour": 0, "rejects_last_hour": 0})
+            "readings_last_minute": 0, "readings_last_hour": 0, "reporting_last_hour": 0, "rejects_last_hour": 0,
+            "readings_per_second": 0.0, "quarantine_rate": None})
 
     for district, active, online, offline, unknown, revoked in devices:
-        row(district).update(devices=active, online=online, offline=offline, no_status=unknown, revoked=revoked)
+        row(district).update({"devices": active, "online": online, "offline": offline, "no_status": unknown,
+                              "revoked": revoked})
     for district, minute, hour, reporting in recent:
-        row(district).update(readings_last_minute=minute, readings_last_hour=hour, reporting_last_hour=reporting)
+        row(district).update({"readings_last_minute": minute, "readings_last_hour": hour,
+                              "reporting_last_hour": reporting})
     for district, n in rejects:
         if district != "?" or districts is None:
             row(district)["rejects_last_hour"] = int(n)
@@ -228,18 +441,18 @@ def overview(store: Store, districts: list[str] | None = None, now: int | None =
         r["readings_per_second"] = round(r["readings_last_minute"] / 60, 2)
         seen = r["readings_last_hour"] + r["rejects_last_hour"]
         r["quarantine_rate"] = (r["rejects_last_hour"] / seen) if seen else None
-    chain = store.con.execute(
+    chain = store.one(
         "SELECT count(*), max(height), arg_max(hash, height), max(sealed_at), count(*) FILTER (WHERE sealed_at > ?)"
-        " FROM blocks", [now - HOUR]).fetchone()
+        " FROM blocks", [now - HOUR])
     return {"now": now, "districts": sorted(table.values(), key=lambda r: r["district"]),
             "blocks": chain[0], "height": chain[1], "head_hash": chain[2], "last_sealed_at": chain[3],
             "blocks_last_hour": chain[4],
-            "readings": store.con.execute("SELECT count(*) FROM readings").fetchone()[0]}
+            "readings": store.one("SELECT count(*) FROM readings")[0]}
 
 
 @view
 def arrivals(store: Store, districts: list[str] | None = None, minutes: int = 60,
-             now: int | None = None) -> list[dict[str, Any]]:
+             now: int | None = None) -> list[Arrival]:
     """Readings ledgered per minute and district over the last `minutes` (by arrival time, from the tail)."""
     now = int(now or now_ms())
     where, args = _scope("d.district", districts)
@@ -255,7 +468,7 @@ def arrivals(store: Store, districts: list[str] | None = None, minutes: int = 60
 
 @view
 def device_search(store: Store, districts: list[str] | None = None, text: str = "", kind: str | None = None,
-                  status: str | None = None, limit: int = 200, now: int | None = None) -> dict[str, Any]:
+                  status: str | None = None, limit: int = 200, now: int | None = None) -> DeviceSearch:
     """Devices matching a search, with their connection status and their last reading of the past hour."""
     now = int(now or now_ms())
     where, args = _scope("d.district", districts)
@@ -272,7 +485,7 @@ def device_search(store: Store, districts: list[str] | None = None, text: str = 
     elif status in ("online", "offline"):
         sql += " AND d.status = 'active' AND s.status = ?"
         args.append(status)
-    total = store.con.execute(f"SELECT count(*) {sql}", args).fetchone()[0]
+    total = store.one(f"SELECT count(*) {sql}", args)[0]
     rows = store.con.execute(f"""
         WITH found AS (SELECT d.device, d.kind, d.district, d.account, d.status, s.status AS online, s.changed_at,
                               d.enrolled_at {sql} ORDER BY d.device LIMIT ?),
@@ -280,13 +493,15 @@ def device_search(store: Store, districts: list[str] | None = None, text: str = 
                  WHERE received_at > ? AND device IN (SELECT device FROM found) GROUP BY 1)
         SELECT found.*, tail.last_ts, tail.last_value FROM found LEFT JOIN tail USING (device) ORDER BY device
         """, [*args, int(limit), now - HOUR])
-    keys = ("device", "kind", "district", "account", "status", "online", "status_changed_at", "enrolled_at",
-            "last_ts", "last_value")
-    return {"total": total, "devices": _rows(rows, keys)}
+    return {"total": total, "devices": [
+        {"device": device, "kind": kind, "district": district, "account": account, "status": status, "online": online,
+         "status_changed_at": changed_at, "enrolled_at": enrolled_at, "last_ts": last_ts, "last_value": last_value}
+        for device, kind, district, account, status, online, changed_at, enrolled_at, last_ts, last_value
+        in rows.fetchall()]}
 
 
 @view
-def device_detail(store: Store, device: str, now: int | None = None) -> dict[str, Any] | None:
+def device_detail(store: Store, device: str, now: int | None = None) -> DeviceDetail | None:
     """One device: its record (never its broker password hash), status, and its last reading,
     looked for in ever wider stretches of the table's tail."""
     now = int(now or now_ms())
@@ -296,24 +511,24 @@ def device_detail(store: Store, device: str, now: int | None = None) -> dict[str
         [device]).fetchone()
     if row is None:
         return None
-    out = dict(zip(("device", "kind", "district", "account", "public_key", "status", "enrolled_at", "revoked_at",
-                    "online", "status_changed_at"), row))
-    out["last"] = None
+    found: ReadingPoint | None = None
     for span in (HOUR, 24 * HOUR, 31 * 24 * HOUR, None):
         since = now - span if span else -(1 << 62)
         last = store.con.execute(
             "SELECT ts, value, seq, received_at, height FROM readings WHERE received_at > ? AND device = ?"
             " ORDER BY received_at DESC, seq DESC LIMIT 1", [since, device]).fetchone()
         if last:
-            out["last"] = dict(zip(("ts", "value", "seq", "received_at", "height"), last))
+            found = {"ts": last[0], "value": last[1], "seq": last[2], "received_at": last[3], "height": last[4]}
             break
-    day = store.con.execute("SELECT count(*) FROM readings WHERE received_at > ? AND device = ?",
-                            [now - 24 * HOUR, device]).fetchone()[0]
-    rejects = store.con.execute("SELECT coalesce(sum(count), 0) FROM reject_counts WHERE minute >= ? AND device = ?",
-                                [(now - 24 * HOUR) // 60_000, device]).fetchone()[0]
-    out.update(readings_last_day=day, rejects_last_day=int(rejects))
-    out["suspension"] = store.suspensions().get(device)  # its latest budget suspension (ledger/service/budget.py)
-    return out
+    day = store.one("SELECT count(*) FROM readings WHERE received_at > ? AND device = ?",
+                            [now - 24 * HOUR, device])[0]
+    rejects = store.one("SELECT coalesce(sum(count), 0) FROM reject_counts WHERE minute >= ? AND device = ?",
+                                [(now - 24 * HOUR) // 60_000, device])[0]
+    return {"device": row[0], "kind": row[1], "district": row[2], "account": row[3], "public_key": row[4],
+            "status": row[5], "enrolled_at": row[6], "revoked_at": row[7], "online": row[8],
+            "status_changed_at": row[9], "last": found, "readings_last_day": day, "rejects_last_day": int(rejects),
+            # its latest budget suspension (ledger/service/budget.py)
+            "suspension": store.suspensions().get(device)}
 
 
 @view
@@ -330,7 +545,7 @@ _Q_DISTRICT = "coalesce(d.district, split_part(q.topic, '/', 2))"
 
 @view
 def quarantine_rows(store: Store, districts: list[str] | None = None, reason: str | None = None,
-                    device: str | None = None, since: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
+                    device: str | None = None, since: int | None = None, limit: int = 200) -> list[QuarantineRow]:
     """Stored rejected messages, newest first, with their district (the sender's, or the topic's)
     and the raw payload as text (undecodable bytes escaped): for showing as text, never as markup."""
     where, args = _scope(_Q_DISTRICT, districts)
@@ -345,17 +560,18 @@ def quarantine_rows(store: Store, districts: list[str] | None = None, reason: st
     if since is not None:
         sql += " AND q.received_at >= ?"
         args.append(int(since))
-    out = []
+    out: list[QuarantineRow] = []
     for r in store.con.execute(sql + " ORDER BY q.received_at DESC LIMIT ?", [*args, int(limit)]).fetchall():
-        item = dict(zip(("received_at", "topic", "reason", "device", "district", "detail"), r[:6]))
         raw = bytes(r[6])
-        item.update(payload=raw.decode("utf-8", errors="backslashreplace"), payload_bytes=len(raw))
-        out.append(item)
+        out.append({"received_at": r[0], "topic": r[1], "reason": r[2], "device": r[3], "district": r[4],
+                    "detail": r[5], "payload": raw.decode("utf-8", errors="backslashreplace"),
+                    "payload_bytes": len(raw)})
     return out
 
 
 @view
-def quarantine_summary(store: Store, districts: list[str] | None = None, since: int | None = None) -> dict[str, Any]:
+def quarantine_summary(store: Store, districts: list[str] | None = None,
+                       since: int | None = None) -> QuarantineSummary:
     """Rejected messages by reason (everything counted, stored or not) and the rows kept."""
     since = int(since if since is not None else now_ms() - 24 * HOUR)
     where, args = _scope("d.district", districts)
@@ -364,8 +580,8 @@ def quarantine_summary(store: Store, districts: list[str] | None = None, since: 
         WHERE c.minute >= ? AND {where} GROUP BY 1 ORDER BY 2 DESC""",
                                 [since // 60_000, *args]).fetchall()
     qwhere, qargs = _scope(_Q_DISTRICT, districts)
-    stored = store.con.execute(f"""SELECT count(*) FROM quarantine q LEFT JOIN devices d USING (device)
-                                   WHERE q.received_at >= ? AND {qwhere}""", [since, *qargs]).fetchone()[0]
+    stored = store.one(f"""SELECT count(*) FROM quarantine q LEFT JOIN devices d USING (device)
+                                   WHERE q.received_at >= ? AND {qwhere}""", [since, *qargs])[0]
     reasons = [r[0] for r in store.con.execute("SELECT DISTINCT reason FROM quarantine ORDER BY 1").fetchall()]
     return {"since": since, "by_reason": [{"reason": r, "count": int(n)} for r, n in counted], "stored": stored,
             "reasons": reasons}
@@ -384,7 +600,7 @@ def space_zones(store: Store, districts: list[str] | None) -> list[tuple[str, st
 
 
 def spaces_occupancy(store: Store, spaces: list[tuple[str, str, int]], start: int, end: int,
-                     bucket_ms: int = HOUR, hold_ms: int = 6 * HOUR) -> list[dict[str, Any]]:
+                     bucket_ms: int = HOUR, hold_ms: int = 6 * HOUR) -> list[ZoneOccupancy]:
     """Share of the time `spaces` (space, district, zone class) were reported taken, per zone class and
     time bucket in [start, end). A report holds until the next one (at most `hold_ms`), split across
     the buckets it spans. The `parking_occupancy` view (ledger/service/views.py) gives the zone classes."""
@@ -416,7 +632,7 @@ def spaces_occupancy(store: Store, spaces: list[tuple[str, str, int]], start: in
 
 
 @view
-def parking_revenue(store: Store, districts: list[str] | None = None, months: int = 12) -> list[dict[str, Any]]:
+def parking_revenue(store: Store, districts: list[str] | None = None, months: int = 12) -> list[ParkingRevenue]:
     """Parking fees on issued bills, per month and district of the space (newest months first)."""
     wanted = [r[0] for r in store.con.execute(
         "SELECT DISTINCT month FROM bills ORDER BY month DESC LIMIT ?", [int(months)]).fetchall()]
@@ -436,16 +652,16 @@ def parking_revenue(store: Store, districts: list[str] | None = None, months: in
     return [{"month": m, "district": d, "amount": a, "stays": int(n)} for m, d, a, n in rows]
 
 
-def spaces_taken(store: Store, spaces: list[tuple[str, str, int]], now: int) -> dict[str, Any]:
+def spaces_taken(store: Store, spaces: list[tuple[str, str, int]], now: int) -> SpacesTaken:
     """How many of `spaces` (space, district, zone class) were last reported taken (from the past hour).
     The `parking_today` view (ledger/service/views.py) gives the spaces in scope."""
     if not spaces:
         return {"spaces": 0, "taken": 0, "reporting": 0}
-    row = store.con.execute(f"""
+    row = store.one(f"""
         SELECT count(*), count(*) FILTER (WHERE v = 1) FROM (
             SELECT device, arg_max(value, ts) AS v FROM readings
             WHERE received_at > ? AND kind = 'parking' AND device IN ({_marks(spaces)}) GROUP BY 1)""",
-                            [now - HOUR, *[s for s, _, _ in spaces]]).fetchone()
+                    [now - HOUR, *[s for s, _, _ in spaces]])
     return {"spaces": len(spaces), "reporting": row[0], "taken": row[1]}
 
 
@@ -453,7 +669,7 @@ def spaces_taken(store: Store, spaces: list[tuple[str, str, int]], now: int) -> 
 
 
 @view
-def blocks_page(store: Store, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+def blocks_page(store: Store, before: int | None = None, limit: int = 50) -> list[BlockSummary]:
     """Blocks below height `before` (the newest when None), newest first, with what they hold."""
     sql = "SELECT height, hash, prev, size, sealed_at, header FROM blocks"
     args: list[Any] = []

@@ -7,12 +7,13 @@ shows, and an issued bill is never issued again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from ledger.billing import rules
 from ledger.billing.tariffs import parse_tariffs
@@ -20,16 +21,21 @@ from ledger.chain.protocol import canonical_json, valid_device_id
 from ledger.chain.records import Batch
 from ledger.clock import now_ms
 from ledger.errors import Refused
+from ledger.billing.bills import Bill
+from ledger.service.results.billing import (AccountAssigned, AccountOpened, Adjustment, AdjustmentDecided,
+                                            AdjustmentLimitSet, BillsIssued, ReplacementRecorded, RolledUp,
+                                            TariffsLoaded)
 from ledger.service.writer import AlreadyEnrolled, LedgerWriter, checked_operator, named
 from ledger.store import accounts
 from ledger.store import device_days
+from ledger.store.accounts import AdjustmentRequest
 from ledger.store.store import Store
 
 DEFAULT_ADJUSTMENT_LIMIT = Decimal("1000.00")  # yuan; above it a correction needs a second operator
 
 
 def add_account(writer: LedgerWriter, account: str, name: str, customer_class: str = "residential",
-                operator: str | None = None) -> dict[str, Any]:
+                operator: str | None = None) -> AccountOpened:
     by = named(operator)
     if not valid_device_id(account):
         raise Refused(f"invalid account id {account!r} (letters, digits, . _ -)")
@@ -44,7 +50,7 @@ def add_account(writer: LedgerWriter, account: str, name: str, customer_class: s
     return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
 
 
-def assign_account(writer: LedgerWriter, device: str, account: str | None, operator: str) -> dict[str, Any]:
+def assign_account(writer: LedgerWriter, device: str, account: str | None, operator: str) -> AccountAssigned:
     """A meter changes hands (a household moves in): recorded in the chain, billed from now on."""
     operator = checked_operator(operator)
     with writer.lock:
@@ -58,7 +64,7 @@ def assign_account(writer: LedgerWriter, device: str, account: str | None, opera
     return {"device": device, "account": account, "operator": operator, "block": sealed.hash}
 
 
-def load_tariffs(writer: LedgerWriter, source: str, operator: str | None = None) -> dict[str, Any]:
+def load_tariffs(writer: LedgerWriter, source: str, operator: str | None = None) -> TariffsLoaded:
     """Keep a new tariff version; bills already issued keep the prices they were issued with."""
     by = named(operator)
     parse_tariffs(source)  # refuse a file that cannot be used before anything is written
@@ -74,7 +80,7 @@ def load_tariffs(writer: LedgerWriter, source: str, operator: str | None = None)
 
 
 def record_replacement(writer: LedgerWriter, device: str, ts: int, old_final: int, new_initial: int,
-                       operator: str) -> dict[str, Any]:
+                       operator: str) -> ReplacementRecorded:
     operator = checked_operator(operator)
     with writer.lock:
         rec = writer.store.device(device)
@@ -87,7 +93,7 @@ def record_replacement(writer: LedgerWriter, device: str, ts: int, old_final: in
     return {"device": device, "ts": ts, "block": sealed.hash}
 
 
-def adjust(writer: LedgerWriter, account: str, amount: str, reason: str, operator: str) -> dict[str, Any]:
+def adjust(writer: LedgerWriter, account: str, amount: str, reason: str, operator: str) -> Adjustment:
     """Append a refund, credit or re-bill; it appears on the account's next bill. Nothing is edited.
 
     Above the approval limit it is only requested: sealed as `adjustment_requested`, it
@@ -135,7 +141,7 @@ def adjustment_limit(writer: LedgerWriter) -> Decimal:
     return DEFAULT_ADJUSTMENT_LIMIT if latest is None else Decimal(latest[1]["amount"])
 
 
-def set_adjustment_limit(writer: LedgerWriter, amount: str, operator: str) -> dict[str, Any]:
+def set_adjustment_limit(writer: LedgerWriter, amount: str, operator: str) -> AdjustmentLimitSet:
     """Seal a new approval limit; adjustments already requested keep waiting for approval."""
     operator = checked_operator(operator)
     limit = _amount(amount)
@@ -146,7 +152,7 @@ def set_adjustment_limit(writer: LedgerWriter, amount: str, operator: str) -> di
 
 
 def decide_adjustment(writer: LedgerWriter, adj_id: str, operator: str, approve: bool,
-                      note: str = "") -> dict[str, Any]:
+                      note: str = "") -> AdjustmentDecided:
     """A second operator approves (the adjustment is sealed with the approval, one block) or
     rejects a requested adjustment. The requester may withdraw it, never approve it."""
     operator = checked_operator(operator)
@@ -160,7 +166,7 @@ def decide_adjustment(writer: LedgerWriter, adj_id: str, operator: str, approve:
         if approve and operator == requester:
             raise Refused(f"{operator} requested {adj_id}: another operator must approve it")
         at, height = now_ms(), writer.height + 1
-        decided = "approved" if approve else "rejected"
+        decided: Literal["approved", "rejected"] = "approved" if approve else "rejected"
         entries = [{"entry": f"adjustment_{decided}", "id": adj_id, "operator": operator, "requested_by": requester,
                     **({"note": note} if note else {}), "at": at}]
         if approve:
@@ -177,13 +183,13 @@ def decide_adjustment(writer: LedgerWriter, adj_id: str, operator: str, approve:
             "amount": amount, "block": sealed.hash}
 
 
-def adjustment_requests(writer: LedgerWriter, status: str | None = "pending") -> list[dict[str, Any]]:
+def adjustment_requests(writer: LedgerWriter, status: str | None = "pending") -> list[AdjustmentRequest]:
     with writer.lock:
         return accounts.adjustment_requests(writer.store, status)
 
 
 def roll_up(writer: LedgerWriter, max_readings: int = 500_000,
-            progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[int, int], None] | None = None) -> RolledUp:
     """Bring the per-device daily summaries up to the head, a chunk per transaction.
 
     Each chunk is summarised on a read snapshot without the lock (DuckDB reads every
@@ -210,8 +216,8 @@ def roll_up(writer: LedgerWriter, max_readings: int = 500_000,
             progress(summary.hi, target)
 
 
-def issue_bills(writer: LedgerWriter, month: str, bills: Sequence[dict[str, Any]],
-                per_block: int = 5000) -> dict[str, Any]:
+def issue_bills(writer: LedgerWriter, month: str, bills: Sequence[Bill],
+                per_block: int = 5000) -> BillsIssued:
     """Seal bills not yet issued: each bill's hash goes into the chain, its body into `bills`.
 
     Issued bills are never replaced, so running the close again issues nothing new.
@@ -238,7 +244,6 @@ def issue_bills(writer: LedgerWriter, month: str, bills: Sequence[dict[str, Any]
                 continue
             rows, entries = [rows[i] for i in keep], [entries[i] for i in keep]
             height = writer.height + 1
-            writer.commit(Batch(), entries,
-                          also=lambda s, rows=rows, height=height: accounts.add_bills(s, rows, height))
+            writer.commit(Batch(), entries, also=functools.partial(accounts.add_bills, rows=rows, height=height))
             issued += len(rows)
     return {"month": month, "issued": issued, "already_issued": len(done)}

@@ -5,7 +5,6 @@ into the city chain (ledger/chain/anchors.py says what an anchor proves).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from ledger.chain import anchors
 from ledger.chain.protocol import RESERVED_DISTRICTS, canonical_json, strict_json, valid_district
@@ -14,10 +13,11 @@ from ledger.chain.witness import SignedHeader
 from ledger.clock import now_ms
 from ledger.home import DISTRICT_FILE
 from ledger.service.homes import initialize
+from ledger.service.results.districts import DistrictAdded
 from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, Sealed, named
 
 
-def add_district(writer: LedgerWriter, district: str, operator: str | None = None) -> dict[str, Any]:
+def add_district(writer: LedgerWriter, district: str, operator: str | None = None) -> DistrictAdded:
     """Open a district's chain: a home of its own under districts/, its first key sealed in the city chain.
 
     Only a city home without devices takes districts: a home that ledgers readings
@@ -54,7 +54,7 @@ def anchor(writer: LedgerWriter, heads: Sequence[anchors.Head],
         at, height = now_ms(), writer.height + 1
         rows = [(h.district, h.height, h.hash, canonical_json(h.signed.header).decode(), h.signed.sig, at, height)
                 for h in heads]
-        return writer.commit(Batch(witness_reports=list(alarms)), [h.entry(at) for h in heads],
+        return writer.commit(Batch(witness_reports=list(alarms)), [dict(h.entry(at)) for h in heads],
                              also=lambda s: s.put_district_heads(rows))
 
 

@@ -6,9 +6,8 @@ Each is an entry naming its operator, sealed with its row; parking bills read th
 
 from __future__ import annotations
 
-from typing import Any
-
 from ledger.errors import Refused
+from ledger.service.results.billing import CheckedIn, Leased, ZoneSet
 from ledger.service.writer import LedgerWriter, checked_operator
 from ledger.store import accounts
 
@@ -19,7 +18,7 @@ def _parking_space(writer: LedgerWriter, space: str) -> None:
         raise Refused(f"{space} is not an enrolled parking sensor")
 
 
-def set_zone(writer: LedgerWriter, space: str, zone_class: int, from_ts: int, operator: str) -> dict[str, Any]:
+def set_zone(writer: LedgerWriter, space: str, zone_class: int, from_ts: int, operator: str) -> ZoneSet:
     operator = checked_operator(operator)
     with writer.lock:  # checks and the record in one step
         _parking_space(writer, space)
@@ -31,7 +30,7 @@ def set_zone(writer: LedgerWriter, space: str, zone_class: int, from_ts: int, op
     return {"space": space, "class": zone_class, "from": from_ts, "operator": operator, "block": sealed.hash}
 
 
-def lease(writer: LedgerWriter, space: str, account: str | None, from_ts: int, operator: str) -> dict[str, Any]:
+def lease(writer: LedgerWriter, space: str, account: str | None, from_ts: int, operator: str) -> Leased:
     operator = checked_operator(operator)
     with writer.lock:  # checks and the record in one step
         _parking_space(writer, space)
@@ -42,7 +41,7 @@ def lease(writer: LedgerWriter, space: str, account: str | None, from_ts: int, o
     return {"space": space, "account": account, "from": from_ts, "operator": operator, "block": sealed.hash}
 
 
-def checkin(writer: LedgerWriter, space: str, account: str, at: int, operator: str) -> dict[str, Any]:
+def checkin(writer: LedgerWriter, space: str, account: str, at: int, operator: str) -> CheckedIn:
     operator = checked_operator(operator)
     with writer.lock:  # checks and the record in one step
         _parking_space(writer, space)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import secrets
 import threading
-from typing import Any
 
 from ledger.clock import now_ms
 from ledger.chain.protocol import valid_device_id
 from ledger.errors import Refused
 from ledger.people import auth, signin
+from ledger.service.results.people import DisputePosted, OperatorAdded, PasswordSet
 from ledger.service.writer import AlreadyEnrolled, LedgerWriter
 from ledger.store import accounts, people
 
@@ -25,7 +25,7 @@ PASSWORD_CHECKS = threading.BoundedSemaphore(2)
 _DUMMY_HASH = "$argon2id$v=19$m=65536,t=2,p=1$iQjDQJYZfilM++iOX1AKyg$qH/s+n9YDd0wM4QqedfpZg+gF6BCQI4LJwndHoqPTrM"
 
 
-def set_password(writer: LedgerWriter, role: str, principal: str, password: str) -> dict[str, Any]:
+def set_password(writer: LedgerWriter, role: str, principal: str, password: str) -> PasswordSet:
     """Set or reset a citizen's or operator's dashboard password (kept only as Argon2id)."""
     if role not in ("citizen", "operator"):
         raise Refused("role must be citizen or operator")
@@ -43,7 +43,7 @@ def set_password(writer: LedgerWriter, role: str, principal: str, password: str)
     return {"role": role, "id": principal, "password_set": True}
 
 
-def add_operator(writer: LedgerWriter, operator: str, name: str, districts: str) -> dict[str, Any]:
+def add_operator(writer: LedgerWriter, operator: str, name: str, districts: str) -> OperatorAdded:
     if not valid_device_id(operator):
         raise Refused(f"invalid operator id {operator!r}")
     try:
@@ -115,7 +115,7 @@ def _signin_failed(writer: LedgerWriter, role: str, principal: str, source: str,
 
 
 def dispute(writer: LedgerWriter, dispute_id: str | None, account: str, author: str, status: str, message: str,
-            subject: str | None = None) -> dict[str, Any]:
+            subject: str | None = None) -> DisputePosted:
     """Append to a dispute (a new one when `dispute_id` is None): a citizen's message or an operator's answer."""
     if not message.strip():
         raise Refused("a dispute needs a message")
