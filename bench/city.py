@@ -222,8 +222,10 @@ def presign(specs: list[DeviceSpec], count: int, processes: int) -> list[Supply]
 def verify_cost_us(samples: int = VERIFY_SAMPLES) -> tuple[float, float]:
     """(µs per `ledger.protocol.verify_reading`, µs per bare Ed25519 verify), on distinct signatures."""
     keys = [SigningKey.generate() for _ in range(50)]
-    readings = [sign_reading(keys[i % 50], device=f"v{i % 50}", kind="water", seq=i + 1, ts=i, value=i)
-                for i in range(min(samples, 2000))]
+    readings = [
+        sign_reading(keys[i % 50], device=f"v{i % 50}", kind="water", seq=i + 1, ts=i, value=i)
+        for i in range(min(samples, 2000))
+    ]
     pairs = [(keys[i % 50].verify_key, r) for i, r in enumerate(readings)]
     rounds = max(1, samples // len(pairs))
     t = time.process_time()  # CPU time, like the ingest's figure: a busy machine must not inflate it
@@ -324,8 +326,18 @@ def _raise_open_files_limit(needed: int) -> None:
 
 
 def ingest_argv(opt: BenchOptions) -> list[str]:
-    argv = [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest",
-            "--block-readings", str(opt.block_readings), "--block-seconds", str(opt.block_seconds)]
+    argv = [
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        "--log-level",
+        "WARNING",
+        "ingest",
+        "--block-readings",
+        str(opt.block_readings),
+        "--block-seconds",
+        str(opt.block_seconds),
+    ]
     if opt.workers is not None:
         argv += ["--workers", str(opt.workers)]
     return argv
@@ -352,8 +364,15 @@ def running_stack(home: Home, opt: BenchOptions) -> Iterator[Stack]:
     stack = Stack(home, port, mosquitto.start(home, port))
     try:
         for chain in chains:
-            stack.ingests.append(_launch(stack, f"ingest of {chain.district}" if chain.district else "ingest",
-                                         chain, ingest_argv(opt), "bench-ingest.log"))
+            stack.ingests.append(
+                _launch(
+                    stack,
+                    f"ingest of {chain.district}" if chain.district else "ingest",
+                    chain,
+                    ingest_argv(opt),
+                    "bench-ingest.log",
+                )
+            )
         if opt.districts:
             stack.anchor = _launch(stack, "anchor", home, anchor_argv(), "bench-anchor.log")
         for service in stack.services:
@@ -415,8 +434,10 @@ def device_specs(n: int, districts: int = 0) -> list[DeviceSpec]:
     districts d01..dNN take turns, and a device is named after its kind and district (wm-d01-000001).
     """
     if not districts:
-        return [DeviceSpec(f"bench-{i:06d}", DISTRICTS[i % len(DISTRICTS)], KINDS[i % len(KINDS)], os.urandom(32))
-                for i in range(n)]
+        return [
+            DeviceSpec(f"bench-{i:06d}", DISTRICTS[i % len(DISTRICTS)], KINDS[i % len(KINDS)], os.urandom(32))
+            for i in range(n)
+        ]
     names, specs = district_names(districts), []
     for i in range(n):
         district, j = names[i % districts], i // districts
@@ -442,9 +463,16 @@ def enrol(stack: Stack, specs: list[DeviceSpec]) -> None:
         ingest.api.set_budget_policy(rate=BENCH_BUDGET, burst=BENCH_BUDGET, operator="bench")
         mine = [s for s in specs if ingest.home.district in (None, s.district)]
         for start in range(0, len(mine), ENROL_CHUNK):
-            chunk = mine[start:start + ENROL_CHUNK]
-            rows = [{"device": s.device, "kind": s.kind, "district": s.district,
-                     "public_key": SigningKey(s.seed).verify_key.encode().hex()} for s in chunk]
+            chunk = mine[start : start + ENROL_CHUNK]
+            rows = [
+                {
+                    "device": s.device,
+                    "kind": s.kind,
+                    "district": s.district,
+                    "public_key": SigningKey(s.seed).verify_key.encode().hex(),
+                }
+                for s in chunk
+            ]
             for login in ingest.api.enroll_devices(rows=rows)["devices"]:
                 by_device[login["device"]].password = login["mqtt_password"]
             done += len(chunk)
@@ -464,9 +492,15 @@ def snapshot(stack: Stack) -> Snapshot:
     t0 = time.monotonic()
     readings = chain_readings(stack)
     t1 = time.monotonic()
-    return Snapshot((t0 + t1) / 2, readings, tuple(tree_cpu_seconds(s.proc.pid) for s in stack.ingests),
-                    tree_cpu_seconds(stack.anchor.proc.pid) if stack.anchor else 0.0,
-                    tree_cpu_seconds(stack.broker.pid), own_cpu_seconds(), machine_busy_seconds())
+    return Snapshot(
+        (t0 + t1) / 2,
+        readings,
+        tuple(tree_cpu_seconds(s.proc.pid) for s in stack.ingests),
+        tree_cpu_seconds(stack.anchor.proc.pid) if stack.anchor else 0.0,
+        tree_cpu_seconds(stack.broker.pid),
+        own_cpu_seconds(),
+        machine_busy_seconds(),
+    )
 
 
 def drive(stack: Stack, gen: LoadGenerator, opt: BenchOptions) -> tuple[Snapshot, Snapshot, bool]:
@@ -520,8 +554,10 @@ def drain(stack: Stack, gen: LoadGenerator, base: int, timeout: float) -> int:
             last_check = now
         if now > deadline:
             ledgered = sum(chain_readings(stack)) - base
-            raise BenchError(f"after {timeout:.0f} s only {gen.acked_total:,} of {gen.sent_total:,} published "
-                             f"readings are acknowledged ({ledgered:,} in the ledger)")
+            raise BenchError(
+                f"after {timeout:.0f} s only {gen.acked_total:,} of {gen.sent_total:,} published "
+                f"readings are acknowledged ({ledgered:,} in the ledger)"
+            )
     bar.close()
     ledgered = sum(chain_readings(stack)) - base
     if ledgered != gen.sent_total:
@@ -540,10 +576,15 @@ def await_anchor(stack: Stack, timeout: float) -> dict[str, Any]:
         time.sleep(0.1)
         heads, anchored = anchor_state(stack)
     caught_up = None if any(_behind(heads, anchored).values()) else round(time.monotonic() - start, 2)
-    return {"every_s": ANCHOR_EVERY_S, "blocks_behind_at_end": behind, "caught_up_s": caught_up,
-            "district_heads": heads, "anchored_heights": anchored,
-            "city_blocks": stack.anchor.api.status()["blocks"],
-            "cpu_s_total": round(tree_cpu_seconds(stack.anchor.proc.pid), 2)}
+    return {
+        "every_s": ANCHOR_EVERY_S,
+        "blocks_behind_at_end": behind,
+        "caught_up_s": caught_up,
+        "district_heads": heads,
+        "anchored_heights": anchored,
+        "city_blocks": stack.anchor.api.status()["blocks"],
+        "cpu_s_total": round(tree_cpu_seconds(stack.anchor.proc.pid), 2),
+    }
 
 
 def anchor_state(stack: Stack) -> tuple[dict[str, int], dict[str, int | None]]:
@@ -576,9 +617,14 @@ def run(opt: BenchOptions) -> dict[str, Any]:
             shutil.rmtree(home.root, ignore_errors=True)
         elif temporary:
             print(f"bench: the run's home is kept for inspection: {home.root}", file=sys.stderr)
-    result.update(load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()],
-                  date=started_at.isoformat(timespec="seconds"), machine=machine(), command=opt.command,
-                  home=None if temporary else str(home.root))
+    result.update(
+        load_before=[round(x, 2) for x in load_before],
+        load_after=[round(x, 2) for x in os.getloadavg()],
+        date=started_at.isoformat(timespec="seconds"),
+        machine=machine(),
+        command=opt.command,
+        home=None if temporary else str(home.root),
+    )
     return result
 
 
@@ -587,8 +633,9 @@ def _fresh_home(given: Path | None) -> tuple[Home, bool]:
         return Home(Path(tempfile.mkdtemp(prefix="cityledger-bench-"))), True
     home = Home(given.resolve())
     if home.ledger_key.exists() or home.database.exists():
-        raise BenchError(f"{home.root} already holds a ledger: the bench enrols thousands of devices, "
-                         "give it an empty directory")
+        raise BenchError(
+            f"{home.root} already holds a ledger: the bench enrols thousands of devices, give it an empty directory"
+        )
     return home, False
 
 
@@ -622,8 +669,11 @@ def _run_on(home: Home, opt: BenchOptions) -> dict[str, Any]:
         supplies = presign(specs, opt.readings_per_device(), os.cpu_count() or 1)
         t2 = time.monotonic()
         verify_us, bare_us = verify_cost_us()
-        prepare = {"enrol_s": round(t1 - t0, 1), "sign_s": round(t2 - t1, 1),
-                   "verify_s": round(time.monotonic() - t2, 1)}
+        prepare = {
+            "enrol_s": round(t1 - t0, 1),
+            "sign_s": round(t2 - t1, 1),
+            "verify_s": round(time.monotonic() - t2, 1),
+        }
         gen = LoadGenerator("127.0.0.1", stack.port, supplies, window)
         try:
             gen.connect()
@@ -641,33 +691,68 @@ def _run_on(home: Home, opt: BenchOptions) -> dict[str, Any]:
     db_used = sum(_db_used_bytes(s.home) for s in stack.ingests)
     status = {k: sum(s[k] for s in statuses) for k in ("readings", "blocks", "quarantined", "duplicates")}
     status["workers"] = statuses[0]["ingest"]["workers"]  # what ingest chose, given --workers or not
-    result = figures(opt, window, first, last, gen, verify_us, bare_us, peak_rss, sum(db_bytes), status,
-                     ledgered=ledgered, supply_exhausted=dry, db_used_bytes=db_used)
+    result = figures(
+        opt,
+        window,
+        first,
+        last,
+        gen,
+        verify_us,
+        bare_us,
+        peak_rss,
+        sum(db_bytes),
+        status,
+        ledgered=ledgered,
+        supply_exhausted=dry,
+        db_used_bytes=db_used,
+    )
     result.update(prepare=prepare, readings_signed=opt.devices * opt.readings_per_device())
     if anchor is not None:
         result["per_district"] = district_figures(stack, first, last, statuses, db_bytes)
-        result["anchor"] = {"cpu_s": round(last.anchor_cpu - first.anchor_cpu, 2), **anchor,
-                            "city_db_bytes": _db_bytes(home)}
+        result["anchor"] = {
+            "cpu_s": round(last.anchor_cpu - first.anchor_cpu, 2),
+            **anchor,
+            "city_db_bytes": _db_bytes(home),
+        }
     return result
 
 
-def district_figures(stack: Stack, first: Snapshot, last: Snapshot, statuses: list[dict[str, Any]],
-                     db_bytes: list[int]) -> dict[str, dict[str, Any]]:
+def district_figures(
+    stack: Stack, first: Snapshot, last: Snapshot, statuses: list[dict[str, Any]], db_bytes: list[int]
+) -> dict[str, dict[str, Any]]:
     """Each district's share: readings (in the window, and in its ledger), its chain, its ingest's CPU."""
     seconds = last.t - first.t
     out = {}
     for i, service in enumerate(stack.ingests):
         readings = last.chain_readings[i] - first.chain_readings[i]
         out[str(service.home.district)] = {
-            "readings_per_s": round(readings / seconds, 1), "readings_in_window": readings,
-            "readings": statuses[i]["readings"], "blocks": statuses[i]["blocks"], "height": statuses[i]["height"],
-            "ingest_cpu_s": round(last.chain_cpu[i] - first.chain_cpu[i], 2), "db_bytes": db_bytes[i]}
+            "readings_per_s": round(readings / seconds, 1),
+            "readings_in_window": readings,
+            "readings": statuses[i]["readings"],
+            "blocks": statuses[i]["blocks"],
+            "height": statuses[i]["height"],
+            "ingest_cpu_s": round(last.chain_cpu[i] - first.chain_cpu[i], 2),
+            "db_bytes": db_bytes[i],
+        }
     return out
 
 
-def figures(opt: BenchOptions, window: int, first: Snapshot, last: Snapshot, gen: LoadGenerator,
-            verify_us: float, bare_us: float, peak_rss: float, db_bytes: int, status: dict[str, Any], *,
-            ledgered: int, supply_exhausted: bool, db_used_bytes: int) -> dict[str, Any]:
+def figures(
+    opt: BenchOptions,
+    window: int,
+    first: Snapshot,
+    last: Snapshot,
+    gen: LoadGenerator,
+    verify_us: float,
+    bare_us: float,
+    peak_rss: float,
+    db_bytes: int,
+    status: dict[str, Any],
+    *,
+    ledgered: int,
+    supply_exhausted: bool,
+    db_used_bytes: int,
+) -> dict[str, Any]:
     """The JSON result: the issue's fields first, then what explains them."""
     seconds = last.t - first.t
     readings = last.readings - first.readings
@@ -677,8 +762,10 @@ def figures(opt: BenchOptions, window: int, first: Snapshot, last: Snapshot, gen
     p50, p99 = gen.latencies.percentile(0.50), gen.latencies.percentile(0.99)
     if p50 is None or p99 is None:
         raise BenchError("no reading published in the window was acknowledged")
-    cores = {name: round((getattr(last, f"{name}_cpu") - getattr(first, f"{name}_cpu")) / seconds, 2)
-             for name in ("ingest", "broker", "loadgen", "machine")}
+    cores = {
+        name: round((getattr(last, f"{name}_cpu") - getattr(first, f"{name}_cpu")) / seconds, 2)
+        for name in ("ingest", "broker", "loadgen", "machine")
+    }
     cores["other"] = round(max(0.0, cores["machine"] - cores["ingest"] - cores["broker"] - cores["loadgen"]), 2)
     return {
         "readings_per_s": round(readings / seconds, 1),
@@ -719,14 +806,27 @@ def figures(opt: BenchOptions, window: int, first: Snapshot, last: Snapshot, gen
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    model = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
-    mem_kb = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
-                   if line.startswith("MemTotal:")), 0)
-    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kb / 1024 ** 2, 1),
-            "system": f"{platform.system()} {platform.release()} {platform.machine()}",
-            "python": platform.python_version(), "mosquitto": _mosquitto_version(),
-            "duckdb": _version("duckdb"), "pynacl": _version("pynacl")}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem_kb = next(
+        (int(line.split()[1]) for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal:")), 0
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 1024**2, 1),
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "mosquitto": _mosquitto_version(),
+        "duckdb": _version("duckdb"),
+        "pynacl": _version("pynacl"),
+    }
 
 
 def _read(path: str) -> str:
@@ -783,33 +883,51 @@ def format_summary(r: dict[str, Any]) -> str:
     if r.get("districts"):
         lines[-3:-3] = district_lines(r)  # before the machine, the load and the command
     if r["supply_exhausted"]:
-        lines.append("  NOTE: devices ran out of pre-signed readings before the window ended; "
-                     f"the supply is sized for {SUPPLY_RATE:,}/s")
+        lines.append(
+            "  NOTE: devices ran out of pre-signed readings before the window ended; "
+            f"the supply is sized for {SUPPLY_RATE:,}/s"
+        )
     return "\n".join(lines)
 
 
 def district_lines(r: dict[str, Any]) -> list[str]:
     """The per-district breakdown and the anchor, for the summary."""
     a = r["anchor"]
-    lines = [f"  {'district':<10} {'readings/s':>10} {'in window':>10} {'readings':>10} {'blocks':>7} "
-             f"{'height':>7} {'ingest CPU s':>13}"]
-    lines += [f"  {d:<10} {x['readings_per_s']:>10,.0f} {x['readings_in_window']:>10,} {x['readings']:>10,} "
-              f"{x['blocks']:>7,} {x['height']:>7,} {x['ingest_cpu_s']:>13.2f}" for d, x in r["per_district"].items()]
+    lines = [
+        f"  {'district':<10} {'readings/s':>10} {'in window':>10} {'readings':>10} {'blocks':>7} "
+        f"{'height':>7} {'ingest CPU s':>13}"
+    ]
+    lines += [
+        f"  {d:<10} {x['readings_per_s']:>10,.0f} {x['readings_in_window']:>10,} {x['readings']:>10,} "
+        f"{x['blocks']:>7,} {x['height']:>7,} {x['ingest_cpu_s']:>13.2f}"
+        for d, x in r["per_district"].items()
+    ]
     behind = sum(a["blocks_behind_at_end"].values())
-    caught = (f"every head anchored {a['caught_up_s']} s later" if a["caught_up_s"] is not None
-              else "NOT caught up with the district heads")
-    lines.append(f"  anchor every {a['every_s']} s: {a['cpu_s']} CPU s in the window (counted as ingest CPU), "
-                 f"{a['city_blocks']:,} city blocks; {behind} district blocks not yet anchored when the last "
-                 f"reading was ledgered, {caught}")
+    caught = (
+        f"every head anchored {a['caught_up_s']} s later"
+        if a["caught_up_s"] is not None
+        else "NOT caught up with the district heads"
+    )
+    lines.append(
+        f"  anchor every {a['every_s']} s: {a['cpu_s']} CPU s in the window (counted as ingest CPU), "
+        f"{a['city_blocks']:,} city blocks; {behind} district blocks not yet anchored when the last "
+        f"reading was ledgered, {caught}"
+    )
     return lines
 
 
 def options_from_args(args: argparse.Namespace, home_given: bool) -> BenchOptions:
-    return BenchOptions(seconds=args.seconds, devices=args.devices, window=args.window, workers=args.workers,
-                        block_readings=args.block_readings, block_seconds=args.block_seconds,
-                        home=Path(args.home) if home_given else None,
-                        districts=getattr(args, "districts", 0) or 0,
-                        command="cityledger " + shlex.join(sys.argv[1:]))
+    return BenchOptions(
+        seconds=args.seconds,
+        devices=args.devices,
+        window=args.window,
+        workers=args.workers,
+        block_readings=args.block_readings,
+        block_seconds=args.block_seconds,
+        home=Path(args.home) if home_given else None,
+        districts=getattr(args, "districts", 0) or 0,
+        command="cityledger " + shlex.join(sys.argv[1:]),
+    )
 
 
 def main(args: argparse.Namespace, home_given: bool) -> int:

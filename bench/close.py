@@ -36,18 +36,26 @@ def fabricate(home: Home, accounts: int, readings: int) -> None:
     con = store.con
     try:
         con.execute("BEGIN TRANSACTION")
-        con.execute("""INSERT INTO accounts SELECT 'hh-' || lpad(i::VARCHAR, 7, '0'), 'Household ' || i,
-                       'residential', 0 FROM range(?) t(i)""", [accounts])
-        con.execute("""INSERT INTO devices SELECT k.prefix || '-b01-' || lpad(i::VARCHAR, 7, '0'), k.kind, 'b01',
+        con.execute(
+            """INSERT INTO accounts SELECT 'hh-' || lpad(i::VARCHAR, 7, '0'), 'Household ' || i,
+                       'residential', 0 FROM range(?) t(i)""",
+            [accounts],
+        )
+        con.execute(
+            """INSERT INTO devices SELECT k.prefix || '-b01-' || lpad(i::VARCHAR, 7, '0'), k.kind, 'b01',
                        'hh-' || lpad(i::VARCHAR, 7, '0'), lpad(i::VARCHAR, 64, '0'), 'active', '-', 0, NULL
                        FROM range(?) t(i), (VALUES ('wm', 'water', 16), ('em', 'electricity', 1300)) k(prefix, kind, rate)""",
-                    [accounts])
+            [accounts],
+        )
         # Water about 100 L and electricity about 1.3 kWh every 4 hours, with per-meter variety.
-        con.execute("""INSERT INTO readings
+        con.execute(
+            """INSERT INTO readings
                        SELECT 1, 0, d.device, d.kind, n + 1, ? + n * ?,
                               (n * (CASE WHEN d.kind = 'water' THEN 100 ELSE 1300 END) * (1 + hash(d.device) % 7) / 4)::BIGINT,
                               '\\x00'::BLOB, ? + n * ?
-                       FROM devices d, range(?) r(n) WHERE d.kind <> 'parking'""", [T0 - STEP, STEP, T0 - STEP, STEP, readings])
+                       FROM devices d, range(?) r(n) WHERE d.kind <> 'parking'""",
+            [T0 - STEP, STEP, T0 - STEP, STEP, readings],
+        )
         con.execute("COMMIT")
     finally:
         store.close()
@@ -65,20 +73,32 @@ def main() -> None:
         initialize(home)
         t = time.perf_counter()
         fabricate(home, args.accounts, readings)
-        print(f"fabricated {args.accounts} accounts, {2 * args.accounts * readings:,} readings in "
-              f"{time.perf_counter() - t:.0f} s", file=sys.stderr)
+        print(
+            f"fabricated {args.accounts} accounts, {2 * args.accounts * readings:,} readings in "
+            f"{time.perf_counter() - t:.0f} s",
+            file=sys.stderr,
+        )
     api = local_api(home)
     bar = ProgressBar("close")
     first = api.close_month(month=args.month, progress=bar.update)
     bar.close()
     again = api.close_month(month=args.month)
     sample = api.bill(account="hh-0000042", month=args.month)
-    print(json.dumps({
-        "accounts": first["accounts"], "bills_issued": first["issued"], "close_seconds": round(first["seconds"], 1),
-        "second_close_issued": again["issued"], "second_close_seconds": round(again["seconds"], 1),
-        "readings": 2 * args.accounts * readings, "sample_total": sample["total"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "accounts": first["accounts"],
+                "bills_issued": first["issued"],
+                "close_seconds": round(first["seconds"], 1),
+                "second_close_issued": again["issued"],
+                "second_close_seconds": round(again["seconds"], 1),
+                "readings": 2 * args.accounts * readings,
+                "sample_total": sample["total"],
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,31 +63,53 @@ def fabricate(home: Home, devices: int, days: int, end: int) -> dict[str, Any]:
     try:
         base = con.execute("SELECT max(height) + 1 FROM blocks").fetchone()[0]  # after genesis and the tariffs
         con.execute("BEGIN TRANSACTION")
-        con.execute("""INSERT INTO accounts SELECT 'hh-' || lpad(i::VARCHAR, 7, '0'), 'Household ' || i,
+        con.execute(
+            """INSERT INTO accounts SELECT 'hh-' || lpad(i::VARCHAR, 7, '0'), 'Household ' || i,
                        CASE WHEN i % 20 = 19 THEN 'non-residential' ELSE 'residential' END, ? FROM range(?) t(i)""",
-                    [t0, households])
-        con.execute("""CREATE TEMP TABLE devs AS
+            [t0, households],
+        )
+        con.execute(
+            """CREATE TEMP TABLE devs AS
             SELECT k.prefix || '-d0' || (i % 3 + 1) || '-' || lpad(i::VARCHAR, 6, '0') AS device, k.kind,
                    'd0' || (i % 3 + 1) AS district, 'hh-' || lpad(i::VARCHAR, 7, '0') AS account, k.rate
             FROM range(?) t(i), (VALUES ('wm', 'water', 5), ('em', 'electricity', 50), ('gm', 'gas', 5)) k(prefix, kind, rate)
             UNION ALL
             SELECT 'ps-d0' || (i % 3 + 1) || '-' || lpad(i::VARCHAR, 6, '0'), 'parking', 'd0' || (i % 3 + 1), NULL, 1
-            FROM range(?) t(i)""", [households, spaces])
-        con.execute("CREATE TEMP TABLE fleet AS SELECT *, (row_number() OVER (ORDER BY device) - 1)::INTEGER AS i FROM devs")
-        con.execute("""INSERT INTO devices SELECT device, kind, district, account, lpad(lower(hex(i + 1)), 64, '0'),
-                       'active', '-', ?, NULL FROM fleet""", [t0])
-        con.execute("INSERT INTO device_keys (device, public_key, from_height, since)"
-                    " SELECT device, public_key, 0, ? FROM devices", [t0])
-        con.execute("""INSERT INTO device_status SELECT device, CASE WHEN i % 37 = 0 THEN 'offline' ELSE 'online' END, ?
-                       FROM fleet""", [end - 3_600_000])
-        con.execute("""INSERT INTO parking_leases SELECT device, 'hh-' || lpad(((i * 7) % ?)::VARCHAR, 7, '0'), ?
-                       FROM fleet WHERE kind = 'parking' AND i % 3 = 0""", [households, t0])
+            FROM range(?) t(i)""",
+            [households, spaces],
+        )
+        con.execute(
+            "CREATE TEMP TABLE fleet AS SELECT *, (row_number() OVER (ORDER BY device) - 1)::INTEGER AS i FROM devs"
+        )
+        con.execute(
+            """INSERT INTO devices SELECT device, kind, district, account, lpad(lower(hex(i + 1)), 64, '0'),
+                       'active', '-', ?, NULL FROM fleet""",
+            [t0],
+        )
+        con.execute(
+            "INSERT INTO device_keys (device, public_key, from_height, since)"
+            " SELECT device, public_key, 0, ? FROM devices",
+            [t0],
+        )
+        con.execute(
+            """INSERT INTO device_status SELECT device, CASE WHEN i % 37 = 0 THEN 'offline' ELSE 'online' END, ?
+                       FROM fleet""",
+            [end - 3_600_000],
+        )
+        con.execute(
+            """INSERT INTO parking_leases SELECT device, 'hh-' || lpad(((i * 7) % ?)::VARCHAR, 7, '0'), ?
+                       FROM fleet WHERE kind = 'parking' AND i % 3 = 0""",
+            [households, t0],
+        )
         # Blocks: two per 15 minutes (half the fleet each), placeholder roots and signatures.
-        con.execute("""INSERT INTO blocks SELECT h, sha256('block' || h), sha256('block' || (h - 1)),
+        con.execute(
+            """INSERT INTO blocks SELECT h, sha256('block' || h), sha256('block' || (h - 1)),
                        '{"height":' || h || ',"prev":"' || sha256('block' || (h - 1)) || '","root":"' || sha256('root' || h)
                        || '","sealed_at":' || (? + (h - ?) // 2 * ? + 1000) || ',"size":' || ? || ',"v":1}',
                        repeat('\\x00'::BLOB, 64), ?, ? + (h - ?) // 2 * ? + 1000
-                       FROM range(?, ?) t(h)""", [t0, base, STEP, half, half, t0, base, STEP, base, base + 2 * steps])
+                       FROM range(?, ?) t(h)""",
+            [t0, base, STEP, half, half, t0, base, STEP, base, base + 2 * steps],
+        )
         con.execute("COMMIT")
         chunk = 7 * 96
         for n0 in range(0, steps, chunk):
@@ -98,29 +120,51 @@ def fabricate(home: Home, devices: int, days: int, end: int) -> dict[str, Any]:
                             ELSE n * (f.rate * (1 + hash(f.device) % 10)) + hash(f.device || n) % f.rate END,
                        repeat('\\x00'::BLOB, 64), {t0} + n * {STEP} + 500
                 FROM range({n0}, {n1}) r(n), fleet f ORDER BY n, f.i""")
-            print(f"  readings: day {n1 // 96} of {days} ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
-                  flush=True)
+            print(
+                f"  readings: day {n1 // 96} of {days} ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         con.execute("BEGIN TRANSACTION")
-        con.execute("""INSERT INTO quarantine SELECT ? - q * 17_280, 'city/' || district || '/' || kind || '/' || device
+        con.execute(
+            """INSERT INTO quarantine SELECT ? - q * 17_280, 'city/' || district || '/' || kind || '/' || device
                        || '/reading', CASE q % 3 WHEN 0 THEN 'bad_signature' WHEN 1 THEN 'malformed' ELSE 'replay' END,
                        device, 'fabricated', ('{"v":1,"junk":"<b>' || q || '</b>"}')::BLOB
-                       FROM (SELECT *, row_number() OVER () AS q FROM fleet LIMIT 5000)""", [end])
+                       FROM (SELECT *, row_number() OVER () AS q FROM fleet LIMIT 5000)""",
+            [end],
+        )
         con.execute("""INSERT INTO reject_counts SELECT coalesce(device, '?'), received_at // 60000, reason, count(*)
                        FROM quarantine GROUP BY ALL""")
-        con.execute("""INSERT INTO anomalies SELECT 'an-' || lpad(i::VARCHAR, 8, '0'), 'leak:' || device, 'leak', device,
-                       account, district, ? FROM fleet WHERE kind = 'water' AND i % 30 = 0""", [end - DAY])
-        con.execute("""INSERT INTO anomaly_events SELECT id, raised_at, 'open', 'detector', NULL, ? , ?, 'medium',
+        con.execute(
+            """INSERT INTO anomalies SELECT 'an-' || lpad(i::VARCHAR, 8, '0'), 'leak:' || device, 'leak', device,
+                       account, district, ? FROM fleet WHERE kind = 'water' AND i % 30 = 0""",
+            [end - DAY],
+        )
+        con.execute(
+            """INSERT INTO anomaly_events SELECT id, raised_at, 'open', 'detector', NULL, ? , ?, 'medium',
                        '[["' || device || '",' || ? || ']]', 'night flow never below 8 L/h for 3 nights'
-                       FROM anomalies""", [end - 3 * DAY, end - DAY, steps - 100])
-        con.execute("""INSERT INTO disputes SELECT 'dsp-' || lpad(i::VARCHAR, 8, '0'), ? - i * 60_000, account, account,
+                       FROM anomalies""",
+            [end - 3 * DAY, end - DAY, steps - 100],
+        )
+        con.execute(
+            """INSERT INTO disputes SELECT 'dsp-' || lpad(i::VARCHAR, 8, '0'), ? - i * 60_000, account, account,
                        'open', 'Meter ' || device, 'The reading looks too high.'
-                       FROM fleet WHERE kind = 'electricity' AND i % 50 = 0""", [end])
+                       FROM fleet WHERE kind = 'electricity' AND i % 50 = 0""",
+            [end],
+        )
         con.execute("COMMIT")
         issued = _issue_bills(con, households, t0, end)
     finally:
         con.close()
-    return {"households": households, "spaces": spaces, "readings": devices * steps, "blocks": 2 * steps,
-            "t0": t0, "issued_months": issued, "seconds": round(time.perf_counter() - started)}
+    return {
+        "households": households,
+        "spaces": spaces,
+        "readings": devices * steps,
+        "blocks": 2 * steps,
+        "t0": t0,
+        "issued_months": issued,
+        "seconds": round(time.perf_counter() - started),
+    }
 
 
 def _issue_bills(con: duckdb.DuckDBPyConnection, households: int, t0: int, end: int) -> list[str]:
@@ -138,7 +182,9 @@ def _issue_bills(con: duckdb.DuckDBPyConnection, households: int, t0: int, end: 
         months.append(m.strftime("%Y-%m"))
     spaces = dict(con.execute("SELECT account, space FROM parking_leases").fetchall())
     meters = {}
-    for device, kind, account in con.execute("SELECT device, kind, account FROM devices WHERE account IS NOT NULL").fetchall():
+    for device, kind, account in con.execute(
+        "SELECT device, kind, account FROM devices WHERE account IS NOT NULL"
+    ).fetchall():
         meters.setdefault(account, []).append((device, kind))
     units = {"water": ("m3", "5.00"), "electricity": ("kWh", "0.4883"), "gas": ("m3", "2.61")}
     rows: list[tuple[str, str, int, str, str, str]] = []
@@ -148,24 +194,67 @@ def _issue_bills(con: duckdb.DuckDBPyConnection, households: int, t0: int, end: 
             lines: list[dict[str, Any]] = []
             for device, kind in meters.get(account, []):
                 unit, price = units[kind]
-                lines.append({"type": "utility", "device": device, "kind": kind, "unit": unit, "consumption": "20.000",
-                              "used_this_year_before": "60.000", "amount": "100.00", "tariff_from": "2014-05-01",
-                              "tiers": [{"tier": 1, "quantity": "20.000", "unit": unit, "price": price, "amount": "100.00"}],
-                              "readings": [[device, 1], [device, 2]], "flags": []})
+                lines.append(
+                    {
+                        "type": "utility",
+                        "device": device,
+                        "kind": kind,
+                        "unit": unit,
+                        "consumption": "20.000",
+                        "used_this_year_before": "60.000",
+                        "amount": "100.00",
+                        "tariff_from": "2014-05-01",
+                        "tiers": [{"tier": 1, "quantity": "20.000", "unit": unit, "price": price, "amount": "100.00"}],
+                        "readings": [[device, 1], [device, 2]],
+                        "flags": [],
+                    }
+                )
             if account in spaces:
-                stay = {"start": f"{month}-03T08:00+08:00", "end": f"{month}-03T09:40+08:00", "minutes": 100,
-                        "zone_class": 2, "readings": [[spaces[account], 1]], "flags": [], "rows": [], "amount": "7.50"}
-                lines.append({"type": "parking", "device": spaces[account], "sessions": [stay] * 20, "amount": "150.00"})
+                stay = {
+                    "start": f"{month}-03T08:00+08:00",
+                    "end": f"{month}-03T09:40+08:00",
+                    "minutes": 100,
+                    "zone_class": 2,
+                    "readings": [[spaces[account], 1]],
+                    "flags": [],
+                    "rows": [],
+                    "amount": "7.50",
+                }
+                lines.append(
+                    {"type": "parking", "device": spaces[account], "sessions": [stay] * 20, "amount": "150.00"}
+                )
             total = f"{100 * len(meters.get(account, [])) + (150 if account in spaces else 0)}.00"
-            body = json.dumps({"account": account, "name": f"Household {a}", "customer_class": "residential",
-                               "month": month, "currency": "CNY", "timezone": "Asia/Shanghai", "tariff_version": 1,
-                               "lines": lines, "total": total, "status": "issued"}, sort_keys=True, separators=(",", ":"))
+            body = json.dumps(
+                {
+                    "account": account,
+                    "name": f"Household {a}",
+                    "customer_class": "residential",
+                    "month": month,
+                    "currency": "CNY",
+                    "timezone": "Asia/Shanghai",
+                    "tariff_version": 1,
+                    "lines": lines,
+                    "total": total,
+                    "status": "issued",
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            )
             rows.append((account, month, end, total, body, hashlib.sha256(body.encode()).hexdigest()))
     if not rows:
         return months
     cols = list(zip(*rows))
-    table = pa.table({"account": cols[0], "month": cols[1], "issued_at": pa.array(cols[2], pa.int64()),
-                      "total": cols[3], "body": cols[4], "hash": cols[5], "height": pa.array([0] * len(rows), pa.int64())})
+    table = pa.table(
+        {
+            "account": cols[0],
+            "month": cols[1],
+            "issued_at": pa.array(cols[2], pa.int64()),
+            "total": cols[3],
+            "body": cols[4],
+            "hash": cols[5],
+            "height": pa.array([0] * len(rows), pa.int64()),
+        }
+    )
     con.register("_bills", table)
     con.execute("INSERT INTO bills SELECT * FROM _bills")
     con.unregister("_bills")
@@ -223,7 +312,12 @@ def data_calls(home: Home) -> dict[str, Callable[[], Any]]:
 
     def anomaly_page() -> Any:
         a = op.anomaly(anomaly)
-        return op.anomaly_readings(a), op.device(a["device"]), op.key_history(a["device"]), op.device_anomalies(a["device"])
+        return (
+            op.anomaly_readings(a),
+            op.device(a["device"]),
+            op.key_history(a["device"]),
+            op.device_anomalies(a["device"]),
+        )
 
     return {
         "citizen · Usage (daily)": usage("Daily"),
@@ -234,8 +328,13 @@ def data_calls(home: Home) -> dict[str, Callable[[], Any]]:
         "citizen · Parking (this month)": lambda: (me.bill_months(), me.parking(current)),
         "citizen · Proof (receipt, checked)": proof_page,
         "citizen · Disputes": lambda: (me.disputes(), me.bill_months()),
-        "operator · City overview": lambda: (op.districts(), op.overview(), op.arrivals(), op.witness_reports("alarm", 3),
-                                             op.last_audit()),
+        "operator · City overview": lambda: (
+            op.districts(),
+            op.overview(),
+            op.arrivals(),
+            op.witness_reports("alarm", 3),
+            op.last_audit(),
+        ),
         "operator · City overview (one district)": lambda: (d01.overview(), d01.arrivals()),
         "operator · Anomalies": lambda: (op.districts(), op.anomalies(status="open")),
         "operator · Anomaly": anomaly_page,
@@ -250,8 +349,16 @@ def data_calls(home: Home) -> dict[str, Callable[[], Any]]:
 
 PAGES = {
     "citizen": ["citizen_usage", "citizen_bill", "citizen_parking", "citizen_proof", "citizen_disputes"],
-    "operator": ["operator_overview", "operator_anomalies", "operator_anomaly", "operator_devices",
-                 "operator_quarantine", "operator_ledger", "operator_disputes", "operator_parking"],
+    "operator": [
+        "operator_overview",
+        "operator_anomalies",
+        "operator_anomaly",
+        "operator_devices",
+        "operator_quarantine",
+        "operator_ledger",
+        "operator_disputes",
+        "operator_parking",
+    ],
 }
 
 
@@ -283,8 +390,11 @@ def app_runs(anomaly: str, device: str) -> dict[str, dict[str, float]]:
             at.run()
             warm = time.perf_counter() - t
             problems = [e.value for e in at.exception] + [e.value for e in at.error]
-            out[f"{role} · {screen.split('_', 1)[1]}"] = {"cold": cold, "warm": warm,
-                                                         **({"problems": problems} if problems else {})}
+            out[f"{role} · {screen.split('_', 1)[1]}"] = {
+                "cold": cold,
+                "warm": warm,
+                **({"problems": problems} if problems else {}),
+            }
     return out
 
 
@@ -311,8 +421,12 @@ def measure(home: Home, direct: bool) -> dict[str, Any]:
         anomaly = op.anomalies(status="open")[0]["id"]
         apps = app_runs(anomaly, op.anomaly(anomaly)["device"])
         for name, r in apps.items():
-            print(f"  AppTest {name}: {r['cold'] * 1000:.0f} ms" + (f", warm {r['warm'] * 1000:.0f} ms" if "warm" in r
-                                                                     else ""), file=sys.stderr, flush=True)
+            print(
+                f"  AppTest {name}: {r['cold'] * 1000:.0f} ms"
+                + (f", warm {r['warm'] * 1000:.0f} ms" if "warm" in r else ""),
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         if server is not None:
             rpc.stop(server, home.rpc_socket)
@@ -326,8 +440,11 @@ def roll_up(home: Home) -> dict[str, Any]:
     writer = LedgerWriter.open(home)
     started = time.perf_counter()
     try:
-        done = billing_ops.roll_up(writer, max_readings=10_000_000, progress=lambda h, top: print(
-            f"\rrolling up: block {h:,} of {top:,}", end="", file=sys.stderr, flush=True))
+        done = billing_ops.roll_up(
+            writer,
+            max_readings=10_000_000,
+            progress=lambda h, top: print(f"\rrolling up: block {h:,} of {top:,}", end="", file=sys.stderr, flush=True),
+        )
     finally:
         writer.close()
     print(file=sys.stderr)
@@ -353,15 +470,27 @@ def main() -> None:
     made["roll_up"] = roll_up(home)
     result = measure(home, args.direct)
     size = home.database.stat().st_size
-    print(json.dumps({
-        "devices": args.devices, "days": args.days, "mode": "direct (no ingest)" if args.direct else "served (as ingest)",
-        "fabricated": made, "database_gb": round(size / 1e9, 2),
-        "data_calls_ms": {k: {m: round(v * 1000) for m, v in r.items()} for k, r in result["data_calls"].items()},
-        "apptest_ms": {k: {m: (round(v * 1000) if isinstance(v, float) else v) for m, v in r.items()}
-                       for k, r in result["apptest"].items()},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"DuckDB {duckdb.__version__}",
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "devices": args.devices,
+                "days": args.days,
+                "mode": "direct (no ingest)" if args.direct else "served (as ingest)",
+                "fabricated": made,
+                "database_gb": round(size / 1e9, 2),
+                "data_calls_ms": {
+                    k: {m: round(v * 1000) for m, v in r.items()} for k, r in result["data_calls"].items()
+                },
+                "apptest_ms": {
+                    k: {m: (round(v * 1000) if isinstance(v, float) else v) for m, v in r.items()}
+                    for k, r in result["apptest"].items()
+                },
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+                f"DuckDB {duckdb.__version__}",
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -74,8 +74,12 @@ class _Ingest:
 
     def start(self) -> None:
         env = {**os.environ, "CITYLEDGER_HOME": str(self.home.root), "CITYLEDGER_MQTT_PORT": str(self.port)}
-        self.proc = start_child([sys.executable, "-m", "ledger.cli", "ingest", *self.extra], env=env,
-                                stdout=self.home.logs / "ingest.log", stderr=STDOUT)
+        self.proc = start_child(
+            [sys.executable, "-m", "ledger.cli", "ingest", *self.extra],
+            env=env,
+            stdout=self.home.logs / "ingest.log",
+            stderr=STDOUT,
+        )
         wait_until(lambda: isinstance(open_ledger(self.home), RemoteLedger), 60, 0.1, what="the ingest's API")
 
     hung = 0  # SIGTERMs ingest ignored (see docs/reliability.md: a CPython 3.11 SimpleQueue bug)
@@ -114,8 +118,12 @@ def sizing(messages: int, devices: int) -> dict[str, Any]:
             out = api.enroll_device(device=dev, kind="water", district="d01", public_key=key.verify_key.encode().hex())
             creds.append((dev, out["mqtt_password"]))
             topic = device_topic("d01", "water", dev, "reading")
-            payloads.append([(topic, sign_reading(key, device=dev, kind="water", seq=s + 1, ts=now + s,
-                                                  value=s).payload()) for s in range(per)])
+            payloads.append(
+                [
+                    (topic, sign_reading(key, device=dev, kind="water", seq=s + 1, ts=now + s, value=s).payload())
+                    for s in range(per)
+                ]
+            )
         total = per * devices
         payload_bytes = sum(len(p) for ps in payloads for _, p in ps) / total
         ingest.stop()  # the session stays, subscribed to city/#: from now on the broker queues for it
@@ -212,8 +220,9 @@ def resend_times(settings: AgentSettings = DEFAULT_AGENT) -> list[float]:
     return out
 
 
-def queued_after(outage_s: float, devices: int, interval_s: float,
-                 settings: AgentSettings = DEFAULT_AGENT) -> tuple[float, float]:
+def queued_after(
+    outage_s: float, devices: int, interval_s: float, settings: AgentSettings = DEFAULT_AGENT
+) -> tuple[float, float]:
     """(generated, re-sent) messages queued for ingest after `outage_s` with no ack, whole fleet.
 
     Per device: a reading every `interval_s`; the first `resend_window` of the outage
@@ -246,9 +255,11 @@ def time_to_fill(capacity: int, devices: int, interval_s: float, resends: bool =
 
 
 def model(per_message_bytes: float, capacity: int) -> dict[str, Any]:
-    cases = {"cityledger up default: 40 devices every 5 s (8 readings/s)": (40, 5.0),
-             "1,000 readings/s: 5,000 devices every 5 s": (5000, 5.0),
-             "1,000 readings/s: 1,000 devices every 1 s": (1000, 1.0)}
+    cases = {
+        "cityledger up default: 40 devices every 5 s (8 readings/s)": (40, 5.0),
+        "1,000 readings/s: 5,000 devices every 5 s": (5000, 5.0),
+        "1,000 readings/s: 1,000 devices every 1 s": (1000, 1.0),
+    }
     out: dict[str, Any] = {"resend_offsets_s": resend_times()[:8], "capacity": capacity}
     for name, (devices, interval) in cases.items():
         full_plain = time_to_fill(capacity, devices, interval, resends=False)
@@ -257,14 +268,19 @@ def model(per_message_bytes: float, capacity: int) -> dict[str, Any]:
         rows = {}
         for hours in (0.25, 1, 6, 24):
             gq, rq = queued_after(hours * 3600, devices, interval)
-            rows[f"{hours:g} h"] = {"generated": round(gq), "resent": round(rq), "queued": round(gq + rq),
-                                    "broker_MiB": round((gq + rq) * per_message_bytes / 2**20)}
+            rows[f"{hours:g} h"] = {
+                "generated": round(gq),
+                "resent": round(rq),
+                "queued": round(gq + rq),
+                "broker_MiB": round((gq + rq) * per_message_bytes / 2**20),
+            }
         out[name] = {
             "readings_per_s": devices / interval,
             "steady_resends_per_s": round(devices * AgentSettings().resend_window / AgentSettings().resend_max, 1),
             "full_after_h_without_resends": round(full_plain / 3600, 2),
             "full_after_h": round(full / 3600, 2),
-            "at_full_generated": round(g), "at_full_resent": round(r),
+            "at_full_generated": round(g),
+            "at_full_resent": round(r),
             "broker_GiB_at_full": round(capacity * per_message_bytes / 2**30, 2),
             "queue": rows,
         }
@@ -281,13 +297,15 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
     initialize(home)
     mosquitto.write_config(home, port)
     text = home.broker_config.read_text()
-    lines = [f"max_queued_messages {limit}" if ln.startswith("max_queued_messages ") else ln
-             for ln in text.splitlines()]
+    lines = [
+        f"max_queued_messages {limit}" if ln.startswith("max_queued_messages ") else ln for ln in text.splitlines()
+    ]
     config = home.broker / "mosquitto-small-queue.conf"
     config.write_text("\n".join(lines) + "\n")
     log_path = mosquitto.log_path(home)
-    broker = start_child(["stdbuf", "-oL", mosquitto.mosquitto_binary(), "-c", str(config)], stdout=log_path,
-                         stderr=STDOUT)
+    broker = start_child(
+        ["stdbuf", "-oL", mosquitto.mosquitto_binary(), "-c", str(config)], stdout=log_path, stderr=STDOUT
+    )
     wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, 0.1, what="the broker")
     ingest = _Ingest(home, port)
     env = {**os.environ, "CITYLEDGER_HOME": str(root), "CITYLEDGER_MQTT_PORT": str(port)}
@@ -305,8 +323,12 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
 
     try:
         ingest.start()
-        fleet = start_child([sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(devices), "--interval",
-                             str(interval)], env=env, stdout=home.logs / "fleet.log", stderr=STDOUT)
+        fleet = start_child(
+            [sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(devices), "--interval", str(interval)],
+            env=env,
+            stdout=home.logs / "fleet.log",
+            stderr=STDOUT,
+        )
         wait_until(lambda: outbox.exists() and states()[1] > 0, 60, 0.1, what="first acks")
         time.sleep(2)
         ingest.stop()
@@ -320,11 +342,19 @@ def queue_full(limit: int, devices: int, interval: float, down_s: float) -> dict
         dropped = log_path.read_text(errors="replace").count("Outgoing messages are being dropped")
         api = open_ledger(home)
         status = api.status()
-        return {"max_queued_messages": limit, "devices": devices, "interval_s": interval, "ingest_down_s": down_s,
-                "generated_by_end_of_outage": target, "broker_drop_warnings": dropped,
-                "recover_s (every reading generated by the end of the outage acked)": round(recover_s, 1),
-                "ledger_readings": status["readings"], "duplicates": status["duplicates"],
-                "ingest_ignored_sigterm": _Ingest.hung, "home": str(root)}
+        return {
+            "max_queued_messages": limit,
+            "devices": devices,
+            "interval_s": interval,
+            "ingest_down_s": down_s,
+            "generated_by_end_of_outage": target,
+            "broker_drop_warnings": dropped,
+            "recover_s (every reading generated by the end of the outage acked)": round(recover_s, 1),
+            "ledger_readings": status["readings"],
+            "duplicates": status["duplicates"],
+            "ingest_ignored_sigterm": _Ingest.hung,
+            "home": str(root),
+        }
     finally:
         if fleet is not None:
             fleet.stop(signal.SIGTERM, timeout=60)

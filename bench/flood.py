@@ -55,8 +55,16 @@ IMPERSONATED = "em-d01-000001"
 
 # Share of each kind of garbage, in messages.
 MIX: tuple[tuple[str, int], ...] = (
-    ("random_bytes", 14), ("invalid_json", 12), ("nested", 6), ("nan_float", 10), ("duplicate_keys", 10),
-    ("wrong_types", 8), ("oversize", 8), ("bad_signature", 14), ("replay", 10), ("impersonation", 5),
+    ("random_bytes", 14),
+    ("invalid_json", 12),
+    ("nested", 6),
+    ("nan_float", 10),
+    ("duplicate_keys", 10),
+    ("wrong_types", 8),
+    ("oversize", 8),
+    ("bad_signature", 14),
+    ("replay", 10),
+    ("impersonation", 5),
     ("status_garbage", 3),
 )
 
@@ -108,10 +116,13 @@ class Garbage:
         self.kinds = [k for k, _ in MIX]
         self.weights = [w for _, w in MIX]
         ts = now_ms()
-        self.primes = [sign_reading(key, device=device, kind=kind, seq=s, ts=ts, value=1000 + s)
-                       for s in range(1, PRIMED + 1)]
-        self.replays = [sign_reading(key, device=device, kind=kind, seq=1 + i % PRIMED, ts=ts + i,
-                                     value=5000 + i).payload() for i in range(64)]
+        self.primes = [
+            sign_reading(key, device=device, kind=kind, seq=s, ts=ts, value=1000 + s) for s in range(1, PRIMED + 1)
+        ]
+        self.replays = [
+            sign_reading(key, device=device, kind=kind, seq=1 + i % PRIMED, ts=ts + i, value=5000 + i).payload()
+            for i in range(64)
+        ]
         self.template = self.primes[0].as_dict()
 
     def _reading_text(self, **override: str) -> bytes:
@@ -135,32 +146,55 @@ class Garbage:
             payload = whole[: rng.randint(1, len(whole) - 1)]
         elif kind == "nested":
             depth = rng.randint(50, 500)
-            payload = (b"[" * depth + b"]" * depth if rng.random() < 0.5
-                       else self._reading_text(value="[" * depth + "7" + "]" * depth))
+            payload = (
+                b"[" * depth + b"]" * depth
+                if rng.random() < 0.5
+                else self._reading_text(value="[" * depth + "7" + "]" * depth)
+            )
         elif kind == "nan_float":
             member = rng.choice(["value", "seq", "ts"])
-            payload = self._reading_text(**{member: rng.choice(["NaN", "Infinity", "-Infinity", "1.5", "1e308",
-                                                                "-0.0", "7.0"])})
+            payload = self._reading_text(
+                **{member: rng.choice(["NaN", "Infinity", "-Infinity", "1.5", "1e308", "-0.0", "7.0"])}
+            )
         elif kind == "duplicate_keys":
             payload = self._reading_text(seq=f'{rng.randint(4, 10**6)},"seq":{rng.randint(4, 10**6)}')
         elif kind == "wrong_types":
-            member, value = rng.choice([("seq", '"7"'), ("value", "true"), ("v", "2"), ("value", "-1"),
-                                        ("value", str(2**64)), ("ts", "null"), ("device", "7"), ("kind", '"lava"'),
-                                        ("sig", '"short"'), ("seq", "0")])
+            member, value = rng.choice(
+                [
+                    ("seq", '"7"'),
+                    ("value", "true"),
+                    ("v", "2"),
+                    ("value", "-1"),
+                    ("value", str(2**64)),
+                    ("ts", "null"),
+                    ("device", "7"),
+                    ("kind", '"lava"'),
+                    ("sig", '"short"'),
+                    ("seq", "0"),
+                ]
+            )
             payload = self._reading_text(**{member: value})
         elif kind == "oversize":
             size = rng.randint(1025, MAX_HOSTILE_PAYLOAD)
-            payload = (b'{"pad":"' + b"x" * (size - 10) + b'"}' if rng.random() < 0.5 else rng.randbytes(size))
+            payload = b'{"pad":"' + b"x" * (size - 10) + b'"}' if rng.random() < 0.5 else rng.randbytes(size)
         elif kind == "bad_signature":
             seq = rng.randint(PRIMED + 1, 2**40)
-            payload = canonical_json({**self.template, "seq": seq, "ts": now_ms(), "value": rng.randint(0, 10**9),
-                                      "sig": self._random_sig()})
+            payload = canonical_json(
+                {**self.template, "seq": seq, "ts": now_ms(), "value": rng.randint(0, 10**9), "sig": self._random_sig()}
+            )
         elif kind == "replay":
             payload = rng.choice(self.replays)
         elif kind == "impersonation":
             claimed = rng.choice([IMPERSONATED, "em-d01-999999"])  # an honest device, or nobody enrolled
-            payload = canonical_json({**self.template, "device": claimed, "seq": rng.randint(1, 10**6),
-                                      "ts": now_ms(), "sig": self._random_sig()})
+            payload = canonical_json(
+                {
+                    **self.template,
+                    "device": claimed,
+                    "seq": rng.randint(1, 10**6),
+                    "ts": now_ms(),
+                    "sig": self._random_sig(),
+                }
+            )
         else:  # status_garbage
             topic = self.status_topic
             payload = rng.choice([b"0nline", b"ONLINE", b"online ", b"", b"<script>", rng.randbytes(40)])
@@ -260,20 +294,34 @@ def run_hostile(cfg: HostileConfig) -> dict[str, Any]:
         client.disconnect()
         client.loop_stop()
     return {
-        "device": cfg.device, "qos": cfg.qos, "primed": PRIMED, "published": published,
+        "device": cfg.device,
+        "qos": cfg.qos,
+        "primed": PRIMED,
+        "published": published,
         # QoS 1: what the broker PUBACKed, exactly what ingest receives; QoS 0: what left the socket.
-        "sent": acks["ok"] - PRIMED, "refused": acks["failed"], "disconnects": disconnects,
-        "reconnect_refusals": refusals[:3], "reconnects": reconnects,
-        "seconds": round(flood_seconds, 3), "per_second": round(published / flood_seconds),
-        "payload_bytes": payload_bytes, "kinds": dict(kinds),
+        "sent": acks["ok"] - PRIMED,
+        "refused": acks["failed"],
+        "disconnects": disconnects,
+        "reconnect_refusals": refusals[:3],
+        "reconnects": reconnects,
+        "seconds": round(flood_seconds, 3),
+        "per_second": round(published / flood_seconds),
+        "payload_bytes": payload_bytes,
+        "kinds": dict(kinds),
     }
 
 
 def start_hostile(cfg: HostileConfig) -> Child:
     """The hostile device in its own process; read its report with `finish_hostile`."""
     # The password and key go through a pipe (`input`), not argv.
-    return start([sys.executable, "-m", "bench.flood", "--hostile-worker"], input=json.dumps(asdict(cfg)),
-                 stdout=PIPE, stderr=PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    return start(
+        [sys.executable, "-m", "bench.flood", "--hostile-worker"],
+        input=json.dumps(asdict(cfg)),
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
 
 
 def finish_hostile(proc: Child, timeout: float) -> dict[str, Any]:
@@ -301,8 +349,15 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] if sorted_values else 0
 
 
-def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, workers: int = 0,
-                 suspend_after_min: float | None = None, suspend_for_min: float | None = None) -> dict[str, Any]:
+def run_scenario(
+    honest: int,
+    seconds: float,
+    hostile: bool,
+    qos: int = 1,
+    workers: int = 0,
+    suspend_after_min: float | None = None,
+    suspend_for_min: float | None = None,
+) -> dict[str, Any]:
     from broker import mosquitto
     from edge.fleet import OUTBOX_FILE
     from edge.outbox import Outbox
@@ -315,27 +370,63 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
     port = _free_port()
     initialize(home)
     broker = mosquitto.start(home, port)
-    env = {**os.environ, "CITYLEDGER_HOME": str(root), "CITYLEDGER_MQTT_PORT": str(port),
-           "CITYLEDGER_MQTT_HOST": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "CITYLEDGER_HOME": str(root),
+        "CITYLEDGER_MQTT_PORT": str(port),
+        "CITYLEDGER_MQTT_HOST": "127.0.0.1",
+    }
     procs: list[Child] = []
-    ingest = start([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest", "--workers", str(workers)],
-                   env=env, stdout=home.logs / "ingest.log", stderr=STDOUT)
+    ingest = start(
+        [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "ingest", "--workers", str(workers)],
+        env=env,
+        stdout=home.logs / "ingest.log",
+        stderr=STDOUT,
+    )
     procs.append(ingest)
     try:
         wait_until(lambda: ingest.alive and isinstance(open_ledger(home), RemoteLedger), 30, 0.1, what="ingest")
         api = open_ledger(home)
         key = SigningKey.generate()
-        login = api.enroll_device(device=HOSTILE_DEVICE, kind=HOSTILE_KIND, district=HOSTILE_DISTRICT,
-                                  public_key=key.verify_key.encode().hex())
-        rule = api.set_budget_policy(suspend_after_min=suspend_after_min, suspend_for_min=suspend_for_min,
-                                     operator="bench") \
-            if suspend_after_min or suspend_for_min else api.budget_policy()
+        login = api.enroll_device(
+            device=HOSTILE_DEVICE,
+            kind=HOSTILE_KIND,
+            district=HOSTILE_DISTRICT,
+            public_key=key.verify_key.encode().hex(),
+        )
+        rule = (
+            api.set_budget_policy(
+                suspend_after_min=suspend_after_min, suspend_for_min=suspend_for_min, operator="bench"
+            )
+            if suspend_after_min or suspend_for_min
+            else api.budget_policy()
+        )
         print(f"provisioning {honest} honest devices...", file=sys.stderr)
-        fleet = start([sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "fleet", "--devices", str(honest),
-                       "--interval", "1"], env=env, stdout=PIPE, stderr=DEVNULL, text=True)
+        fleet = start(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "--log-level",
+                "WARNING",
+                "fleet",
+                "--devices",
+                str(honest),
+                "--interval",
+                "1",
+            ],
+            env=env,
+            stdout=PIPE,
+            stderr=DEVNULL,
+            text=True,
+        )
         procs.append(fleet)
-        wait_until(lambda: sum(1 for s, _ in api.device_statuses().values() if s == "online") >= honest, 180, 0.1,
-                   what="every honest device online")
+        wait_until(
+            lambda: sum(1 for s, _ in api.device_statuses().values() if s == "online") >= honest,
+            180,
+            0.1,
+            what="every honest device online",
+        )
         time.sleep(3)  # let the fleet settle into its once-a-second rhythm before the window opens
         print(f"window of {seconds} s ({'with' if hostile else 'without'} the hostile device)...", file=sys.stderr)
         cpu0 = cpu_seconds(ingest.pid)
@@ -343,8 +434,17 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
         report: dict[str, Any] | None = None
         processed_at = None
         if hostile:
-            worker = start_hostile(HostileConfig("127.0.0.1", port, login["mqtt_username"], login["mqtt_password"],
-                                                 bytes(key).hex(), seconds, qos=qos))
+            worker = start_hostile(
+                HostileConfig(
+                    "127.0.0.1",
+                    port,
+                    login["mqtt_username"],
+                    login["mqtt_password"],
+                    bytes(key).hex(),
+                    seconds,
+                    qos=qos,
+                )
+            )
             procs.append(worker)
             report = finish_hostile(worker, seconds + 120)
             t1 = max(now_ms(), t0 + round(seconds * 1000))  # a suspended flooder keeps knocking till then
@@ -355,6 +455,7 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
                 n = s["quarantined"] + s["quarantine_dropped"]
                 done, last[0] = n == last[0] and (qos == 0 or report["disconnects"] or n >= report["sent"]), n
                 return bool(done)
+
             wait_until(hostile_done, 600, 2.0, what="ingest to account for every hostile message")
             processed_at = now_ms()
         else:
@@ -385,17 +486,30 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
     try:
         in_window = con.execute(
             "SELECT count(*) FROM readings r JOIN blocks b USING (height)"
-            " WHERE r.device <> ? AND b.sealed_at BETWEEN ? AND ?", [HOSTILE_DEVICE, t0, t1]).fetchone()[0]
-        latencies = sorted(x for (x,) in con.execute(
-            "SELECT b.sealed_at - r.ts FROM readings r JOIN blocks b USING (height)"
-            " WHERE r.device <> ? AND r.ts BETWEEN ? AND ?", [HOSTILE_DEVICE, t0, t1]).fetchall())
+            " WHERE r.device <> ? AND b.sealed_at BETWEEN ? AND ?",
+            [HOSTILE_DEVICE, t0, t1],
+        ).fetchone()[0]
+        latencies = sorted(
+            x
+            for (x,) in con.execute(
+                "SELECT b.sealed_at - r.ts FROM readings r JOIN blocks b USING (height)"
+                " WHERE r.device <> ? AND r.ts BETWEEN ? AND ?",
+                [HOSTILE_DEVICE, t0, t1],
+            ).fetchall()
+        )
         ledgered = set(con.execute("SELECT device, seq FROM readings").fetchall())
         stored_hostile = con.execute("SELECT count(*) FROM quarantine WHERE device = ?", [HOSTILE_DEVICE]).fetchone()[0]
-        by_reason = dict(con.execute("SELECT reason, sum(count) FROM reject_counts WHERE device = ? GROUP BY 1",
-                                     [HOSTILE_DEVICE]).fetchall())
-        budget_entries = {t: json.loads(b) for t, b in con.execute(
-            "SELECT type, body FROM entries WHERE type IN ('device_suspended', 'device_reinstated')"
-            " ORDER BY height").fetchall()}
+        by_reason = dict(
+            con.execute(
+                "SELECT reason, sum(count) FROM reject_counts WHERE device = ? GROUP BY 1", [HOSTILE_DEVICE]
+            ).fetchall()
+        )
+        budget_entries = {
+            t: json.loads(b)
+            for t, b in con.execute(
+                "SELECT type, body FROM entries WHERE type IN ('device_suspended', 'device_reinstated') ORDER BY height"
+            ).fetchall()
+        }
     finally:
         con.close()
     missing = sum(1 for d, last in generated.items() for s in range(1, last + 1) if (d, s) not in ledgered)
@@ -407,8 +521,12 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
         "honest_ledgered_per_second": round(in_window / window_s, 1),
         "honest_generated": sum(generated.values()),
         "honest_missing_from_ledger": missing,
-        "ack_latency_ms": {"p50": _percentile(latencies, 0.5), "p95": _percentile(latencies, 0.95),
-                           "p99": _percentile(latencies, 0.99), "max": latencies[-1] if latencies else 0},
+        "ack_latency_ms": {
+            "p50": _percentile(latencies, 0.5),
+            "p95": _percentile(latencies, 0.95),
+            "p99": _percentile(latencies, 0.99),
+            "max": latencies[-1] if latencies else 0,
+        },
         "ingest_peak_rss_mb": round(rss, 1),
         "ingest_cpu_seconds_in_window": round(cpu, 1),
         "fleet": fleet_stats,
@@ -417,25 +535,32 @@ def run_scenario(honest: int, seconds: float, hostile: bool, qos: int = 1, worke
         "hostile_quarantine_stored": stored_hostile,
     }
     if report is not None and processed_at is not None:
-        out.update({
-            "hostile_sent": report["sent"],
-            "hostile_sent_per_second": report["per_second"],
-            "hostile_processed_per_second": round(report["sent"] / ((processed_at - t0) / 1000)),
-            "hostile_drain_seconds_after_flood": round((processed_at - t1) / 1000, 1),
-            "hostile_payload_mb": round(report["payload_bytes"] / 1e6, 1),
-            "hostile_kinds": report["kinds"],
-            "qos": qos, "workers": workers, "rule": rule,
-            "hostile_counted": sum(by_reason.values()),
-            "hostile_dropped_over_budget": by_reason.get("over_budget", 0),
-            "hostile_dropped_suspended": by_reason.get("suspended", 0),
-            "hostile_screened": sum(by_reason.values()) - by_reason.get("over_budget", 0)
-            - by_reason.get("suspended", 0),
-            "suspended_after_s": round((budget_entries["device_suspended"]["at"] - t0) / 1000, 1)
-            if "device_suspended" in budget_entries else None,
-            "reinstated_after_s": round((budget_entries["device_reinstated"]["at"] - t0) / 1000, 1)
-            if "device_reinstated" in budget_entries else None,
-            "hostile_refused_on_reconnect": report["reconnect_refusals"],
-        })
+        out.update(
+            {
+                "hostile_sent": report["sent"],
+                "hostile_sent_per_second": report["per_second"],
+                "hostile_processed_per_second": round(report["sent"] / ((processed_at - t0) / 1000)),
+                "hostile_drain_seconds_after_flood": round((processed_at - t1) / 1000, 1),
+                "hostile_payload_mb": round(report["payload_bytes"] / 1e6, 1),
+                "hostile_kinds": report["kinds"],
+                "qos": qos,
+                "workers": workers,
+                "rule": rule,
+                "hostile_counted": sum(by_reason.values()),
+                "hostile_dropped_over_budget": by_reason.get("over_budget", 0),
+                "hostile_dropped_suspended": by_reason.get("suspended", 0),
+                "hostile_screened": sum(by_reason.values())
+                - by_reason.get("over_budget", 0)
+                - by_reason.get("suspended", 0),
+                "suspended_after_s": round((budget_entries["device_suspended"]["at"] - t0) / 1000, 1)
+                if "device_suspended" in budget_entries
+                else None,
+                "reinstated_after_s": round((budget_entries["device_reinstated"]["at"] - t0) / 1000, 1)
+                if "device_reinstated" in budget_entries
+                else None,
+                "hostile_refused_on_reconnect": report["reconnect_refusals"],
+            }
+        )
     return out
 
 
@@ -453,8 +578,10 @@ def main() -> None:
     if args.hostile_worker:
         print(json.dumps(run_hostile(HostileConfig(**json.loads(sys.stdin.read())))))
         return
-    runs = [run_scenario(args.honest, args.seconds, hostile, args.qos, args.workers, args.suspend_after,
-                         args.suspend_for) for hostile in ((True,) if args.hostile_only else (False, True))]
+    runs = [
+        run_scenario(args.honest, args.seconds, hostile, args.qos, args.workers, args.suspend_after, args.suspend_for)
+        for hostile in ((True,) if args.hostile_only else (False, True))
+    ]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(json.dumps({"machine": machine, "runs": runs}, indent=2))
 

@@ -58,9 +58,28 @@ import numpy as np
 import pyarrow as pa
 from nacl.signing import SigningKey
 
-from bench.city import (DISTRICTS, KINDS, BenchError, BenchOptions, Stack, _check_alive, _logs, report,
-                        _raise_open_files_limit, chain_readings, device_specs, enrol, machine, machine_busy_seconds,
-                        own_cpu_seconds, presign, process_tree, running_stack, tree_cpu_seconds, tree_peak_rss_mb)
+from bench.city import (
+    DISTRICTS,
+    KINDS,
+    BenchError,
+    BenchOptions,
+    Stack,
+    _check_alive,
+    _logs,
+    report,
+    _raise_open_files_limit,
+    chain_readings,
+    device_specs,
+    enrol,
+    machine,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    presign,
+    process_tree,
+    running_stack,
+    tree_cpu_seconds,
+    tree_peak_rss_mb,
+)
 from bench.loadgen import Latencies, LoadError, LoadGenerator, weighted_percentile
 from ledger.chain.blocks import block_hash, make_header, sign_header
 from ledger.home import Home
@@ -98,8 +117,10 @@ class JobsOptions:
 
     def readings_per_device(self) -> int:
         phases = 1 + len(self.jobs)
-        return (math.ceil(self.load.supply_rate * phases * (WARMUP_S + self.seconds) / self.load.devices)
-                + self.load.window_per_device())
+        return (
+            math.ceil(self.load.supply_rate * phases * (WARMUP_S + self.seconds) / self.load.devices)
+            + self.load.window_per_device()
+        )
 
 
 # ---------------------------------------------------------------- the history
@@ -125,8 +146,12 @@ def sign_history(task: tuple[str, str, bytes, int, int, bytes]) -> tuple[str, by
     device, kind, seed, t0, steps, values = task
     sign = SigningKey(seed).sign
     vals = np.frombuffer(values, dtype=np.int64)
-    sigs = [sign(READING_CONTEXT + _UNSIGNED.format(d=device, k=kind, s=n + 1, t=t0 + n * STEP_MS,
-                                                   v=int(vals[n])).encode()).signature for n in range(steps)]
+    sigs = [
+        sign(
+            READING_CONTEXT + _UNSIGNED.format(d=device, k=kind, s=n + 1, t=t0 + n * STEP_MS, v=int(vals[n])).encode()
+        ).signature
+        for n in range(steps)
+    ]
     return device, b"".join(sigs)
 
 
@@ -151,26 +176,46 @@ def fabricate_history(home: Home, devices: int, days: float, end_ms: int, extra_
     try:
         con = writer.store.con
         accounts = sorted({m[3] for m in meters})
-        con.executemany("INSERT INTO accounts VALUES (?, ?, 'residential', ?)",
-                        [[a, f"Household {a}", t0] for a in accounts])
-        con.execute("INSERT INTO accounts SELECT 'hx-' || lpad(i::VARCHAR, 7, '0'), 'Household x' || i, 'residential', ?"
-                    " FROM range(?) t(i)", [t0, extra_accounts])
+        con.executemany(
+            "INSERT INTO accounts VALUES (?, ?, 'residential', ?)", [[a, f"Household {a}", t0] for a in accounts]
+        )
+        con.execute(
+            "INSERT INTO accounts SELECT 'hx-' || lpad(i::VARCHAR, 7, '0'), 'Household x' || i, 'residential', ?"
+            " FROM range(?) t(i)",
+            [t0, extra_accounts],
+        )
         for start in range(0, devices, 2000):
-            writer.enroll_devices([{"device": d, "kind": k, "district": di, "account": a,
-                                    "public_key": SigningKey(seeds[start + j]).verify_key.encode().hex()}
-                                   for j, (d, k, di, a) in enumerate(meters[start:start + 2000])])
+            writer.enroll_devices(
+                [
+                    {
+                        "device": d,
+                        "kind": k,
+                        "district": di,
+                        "account": a,
+                        "public_key": SigningKey(seeds[start + j]).verify_key.encode().hex(),
+                    }
+                    for j, (d, k, di, a) in enumerate(meters[start : start + 2000])
+                ]
+            )
         base, prev = writer.height + 1, writer.head_hash
         sigs = _sign_all(meters, seeds, values, t0, steps)
         _insert_readings(con, meters, values, sigs, base, t0, steps)
         _seal_history(con, writer, base, prev, t0, steps)
     finally:
         writer.close()
-    return {"devices": devices, "accounts": len(accounts) + extra_accounts, "days": days, "readings": devices * steps,
-            "blocks": steps, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "devices": devices,
+        "accounts": len(accounts) + extra_accounts,
+        "days": days,
+        "readings": devices * steps,
+        "blocks": steps,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
-def _sign_all(meters: list[tuple[str, str, str, str]], seeds: list[bytes], values: list[np.ndarray], t0: int,
-              steps: int) -> dict[str, bytes]:
+def _sign_all(
+    meters: list[tuple[str, str, str, str]], seeds: list[bytes], values: list[np.ndarray], t0: int, steps: int
+) -> dict[str, bytes]:
     tasks = [(d, k, seed, t0, steps, v.tobytes()) for (d, k, _, _), seed, v in zip(meters, seeds, values)]
     out: dict[str, bytes] = {}
     bar = ProgressBar("signing history (devices)")
@@ -182,22 +227,37 @@ def _sign_all(meters: list[tuple[str, str, str, str]], seeds: list[bytes], value
     return out
 
 
-def _insert_readings(con: duckdb.DuckDBPyConnection, meters: list[tuple[str, str, str, str]],
-                     values: list[np.ndarray], sigs: dict[str, bytes], base: int, t0: int, steps: int) -> None:
+def _insert_readings(
+    con: duckdb.DuckDBPyConnection,
+    meters: list[tuple[str, str, str, str]],
+    values: list[np.ndarray],
+    sigs: dict[str, bytes],
+    base: int,
+    t0: int,
+    steps: int,
+) -> None:
     """Step n's readings are block base + n, in device order (idx), received half a second after their ts."""
     bar = ProgressBar("inserting history")
     n = np.arange(steps, dtype=np.int64)
     for i, (device, kind, _, _) in enumerate(meters):
         raw = sigs[device]
-        table = pa.table({
-            "height": pa.array(base + n), "idx": pa.array(np.full(steps, i, np.int32)),
-            "device": pa.array([device] * steps), "kind": pa.array([kind] * steps),
-            "seq": pa.array(n + 1), "ts": pa.array(t0 + n * STEP_MS), "value": pa.array(values[i]),
-            "sig": pa.array([raw[j * 64:(j + 1) * 64] for j in range(steps)], pa.binary()),
-            "received_at": pa.array(t0 + n * STEP_MS + 500)})
+        table = pa.table(
+            {
+                "height": pa.array(base + n),
+                "idx": pa.array(np.full(steps, i, np.int32)),
+                "device": pa.array([device] * steps),
+                "kind": pa.array([kind] * steps),
+                "seq": pa.array(n + 1),
+                "ts": pa.array(t0 + n * STEP_MS),
+                "value": pa.array(values[i]),
+                "sig": pa.array([raw[j * 64 : (j + 1) * 64] for j in range(steps)], pa.binary()),
+                "received_at": pa.array(t0 + n * STEP_MS + 500),
+            }
+        )
         con.register("_hist", table)
-        con.execute("INSERT INTO _stage SELECT * FROM _hist" if i else
-                    "CREATE TEMP TABLE _stage AS SELECT * FROM _hist")
+        con.execute(
+            "INSERT INTO _stage SELECT * FROM _hist" if i else "CREATE TEMP TABLE _stage AS SELECT * FROM _hist"
+        )
         con.unregister("_hist")
         bar.update(i + 1, len(meters) + 1)
     con.execute("INSERT INTO readings SELECT * FROM _stage ORDER BY height, idx")  # arrival order, as ingest stores
@@ -206,14 +266,18 @@ def _insert_readings(con: duckdb.DuckDBPyConnection, meters: list[tuple[str, str
     bar.close()
 
 
-def _seal_history(con: duckdb.DuckDBPyConnection, writer: LedgerWriter, base: int, prev: str, t0: int,
-                  steps: int) -> None:
+def _seal_history(
+    con: duckdb.DuckDBPyConnection, writer: LedgerWriter, base: int, prev: str, t0: int, steps: int
+) -> None:
     """Each step's header: the Merkle root of its leaves (hashed in DuckDB, as `verify` hashes them), signed."""
     bar = ProgressBar("sealing history")
     for lo in range(base, base + steps, HASH_BLOCKS):
         hi = min(base + steps, lo + HASH_BLOCKS) - 1
-        rows = con.execute(f"SELECT height, sha256({READING_LEAF_SQL}) FROM readings WHERE height BETWEEN ? AND ?"
-                           " ORDER BY height, idx", [lo, hi]).fetchall()
+        rows = con.execute(
+            f"SELECT height, sha256({READING_LEAF_SQL}) FROM readings WHERE height BETWEEN ? AND ?"
+            " ORDER BY height, idx",
+            [lo, hi],
+        ).fetchall()
         leaves: dict[int, list[bytes]] = {}
         for height, digest in rows:
             leaves.setdefault(height, []).append(bytes.fromhex(digest))
@@ -222,14 +286,33 @@ def _seal_history(con: duckdb.DuckDBPyConnection, writer: LedgerWriter, base: in
             sealed_at = t0 + (height - base) * STEP_MS + 60_000
             header = make_header(height=height, prev=prev, leaf_hashes=leaves[height], sealed_at=sealed_at, v=1)
             digest = block_hash(header)
-            blocks.append((height, digest, prev, canonical_json(header).decode(), sign_header(writer.key, header),
-                           header["size"], sealed_at))
+            blocks.append(
+                (
+                    height,
+                    digest,
+                    prev,
+                    canonical_json(header).decode(),
+                    sign_header(writer.key, header),
+                    header["size"],
+                    sealed_at,
+                )
+            )
             prev = digest
         cols = list(zip(*blocks))
-        con.register("_blocks", pa.table({"height": pa.array(cols[0], pa.int64()), "hash": cols[1], "prev": cols[2],
-                                          "header": cols[3], "sig": pa.array(cols[4], pa.binary()),
-                                          "size": pa.array(cols[5], pa.int32()),
-                                          "sealed_at": pa.array(cols[6], pa.int64())}))
+        con.register(
+            "_blocks",
+            pa.table(
+                {
+                    "height": pa.array(cols[0], pa.int64()),
+                    "hash": cols[1],
+                    "prev": cols[2],
+                    "header": cols[3],
+                    "sig": pa.array(cols[4], pa.binary()),
+                    "size": pa.array(cols[5], pa.int32()),
+                    "sealed_at": pa.array(cols[6], pa.int64()),
+                }
+            ),
+        )
         con.execute("INSERT INTO blocks SELECT * FROM _blocks")
         con.unregister("_blocks")
         bar.update(hi - base + 1, steps)
@@ -288,8 +371,9 @@ def call_job(ledger: Any, job: str, month: str, login: str) -> int:
         for t in threads:
             t.join()
         if failed:
-            raise RuntimeError(f"{len(failed)} of {SIGN_INS} sign-ins failed, first: "
-                               f"{type(failed[0]).__name__}: {failed[0]}")
+            raise RuntimeError(
+                f"{len(failed)} of {SIGN_INS} sign-ins failed, first: {type(failed[0]).__name__}: {failed[0]}"
+            )
         return refused
     else:
         raise ValueError(f"no job {job!r}")
@@ -367,19 +451,26 @@ class Phase:
 
         return {
             "job": self.job,
-            "seal_gap_p50_ms": percentile(gaps, 0.5), "seal_gap_p99_ms": percentile(gaps, 0.99),
-            "seal_gap_max_ms": max(gaps, default=None), "blocks": len(gaps),
-            "ack_p50_ms": ms(lat.percentile(0.5)), "ack_p99_ms": ms(lat.percentile(0.99)),
+            "seal_gap_p50_ms": percentile(gaps, 0.5),
+            "seal_gap_p99_ms": percentile(gaps, 0.99),
+            "seal_gap_max_ms": max(gaps, default=None),
+            "blocks": len(gaps),
+            "ack_p50_ms": ms(lat.percentile(0.5)),
+            "ack_p99_ms": ms(lat.percentile(0.99)),
             "ack_max_ms": ms(lat.percentile(1.0)),
             "readings_per_s": round(self.readings / self.window_s, 1) if self.window_s else 0.0,
             "ingest_cores": round(self.cpu_s / self.window_s, 2) if self.window_s else 0.0,
             # Cores other processes on the machine took: a busy neighbour makes a noisy phase.
             "other_cores": round(self.other_cpu_s / self.window_s, 2) if self.window_s else 0.0,
             "ingest_peak_rss_mb": round(self.peak_rss_mb, 1),
-            "job_runs": len(runs), "job_s_median": round(statistics.median(runs), 2) if runs else None,
-            "job_s_max": round(max(runs), 2) if runs else None, "job_errors": self.errors or [],
-            "job_failed_runs": self.failed_runs, "api_connections_refused": self.refused,
-            "window_s": round(self.window_s, 2), "supply_exhausted": self.dry,
+            "job_runs": len(runs),
+            "job_s_median": round(statistics.median(runs), 2) if runs else None,
+            "job_s_max": round(max(runs), 2) if runs else None,
+            "job_errors": self.errors or [],
+            "job_failed_runs": self.failed_runs,
+            "api_connections_refused": self.refused,
+            "window_s": round(self.window_s, 2),
+            "supply_exhausted": self.dry,
         }
 
 
@@ -397,8 +488,12 @@ def run_phase(stack: Stack, gen: LoadGenerator, job: str, opt: JobsOptions, mont
     stop, results = ctx.Event(), ctx.Queue()
     runner = None
     if job != "baseline":
-        runner = ctx.Process(target=job_loop, args=(str(stack.home.root), job, month, login, stop, results),
-                             name=f"bench-job-{job}", daemon=True)
+        runner = ctx.Process(
+            target=job_loop,
+            args=(str(stack.home.root), job, month, login, stop, results),
+            name=f"bench-job-{job}",
+            daemon=True,
+        )
         runner.start()
     h0 = ingest.api.status()["height"]
     r0, cpu0, t0, wall0 = chain_readings(stack)[0], tree_cpu_seconds(ingest.proc.pid), time.monotonic(), now_ms()
@@ -494,9 +589,14 @@ def run(opt: JobsOptions) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
         elif not given:
             print(f"bench: the run's home is kept for inspection: {root}", file=sys.stderr)
-    result.update(load_before=[round(x, 2) for x in load_before], load_after=[round(x, 2) for x in os.getloadavg()],
-                  date=started_at.isoformat(timespec="seconds"), machine=machine(), command=opt.command,
-                  home=str(root) if given else None)
+    result.update(
+        load_before=[round(x, 2) for x in load_before],
+        load_after=[round(x, 2) for x in os.getloadavg()],
+        date=started_at.isoformat(timespec="seconds"),
+        machine=machine(),
+        command=opt.command,
+        home=str(root) if given else None,
+    )
     return result
 
 
@@ -523,12 +623,23 @@ def _run_on(home: Home, opt: JobsOptions) -> dict[str, Any]:
         finally:
             gen.close()
         status = api.status()
-    return {"phases": phases, "history": history, "close_month": month, "devices": opt.load.devices,
-            "workers": opt.load.workers, "window_per_device": opt.load.window_per_device(),
-            "block_readings": opt.load.block_readings, "block_seconds": opt.load.block_seconds,
-            "seconds": opt.seconds, "readings": status["readings"], "blocks": status["blocks"],
-            "quarantined": status["quarantined"], "duplicates": status["duplicates"],
-            "sign_s": round(sign_s, 1), "readings_signed": opt.load.devices * opt.readings_per_device()}
+    return {
+        "phases": phases,
+        "history": history,
+        "close_month": month,
+        "devices": opt.load.devices,
+        "workers": opt.load.workers,
+        "window_per_device": opt.load.window_per_device(),
+        "block_readings": opt.load.block_readings,
+        "block_seconds": opt.load.block_seconds,
+        "seconds": opt.seconds,
+        "readings": status["readings"],
+        "blocks": status["blocks"],
+        "quarantined": status["quarantined"],
+        "duplicates": status["duplicates"],
+        "sign_s": round(sign_s, 1),
+        "readings_signed": opt.load.devices * opt.readings_per_device(),
+    }
 
 
 def format_summary(r: dict[str, Any]) -> str:
@@ -545,13 +656,17 @@ def format_summary(r: dict[str, Any]) -> str:
         gap = f"{_n(p['seal_gap_p50_ms'])} / {_n(p['seal_gap_p99_ms'])} / {_n(p['seal_gap_max_ms'])}"
         ack = f"{_n(p['ack_p50_ms'])} / {_n(p['ack_p99_ms'])}"
         runs = f"{p['job_runs']}, {p['job_s_median']}" if p["job"] != "baseline" else "-"
-        lines.append(f"  {p['job']:<10} {gap:>24} {ack:>16} {p['readings_per_s']:>10,.0f} {p['ingest_cores']:>12} "
-                     f"{p['ingest_peak_rss_mb']:>11,.0f} {runs:>19} {p.get('other_cores', 0):>11}")
+        lines.append(
+            f"  {p['job']:<10} {gap:>24} {ack:>16} {p['readings_per_s']:>10,.0f} {p['ingest_cores']:>12} "
+            f"{p['ingest_peak_rss_mb']:>11,.0f} {runs:>19} {p.get('other_cores', 0):>11}"
+        )
         if p["job_errors"]:
             lines.append(f"    ERRORS in {p['job_failed_runs']} runs: {p['job_errors']}")
         if p["api_connections_refused"]:
-            lines.append(f"    the API refused {p['api_connections_refused']:,} connections (listen queue full); "
-                         "each was tried again after 50 ms")
+            lines.append(
+                f"    the API refused {p['api_connections_refused']:,} connections (listen queue full); "
+                "each was tried again after 50 ms"
+            )
         if p["supply_exhausted"]:
             lines.append("    NOTE: devices ran out of pre-signed readings in this window")
     lines += [
@@ -572,12 +687,23 @@ def _n(x: float | None) -> str:
 def options_from_args(args: argparse.Namespace, home_given: bool) -> JobsOptions:
     named = [j.strip() for arg in args.job for j in arg.split(",") if j.strip()]
     jobs = tuple(JOBS) if "all" in named else tuple(dict.fromkeys(named))
-    load = BenchOptions(devices=args.devices, window=args.window, workers=args.workers,
-                        block_readings=args.block_readings, block_seconds=args.block_seconds)
-    opt = JobsOptions(jobs=jobs, seconds=args.seconds, load=load, history_devices=args.history_devices,
-                      history_days=args.history_days, extra_accounts=getattr(args, "extra_accounts", 0) or 0,
-                      home=Path(args.home) if home_given else None,
-                      command="cityledger " + shlex.join(sys.argv[1:]))
+    load = BenchOptions(
+        devices=args.devices,
+        window=args.window,
+        workers=args.workers,
+        block_readings=args.block_readings,
+        block_seconds=args.block_seconds,
+    )
+    opt = JobsOptions(
+        jobs=jobs,
+        seconds=args.seconds,
+        load=load,
+        history_devices=args.history_devices,
+        history_days=args.history_days,
+        extra_accounts=getattr(args, "extra_accounts", 0) or 0,
+        home=Path(args.home) if home_given else None,
+        command="cityledger " + shlex.join(sys.argv[1:]),
+    )
     return replace(opt, load=replace(load, supply_rate=SUPPLY_RATE))
 
 

@@ -128,8 +128,10 @@ class LoadGenerator:
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.sendall(wire.connect_packet(mqtt_client_id(supply.device), supply.device, supply.password)
-                             + wire.subscribe_packet(1, supply.ack_topic, qos=0))
+                sock.sendall(
+                    wire.connect_packet(mqtt_client_id(supply.device), supply.device, supply.password)
+                    + wire.subscribe_packet(1, supply.ack_topic, qos=0)
+                )
                 code, rest = _await_login(sock, supply.device)
             except OSError as exc:
                 raise LoadError(f"device {supply.device} could not log in to the broker: {exc}") from exc
@@ -237,7 +239,7 @@ class LoadGenerator:
             return
         offsets = dev.supply.offsets
         dev.batches.append([dev.sent, dev.sent + n, now])
-        chunk = dev.view[offsets[dev.sent]:offsets[dev.sent + n]]
+        chunk = dev.view[offsets[dev.sent] : offsets[dev.sent + n]]
         dev.sent += n
         self.sent_total += n
         if dev.sent == count:
@@ -293,5 +295,5 @@ def _await_login(sock: socket.socket, device: str) -> tuple[int, bytes]:
                 _, granted = wire.parse_suback(body)
                 if 0x80 in granted:
                     raise LoadError(f"broker refused device {device} its ack subscription")
-                later = b"".join(bytes([f]) + wire.encode_remaining_length(len(b)) + b for f, b in packets[i + 1:])
+                later = b"".join(bytes([f]) + wire.encode_remaining_length(len(b)) + b for f, b in packets[i + 1 :])
                 return 0, later + bytes(buf)

@@ -45,8 +45,9 @@ def _sign_chunk(args: tuple[list[tuple[str, bytes]], int, int]) -> list[dict]:
     out = []
     for seq in range(seq_from, seq_to):
         for device, seed in devices:
-            r = sign_reading(SigningKey(seed), device=device, kind="water", seq=seq, ts=T0 + seq * 900_000,
-                             value=seq * 31)
+            r = sign_reading(
+                SigningKey(seed), device=device, kind="water", seq=seq, ts=T0 + seq * 900_000, value=seq * 31
+            )
             out.append(r.as_dict())
     return out
 
@@ -89,8 +90,10 @@ def python_audit_rate(home: Home) -> dict:
     finally:
         store.close()
     assert report.ok, report
-    return {"verify_python_readings_per_s": round(report.readings / report.seconds),
-            "verify_python_seconds": round(report.seconds, 1)}
+    return {
+        "verify_python_readings_per_s": round(report.readings / report.seconds),
+        "verify_python_seconds": round(report.seconds, 1),
+    }
 
 
 def measure(home: Home, python_audit: bool = False, runs: int = 3) -> dict:
@@ -138,8 +141,11 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--block", type=int, default=5000, help="readings per block")
     p.add_argument("--home", help="keep the ledger here (reused if it exists)")
-    p.add_argument("--python-audit", action="store_true",
-                   help="also time the structural audit's Python path (what `verify` did before sqlaudit)")
+    p.add_argument(
+        "--python-audit",
+        action="store_true",
+        help="also time the structural audit's Python path (what `verify` did before sqlaudit)",
+    )
     args = p.parse_args()
     home = Home(Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="cityledger-proofs-")))
     if not home.database.exists():

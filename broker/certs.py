@@ -84,8 +84,9 @@ def server_key_path(home: Home) -> Path:
 # ---------------------------------------------------------------- choosing
 
 
-def resolve(home: Home, *, cert: str | None = None, key: str | None = None, ca: str | None = None,
-            hosts: Iterable[str] = ()) -> CertPaths:
+def resolve(
+    home: Home, *, cert: str | None = None, key: str | None = None, ca: str | None = None, hosts: Iterable[str] = ()
+) -> CertPaths:
     """The operator's certificate, key and CA when given (all three), else this home's generated ones.
 
     Half a set is refused rather than completed with generated files: a broker
@@ -97,9 +98,12 @@ def resolve(home: Home, *, cert: str | None = None, key: str | None = None, ca: 
         return ensure_certs(home, hosts)
     missing = [flag for flag, value in given.items() if not value]
     if missing:
-        raise ValueError(f"your own TLS files need all of --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}")
-    paths = CertPaths(ca=Path(str(ca)).resolve(), cert=Path(str(cert)).resolve(), key=Path(str(key)).resolve(),
-                      generated=False)
+        raise ValueError(
+            f"your own TLS files need all of --tls-cert, --tls-key and --tls-ca; missing {', '.join(missing)}"
+        )
+    paths = CertPaths(
+        ca=Path(str(ca)).resolve(), cert=Path(str(cert)).resolve(), key=Path(str(key)).resolve(), generated=False
+    )
     for path in (paths.ca, paths.cert, paths.key):
         if not path.is_file():
             raise FileNotFoundError(f"TLS file not found: {path}")
@@ -144,8 +148,10 @@ def _ensure_ca(home: Home) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate
     if key_path.exists() and cert_path.exists():
         return _load_key(key_path), x509.load_pem_x509_certificate(cert_path.read_bytes())
     if key_path.exists() or cert_path.exists():
-        log.warning("incomplete CA in %s: making a new one; devices holding the old CA certificate must get the new one",
-                    tls_dir(home))
+        log.warning(
+            "incomplete CA in %s: making a new one; devices holding the old CA certificate must get the new one",
+            tls_dir(home),
+        )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _ca_certificate(key, f"cityledger private CA {secrets.token_hex(4)}")
     write_private(key_path, _key_pem(key))  # the key first: a cert without its key would be useless
@@ -168,9 +174,20 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.C
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         # path_length 0: this CA signs broker certificates, never another CA.
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -179,8 +196,9 @@ def _ca_certificate(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.C
 # ---------------------------------------------------------------- the server certificate
 
 
-def _ensure_server(home: Home, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
-                   names: Sequence[str]) -> None:
+def _ensure_server(
+    home: Home, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, names: Sequence[str]
+) -> None:
     cert_path, key_path = server_cert_path(home), server_key_path(home)
     if key_path.exists() and cert_path.exists():
         current = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -210,8 +228,9 @@ def _fits(cert: x509.Certificate, ca_cert: x509.Certificate, names: Sequence[str
     return all(_san_text(name) in present for name in names)
 
 
-def _server_certificate(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
-                        ca_cert: x509.Certificate, names: Sequence[str]) -> x509.Certificate:
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, names: Sequence[str]
+) -> x509.Certificate:
     now = _now()
     public = key.public_key()
     not_after = min(now + dt.timedelta(days=SERVER_DAYS), ca_cert.not_valid_after_utc)
@@ -226,9 +245,20 @@ def _server_certificate(key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurv
         # Clients match the host name they dialled against these entries, never against the CN.
         .add_extension(x509.SubjectAlternativeName([_san_entry(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -260,8 +290,9 @@ def _now() -> dt.datetime:
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     # Unencrypted: mosquitto would ask for a pass phrase on its terminal. The 0600 mode protects it.
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -82,8 +82,7 @@ def current_user() -> str:
 # ---------------------------------------------------------------- rendering
 
 
-def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1",
-                  tls: TLSListener | None = None) -> str:
+def render_config(template: str, home: Home, port: int, bind: str = "127.0.0.1", tls: TLSListener | None = None) -> str:
     """The template with its listeners, files and user pointed at `home`.
 
     Options are replaced where they stand (a listener's own options follow its
@@ -256,8 +255,7 @@ def _argv(config: Path) -> list[str]:
 # ---------------------------------------------------------------- running
 
 
-def exec_foreground(home: Home, port: int, tls_port: int | None = None, *,
-                    certs: CertPaths | None = None) -> NoReturn:
+def exec_foreground(home: Home, port: int, tls_port: int | None = None, *, certs: CertPaths | None = None) -> NoReturn:
     """Become the broker (for `cityledger broker`): the pid stays, so mosquitto's pid file is right.
 
     With `tls_port` it also listens for MQTT over TLS there, serving `certs` or,
@@ -267,8 +265,14 @@ def exec_foreground(home: Home, port: int, tls_port: int | None = None, *,
     os.execv(argv[0], argv)
 
 
-def start(home: Home, port: int, tls_port: int | None = None, *, certs: CertPaths | None = None,
-          stdout: IO[bytes] | int | None = None) -> Child:
+def start(
+    home: Home,
+    port: int,
+    tls_port: int | None = None,
+    *,
+    certs: CertPaths | None = None,
+    stdout: IO[bytes] | int | None = None,
+) -> Child:
     """Start the broker in the background and return once it accepts TCP connections on every listener.
 
     `tls_port` and `certs` are as for `exec_foreground`. Output goes to `stdout`,

@@ -35,8 +35,9 @@ class AuditRun:
             if self._state.get("running"):
                 return False
             self._state = {"running": True, "done": 0, "total": None, "started_at": now_ms(), "by": operator}
-        thread = threading.Thread(target=self._run, args=(home or Home.from_env(),), name="dashboard-audit",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=self._run, args=(home or Home.from_env(),), name="dashboard-audit", daemon=True
+        )
         thread.start()
         return True
 

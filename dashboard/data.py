@@ -164,8 +164,9 @@ def authenticate(role: str, principal: str, password: str, source: str = LOCAL) 
     """Who signed in, or why not: `Throttled` says how long to wait; `Wrong` never says whether the id exists."""
     if role not in ("citizen", "operator") or not principal.strip() or not password:
         return Wrong()
-    return sign_in_outcome(api("authenticate", role=role, principal=principal.strip(), password=password,
-                               source=source))
+    return sign_in_outcome(
+        api("authenticate", role=role, principal=principal.strip(), password=password, source=source)
+    )
 
 
 def sign_in_outcome(found: Any) -> Principal | Wrong | Throttled:
@@ -210,8 +211,9 @@ class CitizenData:
 
     def held_since(self, device: str) -> int:
         """Since when this account has held the device: readings before that are a previous holder's."""
-        since = CACHE.get(("held", self.account, device), 30,
-                          lambda: view("held_since", device=device, account=self.account))
+        since = CACHE.get(
+            ("held", self.account, device), 30, lambda: view("held_since", device=device, account=self.account)
+        )
         if since is None:
             raise NotFound("device")
         return int(since)
@@ -246,10 +248,15 @@ class CitizenData:
         typical = typical_household(meter["district"], meter["kind"], ps, now)
         tiers = use.tiers_of(tariff) if tariff["basis"] == "calendar_year" or len(tariff["tiers"]) == 1 else []
         return {
-            "meter": meter, "granularity": granularity, "unit": tariff["unit"], "tariff": tariff,
-            "tiers": tiers, "timezone": summary["timezone"],
-            "rows": use.series(ps, registers, typical, tariff["base_per_unit"], tiers, unit_label(tariff["unit"]), tz,
-                               first),
+            "meter": meter,
+            "granularity": granularity,
+            "unit": tariff["unit"],
+            "tariff": tariff,
+            "tiers": tiers,
+            "timezone": summary["timezone"],
+            "rows": use.series(
+                ps, registers, typical, tariff["base_per_unit"], tiers, unit_label(tariff["unit"]), tz, first
+            ),
             "year_to_date": use.year_to_date(registers, now, tz, tariff["base_per_unit"], first),
         }
 
@@ -264,11 +271,14 @@ class CitizenData:
         """This month, last month and every month with an issued bill, newest first."""
         tz = zone(tariffs()["timezone"])
         today = dt.datetime.fromtimestamp((now or now_ms()) / 1000, tz).date().replace(day=1)
-        issued = {b["month"]: b for b in CACHE.get(("bills", self.account), 10,
-                                                   lambda: api("bills", account=self.account))}
+        issued = {
+            b["month"]: b for b in CACHE.get(("bills", self.account), 10, lambda: api("bills", account=self.account))
+        }
         months = {today.strftime("%Y-%m"), (today - dt.timedelta(days=1)).strftime("%Y-%m"), *issued}
-        return [{"month": m, "issued": m in issued, "total": issued.get(m, {}).get("total")}
-                for m in sorted(months, reverse=True)]
+        return [
+            {"month": m, "issued": m in issued, "total": issued.get(m, {}).get("total")}
+            for m in sorted(months, reverse=True)
+        ]
 
     def bill(self, month: str) -> dict[str, Any]:
         month = self._check_month(month)
@@ -291,8 +301,9 @@ class CitizenData:
         cached = CACHE.peek(("bill", self.account, month), 30)
         if cached is not None:
             return [line for line in cached["lines"] if line["type"] == "parking"]
-        return CACHE.get(("parking", self.account, month), 30,
-                         lambda: view("parking_lines", account=self.account, month=month))
+        return CACHE.get(
+            ("parking", self.account, month), 30, lambda: view("parking_lines", account=self.account, month=month)
+        )
 
     # -------------------------------------------------------- proof
 
@@ -304,7 +315,9 @@ class CitizenData:
         except (TypeError, ValueError) as exc:
             raise NotFound("reading") from exc
         own = {d["device"] for d in self._devices()}
-        on_bill = month is not None and any((d, s) == (device, seq) for _, d, s in billfmt.all_readings(self.bill(month)))
+        on_bill = month is not None and any(
+            (d, s) == (device, seq) for _, d, s in billfmt.all_readings(self.bill(month))
+        )
         if not on_bill and device not in own:
             raise NotFound("reading")
         found = api("receipt", device=device, seq=seq)
@@ -317,8 +330,17 @@ class CitizenData:
         if device not in {d["device"] for d in self._devices()}:
             raise NotFound("reading")
         since = self.held_since(device)
-        found = [p for p in view("device_readings", device=device, start=int(at) - 6 * 3_600_000,
-                                 end=int(at) + 6 * 3_600_000, max_points=10_000)["points"] if p["ts"] >= since]
+        found = [
+            p
+            for p in view(
+                "device_readings",
+                device=device,
+                start=int(at) - 6 * 3_600_000,
+                end=int(at) + 6 * 3_600_000,
+                max_points=10_000,
+            )["points"]
+            if p["ts"] >= since
+        ]
         if not found:
             raise Refused("no reading of that meter within 6 hours of that time")
         return min(found, key=lambda p: abs(p["ts"] - at))
@@ -337,15 +359,27 @@ class CitizenData:
     def open_dispute(self, subject: str, message: str) -> dict[str, Any]:
         if not message.strip():
             raise Refused("Please write what is wrong.")
-        return api("dispute", account=self.account, author=self.account, message=message.strip(),
-                   subject=subject[:200], status="open")
+        return api(
+            "dispute",
+            account=self.account,
+            author=self.account,
+            message=message.strip(),
+            subject=subject[:200],
+            status="open",
+        )
 
     def reply(self, dispute_id: str, message: str) -> dict[str, Any]:
         d = self.dispute(dispute_id)
         if not message.strip():
             raise Refused("Please write a message.")
-        return api("dispute", account=self.account, author=self.account, message=message.strip(),
-                   dispute_id=d["id"], status="open")
+        return api(
+            "dispute",
+            account=self.account,
+            author=self.account,
+            message=message.strip(),
+            dispute_id=d["id"],
+            status="open",
+        )
 
 
 def typical_household(district: str, kind: str, ps: list[use.Period], now: int) -> dict[tuple[int, int], float | None]:
@@ -353,8 +387,11 @@ def typical_household(district: str, kind: str, ps: list[use.Period], now: int) 
     period's end is rounded down to 15 minutes so the cache holds)."""
     quarter = now - now % 900_000
     bounds = sorted({p.start for p in ps} | {min(p.end, quarter) if p.partial else p.end for p in ps})
-    rows = CACHE.get(("typical", district, kind, tuple(bounds)), 900,
-                     lambda: view("typical_usage", district=district, kind=kind, boundaries=bounds))
+    rows = CACHE.get(
+        ("typical", district, kind, tuple(bounds)),
+        900,
+        lambda: view("typical_usage", district=district, kind=kind, boundaries=bounds),
+    )
     out = {(r["start"], r["end"]): r["median"] for r in rows}
     for p in ps:  # the running period: the median up to the rounded end
         if p.partial:
@@ -438,8 +475,9 @@ class OperatorData:
 
     # -------------------------------------------------------- anomalies
 
-    def anomalies(self, status: str | None = None, type: str | None = None,
-                  districts: list[str] | None = None, limit: int = 500) -> list[dict[str, Any]]:
+    def anomalies(
+        self, status: str | None = None, type: str | None = None, districts: list[str] | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
         scope = self.scope(districts)
         if scope == []:
             return []
@@ -457,8 +495,13 @@ class OperatorData:
         self.anomaly(anomaly_id)
         if status not in ("acknowledged", "resolved", "dismissed"):
             raise Refused("unknown action")
-        return api("act_on_anomaly", anomaly_id=anomaly_id, status=status, operator=self.operator,
-                   note=(note or "").strip() or None)
+        return api(
+            "act_on_anomaly",
+            anomaly_id=anomaly_id,
+            status=status,
+            operator=self.operator,
+            note=(note or "").strip() or None,
+        )
 
     def anomaly_readings(self, anomaly: dict[str, Any]) -> dict[str, Any]:
         """The device's readings around the anomaly's window (a quarter of its length, at least
@@ -476,13 +519,20 @@ class OperatorData:
 
     # -------------------------------------------------------- devices
 
-    def devices(self, text: str = "", kind: str | None = None, status: str | None = None,
-                districts: list[str] | None = None, limit: int = 200) -> dict[str, Any]:
+    def devices(
+        self,
+        text: str = "",
+        kind: str | None = None,
+        status: str | None = None,
+        districts: list[str] | None = None,
+        limit: int = 200,
+    ) -> dict[str, Any]:
         scope = self.scope(districts)
         if scope == []:
             return {"total": 0, "devices": []}
-        return view("device_search", districts=scope, text=text[:64], kind=kind or None, status=status or None,
-                    limit=limit)
+        return view(
+            "device_search", districts=scope, text=text[:64], kind=kind or None, status=status or None, limit=limit
+        )
 
     def device(self, device: str | None) -> dict[str, Any]:
         if not device or not isinstance(device, str) or len(device) > 128:
@@ -506,13 +556,19 @@ class OperatorData:
 
     # -------------------------------------------------------- quarantine
 
-    def quarantine(self, reason: str | None = None, device: str | None = None,
-                   districts: list[str] | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def quarantine(
+        self, reason: str | None = None, device: str | None = None, districts: list[str] | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
         scope = self.scope(districts)
         if scope == []:
             return []
-        return view("quarantine_rows", districts=scope, reason=reason or None, device=(device or "").strip() or None,
-                    limit=limit)
+        return view(
+            "quarantine_rows",
+            districts=scope,
+            reason=reason or None,
+            device=(device or "").strip() or None,
+            limit=limit,
+        )
 
     def quarantine_summary(self, districts: list[str] | None = None) -> dict[str, Any]:
         scope = self.scope(districts)
@@ -536,22 +592,43 @@ class OperatorData:
         d = self.dispute(dispute_id)
         if not message.strip():
             raise Refused("Please write an answer.")
-        return api("dispute", account=d["account"], author=self.operator, message=message.strip(),
-                   dispute_id=d["id"], status="closed" if close else "answered")
+        return api(
+            "dispute",
+            account=d["account"],
+            author=self.operator,
+            message=message.strip(),
+            dispute_id=d["id"],
+            status="closed" if close else "answered",
+        )
 
     def close(self, dispute_id: str, message: str = "") -> dict[str, Any]:
         d = self.dispute(dispute_id)
-        return api("dispute", account=d["account"], author=self.operator, dispute_id=d["id"], status="closed",
-                   message=message.strip() or "Closed by the operator.")
+        return api(
+            "dispute",
+            account=d["account"],
+            author=self.operator,
+            dispute_id=d["id"],
+            status="closed",
+            message=message.strip() or "Closed by the operator.",
+        )
 
     def adjust(self, dispute_id: str, amount: str, reason: str) -> dict[str, Any]:
         """Append a correction to the disputed account's bill, and say so in the dispute."""
         d = self.dispute(dispute_id)
         out = api("adjust", account=d["account"], amount=amount.strip(), reason=reason.strip(), operator=self.operator)
-        done = ("was appended to your bill" if out["status"] == "sealed"
-                else "was requested; a second operator must approve it before it reaches your bill")
-        api("dispute", account=d["account"], author=self.operator, dispute_id=d["id"], status="answered",
-            message=f"A correction of {out['amount']} CNY {done} ({out['id']}): {reason.strip()}")
+        done = (
+            "was appended to your bill"
+            if out["status"] == "sealed"
+            else "was requested; a second operator must approve it before it reaches your bill"
+        )
+        api(
+            "dispute",
+            account=d["account"],
+            author=self.operator,
+            dispute_id=d["id"],
+            status="answered",
+            message=f"A correction of {out['amount']} CNY {done} ({out['id']}): {reason.strip()}",
+        )
         CACHE.forget("bill", d["account"])
         return out
 
@@ -576,8 +653,9 @@ class OperatorData:
 
     def bill(self, account: str, month: str) -> dict[str, Any]:
         """An account's bill, for an operator answering its dispute."""
-        if not MONTH.match(month or "") or not view("account_in_districts", account=account,
-                                                        districts=list(self.limited) if self.limited else None):
+        if not MONTH.match(month or "") or not view(
+            "account_in_districts", account=account, districts=list(self.limited) if self.limited else None
+        ):
             raise NotFound("bill")
         return CACHE.get(("bill", account, month), 30, lambda: api("bill", account=account, month=month))
 
@@ -591,19 +669,26 @@ class OperatorData:
         start = int(dt.datetime(day.year, day.month, day.day, tzinfo=tz).timestamp() * 1000)
         key = ("occupancy", tuple(scope) if scope is not None else None, start)
         ttl = 60 if start + 86_400_000 > now_ms() else 3600
-        return CACHE.get(key, ttl, lambda: view("parking_occupancy", start=start, end=start + 86_400_000,
-                                                 districts=scope))
+        return CACHE.get(
+            key, ttl, lambda: view("parking_occupancy", start=start, end=start + 86_400_000, districts=scope)
+        )
 
     def parking_now(self, districts: list[str] | None = None) -> dict[str, Any]:
         scope = self.scope(districts)
         if scope == []:
             return {"spaces": 0, "taken": 0, "reporting": 0}
-        return CACHE.get(("parking_now", tuple(scope) if scope is not None else None), 5,
-                         lambda: view("parking_today", districts=scope))
+        return CACHE.get(
+            ("parking_now", tuple(scope) if scope is not None else None),
+            5,
+            lambda: view("parking_today", districts=scope),
+        )
 
     def revenue(self, districts: list[str] | None = None) -> list[dict[str, Any]]:
         scope = self.scope(districts)
         if scope == []:
             return []
-        return CACHE.get(("revenue", tuple(scope) if scope is not None else None), 300,
-                         lambda: view("parking_revenue", districts=scope))
+        return CACHE.get(
+            ("revenue", tuple(scope) if scope is not None else None),
+            300,
+            lambda: view("parking_revenue", districts=scope),
+        )

@@ -16,7 +16,11 @@ from ledger.chain.receipts import encode_receipt, verify_receipt
 STEPS = (
     ("format", "Receipt format", "The receipt has exactly the members of the protocol, each spelt one way."),
     ("device_signature", "Device signature", "The meter's own Ed25519 key signed this reading."),
-    ("inclusion", "Inclusion path", "The reading's hash and the path of sibling hashes lead to the block's Merkle root."),
+    (
+        "inclusion",
+        "Inclusion path",
+        "The reading's hash and the path of sibling hashes lead to the block's Merkle root.",
+    ),
     ("block_signature", "Block signature", "The city's ledger key, as published, signed the block's header."),
 )
 

@@ -35,8 +35,12 @@ def sign_in(role: str, principal: str, password: str) -> Principal | Wrong | Thr
     found = data.authenticate(role, principal, password, client_source())
     if isinstance(found, Principal):
         st.session_state.clear()  # nothing from before the sign-in carries over
-        st.session_state[KEY] = {"role": found.role, "id": found.id, "name": found.name,
-                                 "districts": list(found.districts)}
+        st.session_state[KEY] = {
+            "role": found.role,
+            "id": found.id,
+            "name": found.name,
+            "districts": list(found.districts),
+        }
         log.info("%s %s signed in", found.role, found.id)
     return found
 
@@ -49,8 +53,11 @@ def client_source() -> str:
     except Exception:  # no browser connection behind this run (a bare script): a caller on this machine
         return LOCAL
     # Only text counts: a run without a browser (Streamlit's AppTest) answers with stand-in objects.
-    return source_from(ip if isinstance(ip, str) else None, forwarded if isinstance(forwarded, str) else None,
-                       os.environ.get(PROXY_ENV, "") == "1")
+    return source_from(
+        ip if isinstance(ip, str) else None,
+        forwarded if isinstance(forwarded, str) else None,
+        os.environ.get(PROXY_ENV, "") == "1",
+    )
 
 
 def source_from(ip: str | None, forwarded: str | None, behind_proxy: bool) -> str:

@@ -46,8 +46,10 @@ def guard(what: str = "this page") -> Iterator[None]:
     except Refused as exc:
         st.error(f"Not done: {exc}")
     except Unavailable as exc:
-        st.warning(f"The ledger is not reachable right now ({exc}). Is `cityledger ingest` running? "
-                   "This page will work again once it is.")
+        st.warning(
+            f"The ledger is not reachable right now ({exc}). Is `cityledger ingest` running? "
+            "This page will work again once it is."
+        )
     except (ConnectionError, TimeoutError, OSError) as exc:
         log.warning("ledger unreachable while showing %s: %s", what, exc)
         st.warning("The ledger did not answer in time. Please try again in a moment.")

@@ -113,8 +113,9 @@ def register_values(rows: Iterable[dict[str, Any]]) -> dict[int, Fraction | None
     return out
 
 
-def used(registers: dict[int, Fraction | None], start: int, end: int,
-         first: dict[int, int] | None = None) -> Fraction | None:
+def used(
+    registers: dict[int, Fraction | None], start: int, end: int, first: dict[int, int] | None = None
+) -> Fraction | None:
     """Base units counted in [start, end), or None when either end is unknown or the register fell.
     `first` gives, for a start with no reading before it, the first reading after it: the use is
     then counted from that reading, as a bill does for a meter that started within the period."""
@@ -139,12 +140,15 @@ class Tier:
 
 
 def tiers_of(tariff: dict[str, Any]) -> list[Tier]:
-    return [Tier(i, None if t["up_to"] is None else float(Decimal(t["up_to"])), t["price"])
-            for i, t in enumerate(tariff["tiers"], 1)]
+    return [
+        Tier(i, None if t["up_to"] is None else float(Decimal(t["up_to"])), t["price"])
+        for i, t in enumerate(tariff["tiers"], 1)
+    ]
 
 
-def first_reading_needed(ps: Sequence[Period], registers: dict[int, Fraction | None], now: int, tz: ZoneInfo,
-                         most: int = 3) -> list[int]:
+def first_reading_needed(
+    ps: Sequence[Period], registers: dict[int, Fraction | None], now: int, tz: ZoneInfo, most: int = 3
+) -> list[int]:
     """Starts (of the latest periods, and of this year) with no reading before them but a register at
     the end: where the use must be counted from the period's first reading."""
     starts = [p.start for p in ps if registers.get(p.start) is None and registers.get(p.end) is not None][-most:]
@@ -175,14 +179,24 @@ def tier_label(t: Tier | None, tiers: Sequence[Tier], unit: str) -> str:
 
 
 def select_tariff(summary: dict[str, Any], kind: str, customer_class: str, on: dt.date) -> dict[str, Any] | None:
-    found = [t for t in summary["utility"] if t["kind"] == kind and t["class"] == customer_class
-             and dt.date.fromisoformat(t["from"]) <= on]
+    found = [
+        t
+        for t in summary["utility"]
+        if t["kind"] == kind and t["class"] == customer_class and dt.date.fromisoformat(t["from"]) <= on
+    ]
     return max(found, key=lambda t: t["from"]) if found else None
 
 
-def series(ps: Sequence[Period], registers: dict[int, Fraction | None], typical: dict[tuple[int, int], float | None],
-           per_unit: int, tiers: Sequence[Tier], unit: str, tz: ZoneInfo,
-           first: dict[int, int] | None = None) -> list[dict[str, Any]]:
+def series(
+    ps: Sequence[Period],
+    registers: dict[int, Fraction | None],
+    typical: dict[tuple[int, int], float | None],
+    per_unit: int,
+    tiers: Sequence[Tier],
+    unit: str,
+    tz: ZoneInfo,
+    first: dict[int, int] | None = None,
+) -> list[dict[str, Any]]:
     """One row per period: use this period, the same period a year earlier and the district's
     typical household (all in the tariff's unit), and the tier the year's use has reached by its end."""
     rows = []
@@ -193,20 +207,27 @@ def series(ps: Sequence[Period], registers: dict[int, Fraction | None], typical:
         cumulative = used(registers, ys, p.end, first) if ys <= p.start else None
         med = typical.get((p.start, p.end))
         tier = tier_at(in_units(cumulative, per_unit), tiers)
-        rows.append({
-            "order": order, "period": p.label, "start": p.start, "end": p.end, "partial": p.partial,
-            "this": in_units(this, per_unit),
-            "last_year": in_units(last, per_unit),
-            "typical": None if med is None else med / per_unit,
-            "year_to_date": in_units(cumulative, per_unit),
-            "tier": tier_label(tier, tiers, unit),
-            "from_first_reading": this is not None and registers.get(p.start) is None,
-        })
+        rows.append(
+            {
+                "order": order,
+                "period": p.label,
+                "start": p.start,
+                "end": p.end,
+                "partial": p.partial,
+                "this": in_units(this, per_unit),
+                "last_year": in_units(last, per_unit),
+                "typical": None if med is None else med / per_unit,
+                "year_to_date": in_units(cumulative, per_unit),
+                "tier": tier_label(tier, tiers, unit),
+                "from_first_reading": this is not None and registers.get(p.start) is None,
+            }
+        )
     return rows
 
 
-def year_to_date(registers: dict[int, Fraction | None], now: int, tz: ZoneInfo, per_unit: int,
-                 first: dict[int, int] | None = None) -> list[dict[str, Any]]:
+def year_to_date(
+    registers: dict[int, Fraction | None], now: int, tz: ZoneInfo, per_unit: int, first: dict[int, int] | None = None
+) -> list[dict[str, Any]]:
     """Cumulative use this calendar year at the end of each month so far (and now)."""
     ys = year_start(now, tz)
     month_ends = [p.end for p in periods("Monthly", now, tz, count=12) if p.start >= ys]

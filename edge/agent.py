@@ -109,8 +109,9 @@ class DeviceAgent:
     def _make_client(self, host: str, port: int, tls: TLSSettings | None) -> mqtt.Client:
         identity = self.identity
         # The broker admits only prefixed client ids (broker/mqtt/client_ids.py) and names the session by username.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(identity.device),
-                             protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(identity.device), protocol=mqtt.MQTTv5
+        )
         client.username_pw_set(identity.username, identity.password)
         client.will_set(self._status_topic, STATUS_OFFLINE, qos=1, retain=True)
         client.connect_timeout = self.settings.connect_timeout  # bounds the TLS handshake too
@@ -267,9 +268,13 @@ class DeviceAgent:
         dropped = self.outbox.seqs(self.device, written_off[0], min(written_off[1], seq)) if written_off else []
         removed = self.outbox.acknowledge(self.device, seq)
         if written_off:
-            log.warning("%s: the ledger wrote off seqs %d-%d; dropped %d of them from the outbox unledgered%s",
-                        self.device, *written_off, len(dropped),
-                        f" ({', '.join(map(str, dropped[:10]))}{' …' if len(dropped) > 10 else ''})" if dropped else "")
+            log.warning(
+                "%s: the ledger wrote off seqs %d-%d; dropped %d of them from the outbox unledgered%s",
+                self.device,
+                *written_off,
+                len(dropped),
+                f" ({', '.join(map(str, dropped[:10]))}{' …' if len(dropped) > 10 else ''})" if dropped else "",
+            )
         self._acked = seq
         self._cursor = max(self._cursor, seq)
         self._track_window(time.monotonic())
@@ -279,9 +284,7 @@ class DeviceAgent:
 
     # ------------------------------------------------------------ paho callbacks
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
             # Said once per refusal streak: a fleet with stale credentials must not flood the log.
             level = logging.WARNING if self._refusals == 0 else logging.DEBUG

@@ -171,8 +171,9 @@ class FaultPlan:
                 continue
             eligible = [(d, k) for d, k in pool if k in kinds]
             want = round(rate * len(eligible))
-            free = sorted((x for x in eligible if x[0] not in taken),
-                          key=lambda x: device_seed(seed, f"fault/{name}/{x[0]}"))
+            free = sorted(
+                (x for x in eligible if x[0] not in taken), key=lambda x: device_seed(seed, f"fault/{name}/{x[0]}")
+            )
             for device, kind in free[:want]:
                 taken[device] = _draw(name, device, kind, start, self.horizon_ms, seed)
         return taken
@@ -188,14 +189,18 @@ def _draw(name: str, device: str, kind: str, start: int, horizon: int, seed: int
         # On a local hour when the household is up, so the extra consumption is there to see.
         local_day = (onset + BEIJING_UTC_OFFSET_MS) // DAY_MS * DAY_MS - BEIJING_UTC_OFFSET_MS
         onset = local_day + rng.randint(7, 20) * HOUR_MS
-        return Fault(device, kind, name, onset, onset + int(rng.uniform(*SPIKE_HOURS) * HOUR_MS),
-                     size=rng.uniform(*SPIKE_FACTOR))
+        return Fault(
+            device, kind, name, onset, onset + int(rng.uniform(*SPIKE_HOURS) * HOUR_MS), size=rng.uniform(*SPIKE_FACTOR)
+        )
     if name == "rollback":
         return Fault(device, kind, name, onset, size=rng.uniform(*ROLLBACK_FRACTION))
     if name == "clock":
         mode = rng.choice(("ahead", "behind", "backwards"))
-        size = {"ahead": CLOCK_AHEAD_MS, "behind": rng.uniform(*CLOCK_BEHIND_MS),
-                "backwards": rng.uniform(*CLOCK_BACKWARDS_MS)}[mode]
+        size = {
+            "ahead": CLOCK_AHEAD_MS,
+            "behind": rng.uniform(*CLOCK_BEHIND_MS),
+            "backwards": rng.uniform(*CLOCK_BACKWARDS_MS),
+        }[mode]
         return Fault(device, kind, name, onset, size=size, mode=mode)
     if name == "badsig":
         return Fault(device, kind, name, onset, onset + int(rng.uniform(*BADSIG_HOURS) * HOUR_MS))
@@ -347,8 +352,11 @@ def simulate(
     for i, (device, kind, district) in enumerate(devices):
         rng = random.Random(device_seed(seed, f"latency/{device}"))
         model_seed = device_seed(seed, device)
-        model: MeterModel | ParkingSensor = (ParkingSensor(model_seed, heartbeat_every=heartbeat_every)
-                                             if kind == "parking" else meter_for(kind, model_seed))
+        model: MeterModel | ParkingSensor = (
+            ParkingSensor(model_seed, heartbeat_every=heartbeat_every)
+            if kind == "parking"
+            else meter_for(kind, model_seed)
+        )
         fault = faults.get(device)
         injector = Injector(fault) if fault is not None else None
         sim = SimDevice(device, kind, district, status=("online", start))
@@ -359,8 +367,13 @@ def simulate(
             if m is not None:
                 seq += 1
                 received = _arrival(ts, outages) + rng.randint(*latency_ms)
-                reason = ("bad_signature" if m.bad_signature else
-                          "future_timestamp" if m.ts > received + FUTURE_TOLERANCE_MS else None)
+                reason = (
+                    "bad_signature"
+                    if m.bad_signature
+                    else "future_timestamp"
+                    if m.ts > received + FUTURE_TOLERANCE_MS
+                    else None
+                )
                 if reason is None:
                     sim.readings.append((seq, m.ts, m.value, received))
                 else:

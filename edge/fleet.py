@@ -283,10 +283,12 @@ def run_fleet(
         loop = NetLoop(seed=seed)
         sims: list[SimulatedDevice] = []
         for identity in identities:
-            agent = DeviceAgent(identity, outbox, host=host, port=port, settings=settings, on_acked=acked,
-                                tls=tls)
-            sims.append(SimulatedDevice.create(agent, seed=seed, heartbeat_every=heartbeat_every,
-                                               fault=truth.get(identity.device)))
+            agent = DeviceAgent(identity, outbox, host=host, port=port, settings=settings, on_acked=acked, tls=tls)
+            sims.append(
+                SimulatedDevice.create(
+                    agent, seed=seed, heartbeat_every=heartbeat_every, fault=truth.get(identity.device)
+                )
+            )
             loop.add(agent)
         schedule = _Schedule(sims, interval, time.monotonic())
         full_warned = False
@@ -317,8 +319,9 @@ def run_fleet(
     return final
 
 
-def _inject(home: Home, plan: FaultPlan | None, identities: Sequence[DeviceIdentity], start: int,
-            seed: int) -> dict[str, Fault]:
+def _inject(
+    home: Home, plan: FaultPlan | None, identities: Sequence[DeviceIdentity], start: int, seed: int
+) -> dict[str, Fault]:
     """Each faulty device's fault, also written down as this run's ground truth (an earlier run's is removed)."""
     path = home.fleet / FAULTS_FILE
     if plan is None:

@@ -178,8 +178,9 @@ class Outbox:
     def seqs(self, device: str, lo: int, hi: int) -> list[int]:
         """The seqs of `device` stored between lo and hi, in order."""
         with self._lock:
-            rows = self._db.execute("SELECT seq FROM outbox WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq",
-                                    (device, lo, hi)).fetchall()
+            rows = self._db.execute(
+                "SELECT seq FROM outbox WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq", (device, lo, hi)
+            ).fetchall()
         return [seq for (seq,) in rows]
 
     def acknowledge(self, device: str, seq: int) -> int:

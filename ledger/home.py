@@ -143,8 +143,15 @@ class Home:
         return self.root / "logs"
 
     def ensure(self) -> None:
-        for d in (self.root, self.secrets, self.ledger_key.parent, self.broker, self.broker_data, self.logs,
-                  self.access_fragments):
+        for d in (
+            self.root,
+            self.secrets,
+            self.ledger_key.parent,
+            self.broker,
+            self.broker_data,
+            self.logs,
+            self.access_fragments,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         for d in (self.secrets, self.ledger_key.parent):
             d.chmod(0o700)
@@ -170,8 +177,13 @@ class Home:
             opened.append((path, stat.S_IMODE(st.st_mode)))
         if opened:
             first, was = opened[0]
-            log.warning("%d paths in %s were open to other users (e.g. %s, mode %o): now only the owner's",
-                        len(opened), self.root, first, was)
+            log.warning(
+                "%d paths in %s were open to other users (e.g. %s, mode %o): now only the owner's",
+                len(opened),
+                self.root,
+                first,
+                was,
+            )
         return len(opened)
 
 

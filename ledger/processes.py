@@ -63,8 +63,14 @@ class WaitTimeout(TimeoutError):
         self.what, self.timeout = what, timeout
 
 
-def wait_until(predicate: Callable[[], T | None], timeout: float, interval: float = 0.05, *, what: str,
-               sleep: Callable[[float], object] = time.sleep) -> T:
+def wait_until(
+    predicate: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.05,
+    *,
+    what: str,
+    sleep: Callable[[float], object] = time.sleep,
+) -> T:
     """Call `predicate` every `interval` seconds until it returns something truthy, and return that.
 
     The predicate is called at least once, and once more at the deadline, so a
@@ -274,15 +280,24 @@ class Child:
     def __enter__(self) -> Child:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
-def start(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
-          cwd: str | os.PathLike[str] | None = None, stdout: Sink = None, stderr: Sink = None,
-          stdin: int | IO[Any] | None = DEVNULL, input: str | bytes | None = None, text: bool = False,
-          new_session: bool = True) -> Child:
+def start(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdout: Sink = None,
+    stderr: Sink = None,
+    stdin: int | IO[Any] | None = DEVNULL,
+    input: str | bytes | None = None,
+    text: bool = False,
+    new_session: bool = True,
+) -> Child:
     """Start `argv` as a child and return it; it runs until stopped (or `with start(...) as child:`).
 
     `stdout` and `stderr` take a Path to append to (its directory is made; the
@@ -307,8 +322,15 @@ def start(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | No
 
     try:
         popen: subprocess.Popen[Any] = subprocess.Popen(
-            list(argv), env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=sink(stdout),
-            stderr=sink(stderr), text=text, start_new_session=new_session)
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=sink(stdout),
+            stderr=sink(stderr),
+            text=text,
+            start_new_session=new_session,
+        )
     finally:
         for handle in opened:
             handle.close()

@@ -24,7 +24,9 @@ ACK_TOPIC = device_topic("d01", "water", DEVICE, "ack")
 def broker(tmp_path: Path):
     home = Home(tmp_path / "home")
     home.ensure()
-    write_private(home.service_secret("ingest-acks"), json.dumps({"username": "ingest-acks", "password": "acks pw"}).encode())
+    write_private(
+        home.service_secret("ingest-acks"), json.dumps({"username": "ingest-acks", "password": "acks pw"}).encode()
+    )
     services = [ServiceAccess("ingest-acks", access.hash_password("acks pw"), "acks")]
     devices = [DeviceAccess(DEVICE, "d01", "water", access.hash_password(PASSWORD))]
     with RunningBroker(home, devices, services) as b:
@@ -32,8 +34,9 @@ def broker(tmp_path: Path):
 
 
 def _publisher(broker: RunningBroker, retry_s: float = 0.5) -> AckPublisher:
-    return AckPublisher(broker.host, broker.port, secret_file=broker.home.service_secret("ingest-acks"),
-                        retry_s=retry_s, timeout=2.0)
+    return AckPublisher(
+        broker.host, broker.port, secret_file=broker.home.service_secret("ingest-acks"), retry_s=retry_s, timeout=2.0
+    )
 
 
 def _latest_ack(broker: RunningBroker) -> tuple[int, str] | None:
@@ -52,8 +55,11 @@ def test_acks_are_retained_and_the_broker_acknowledges_them(broker: RunningBroke
     try:
         assert pub.publish([(ACK_TOPIC, ack_payload(n, "ab" * 32)) for n in (1, 2, 3)]) == 3
         assert _latest_ack(broker) == (3, "ab" * 32)
-        wait_for(lambda: pub.publish([(ACK_TOPIC, ack_payload(4, "cd" * 32))]) and pub.acknowledged >= 3, 5,
-                 "PUBACKs counted")
+        wait_for(
+            lambda: pub.publish([(ACK_TOPIC, ack_payload(4, "cd" * 32))]) and pub.acknowledged >= 3,
+            5,
+            "PUBACKs counted",
+        )
     finally:
         pub.close()
 
@@ -70,8 +76,9 @@ def test_a_restarted_broker_is_reconnected_to_before_the_next_acks(broker: Runni
         pub.close()
 
 
-def test_a_broker_that_is_down_costs_a_quick_zero_and_is_retried(broker: RunningBroker,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_a_broker_that_is_down_costs_a_quick_zero_and_is_retried(
+    broker: RunningBroker, caplog: pytest.LogCaptureFixture
+) -> None:
     pub = _publisher(broker, retry_s=0.5)
     try:
         broker.stop()

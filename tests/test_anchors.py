@@ -25,8 +25,15 @@ class Chain:
 
     def next(self, *, key: SigningKey | None = None, **extra: Any) -> bytes:
         self.height += 1
-        header = make_header(height=self.height, prev=self.prev, leaf_hashes=[merkle.leaf_hash(b"x%d" % self.height)],
-                             sealed_at=1_764_000_000_000 + self.height, v=1, chain=self.district, **extra)
+        header = make_header(
+            height=self.height,
+            prev=self.prev,
+            leaf_hashes=[merkle.leaf_hash(b"x%d" % self.height)],
+            sealed_at=1_764_000_000_000 + self.height,
+            v=1,
+            chain=self.district,
+            **extra,
+        )
         sig = sign_header(key or self.key, header)
         self.prev = block_hash(header)
         return signed_header_payload(self.prev, header, sig)
@@ -101,8 +108,13 @@ def test_the_city_chain_entries_name_the_district_keys_and_the_anchors() -> None
     k = SigningKey.generate()
     head = _head("d01", Chain("d01", k).next())
     entries = [
-        (1, "district_added", canonical_json({"entry": "district_added", "district": "d01",
-                                              "ledger_key": public_hex(k), "at": 5}).decode()),
+        (
+            1,
+            "district_added",
+            canonical_json(
+                {"entry": "district_added", "district": "d01", "ledger_key": public_hex(k), "at": 5}
+            ).decode(),
+        ),
         (4, "district_head", json.dumps(head.entry(at=9))),
     ]
     keys, found = anchors_in(entries)
@@ -135,19 +147,27 @@ def _anchored_city(headers_after: int = 1) -> tuple[dict[str, Any], str, str]:
     reading = sign_reading(device, device="wm-d01-000001", kind="water", seq=1, ts=1_764_000_000_000, value=5)
     leaves = [merkle.leaf_hash(reading.leaf_data()), merkle.leaf_hash(b"another reading")]
     header = make_header(height=1, prev="ab" * 32, leaf_hashes=leaves, sealed_at=1, v=1, chain="d01")
-    receipt = build_receipt(reading, public_hex(device), header, sign_header(district, header), public_hex(district),
-                            leaves, 0)
+    receipt = build_receipt(
+        reading, public_hex(device), header, sign_header(district, header), public_hex(district), leaves, 0
+    )
     chain = Chain("d01", district)
     chain.prev, chain.height = block_hash(header), 1
     later = [parse_signed_header(chain.next()).header for _ in range(headers_after)]  # type: ignore[union-attr]
     entry = {"entry": "district_head", "district": "d01", "height": 1 + headers_after, "block": chain.prev, "at": 7}
-    city_leaves = [merkle.leaf_hash(b"an earlier entry"), merkle.leaf_hash(canonical_json(entry)),
-                   merkle.leaf_hash(b"a later entry")]
+    city_leaves = [
+        merkle.leaf_hash(b"an earlier entry"),
+        merkle.leaf_hash(canonical_json(entry)),
+        merkle.leaf_hash(b"a later entry"),
+    ]
     city_header = make_header(height=4, prev="cd" * 32, leaf_hashes=city_leaves, sealed_at=9, v=1)
-    proof = {"entry": entry, "city_block": city_header,
-             "city_block_sig": base64.b64encode(sign_header(city, city_header)).decode(),
-             "city_ledger_key": public_hex(city), "leaf_index": 1,
-             "proof": [h.hex() for h in merkle.inclusion_proof(city_leaves, 1)]}
+    proof = {
+        "entry": entry,
+        "city_block": city_header,
+        "city_block_sig": base64.b64encode(sign_header(city, city_header)).decode(),
+        "city_ledger_key": public_hex(city),
+        "leaf_index": 1,
+        "proof": [h.hex() for h in merkle.inclusion_proof(city_leaves, 1)],
+    }
     return build_anchored(receipt, later, proof), public_hex(city), public_hex(district)
 
 
@@ -158,8 +178,15 @@ def test_an_anchored_receipt_verifies_against_the_city_key_alone() -> None:
         anchored, city_key, district_key = _anchored_city(after)
         checks = verify_anchored(canonical_json(anchored), city_key)
         assert anchored_ok(checks), checks
-        assert [c.name for c in checks] == ["format", "device_signature", "inclusion", "block_signature", "link",
-                                            "anchor_inclusion", "city_signature"]
+        assert [c.name for c in checks] == [
+            "format",
+            "device_signature",
+            "inclusion",
+            "block_signature",
+            "link",
+            "anchor_inclusion",
+            "city_signature",
+        ]
         refused = verify_anchored(canonical_json(anchored), district_key)
         assert not anchored_ok(refused) and refused[-1].name == "city_signature"
 

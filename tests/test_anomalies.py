@@ -61,8 +61,16 @@ def local_hour(ts: int) -> int:
     return (ts + 8 * HOUR) % DAY // HOUR
 
 
-def meter(device: str, rate: Callable[[int], float], *, days: float, start: int = T0, step: int = STEP,
-          first: int = 1000, lag: int = 400) -> list[Obs]:
+def meter(
+    device: str,
+    rate: Callable[[int], float],
+    *,
+    days: float,
+    start: int = T0,
+    step: int = STEP,
+    first: int = 1000,
+    lag: int = 400,
+) -> list[Obs]:
     """A register read every `step`, advancing at `rate(ts)` units per hour (seq from 1)."""
     out, used = [], 0.0
     for i in range(int(days * DAY / step) + 1):
@@ -131,13 +139,16 @@ def test_a_night_when_the_flow_stops_is_no_leak() -> None:
     assert detect_leaks([info("wm1")], readings, T0 + 9 * DAY) == []
 
 
-def gas(base: float, *, extra: float = 0.0, since: int | None = None, scale_after: float = 1.0
-        ) -> Callable[[int], float]:
+def gas(
+    base: float, *, extra: float = 0.0, since: int | None = None, scale_after: float = 1.0
+) -> Callable[[int], float]:
     """A gas boiler heating all night (base litres/h), cooking by day; `extra` from `since` on."""
+
     def rate(ts: int) -> float:
         later = since is not None and ts >= since
         r = base * (scale_after if later else 1.0) + (30.0 if local_hour(ts) in (7, 12, 18) else 0.0)
         return r + (extra if later else 0.0)
+
     return rate
 
 
@@ -204,15 +215,18 @@ def test_a_recorded_meter_replacement_explains_the_drop() -> None:
 # ---------------------------------------------------------------- spike
 
 
-def electricity(i: int, *, factor: float = 1.0, since: int | None = None, until: int | None = None
-                ) -> Callable[[int], float]:
+def electricity(
+    i: int, *, factor: float = 1.0, since: int | None = None, until: int | None = None
+) -> Callable[[int], float]:
     """Wh per hour: a base load and an evening peak, slightly different per household and hour."""
+
     def rate(ts: int) -> float:
         h = local_hour(ts)
         r = (150.0 + 10 * i) * (1.0 + 0.1 * math.sin(ts / HOUR + i)) + (600.0 if 18 <= h < 22 else 100.0)
         if since is not None and since <= ts < (until or since + 10 * DAY):
             r *= factor
         return r
+
     return rate
 
 
@@ -367,8 +381,7 @@ def test_a_clock_ahead_is_told_by_future_timestamp_rejects() -> None:
 def test_a_timestamp_before_the_previous_seq_is_clock_trouble() -> None:
     readings = obs("wm1", range(1000, 1020))
     readings[10] = replace(readings[10], ts=readings[9].ts - 2 * HOUR)
-    f = one(detect_clock([info("wm1")], {"wm1": sorted(readings, key=lambda o: o.ts)}, {}, T0 + DAY),
-            "clock", "wm1")
+    f = one(detect_clock([info("wm1")], {"wm1": sorted(readings, key=lambda o: o.ts)}, {}, T0 + DAY), "clock", "wm1")
     assert f.evidence == (("wm1", 10), ("wm1", 11)) and "seq 11" in f.detail
 
 
@@ -378,9 +391,11 @@ def test_a_timestamp_before_the_previous_seq_is_clock_trouble() -> None:
 def test_a_burst_of_bad_signatures_is_hostile_traffic() -> None:
     now = T0 + DAY
     m = now // MIN - 100
-    rejects = {"em1": [(m, "bad_signature", 2), (m + 5, "bad_signature", 2), (m + 30, "replay", 1)],
-               "em2": [(m, "bad_signature", 2), (m + 500, "bad_signature", 2)],  # two apart: not a burst
-               "em3": [(m, "future_timestamp", 50)]}  # the clock rule's business
+    rejects = {
+        "em1": [(m, "bad_signature", 2), (m + 5, "bad_signature", 2), (m + 30, "replay", 1)],
+        "em2": [(m, "bad_signature", 2), (m + 500, "bad_signature", 2)],  # two apart: not a burst
+        "em3": [(m, "future_timestamp", 50)],
+    }  # the clock rule's business
     found = detect_hostile([info(d, "electricity") for d in rejects], rejects, now)
     f = one(found, "hostile", "em1")
     assert len(found) == 1
@@ -391,8 +406,9 @@ def test_a_burst_of_bad_signatures_is_hostile_traffic() -> None:
 # ---------------------------------------------------------------- parking
 
 
-def bay(device: str, states: Sequence[tuple[float, int]], *, until: float | None = None,
-        heartbeat: float = 2.5) -> list[Obs]:
+def bay(
+    device: str, states: Sequence[tuple[float, int]], *, until: float | None = None, heartbeat: float = 2.5
+) -> list[Obs]:
     """Reports of a bay: (hours from T0, state) changes, with heartbeats repeating the state in between
     (after the last change, up to `until` hours)."""
     out: list[Obs] = []
@@ -475,8 +491,11 @@ def test_registers_near_2_63_give_the_same_findings_as_near_zero() -> None:
     # 1,024 units, so a 10 L/h leak read as 0 or 1,024 L an hour: no leak, and spikes out of nothing.
     leak_from = T0 + 5 * DAY + 12 * HOUR
     spike_at = T0 + 5 * DAY + 10 * HOUR
-    readings = {"wm1": meter("wm1", lambda ts: household(ts) + (10.0 if ts >= leak_from else 0.0), days=9),
-                "wm2": meter("wm2", household, days=9), "wm3": meter("wm3", household, days=9)}
+    readings = {
+        "wm1": meter("wm1", lambda ts: household(ts) + (10.0 if ts >= leak_from else 0.0), days=9),
+        "wm2": meter("wm2", household, days=9),
+        "wm3": meter("wm3", household, days=9),
+    }
     rates = {f"em{i}": electricity(i) for i in range(6)}
     rates["em2"] = electricity(2, factor=20.0, since=spike_at, until=spike_at + HOUR)
     readings |= {d: meter(d, r, days=9) for d, r in rates.items()}
@@ -503,7 +522,11 @@ def test_detect_runs_every_detector_and_sorts_its_findings() -> None:
     devices, readings, rejects = small_city()
     found = detect(devices, readings, rejects, T0 + 4 * DAY)
     assert [(f.type, f.device) for f in found] == [
-        ("rollback", "wm1"), ("silent", "em0"), ("hostile", "wm2"), ("parking_overstay", "ps0")]
+        ("rollback", "wm1"),
+        ("silent", "em0"),
+        ("hostile", "wm2"),
+        ("parking_overstay", "ps0"),
+    ]
     for f in found:
         assert f.type in TYPES and f.severity in SEVERITIES and f.window_start <= f.window_end
         assert f.district == "d01" and f.detail and f.key.startswith(f"{f.type}:{f.device}")
@@ -586,9 +609,11 @@ def test_the_injector_skews_clocks_corrupts_signatures_and_holds_bays() -> None:
 
 def test_simulate_quarantines_what_ingest_would_and_counts_the_resends() -> None:
     devices = [("wm1", "water", "d01"), ("wm2", "water", "d01"), ("wm3", "water", "d01")]
-    faults = {"wm1": Fault("wm1", "water", "badsig", T0 + HOUR, T0 + 2 * HOUR),
-              "wm2": Fault("wm2", "water", "clock", T0 + HOUR, size=CLOCK_AHEAD_MS, mode="ahead"),
-              "wm3": Fault("wm3", "water", "dead", T0 + 3 * HOUR)}
+    faults = {
+        "wm1": Fault("wm1", "water", "badsig", T0 + HOUR, T0 + 2 * HOUR),
+        "wm2": Fault("wm2", "water", "clock", T0 + HOUR, size=CLOCK_AHEAD_MS, mode="ahead"),
+        "wm3": Fault("wm3", "water", "dead", T0 + 3 * HOUR),
+    }
     sims = {s.device: s for s in simulate(devices, start=T0, days=0.25, faults=faults)}
     bad = sims["wm1"]
     assert {reason for _, reason in bad.rejects} == {"bad_signature"}
@@ -605,9 +630,26 @@ def test_simulate_quarantines_what_ingest_would_and_counts_the_resends() -> None
 
 
 def test_fleet_faults_reach_the_ledger_as_rejects_and_a_last_will(stack: Stack) -> None:
-    proc = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "8", "--interval", "0.2", "--districts",
-                  "d01", "--faults", "dead=0.25,badsig=0.25,horizon=4s"], env=stack.env, stdout=PIPE, stderr=PIPE,
-                 text=True)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "fleet",
+            "--devices",
+            "8",
+            "--interval",
+            "0.2",
+            "--districts",
+            "d01",
+            "--faults",
+            "dead=0.25,badsig=0.25,horizon=4s",
+        ],
+        env=stack.env,
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+    )
     try:
         truth_file = stack.home.fleet / "faults.jsonl"
         wait_for(lambda: truth_file.exists() and truth_file.read_text(), 60, "the fleet's ground truth")
@@ -619,8 +661,8 @@ def test_fleet_faults_reach_the_ledger_as_rejects_and_a_last_will(stack: Stack) 
         def effects_visible() -> bool:
             statuses = {d["device"]: d["online"] for d in stack.api.devices()}
             quarantined = [q["device"] for q in stack.api.quarantine(reason="bad_signature", limit=1000)]
-            return (all(statuses.get(d) == "offline" for d in dead)
-                    and all(quarantined.count(d) >= 5 for d in forged))
+            return all(statuses.get(d) == "offline" for d in dead) and all(quarantined.count(d) >= 5 for d in forged)
+
         wait_for(effects_visible, 60, "Last Wills of the dead devices and bad signatures of the forged ones")
         scan = stack.api.scan_anomalies(lookback_days=1)
         assert scan["by_type"].get("hostile") == 2, scan

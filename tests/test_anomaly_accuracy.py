@@ -57,14 +57,21 @@ def _ms(day: str) -> int:
 Rejects = dict[str, list[tuple[int, str, int]]]
 
 
-def city(start: int, devices: int = DEVICES, days: int = DAYS, seed: int = SEED, spec: str = SPEC
-         ) -> tuple[list[DeviceInfo], dict[str, list[Obs]], Rejects, dict[str, Fault], int]:
+def city(
+    start: int, devices: int = DEVICES, days: int = DAYS, seed: int = SEED, spec: str = SPEC
+) -> tuple[list[DeviceInfo], dict[str, list[Obs]], Rejects, dict[str, Fault], int]:
     """(devices, readings, rejects, ground truth, now) of a simulated city."""
     plan = plan_fleet(devices, DISTRICTS)
     truth = FaultPlan.parse(f"{spec},horizon={days}d").assign([(p.device, p.kind) for p in plan], start, seed=seed)
     outage = (start + 6 * DAY_MS + 9 * HOUR_MS, start + 6 * DAY_MS + 11 * HOUR_MS)
-    sims = simulate([(p.device, p.kind, p.district) for p in plan], start=start, days=days, seed=seed,
-                    faults=truth, outages=[outage])
+    sims = simulate(
+        [(p.device, p.kind, p.district) for p in plan],
+        start=start,
+        days=days,
+        seed=seed,
+        faults=truth,
+        outages=[outage],
+    )
     now = start + days * DAY_MS
     infos = [_info(i, sim, truth.get(sim.device)) for i, sim in enumerate(sims)]
     readings = {s.device: [Obs(s.device, *r) for r in s.readings] for s in sims}
@@ -102,11 +109,15 @@ def false_alarm_devices(findings: Sequence[Finding], truth: Mapping[str, Fault])
 
 
 def table(scores: Sequence[Score], n_devices: int, false_any: int) -> str:
-    lines = ["| type | faulty devices | found | recall | devices falsely flagged | false-alarm rate |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| type | faulty devices | found | recall | devices falsely flagged | false-alarm rate |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for s in scores:
-        lines.append(f"| `{s.type}` | {s.faulty} | {s.found} | {s.recall:.1%} | {s.false_devices} | "
-                     f"{s.false_devices / n_devices:.2%} |")
+        lines.append(
+            f"| `{s.type}` | {s.faulty} | {s.found} | {s.recall:.1%} | {s.false_devices} | "
+            f"{s.false_devices / n_devices:.2%} |"
+        )
     lines.append(f"| any type | | | | {false_any} | {false_any / n_devices:.2%} |")
     return "\n".join(lines)
 
@@ -119,8 +130,10 @@ def test_every_type_has_high_recall_and_few_false_alarms() -> None:
     detected = time.monotonic() - started - simulated
     scores = score(devices, findings, truth)
     false_any = false_alarm_devices(findings, truth)
-    print(f"\n{len(devices)} devices, {DAYS} days, {sum(map(len, readings.values()))} readings; "
-          f"simulated in {simulated:.1f} s, detected in {detected:.1f} s")
+    print(
+        f"\n{len(devices)} devices, {DAYS} days, {sum(map(len, readings.values()))} readings; "
+        f"simulated in {simulated:.1f} s, detected in {detected:.1f} s"
+    )
     print(table(scores, len(devices), len(false_any)))
     for s in scores:
         assert s.faulty >= 20, f"{s.type}: too few faulty devices to measure recall"

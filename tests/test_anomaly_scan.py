@@ -72,7 +72,8 @@ def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_pa
         assert observations(table) == {d: readings[d] for d in some}
         later = readings[some[0]][4].ts
         assert observations(anomaly_queries.readings_table(store, some, later)) == {
-            d: [o for o in readings[d] if o.ts >= later] for d in some}
+            d: [o for o in readings[d] if o.ts >= later] for d in some
+        }
         assert anomaly_queries.readings_table(store, [], 0).num_rows == 0
     finally:
         store.close()
@@ -100,9 +101,17 @@ def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp
         writer.enroll_device("wm-d01-000015", "water", "d01", key.verify_key.encode().hex())
         now, minute = 1_780_000_000_000, 60_000
         stamps = [now - 40 * minute, now - 30 * minute, 0, 1]  # then the clock resets to the epoch
-        writer.commit(Batch(readings=[LedgeredReading(sign_reading(
-            key, device="wm-d01-000015", kind="water", seq=i + 1, ts=ts, value=100 + i), now - (3 - i) * 10 * minute)
-            for i, ts in enumerate(stamps)]))
+        writer.commit(
+            Batch(
+                readings=[
+                    LedgeredReading(
+                        sign_reading(key, device="wm-d01-000015", kind="water", seq=i + 1, ts=ts, value=100 + i),
+                        now - (3 - i) * 10 * minute,
+                    )
+                    for i, ts in enumerate(stamps)
+                ]
+            )
+        )
         since = now - 14 * 86_400_000
         devices, readings, rejects = inputs(writer.store, since)
         assert [o.ts for o in readings["wm-d01-000015"]] == [0, 1, now - 40 * minute, now - 30 * minute]

@@ -59,15 +59,23 @@ class Client:
 
     def operations(self) -> list[tuple[str, Callable[[], Any]]]:
         return [
-            ("enroll_device", self.enrol), ("revoke_device", self.revoke),
+            ("enroll_device", self.enrol),
+            ("revoke_device", self.revoke),
             ("lease", lambda: self.ledger.lease(space=self.space, account=self.account, operator="op-stress")),
             ("checkin", lambda: self.ledger.checkin(space=self.space, account=self.account, operator="op-stress")),
-            ("adjust", lambda: self.ledger.adjust(account=self.account, amount="-3.20",
-                                                  reason="estimated read corrected", operator="op-stress")),
-            ("dispute", lambda: self.ledger.dispute(account=self.account, author=self.account,
-                                                    message="my bill looks high")),
+            (
+                "adjust",
+                lambda: self.ledger.adjust(
+                    account=self.account, amount="-3.20", reason="estimated read corrected", operator="op-stress"
+                ),
+            ),
+            (
+                "dispute",
+                lambda: self.ledger.dispute(account=self.account, author=self.account, message="my bill looks high"),
+            ),
             ("bill", lambda: self.ledger.bill(account=self.account, month=self.month)),
-            ("receipt", self.receipt), ("verify", self.verify),
+            ("receipt", self.receipt),
+            ("verify", self.verify),
             ("scan_anomalies", lambda: self.ledger.scan_anomalies()),
             ("roll_up", lambda: self.ledger.roll_up()),
             ("status", lambda: self.ledger.status()),
@@ -86,8 +94,9 @@ class Client:
             self.ledger.revoke_device(device=self.enrolled[-1], operator="op-stress")
 
     def receipt(self) -> None:
-        rows = [r for r in self.ledger.recent_readings(limit=20) if r["device"] == self.meter] or \
-            self.ledger.recent_readings(limit=1)
+        rows = [
+            r for r in self.ledger.recent_readings(limit=20) if r["device"] == self.meter
+        ] or self.ledger.recent_readings(limit=1)
         if rows:
             receipt = self.ledger.receipt(device=rows[0]["device"], seq=rows[0]["seq"])
             assert receipt["reading"]["seq"] == rows[0]["seq"]

@@ -49,15 +49,21 @@ def build(root: Path) -> Ledger:
     """Registry blocks, 10 blocks of 500 readings, then a ledger key rotation, a device key
     rotation and a revocation, each followed by more blocks."""
     built = build_ledger(root, devices=DEVICES, per_device=PER_DEVICE, block_size=500)
-    ledger = Ledger(built.home, built.first_key, dict(built.keys), dict.fromkeys(built.keys, PER_DEVICE),
-                    dict.fromkeys(built.keys, "water"))
+    ledger = Ledger(
+        built.home,
+        built.first_key,
+        dict(built.keys),
+        dict.fromkeys(built.keys, PER_DEVICE),
+        dict.fromkeys(built.keys, "water"),
+    )
     writer = LedgerWriter.open(ledger.home)
     try:
         writer.rotate_ledger_key()
         ledger.commit(writer, 3, 40)
         rotated = SigningKey.generate()
-        writer.rotate_device_key("wm-d01-000000", rotated.verify_key.encode().hex(),
-                                 ledger.seqs["wm-d01-000000"] + 1, "op-test")
+        writer.rotate_device_key(
+            "wm-d01-000000", rotated.verify_key.encode().hex(), ledger.seqs["wm-d01-000000"] + 1, "op-test"
+        )
         ledger.keys["wm-d01-000000"] = rotated
         ledger.commit(writer, 2, 30)
         writer.revoke_device(REVOKED, "op-test")
@@ -134,9 +140,19 @@ def fix(out: Path, name: str, rows: int | None = None) -> None:
     assert manifest is not None
     segments = []
     for s in manifest.segments:
-        files = {t: (archive.FileEntry(name, rows if rows is not None else f.rows, (out / name).stat().st_size,
-                                       archive.sha256_file(out / name)) if f.name == name else f)
-                 for t, f in s.files.items()}
+        files = {
+            t: (
+                archive.FileEntry(
+                    name,
+                    rows if rows is not None else f.rows,
+                    (out / name).stat().st_size,
+                    archive.sha256_file(out / name),
+                )
+                if f.name == name
+                else f
+            )
+            for t, f in s.files.items()
+        }
         segments.append(archive.Segment(s.segment, s.first_height, s.last_height, s.first_hash, s.last_hash, files))
     (out / archive.MANIFEST).write_text(json.dumps(archive.Manifest(segments).as_dict()))
 
@@ -148,20 +164,26 @@ def where(ledger: Ledger, device: str, seq: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- writing and verifying
 
 
-def test_archive_then_verify_counts_every_block_and_reading(pristine: Ledger, tmp_path: Path,
-                                                             small_segments: None) -> None:
+def test_archive_then_verify_counts_every_block_and_reading(
+    pristine: Ledger, tmp_path: Path, small_segments: None
+) -> None:
     out = tmp_path / "arch"
     result = make_archive(pristine, out)
-    blocks, readings, entries = sql(pristine, "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings),"
-                                              " (SELECT count(*) FROM entries)")[0]
+    blocks, readings, entries = sql(
+        pristine,
+        "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings), (SELECT count(*) FROM entries)",
+    )[0]
     assert (result["blocks"], result["readings"], result["entries"]) == (blocks, readings, entries)
     assert result["segments_written"] >= 4 and result["last_height"] == blocks - 1
     report = verify(pristine, out)
     assert report["ok"], report
     assert (report["blocks"], report["readings"], report["entries"]) == (blocks, readings, entries)
     assert report["failure"] is None and report["file_failures"] == []
-    assert report["link"] == {"checked": True, "ok": True,
-                              "detail": f"the live head is the archive's last block {blocks - 1}"}
+    assert report["link"] == {
+        "checked": True,
+        "ok": True,
+        "detail": f"the live head is the archive's last block {blocks - 1}",
+    }
     manifest = json.loads((out / archive.MANIFEST).read_text())
     assert manifest["readings"] == readings and manifest["first_height"] == 0
     assert manifest["last_hash"] == sql(pristine, "SELECT hash FROM blocks WHERE height = ?", blocks - 1)[0][0]
@@ -207,8 +229,9 @@ def test_upto_height_and_the_link_to_the_next_live_block(pristine: Ledger, tmp_p
     assert report["link"]["detail"] == "live block 7 names the archive's last block as prev"
 
 
-def test_a_crash_mid_segment_leaves_the_archive_whole(ledger: Ledger, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_mid_segment_leaves_the_archive_whole(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "arch"
     make_archive(ledger, out)
     manifest = (out / archive.MANIFEST).read_bytes()
@@ -316,8 +339,7 @@ def test_a_changed_file_is_named(pristine: Ledger, tmp_path: Path, small_segment
     make_archive(pristine, out)
     height, _ = where(pristine, "wm-d01-000002", 9)
     name = segment_of(out, height).files["readings"].name
-    rewrite(out, name, "UPDATE t SET value = value + 1 WHERE device = 'wm-d01-000002' AND seq = 9",
-            fix_manifest=False)
+    rewrite(out, name, "UPDATE t SET value = value + 1 WHERE device = 'wm-d01-000002' AND seq = 9", fix_manifest=False)
     report = verify(pristine, out)
     assert not report["ok"]
     assert report["file_failures"] == [f"{name}: SHA-256 differs from the manifest (file changed)"]
@@ -381,8 +403,9 @@ def test_unreachable_live_ledger_is_said_not_failed(pristine: Ledger, tmp_path: 
     assert report["link"]["detail"].startswith("live ledger not reachable")
 
 
-def test_an_archive_starting_after_genesis_follows_the_key_chain(pristine: Ledger, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_archive_starting_after_genesis_follows_the_key_chain(
+    pristine: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Early segments moved away: trust the key in force at the first block kept."""
     monkeypatch.setattr(archive, "SEGMENT_LEAVES", 100)
     out = tmp_path / "arch"
@@ -402,8 +425,9 @@ def test_an_archive_starting_after_genesis_follows_the_key_chain(pristine: Ledge
 # --------------------------------------------------------------------------- querying in place
 
 
-def test_a_device_history_is_read_in_place(pristine: Ledger, tmp_path: Path, small_segments: None,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_device_history_is_read_in_place(
+    pristine: Ledger, tmp_path: Path, small_segments: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(archive, "ROW_GROUP_ROWS", 2048)  # DuckDB's smallest: several row groups per file
     out = tmp_path / "arch"
     make_archive(pristine, out)
@@ -425,8 +449,9 @@ def test_a_device_history_is_read_in_place(pristine: Ledger, tmp_path: Path, sma
     con = duckdb.connect()
     try:
         con.execute(f"PRAGMA enable_profiling = 'json'; PRAGMA profiling_output = '{profile}'")
-        con.execute(f"SELECT ts, value FROM read_parquet('{out}/readings-*.parquet') WHERE device = ?",
-                    [device]).fetchall()
+        con.execute(
+            f"SELECT ts, value FROM read_parquet('{out}/readings-*.parquet') WHERE device = ?", [device]
+        ).fetchall()
     finally:
         con.close()
     scan = _scan(json.loads(profile.read_text()))
@@ -450,8 +475,13 @@ def _scan(node: dict[str, Any]) -> dict[str, Any]:
 
 def cli(ledger: Ledger, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYLEDGER_")}
-    return subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(ledger.home.root), *argv],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--home", str(ledger.home.root), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_command_line(pristine: Ledger, tmp_path: Path) -> None:
@@ -469,8 +499,12 @@ def test_command_line(pristine: Ledger, tmp_path: Path) -> None:
     assert "linked to the live ledger" in ok.stdout
 
     height, _ = where(pristine, "wm-d01-000001", 11)
-    rewrite(out, "readings-000000.parquet", "UPDATE t SET value = 0 WHERE device = 'wm-d01-000001' AND seq = 11",
-            fix_manifest=False)
+    rewrite(
+        out,
+        "readings-000000.parquet",
+        "UPDATE t SET value = 0 WHERE device = 'wm-d01-000001' AND seq = 11",
+        fix_manifest=False,
+    )
     bad = cli(pristine, "verify", "--archive", str(out))
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "file failure: readings-000000.parquet: SHA-256 differs from the manifest" in bad.stdout

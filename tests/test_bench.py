@@ -20,8 +20,16 @@ import pytest
 from nacl.signing import SigningKey
 
 from broker.mqtt import wire
-from bench.city import (BenchError, BenchOptions, _fresh_home, device_specs, encode_reading, parse_machine_busy,
-                        parse_proc_stat, sign_supply)
+from bench.city import (
+    BenchError,
+    BenchOptions,
+    _fresh_home,
+    device_specs,
+    encode_reading,
+    parse_machine_busy,
+    parse_proc_stat,
+    sign_supply,
+)
 from bench.loadgen import weighted_percentile
 from broker.access import hash_password
 from ledger.service import rpc
@@ -37,10 +45,19 @@ REPO = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------- MQTT 3.1.1 codec
 
 
-@pytest.mark.parametrize("n, encoded", [
-    (0, b"\x00"), (127, b"\x7f"), (128, b"\x80\x01"), (16_383, b"\xff\x7f"), (16_384, b"\x80\x80\x01"),
-    (2_097_151, b"\xff\xff\x7f"), (2_097_152, b"\x80\x80\x80\x01"), (268_435_455, b"\xff\xff\xff\x7f"),
-])
+@pytest.mark.parametrize(
+    "n, encoded",
+    [
+        (0, b"\x00"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (16_383, b"\xff\x7f"),
+        (16_384, b"\x80\x80\x01"),
+        (2_097_151, b"\xff\xff\x7f"),
+        (2_097_152, b"\x80\x80\x80\x01"),
+        (268_435_455, b"\xff\xff\xff\x7f"),
+    ],
+)
 def test_remaining_length_matches_the_spec_table(n: int, encoded: bytes) -> None:
     assert wire.encode_remaining_length(n) == encoded
     assert wire.decode_remaining_length(b"\x30" + encoded + b"rest", 1) == (n, 1 + len(encoded))
@@ -94,8 +111,7 @@ def test_publish_needs_a_packet_id_exactly_when_qos_is_not_zero() -> None:
 
 def test_split_packets_counts_pubacks_and_keeps_a_partial_packet() -> None:
     ack = wire.publish_packet("city/d01/water/x/ack", b'{"block":"h","seq":9}', qos=0, retain=True)
-    stream = (wire.puback_packet(1) + wire.puback_packet(2) + ack + wire.puback_packet(3) + b"\xd0\x00"
-              + ack[:5])
+    stream = wire.puback_packet(1) + wire.puback_packet(2) + ack + wire.puback_packet(3) + b"\xd0\x00" + ack[:5]
     pubacks, packets, used = wire.split_packets(stream)
     assert pubacks == 3
     assert [first for first, _ in packets] == [ack[0], 0xD0]
@@ -133,8 +149,10 @@ def test_packet_ids_cycle_through_the_valid_range() -> None:
 def test_encoded_readings_equal_the_protocols_own() -> None:
     key = SigningKey(bytes(range(1, 33)))
     fast = encode_reading(key, "wm-d01-000042", "water", 7, 1_764_000_000_000, 123_456)
-    assert fast == sign_reading(key, device="wm-d01-000042", kind="water", seq=7, ts=1_764_000_000_000,
-                                value=123_456).payload()
+    assert (
+        fast
+        == sign_reading(key, device="wm-d01-000042", kind="water", seq=7, ts=1_764_000_000_000, value=123_456).payload()
+    )
 
 
 def test_a_supply_is_consecutive_publishes_of_valid_readings() -> None:
@@ -145,12 +163,13 @@ def test_a_supply_is_consecutive_publishes_of_valid_readings() -> None:
     assert device == "bench-000001" and len(offsets) == 6 and offsets[-1] == len(blob)
     key = SigningKey(seed).verify_key
     for i in range(5):
-        msg = wire.parse_publish(*wire.split_packets(blob[offsets[i]:offsets[i + 1]])[1][0])
+        msg = wire.parse_publish(*wire.split_packets(blob[offsets[i] : offsets[i + 1]])[1][0])
         assert (msg.topic, msg.qos, msg.packet_id) == ("city/d02/gas/bench-000001/reading", 1, i + 1)
         reading = parse_reading(msg.payload)
         assert isinstance(reading, Reading) and reading.seq == i + 1 and verify_reading(key, reading)
-    assert [parse_reading(wire.parse_publish(*p).payload).ts for p in wire.split_packets(blob)[1]] == \
-        [1_764_000_000_000 - 4 + i for i in range(5)]
+    assert [parse_reading(wire.parse_publish(*p).payload).ts for p in wire.split_packets(blob)[1]] == [
+        1_764_000_000_000 - 4 + i for i in range(5)
+    ]
 
 
 def test_weighted_percentiles() -> None:
@@ -186,9 +205,14 @@ def test_window_and_supply_sizing() -> None:
 def test_district_devices_are_spread_evenly_and_named_after_their_district() -> None:
     specs = device_specs(7, districts=3)
     assert [(s.device, s.district, s.kind) for s in specs] == [
-        ("wm-d01-000001", "d01", "water"), ("wm-d02-000001", "d02", "water"), ("wm-d03-000001", "d03", "water"),
-        ("em-d01-000002", "d01", "electricity"), ("em-d02-000002", "d02", "electricity"),
-        ("em-d03-000002", "d03", "electricity"), ("gm-d01-000003", "d01", "gas")]
+        ("wm-d01-000001", "d01", "water"),
+        ("wm-d02-000001", "d02", "water"),
+        ("wm-d03-000001", "d03", "water"),
+        ("em-d01-000002", "d01", "electricity"),
+        ("em-d02-000002", "d02", "electricity"),
+        ("em-d03-000002", "d03", "electricity"),
+        ("gm-d01-000003", "d01", "gas"),
+    ]
     assert len({s.seed for s in specs}) == 7
     assert [s.device for s in device_specs(2)] == ["bench-000000", "bench-000001"]
 
@@ -205,8 +229,15 @@ def test_a_given_home_that_holds_a_ledger_is_refused(tmp_path: Path) -> None:
 
 
 def _rows(n: int, start: int = 0) -> list[dict[str, str]]:
-    return [{"device": f"bulk-{i:04d}", "kind": "water", "district": "d01",
-             "public_key": SigningKey(bytes([i + 1]) * 32).verify_key.encode().hex()} for i in range(start, start + n)]
+    return [
+        {
+            "device": f"bulk-{i:04d}",
+            "kind": "water",
+            "district": "d01",
+            "public_key": SigningKey(bytes([i + 1]) * 32).verify_key.encode().hex(),
+        }
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture
@@ -242,16 +273,19 @@ def test_enroll_devices_seals_one_block_like_single_enrolments(writer: LedgerWri
     assert single["device"] in passwd
 
 
-@pytest.mark.parametrize("bad, error", [
-    (lambda rows: rows + [dict(rows[0], public_key=_rows(1, 9)[0]["public_key"])], "appears twice"),
-    (lambda rows: rows + [dict(_rows(1, 9)[0], public_key=rows[0]["public_key"])], "appears twice"),
-    (lambda rows: rows + [dict(_rows(1, 9)[0], kind="steam")], "kind must be"),
-    (lambda rows: rows + [dict(_rows(1, 9)[0], device="bad id")], "invalid device id"),
-    (lambda rows: rows + [dict(_rows(1, 9)[0], district="D 1")], "invalid district"),
-    (lambda rows: rows + [dict(_rows(1, 9)[0], public_key="00" * 32)], "weak public key"),
-    (lambda rows: rows + [dict(_rows(1, 9)[0], account="nobody")], "no account"),
-    (lambda rows: [], "no devices"),
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (lambda rows: rows + [dict(rows[0], public_key=_rows(1, 9)[0]["public_key"])], "appears twice"),
+        (lambda rows: rows + [dict(_rows(1, 9)[0], public_key=rows[0]["public_key"])], "appears twice"),
+        (lambda rows: rows + [dict(_rows(1, 9)[0], kind="steam")], "kind must be"),
+        (lambda rows: rows + [dict(_rows(1, 9)[0], device="bad id")], "invalid device id"),
+        (lambda rows: rows + [dict(_rows(1, 9)[0], district="D 1")], "invalid district"),
+        (lambda rows: rows + [dict(_rows(1, 9)[0], public_key="00" * 32)], "weak public key"),
+        (lambda rows: rows + [dict(_rows(1, 9)[0], account="nobody")], "no account"),
+        (lambda rows: [], "no devices"),
+    ],
+)
 def test_enroll_devices_refuses_the_whole_batch(writer: LedgerWriter, bad: object, error: str) -> None:
     height = writer.height
     with pytest.raises(EnrolmentError, match=error):
@@ -289,8 +323,16 @@ def _bench(tmpdir: Path, *args: str) -> dict[str, Any]:
 
 def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
     result = _bench(tmp_path, "--seconds", "3", "--devices", "20")
-    for name in ("readings_per_s", "ingest_cpu_us_per_reading", "verify_us_per_signature", "ratio", "ack_p50_ms",
-                 "ack_p99_ms", "bytes_per_reading", "peak_rss_mb"):
+    for name in (
+        "readings_per_s",
+        "ingest_cpu_us_per_reading",
+        "verify_us_per_signature",
+        "ratio",
+        "ack_p50_ms",
+        "ack_p99_ms",
+        "bytes_per_reading",
+        "peak_rss_mb",
+    ):
         assert isinstance(result[name], (int, float)) and result[name] > 0, name
     assert result["readings_in_window"] > 0
     assert result["readings_total"] >= result["readings_in_window"]

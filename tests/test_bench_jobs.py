@@ -17,8 +17,23 @@ REPO = Path(__file__).resolve().parent.parent
 def test_a_short_jobs_run_reports_sealing_acks_and_memory_for_the_baseline_and_the_job(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CITYLEDGER_")}
     env["TMPDIR"] = str(tmp_path)
-    argv = [sys.executable, "-m", "ledger.cli", "bench", "--job", "roll-up", "--seconds", "5", "--devices", "12",
-            "--history-devices", "9", "--history-days", "1", "--json"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ledger.cli",
+        "bench",
+        "--job",
+        "roll-up",
+        "--seconds",
+        "5",
+        "--devices",
+        "12",
+        "--history-devices",
+        "9",
+        "--history-days",
+        "1",
+        "--json",
+    ]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)

@@ -153,8 +153,10 @@ def test_a_recorded_replacement_joins_the_registers() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=40_000), min_size=3, max_size=60),
-       st.integers(min_value=0, max_value=10**9))
+@given(
+    st.lists(st.integers(min_value=0, max_value=40_000), min_size=3, max_size=60),
+    st.integers(min_value=0, max_value=10**9),
+)
 def test_monthly_consumptions_add_up_to_the_years_register_difference(steps: list[int], start: int) -> None:
     year0, year1 = at(2026, 1, 1), at(2027, 1, 1)
     span = year1 - year0
@@ -205,17 +207,17 @@ def test_sessions_from_changes_and_heartbeats_with_flicker_and_repairs() -> None
     t0 = at(2026, 3, 10, 9)
     events = [
         Point(t0, 0, 1),
-        Point(t0 + 5 * m, 1, 2),            # arrival
-        Point(t0 + 15 * m, 1, 3),           # heartbeat
-        Point(t0 + 40 * m, 0, 4),           # departure: a 35-minute stay
-        Point(t0 + 50 * m, 1, 5),           # flicker: 30 seconds
+        Point(t0 + 5 * m, 1, 2),  # arrival
+        Point(t0 + 15 * m, 1, 3),  # heartbeat
+        Point(t0 + 40 * m, 0, 4),  # departure: a 35-minute stay
+        Point(t0 + 50 * m, 1, 5),  # flicker: 30 seconds
         Point(t0 + 50 * m + 30_000, 0, 6),
-        Point(t0 + 60 * m, 0, 7),           # heartbeat
+        Point(t0 + 60 * m, 0, 7),  # heartbeat
         # seq 8 (arrival) lost
-        Point(t0 + 90 * m, 1, 9),           # heartbeat shows the space taken: arrival repaired here
+        Point(t0 + 90 * m, 1, 9),  # heartbeat shows the space taken: arrival repaired here
         Point(t0 + 120 * m, 1, 10),
         # seq 11 (departure) lost
-        Point(t0 + 150 * m, 0, 12),         # heartbeat shows it free: departure repaired to seq 10
+        Point(t0 + 150 * m, 0, 12),  # heartbeat shows it free: departure repaired to seq 10
     ]
     found = sessions(events)
     assert [(s.start - t0) // m for s in found] == [5, 90]
@@ -229,13 +231,17 @@ def test_a_stay_the_space_said_nothing_about_for_hours_is_flagged() -> None:
     now = at(2026, 3, 10, 9)
     stay = sessions([Point(0, 1, 1), Point(now, 0, 2)])
     assert len(stay) == 1 and (stay[0].start, stay[0].end) == (0, now)
-    assert stay[0].flags == [f"no report for {now / 3_600_000:.1f} h after seq 1 during the stay: its length rests "
-                             "on the reports either side (check the sensor and its clock)"]
+    assert stay[0].flags == [
+        f"no report for {now / 3_600_000:.1f} h after seq 1 during the stay: its length rests "
+        "on the reports either side (check the sensor and its clock)"
+    ]
     assert stay[0].rests_on == [1, 2]
     # Heartbeats every 2.5 hours through the night are no silence; nor is a long free spell.
     t0, h = at(2026, 3, 10, 19), 3_600_000
-    night = [Point(t0 + k * 5 * h // 2, 1, k + 1) for k in range(6)] + [Point(t0 + 15 * h, 0, 7),
-                                                                       Point(t0 + 40 * h, 0, 8)]
+    night = [Point(t0 + k * 5 * h // 2, 1, k + 1) for k in range(6)] + [
+        Point(t0 + 15 * h, 0, 7),
+        Point(t0 + 40 * h, 0, 8),
+    ]
     assert [s.flags for s in sessions(night)] == [[]]
 
 

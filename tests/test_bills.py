@@ -52,11 +52,12 @@ class City:
         rows = []
         for ts, value in points:
             self.seq[device] += 1
-            r = sign_reading(self.keys[device], device=device, kind=self.kinds[device], seq=self.seq[device],
-                             ts=ts, value=value)
+            r = sign_reading(
+                self.keys[device], device=device, kind=self.kinds[device], seq=self.seq[device], ts=ts, value=value
+            )
             rows.append(LedgeredReading(r, ts))
         for i in range(0, len(rows), block):
-            self.writer.commit(Batch(readings=rows[i:i + block]))
+            self.writer.commit(Batch(readings=rows[i : i + block]))
 
     def close(self) -> None:
         self.writer.close()
@@ -75,11 +76,17 @@ def test_a_households_bill_worked_by_hand(city: City) -> None:
     city.device("wm-d02-000001", "water", account="hh-0001")
     city.device("em-d02-000001", "electricity", account="hh-0001")
     # Water: 170 m3 by Mar 1 00:00, 190 m3 by Apr 1 00:00 (readings exactly on the boundaries).
-    city.readings("wm-d02-000001", [(at(2026, 1, 1), 1_000_000), (at(2026, 3, 1), 1_170_000),
-                                   (at(2026, 3, 15), 1_180_000), (at(2026, 4, 1), 1_190_000)])
+    city.readings(
+        "wm-d02-000001",
+        [
+            (at(2026, 1, 1), 1_000_000),
+            (at(2026, 3, 1), 1_170_000),
+            (at(2026, 3, 15), 1_180_000),
+            (at(2026, 4, 1), 1_190_000),
+        ],
+    )
     # Electricity: 2,800 kWh by Mar 1, then 150 kWh in March (2880 crossed).
-    city.readings("em-d02-000001", [(at(2026, 1, 1), 0), (at(2026, 3, 1), 2_800_000),
-                                   (at(2026, 4, 1), 2_950_000)])
+    city.readings("em-d02-000001", [(at(2026, 1, 1), 0), (at(2026, 3, 1), 2_800_000), (at(2026, 4, 1), 2_950_000)])
     bill = local_api(city.home, city.writer).bill(account="hh-0001", month="2026-03")
     water, power = (next(line for line in bill["lines"] if line["kind"] == k) for k in ("water", "electricity"))
     # Water: 10 m3 at 5.00 + 10 m3 at 7.00 = 120.00
@@ -106,11 +113,13 @@ def test_adjustments_close_and_immutability(city: City) -> None:
 
     issued = api.bill(account="hh-0002", month="2026-04")
     assert issued["status"] == "issued" and issued["total"] == "50.00"
-    body = json.loads(city.writer.store.con.execute(
-        "SELECT body FROM bills WHERE account = 'hh-0002'").fetchone()[0])
-    assert hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest() == issued["hash"]
-    entry = json.loads(city.writer.store.con.execute(
-        "SELECT body FROM entries WHERE type = 'bill_issued'").fetchone()[0])
+    body = json.loads(city.writer.store.con.execute("SELECT body FROM bills WHERE account = 'hh-0002'").fetchone()[0])
+    assert (
+        hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest() == issued["hash"]
+    )
+    entry = json.loads(
+        city.writer.store.con.execute("SELECT body FROM entries WHERE type = 'bill_issued'").fetchone()[0]
+    )
     assert entry["bill_hash"] == issued["hash"] and entry["total"] == "50.00"
 
     # A price change never rewrites an issued bill, but prices the next one.
@@ -139,11 +148,17 @@ def test_parking_zone_change_lease_checkin_and_unpaid(city: City) -> None:
     city.device("ps-d01-000001", "parking", district="d01")  # district d01: zone class 1 by default
     parking_ops.lease(w, "ps-d01-000001", "hh-0003", at(2026, 3, 1), "op-chen")
     parking_ops.set_zone(w, "ps-d01-000001", 3, at(2026, 3, 10), "op-chen")
-    city.readings("ps-d01-000001", [
-        (at(2026, 3, 5, 9, 0), 1), (at(2026, 3, 5, 9, 30), 0),     # zone 1: 2 quarters x 2.50 = 5.00
-        (at(2026, 3, 12, 9, 0), 1), (at(2026, 3, 12, 9, 30), 0),   # zone 3: 2 quarters x 0.50 = 1.00
-        (at(2026, 3, 20, 12, 0), 1), (at(2026, 3, 20, 12, 45), 0),  # checked in by the shop: 3 x 0.50 = 1.50
-    ])
+    city.readings(
+        "ps-d01-000001",
+        [
+            (at(2026, 3, 5, 9, 0), 1),
+            (at(2026, 3, 5, 9, 30), 0),  # zone 1: 2 quarters x 2.50 = 5.00
+            (at(2026, 3, 12, 9, 0), 1),
+            (at(2026, 3, 12, 9, 30), 0),  # zone 3: 2 quarters x 0.50 = 1.00
+            (at(2026, 3, 20, 12, 0), 1),
+            (at(2026, 3, 20, 12, 45), 0),  # checked in by the shop: 3 x 0.50 = 1.50
+        ],
+    )
     parking_ops.checkin(w, "ps-d01-000001", "biz-0001", at(2026, 3, 20, 12, 5), "op-chen")
     api = local_api(city.home, city.writer)
     household = api.bill(account="hh-0003", month="2026-03")
@@ -161,8 +176,9 @@ def test_parking_zone_change_lease_checkin_and_unpaid(city: City) -> None:
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.integers(min_value=0, max_value=3_000), min_size=5, max_size=40), st.integers(1, 9))
-def test_bill_totals_do_not_depend_on_how_readings_were_batched(tmp_path_factory: pytest.TempPathFactory,
-                                                                steps: list[int], block: int) -> None:
+def test_bill_totals_do_not_depend_on_how_readings_were_batched(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[int], block: int
+) -> None:
     totals = []
     key = SigningKey.generate()
     for size in (1_000, block):
@@ -188,8 +204,23 @@ def test_bill_command_json(city: City) -> None:
     city.device("gm-d02-000001", "gas", account="hh-0004")
     city.readings("gm-d02-000001", [(at(2026, 1, 1), 0), (at(2026, 2, 1), 400_000)])  # 400 m3 in January
     city.close()
-    out = subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(city.home.root), "bill", "hh-0004",
-                          "--month", "2026-01", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "--home",
+            str(city.home.root),
+            "bill",
+            "hh-0004",
+            "--month",
+            "2026-01",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     bill = json.loads(out.stdout)
     # 350 m3 x 2.61 = 913.50; 50 m3 x 2.83 = 141.50; 1055.00
     assert bill["total"] == "1055.00" and [t["amount"] for t in bill["lines"][0]["tiers"]] == ["913.50", "141.50"]
@@ -201,8 +232,9 @@ FAULTS = st.lists(st.tuples(st.integers(0, 365), st.sampled_from(["drop", "lost"
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(FAULTS, min_size=1, max_size=3))
-def test_the_month_end_close_bills_exactly_what_a_draft_says(tmp_path_factory: pytest.TempPathFactory,
-                                                              meters: list[list[tuple[int, str]]]) -> None:
+def test_the_month_end_close_bills_exactly_what_a_draft_says(
+    tmp_path_factory: pytest.TempPathFactory, meters: list[list[tuple[int, str]]]
+) -> None:
     """The close takes a fast path for meters with clean data; it must agree with the full path."""
     from ledger.billing.bills import clean_meters, make_bill
     from ledger.billing.tariffs import default_tariffs

@@ -100,10 +100,15 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     kind = draw(st.sampled_from([*METERS, "parking"]))
     n = draw(st.integers(1, 6))
     values = st.integers(0, 1) if kind == "parking" else METER_VALUES
-    return Scenario(kind, draw(st.sampled_from(["epoch", "now", "reset"])), draw(st.sampled_from([0, 1, 999])),
-                    draw(st.sampled_from([0, FUTURE_EDGE_MS])), tuple(draw(st.lists(STEPS, min_size=n - 1,
-                                                                                    max_size=n - 1))),
-                    draw(_seq_runs(n)), tuple(draw(st.lists(values, min_size=n, max_size=n))))
+    return Scenario(
+        kind,
+        draw(st.sampled_from(["epoch", "now", "reset"])),
+        draw(st.sampled_from([0, 1, 999])),
+        draw(st.sampled_from([0, FUTURE_EDGE_MS])),
+        tuple(draw(st.lists(STEPS, min_size=n - 1, max_size=n - 1))),
+        draw(_seq_runs(n)),
+        tuple(draw(st.lists(values, min_size=n, max_size=n))),
+    )
 
 
 BATCHES = st.lists(scenarios(), min_size=2, max_size=5)
@@ -111,8 +116,9 @@ BATCHES = st.lists(scenarios(), min_size=2, max_size=5)
 TOP = INT64_MAX
 CORNERS = [
     # A register wrapping: 0 to the top, back to 0 and up again (two flagged drops, the rises billed).
-    Scenario("water", "now", 0, FUTURE_EDGE_MS, (60_000, 60_000, 60_000, 60_000), (1, 2, 3, 4, 5),
-             (0, TOP, 0, TOP, TOP)),
+    Scenario(
+        "water", "now", 0, FUTURE_EDGE_MS, (60_000, 60_000, 60_000, 60_000), (1, 2, 3, 4, 5), (0, TOP, 0, TOP, TOP)
+    ),
     # The last seqs the protocol allows, at the top of the register.
     Scenario("electricity", "now", 0, 0, (1, 1_000), (SEQ_MAX - 2, SEQ_MAX - 1, SEQ_MAX), (TOP - 2, TOP - 1, TOP)),
     # A seq jumping from 2 to the limit, a clock at the epoch.
@@ -120,8 +126,15 @@ CORNERS = [
     # Near the top and falling to 0 at the limit seq.
     Scenario("gas", "now", 0, 0, (150_000,), (SEQ_MAX - 1, SEQ_MAX), (TOP, 0)),
     # Parking at the seq limit, and at the epoch.
-    Scenario("parking", "now", 0, FUTURE_EDGE_MS, (150_000, 150_000, 150_000), (SEQ_MAX - 3, SEQ_MAX - 2,
-                                                                                 SEQ_MAX - 1, SEQ_MAX), (0, 1, 1, 0)),
+    Scenario(
+        "parking",
+        "now",
+        0,
+        FUTURE_EDGE_MS,
+        (150_000, 150_000, 150_000),
+        (SEQ_MAX - 3, SEQ_MAX - 2, SEQ_MAX - 1, SEQ_MAX),
+        (0, 1, 1, 0),
+    ),
     Scenario("parking", "epoch", 0, 0, (150_000, 150_000), (1, 2, 3), (1, 1, 0)),
     # Parked since "1970" (seq 1 stamped at the epoch), freed now by a clock set right: a stay of 56 years,
     # charged as the reports say (about ¥4.5 million) and flagged.
@@ -136,8 +149,15 @@ CORNERS = [
     Scenario("electricity", "now", 0, 0, (), (1,), (0,)),
     # From 1970 for ten weeks, every 4 hours, climbing to the top: months whose boundaries are
     # interpolated (fractions of litres near 2^63), and a quiet stretch the close bills from its neighbours.
-    Scenario("water", "epoch", 0, 0, (4 * HOUR_MS,) * 419, tuple(range(SEQ_MAX - 419, SEQ_MAX + 1)),
-             tuple(TOP - 420 * 10**15 + k * 10**15 for k in range(1, 421))),
+    Scenario(
+        "water",
+        "epoch",
+        0,
+        0,
+        (4 * HOUR_MS,) * 419,
+        tuple(range(SEQ_MAX - 419, SEQ_MAX + 1)),
+        tuple(TOP - 420 * 10**15 + k * 10**15 for k in range(1, 421)),
+    ),
 ]
 
 
@@ -251,7 +271,7 @@ def timestamps(s: Scenario, now: int) -> list[int]:
     if s.clock == "epoch":
         return list(itertools.accumulate(s.steps, initial=s.start))
     k = len(s.seqs) if s.clock == "now" else (len(s.seqs) + 1) // 2
-    recent = _recent(s.steps[:k - 1], now + s.lead)
+    recent = _recent(s.steps[: k - 1], now + s.lead)
     return recent + ([] if k == len(s.seqs) else list(itertools.accumulate(s.steps[k:], initial=s.start)))
 
 
@@ -273,8 +293,15 @@ def place(run: Run, batch: list[Scenario]) -> list[Placed]:
         api.add_account(account=account, name=f"Bound {n}", customer_class="residential")
         key = SigningKey.generate()
         device = f"{PREFIX[s.kind]}-{DISTRICT}-{n:06d}"
-        keys.append({"device": device, "kind": s.kind, "district": DISTRICT, "public_key": key.verify_key.encode().hex(),
-                     "account": None if s.kind == "parking" else account})
+        keys.append(
+            {
+                "device": device,
+                "kind": s.kind,
+                "district": DISTRICT,
+                "public_key": key.verify_key.encode().hex(),
+                "account": None if s.kind == "parking" else account,
+            }
+        )
         placed.append(Placed(s, SimDevice(device, s.kind, DISTRICT, key, ""), account))
     logins = {d["device"]: d["mqtt_password"] for d in api.enroll_devices(rows=keys)["devices"]}
     for p in placed:
@@ -316,17 +343,23 @@ def publish_all(run: Run, placed: list[Placed], beyond: bool) -> None:
             if beyond and i == 0:
                 free = min(s.seqs) - 1 if min(s.seqs) > 1 else max(s.seqs) + 1
                 if free <= SEQ_MAX:  # unused seqs, so a quarantine here is for the value or the clock
-                    over = [out_of_range_payload(p.device, free, now, INT64_MAX + 1),
-                            out_of_range_payload(p.device, SEQ_MAX + 1, now, 0),
-                            out_of_range_payload(p.device, free, -1, 0),
-                            p.device.reading(value=0 if s.kind == "parking" else 1, seq=free,
-                                             ts=time.time_ns() // 1_000_000 + FUTURE_TOLERANCE_MS + 60_000).payload()]
+                    over = [
+                        out_of_range_payload(p.device, free, now, INT64_MAX + 1),
+                        out_of_range_payload(p.device, SEQ_MAX + 1, now, 0),
+                        out_of_range_payload(p.device, free, -1, 0),
+                        p.device.reading(
+                            value=0 if s.kind == "parking" else 1,
+                            seq=free,
+                            ts=time.time_ns() // 1_000_000 + FUTURE_TOLERANCE_MS + 60_000,
+                        ).payload(),
+                    ]
                     for payload in over:
                         client.publish(p.device.topic, payload, qos=1).wait_for_publish(10)
                     expected_rejects += len(over)
                     run.future.append(p.device.device)
         finally:
             close_client(client)
+
     def settled() -> bool:
         now = stack.status()
         return now["readings"] == expected_readings and now["quarantined"] == expected_rejects
@@ -416,10 +449,12 @@ def check_dashboard(run: Run, placed: list[Placed], ledger_key: str) -> None:
             for granularity in ("Daily", "Weekly", "Monthly"):
                 usage = me.usage(p.device.device, granularity, now=now)
                 check_usage(p, usage, now)
-                charts.usage_chart(usage["rows"], p.scenario.kind, usage["unit"], usage["tiers"], granularity,
-                                   DISTRICT).to_dict()
-            charts.year_chart(usage["year_to_date"], p.scenario.kind, usage["unit"], usage["tiers"],
-                              BOOK.timezone).to_dict()
+                charts.usage_chart(
+                    usage["rows"], p.scenario.kind, usage["unit"], usage["tiers"], granularity, DISTRICT
+                ).to_dict()
+            charts.year_chart(
+                usage["year_to_date"], p.scenario.kind, usage["unit"], usage["tiers"], BOOK.timezone
+            ).to_dict()
             last = p.sent[-1]
             if abs(last.ts - now) < 5 * HOUR_MS:
                 near = me.reading_near(p.device.device, last.ts)
@@ -448,7 +483,7 @@ def check_usage(p: Placed, usage: dict[str, Any], now: int) -> None:
     only rose, all of it within the last hour, exactly what the bill's rule gives for the period now."""
     pts = sorted(p.sent, key=lambda r: (r.ts, r.seq))
     per_unit = usage["tariff"]["base_per_unit"]
-    counted = float(used_between(pts, -2**62, 2**62) / per_unit)
+    counted = float(used_between(pts, -(2**62), 2**62) / per_unit)
     for row in usage["rows"]:
         for key in ("this", "year_to_date"):
             if row[key] is not None:
@@ -510,8 +545,9 @@ def check_anomalies(run: Run) -> None:
         if a["device"].startswith(tuple(f"{x}-{DISTRICT}" for x in PREFIX.values())):
             points = operator.anomaly_readings(a)["points"]
             if points:
-                charts.readings_chart(points, "units", (a["window_start"], a["window_end"]), BOOK.timezone,
-                                      [s for _, s in a["evidence"]]).to_dict()
+                charts.readings_chart(
+                    points, "units", (a["window_start"], a["window_end"]), BOOK.timezone, [s for _, s in a["evidence"]]
+                ).to_dict()
 
 
 def check_audit(run: Run, archive: Path) -> None:
@@ -549,8 +585,15 @@ def test_the_typical_household_is_exact_for_registers_near_2_63(tmp_path: Path) 
             billing_ops.add_account(writer, f"hh-{n}", f"Household {n}", "residential")
             writer.enroll_device(device, "water", DISTRICT, key.verify_key.encode().hex(), f"hh-{n}")
             first = TOP - 10_000 - 7 * n  # near the top, a little apart
-            rows += [LedgeredReading(sign_reading(key, device=device, kind="water", seq=k + 1, ts=t0 + k * quarter + 7,
-                                                  value=first + 150 * k // 4), t0) for k in range(13)]
+            rows += [
+                LedgeredReading(
+                    sign_reading(
+                        key, device=device, kind="water", seq=k + 1, ts=t0 + k * quarter + 7, value=first + 150 * k // 4
+                    ),
+                    t0,
+                )
+                for k in range(13)
+            ]
         writer.commit(Batch(readings=rows))
         bounds = [t0 + HOUR_MS, t0 + 2 * HOUR_MS]
         typical = views.typical_usage(writer.store, DISTRICT, "water", bounds)
@@ -582,8 +625,14 @@ def dashboard_home(run: Run, monkeypatch: pytest.MonkeyPatch) -> Iterator[Run]:
 
 def _examples(run: Run, max_examples: int, derandomize: bool) -> None:
     """The hand-picked corners, then `max_examples` drawn batches (the same ones each run when derandomized)."""
-    @settings(max_examples=max_examples, deadline=None, database=None, derandomize=derandomize,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=derandomize,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(BATCHES)
     @example(CORNERS)
     def one(batch: list[Scenario]) -> None:
@@ -592,8 +641,9 @@ def _examples(run: Run, max_examples: int, derandomize: bool) -> None:
     one()
 
 
-def test_bound_values_flow_through_ingest_bills_scan_dashboard_archive_and_audit(dashboard_home: Run,
-                                                                                tmp_path: Path) -> None:
+def test_bound_values_flow_through_ingest_bills_scan_dashboard_archive_and_audit(
+    dashboard_home: Run, tmp_path: Path
+) -> None:
     run = dashboard_home
     _examples(run, max_examples=6, derandomize=True)
     check_anomalies(run)

@@ -53,9 +53,7 @@ from tests.support.broker import (
 # A line written by `mosquitto_passwd -c -b pw alice secret` (mosquitto 2.0.11).
 # Its hash is base64(PBKDF2-HMAC-SHA512(b"secret", salt=base64decode("eSsYQjQi6LiIrX+l"),
 # iterations=101, dklen=64)): the salt enters as its 12 raw bytes, not as base64 text.
-MOSQUITTO_PASSWD_LINE = (
-    "alice:$7$101$eSsYQjQi6LiIrX+l$EeO4T6Vdl25DJEM5IkF4xdKppHHm+cHho3rxZSDfoKn0jz+78Q/8SkC9lu/yee6q/n4+/31g6s2oJuFfeHqCIQ=="
-)
+MOSQUITTO_PASSWD_LINE = "alice:$7$101$eSsYQjQi6LiIrX+l$EeO4T6Vdl25DJEM5IkF4xdKppHHm+cHho3rxZSDfoKn0jz+78Q/8SkC9lu/yee6q/n4+/31g6s2oJuFfeHqCIQ=="
 
 PASSWORD = new_password()
 HASH = hash_password(PASSWORD)
@@ -369,8 +367,10 @@ def test_a_taken_port_is_reported_not_mistaken_for_ours(tmp_path: Path) -> None:
 def test_exec_foreground_keeps_the_pid_that_the_pid_file_names(tmp_path: Path) -> None:
     home, port = Home(tmp_path), free_port()
     write_access_files(home, [A], [])
-    code = "import sys; from pathlib import Path; from broker.mosquitto import exec_foreground; " \
+    code = (
+        "import sys; from pathlib import Path; from broker.mosquitto import exec_foreground; "
         "from ledger.home import Home; exec_foreground(Home(Path(sys.argv[1])), int(sys.argv[2]))"
+    )
     proc = start([sys.executable, "-c", code, str(home.root), str(port)], stdout=DEVNULL, stderr=STDOUT)
     try:
         wait_for(lambda: mosquitto.running_pid(home) == proc.pid, what="mosquitto's pid file naming the exec'd process")
@@ -427,8 +427,10 @@ def test_each_home_writes_its_share_and_the_broker_files_join_them(tmp_path: Pat
     # The district's device reads its own chain's checkpoint, not the city's.
     assert "topic read city/ledger/districts/d02/checkpoint" in acl and f"topic read {CHECKPOINT_TOPIC}" not in acl
     # The district's services are held to their district; the city's are not.
-    assert "user d02.ingest\ntopic read city/d02/#\ntopic write city/d02/+/+/ack\n" \
-           "topic write city/ledger/districts/d02/#\n" in acl
+    assert (
+        "user d02.ingest\ntopic read city/d02/#\ntopic write city/d02/+/+/ack\n"
+        "topic write city/ledger/districts/d02/#\n" in acl
+    )
     assert "user ingest\ntopic read city/#\n" in acl
     # Rewriting one share keeps the other.
     write_access_files(city, [], [])

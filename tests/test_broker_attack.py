@@ -91,8 +91,11 @@ def send_and_ledger(stack: Stack, dev: SimDevice, client: mqtt.Client, count: in
     for _ in range(count):
         publish(client, dev.topic, dev.reading(value=dev.seq + 1, ts=NOW()).payload())
     wait_for(lambda: stack.status()["readings"] == target, 15, f"{target} readings ledgered")
-    wait_for(lambda: any((parse_ack(m.payload) or (0,))[0] >= dev.seq for m in client_log(client).received(dev.ack_topic)),
-             10, f"the ack of {dev.device}#{dev.seq}")
+    wait_for(
+        lambda: any((parse_ack(m.payload) or (0,))[0] >= dev.seq for m in client_log(client).received(dev.ack_topic)),
+        10,
+        f"the ack of {dev.device}#{dev.seq}",
+    )
 
 
 def saw_head(witness: mqtt.Client, stack: Stack) -> bool:
@@ -127,8 +130,9 @@ def test_a_refused_stranger_cannot_unseat_ingest_a_device_or_a_witness(stack: St
     ingest_user = json.loads(stack.home.service_secret("ingest").read_text())["username"]
     device = stack.connect(dev)
     subscribe(device, dev.ack_topic)
-    witness = connect_client(stack.broker.port, witness_login["username"], witness_login["mqtt_password"],
-                             witness_login["username"])
+    witness = connect_client(
+        stack.broker.port, witness_login["username"], witness_login["mqtt_password"], witness_login["username"]
+    )
     subscribe(witness, CHECKPOINT_TOPIC)
     broker_pid = stack.broker.pid
     ingest_logins = logins(stack, ingest_user)
@@ -190,11 +194,19 @@ def test_proof_without_the_prefix_check_the_attack_kills_this_machines_mosquitto
     if mosquitto_version() >= FIXED_IN:
         pytest.skip("this mosquitto has upstream's fix; nothing to demonstrate")
     home, port, password = Home(tmp_path / "home"), free_port(), new_password()
-    write_access_files(home, [DeviceAccess("wm-d01-000001", "d01", "water", hash_password(password))],
-                       [ServiceAccess("ingest", hash_password(password), "ingest")])
+    write_access_files(
+        home,
+        [DeviceAccess("wm-d01-000001", "d01", "water", hash_password(password))],
+        [ServiceAccess("ingest", hash_password(password), "ingest")],
+    )
     config = mosquitto.write_config(home, port)
-    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
-                              if not line.startswith(("clientid_prefixes", "auto_id_prefix"))))
+    config.write_text(
+        "".join(
+            line
+            for line in config.read_text().splitlines(keepends=True)
+            if not line.startswith(("clientid_prefixes", "auto_id_prefix"))
+        )
+    )
     proc = start(mosquitto._argv(config), stdout=mosquitto.log_path(home), stderr=STDOUT)
     try:
         wait_for(lambda: proc.poll() is None and _accepts(port), 10, "the unmitigated broker to listen")

@@ -92,8 +92,14 @@ def test_a_streak_over_budget_for_m_minutes_is_due_and_a_pause_ends_it() -> None
 def test_a_policy_is_a_ledger_entry_without_floats() -> None:
     policy = BudgetPolicy(rate=500, burst=5000, suspend_after_min=0.08, suspend_for_min=60)
     entry = policy.entry(1234)
-    assert entry == {"entry": "budget_policy", "rate": 500, "burst": 5000, "suspend_after_min": "0.08",
-                     "suspend_for_min": 60, "at": 1234}
+    assert entry == {
+        "entry": "budget_policy",
+        "rate": 500,
+        "burst": 5000,
+        "suspend_after_min": "0.08",
+        "suspend_for_min": 60,
+        "at": 1234,
+    }
     canonical_json(entry)  # no floats in the protocol
     assert BudgetPolicy.from_entry(entry, 7) == BudgetPolicy(500, 5000, 0.08, 60, 7)
     with pytest.raises(ValueError):
@@ -108,8 +114,19 @@ def test_the_rule_suspends_a_device_over_budget_and_reinstates_it(tmp_path: Path
     reinstated after T; then it re-sends its outbox and every reading is ledgered once."""
     with Stack(tmp_path / "home", workers=workers) as stack:
         dev = stack.enroll("wm-d01-000001")
-        stack.cli("devices", "policy", "--rate", "20", "--burst", "20", "--suspend-after", "0.03",
-                  "--suspend-for", "0.1", check=True)
+        stack.cli(
+            "devices",
+            "policy",
+            "--rate",
+            "20",
+            "--burst",
+            "20",
+            "--suspend-after",
+            "0.03",
+            "--suspend-for",
+            "0.1",
+            check=True,
+        )
         client = connect_client(stack.broker.port, dev.device, dev.password, client_id=dev.device)
         outbox = [dev.reading(1000 + i, 1_764_000_000_000 + i) for i in range(400)]
         try:
@@ -119,26 +136,34 @@ def test_the_rule_suspends_a_device_over_budget_and_reinstates_it(tmp_path: Path
             def over_budget() -> int:
                 row = {r["device"]: r for r in stack.api.flagged_devices(minutes=60, threshold=1)}.get(dev.device)
                 return row["over_budget"] if row else 0
+
             wait_for(over_budget, 30, "over-budget counts", every=0.2)
 
             def keep_flooding_until_suspended() -> bool:  # over budget, without a pause, for M (1.8 s)
                 for r in outbox[:20]:
                     client.publish(dev.topic, r.payload(), qos=1)
                 return any(d["device"] == dev.device and d["status"] == "suspended" for d in stack.api.devices())
+
             wait_for(keep_flooding_until_suspended, 30, "the suspension", every=0.2)
         finally:
             close_client(client)
 
         def refused() -> bool:  # the broker drops the login on its reload (SIGHUP), a moment after the entry
             try:
-                close_client(connect_client(stack.broker.port, dev.device, dev.password, client_id=dev.device,
-                                            reconnect=False))
+                close_client(
+                    connect_client(stack.broker.port, dev.device, dev.password, client_id=dev.device, reconnect=False)
+                )
             except ConnectionRefusedError:
                 return True
             return False
+
         wait_for(refused, 30, "the broker refusing the suspended device", every=0.2)
-        wait_for(lambda: any(d["device"] == dev.device and d["status"] == "active" for d in stack.api.devices()),
-                 30, "the reinstatement", every=0.2)
+        wait_for(
+            lambda: any(d["device"] == dev.device and d["status"] == "active" for d in stack.api.devices()),
+            30,
+            "the reinstatement",
+            every=0.2,
+        )
         stack.cli("devices", "policy", "--rate", "500", "--burst", "5000", check=True)
         client = connect_client(stack.broker.port, dev.device, dev.password, client_id=dev.device)
         try:
@@ -155,9 +180,16 @@ def test_the_rule_suspends_a_device_over_budget_and_reinstates_it(tmp_path: Path
         con = duckdb.connect(str(stack.home.database), read_only=True)
         try:
             seqs = [s for (s,) in con.execute("SELECT seq FROM readings WHERE device = ?", [dev.device]).fetchall()]
-            types = [t for (t,) in con.execute("SELECT type FROM entries WHERE type IN ('budget_policy',"
-                                               " 'device_suspended', 'device_reinstated') ORDER BY height").fetchall()]
-            suspended = json.loads(con.execute("SELECT body FROM entries WHERE type = 'device_suspended'").fetchone()[0])
+            types = [
+                t
+                for (t,) in con.execute(
+                    "SELECT type FROM entries WHERE type IN ('budget_policy',"
+                    " 'device_suspended', 'device_reinstated') ORDER BY height"
+                ).fetchall()
+            ]
+            suspended = json.loads(
+                con.execute("SELECT body FROM entries WHERE type = 'device_suspended'").fetchone()[0]
+            )
         finally:
             con.close()
         assert sorted(seqs) == list(range(1, len(outbox) + 1))

@@ -7,12 +7,15 @@ import pytest
 from ledger.cli.commands import build_parser
 
 
-@pytest.mark.parametrize("argv", [
-    ["--home", "/h", "status"],
-    ["status", "--home", "/h"],
-    ["--home", "/h", "devices", "list"],
-    ["devices", "list", "--home", "/h"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--home", "/h", "status"],
+        ["status", "--home", "/h"],
+        ["--home", "/h", "devices", "list"],
+        ["devices", "list", "--home", "/h"],
+    ],
+)
 def test_common_options_work_before_or_after_the_command(argv: list[str]) -> None:
     assert build_parser().parse_args(argv).home == "/h"
 

@@ -57,8 +57,19 @@ def go(at: AppTest, screen: str, **query: str) -> AppTest:
 def texts(at: AppTest) -> str:
     """Everything a person can read on the page (markdown, captions, alerts, tables, metrics, code)."""
     parts: list[str] = []
-    for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success", "code",
-                 "text"):
+    for kind in (
+        "title",
+        "header",
+        "subheader",
+        "markdown",
+        "caption",
+        "info",
+        "warning",
+        "error",
+        "success",
+        "code",
+        "text",
+    ):
         parts += [str(e.value) for e in getattr(at, kind)]
     parts += [f"{m.label} {m.value}" for m in at.metric]
     parts += [df.value.to_csv() for df in at.dataframe]
@@ -114,7 +125,8 @@ def test_an_unreachable_ledger_is_a_message_not_a_trace(monkeypatch: pytest.Monk
 
 
 def test_a_throttled_sign_in_says_so_with_the_wait_and_lets_the_citizen_in_after_it(
-        city: DashboardCity, monkeypatch: pytest.MonkeyPatch) -> None:
+    city: DashboardCity, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 15: no hard lock; the page says plainly how long to wait (a fake clock, hours back,
     so these failures are neither in another test's hour nor in its way)."""
     import time
@@ -128,8 +140,9 @@ def test_a_throttled_sign_in_says_so_with_the_wait_and_lets_the_citizen_in_after
     ledger = local_api(city.home)
     wrong = 0
     while wrong < 7:  # the 7th failure from here makes the next attempt wait 16 s
-        found = ledger.authenticate(role="citizen", principal="hh-0003", password="not it at all",
-                                    source="198.51.100.9")
+        found = ledger.authenticate(
+            role="citizen", principal="hh-0003", password="not it at all", source="198.51.100.9"
+        )
         if found["outcome"] == "throttled":
             clock[0] += found["retry_after_s"] * 1000
         else:
@@ -152,8 +165,9 @@ def test_usage_per_meter_with_last_year_typical_household_and_tiers() -> None:
         at.segmented_control(key="granularity").set_value(granularity).run()
         clean(at)
         metrics = {m.label: m.value for m in at.metric}
-        assert metrics[{"Daily": "Today so far", "Weekly": "This week so far",
-                        "Monthly": "This month so far"}[granularity]].endswith("m³")
+        assert metrics[
+            {"Daily": "Today so far", "Weekly": "This week so far", "Monthly": "This month so far"}[granularity]
+        ].endswith("m³")
         assert metrics["Same period last year"].endswith("m³")  # 400 days of hourly readings
         assert metrics["Typical household in d02"].endswith("m³")  # six d02 households
         assert "Tier" in metrics["Used this year"] or at.metric[3].help  # the tier reached is explained
@@ -237,8 +251,11 @@ def test_a_citizen_disputes_a_bill_line_and_sees_the_answer(city: DashboardCity)
     assert "The water line looks twice too high." in page and "open: waiting for the city" in page
 
     op = clean(go(sign_in("operator", "op-d02"), "operator_disputes"))
-    mine = [d for d in data.OperatorData(data.Principal("operator", "op-d02", "x", ("d02",))).disputes()
-            if d["account"] == "hh-0001"][0]
+    mine = [
+        d
+        for d in data.OperatorData(data.Principal("operator", "op-d02", "x", ("d02",))).disputes()
+        if d["account"] == "hh-0001"
+    ][0]
     op = go(op, "operator_disputes", id=mine["id"])
     op.text_area(key="dsp_answer").input("Checked: a leak after the meter. Refund below.")
     op.button(key="FormSubmitter:answer-Send answer").click().run()
@@ -259,8 +276,11 @@ def test_a_correction_above_the_limit_waits_for_a_second_operator_on_the_dashboa
     citizen.radio(key="new_kind").set_value("A line on a bill").run()
     citizen.text_area(key="new_message").input("A year of estimated reads was far too high.")
     citizen.button(key="FormSubmitter:new_dispute-Send").click().run()
-    mine = [d for d in data.OperatorData(data.Principal("operator", "op-d02", "x", ("d02",))).disputes()
-            if d["account"] == "hh-0001" and "estimated reads" in d["messages"][0]["message"]][0]
+    mine = [
+        d
+        for d in data.OperatorData(data.Principal("operator", "op-d02", "x", ("d02",))).disputes()
+        if d["account"] == "hh-0001" and "estimated reads" in d["messages"][0]["message"]
+    ][0]
 
     op = go(clean(sign_in("operator", "op-d02")), "operator_disputes", id=mine["id"])
     op.text_input(key="dsp_amount").input("-2400.00")
@@ -333,8 +353,13 @@ def test_a_citizen_has_no_operator_pages() -> None:
 def test_the_city_overview_per_district() -> None:
     at = clean(sign_in("operator", "op-all"))
     metrics = {m.label: m.value for m in at.metric}
-    assert set(metrics) >= {"Readings per second now", "Devices online", "Blocks sealed", "Last audit",
-                            "Quarantine rate (1 h)"}
+    assert set(metrics) >= {
+        "Readings per second now",
+        "Devices online",
+        "Blocks sealed",
+        "Last audit",
+        "Quarantine rate (1 h)",
+    }
     table = at.dataframe[0].value
     assert list(table["District"]) == ["d01", "d02", "d03"]
     d02 = clean(sign_in("operator", "op-d02")).dataframe[0].value
@@ -359,13 +384,20 @@ def test_the_overview_shows_a_failing_background_job_and_that_ingest_is_not_runn
 
 
 def test_the_overview_lists_repeated_failed_sign_ins_as_far_as_the_operator_looks_after_them(
-        city: DashboardCity) -> None:
+    city: DashboardCity,
+) -> None:
     ledger = local_api(city.home)
-    for role, login, source in (("citizen", "hh-0003", "203.0.113.5"), ("citizen", "hh-0005", "203.0.113.6"),
-                                ("operator", "op-d02", "203.0.113.7"), ("citizen", "hh-9999", "203.0.113.7")):
+    for role, login, source in (
+        ("citizen", "hh-0003", "203.0.113.5"),
+        ("citizen", "hh-0005", "203.0.113.6"),
+        ("operator", "op-d02", "203.0.113.7"),
+        ("citizen", "hh-9999", "203.0.113.7"),
+    ):
         for _ in range(3):
-            assert ledger.authenticate(role=role, principal=login, password="a wrong guess",
-                                       source=source)["outcome"] == "wrong"
+            assert (
+                ledger.authenticate(role=role, principal=login, password="a wrong guess", source=source)["outcome"]
+                == "wrong"
+            )
 
     def failures(operator: str) -> tuple[set[str], set[str], str]:
         at = clean(sign_in("operator", operator))
@@ -491,8 +523,10 @@ def test_parking_occupancy_and_revenue(city: DashboardCity) -> None:
     clean(at)
     assert len(at.get("vega_lite_chart")) == 2  # occupancy by zone over the day, revenue by month
     op = data.OperatorData(data.Principal("operator", "op-d02", "Chen Jie", ("d02",)))
-    hours = {dt.datetime.fromtimestamp(r["start"] / 1000, dt.timezone(dt.timedelta(hours=8))).hour: r["occupied"]
-             for r in op.occupancy(yesterday)}
+    hours = {
+        dt.datetime.fromtimestamp(r["start"] / 1000, dt.timezone(dt.timedelta(hours=8))).hour: r["occupied"]
+        for r in op.occupancy(yesterday)
+    }
     assert hours[8] == 1.0 and abs(hours[9] - 40 / 60) < 1e-9 and hours[10] == 0.0  # taken 08:00 to 09:40
     revenue = at.dataframe[0].value
     assert list(revenue["Month"]) == [city.issued_month] and revenue["Revenue"].str.startswith("¥").all()
@@ -520,24 +554,35 @@ def test_periods_and_usage_from_boundary_registers() -> None:
     weeks = usage.periods("Weekly", now, tz)
     assert dt.datetime.fromtimestamp(weeks[0].start / 1000, tz).weekday() == 0
     # Interpolated at the boundary, the last reading when none follows, unknown when none precedes.
-    regs = usage.register_values([
-        {"at": 100, "prev_ts": 50, "prev_value": 1000, "next_ts": 150, "next_value": 2000},
-        {"at": 200, "prev_ts": 190, "prev_value": 2500, "next_ts": None, "next_value": None},
-        {"at": 300, "prev_ts": None, "prev_value": None, "next_ts": 310, "next_value": 9},
-    ])
+    regs = usage.register_values(
+        [
+            {"at": 100, "prev_ts": 50, "prev_value": 1000, "next_ts": 150, "next_value": 2000},
+            {"at": 200, "prev_ts": 190, "prev_value": 2500, "next_ts": None, "next_value": None},
+            {"at": 300, "prev_ts": None, "prev_value": None, "next_ts": 310, "next_value": 9},
+        ]
+    )
     assert regs == {100: 1500.0, 200: 2500.0, 300: None}
     assert usage.used(regs, 100, 200) == 1000.0 and usage.used(regs, 200, 300) is None
     # Near 2^63-1 (the protocol's limit) a use of a few hundred litres stays exact, not 0 or 1,024 (floats).
     top = 2**63 - 1
-    regs = usage.register_values([
-        {"at": 100, "prev_ts": 50, "prev_value": top - 301, "next_ts": 150, "next_value": top - 151},
-        {"at": 200, "prev_ts": 190, "prev_value": top - 1, "next_ts": 210, "next_value": top},
-    ])
+    regs = usage.register_values(
+        [
+            {"at": 100, "prev_ts": 50, "prev_value": top - 301, "next_ts": 150, "next_value": top - 151},
+            {"at": 200, "prev_ts": 190, "prev_value": top - 1, "next_ts": 210, "next_value": top},
+        ]
+    )
     assert usage.used(regs, 100, 200) == Fraction(451, 2)  # (top - 1/2) - (top - 226)
     assert usage.in_units(usage.used(regs, 100, 200), 1000) == 0.2255
     assert usage.used({100: None, 200: regs[200]}, 100, 200, first={100: top - 7}) == Fraction(13, 2)
-    tiers = usage.tiers_of({"tiers": [{"up_to": "180", "price": "5.00"}, {"up_to": "260", "price": "7.00"},
-                                      {"up_to": None, "price": "9.00"}]})
+    tiers = usage.tiers_of(
+        {
+            "tiers": [
+                {"up_to": "180", "price": "5.00"},
+                {"up_to": "260", "price": "7.00"},
+                {"up_to": None, "price": "9.00"},
+            ]
+        }
+    )
     assert [usage.tier_at(x, tiers).number for x in (0, 180, 180.5, 261)] == [1, 1, 2, 3]
 
 

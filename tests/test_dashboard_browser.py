@@ -150,8 +150,9 @@ def test_an_operator_works_an_anomaly(city_stack: tuple[DashboardCity, Stack, st
     assert stack.api.anomaly(anomaly_id=anomaly)["status"] == "acknowledged"
 
 
-def test_the_overview_follows_live_readings_without_a_reload(city_stack: tuple[DashboardCity, Stack, str],
-                                                            page: Page) -> None:
+def test_the_overview_follows_live_readings_without_a_reload(
+    city_stack: tuple[DashboardCity, Stack, str], page: Page
+) -> None:
     city, stack, url = city_stack
     sign_in(page, url, "operator", "op-all")
     page.get_by_role("heading", name="City overview", exact=True).wait_for()
@@ -170,8 +171,11 @@ def test_the_overview_follows_live_readings_without_a_reload(city_stack: tuple[D
         publish(client, dev.topic, dev.reading(value=1000 + 10 * n, ts=now - (30 - n) * 1000).payload())
     close_client(client)
     # The enrolment seals a block of its own: wait for the district's readings too, not only a new block.
-    wait_for(lambda: blocks_shown() > before and "d03" in no_trace(page), 30,
-             "the overview to show the new blocks and district d03")
+    wait_for(
+        lambda: blocks_shown() > before and "d03" in no_trace(page),
+        30,
+        "the overview to show the new blocks and district d03",
+    )
     assert page.evaluate("window.__same_page") is True
     assert "Per district" in no_trace(page)
     settle(page)

@@ -30,18 +30,21 @@ OP = "op-jane"  # the operator undoing the demo's work
 # ---------------------------------------------------------------- household naming (pure)
 
 
-@pytest.mark.parametrize(("device", "household"), [
-    ("wm-d01-000003", "hh-d01-000003"),
-    ("gm-d01-000003", "hh-d01-000003"),
-    ("em-d01-000003", "hh-d01-000003"),
-    ("em-north-2-000017", "hh-north-2-000017"),  # a district with a dash keeps it
-    ("wm1", "hh.wm1"),
-    ("a", "hh.a"),
-    ("x.y_z", "hh.x.y_z"),
-    ("ps-d01-000001", "hh.ps-d01-000001"),  # not a meter of the fleet's: a household of its own
-    ("wm-d01-x", "hh.wm-d01-x"),
-    ("wm--000001", "hh.wm--000001"),
-])
+@pytest.mark.parametrize(
+    ("device", "household"),
+    [
+        ("wm-d01-000003", "hh-d01-000003"),
+        ("gm-d01-000003", "hh-d01-000003"),
+        ("em-d01-000003", "hh-d01-000003"),
+        ("em-north-2-000017", "hh-north-2-000017"),  # a district with a dash keeps it
+        ("wm1", "hh.wm1"),
+        ("a", "hh.a"),
+        ("x.y_z", "hh.x.y_z"),
+        ("ps-d01-000001", "hh.ps-d01-000001"),  # not a meter of the fleet's: a household of its own
+        ("wm-d01-x", "hh.wm-d01-x"),
+        ("wm--000001", "hh.wm--000001"),
+    ],
+)
 def test_household_of_names_fleet_homes_and_gives_other_ids_their_own(device: str, household: str) -> None:
     assert demo.household_of(device) == household
     assert valid_device_id(household)
@@ -86,8 +89,11 @@ def _home(tmp_path: Path) -> tuple[Home, LedgerAPI]:
 def _enroll(ledger: LedgerAPI, devices: int, *, odd: tuple[str, ...] = ()) -> frozenset[str]:
     """The first `devices` of `up`'s fleet (and `odd` water meters of an operator's), without accounts."""
     have = {d["device"] for d in ledger.devices()}
-    rows = [{"device": p.device, "kind": p.kind, "district": p.district}
-            for p in plan_fleet(devices, demo.DISTRICTS) if p.device not in have]
+    rows = [
+        {"device": p.device, "kind": p.kind, "district": p.district}
+        for p in plan_fleet(devices, demo.DISTRICTS)
+        if p.device not in have
+    ]
     rows += [{"device": d, "kind": "water", "district": "d01"} for d in odd]
     ledger.enroll_devices([{**r, "public_key": SigningKey.generate().verify_key.encode().hex()} for r in rows])
     return fleet_devices(devices)

@@ -39,8 +39,10 @@ def _day(d: int, first: Point, last: Point, **kw: int) -> Day:
 
 def test_a_quiet_day_is_its_first_and_last_reading_with_the_step_between_checked() -> None:
     d = T0 // DAY_MS
-    days = [_day(d, Point(T0, 10, 1), Point(T0 + 20 * HOUR, 30, 21)),
-            _day(d + 1, Point(T0 + DAY_MS, 31, 22), Point(T0 + DAY_MS + 20 * HOUR, 50, 42))]
+    days = [
+        _day(d, Point(T0, 10, 1), Point(T0 + 20 * HOUR, 30, 21)),
+        _day(d + 1, Point(T0 + DAY_MS, 31, 22), Point(T0 + DAY_MS + 20 * HOUR, 50, 42)),
+    ]
     pts, checked = condense(days, [], T0 - DAY_MS, T0 + 3 * DAY_MS, meter_quiet, set())
     assert [p.seq for p in pts] == [1, 21, 22, 42]
     assert checked == {1, 22}
@@ -50,8 +52,9 @@ def test_a_quiet_day_is_its_first_and_last_reading_with_the_step_between_checked
 
 def test_without_the_checked_mark_the_condensed_steps_would_be_flagged_as_lost_readings() -> None:
     d = T0 // DAY_MS
-    pts, _ = condense([_day(d, Point(T0, 10, 1), Point(T0 + 20 * HOUR, 30, 21))], [], T0, T0 + DAY_MS,
-                      meter_quiet, set())
+    pts, _ = condense(
+        [_day(d, Point(T0, 10, 1), Point(T0 + 20 * HOUR, 30, 21))], [], T0, T0 + DAY_MS, meter_quiet, set()
+    )
     assert any("readings missing between seq 1 and 21" in f for f in billing.consumption(pts, T0, T0 + DAY_MS).flags)
 
 
@@ -83,8 +86,10 @@ def test_a_day_that_is_not_quiet_must_be_read_in_full() -> None:
 
 def test_trimming_keeps_only_the_nearest_reading_either_side_and_drops_broken_checked_steps() -> None:
     d = T0 // DAY_MS
-    days = [_day(d - 1, Point(T0 - DAY_MS, 0, 1), Point(T0 - HOUR, 9, 24)),
-            _day(d + 2, Point(T0 + 2 * DAY_MS, 20, 50), Point(T0 + 2 * DAY_MS + HOUR, 21, 51))]
+    days = [
+        _day(d - 1, Point(T0 - DAY_MS, 0, 1), Point(T0 - HOUR, 9, 24)),
+        _day(d + 2, Point(T0 + 2 * DAY_MS, 20, 50), Point(T0 + 2 * DAY_MS + HOUR, 21, 51)),
+    ]
     raw = [Point(T0 + HOUR, 10, 25), Point(T0 + 2 * HOUR, 11, 26)]
     pts, checked = condense(days, raw, T0, T0 + DAY_MS, meter_quiet, {d, d + 1})
     assert [p.seq for p in pts] == [24, 25, 26, 50]
@@ -105,7 +110,9 @@ def _full(store: Store, device: str, start: int, end: int) -> list[Point]:
         (SELECT ts, value, seq FROM readings WHERE device = $1 AND ts < $2 ORDER BY ts DESC, seq DESC LIMIT 1)
         UNION ALL (SELECT ts, value, seq FROM readings WHERE device = $1 AND ts BETWEEN $2 AND $3)
         UNION ALL (SELECT ts, value, seq FROM readings WHERE device = $1 AND ts > $3 ORDER BY ts, seq LIMIT 1)
-        """, [device, start, end]).fetchall()
+        """,
+        [device, start, end],
+    ).fetchall()
     return sorted((Point(*r) for r in rows), key=lambda p: (p.ts, p.seq))
 
 
@@ -125,8 +132,9 @@ def test_history_bills_and_parks_exactly_as_a_full_read(steps: list[tuple[str, i
         try:
             keys = {d: SigningKey(bytes([i + 1]) * 32) for i, d in enumerate(("wm-d01-000001", "ps-d01-000001"))}
             for device, key in keys.items():
-                writer.enroll_device(device, "water" if device.startswith("wm") else "parking", "d01",
-                                     key.verify_key.encode().hex())
+                writer.enroll_device(
+                    device, "water" if device.startswith("wm") else "parking", "d01", key.verify_key.encode().hex()
+                )
             seq = {d: 0 for d in keys}
             value = {"wm-d01-000001": 100_000, "ps-d01-000001": 0}
             ts = T0 + (seed % 24) * HOUR
@@ -140,8 +148,17 @@ def test_history_bills_and_parks_exactly_as_a_full_read(steps: list[tuple[str, i
                         value[device] += -50 if what == "drop" else 7
                     elif what == "flip":
                         value[device] = 1 - value[device]
-                    r = LedgeredReading(sign_reading(key, device=device, kind="water" if device.startswith("wm")
-                                                     else "parking", seq=seq[device], ts=ts, value=value[device]), ts)
+                    r = LedgeredReading(
+                        sign_reading(
+                            key,
+                            device=device,
+                            kind="water" if device.startswith("wm") else "parking",
+                            seq=seq[device],
+                            ts=ts,
+                            value=value[device],
+                        ),
+                        ts,
+                    )
                     (held if n % 5 == late and late else rows).append(r)
                 if n % 7 == 6 and held:
                     rows, held = rows + held, []
@@ -187,16 +204,32 @@ def test_roll_up_catches_up_in_chunks_and_then_has_nothing_to_do(tmp_path: Path)
         key = SigningKey(b"\x07" * 32)
         writer.enroll_device("em-d01-000001", "electricity", "d01", key.verify_key.encode().hex())
         for block in range(6):
-            writer.commit(Batch(readings=[LedgeredReading(sign_reading(
-                key, device="em-d01-000001", kind="electricity", seq=block * 10 + i + 1,
-                ts=T0 + (block * 10 + i) * HOUR, value=block * 10 + i), T0) for i in range(10)]))
+            writer.commit(
+                Batch(
+                    readings=[
+                        LedgeredReading(
+                            sign_reading(
+                                key,
+                                device="em-d01-000001",
+                                kind="electricity",
+                                seq=block * 10 + i + 1,
+                                ts=T0 + (block * 10 + i) * HOUR,
+                                value=block * 10 + i,
+                            ),
+                            T0,
+                        )
+                        for i in range(10)
+                    ]
+                )
+            )
         seen: list[tuple[int, int]] = []
         first = billing_ops.roll_up(writer, max_readings=25, progress=lambda h, top: seen.append((h, top)))
         assert first["readings"] == 60 and first["chunks"] > 1 and first["height"] == writer.height
         assert [h for h, _ in seen] == sorted(h for h, _ in seen)
         assert billing_ops.roll_up(writer) == {"height": writer.height, "chunks": 0, "readings": 0}
         rows = writer.store.con.execute(
-            "SELECT day, n, first_seq, last_seq, breaks, max_gap FROM device_days ORDER BY day").fetchall()
+            "SELECT day, n, first_seq, last_seq, breaks, max_gap FROM device_days ORDER BY day"
+        ).fetchall()
         assert [r[1] for r in rows] == [24, 24, 12]  # 60 hourly readings over three UTC days
         assert rows[0][2:] == (1, 24, 0, HOUR)
     finally:
@@ -211,8 +244,16 @@ def test_the_scheduler_job_rolls_up_through_the_ledger_api(tmp_path: Path) -> No
     writer = LedgerWriter.open(home)
     key = SigningKey(b"\x09" * 32)
     writer.enroll_device("gm-d01-000001", "gas", "d01", key.verify_key.encode().hex())
-    writer.commit(Batch(readings=[LedgeredReading(sign_reading(
-        key, device="gm-d01-000001", kind="gas", seq=i + 1, ts=T0 + i * HOUR, value=i), T0) for i in range(30)]))
+    writer.commit(
+        Batch(
+            readings=[
+                LedgeredReading(
+                    sign_reading(key, device="gm-d01-000001", kind="gas", seq=i + 1, ts=T0 + i * HOUR, value=i), T0
+                )
+                for i in range(30)
+            ]
+        )
+    )
     height = writer.height
     writer.close()  # no ingest: the job opens the file itself
     assert roll_up_job(home) == {"height": height, "chunks": 1, "readings": 30}
@@ -236,9 +277,19 @@ def test_a_seq_at_the_protocols_limit_followed_by_another_reading_rolls_up_and_b
         key = SigningKey(b"\x0b" * 32)
         writer.enroll_device("em-d01-000009", "electricity", "d01", key.verify_key.encode().hex())
         seqs = [1, SEQ_MAX, 2]
-        writer.commit(Batch(readings=[LedgeredReading(sign_reading(
-            key, device="em-d01-000009", kind="electricity", seq=seq, ts=T0 + i * HOUR, value=100 + i), T0)
-            for i, seq in enumerate(seqs)]))
+        writer.commit(
+            Batch(
+                readings=[
+                    LedgeredReading(
+                        sign_reading(
+                            key, device="em-d01-000009", kind="electricity", seq=seq, ts=T0 + i * HOUR, value=100 + i
+                        ),
+                        T0,
+                    )
+                    for i, seq in enumerate(seqs)
+                ]
+            )
+        )
         assert billing_ops.roll_up(writer)["readings"] == 3
         breaks = writer.store.con.execute("SELECT breaks FROM device_days WHERE device = 'em-d01-000009'").fetchall()
         assert breaks == [(2,)]  # 1 -> 2^63-1 and 2^63-1 -> 2 are both breaks

@@ -87,8 +87,9 @@ def test_a_key_rotation_with_readings_unsent_loses_none(stack: Stack, device: De
     old_key = [r.sig for r in device.record(4)]
     public_key, from_seq = device.call(lambda: device.agent.rotate_key(SigningKey.generate()))
     assert from_seq == 8
-    rotated = stack.cli_json("devices", "rotate-key", name, "--public-key", public_key, "--from-seq", str(from_seq),
-                             "--operator", "op-li")
+    rotated = stack.cli_json(
+        "devices", "rotate-key", name, "--public-key", public_key, "--from-seq", str(from_seq), "--operator", "op-li"
+    )
     assert rotated["from_seq"] == 8 and rotated["operator"] == "op-li"
     new_key = device.record(3)  # seqs 8-10 under the new key
     assert {r.seq for r in new_key} == {8, 9, 10} and len(old_key) == 4
@@ -109,13 +110,23 @@ def test_a_rotation_cannot_claim_seqs_already_ledgered(stack: Stack, device: Dev
     name = device.agent.device
     device.record(2)
     wait_for(lambda: device.acked_up_to(2), 30, "two readings acknowledged")
-    out = stack.cli("devices", "rotate-key", name, "--public-key", SigningKey.generate().verify_key.encode().hex(),
-                    "--from-seq", "2", "--operator", "op-li")
+    out = stack.cli(
+        "devices",
+        "rotate-key",
+        name,
+        "--public-key",
+        SigningKey.generate().verify_key.encode().hex(),
+        "--from-seq",
+        "2",
+        "--operator",
+        "op-li",
+    )
     assert out.returncode != 0 and "from-seq must be above 2" in out.stderr
 
 
-def test_a_written_off_reading_releases_the_ack_and_the_agent_drops_it(stack: Stack, device: Device,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_a_written_off_reading_releases_the_ack_and_the_agent_drops_it(
+    stack: Stack, device: Device, caplog: pytest.LogCaptureFixture
+) -> None:
     name, honest = device.agent.device, device.agent.identity
     device.record(1)
     # Corrupt flash: seq 2 is stored with a signature that can never verify.
@@ -123,8 +134,11 @@ def test_a_written_off_reading_releases_the_ack_and_the_agent_drops_it(stack: St
     device.record(1)
     device.call(lambda: setattr(device.agent, "identity", honest))
     device.record(3)  # seqs 3-5 verify and are ledgered, but the ack stays at 1
-    wait_for(lambda: stack.status()["readings"] == 4 and bad_signatures(stack, name) and device.agent.acked_seq == 1,
-             30, "four readings ledgered, seq 2 quarantined, and the ack for seq 1 received")
+    wait_for(
+        lambda: stack.status()["readings"] == 4 and bad_signatures(stack, name) and device.agent.acked_seq == 1,
+        30,
+        "four readings ledgered, seq 2 quarantined, and the ack for seq 1 received",
+    )
     assert device.outbox.count(name) == 4  # the ack goes no further: seq 2 holds it back
     held = stack.cli_json("devices", "held-back", "--json")
     assert [(h["device"], h["missing_from"], h["missing_to"]) for h in held] == [(name, 2, 2)]
@@ -133,8 +147,9 @@ def test_a_written_off_reading_releases_the_ack_and_the_agent_drops_it(stack: St
     assert refused.returncode != 0 and "ledgered" in refused.stderr  # only what is missing
 
     with caplog.at_level(logging.WARNING, logger="cityledger.device"):
-        out = stack.cli_json("devices", "write-off", name, "--seqs", "2", "--reason", "corrupt flash, replaced",
-                             "--operator", "op-li")
+        out = stack.cli_json(
+            "devices", "write-off", name, "--seqs", "2", "--reason", "corrupt flash, replaced", "--operator", "op-li"
+        )
         assert (out["from_seq"], out["to_seq"], out["operator"]) == (2, 2, "op-li")
         wait_for(lambda: device.acked_up_to(5), 30, "the ack past the written-off seq and the outbox empty")
     assert any("wrote off seqs 2-2" in r.getMessage() and "dropped 1" in r.getMessage() for r in caplog.records)

@@ -67,6 +67,7 @@ def _publish(stack: Stack, dev: SimDevice, n: int) -> None:
     sent = [client.publish(dev.topic, dev.reading(value=i, ts=NOW()).payload(), qos=1) for i in range(n)]
     for info in sent:
         info.wait_for_publish(10)
+
     def acked() -> int:
         return max([(parse_ack(m.payload) or (0, ""))[0] for m in client_log(client).received(dev.ack_topic)] or [0])
 
@@ -75,8 +76,9 @@ def _publish(stack: Stack, dev: SimDevice, n: int) -> None:
 
 
 def test_two_ingest_workers_on_two_districts_seal_two_chains_that_the_city_anchors(city: City) -> None:
-    devices = {d: [stack.enroll(f"wm-{d}-{i:04d}", district=d) for i in range(3)]
-               for d, stack in city.districts.items()}
+    devices = {
+        d: [stack.enroll(f"wm-{d}-{i:04d}", district=d) for i in range(3)] for d, stack in city.districts.items()
+    }
     for d, stack in city.districts.items():
         for dev in devices[d]:
             _publish(stack, dev, PER_DEVICE)
@@ -152,8 +154,10 @@ def test_a_home_is_a_city_of_district_chains_or_ledgers_readings_itself(tmp_path
     initialize(city)
     writer = LedgerWriter.open(city)
     try:
-        assert district_ops.add_district(writer, "d01")["ledger_key"] == Home(tmp_path / "city" / "districts" / "d01").trusted_key \
-            .read_text().strip()
+        assert (
+            district_ops.add_district(writer, "d01")["ledger_key"]
+            == Home(tmp_path / "city" / "districts" / "d01").trusted_key.read_text().strip()
+        )
         with pytest.raises(AlreadyEnrolled):
             district_ops.add_district(writer, "d01")
         for name in ("ledger", "witness", "D01", ""):
@@ -179,16 +183,19 @@ def test_a_home_is_a_city_of_district_chains_or_ledgers_readings_itself(tmp_path
 
 def test_a_district_keeps_its_own_devices_and_the_city_keeps_none(city: City) -> None:
     d01 = city.districts["d01"]
-    out = d01.cli("devices", "enroll", "--id", "wm-d02-9", "--kind", "water", "--district", "d02",
-                  "--public-key", _key())
+    out = d01.cli(
+        "devices", "enroll", "--id", "wm-d02-9", "--kind", "water", "--district", "d02", "--public-key", _key()
+    )
     assert out.returncode == 2 and "district d01's devices only" in out.stderr
-    out = city.city.cli("devices", "enroll", "--id", "wm-d01-9", "--kind", "water", "--district", "d01",
-                        "--public-key", _key())
+    out = city.city.cli(
+        "devices", "enroll", "--id", "wm-d01-9", "--kind", "water", "--district", "d01", "--public-key", _key()
+    )
     assert out.returncode == 2 and "district chains" in out.stderr
     # One broker, one login namespace: an id taken in one district is refused in another.
     city.districts["d02"].enroll("shared-id", district="d02")
-    out = d01.cli("devices", "enroll", "--id", "shared-id", "--kind", "water", "--district", "d01",
-                  "--public-key", _key())
+    out = d01.cli(
+        "devices", "enroll", "--id", "shared-id", "--kind", "water", "--district", "d01", "--public-key", _key()
+    )
     assert out.returncode == 2 and "another district" in out.stderr
     # Each district's services log in under names of their own.
     assert json.loads(d01.home.service_secret("ingest").read_text())["username"] == "d01.ingest"
@@ -215,15 +222,27 @@ def test_a_witness_follows_one_district_chain(city: City, tmp_path: Path) -> Non
     assert d01.cli("verify", "--witness", str(store)).returncode == 0
 
 
-def test_the_city_dashboard_shows_how_far_each_district_is_anchored(city: City, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_city_dashboard_shows_how_far_each_district_is_anchored(
+    city: City, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dashboard import data
     from tests.test_dashboard_app import clean, go, sign_in, texts
 
     password = tmp_path / "op.password"
     password.write_text("a long operator password 1\n")
-    city.city.cli("operators", "add", "--id", "op-city", "--name", "City desk", "--districts", "all",
-                  "--password-file", str(password), check=True)
+    city.city.cli(
+        "operators",
+        "add",
+        "--id",
+        "op-city",
+        "--name",
+        "City desk",
+        "--districts",
+        "all",
+        "--password-file",
+        str(password),
+        check=True,
+    )
     heads = {d: s.status()["height"] for d, s in city.districts.items()}
     wait_for(lambda: city.anchored() == heads, 30, "the city anchoring both district heads")
     monkeypatch.setenv("CITYLEDGER_HOME", str(city.city.home.root))

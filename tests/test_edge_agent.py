@@ -214,8 +214,9 @@ def durable_subscriber(rig: Rig, topic: str) -> tuple[mqtt.Client, list[bytes]]:
     """An ingest-like client with a persistent session: the broker queues for it while it is away."""
     received: list[bytes] = []
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_client_id("durable-ingest"),
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=mqtt_client_id("durable-ingest"), protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(INGEST, rig.ingest_password)
     client.reconnect_delay_set(1, 1)
 
@@ -267,6 +268,7 @@ def test_a_dropped_link_leaves_the_will_and_the_agent_reconnects(running: Rig) -
     run = AgentRun(rig)
     try:
         wait_for(lambda: statuses(ingest, rig.identity) == [STATUS_ONLINE], 10, "online")
+
         # The network goes away under the device (no DISCONNECT): the broker publishes the Will.
         def cut_the_wire() -> None:
             sock = run.agent.client.socket()

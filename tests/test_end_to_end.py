@@ -40,9 +40,11 @@ def test_readings_are_ledgered_exactly_once_and_acked(stack: Stack) -> None:
     wait_for(lambda: stack.status()["readings"] == total, 30, f"{total} readings ledgered")
 
     for dev, client in zip(devices, clients):
+
         def acked() -> bool:
             acks = [parse_ack(m.payload) for m in client_log(client).received(dev.ack_topic)]
             return any(a and a[0] == per_device for a in acks)
+
         wait_for(acked, 10, f"ack seq {per_device} for {dev.device}")
         close_client(client)
 
@@ -127,8 +129,11 @@ def test_checkpoint_is_the_signed_head(stack: Stack) -> None:
     watcher = connect_client(stack.broker.port, secret["username"], secret["password"], client_id="test-observer")
     subscribe(watcher, CHECKPOINT_TOPIC)
     head = stack.status()["last_block_hash"]
-    wait_for(lambda: any(json.loads(m.payload)["hash"] == head
-                         for m in client_log(watcher).received(CHECKPOINT_TOPIC)), 10, "retained checkpoint")
+    wait_for(
+        lambda: any(json.loads(m.payload)["hash"] == head for m in client_log(watcher).received(CHECKPOINT_TOPIC)),
+        10,
+        "retained checkpoint",
+    )
     close_client(watcher)
 
 
@@ -155,13 +160,13 @@ def test_hostile_payloads_through_the_real_broker_are_quarantined_not_fatal(stac
     client = stack.connect(dev)
     good = dev.reading(value=7, ts=NOW()).payload()
     hostile = [
-        b"\xff\xfe\x00garbage",                                   # not UTF-8
-        b"[" * 600 + b"]" * 400,                                  # deeply nested, unbalanced
-        good.replace(b'"value":7', b'"value":NaN'),               # NaN
-        good.replace(b'"value":7', b'"value":7.5'),               # float
-        good.replace(b'"value":7', b'"value":' + b"9" * 900),     # huge integer (still under 1 KiB? no: too_large)
-        good.replace(b'"value":7', b'"value":' + b"9" * 300),     # huge integer under 1 KiB
-        good[:-1] + b',"value":8}',                               # duplicate key
+        b"\xff\xfe\x00garbage",  # not UTF-8
+        b"[" * 600 + b"]" * 400,  # deeply nested, unbalanced
+        good.replace(b'"value":7', b'"value":NaN'),  # NaN
+        good.replace(b'"value":7', b'"value":7.5'),  # float
+        good.replace(b'"value":7', b'"value":' + b"9" * 900),  # huge integer (still under 1 KiB? no: too_large)
+        good.replace(b'"value":7', b'"value":' + b"9" * 300),  # huge integer under 1 KiB
+        good[:-1] + b',"value":8}',  # duplicate key
         b"{}",
         b"",
     ]

@@ -26,8 +26,15 @@ from ledger.store.archive import ArchiveError
 
 
 def test_every_module_error_is_in_one_family_of_the_tree() -> None:
-    for cls, base in [(EnrolmentError, Refused), (AlreadyEnrolled, Refused), (InvestigationError, Refused),
-                      (TariffError, Refused), (ArchiveError, Refused), (BillError, NotFound), (Busy, Unavailable)]:
+    for cls, base in [
+        (EnrolmentError, Refused),
+        (AlreadyEnrolled, Refused),
+        (InvestigationError, Refused),
+        (TariffError, Refused),
+        (ArchiveError, Refused),
+        (BillError, NotFound),
+        (Busy, Unavailable),
+    ]:
         assert issubclass(cls, base) and issubclass(cls, LedgerError), cls
     # The built-ins they stand for still catch them, so older callers keep working.
     assert isinstance(NotFound("x"), KeyError) and isinstance(Refused("x"), ValueError)
@@ -57,13 +64,19 @@ def remote(tmp_path: Path) -> Iterator[rpc.RemoteLedger]:
 KEY = SigningKey.generate().verify_key.encode().hex()
 
 
-def test_over_the_socket_each_error_arrives_as_the_class_the_ledger_raised(remote: rpc.RemoteLedger,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_over_the_socket_each_error_arrives_as_the_class_the_ledger_raised(
+    remote: rpc.RemoteLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     remote.enroll_device(device="wm-d01-000001", kind="water", district="d01", public_key=KEY)
     with pytest.raises(AlreadyEnrolled, match="already enrolled"):
         remote.enroll_device(device="wm-d01-000001", kind="water", district="d01", public_key=KEY)
     with pytest.raises(EnrolmentError) as refused:
-        remote.enroll_device(device="wm-d01-000002", kind="lava", district="d01", public_key=SigningKey.generate().verify_key.encode().hex())
+        remote.enroll_device(
+            device="wm-d01-000002",
+            kind="lava",
+            district="d01",
+            public_key=SigningKey.generate().verify_key.encode().hex(),
+        )
     assert type(refused.value) is EnrolmentError
     with pytest.raises(NotFound, match="^no anomaly 424242$"):
         remote.anomaly(anomaly_id="424242")
@@ -72,6 +85,7 @@ def test_over_the_socket_each_error_arrives_as_the_class_the_ledger_raised(remot
 
     def broken(self: LedgerAPI) -> None:
         raise ZeroDivisionError("a bug")
+
     monkeypatch.setattr(LedgerAPI, "status", broken)
     with pytest.raises(InternalError, match="internal error: ZeroDivisionError"):
         remote.status()

@@ -41,10 +41,26 @@ class Params:
     ingest_down_s: float  # 6. ingest down this long while the fleet keeps publishing
 
 
-FAST = Params(ingest_kills=3, broker_down_s=5, broker_kills=1, cut_s=6, fleet_kills=3, seal_kills=3,
-              seal_backlog_s=3, ingest_down_s=12)
-SOAK = Params(ingest_kills=10, broker_down_s=10, broker_kills=3, cut_s=60, fleet_kills=10, seal_kills=10,
-              seal_backlog_s=8, ingest_down_s=300)
+FAST = Params(
+    ingest_kills=3,
+    broker_down_s=5,
+    broker_kills=1,
+    cut_s=6,
+    fleet_kills=3,
+    seal_kills=3,
+    seal_backlog_s=3,
+    ingest_down_s=12,
+)
+SOAK = Params(
+    ingest_kills=10,
+    broker_down_s=10,
+    broker_kills=3,
+    cut_s=60,
+    fleet_kills=10,
+    seal_kills=10,
+    seal_backlog_s=8,
+    ingest_down_s=300,
+)
 
 PARAMS = [
     pytest.param(FAST, id="fast"),
@@ -216,8 +232,14 @@ def test_ingest_killed_while_sealing_a_block(tmp_path: Path, p: Params) -> None:
             lab.signal_ingest(signal.SIGKILL)
             at_kill = lab.wal_size() - max(wal, 0)
             lab.kill_ingest()  # reap it
-            rounds.append({"on": how, "after_s": round(time.monotonic() - started, 3), "wal_bytes_at_kill": at_kill,
-                           "blocks_kept": lab.ledger_height() - height})  # sealed and durable before the kill
+            rounds.append(
+                {
+                    "on": how,
+                    "after_s": round(time.monotonic() - started, 3),
+                    "wal_bytes_at_kill": at_kill,
+                    "blocks_kept": lab.ledger_height() - height,
+                }
+            )  # sealed and durable before the kill
         lab.start_ingest()
         lab.notes["rounds"] = rounds
         lab.notes["kills_before_the_block_was_durable"] = sum(1 for r in rounds if r["blocks_kept"] == 0)
@@ -259,6 +281,7 @@ def test_a_device_whose_ack_the_broker_lost_is_told_again(tmp_path: Path) -> Non
     saved = tmp_path / "home" / "broker" / "data" / "mosquitto.db"
     with _lab(tmp_path) as lab:
         lab.warm_up()
+
         def mtime() -> int:
             return saved.stat().st_mtime_ns if saved.exists() else 0
 

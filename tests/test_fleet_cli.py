@@ -19,15 +19,23 @@ def test_fleet_provisions_publishes_and_recovers_a_half_enrolled_device(stack: S
     first = plan[0]
     crashed = DeviceIdentity.generate(first.device, first.kind, first.district)
     crashed.save_key(device_dir(stack.home, first.device))
-    stack.api.enroll_device(device=first.device, kind=first.kind, district=first.district,
-                            public_key=crashed.public_key_hex)
+    stack.api.enroll_device(
+        device=first.device, kind=first.kind, district=first.district, public_key=crashed.public_key_hex
+    )
 
-    proc = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "4", "--interval", "0.5", "--districts",
-                  "d01,d02"], env=stack.env, stdout=PIPE, stderr=PIPE, text=True)
+    proc = start(
+        [sys.executable, "-m", "ledger.cli", "fleet", "--devices", "4", "--interval", "0.5", "--districts", "d01,d02"],
+        env=stack.env,
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+    )
     try:
+
         def every_device_ledgered() -> bool:
             rows = stack.api.recent_readings(limit=200)
             return {r["device"] for r in rows} >= {p.device for p in plan}
+
         wait_for(every_device_ledgered, 60, "readings of all 4 devices ledgered")
         devices = {d["device"]: d for d in stack.api.devices()}
         assert devices[first.device]["public_key"] == crashed.public_key_hex  # same key, new login

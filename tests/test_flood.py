@@ -96,12 +96,15 @@ def _percentile(values: list[int], q: float) -> int:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-@pytest.mark.parametrize(("qos", "flood"), [
-    pytest.param(0, SHORT, id="qos0"),
-    pytest.param(1, SHORT, id="qos1"),
-    pytest.param(0, SOAK, id="qos0-soak", marks=_SOAK_MARKS),
-    pytest.param(1, SOAK, id="qos1-soak", marks=_SOAK_MARKS),
-])
+@pytest.mark.parametrize(
+    ("qos", "flood"),
+    [
+        pytest.param(0, SHORT, id="qos0"),
+        pytest.param(1, SHORT, id="qos1"),
+        pytest.param(0, SOAK, id="qos0-soak", marks=_SOAK_MARKS),
+        pytest.param(1, SOAK, id="qos1-soak", marks=_SOAK_MARKS),
+    ],
+)
 def test_one_flooding_device_cannot_starve_the_honest_ones(tmp_path: Path, qos: int, flood: Flood) -> None:
     """Ingest with a worker (`--workers 1`): budgets on the lean receive path, as a city exposed to
     untrusted devices runs it (docs/security.md). Everything of `_flood`, and the ack bound."""
@@ -128,28 +131,51 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
         ingest_pid = stack.ingest.pid
         hostile = stack.enroll(HOSTILE_DEVICE, kind=HOSTILE_KIND, district=HOSTILE_DISTRICT)
         # The operator's rule, sealed in the chain: default rate and burst, M and T for this run.
-        stack.cli("devices", "policy", "--suspend-after", str(flood.suspend_after_min),
-                  "--suspend-for", str(flood.suspend_for_min), check=True)
+        stack.cli(
+            "devices",
+            "policy",
+            "--suspend-after",
+            str(flood.suspend_after_min),
+            "--suspend-for",
+            str(flood.suspend_for_min),
+            check=True,
+        )
         rule = stack.cli_json("devices", "policy")
         assert rule["policy_height"] is not None and float(rule["suspend_after_min"]) == flood.suspend_after_min
         fleet_out, fleet_err = tmp_path / "fleet.out", tmp_path / "fleet.err"  # files: a full pipe would stall it
-        fleet = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(HONEST), "--interval", "1"],
-                      env=stack.env, stdout=fleet_out, stderr=fleet_err)
+        fleet = start(
+            [sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(HONEST), "--interval", "1"],
+            env=stack.env,
+            stdout=fleet_out,
+            stderr=fleet_err,
+        )
         worker = None
         try:
+
             def all_online() -> bool:
                 return sum(1 for s, _ in stack.api.device_statuses().values() if s == "online") >= HONEST
+
             wait_for(all_online, 90, f"all {HONEST} honest devices online", every=0.2)
             baseline_mb = peak_rss_mb(ingest_pid)
 
             t0 = now_ms()
-            worker = start_hostile(HostileConfig("127.0.0.1", stack.broker.port, hostile.device, hostile.password,
-                                                 bytes(hostile.key).hex(), flood.seconds, qos=qos))
+            worker = start_hostile(
+                HostileConfig(
+                    "127.0.0.1",
+                    stack.broker.port,
+                    hostile.device,
+                    hostile.password,
+                    bytes(hostile.key).hex(),
+                    flood.seconds,
+                    qos=qos,
+                )
+            )
 
             # Suspended at the broker after M minutes over budget; meanwhile `devices list` says so.
             def suspended() -> dict[str, Any] | None:
                 s = _flagged(stack, 1).get(HOSTILE_DEVICE, {}).get("suspension")
                 return s if s and s["status"] == "suspended" else None
+
             suspension = wait_for(suspended, flood.seconds + 60, "the flooder's suspension", every=0.2)
             listed = {d["device"]: d for d in stack.cli_json("devices", "list", "--json")}
             report = finish_hostile(worker, flood.seconds + 90)
@@ -163,6 +189,7 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
             def reinstated() -> dict[str, Any] | None:
                 s = _flagged(stack, 1).get(HOSTILE_DEVICE, {}).get("suspension")
                 return s if s and s["status"] == "active" and s["reinstated_at"] else None
+
             ended = wait_for(reinstated, flood.suspend_for_min * 60 + 60, "the flooder's reinstatement", every=0.2)
             assert stack.ingest is not None and stack.ingest.poll() is None, "ingest died under the flood"
         finally:
@@ -199,9 +226,12 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
         assert sum(last_seq.values()) == fleet_stats["generated"]
         expected_readings = sum(last_seq.values()) + PRIMED + 3
         try:
-            wait_for(lambda: stack.status()["readings"] >= expected_readings, 60,
-                     f"all {expected_readings} readings ledgered (honest ones and the hostile device's valid ones)",
-                     every=0.2)
+            wait_for(
+                lambda: stack.status()["readings"] >= expected_readings,
+                60,
+                f"all {expected_readings} readings ledgered (honest ones and the hostile device's valid ones)",
+                every=0.2,
+            )
         except AssertionError:  # say what is missing
             status = stack.status()
             stack.stop_ingest()
@@ -210,8 +240,9 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
             con.close()
             want = {(d, s) for d, n in last_seq.items() for s in range(1, n + 1)}
             want |= {(HOSTILE_DEVICE, s) for s in range(1, PRIMED + 4)}
-            raise AssertionError(f"{status}; missing: {sorted(want - have)[:20]} ({len(want - have)}); "
-                                 f"fleet: {fleet_stats}") from None
+            raise AssertionError(
+                f"{status}; missing: {sorted(want - have)[:20]} ({len(want - have)}); fleet: {fleet_stats}"
+            ) from None
 
         # Every hostile message counted once ingest is done with them (drops are written every 0.25 s).
         last = [-1]
@@ -220,6 +251,7 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
             n = _flagged(stack, 1).get(HOSTILE_DEVICE, {}).get("rejects", 0)
             done, last[0] = n == last[0], n
             return done
+
         wait_for(settled, 30, "the hostile device's counts to settle", every=1.0)
 
         status = stack.cli_json("status", "--json")
@@ -240,21 +272,37 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
             ledgered: dict[str, set[int]] = {}
             for device, seq in con.execute("SELECT device, seq FROM readings").fetchall():
                 ledgered.setdefault(device, set()).add(seq)
-            twice = con.execute("SELECT count(*) FROM (SELECT device, seq FROM readings GROUP BY ALL"
-                                " HAVING count(*) > 1)").fetchone()
-            rejects = dict(con.execute("SELECT reason, sum(count) FROM reject_counts WHERE device = ? GROUP BY 1",
-                                       [HOSTILE_DEVICE]).fetchall())
+            twice = con.execute(
+                "SELECT count(*) FROM (SELECT device, seq FROM readings GROUP BY ALL HAVING count(*) > 1)"
+            ).fetchone()
+            rejects = dict(
+                con.execute(
+                    "SELECT reason, sum(count) FROM reject_counts WHERE device = ? GROUP BY 1", [HOSTILE_DEVICE]
+                ).fetchall()
+            )
             others = con.execute("SELECT count(*) FROM reject_counts WHERE device <> ?", [HOSTILE_DEVICE]).fetchone()
-            stored_per_hour = dict(con.execute(
-                "SELECT received_at // 3600000, count(*) FROM quarantine WHERE device = ? GROUP BY 1",
-                [HOSTILE_DEVICE]).fetchall())
+            stored_per_hour = dict(
+                con.execute(
+                    "SELECT received_at // 3600000, count(*) FROM quarantine WHERE device = ? GROUP BY 1",
+                    [HOSTILE_DEVICE],
+                ).fetchall()
+            )
             stored_reasons = {r for (r,) in con.execute("SELECT DISTINCT reason FROM quarantine").fetchall()}
-            entries = [(t, json.loads(b)) for t, b in con.execute(
-                "SELECT type, body FROM entries WHERE type IN ('device_suspended', 'device_reinstated')"
-                " ORDER BY height").fetchall()]
-            latencies = [x for (x,) in con.execute(
-                "SELECT b.sealed_at - r.ts FROM readings r JOIN blocks b USING (height)"
-                " WHERE r.device <> ? AND r.ts BETWEEN ? AND ?", [HOSTILE_DEVICE, t0, t1]).fetchall()]
+            entries = [
+                (t, json.loads(b))
+                for t, b in con.execute(
+                    "SELECT type, body FROM entries WHERE type IN ('device_suspended', 'device_reinstated')"
+                    " ORDER BY height"
+                ).fetchall()
+            ]
+            latencies = [
+                x
+                for (x,) in con.execute(
+                    "SELECT b.sealed_at - r.ts FROM readings r JOIN blocks b USING (height)"
+                    " WHERE r.device <> ? AND r.ts BETWEEN ? AND ?",
+                    [HOSTILE_DEVICE, t0, t1],
+                ).fetchall()
+            ]
         finally:
             con.close()
 
@@ -269,13 +317,22 @@ def _flood(tmp_path: Path, qos: int, flood: Flood, workers: int) -> dict[str, An
         # Honest acks stayed prompt during the flood: reading measured -> block sealed (then the ack goes).
         p99 = _percentile(latencies, 0.99)
         dropped = rejects.get(OVER_BUDGET, 0) + rejects.get(SUSPENDED, 0)
-        figures = {"qos": qos, "workers": workers, "flood_s": flood.seconds, "hostile_published": report["published"],
-                   "hostile_per_second": report["per_second"], "hostile_sent": report["sent"],
-                   "counted": sum(rejects.values()), "dropped_over_budget": rejects.get(OVER_BUDGET, 0),
-                   "dropped_suspended": rejects.get(SUSPENDED, 0), "screened_rejects": sum(rejects.values()) - dropped,
-                   "to_suspension_s": round(to_suspension_s, 1), "honest_readings_in_window": len(latencies),
-                   "ack_ms": {"p50": _percentile(latencies, 0.5), "p99": p99, "max": max(latencies)},
-                   "ingest_rss_mb": {"before": round(baseline_mb), "peak": round(peak_mb)}}
+        figures = {
+            "qos": qos,
+            "workers": workers,
+            "flood_s": flood.seconds,
+            "hostile_published": report["published"],
+            "hostile_per_second": report["per_second"],
+            "hostile_sent": report["sent"],
+            "counted": sum(rejects.values()),
+            "dropped_over_budget": rejects.get(OVER_BUDGET, 0),
+            "dropped_suspended": rejects.get(SUSPENDED, 0),
+            "screened_rejects": sum(rejects.values()) - dropped,
+            "to_suspension_s": round(to_suspension_s, 1),
+            "honest_readings_in_window": len(latencies),
+            "ack_ms": {"p50": _percentile(latencies, 0.5), "p99": p99, "max": max(latencies)},
+            "ingest_rss_mb": {"before": round(baseline_mb), "peak": round(peak_mb)},
+        }
         print(f"flood figures: {json.dumps(figures)}")
         assert len(latencies) >= HONEST * flood.seconds * 0.5
         assert peak_mb < INGEST_RSS_BOUND_MB, f"ingest peak RSS {peak_mb:.0f} MB >= {INGEST_RSS_BOUND_MB} MB"

@@ -36,8 +36,17 @@ SEALED_AT = 1_764_000_000_000  # 2025-11-24 16:00:00 UTC
 
 
 def readings() -> list[Reading]:
-    return [sign_reading(DEVICE_KEY, device="wm-d01-000001", kind="water", seq=seq, ts=SEALED_AT - 60_000 * (4 - seq),
-                         value=1_000 + 7 * seq) for seq in (1, 2, 3)]
+    return [
+        sign_reading(
+            DEVICE_KEY,
+            device="wm-d01-000001",
+            kind="water",
+            seq=seq,
+            ts=SEALED_AT - 60_000 * (4 - seq),
+            value=1_000 + 7 * seq,
+        )
+        for seq in (1, 2, 3)
+    ]
 
 
 def block() -> tuple[dict[str, object], bytes, list[bytes]]:
@@ -48,11 +57,14 @@ def block() -> tuple[dict[str, object], bytes, list[bytes]]:
 
 def made() -> dict[str, bytes]:
     header, sig, leaves = block()
-    receipt = build_receipt(readings()[1], public_hex(DEVICE_KEY.verify_key), header, sig,
-                            public_hex(LEDGER_KEY.verify_key), leaves, 1)
-    files = {"blocks": FileEntry("blocks-000000.parquet", 2, 4_096, "ab" * 32),
-             "readings": FileEntry("readings-000000.parquet", 3, 8_192, "cd" * 32),
-             "entries": FileEntry("entries-000000.parquet", 1, 2_048, "ef" * 32)}
+    receipt = build_receipt(
+        readings()[1], public_hex(DEVICE_KEY.verify_key), header, sig, public_hex(LEDGER_KEY.verify_key), leaves, 1
+    )
+    files = {
+        "blocks": FileEntry("blocks-000000.parquet", 2, 4_096, "ab" * 32),
+        "readings": FileEntry("readings-000000.parquet", 3, 8_192, "cd" * 32),
+        "entries": FileEntry("entries-000000.parquet", 1, 2_048, "ef" * 32),
+    }
     manifest = Manifest([Segment(0, 0, 1, GENESIS_PREV.replace("0", "1"), block_hash(header), files)])
     return {
         "reading.json": readings()[0].payload() + b"\n",
@@ -71,8 +83,10 @@ def test_the_format_is_byte_for_byte_the_golden_file(name: str) -> None:
     if UPDATE:
         path.write_bytes(data)
     assert path.exists(), f"{path} is missing: run with CITYLEDGER_UPDATE_GOLDEN=1 to write it"
-    assert data == path.read_bytes(), (f"{name} changed; if that is meant, run CITYLEDGER_UPDATE_GOLDEN=1 and "
-                                       f"review git diff tests/golden:\nnow:    {data!r}\ngolden: {path.read_bytes()!r}")
+    assert data == path.read_bytes(), (
+        f"{name} changed; if that is meant, run CITYLEDGER_UPDATE_GOLDEN=1 and "
+        f"review git diff tests/golden:\nnow:    {data!r}\ngolden: {path.read_bytes()!r}"
+    )
 
 
 def test_the_golden_receipt_verifies_and_the_golden_manifest_parses() -> None:

@@ -35,8 +35,7 @@ def mode(path: Path) -> int:
 
 
 def _open_to_others(home: Home) -> list[str]:
-    return [f"{p} {mode(p):o}" for p in (home.root, *home.root.rglob("*"))
-            if not p.is_symlink() and mode(p) & 0o077]
+    return [f"{p} {mode(p):o}" for p in (home.root, *home.root.rglob("*")) if not p.is_symlink() and mode(p) & 0o077]
 
 
 def test_everything_a_running_city_writes_in_its_home_is_the_owners_alone(stack: Stack) -> None:
@@ -55,19 +54,28 @@ def test_a_home_left_open_is_closed_with_a_warning_when_a_service_starts(open_pa
     home.root.chmod(0o755)
     home.database.chmod(0o644)
     home.logs.chmod(0o755)
-    out = subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(home.root), "init"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--home", str(home.root), "init"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert re.search(r"WARNING \d+ paths in .* were open to other users", out.stderr), out.stderr
     assert mode(home.root) == 0o700 and mode(home.database) == 0o600 and mode(home.logs) == 0o700
     assert _open_to_others(home) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to act as nobody")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to act as nobody"
+)
 def test_the_user_nobody_cannot_read_the_database(open_parent: Path) -> None:
     home = Home(open_parent / "home")
     initialize(home)
     assert home.database.exists()
-    read = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat",
-                           str(home.database)], capture_output=True, timeout=30)
+    read = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(home.database)],
+        capture_output=True,
+        timeout=30,
+    )
     assert read.returncode != 0 and b"Permission denied" in read.stderr

@@ -42,8 +42,9 @@ TIGHT = 2  # a cap that drops most rows: only the counts are left
 
 def _device(n: int, device: str, kind: str, district: str, status: str = "active") -> tuple[DeviceRecord, SigningKey]:
     key = SigningKey(bytes([n]) * 32)
-    rec = DeviceRecord(device, kind, district, None, key.verify_key.encode().hex(), status, "-", 0,
-                       None if status == "active" else 1)
+    rec = DeviceRecord(
+        device, kind, district, None, key.verify_key.encode().hex(), status, "-", 0, None if status == "active" else 1
+    )
     return rec, key
 
 
@@ -73,12 +74,29 @@ LEDGERED = [sign(A, 1, 100), sign(A, 2, 200), sign(B, 1, 5), sign(B, 3, 7)]
 ORIGINAL = sign(A, 3, 12345)
 
 TOPICS = [
-    topic(A), topic(B), topic(P), topic(R), topic(A, "status"), topic(B, "status"), topic(A, "ack"),
+    topic(A),
+    topic(B),
+    topic(P),
+    topic(R),
+    topic(A, "status"),
+    topic(B, "status"),
+    topic(A, "ack"),
     device_topic("d09", "water", "wm-d09-000001", "reading"),  # NOBODY's: well-formed, nobody enrolled
-    "city/witness/w1/alarm", "city/witness/w1/head", "city/witness/w1", "city/witness/w1/other/x",
-    "city/d01/water/wm-d01-000001", "city/d01/water/wm-d01-000001/reading/extra", "CITY/d01/water/x/reading",
-    "", "/", "#", "city/+/+/+/reading", "city/d01/water/../reading", "city/d01/water/wm d01/reading",
-    "\x00", "city/d01/water/wm-d01-000001\\xff/reading",
+    "city/witness/w1/alarm",
+    "city/witness/w1/head",
+    "city/witness/w1",
+    "city/witness/w1/other/x",
+    "city/d01/water/wm-d01-000001",
+    "city/d01/water/wm-d01-000001/reading/extra",
+    "CITY/d01/water/x/reading",
+    "",
+    "/",
+    "#",
+    "city/+/+/+/reading",
+    "city/d01/water/../reading",
+    "city/d01/water/wm d01/reading",
+    "\x00",
+    "city/d01/water/wm-d01-000001\\xff/reading",
 ]
 
 
@@ -135,8 +153,13 @@ def outcomes(batch: Batch) -> dict[int, list[tuple[Any, ...]]]:
 
 def settled(batch: Batch) -> int:
     """Messages the batch accounts for: every reject and duplicate counts, stored or not."""
-    return (len(batch.readings) + sum(batch.duplicate_counts.values()) + len(batch.statuses)
-            + len(batch.witness_reports) + sum(batch.rejects.values()))
+    return (
+        len(batch.readings)
+        + sum(batch.duplicate_counts.values())
+        + len(batch.statuses)
+        + len(batch.witness_reports)
+        + sum(batch.rejects.values())
+    )
 
 
 def check_every_message_has_exactly_one_outcome(messages: Sequence[Incoming]) -> Batch:
@@ -183,6 +206,7 @@ def check_every_message_has_exactly_one_outcome(messages: Sequence[Incoming]) ->
 
 # ---------------------------------------------------------------- payload strategies
 
+
 def _json_text(value: Any) -> str:
     return json.dumps(value, allow_nan=True)  # NaN and Infinity spelt as JavaScript does, which JSON is not
 
@@ -191,9 +215,36 @@ _SCALAR_TEXTS = st.one_of(
     st.none().map(_json_text),
     st.booleans().map(_json_text),
     st.integers(min_value=-(2**70), max_value=2**70).map(_json_text),
-    st.sampled_from([str(2**63), str(2**63 - 1), str(2**64), "-1", "-0", str(10**400), "1.0", "1e3", "-1E-2",
-                     "NaN", "Infinity", "-Infinity", "01", "+1", "0x10", '"3"', '""', "[]", "{}", "[3]", '{"x":3}',
-                     "null", "true", "false", '"' + "A" * 88 + '"', '"' + "=" * 88 + '"']),
+    st.sampled_from(
+        [
+            str(2**63),
+            str(2**63 - 1),
+            str(2**64),
+            "-1",
+            "-0",
+            str(10**400),
+            "1.0",
+            "1e3",
+            "-1E-2",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "01",
+            "+1",
+            "0x10",
+            '"3"',
+            '""',
+            "[]",
+            "{}",
+            "[3]",
+            '{"x":3}',
+            "null",
+            "true",
+            "false",
+            '"' + "A" * 88 + '"',
+            '"' + "=" * 88 + '"',
+        ]
+    ),
     st.floats(allow_nan=True, allow_infinity=True).map(_json_text),
     st.text(max_size=20).map(_json_text),
 )
@@ -202,7 +253,8 @@ _ANY_VALUE_TEXT = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]"),
         st.lists(st.tuples(st.text(max_size=5), inner), max_size=3).map(
-            lambda kvs: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in kvs) + "}"),
+            lambda kvs: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in kvs) + "}"
+        ),
     ),
     max_leaves=6,
 )
@@ -239,8 +291,12 @@ def _other_sigs() -> st.SearchStrategy[str]:
 def json_mutants(draw: st.DrawFn) -> bytes:
     """ORIGINAL respelt (whitespace, member order, escapes: the same reading) and then, maybe, changed."""
     members: list[tuple[str, str]] = [(json.dumps(k), json.dumps(v)) for k, v in ORIGINAL.as_dict().items()]
-    ops = draw(st.lists(st.sampled_from(["retype", "drop", "add", "duplicate", "nest", "resig", "respell_key",
-                                         "respell_value"]), max_size=3))
+    ops = draw(
+        st.lists(
+            st.sampled_from(["retype", "drop", "add", "duplicate", "nest", "resig", "respell_key", "respell_value"]),
+            max_size=3,
+        )
+    )
     for op in ops:
         i = draw(st.integers(0, max(0, len(members) - 1)))
         if not members and op != "add":
@@ -273,8 +329,9 @@ def json_mutants(draw: st.DrawFn) -> bytes:
                 members[i] = (members[i][0], _escape_some(value, draw(st.lists(st.booleans(), max_size=len(value)))))
     members = draw(st.permutations(members))
     ws = draw(st.lists(_WHITESPACE, min_size=4 * len(members) + 2, max_size=4 * len(members) + 2))
-    body = ",".join(f"{ws[4 * n]}{k}{ws[4 * n + 1]}:{ws[4 * n + 2]}{v}{ws[4 * n + 3]}"
-                    for n, (k, v) in enumerate(members))
+    body = ",".join(
+        f"{ws[4 * n]}{k}{ws[4 * n + 1]}:{ws[4 * n + 2]}{v}{ws[4 * n + 3]}" for n, (k, v) in enumerate(members)
+    )
     text = ws[-2] + "{" + body + "}" + ws[-1]
     wrap = draw(st.sampled_from(["", "", "", "", "list", "object", "deep"]))
     if wrap == "list":
@@ -299,7 +356,7 @@ def byte_mutants(draw: st.DrawFn, base: st.SearchStrategy[bytes]) -> bytes:
         elif op == "insert":
             data[at:at] = draw(st.binary(min_size=1, max_size=8))
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 8))]
+            del data[at : at + draw(st.integers(1, 8))]
     return bytes(data)
 
 
@@ -333,11 +390,15 @@ PAYLOADS = st.one_of(
 TOPIC_NAMES = st.one_of(st.sampled_from(TOPICS), st.text(max_size=40))
 # A signed reading on the reading topic of the device it names (which may be revoked).
 ON_OWN_TOPIC = signed_readings().map(lambda p: (topic(EVERYONE[json.loads(p)["device"]]), p))
-MESSAGES = st.lists(st.one_of(st.tuples(TOPIC_NAMES, PAYLOADS), ON_OWN_TOPIC, st.tuples(st.just(topic(A)), MUTANTS)),
-                    min_size=1, max_size=12)
+MESSAGES = st.lists(
+    st.one_of(st.tuples(TOPIC_NAMES, PAYLOADS), ON_OWN_TOPIC, st.tuples(st.just(topic(A)), MUTANTS)),
+    min_size=1,
+    max_size=12,
+)
 
 
 # ---------------------------------------------------------------- the properties
+
 
 def means_original(payload: bytes) -> bool:
     """The payload is a JSON object with exactly ORIGINAL's members and values (types included).
@@ -345,6 +406,7 @@ def means_original(payload: bytes) -> bool:
     The spec's notion of "the same reading", decided without parse_reading: unambiguous
     JSON (no duplicate members, no floats, no NaN), decoded, compared member by member.
     """
+
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         if len({k for k, _ in items}) != len(items):
             raise ValueError("duplicate member")
@@ -358,35 +420,55 @@ def means_original(payload: bytes) -> bool:
     except (ValueError, RecursionError):
         return False
     want = ORIGINAL.as_dict()
-    return (type(obj) is dict and obj.keys() == want.keys()
-            and all(type(obj[k]) is type(want[k]) and obj[k] == want[k] for k in want))
+    return (
+        type(obj) is dict
+        and obj.keys() == want.keys()
+        and all(type(obj[k]) is type(want[k]) and obj[k] == want[k] for k in want)
+    )
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(MESSAGES)
-@example([(topic(A), b"\xff\xfe"), (topic(A, "status"), b"online"), ("city/witness/w1/alarm", b"fork at 7"),
-          (topic(A), ORIGINAL.payload()), (topic(A), ORIGINAL.payload()), ("nonsense", b"{}")])
-@example([(topic(A), b"[" * 5_000 + b"]" * 5_000), (topic(A), b"[" * 500 + b"]" * 500),
-          (topic(A), b"[" * MAX_PAYLOAD_BYTES), (topic(A), b'{"a":' * 204)] * 3)  # deeper than the recursion limit
+@example(
+    [
+        (topic(A), b"\xff\xfe"),
+        (topic(A, "status"), b"online"),
+        ("city/witness/w1/alarm", b"fork at 7"),
+        (topic(A), ORIGINAL.payload()),
+        (topic(A), ORIGINAL.payload()),
+        ("nonsense", b"{}"),
+    ]
+)
+@example(
+    [
+        (topic(A), b"[" * 5_000 + b"]" * 5_000),
+        (topic(A), b"[" * 500 + b"]" * 500),
+        (topic(A), b"[" * MAX_PAYLOAD_BYTES),
+        (topic(A), b'{"a":' * 204),
+    ]
+    * 3
+)  # deeper than the recursion limit
 def test_any_bytes_on_any_topic_end_in_exactly_one_outcome(pairs: list[tuple[str, bytes]]) -> None:
     check_every_message_has_exactly_one_outcome(incoming(pairs))
 
 
 @settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(payload=MUTANTS, on_topic=st.one_of(st.just(topic(A)), st.sampled_from(TOPICS)),
-       already_ledgered=st.booleans())
+@given(payload=MUTANTS, on_topic=st.one_of(st.just(topic(A)), st.sampled_from(TOPICS)), already_ledgered=st.booleans())
 @example(payload=ORIGINAL.payload().replace(b",", b" ,\n\t"), on_topic=topic(A), already_ledgered=False)
 @example(payload=ORIGINAL.payload().replace(b'"seq":3', b'"seq":3.0'), on_topic=topic(A), already_ledgered=False)
 @example(payload=ORIGINAL.payload().replace(b'"seq":3', b'"seq":3,"seq":3'), on_topic=topic(A), already_ledgered=False)
-@example(payload=ORIGINAL.payload().replace(b'"seq":3', b'"s\\u0065q":3,"seq":3'), on_topic=topic(A),
-         already_ledgered=True)
-@example(payload=ORIGINAL.payload().replace(b'"value":12345', b'"value":NaN'), on_topic=topic(A),
-         already_ledgered=False)
-@example(payload=ORIGINAL.payload().replace(b'"device"', b'"device\\u0000"'), on_topic=topic(A),
-         already_ledgered=False)
+@example(
+    payload=ORIGINAL.payload().replace(b'"seq":3', b'"s\\u0065q":3,"seq":3'), on_topic=topic(A), already_ledgered=True
+)
+@example(
+    payload=ORIGINAL.payload().replace(b'"value":12345', b'"value":NaN'), on_topic=topic(A), already_ledgered=False
+)
+@example(payload=ORIGINAL.payload().replace(b'"device"', b'"device\\u0000"'), on_topic=topic(A), already_ledgered=False)
 @example(payload=ORIGINAL.payload().replace(b"/", b"\\/"), on_topic=topic(A), already_ledgered=True)
 def test_a_mutated_reading_is_ledgered_only_if_it_means_the_original(
-    payload: bytes, on_topic: str, already_ledgered: bool,
+    payload: bytes,
+    on_topic: str,
+    already_ledgered: bool,
 ) -> None:
     ledgered = [*LEDGERED, ORIGINAL] if already_ledgered else LEDGERED
     intake, ledger = make_intake(ledgered)
@@ -409,8 +491,9 @@ def test_a_mutated_reading_is_ledgered_only_if_it_means_the_original(
 @st.composite
 def batches(draw: st.DrawFn) -> tuple[list[Incoming], list[int]]:
     """A message sequence with many seq collisions, and where to cut it into batches (at least once)."""
-    one = st.one_of(ON_OWN_TOPIC, ON_OWN_TOPIC, st.tuples(st.just(topic(A)), MUTANTS),
-                    st.tuples(st.sampled_from(TOPICS), PAYLOADS))
+    one = st.one_of(
+        ON_OWN_TOPIC, ON_OWN_TOPIC, st.tuples(st.just(topic(A)), MUTANTS), st.tuples(st.sampled_from(TOPICS), PAYLOADS)
+    )
     pairs = draw(st.lists(one, min_size=1, max_size=25))
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(pairs) - 1)), min_size=1, max_size=5)))
     return incoming(pairs), cuts
@@ -440,10 +523,12 @@ def test_batching_does_not_change_any_outcome(case: tuple[list[Incoming], list[i
         assert rejects == Counter(whole.rejects)
         assert sum(settled(p) for p in parts) == settled(whole) == len(messages)
         assert whole_ledger.rows == split_ledger.rows
-        assert ({d: (s.hwm, s.above) for d, s in whole_intake.seqs.items()}
-                == {d: (s.hwm, s.above) for d, s in split_intake.seqs.items()})
+        assert {d: (s.hwm, s.above) for d, s in whole_intake.seqs.items()} == {
+            d: (s.hwm, s.above) for d, s in split_intake.seqs.items()
+        }
         if cap == GENEROUS:  # every message, the very same outcome
             assert merged(parts) == outcomes(whole)
         else:  # the cap stores as many rows per sender either way (which ones may differ)
-            assert (Counter(q.device or "?" for p in parts for q in p.quarantine)
-                    == Counter(q.device or "?" for q in whole.quarantine))
+            assert Counter(q.device or "?" for p in parts for q in p.quarantine) == Counter(
+                q.device or "?" for q in whole.quarantine
+            )

@@ -45,8 +45,11 @@ def test_a_good_key_is_normalised_to_lowercase() -> None:
     assert check_device_key(key.upper()) == key
 
 
-WYCHEPROOF = [(g["publicKey"]["pk"], t) for g in load_json("ed25519/wycheproof_ed25519_test.json")["testGroups"]
-              for t in g["tests"]]
+WYCHEPROOF = [
+    (g["publicKey"]["pk"], t)
+    for g in load_json("ed25519/wycheproof_ed25519_test.json")["testGroups"]
+    for t in g["tests"]
+]
 
 
 @pytest.mark.parametrize("pk, case", WYCHEPROOF, ids=[f"tc{t['tcId']}" for _, t in WYCHEPROOF])
@@ -60,23 +63,54 @@ def test_our_verification_path_agrees_with_wycheproof(pk: str, case: dict) -> No
 
 
 def test_enrolment_refuses_weak_and_reused_keys(stack: Stack) -> None:
-    out = stack.cli("devices", "enroll", "--id", "wm-d01-000001", "--kind", "water", "--district", "d01",
-                    "--public-key", SMALL_ORDER[4])
+    out = stack.cli(
+        "devices",
+        "enroll",
+        "--id",
+        "wm-d01-000001",
+        "--kind",
+        "water",
+        "--district",
+        "d01",
+        "--public-key",
+        SMALL_ORDER[4],
+    )
     assert out.returncode == 2 and "weak public key" in out.stderr
     dev = stack.enroll("wm-d01-000002")
-    again = stack.cli("devices", "enroll", "--id", "wm-d01-000003", "--kind", "water", "--district", "d01",
-                      "--public-key", dev.key.verify_key.encode().hex())
+    again = stack.cli(
+        "devices",
+        "enroll",
+        "--id",
+        "wm-d01-000003",
+        "--kind",
+        "water",
+        "--district",
+        "d01",
+        "--public-key",
+        dev.key.verify_key.encode().hex(),
+    )
     assert again.returncode == 2 and "already enrolled for wm-d01-000002" in again.stderr
     stack.cli("devices", "revoke", dev.device, check=True)  # a revoked device's key stays taken
-    after = stack.cli("devices", "enroll", "--id", "wm-d01-000004", "--kind", "water", "--district", "d01",
-                      "--public-key", dev.key.verify_key.encode().hex())
+    after = stack.cli(
+        "devices",
+        "enroll",
+        "--id",
+        "wm-d01-000004",
+        "--kind",
+        "water",
+        "--district",
+        "d01",
+        "--public-key",
+        dev.key.verify_key.encode().hex(),
+    )
     assert after.returncode == 2
 
 
 def test_provisioned_bundle_works_and_the_server_keeps_no_private_key(stack: Stack, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
-    out = stack.cli_json("devices", "provision", "--id", "gm-d02-000009", "--kind", "gas", "--district", "d02",
-                         "--out", str(bundle))
+    out = stack.cli_json(
+        "devices", "provision", "--id", "gm-d02-000009", "--kind", "gas", "--district", "d02", "--out", str(bundle)
+    )
     identity = DeviceIdentity.load(bundle)
     assert identity.public_key_hex == out["public_key"]
     for name in ("key", "credentials.json"):
@@ -91,11 +125,20 @@ def test_provisioned_bundle_works_and_the_server_keeps_no_private_key(stack: Sta
             data = (Path(root) / name).read_bytes()
             assert seed.encode() not in data and identity.key.encode() not in data, f"private key in {name}"
     # The bundle's own client id, sent as is: what a device's firmware would send.
-    client = connect_client(stack.broker.port, identity.username, identity.password,
-                            client_id=settings["broker"]["client_id"], raw_client_id=True)
+    client = connect_client(
+        stack.broker.port,
+        identity.username,
+        identity.password,
+        client_id=settings["broker"]["client_id"],
+        raw_client_id=True,
+    )
     close_client(client)
-    assert stack.cli("devices", "provision", "--id", "x-1", "--kind", "gas", "--district", "d02",
-                     "--out", str(bundle)).returncode == 2  # never overwrites a bundle
+    assert (
+        stack.cli(
+            "devices", "provision", "--id", "x-1", "--kind", "gas", "--district", "d02", "--out", str(bundle)
+        ).returncode
+        == 2
+    )  # never overwrites a bundle
 
 
 def test_revocation_takes_effect_at_the_broker_and_ingest_within_seconds(stack: Stack) -> None:

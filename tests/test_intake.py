@@ -63,13 +63,16 @@ def test_a_late_reading_that_fills_a_gap_is_accepted() -> None:
     assert [r.reading.seq for r in batch.readings] == [2]
 
 
-@pytest.mark.parametrize("payload, reason", [
-    (b"x" * 1025, "too_large"),
-    (b"not json", "malformed"),
-    (b"[1,2]", "malformed"),
-    (reading(1).payload().replace(b'"seq":1', b'"seq":1.0'), "malformed"),
-    (reading(1).payload()[:-1] + b',"extra":1}', "malformed"),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"x" * 1025, "too_large"),
+        (b"not json", "malformed"),
+        (b"[1,2]", "malformed"),
+        (reading(1).payload().replace(b'"seq":1', b'"seq":1.0'), "malformed"),
+        (reading(1).payload()[:-1] + b',"extra":1}', "malformed"),
+    ],
+)
 def test_shape_errors(payload: bytes, reason: str) -> None:
     assert reasons(classify(msg(payload))) == [reason]
 
@@ -170,8 +173,9 @@ def test_a_reading_screened_before_its_device_was_revoked_settles_as_revoked() -
 
 def test_a_reading_screened_under_a_rotated_out_key_is_screened_again() -> None:
     screened = Screener().screen(msg(reading(1).payload()), {DEV.device: DEV}, NOW)
-    rotated = DeviceRecord(DEV.device, "water", "d01", None, SigningKey(b"\x05" * 32).verify_key.encode().hex(),
-                           "active", "-", 0)
+    rotated = DeviceRecord(
+        DEV.device, "water", "d01", None, SigningKey(b"\x05" * 32).verify_key.encode().hex(), "active", "-", 0
+    )
     intake = Intake({}, FakeLedger([]))
     batch = intake.settle([intake.recheck(screened, {DEV.device: rotated}, NOW)])
     assert reasons(batch) == ["bad_signature"]
@@ -209,8 +213,9 @@ def test_a_reading_of_a_written_off_seq_that_arrives_after_all_is_ledgered_once(
 
 def test_readings_before_a_rotations_from_seq_verify_under_the_earlier_key() -> None:
     new = SigningKey(b"\x05" * 32)
-    rotated = replace(DEV, public_key=new.verify_key.encode().hex(), key_from_seq=3,
-                      earlier_keys=(KeySpan(DEV.public_key, 0, 1),))
+    rotated = replace(
+        DEV, public_key=new.verify_key.encode().hex(), key_from_seq=3, earlier_keys=(KeySpan(DEV.public_key, 0, 1),)
+    )
     late_old = msg(reading(2).payload())  # signed before the rotation, sent after it
     new_key = msg(sign_reading(new, device=DEV.device, kind="water", seq=3, ts=NOW, value=10).payload())
     old_key_past = msg(reading(4).payload())  # the old key may not sign from seq 3 on

@@ -12,8 +12,18 @@ from ledger.store.store import Store
 
 
 def leak(end: int, start: int = 100, device: str = "wm-d01-000001") -> F:
-    return F("leak", device, "hh-1", device.split("-")[1], start, end, "medium", ((device, 3), (device, 9)),
-             "night flow never below 4 L/h for 5 nights", f"leak:{device}")
+    return F(
+        "leak",
+        device,
+        "hh-1",
+        device.split("-")[1],
+        start,
+        end,
+        "medium",
+        ((device, 3), (device, 9)),
+        "night flow never below 4 L/h for 5 nights",
+        f"leak:{device}",
+    )
 
 
 @pytest.fixture
@@ -41,8 +51,10 @@ def test_lifecycle_is_appended_with_operator_and_note(store: Store) -> None:
     done = transition(store, a["id"], "resolved", "op-chen", "valve replaced at the meter", now=3000)
     assert done["status"] == "resolved"
     assert [(h["status"], h["operator"], h["note"]) for h in done["history"]] == [
-        ("open", "detector", None), ("acknowledged", "op-chen", None),
-        ("resolved", "op-chen", "valve replaced at the meter")]
+        ("open", "detector", None),
+        ("acknowledged", "op-chen", None),
+        ("resolved", "op-chen", "valve replaced at the meter"),
+    ]
     with pytest.raises(InvestigationError, match="cannot become"):
         transition(store, a["id"], "acknowledged", "op-chen", None, now=4000)
     # The condition comes back later: a new anomaly, the resolved one stays as it was.
@@ -59,9 +71,26 @@ def test_a_dismissed_condition_is_not_raised_again_while_it_lasts(store: Store) 
 
 
 def test_filters(store: Store) -> None:
-    record_findings(store, [leak(200), leak(200, device="wm-d02-000001"),
-                            F("rollback", "em-d01-000001", None, "d01", 1, 2, "high", (("em-d01-000001", 5),),
-                              "register fell", "rollback:em-d01-000001")], now=1000)
+    record_findings(
+        store,
+        [
+            leak(200),
+            leak(200, device="wm-d02-000001"),
+            F(
+                "rollback",
+                "em-d01-000001",
+                None,
+                "d01",
+                1,
+                2,
+                "high",
+                (("em-d01-000001", 5),),
+                "register fell",
+                "rollback:em-d01-000001",
+            ),
+        ],
+        now=1000,
+    )
     assert {a["type"] for a in list_anomalies(store, type="rollback")} == {"rollback"}
     assert {a["device"] for a in list_anomalies(store, district="d01")} == {"wm-d01-000001", "em-d01-000001"}
     assert {a["device"] for a in list_anomalies(store, districts=["d02"])} == {"wm-d02-000001"}

@@ -32,9 +32,24 @@ def _writer(tmp_path: Path, blocks: int = 6) -> LedgerWriter:
     key = SigningKey(b"\x05" * 32)
     writer.enroll_device("wm-d01-000001", "water", "d01", key.verify_key.encode().hex())
     for block in range(blocks):
-        writer.commit(Batch(readings=[LedgeredReading(sign_reading(
-            key, device="wm-d01-000001", kind="water", seq=block * 10 + i + 1, ts=T0 + (block * 10 + i) * HOUR,
-            value=block * 10 + i), T0) for i in range(10)]))
+        writer.commit(
+            Batch(
+                readings=[
+                    LedgeredReading(
+                        sign_reading(
+                            key,
+                            device="wm-d01-000001",
+                            kind="water",
+                            seq=block * 10 + i + 1,
+                            ts=T0 + (block * 10 + i) * HOUR,
+                            value=block * 10 + i,
+                        ),
+                        T0,
+                    )
+                    for i in range(10)
+                ]
+            )
+        )
     return writer
 
 
@@ -91,19 +106,26 @@ def test_bills_are_issued_a_block_at_a_time_and_never_twice(tmp_path: Path) -> N
     writer = _writer(tmp_path, blocks=0)
     try:
         height = writer.height
+
         # Another close issues hh-004 while this one is between blocks: it must not be issued again.
         def meanwhile(sealed: Sealed) -> None:
             if sealed.height == height + 1:
-                writer.store.con.execute("INSERT INTO bills VALUES ('hh-004', '2026-01', 0, '4.00', '{}', 'x', ?)",
-                                         [sealed.height])
+                writer.store.con.execute(
+                    "INSERT INTO bills VALUES ('hh-004', '2026-01', 0, '4.00', '{}', 'x', ?)", [sealed.height]
+                )
 
         writer.on_sealed.append(meanwhile)
         first = billing_ops.issue_bills(writer, "2026-01", _bills(5), per_block=2)
         assert first == {"month": "2026-01", "issued": 4, "already_issued": 0}
         assert writer.height == height + 2  # hh-000/001, then hh-002/003; hh-004's block had nothing left
         rows = writer.store.con.execute("SELECT account, height FROM bills ORDER BY account").fetchall()
-        assert rows == [("hh-000", height + 1), ("hh-001", height + 1), ("hh-002", height + 2),
-                        ("hh-003", height + 2), ("hh-004", height + 1)]
+        assert rows == [
+            ("hh-000", height + 1),
+            ("hh-001", height + 1),
+            ("hh-002", height + 2),
+            ("hh-003", height + 2),
+            ("hh-004", height + 1),
+        ]
         again = billing_ops.issue_bills(writer, "2026-01", _bills(6), per_block=2)
         assert again == {"month": "2026-01", "issued": 1, "already_issued": 5} and writer.height == height + 3
     finally:

@@ -37,6 +37,7 @@ def test_every_registry_change_reaches_the_subscribers_and_the_broker_files(tmp_
 
     def note(devices: Sequence[DeviceRecord], services: Sequence[ServiceRecord]) -> None:
         seen.append(({d.device for d in devices}, {s.username for s in services}))
+
     writer.on_access.append(note)
     try:
         key = SigningKey.generate().verify_key.encode().hex()

@@ -149,10 +149,16 @@ def test_vectors_folder_present_and_fully_exercised() -> None:
     JSON file may sit in the folder without a test reading it."""
     _require(True)
     covered = {MERKLE / "rfc6962_reference_tree_8_leaves.json"}
-    covered |= {MERKLE / "cctv" / n for n in (
-        "merkle_tree.json", "inclusion-valid.json", "inclusion-invalid.json",
-        "consistency-valid.json", "consistency-invalid.json",
-    )}
+    covered |= {
+        MERKLE / "cctv" / n
+        for n in (
+            "merkle_tree.json",
+            "inclusion-valid.json",
+            "inclusion-invalid.json",
+            "consistency-valid.json",
+            "consistency-invalid.json",
+        )
+    }
     for params in (INCLUSION_FILES, CONSISTENCY_FILES):
         assert params != [SENTINEL]
         covered |= {p.values[0] for p in params}
@@ -216,12 +222,27 @@ def test_invalid_base64_in_a_vector_is_refused_without_crashing() -> None:
     for bad in ("***not base64***", "bjQLnP+zepicpUTmu3gKLHiQHT+zNzh2hRGjBhevoB0", "é"):
         assert isinstance(_b64(bad), str)
         proof = _b64_list(incl["proof"])
-        assert not verify_inclusion(incl["leafIdx"], incl["treeSize"], _b64(bad),  # type: ignore[arg-type]
-                                    proof, _b64(incl["root"]))  # type: ignore[arg-type]
-        assert not verify_inclusion(incl["leafIdx"], incl["treeSize"], _b64(incl["leafHash"]),  # type: ignore[arg-type]
-                                    [*proof[:-1], _b64(bad)], _b64(incl["root"]))  # type: ignore[arg-type]
-        assert not verify_consistency(cons["size1"], cons["size2"], _b64(cons["root1"]),  # type: ignore[arg-type]
-                                      _b64(bad), _b64_list(cons["proof"]))  # type: ignore[arg-type]
+        assert not verify_inclusion(
+            incl["leafIdx"],
+            incl["treeSize"],
+            _b64(bad),  # type: ignore[arg-type]
+            proof,
+            _b64(incl["root"]),
+        )  # type: ignore[arg-type]
+        assert not verify_inclusion(
+            incl["leafIdx"],
+            incl["treeSize"],
+            _b64(incl["leafHash"]),  # type: ignore[arg-type]
+            [*proof[:-1], _b64(bad)],
+            _b64(incl["root"]),
+        )  # type: ignore[arg-type]
+        assert not verify_consistency(
+            cons["size1"],
+            cons["size2"],
+            _b64(cons["root1"]),  # type: ignore[arg-type]
+            _b64(bad),
+            _b64_list(cons["proof"]),
+        )  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- RFC 6962 reference tree
@@ -242,7 +263,7 @@ def test_reference_node_hashes_and_roots() -> None:
     for level, hashes in _ref()["node_hashes_by_level"].items():
         width = 1 << int(level)
         for i, want in enumerate(hashes):
-            assert root(leaves[i * width:(i + 1) * width]).hex() == want, (level, i)
+            assert root(leaves[i * width : (i + 1) * width]).hex() == want, (level, i)
     for size, want in _ref()["root_hashes_by_tree_size"].items():
         assert root(leaves[: int(size)]).hex() == want, size
 
@@ -280,8 +301,7 @@ def test_cctv_tree(i: int) -> None:
 
 
 def _cctv_incl_args(c: dict[str, Any]) -> tuple[int, int, Any, list[Any], Any]:
-    return (c["leaf_index"], c["tree_size"], _b64(c["leaf_hash"]),
-            _b64_list(c["inclusion_path"]), _b64(c["root_hash"]))
+    return (c["leaf_index"], c["tree_size"], _b64(c["leaf_hash"]), _b64_list(c["inclusion_path"]), _b64(c["root_hash"]))
 
 
 @pytest.mark.parametrize("case", CCTV_INCL_VALID)
@@ -299,8 +319,7 @@ def test_cctv_inclusion_invalid(case: dict[str, Any] | None) -> None:
 @pytest.mark.parametrize("case", CCTV_CONS_VALID)
 def test_cctv_consistency_valid(case: dict[str, Any] | None) -> None:
     c = _require(case)
-    args = (c["old_size"], c["new_size"], _b64(c["old_root"]), _b64(c["new_root"]),
-            _b64_list(c["consistency_path"]))
+    args = (c["old_size"], c["new_size"], _b64(c["old_root"]), _b64(c["new_root"]), _b64_list(c["consistency_path"]))
     if c["old_size"] == 0:
         # CCTV calls 0 -> n (empty proof) valid; the transparency-dev vectors and our
         # contract call it an error, because a proof from the empty tree proves nothing.
@@ -316,7 +335,10 @@ def test_cctv_consistency_valid(case: dict[str, Any] | None) -> None:
 def test_cctv_consistency_invalid(case: dict[str, Any] | None) -> None:
     c = _require(case)
     assert not verify_consistency(  # type: ignore[arg-type]
-        c["old_size"], c["new_size"], _b64(c["old_root"]), _b64(c["new_root"]),
+        c["old_size"],
+        c["new_size"],
+        _b64(c["old_root"]),
+        _b64(c["new_root"]),
         _b64_list(c["consistency_path"]),
     ), c["comment"]
 
@@ -397,7 +419,7 @@ def test_naive_root_and_inclusion(n: int) -> None:
         assert verify_inclusion(i, n, d[i], got, want_root)
         # Tampering must be caught: every element, the leaf, the length.
         for j in range(len(got)):
-            assert not verify_inclusion(i, n, d[i], got[:j] + [_flip(got[j])] + got[j + 1:], want_root)
+            assert not verify_inclusion(i, n, d[i], got[:j] + [_flip(got[j])] + got[j + 1 :], want_root)
         assert not verify_inclusion(i, n, _flip(d[i]), got, want_root)
         assert not verify_inclusion(i, n, d[i], got + [d[0]], want_root)
         if got:
@@ -416,7 +438,7 @@ def test_naive_consistency(n: int) -> None:
         assert got == want, f"PROOF({m}, D[{n}])"
         assert verify_consistency(m, n, old_root, new_root, got)
         for j in range(len(got)):
-            assert not verify_consistency(m, n, old_root, new_root, got[:j] + [_flip(got[j])] + got[j + 1:])
+            assert not verify_consistency(m, n, old_root, new_root, got[:j] + [_flip(got[j])] + got[j + 1 :])
         assert not verify_consistency(m, n, old_root, new_root, got + [d[0]])
         assert not verify_consistency(m, n, _flip(old_root), new_root, got)
         assert not verify_consistency(m, n, old_root, _flip(new_root), got)
@@ -546,6 +568,4 @@ PROTOCOL_READING = (
 def test_protocol_reading_leaf_hash() -> None:
     """The ledger's leaf is the canonical signed reading (sorted keys, no whitespace,
     sig included), hashed as an RFC 9162 leaf. Pinned so a change in either shows up."""
-    assert leaf_hash(PROTOCOL_READING).hex() == (
-        "f8a11e59b8fffca00e4b627ead16f8b02f36a359e404dd6bb382c561bba71fb1"
-    )
+    assert leaf_hash(PROTOCOL_READING).hex() == ("f8a11e59b8fffca00e4b627ead16f8b02f36a359e404dd6bb382c561bba71fb1")

@@ -36,14 +36,39 @@ T0 = 1_764_000_000_000
 # ---------------------------------------------------------------- pure rules
 
 
-@pytest.mark.parametrize("text, value", [("12.50", "12.50"), ("-3", "-3.00"), ("0.01", "0.01"), ("-0.5", "-0.50"),
-                                         ("999999999999.99", "999999999999.99")])
+@pytest.mark.parametrize(
+    "text, value",
+    [("12.50", "12.50"), ("-3", "-3.00"), ("0.01", "0.01"), ("-0.5", "-0.50"), ("999999999999.99", "999999999999.99")],
+)
 def test_amounts_a_clerk_would_write_are_taken_exactly(text: str, value: str) -> None:
     assert parse_amount(text) == Decimal(value) and str(parse_amount(text)) == value
 
 
-@pytest.mark.parametrize("text", ["1e9", "1E3", "-0.001", "+5", " 5", "5 ", "-0", "0.00", "1,000", "١٢", "NaN",
-                                  "Infinity", "5.", ".5", "--5", "00.1", "1000000000000", "", "¥5", "0x10"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e9",
+        "1E3",
+        "-0.001",
+        "+5",
+        " 5",
+        "5 ",
+        "-0",
+        "0.00",
+        "1,000",
+        "١٢",
+        "NaN",
+        "Infinity",
+        "5.",
+        ".5",
+        "--5",
+        "00.1",
+        "1000000000000",
+        "",
+        "¥5",
+        "0x10",
+    ],
+)
 def test_amounts_with_exponents_sign_tricks_or_fractions_of_a_fen_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="amount"):
         parse_amount(text)
@@ -86,13 +111,13 @@ class City:
         self.writer.enroll_device("ps-d01-000001", "parking", "d01", SigningKey.generate().verify_key.encode().hex())
 
     def readings(self, *seqs: int) -> None:
-        rows = [sign_reading(self.key, device="wm-d01-000001", kind="water", seq=s, ts=T0 + s, value=s)
-                for s in seqs]
+        rows = [sign_reading(self.key, device="wm-d01-000001", kind="water", seq=s, ts=T0 + s, value=s) for s in seqs]
         self.writer.commit(Batch(readings=[LedgeredReading(r, r.ts) for r in rows]))
 
     def entries(self, kind: str) -> list[dict[str, Any]]:
-        rows = self.writer.store.con.execute("SELECT body FROM entries WHERE type = ? ORDER BY height, idx",
-                                             [kind]).fetchall()
+        rows = self.writer.store.con.execute(
+            "SELECT body FROM entries WHERE type = ? ORDER BY height, idx", [kind]
+        ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
 
@@ -129,11 +154,17 @@ def test_a_correction_above_the_limit_waits_for_a_second_operator(city: City) ->
 def test_a_rejected_or_withdrawn_correction_is_never_sealed(city: City) -> None:
     w = city.writer
     billing_ops.set_adjustment_limit(w, "100", "op-boss")
-    assert billing_ops.adjustment_limit(w) == Decimal("100.00") and city.entries("adjustment_limit")[0]["operator"] == "op-boss"
+    assert (
+        billing_ops.adjustment_limit(w) == Decimal("100.00")
+        and city.entries("adjustment_limit")[0]["operator"] == "op-boss"
+    )
     first = billing_ops.adjust(w, "hh-0001", "150", "typo", "op-li")
     second = billing_ops.adjust(w, "hh-0001", "-101.00", "refund", "op-li")
     assert billing_ops.decide_adjustment(w, first["id"], "op-li", approve=False)["status"] == "rejected"  # withdrawn
-    assert billing_ops.decide_adjustment(w, second["id"], "op-wang", approve=False, note="no evidence")["status"] == "rejected"
+    assert (
+        billing_ops.decide_adjustment(w, second["id"], "op-wang", approve=False, note="no evidence")["status"]
+        == "rejected"
+    )
     assert city.entries("adjustment") == [] and len(city.entries("adjustment_rejected")) == 2
     assert billing_ops.adjustment_requests(w) == [] and len(billing_ops.adjustment_requests(w, None)) == 2
 
@@ -162,11 +193,26 @@ def test_every_operator_action_names_its_operator(city: City) -> None:
     w.set_budget_policy(rate=5, operator="op-i")
     w.revoke_device("wm-d01-000001", "op-j")
     billing_ops.add_account(w, "hh-0002", "Zhou Min", operator="op-k")
-    billing_ops.load_tariffs(w, w.store.con.execute("SELECT source FROM tariff_versions").fetchone()[0] + "\n", operator="op-l")
-    named = {kind: city.entries(kind)[-1]["operator"] for kind in (
-        "device_account", "parking_zone", "parking_lease", "parking_checkin", "meter_replaced", "adjustment",
-        "seqs_written_off", "device_key_rotated", "budget_policy", "device_revoked", "account_opened",
-        "tariffs_loaded")}
+    billing_ops.load_tariffs(
+        w, w.store.con.execute("SELECT source FROM tariff_versions").fetchone()[0] + "\n", operator="op-l"
+    )
+    named = {
+        kind: city.entries(kind)[-1]["operator"]
+        for kind in (
+            "device_account",
+            "parking_zone",
+            "parking_lease",
+            "parking_checkin",
+            "meter_replaced",
+            "adjustment",
+            "seqs_written_off",
+            "device_key_rotated",
+            "budget_policy",
+            "device_revoked",
+            "account_opened",
+            "tariffs_loaded",
+        )
+    }
     assert list(named.values()) == [f"op-{c}" for c in "abcdefghijkl"]
     assert "operator" not in city.entries("account_opened")[0]  # hh-0001, opened by the set-up itself
     with pytest.raises(Refused, match="operator"):
@@ -203,8 +249,24 @@ def test_a_rotation_must_start_past_what_is_ledgered(city: City) -> None:
 def test_the_cli_names_the_operator_from_the_environment(city: City) -> None:
     city.writer.close()
     env = {"CITYLEDGER_HOME": str(city.home.root), "CITYLEDGER_OPERATOR": "op-env", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "ledger.cli", "adjust", "--account", "hh-0001", "--amount", "2000",
-                          "--reason", "re-bill"], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "adjust",
+            "--account",
+            "hh-0001",
+            "--amount",
+            "2000",
+            "--reason",
+            "re-bill",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "pending" and "another operator must approve" in out.stderr
     city.writer = LedgerWriter.open(city.home)

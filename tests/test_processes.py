@@ -93,8 +93,10 @@ def test_output_is_appended_to_a_log_file_with_env_and_cwd_as_given(tmp_path: Pa
     log = tmp_path / "logs" / "child.log"
     log.parent.mkdir()
     log.write_text("earlier line\n")
-    code = ("import os, sys; print(os.getcwd(), flush=True); print(os.environ['ONLY_HERE'], flush=True); "
-            "print('oops', file=sys.stderr)")
+    code = (
+        "import os, sys; print(os.getcwd(), flush=True); print(os.environ['ONLY_HERE'], flush=True); "
+        "print('oops', file=sys.stderr)"
+    )
     child = start([PY, "-c", code], env={**os.environ, "ONLY_HERE": "yes"}, cwd=tmp_path, stdout=log, stderr=STDOUT)
     assert child.wait(30) == 0
     assert log.read_text().splitlines() == ["earlier line", str(tmp_path), "yes", "oops"]
@@ -123,8 +125,9 @@ def test_input_reaches_stdin_and_pipes_come_back_as_text(tmp_path: Path) -> None
 
 def test_a_child_filling_its_pipe_can_still_be_waited_for(tmp_path: Path) -> None:
     """1 MiB is far more than a pipe holds: a wait that did not read would never return."""
-    child = start([PY, "-c", "import sys; sys.stdout.write('x' * (1 << 20)); sys.stderr.write('done')"],
-                  stdout=PIPE, stderr=PIPE)
+    child = start(
+        [PY, "-c", "import sys; sys.stdout.write('x' * (1 << 20)); sys.stderr.write('done')"], stdout=PIPE, stderr=PIPE
+    )
     assert child.wait(30) == 0
     assert child.out == b"x" * (1 << 20) and child.err == b"done"
 
@@ -141,8 +144,13 @@ def test_a_child_reads_nothing_of_ours_by_default(tmp_path: Path) -> None:
 
 def test_poll_alive_and_returncode_follow_the_child(tmp_path: Path) -> None:
     go = tmp_path / "go"
-    child = start([PY, "-c", f"import pathlib, sys, time\nwhile not pathlib.Path({str(go)!r}).exists(): "
-                             "time.sleep(0.01)\nsys.exit(5)"])
+    child = start(
+        [
+            PY,
+            "-c",
+            f"import pathlib, sys, time\nwhile not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\nsys.exit(5)",
+        ]
+    )
     assert child.alive and child.poll() is None and child.returncode is None and child.state() == "running"
     go.touch()
     assert wait_until(child.poll, 30, 0.01, what="the child to exit") == 5

@@ -31,8 +31,10 @@ from tests.vectors import load_json
 
 SEED = bytes.fromhex("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20")
 PUBLIC = "79b5562e8fe654f94078b112e8a98ba7901f853ae695bed7e0e3910bad049664"
-PAYLOAD = (b'{"v":1,"device":"wm-d01-000042","kind":"water","seq":7,"ts":1764000000000,"value":123456,'
-           b'"sig":"jY1AvBdW2XvSEaGn0tH3///IfIwtzCBrmeNsa5FRWRli+GCcn6rQAoSbGAZv39psWGTLg9MeOcYqUfJS3vFXDw=="}')
+PAYLOAD = (
+    b'{"v":1,"device":"wm-d01-000042","kind":"water","seq":7,"ts":1764000000000,"value":123456,'
+    b'"sig":"jY1AvBdW2XvSEaGn0tH3///IfIwtzCBrmeNsa5FRWRli+GCcn6rQAoSbGAZv39psWGTLg9MeOcYqUfJS3vFXDw=="}'
+)
 CANONICAL_UNSIGNED = b'{"device":"wm-d01-000042","kind":"water","seq":7,"ts":1764000000000,"v":1,"value":123456}'
 LEAF_HASH = "f8a11e59b8fffca00e4b627ead16f8b02f36a359e404dd6bb382c561bba71fb1"
 
@@ -68,7 +70,7 @@ def test_vector_leaf_hash() -> None:
 
 
 def test_python_json_matches_the_jcs_rule_the_protocol_states() -> None:
-    obj = {"b": 1, "a": "é\n\"", "c": [2**70, -1]}
+    obj = {"b": 1, "a": 'é\n"', "c": [2**70, -1]}
     expected = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     assert canonical_json(obj) == expected == '{"a":"é\\n\\"","b":1,"c":[1180591620717411303424,-1]}'.encode()
     with pytest.raises(ValueError):
@@ -91,28 +93,31 @@ def _mutate(**changes: object) -> bytes:
     return json.dumps(obj).encode()
 
 
-@pytest.mark.parametrize("payload, why", [
-    (b"", "empty"),
-    (b"\xff\xfe{}", "non-UTF-8"),
-    (b"[" * 512 + b"]" * 512, "deeply nested"),
-    (b"{\"a\":" * 170 + b"1" + b"}" * 170, "deeply nested objects"),
-    (PAYLOAD[:-1] + b',"v":1}', "duplicate key"),
-    (_mutate(v=True), "true for v"),
-    (_mutate(seq=7.0), "float seq"),
-    (PAYLOAD.replace(b"123456", b"NaN"), "NaN value"),
-    (PAYLOAD.replace(b"123456", b"Infinity"), "Infinity value"),
-    (_mutate(value=2**63), "value out of range"),
-    (_mutate(value="9" * 400), "huge integer as a string"),
-    (PAYLOAD.replace(b"123456", b"9" * 800), "huge integer"),
-    (_mutate(seq=0), "seq 0"),
-    (_mutate(seq="7"), "string seq"),
-    (_mutate(kind="steam"), "unknown kind"),
-    (_mutate(device="a/b"), "slash in device"),
-    (_mutate(extra=1), "extra member"),
-    (_mutate(sig="jY1A"), "short signature"),
-    (_mutate(sig=json.loads(PAYLOAD)["sig"].rstrip("=")), "unpadded signature"),
-    (_mutate(kind="parking", value=2), "parking value 2"),
-])
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b"", "empty"),
+        (b"\xff\xfe{}", "non-UTF-8"),
+        (b"[" * 512 + b"]" * 512, "deeply nested"),
+        (b'{"a":' * 170 + b"1" + b"}" * 170, "deeply nested objects"),
+        (PAYLOAD[:-1] + b',"v":1}', "duplicate key"),
+        (_mutate(v=True), "true for v"),
+        (_mutate(seq=7.0), "float seq"),
+        (PAYLOAD.replace(b"123456", b"NaN"), "NaN value"),
+        (PAYLOAD.replace(b"123456", b"Infinity"), "Infinity value"),
+        (_mutate(value=2**63), "value out of range"),
+        (_mutate(value="9" * 400), "huge integer as a string"),
+        (PAYLOAD.replace(b"123456", b"9" * 800), "huge integer"),
+        (_mutate(seq=0), "seq 0"),
+        (_mutate(seq="7"), "string seq"),
+        (_mutate(kind="steam"), "unknown kind"),
+        (_mutate(device="a/b"), "slash in device"),
+        (_mutate(extra=1), "extra member"),
+        (_mutate(sig="jY1A"), "short signature"),
+        (_mutate(sig=json.loads(PAYLOAD)["sig"].rstrip("=")), "unpadded signature"),
+        (_mutate(kind="parking", value=2), "parking value 2"),
+    ],
+)
 def test_malformed_payloads(payload: bytes, why: str) -> None:
     out = parse_reading(payload)
     assert isinstance(out, Rejected) and out.reason is Reason.MALFORMED, why
@@ -133,8 +138,14 @@ def test_topics_round_trip_and_refuse_escapes() -> None:
     assert t == "city/d01/water/wm-d01-000042/reading"
     parsed = parse_topic(t)
     assert parsed is not None and str(parsed) == t
-    for bad in ("city/d01/water/+/reading", "city/D01/water/x/reading", "city/d01/steam/x/reading",
-                "city/d01/water/x/reading/more", "town/d01/water/x/reading", "city/d01/water/x/secret"):
+    for bad in (
+        "city/d01/water/+/reading",
+        "city/D01/water/x/reading",
+        "city/d01/steam/x/reading",
+        "city/d01/water/x/reading/more",
+        "town/d01/water/x/reading",
+        "city/d01/water/x/secret",
+    ):
         assert parse_topic(bad) is None, bad
     with pytest.raises(ValueError):
         device_topic("d01", "water", "x/#", "reading")
@@ -148,11 +159,17 @@ def test_ack_payload_round_trip() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(device=st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"), kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
-       seq=st.integers(1, 2**63 - 1), ts=st.integers(0, 2**63 - 1), value=st.integers(0, 2**63 - 1),
-       sig=st.binary(min_size=64, max_size=64))
-def test_the_spelled_out_leaf_and_signed_message_are_canonical_json(device: str, kind: str, seq: int, ts: int,
-                                                                    value: int, sig: bytes) -> None:
+@given(
+    device=st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"),
+    kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
+    seq=st.integers(1, 2**63 - 1),
+    ts=st.integers(0, 2**63 - 1),
+    value=st.integers(0, 2**63 - 1),
+    sig=st.binary(min_size=64, max_size=64),
+)
+def test_the_spelled_out_leaf_and_signed_message_are_canonical_json(
+    device: str, kind: str, seq: int, ts: int, value: int, sig: bytes
+) -> None:
     """Reading.leaf_data and signed_message skip json.dumps for speed; they must not differ from it."""
     value = value % 2 if kind == "parking" else value
     r = Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value, sig=base64.b64encode(sig).decode())
@@ -176,19 +193,32 @@ def _mutations(payload: bytes) -> st.SearchStrategy[bytes]:
     at = st.integers(0, len(payload) - 1)
     byte = st.integers(0, 255).map(lambda b: bytes([b]))
     return st.one_of(
-        st.tuples(at, byte).map(lambda a: payload[:a[0]] + a[1] + payload[a[0] + 1:]),
-        st.tuples(at, byte).map(lambda a: payload[:a[0]] + a[1] + payload[a[0]:]),
-        at.map(lambda i: payload[:i] + payload[i + 1:]),
-        st.sampled_from([payload.replace(b'"seq":', b'"seq":0'), payload.replace(b'"ts":', b'"ts":9' * 19),
-                         payload.replace(b'"value":', b'"value":2'), payload[:-1] + b" }", b" " + payload]),
+        st.tuples(at, byte).map(lambda a: payload[: a[0]] + a[1] + payload[a[0] + 1 :]),
+        st.tuples(at, byte).map(lambda a: payload[: a[0]] + a[1] + payload[a[0] :]),
+        at.map(lambda i: payload[:i] + payload[i + 1 :]),
+        st.sampled_from(
+            [
+                payload.replace(b'"seq":', b'"seq":0'),
+                payload.replace(b'"ts":', b'"ts":9' * 19),
+                payload.replace(b'"value":', b'"value":2'),
+                payload[:-1] + b" }",
+                b" " + payload,
+            ]
+        ),
     )
 
 
 @settings(max_examples=600, deadline=None)
-@given(data=st.data(), kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
-       seq=st.integers(1, 2**63 - 1), ts=st.integers(0, 2**63 - 1), value=st.integers(0, 2**63 - 1))
-def test_the_canonical_fast_path_reads_exactly_what_the_full_parser_reads(data: st.DataObject, kind: str, seq: int,
-                                                                           ts: int, value: int) -> None:
+@given(
+    data=st.data(),
+    kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
+    seq=st.integers(1, 2**63 - 1),
+    ts=st.integers(0, 2**63 - 1),
+    value=st.integers(0, 2**63 - 1),
+)
+def test_the_canonical_fast_path_reads_exactly_what_the_full_parser_reads(
+    data: st.DataObject, kind: str, seq: int, ts: int, value: int
+) -> None:
     from ledger.chain.protocol import _parse_reading_fully
 
     value = value % 2 if kind == "parking" else value

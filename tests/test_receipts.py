@@ -51,19 +51,22 @@ def _altered(receipt: dict, path: tuple, value: object) -> dict:
     return out
 
 
-@pytest.mark.parametrize("path, change, step", [
-    (("reading", "value"), lambda v: v + 1, "device_signature"),
-    (("reading", "ts"), lambda v: v - 1, "device_signature"),
-    (("reading", "seq"), lambda v: v + 1, "device_signature"),
-    (("leaf_index",), lambda v: v ^ 1, "inclusion"),
-    (("proof", 0), lambda v: "0" * 64, "inclusion"),
-    (("block", "size"), lambda v: v + 1, "inclusion"),
-    (("block", "root"), lambda v: "f" * 64, "inclusion"),
-    (("block", "sealed_at"), lambda v: v + 1, "block_signature"),
-    (("block", "prev"), lambda v: "0" * 64, "block_signature"),
-    (("block_sig",), lambda v: v[:10] + ("A" if v[10] != "A" else "B") + v[11:], "block_signature"),
-    (("device_key",), lambda v: SigningKey.generate().verify_key.encode().hex(), "device_signature"),
-])
+@pytest.mark.parametrize(
+    "path, change, step",
+    [
+        (("reading", "value"), lambda v: v + 1, "device_signature"),
+        (("reading", "ts"), lambda v: v - 1, "device_signature"),
+        (("reading", "seq"), lambda v: v + 1, "device_signature"),
+        (("leaf_index",), lambda v: v ^ 1, "inclusion"),
+        (("proof", 0), lambda v: "0" * 64, "inclusion"),
+        (("block", "size"), lambda v: v + 1, "inclusion"),
+        (("block", "root"), lambda v: "f" * 64, "inclusion"),
+        (("block", "sealed_at"), lambda v: v + 1, "block_signature"),
+        (("block", "prev"), lambda v: "0" * 64, "block_signature"),
+        (("block_sig",), lambda v: v[:10] + ("A" if v[10] != "A" else "B") + v[11:], "block_signature"),
+        (("device_key",), lambda v: SigningKey.generate().verify_key.encode().hex(), "device_signature"),
+    ],
+)
 def test_an_altered_receipt_is_refused_at_the_right_step(built: Built, path: tuple, change, step: str) -> None:
     receipt = local_api(built.home).receipt("wm-d01-000001", 5)
     value = receipt
@@ -91,26 +94,45 @@ def test_every_single_byte_change_of_a_receipt_is_refused(built: Built) -> None:
     for i in range(len(data)):
         variants = {data[i] ^ 0x01, data[i] ^ 0x20, data[i] ^ 0x80, ord("0"), ord(" ")} - {data[i]}
         for b in variants:
-            mutated = data[:i] + bytes([b]) + data[i + 1:]
+            mutated = data[:i] + bytes([b]) + data[i + 1 :]
             assert failed_step(mutated, built.first_key) is not None, f"byte {i} -> {b!r} accepted"
             refused += 1
-        assert failed_step(data[:i] + data[i + 1:], built.first_key) is not None, f"deleting byte {i} accepted"
+        assert failed_step(data[:i] + data[i + 1 :], built.first_key) is not None, f"deleting byte {i} accepted"
     assert refused > 4 * len(data)
 
 
 def test_verify_receipt_command_is_offline_and_says_which_check_failed(built: Built, tmp_path: Path) -> None:
     good = tmp_path / "good.json"
-    subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(built.home.root), "receipt", "wm-d01-000000",
-                    "3", "--out", str(good)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "--home",
+            str(built.home.root),
+            "receipt",
+            "wm-d01-000000",
+            "3",
+            "--out",
+            str(good),
+        ],
+        check=True,
+    )
     bad = tmp_path / "bad.json"
     bad.write_bytes(encode_receipt(_altered(json.loads(good.read_bytes()), ("reading", "value"), 1)))
     # Offline: a home that does not exist, so neither database nor keys can be consulted.
     env_home = ["--home", str(tmp_path / "nowhere")]
-    ok = subprocess.run([sys.executable, "-m", "ledger.cli", *env_home, "verify-receipt", str(good),
-                         "--ledger-key", built.first_key], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *env_home, "verify-receipt", str(good), "--ledger-key", built.first_key],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and "receipt valid" in ok.stdout, ok.stdout + ok.stderr
-    no = subprocess.run([sys.executable, "-m", "ledger.cli", *env_home, "verify-receipt", str(bad),
-                         "--ledger-key", built.first_key], capture_output=True, text=True)
+    no = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *env_home, "verify-receipt", str(bad), "--ledger-key", built.first_key],
+        capture_output=True,
+        text=True,
+    )
     assert no.returncode == 1 and "FAIL device_signature" in no.stdout
     assert not (tmp_path / "nowhere").exists()
 
@@ -157,7 +179,10 @@ def test_the_portable_verifier_in_docs_agrees(built: Built) -> None:
     exec(compile(code, "docs/verifying.md", "exec"), scope)
     receipt = local_api(built.home).receipt("wm-d01-000002", 11)
     assert scope["check_receipt"](receipt, built.first_key) is True
-    for path, value in [(("reading", "value"), 0), (("leaf_index",), receipt["leaf_index"] ^ 1),
-                        (("block", "sealed_at"), 0)]:
+    for path, value in [
+        (("reading", "value"), 0),
+        (("leaf_index",), receipt["leaf_index"] ^ 1),
+        (("block", "sealed_at"), 0),
+    ]:
         with pytest.raises(Exception):
             scope["check_receipt"](_altered(receipt, path, value), built.first_key)

@@ -54,9 +54,14 @@ def test_a_caller_past_the_workers_and_the_waiting_line_is_told_busy_and_the_oth
     results: list[object] = []
     try:
         with writer.lock:  # the sealer is busy: the first three calls hold a worker or wait for one
-            callers = [threading.Thread(target=lambda i=i: results.append(
-                rpc.RemoteLedger(home.rpc_socket).add_account(account=f"acct-{i}", name=f"N{i}")))
-                for i in range(3)]
+            callers = [
+                threading.Thread(
+                    target=lambda i=i: results.append(
+                        rpc.RemoteLedger(home.rpc_socket).add_account(account=f"acct-{i}", name=f"N{i}")
+                    )
+                )
+                for i in range(3)
+            ]
             for t in callers:
                 t.start()
             wait_for(lambda: server.slots._value == 0, what="three calls holding every slot")  # type: ignore[attr-defined]

@@ -159,8 +159,9 @@ def test_from_a_source_where_the_citizen_signed_in_before_strangers_elsewhere_do
 
 
 def test_the_throttle_message_names_the_wait_and_never_whether_the_id_exists() -> None:
-    assert signin.throttle_message("pair", 40) == ("Too many failed attempts for this account from here. "
-                                                   "Try again in 40 seconds.")
+    assert signin.throttle_message("pair", 40) == (
+        "Too many failed attempts for this account from here. Try again in 40 seconds."
+    )
     assert signin.throttle_message("account", 1) == "Too many failed attempts for this account. Try again in 1 second."
     assert signin.throttle_message("source", 1800) == "Too many failed sign-ins from here. Try again in 30 minutes."
 
@@ -179,8 +180,11 @@ class Ledger:
         return people_ops.authenticate(self.writer, role, login, password, source)
 
     def failures(self) -> list[tuple]:
-        return sorted(self.writer.store.con.execute("SELECT role, id, source, throttled, attempts"
-                                                    " FROM signin_failures").fetchall())
+        return sorted(
+            self.writer.store.con.execute(
+                "SELECT role, id, source, throttled, attempts FROM signin_failures"
+            ).fetchall()
+        )
 
 
 @pytest.fixture
@@ -222,8 +226,9 @@ def test_a_throttled_attempt_says_so_with_its_wait_and_costs_no_password_check(l
     found = ledger.sign_in("hh-0001", PASSWORD, "203.0.113.5")
     assert isinstance(found, SignedIn) and found.principal.id == "hh-0001" and found.principal.name == "Li Na"
     assert ledger.sign_in("hh-0001", "wrong password 2", "203.0.113.5") == Wrong()  # the pair starts again
-    answer = local_api(ledger.home, ledger.writer).authenticate(role="citizen", principal="hh-0001",
-                                                                password="nope nope nope", source="203.0.113.5")
+    answer = local_api(ledger.home, ledger.writer).authenticate(
+        role="citizen", principal="hh-0001", password="nope nope nope", source="203.0.113.5"
+    )
     assert answer == {"outcome": "wrong"}
 
 
@@ -253,8 +258,9 @@ def test_a_strangers_failures_do_not_keep_the_citizen_out_of_another_source(ledg
     assert isinstance(ledger.sign_in("hh-0001", PASSWORD, citizen), SignedIn)  # but the citizen's place is known
 
 
-def test_failed_sign_ins_are_logged_and_stored_without_the_password(ledger: Ledger,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_failed_sign_ins_are_logged_and_stored_without_the_password(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = "my-secret-guess-42"
     caplog.set_level(logging.INFO, logger="cityledger.signin")
     for _ in range(3):
@@ -269,23 +275,36 @@ def test_failed_sign_ins_are_logged_and_stored_without_the_password(ledger: Ledg
     assert "operator 'op-d01' from '203.0.113.7' (wrong id or password)" in lines[4]
     assert secret not in caplog.text and PASSWORD not in caplog.text
     assert ledger.failures() == [("citizen", "hh-0001", "203.0.113.5", False, 1)] * 3 + [
-        ("citizen", "hh-0001", "203.0.113.5", True, 5), ("operator", "op-d01", "203.0.113.7", False, 1)]
+        ("citizen", "hh-0001", "203.0.113.5", True, 5),
+        ("operator", "op-d01", "203.0.113.7", False, 1),
+    ]
     stored = ledger.writer.store.con.execute("SELECT * FROM signin_failures").fetchall()
     assert secret not in repr(stored)
 
 
 def test_repeated_failures_are_listed_for_operators_within_their_districts(ledger: Ledger) -> None:
-    for login, source, role in (("hh-0001", "203.0.113.5", "citizen"), ("hh-0002", "203.0.113.6", "citizen"),
-                                ("op-d01", "203.0.113.7", "operator"), ("hh-9999", "203.0.113.7", "citizen")):
+    for login, source, role in (
+        ("hh-0001", "203.0.113.5", "citizen"),
+        ("hh-0002", "203.0.113.6", "citizen"),
+        ("op-d01", "203.0.113.7", "operator"),
+        ("hh-9999", "203.0.113.7", "citizen"),
+    ):
         for _ in range(3):
             ledger.sign_in(login, "wrong password", source, role)
     ledger.sign_in("hh-0001", "wrong password", "192.0.2.1")  # once only: not repeated
     api = local_api(ledger.home, ledger.writer)
     city = api.failed_sign_ins(since_ms=T0 - signin.HOUR_MS)
     assert {(r["role"], r["id"], r["failures"]) for r in city["logins"]} == {
-        ("citizen", "hh-0001", 4), ("citizen", "hh-0002", 3), ("operator", "op-d01", 3), ("citizen", "hh-9999", 3)}
+        ("citizen", "hh-0001", 4),
+        ("citizen", "hh-0002", 3),
+        ("operator", "op-d01", 3),
+        ("citizen", "hh-9999", 3),
+    }
     assert {(r["source"], r["failures"], r["logins"]) for r in city["sources"]} == {
-        ("203.0.113.5", 3, 1), ("203.0.113.6", 3, 1), ("203.0.113.7", 6, 2)}
+        ("203.0.113.5", 3, 1),
+        ("203.0.113.6", 3, 1),
+        ("203.0.113.7", 6, 2),
+    }
     d01 = api.failed_sign_ins(districts=["d01"], since_ms=T0 - signin.HOUR_MS)
     assert [(r["id"], r["sources"]) for r in d01["logins"]] == [("hh-0001", 2)]  # no operator, no unknown id
     assert [r["source"] for r in d01["sources"]] == ["203.0.113.5"]
@@ -330,10 +349,12 @@ def test_the_dashboard_reads_the_apis_answer_as_a_value() -> None:
     from dashboard import data
 
     assert data.sign_in_outcome({"outcome": "throttled", "scope": "account", "retry_after_s": 40}) == Throttled(
-        "account", 40)
+        "account", 40
+    )
     assert data.sign_in_outcome({"outcome": "wrong"}) == Wrong() == data.sign_in_outcome(None)
-    who = data.sign_in_outcome({"outcome": "signed_in", "role": "operator", "id": "op-d01", "name": "Wang Fang",
-                                "districts": ["d01"]})
+    who = data.sign_in_outcome(
+        {"outcome": "signed_in", "role": "operator", "id": "op-d01", "name": "Wang Fang", "districts": ["d01"]}
+    )
     assert who == data.Principal("operator", "op-d01", "Wang Fang", ("d01",))
 
 
@@ -344,8 +365,12 @@ def test_over_the_ingests_socket_the_source_reaches_the_writer_and_operators_can
     try:
         remote = rpc.open_ledger(ledger.home)
         assert isinstance(remote, rpc.RemoteLedger)
-        answers = [remote.authenticate(role="citizen", principal="hh-0001", password="wrong password",
-                                       source="203.0.113.9")["outcome"] for _ in range(4)]
+        answers = [
+            remote.authenticate(role="citizen", principal="hh-0001", password="wrong password", source="203.0.113.9")[
+                "outcome"
+            ]
+            for _ in range(4)
+        ]
         assert answers == ["wrong", "wrong", "wrong", "throttled"]
         assert remote.authenticate(role="citizen", principal="hh-0001", password=PASSWORD)["outcome"] == "signed_in"
         listed = remote.failed_sign_ins(since_ms=T0 - 1)

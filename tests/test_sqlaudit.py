@@ -64,14 +64,16 @@ def build(root: Path) -> Ledger:
         ledger = Ledger(home, info["ledger_key"], keys, dict.fromkeys(keys, 0), DEVICES, value_base=10**15)
         for size in range(1, 71):
             writer.commit(Batch(readings=ledger.readings(size)))
-        writer.commit(Batch(readings=ledger.readings(5)),
-                      [{"entry": "note", "text": "café \"quoted\" \\ back\nslash ✓ \u0001"}])
+        writer.commit(
+            Batch(readings=ledger.readings(5)), [{"entry": "note", "text": 'café "quoted" \\ back\nslash ✓ \u0001'}]
+        )
         writer.rotate_ledger_key()
         for size in (3, 64, 65):
             writer.commit(Batch(readings=ledger.readings(size)))
         rotated = SigningKey.generate()
-        writer.rotate_device_key("wm-d01-000001", rotated.verify_key.encode().hex(),
-                                 ledger.seqs["wm-d01-000001"] + 1, "op-test")
+        writer.rotate_device_key(
+            "wm-d01-000001", rotated.verify_key.encode().hex(), ledger.seqs["wm-d01-000001"] + 1, "op-test"
+        )
         keys["wm-d01-000001"] = rotated
         writer.commit(Batch(readings=ledger.readings(9)))
         writer.revoke_device(REVOKED, "op-test")
@@ -151,10 +153,16 @@ def test_protocol_vector_leaf_hash_in_sql(db: duckdb.DuckDBPyConnection) -> None
 
 def edge_readings() -> list[Reading]:
     key = SigningKey.generate()
-    cases = [("a", "water", 1, 0, 0), ("Z" * 64, "gas", 2**63 - 1, 2**63 - 1, 2**63 - 1),
-             ("p.k_-9", "parking", 5, 1, 1), ("p.k_-9", "parking", 6, 2, 0), ("e-1", "electricity", 10**12, T0, 7)]
-    return [sign_reading(key, device=d, kind=k, seq=s, ts=t, value=v) for d, k, s, t, v in cases] + \
-        [sign_reading(key, device=f"wm-{i}", kind="water", seq=i + 1, ts=T0 + i, value=i) for i in range(200)]
+    cases = [
+        ("a", "water", 1, 0, 0),
+        ("Z" * 64, "gas", 2**63 - 1, 2**63 - 1, 2**63 - 1),
+        ("p.k_-9", "parking", 5, 1, 1),
+        ("p.k_-9", "parking", 6, 2, 0),
+        ("e-1", "electricity", 10**12, T0, 7),
+    ]
+    return [sign_reading(key, device=d, kind=k, seq=s, ts=t, value=v) for d, k, s, t, v in cases] + [
+        sign_reading(key, device=f"wm-{i}", kind="water", seq=i + 1, ts=T0 + i, value=i) for i in range(200)
+    ]
 
 
 def test_sql_leaf_hashes_equal_python_ones(db: duckdb.DuckDBPyConnection) -> None:
@@ -163,8 +171,9 @@ def test_sql_leaf_hashes_equal_python_ones(db: duckdb.DuckDBPyConnection) -> Non
         db.execute("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", reading_row(r, 3, i))
     heights, idx, ok, packed = sqlaudit.reading_leaf_hashes(db, 3, 3, ordered=True)
     assert list(idx) == list(range(len(readings))) and all(ok)
-    assert [packed[i * 32:(i + 1) * 32] for i in range(len(readings))] == \
-        [merkle.leaf_hash(r.leaf_data()) for r in readings]
+    assert [packed[i * 32 : (i + 1) * 32] for i in range(len(readings))] == [
+        merkle.leaf_hash(r.leaf_data()) for r in readings
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -174,19 +183,34 @@ def shared_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckD
     store.close()
 
 
-readings_strategy = st.lists(st.builds(
-    lambda device, kind, seq, ts, value, sig: Reading(
-        v=1, device=device, kind=kind, seq=seq, ts=ts, value=value % 2 if kind == "parking" else value,
-        sig=base64.b64encode(sig).decode()),
-    device=st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"), kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
-    seq=st.integers(1, 2**63 - 1), ts=st.integers(0, 2**63 - 1), value=st.integers(0, 2**63 - 1),
-    sig=st.binary(min_size=64, max_size=64)), min_size=1, max_size=30)
+readings_strategy = st.lists(
+    st.builds(
+        lambda device, kind, seq, ts, value, sig: Reading(
+            v=1,
+            device=device,
+            kind=kind,
+            seq=seq,
+            ts=ts,
+            value=value % 2 if kind == "parking" else value,
+            sig=base64.b64encode(sig).decode(),
+        ),
+        device=st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"),
+        kind=st.sampled_from(["water", "gas", "electricity", "parking"]),
+        seq=st.integers(1, 2**63 - 1),
+        ts=st.integers(0, 2**63 - 1),
+        value=st.integers(0, 2**63 - 1),
+        sig=st.binary(min_size=64, max_size=64),
+    ),
+    min_size=1,
+    max_size=30,
+)
 
 
 @settings(max_examples=60, deadline=None)
 @given(readings=readings_strategy)
-def test_sql_leaf_hashes_equal_python_ones_for_any_reading(shared_db: duckdb.DuckDBPyConnection,
-                                                           readings: list[Reading]) -> None:
+def test_sql_leaf_hashes_equal_python_ones_for_any_reading(
+    shared_db: duckdb.DuckDBPyConnection, readings: list[Reading]
+) -> None:
     shared_db.execute("DELETE FROM readings")
     for i, r in enumerate(readings):
         shared_db.execute("INSERT INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", reading_row(r, 1, i))
@@ -198,10 +222,27 @@ def test_sql_leaf_hashes_equal_python_ones_for_any_reading(shared_db: duckdb.Duc
 GOOD = ["wm-d01-000001", "water", 1, 0, 0, bytes(64)]
 
 
-@pytest.mark.parametrize("column, value", [
-    (0, "wm d01"), (0, 'wm"01'), (0, "wm\\01"), (0, "wm-é"), (0, "wm-01\n"), (0, ""), (0, "x" * 65),
-    (1, "steam"), (1, "Water"), (2, 0), (2, -1), (3, -1), (4, -5), (5, bytes(63)), (5, bytes(65)), (5, b""),
-])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        (0, "wm d01"),
+        (0, 'wm"01'),
+        (0, "wm\\01"),
+        (0, "wm-é"),
+        (0, "wm-01\n"),
+        (0, ""),
+        (0, "x" * 65),
+        (1, "steam"),
+        (1, "Water"),
+        (2, 0),
+        (2, -1),
+        (3, -1),
+        (4, -5),
+        (5, bytes(63)),
+        (5, bytes(65)),
+        (5, b""),
+    ],
+)
 def test_sql_rejects_what_the_reading_model_rejects(db: duckdb.DuckDBPyConnection, column: int, value: object) -> None:
     row = list(GOOD)
     row[column] = value
@@ -212,8 +253,9 @@ def test_sql_rejects_what_the_reading_model_rejects(db: duckdb.DuckDBPyConnectio
     assert _reading_or_none(*row) is None and _reading_or_none(*GOOD) is not None
 
 
-@pytest.mark.parametrize("kind, value, parses", [("parking", 0, True), ("parking", 1, True), ("parking", 2, False),
-                                                  ("water", 2, True)])
+@pytest.mark.parametrize(
+    "kind, value, parses", [("parking", 0, True), ("parking", 1, True), ("parking", 2, False), ("water", 2, True)]
+)
 def test_sql_parking_values(db: duckdb.DuckDBPyConnection, kind: str, value: int, parses: bool) -> None:
     row = ["ps-1", kind, 1, 0, value, bytes(64)]
     db.execute("INSERT INTO readings VALUES (0, 0, ?, ?, ?, ?, ?, ?, 0)", row)
@@ -241,7 +283,9 @@ def test_roots_from_sql_equal_the_headers_for_blocks_of_1_to_70(pristine: Ledger
                 ours = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]
                 entries, span = batch.entries.get(height, sqlaudit.Entries([], b"")), batch.readings.get(height)
                 assert entries is not None and (span is None or span.clean)
-                packed = entries.packed + (batch.hashes[span.start * 32:(span.start + span.count) * 32] if span else b"")
+                packed = entries.packed + (
+                    batch.hashes[span.start * 32 : (span.start + span.count) * 32] if span else b""
+                )
                 assert packed == b"".join(ours)
                 assert sqlaudit.packed_root(packed).hex() == store.block(height)["header"]["root"]
                 sizes.add(len(leaves))
@@ -251,8 +295,9 @@ def test_roots_from_sql_equal_the_headers_for_blocks_of_1_to_70(pristine: Ledger
         store.close()
 
 
-def test_intact_ledger_is_cleared_in_sql_alone(pristine: Ledger, batch_leaves: int,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_intact_ledger_is_cleared_in_sql_alone(
+    pristine: Ledger, batch_leaves: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No block of an untouched ledger should need the Python path (that is the speed-up)."""
     fast, slow = both(pristine)
     assert fast == slow and fast["ok"] and fast["readings"] > 2485 and fast["entries"] > len(DEVICES)
@@ -288,16 +333,31 @@ def test_readings_stored_out_of_order_are_sorted_not_failed(ledger: Ledger, monk
 
 def _swap(ledger: Ledger) -> None:
     height, a = where(ledger, "wm-d01-000001", 30)
-    sql(ledger, "UPDATE readings SET idx = CASE WHEN idx = ? THEN ? ELSE ? END WHERE height = ? AND idx IN (?, ?)",
-        a, a + 1, a, height, a, a + 1)
+    sql(
+        ledger,
+        "UPDATE readings SET idx = CASE WHEN idx = ? THEN ? ELSE ? END WHERE height = ? AND idx IN (?, ?)",
+        a,
+        a + 1,
+        a,
+        height,
+        a,
+        a + 1,
+    )
 
 
 def _forge(ledger: Ledger) -> None:
     height, _ = where(ledger, "wm-d01-000001", 40)
     fake = sign_reading(SigningKey.generate(), device="wm-d01-000001", kind="water", seq=999, ts=T0, value=1)
     size = sql(ledger, "SELECT size FROM blocks WHERE height = ?", height)[0][0]
-    sql(ledger, "INSERT INTO readings VALUES (?, ?, 'wm-d01-000001', 'water', 999, ?, 1, ?, ?)",
-        height, size, T0, signature_bytes(fake.sig), T0)
+    sql(
+        ledger,
+        "INSERT INTO readings VALUES (?, ?, 'wm-d01-000001', 'water', 999, ?, 1, ?, ?)",
+        height,
+        size,
+        T0,
+        signature_bytes(fake.sig),
+        T0,
+    )
 
 
 def _duplicate_idx(ledger: Ledger) -> None:
@@ -316,8 +376,8 @@ TAMPER = {
     "short-signature": "UPDATE readings SET sig = sig[1:63] WHERE device = 'g' AND seq = 13",
     "seq-zero": "UPDATE readings SET seq = 0 WHERE device = 'g' AND seq = 14",
     "moved-to-another-block": "UPDATE readings SET height = height + 1 WHERE device = 'g' AND seq = 15",
-    "entry-key-swapped": "UPDATE entries SET body = replace(body, '\"kind\":\"water\"', '\"kind\":\"gas\"')"
-                         " WHERE type = 'device_enrolled' AND body LIKE '%wm-d01-000001%'",
+    "entry-key-swapped": 'UPDATE entries SET body = replace(body, \'"kind":"water"\', \'"kind":"gas"\')'
+    " WHERE type = 'device_enrolled' AND body LIKE '%wm-d01-000001%'",
     "entry-deleted": "DELETE FROM entries WHERE type = 'ledger_key_rotated'",
     "escaped-entry-altered": "UPDATE entries SET body = replace(body, 'café', 'cafe') WHERE type = 'note'",
     "header-field": "UPDATE blocks SET header = replace(header, '\"v\":1', '\"v\":2') WHERE height = 30",
@@ -419,7 +479,7 @@ def deep(ledger: Ledger) -> Report:
 
 def test_a_reading_ledgered_twice_is_reported_alike(ledger: Ledger, batch_leaves: int) -> None:
     again = stored(ledger, "ps.d01_000002", 5)
-    height, = seal(ledger, ledger.readings(4, LIVE) + [again] + ledger.readings(2, LIVE))
+    (height,) = seal(ledger, ledger.readings(4, LIVE) + [again] + ledger.readings(2, LIVE))
     fast, slow = both(ledger)
     assert fast == slow and not fast["ok"]
     assert (fast["failed_block"], fast["failed_reading"]) == (height, "ps.d01_000002#5")
@@ -429,16 +489,17 @@ def test_a_reading_ledgered_twice_is_reported_alike(ledger: Ledger, batch_leaves
 
 def test_a_reading_ledgered_twice_in_one_block_names_the_second(ledger: Ledger, batch_leaves: int) -> None:
     one = ledger.readings(1, ["E" * 64])
-    height, = seal(ledger, ledger.readings(3, LIVE) + one + ledger.readings(2, LIVE) + one)
+    (height,) = seal(ledger, ledger.readings(3, LIVE) + one + ledger.readings(2, LIVE) + one)
     fast, slow = both(ledger)
     assert fast == slow and fast["failed_block"] == height
     assert fast["failed_reading"] == f"{'E' * 64}#{one[0].reading.seq}"
 
 
-def test_a_duplicate_in_a_later_plan_is_found_by_the_new_keys_alone(ledger: Ledger, batch_leaves: int,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_duplicate_in_a_later_plan_is_found_by_the_new_keys_alone(
+    ledger: Ledger, batch_leaves: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Blocks sealed while an audit runs come in later plans: only their keys are looked up."""
-    height, = seal(ledger, ledger.readings(3, LIVE) + [stored(ledger, "wm-d01-000001", 3)])
+    (height,) = seal(ledger, ledger.readings(3, LIVE) + [stored(ledger, "wm-d01-000001", 3)])
     monkeypatch.setattr(sqlaudit, "plan", functools.partial(sqlaudit.plan, lookahead=10))
     calls: list[tuple[int, int, Failure | None]] = []
     real = sqlaudit.first_duplicate
@@ -499,7 +560,7 @@ def test_readings_signed_before_a_rotation_verify_under_the_earlier_key(ledger: 
     device = "ps.d01_000002"
     held = ledger.readings(2, [device])  # signed, still in the outbox when the device rotates
     rotate(ledger, device, held[-1].reading.seq + 1)
-    height, = seal(ledger, held + ledger.readings(2, [device]) + ledger.readings(3, LIVE))
+    (height,) = seal(ledger, held + ledger.readings(2, [device]) + ledger.readings(3, LIVE))
     fast, slow = both(ledger)
     assert fast == slow and fast["ok"]
     assert deep(ledger).ok
@@ -515,7 +576,7 @@ def test_a_seq_the_new_key_signs_fails_under_the_earlier_one(ledger: Ledger) -> 
     old, from_seq = ledger.keys[device], ledger.seqs[device] + 1
     rotate(ledger, device, from_seq)
     late = sign_reading(old, device=device, kind="parking", seq=from_seq, ts=T0, value=1)
-    height, = seal(ledger, [LedgeredReading(late, T0)])
+    (height,) = seal(ledger, [LedgeredReading(late, T0)])
     assert deep(ledger).failure == Failure(height, "device signature does not verify", f"{device}#{from_seq}")
 
 
@@ -526,14 +587,23 @@ def test_a_rotation_without_from_seq_signs_every_later_reading(ledger: Ledger) -
     new = SigningKey.generate()
     writer = LedgerWriter.open(ledger.home)
     try:
-        writer.commit(Batch(), [{"entry": "device_key_rotated", "device": device,
-                                 "public_key": new.verify_key.encode().hex(),
-                                 "previous_key": old.verify_key.encode().hex(), "at": T0}])
+        writer.commit(
+            Batch(),
+            [
+                {
+                    "entry": "device_key_rotated",
+                    "device": device,
+                    "public_key": new.verify_key.encode().hex(),
+                    "previous_key": old.verify_key.encode().hex(),
+                    "at": T0,
+                }
+            ],
+        )
     finally:
         writer.close()
     seq = ledger.seqs[device] + 1
     late = sign_reading(old, device=device, kind="electricity", seq=seq, ts=T0, value=1)
-    height, = seal(ledger, [LedgeredReading(late, T0)])
+    (height,) = seal(ledger, [LedgeredReading(late, T0)])
     assert deep(ledger).failure == Failure(height, "device signature does not verify", f"{device}#{seq}")
 
 
@@ -545,8 +615,10 @@ def test_deep_audit_reports_every_registry_disagreement(ledger: Ledger) -> None:
     report = deep(ledger)
     assert not report.ok and report.failure is None and report.disagreements_found == 3
     assert [(d.row, d.column, d.table_says, d.chain_says) for d in report.disagreements] == [
-        ("devices[device=g]", "status", "active", "revoked"), ("devices[device=g]", "revoked_at", None, ANY_INT),
-        ("devices[device=wm-d01-000001]", "kind", "gas", "water")]
+        ("devices[device=g]", "status", "active", "revoked"),
+        ("devices[device=g]", "revoked_at", None, ANY_INT),
+        ("devices[device=wm-d01-000001]", "kind", "gas", "water"),
+    ]
     assert report.as_dict()["failure"].startswith("registry tables disagree with the chain in 3 place(s)")
     fast, slow = both(ledger)  # the structural audit never reads the tables
     assert fast["ok"] and not fast["registry_checked"] and fast == slow
@@ -583,4 +655,7 @@ def test_the_registry_is_compared_a_partition_at_a_time_alike(ledger: Ledger, mo
     assert whole.found == parts.found == 4
     assert sorted(map(str, whole.disagreements)) == sorted(map(str, parts.disagreements))
     assert {(d.table, d.column) for d in parts.disagreements} == {
-        ("devices", "account"), ("device_keys", "since"), ("tariff_versions", None)}
+        ("devices", "account"),
+        ("device_keys", "since"),
+        ("tariff_versions", None),
+    }

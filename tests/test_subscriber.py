@@ -21,8 +21,13 @@ TOPIC = "city/d01/water/wm-d01-000001/reading"
 
 
 def _v5_publish(topic: bytes, payload: bytes, packet_id: int, props: bytes) -> bytes:
-    body = wire.mqtt_string(topic) + struct.pack("!H", packet_id) + wire.encode_remaining_length(len(props)) + \
-        props + payload
+    body = (
+        wire.mqtt_string(topic)
+        + struct.pack("!H", packet_id)
+        + wire.encode_remaining_length(len(props))
+        + props
+        + payload
+    )
     return bytes([0x32]) + wire.encode_remaining_length(len(body)) + body
 
 
@@ -37,12 +42,22 @@ def test_mqtt5_publish_properties_are_skipped_and_a_bad_topic_is_kept_readable()
 
 
 def test_mqtt5_connect_and_subscribe_carry_their_properties() -> None:
-    packet = wire.connect_packet("w", "w", "p", keepalive=30, clean_session=False, version=wire.V5,
-                                 session_expiry=604_800, receive_maximum=20_000)
+    packet = wire.connect_packet(
+        "w",
+        "w",
+        "p",
+        keepalive=30,
+        clean_session=False,
+        version=wire.V5,
+        session_expiry=604_800,
+        receive_maximum=20_000,
+    )
     assert packet[8] == 5 and packet[9] == 0xC0  # protocol level, flags (username, password, no clean start)
     assert packet[12:21] == bytes([8, 0x11]) + struct.pack("!I", 604_800) + bytes([0x21]) + b"N" + b"\x20"
-    assert wire.subscribe_packet(1, ["a/b", "c"], qos=1, version=wire.V5) == \
-        b"\x82\x0d\x00\x01\x00\x00\x03a/b\x01\x00\x01c\x01"
+    assert (
+        wire.subscribe_packet(1, ["a/b", "c"], qos=1, version=wire.V5)
+        == b"\x82\x0d\x00\x01\x00\x00\x03a/b\x01\x00\x01c\x01"
+    )
     assert wire.parse_suback(b"\x00\x01\x00\x01\x80", wire.V5) == (1, [1, 0x80])
 
 
@@ -61,8 +76,15 @@ def broker(tmp_path: Path):
 
 
 def _subscriber(broker: RunningBroker, *, clean: bool = False, password: str = SERVICE_PASSWORD) -> Subscriber:
-    return Subscriber(broker.host, broker.port, client_id="ingest-w1", username="ingest-w1", password=password,
-                      clean_start=clean, session_expiry=300)
+    return Subscriber(
+        broker.host,
+        broker.port,
+        client_id="ingest-w1",
+        username="ingest-w1",
+        password=password,
+        clean_start=clean,
+        session_expiry=300,
+    )
 
 
 def _receive(sub: Subscriber, n: int) -> list:

@@ -65,8 +65,19 @@ def test_state_file_is_private_replaced_whole_and_read_back(tmp_path: Path) -> N
     home = Home(tmp_path / "home")
     path = home.supervisor_state
     assert read_state(path) is None and parts_status(home) == {}  # no `up` ever ran: status still works
-    write_state(path, {"ingest": PartRecord(state="running", pid=os.getpid(), restarts=2, last_restart_at=1234,
-                                            last_exit_code=-9, last_exit="killed by SIGKILL")})
+    write_state(
+        path,
+        {
+            "ingest": PartRecord(
+                state="running",
+                pid=os.getpid(),
+                restarts=2,
+                last_restart_at=1234,
+                last_exit_code=-9,
+                last_exit="killed by SIGKILL",
+            )
+        },
+    )
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["supervisor.json"]  # no temporary file left behind
     parts = parts_status(home)
@@ -82,8 +93,11 @@ def test_state_file_is_private_replaced_whole_and_read_back(tmp_path: Path) -> N
 def test_parts_of_a_vanished_supervisor_are_reported_unsupervised(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    write_state(home.supervisor_state, {"broker": PartRecord(state="running", pid=1),
-                                        "fleet": PartRecord(state="stopped")}, supervisor_pid=int(gone.stdout))
+    write_state(
+        home.supervisor_state,
+        {"broker": PartRecord(state="running", pid=1), "fleet": PartRecord(state="stopped")},
+        supervisor_pid=int(gone.stdout),
+    )
     parts = parts_status(home)
     assert parts["broker"]["state"] == "unsupervised"
     assert parts["fleet"]["state"] == "stopped"
@@ -110,13 +124,22 @@ def test_a_crash_looping_part_is_retried_and_reported_and_never_takes_the_others
     home, port = stack.home, free_port()
     empty = tmp_path / "empty-home"
     lines: list[str] = []
-    sup = Supervisor(home, stack.env, backoff=Backoff(first_s=0.05, max_s=0.4), crash_loop=CrashLoop(3, 60),
-                     say=lines.append, tick_s=0.02)
+    sup = Supervisor(
+        home,
+        stack.env,
+        backoff=Backoff(first_s=0.05, max_s=0.4),
+        crash_loop=CrashLoop(3, 60),
+        say=lines.append,
+        tick_s=0.02,
+    )
     stop = threading.Event()
     pids: list[int] = []
     try:
-        broker = sup.start(PartSpec("broker", ("broker", "--mqtt-port", str(port)),
-                                    lambda: port_open("127.0.0.1", port), 15, "the broker"))
+        broker = sup.start(
+            PartSpec(
+                "broker", ("broker", "--mqtt-port", str(port)), lambda: port_open("127.0.0.1", port), 15, "the broker"
+            )
+        )
         sup.wait_ready(broker, stop)
         broker_pid = broker.pid
         assert broker_pid is not None

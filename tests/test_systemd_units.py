@@ -25,8 +25,11 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
 def _settings(**kw: object) -> UnitSettings:
-    base: dict[str, object] = {"home": Path("/srv/cityledger"), "user": "cityledger",
-                               "executable": Path("/opt/cityledger/.venv/bin/cityledger")}
+    base: dict[str, object] = {
+        "home": Path("/srv/cityledger"),
+        "user": "cityledger",
+        "executable": Path("/opt/cityledger/.venv/bin/cityledger"),
+    }
     return UnitSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -50,9 +53,18 @@ def test_each_part_restarts_on_failure_as_its_user_in_its_home_under_confinement
         assert "CITYLEDGER_HOME=/srv/cityledger" in s["Environment"]
         assert s["WorkingDirectory"] == ["/srv/cityledger"]
         assert s["ExecStart"][0].startswith(f"/opt/cityledger/.venv/bin/cityledger {part}")
-        for hardening in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/srv/cityledger",
-                          "ProtectHome=tmpfs", "PrivateTmp=yes", "PrivateDevices=yes", "UMask=0077",
-                          "CapabilityBoundingSet=", "RestrictSUIDSGID=yes", "SystemCallFilter=@system-service"):
+        for hardening in (
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "ReadWritePaths=/srv/cityledger",
+            "ProtectHome=tmpfs",
+            "PrivateTmp=yes",
+            "PrivateDevices=yes",
+            "UMask=0077",
+            "CapabilityBoundingSet=",
+            "RestrictSUIDSGID=yes",
+            "SystemCallFilter=@system-service",
+        ):
             key, value = hardening.split("=", 1)
             assert s[key] == [value], (part, hardening)
         assert s["WantedBy"] == ["cityledger.target"] and s["PartOf"] == ["cityledger.target"]
@@ -76,8 +88,18 @@ def test_broker_before_ingest_before_what_reads_the_ledger() -> None:
 
 
 def test_the_flags_of_the_installation_reach_the_units() -> None:
-    units = render_units(_settings(parts=ALL_PARTS, mqtt_port=1884, mqtt_ca="/srv/ca.pem", dashboard_port=80,
-                                   fleet_devices=7, fleet_interval=0.5, prefix="city2", group="city"))
+    units = render_units(
+        _settings(
+            parts=ALL_PARTS,
+            mqtt_port=1884,
+            mqtt_ca="/srv/ca.pem",
+            dashboard_port=80,
+            fleet_devices=7,
+            fleet_interval=0.5,
+            prefix="city2",
+            group="city",
+        )
+    )
     dash = _settings_lines(units["city2-dashboard.service"])
     assert dash["ExecStart"] == ["/opt/cityledger/.venv/bin/cityledger dashboard --port 80"]
     assert dash["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]  # port 80: the one capability it needs
@@ -91,9 +113,11 @@ def test_the_flags_of_the_installation_reach_the_units() -> None:
 
 
 def test_homes_and_code_that_protect_home_would_hide_are_bound_back_in() -> None:
-    s = _settings_lines(render_units(_settings(
-        home=Path("/home/ops/city"), code_paths=(Path("/root/.pyenv/versions/3.11.7"), Path("/usr"))))[
-        "cityledger-broker.service"])
+    s = _settings_lines(
+        render_units(
+            _settings(home=Path("/home/ops/city"), code_paths=(Path("/root/.pyenv/versions/3.11.7"), Path("/usr")))
+        )["cityledger-broker.service"]
+    )
     assert s["BindPaths"] == ["/home/ops/city"] and s["ReadWritePaths"] == ["/home/ops/city"]
     assert s["BindReadOnlyPaths"] == ["/root/.pyenv/versions/3.11.7"]
     tmp = render_units(_settings(home=Path("/tmp/city")))["cityledger-broker.service"]
@@ -119,17 +143,34 @@ def test_odd_paths_are_quoted_and_line_breaks_refused() -> None:
 def test_the_written_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     home, out = tmp_path / "city home 50%", tmp_path / "units"
     home.mkdir()
-    cmd = subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(home), "systemd-units", "--out", str(out),
-                          "--parts", ",".join(ALL_PARTS), "--user", "nobody-in-particular"],
-                         capture_output=True, text=True, env={**os.environ, "CITYLEDGER_HOME": str(home)})
+    cmd = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "--home",
+            str(home),
+            "systemd-units",
+            "--out",
+            str(out),
+            "--parts",
+            ",".join(ALL_PARTS),
+            "--user",
+            "nobody-in-particular",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CITYLEDGER_HOME": str(home)},
+    )
     assert cmd.returncode == 0, cmd.stderr
     files = sorted(out.iterdir())
     assert [f.name for f in files] == sorted([f"cityledger-{p}.service" for p in ALL_PARTS] + ["cityledger.target"])
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in files)
     assert f"ExecStart={this_executable()} ingest" in (out / "cityledger-ingest.service").read_text()
     # From the output directory: verify finds the units named by Requires= there.
-    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", *[f.name for f in files]], cwd=out, capture_output=True,
-                            text=True, timeout=60)
+    verify = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", *[f.name for f in files]], cwd=out, capture_output=True, text=True, timeout=60
+    )
     assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stdout + verify.stderr
 
 
@@ -139,7 +180,12 @@ def test_systemd_analyze_verify_catches_what_the_test_above_relies_on(tmp_path: 
     units = render_units(_settings(home=tmp_path, executable=this_executable()))
     broken = units["cityledger-ingest.service"].replace("Restart=on-failure", "Restart=on-failur")
     (tmp_path / "cityledger-ingest.service").write_text(broken)  # and its broker unit is missing
-    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", "cityledger-ingest.service"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60)
+    verify = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "cityledger-ingest.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     said = verify.stdout + verify.stderr
     assert "on-failur" in said and "cityledger-broker.service" in said, said

@@ -35,8 +35,12 @@ def built(tmp_path: Path) -> Built:
 
 
 def verify(built: Built, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(built.home.root), "verify", *extra],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--home", str(built.home.root), "verify", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def sql(built: Built, statement: str, *args: object) -> list[tuple]:
@@ -88,8 +92,15 @@ def test_inserted_forged_reading_is_caught(built: Built) -> None:
     forger = SigningKey.generate()
     fake = sign_reading(forger, device="wm-d01-000000", kind="water", seq=99, ts=T0, value=1)
     size = sql(built, "SELECT size FROM blocks WHERE height = ?", height)[0][0]
-    sql(built, "INSERT INTO readings VALUES (?, ?, 'wm-d01-000000', 'water', 99, ?, 1, ?, ?)",
-        height, size, T0, signature_bytes(fake.sig), T0)
+    sql(
+        built,
+        "INSERT INTO readings VALUES (?, ?, 'wm-d01-000000', 'water', 99, ?, 1, ?, ?)",
+        height,
+        size,
+        T0,
+        signature_bytes(fake.sig),
+        T0,
+    )
     assert_fails_at(verify(built), height)
 
 
@@ -97,8 +108,16 @@ def test_swapped_readings_are_caught(built: Built) -> None:
     height, a = where(built, "wm-d01-000000", 6)
     b = sql(built, "SELECT max(idx) FROM readings WHERE height = ?", height)[0][0]
     assert a != b
-    sql(built, "UPDATE readings SET idx = CASE WHEN idx = ? THEN ? ELSE ? END WHERE height = ? AND idx IN (?, ?)",
-        a, b, a, height, a, b)
+    sql(
+        built,
+        "UPDATE readings SET idx = CASE WHEN idx = ? THEN ? ELSE ? END WHERE height = ? AND idx IN (?, ?)",
+        a,
+        b,
+        a,
+        height,
+        a,
+        b,
+    )
     out = verify(built)
     assert_fails_at(out, height)
     assert "altered or reordered" in out.stdout
@@ -122,14 +141,17 @@ def _rechain(built: Built, start: int, key: SigningKey | None) -> None:
         prev = con.execute("SELECT hash FROM blocks WHERE height = ?", [start - 1]).fetchone()[0]
         store = Store(con)
         for height, header_json, sig in con.execute(
-                "SELECT height, header, sig FROM blocks WHERE height >= ? ORDER BY height", [start]).fetchall():
+            "SELECT height, header, sig FROM blocks WHERE height >= ? ORDER BY height", [start]
+        ).fetchall():
             leaves = store.leaves(height)
             hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]
             header = {**json.loads(header_json), "prev": prev, "root": merkle.root(hashes).hex(), "size": len(hashes)}
             new_sig = sign_header(key, header) if key else bytes(sig)
             prev = block_hash(header)
-            con.execute("UPDATE blocks SET header = ?, hash = ?, prev = ?, sig = ?, size = ? WHERE height = ?",
-                        [canonical_json(header).decode(), prev, header["prev"], new_sig, header["size"], height])
+            con.execute(
+                "UPDATE blocks SET header = ?, hash = ?, prev = ?, sig = ?, size = ? WHERE height = ?",
+                [canonical_json(header).decode(), prev, header["prev"], new_sig, header["size"], height],
+            )
     finally:
         con.close()
 
@@ -183,15 +205,23 @@ def test_rewritten_and_resigned_with_a_stolen_key_is_caught_with_a_witness(built
     height, _ = where(built, "wm-d01-000000", 8)
     forger = SigningKey.generate()  # not even the device's key: only --deep would notice that
     fake = sign_reading(forger, device="wm-d01-000000", kind="water", seq=8, ts=T0, value=1)
-    sql(built, "UPDATE readings SET value = 1, ts = ?, sig = ? WHERE device = 'wm-d01-000000' AND seq = 8",
-        T0, signature_bytes(fake.sig))
+    sql(
+        built,
+        "UPDATE readings SET value = 1, ts = ?, sig = ? WHERE device = 'wm-d01-000000' AND seq = 8",
+        T0,
+        signature_bytes(fake.sig),
+    )
     _rechain(built, height, key=stolen)
     deep = verify(built, "--deep")
     assert_fails_at(deep, height, "wm-d01-000000#8")
     # Forge the device signature too (say its key was stolen as well): only the witness is left.
-    sql(built, "UPDATE readings SET sig = ? WHERE device = 'wm-d01-000000' AND seq = 8",
-        signature_bytes(sign_reading(built.keys["wm-d01-000000"], device="wm-d01-000000", kind="water", seq=8,
-                                     ts=T0, value=1).sig))
+    sql(
+        built,
+        "UPDATE readings SET sig = ? WHERE device = 'wm-d01-000000' AND seq = 8",
+        signature_bytes(
+            sign_reading(built.keys["wm-d01-000000"], device="wm-d01-000000", kind="water", seq=8, ts=T0, value=1).sig
+        ),
+    )
     _rechain(built, height, key=stolen)
     assert verify(built, "--deep").returncode == 0
     out = verify(built, "--witness", str(witness))
@@ -210,8 +240,10 @@ def test_restoring_an_older_copy_is_caught_with_a_witness(built: Built, tmp_path
     writer = LedgerWriter.open(built.home)
     try:
         key = built.keys["wm-d01-000001"]
-        more = [sign_reading(key, device="wm-d01-000001", kind="water", seq=s, ts=T0 + s * 900_000, value=5000 + s)
-                for s in (13, 14, 15)]
+        more = [
+            sign_reading(key, device="wm-d01-000001", kind="water", seq=s, ts=T0 + s * 900_000, value=5000 + s)
+            for s in (13, 14, 15)
+        ]
         writer.commit(Batch(readings=[LedgeredReading(r, r.ts) for r in more]))
     finally:
         writer.close()
@@ -246,8 +278,13 @@ def test_a_reading_ledgered_twice_by_the_ledger_key_holder_is_named(built: Built
     stolen = SigningKey(bytes.fromhex(built.home.ledger_key.read_text().strip()))
     last = sql(built, "SELECT max(height) FROM blocks")[0][0]
     size = sql(built, "SELECT size FROM blocks WHERE height = ?", last)[0][0]
-    sql(built, "INSERT INTO readings SELECT ?, ?, device, kind, seq, ts, value, sig, received_at FROM readings"
-        " WHERE device = 'wm-d01-000001' AND seq = 2", last, size)
+    sql(
+        built,
+        "INSERT INTO readings SELECT ?, ?, device, kind, seq, ts, value, sig, received_at FROM readings"
+        " WHERE device = 'wm-d01-000001' AND seq = 2",
+        last,
+        size,
+    )
     _rechain(built, last, key=stolen)
     for extra in ((), ("--deep",)):
         out = verify(built, *extra)
@@ -271,8 +308,7 @@ def registry_pristine(tmp_path_factory: pytest.TempPathFactory) -> Built:
         billing_ops.add_account(writer, "hh-2", "Household two", "non-residential")
         billing_ops.assign_account(writer, BOUND, "hh-1", operator="op-1")
         built.keys[REKEYED] = SigningKey.generate()
-        writer.rotate_device_key(REKEYED, built.keys[REKEYED].verify_key.encode().hex(), from_seq=13,
-                                 operator="op-1")
+        writer.rotate_device_key(REKEYED, built.keys[REKEYED].verify_key.encode().hex(), from_seq=13, operator="op-1")
         writer.revoke_device(REVOKED, operator="op-1")
     finally:
         writer.close()
@@ -311,10 +347,12 @@ def test_a_swapped_device_key_is_named_in_both_tables(registry: Built) -> None:
     sql(registry, "UPDATE device_keys SET public_key = ? WHERE device = ?", forger, BOUND)
     enrolled = sql(registry, "SELECT from_height FROM device_keys WHERE device = ?", BOUND)[0][0]
     assert verify(registry).returncode == 0  # the chain itself is intact: only --deep reads the tables
-    assert_disagrees(verify(registry, "--deep"),
-                     f"devices[device={BOUND}]: public_key is '{forger}', the chain says '{key_of(registry, BOUND)}'",
-                     f"device_keys[device={BOUND}, from_height={enrolled}]: public_key is '{forger}', "
-                     f"the chain says '{key_of(registry, BOUND)}'")
+    assert_disagrees(
+        verify(registry, "--deep"),
+        f"devices[device={BOUND}]: public_key is '{forger}', the chain says '{key_of(registry, BOUND)}'",
+        f"device_keys[device={BOUND}, from_height={enrolled}]: public_key is '{forger}', "
+        f"the chain says '{key_of(registry, BOUND)}'",
+    )
 
 
 def test_a_rotation_moved_to_another_seq_is_named(registry: Built) -> None:
@@ -324,9 +362,11 @@ def test_a_rotation_moved_to_another_seq_is_named(registry: Built) -> None:
 
 def test_an_unrevoked_device_is_named(registry: Built) -> None:
     sql(registry, "UPDATE devices SET status = 'active', revoked_at = NULL WHERE device = ?", REVOKED)
-    assert_disagrees(verify(registry, "--deep"),
-                     f"devices[device={REVOKED}]: status is 'active', the chain says 'revoked'",
-                     f"devices[device={REVOKED}]: revoked_at is None, the chain says ")
+    assert_disagrees(
+        verify(registry, "--deep"),
+        f"devices[device={REVOKED}]: status is 'active', the chain says 'revoked'",
+        f"devices[device={REVOKED}]: revoked_at is None, the chain says ",
+    )
 
 
 def test_a_deleted_revocation_is_named(registry: Built) -> None:
@@ -335,14 +375,17 @@ def test_a_deleted_revocation_is_named(registry: Built) -> None:
     height = sql(registry, "SELECT height FROM entries WHERE type = 'device_revoked'")[0][0]
     sql(registry, "DELETE FROM entries WHERE type = 'device_revoked'")
     _rechain(registry, height, key=stolen)
-    assert_disagrees(verify(registry, "--deep"),
-                     f"devices[device={REVOKED}]: status is 'revoked', the chain says 'active'")
+    assert_disagrees(
+        verify(registry, "--deep"), f"devices[device={REVOKED}]: status is 'revoked', the chain says 'active'"
+    )
 
 
 def test_a_changed_account_class_is_named(registry: Built) -> None:
     sql(registry, "UPDATE accounts SET customer_class = 'non-residential' WHERE account = 'hh-1'")
-    assert_disagrees(verify(registry, "--deep"),
-                     "accounts[account=hh-1]: customer_class is 'non-residential', the chain says 'residential'")
+    assert_disagrees(
+        verify(registry, "--deep"),
+        "accounts[account=hh-1]: customer_class is 'non-residential', the chain says 'residential'",
+    )
 
 
 def test_a_changed_account_binding_is_named(registry: Built) -> None:
@@ -359,6 +402,10 @@ def test_every_disagreement_is_reported_not_only_the_first(registry: Built) -> N
     assert out.returncode == 1
     report = json.loads(out.stdout)
     found = {(d["table"], d["column"]) for d in report["disagreements"]}
-    assert found == {("devices", "account"), ("accounts", "customer_class"), ("accounts", None),
-                     ("device_keys", None)}, report["disagreements"]
+    assert found == {
+        ("devices", "account"),
+        ("accounts", "customer_class"),
+        ("accounts", None),
+        ("device_keys", None),
+    }, report["disagreements"]
     assert report["disagreements_found"] == 4 and not report["ok"] and report["failed_block"] is None

@@ -80,8 +80,9 @@ def _san(cert_path: Path) -> set[str]:
 def test_certs_are_made_once_signed_by_the_ca_with_private_keys(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
     paths = certs.ensure_certs(home)
-    assert paths == certs.CertPaths(certs.ca_cert_path(home), certs.server_cert_path(home),
-                                    certs.server_key_path(home), generated=True)
+    assert paths == certs.CertPaths(
+        certs.ca_cert_path(home), certs.server_cert_path(home), certs.server_key_path(home), generated=True
+    )
     for key in (certs.ca_key_path(home), paths.key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
     assert stat.S_IMODE(certs.tls_dir(home).stat().st_mode) == 0o700
@@ -146,10 +147,15 @@ def test_the_tls_section_is_rendered_only_when_asked_for(tmp_path: Path) -> None
     first, second = both.index("listener 12345 127.0.0.1"), both.index("listener 23456 127.0.0.1")
     assert first < second
     # Each listener's own options follow its line; the TLS files belong to the TLS listener only.
-    assert both[first + 1:second] == ["use_username_as_clientid true", f"user {mosquitto.current_user()}"]
-    assert both[second + 1:] == ["cafile /x/ca.crt", "certfile /x/server.crt", "keyfile /x/server.key",
-                                 "tls_version tlsv1.2", "use_username_as_clientid true"]
-    assert both[:first] == plain[:plain.index("listener 12345 127.0.0.1")]
+    assert both[first + 1 : second] == ["use_username_as_clientid true", f"user {mosquitto.current_user()}"]
+    assert both[second + 1 :] == [
+        "cafile /x/ca.crt",
+        "certfile /x/server.crt",
+        "keyfile /x/server.key",
+        "tls_version tlsv1.2",
+        "use_username_as_clientid true",
+    ]
+    assert both[:first] == plain[: plain.index("listener 12345 127.0.0.1")]
 
     with pytest.raises(ValueError, match="TLS port"):
         mosquitto.render_config(template, home, 12345, tls=mosquitto.TLSListener(12345, paths))
@@ -213,8 +219,10 @@ def test_a_client_that_trusts_another_ca_is_refused(broker: RunningBroker, tmp_p
     with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed") as refused:
         connect_client(broker.tls_port, A.device, PASSWORD, A.device, tls=TLSSettings(stranger.ca))
     # The broker sends its chain up to its CA, which this client does not trust (OpenSSL's wording for that).
-    assert refused.value.verify_message in ("self-signed certificate in certificate chain",
-                                            "unable to get local issuer certificate")
+    assert refused.value.verify_message in (
+        "self-signed certificate in certificate chain",
+        "unable to get local issuer certificate",
+    )
     assert f" as {A.device} " not in broker.log(), "the password must not have reached the broker"
 
 
@@ -265,9 +273,25 @@ def _run_broker_command(home: Home, *args: str) -> None:
     """`cityledger broker --tls ARGS` until it listens on its plain and TLS ports (and no other), then stop it."""
     port, tls_port = free_port(), free_port()
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root)}
-    proc = start([sys.executable, "-m", "ledger.cli", "broker", "--mqtt-port", str(port), "--tls", "--tls-port",
-                  str(tls_port), *args], env=env, stdout=DEVNULL, stderr=PIPE)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "broker",
+            "--mqtt-port",
+            str(port),
+            "--tls",
+            "--tls-port",
+            str(tls_port),
+            *args,
+        ],
+        env=env,
+        stdout=DEVNULL,
+        stderr=PIPE,
+    )
     try:
+
         def listening() -> bool:
             if proc.poll() is not None:
                 raise AssertionError(f"cityledger broker exited with {proc.returncode}: {proc.stderr.read()!r}")
@@ -302,8 +326,9 @@ def _agent(tmp_path: Path, broker: RunningBroker, tls: TLSSettings) -> tuple[Dev
     identity = DeviceIdentity.generate(A.device, A.kind, A.district).with_credentials(A.device, PASSWORD)
     outbox = Outbox(tmp_path / f"outbox-{len(list(tmp_path.glob('outbox-*')))}.sqlite")
     assert broker.tls_port is not None
-    agent = DeviceAgent(identity, outbox, host="127.0.0.1", port=broker.tls_port,
-                        settings=AgentSettings(connect_timeout=2.0), tls=tls)
+    agent = DeviceAgent(
+        identity, outbox, host="127.0.0.1", port=broker.tls_port, settings=AgentSettings(connect_timeout=2.0), tls=tls
+    )
     return agent, outbox
 
 
@@ -448,8 +473,11 @@ class TLSStack(Stack):
     @property
     def env(self) -> dict[str, str]:
         assert self.broker.tls_port is not None
-        return {**super().env, "CITYLEDGER_MQTT_PORT": str(self.broker.tls_port),
-                "CITYLEDGER_MQTT_CA": str(self.broker.ca_file)}
+        return {
+            **super().env,
+            "CITYLEDGER_MQTT_PORT": str(self.broker.tls_port),
+            "CITYLEDGER_MQTT_CA": str(self.broker.ca_file),
+        }
 
 
 def _listener_of_each_client(log: str) -> dict[str, set[int]]:
@@ -472,9 +500,15 @@ def test_the_whole_pipeline_runs_over_tls(tmp_path: Path) -> None:
         with witness(stack, store, "auditor", password_file, stack.info["ledger_key"]) as auditor:
             auditor.wait_connected()
             assert f"connected to 127.0.0.1:{stack.broker.tls_port} as auditor" in auditor.log()
-            fleet = start([sys.executable, "-m", "ledger.cli", "fleet", "--devices", "6", "--interval", "0.5"],
-                          env=stack.env, stdout=PIPE, stderr=PIPE, text=True)
+            fleet = start(
+                [sys.executable, "-m", "ledger.cli", "fleet", "--devices", "6", "--interval", "0.5"],
+                env=stack.env,
+                stdout=PIPE,
+                stderr=PIPE,
+                text=True,
+            )
             try:
+
                 def ledgered() -> set[str]:
                     return {r["device"] for r in stack.api.recent_readings(limit=500)}
 

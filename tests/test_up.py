@@ -56,13 +56,32 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     out_path = tmp_path / "up.out"
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "PYTHONUNBUFFERED": "1"}
     with out_path.open("wb") as out:
-        proc = start([sys.executable, "-m", "ledger.cli", "up", "--devices", "12", "--interval", "1",
-                      "--mqtt-port", str(mqtt_port), "--dashboard-port", str(web_port)],
-                     env=env, stdout=out, stderr=STDOUT)
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "up",
+                "--devices",
+                "12",
+                "--interval",
+                "1",
+                "--mqtt-port",
+                str(mqtt_port),
+                "--dashboard-port",
+                str(web_port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=STDOUT,
+        )
     pids: dict[str, int] = {}
     try:
-        wait_for(lambda: "Dashboard: http" in out_path.read_text() or proc.poll() is not None, 120,
-                 "`up` to print the dashboard address")
+        wait_for(
+            lambda: "Dashboard: http" in out_path.read_text() or proc.poll() is not None,
+            120,
+            "`up` to print the dashboard address",
+        )
         text = out_path.read_text()
         assert proc.poll() is None, text
         assert f"http://127.0.0.1:{web_port}" in text
@@ -105,9 +124,25 @@ PARTS = ("broker", "ingest", "fleet", "scheduler", "dashboard")
 def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> Child:
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "PYTHONUNBUFFERED": "1"}
     with out_path.open("wb") as out:
-        return start([sys.executable, "-m", "ledger.cli", "up", "--devices", str(devices), "--interval",
-                      str(interval), "--mqtt-port", str(free_port()), "--dashboard-port", str(free_port())],
-                     env=env, stdout=out, stderr=STDOUT)
+        return start(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "up",
+                "--devices",
+                str(devices),
+                "--interval",
+                str(interval),
+                "--mqtt-port",
+                str(free_port()),
+                "--dashboard-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=out,
+            stderr=STDOUT,
+        )
 
 
 def _every_pid(out_path: Path) -> dict[str, int]:
@@ -116,16 +151,24 @@ def _every_pid(out_path: Path) -> dict[str, int]:
 
 
 def _wait_ledgering(proc: Child, out_path: Path, timeout: float = 120) -> str:
-    wait_for(lambda: "devices ledgering" in out_path.read_text() or proc.poll() is not None, timeout,
-             "`up` to say its devices are ledgering", every=0.1)
+    wait_for(
+        lambda: "devices ledgering" in out_path.read_text() or proc.poll() is not None,
+        timeout,
+        "`up` to say its devices are ledgering",
+        every=0.1,
+    )
     text = out_path.read_text()
     assert proc.poll() is None, text
     return text
 
 
 def _status_json(home: Home) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(home.root), "status", "--json"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "ledger.cli", "--home", str(home.root), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     return dict(json.loads(out.stdout))
 
@@ -153,14 +196,17 @@ def _clean_starts(tmp_path: Path, runs: int) -> list[float]:
             took.append(time.monotonic() - start)
             supervisor = _status_json(home)["supervisor"]
             assert set(supervisor) == set(PARTS), supervisor
-            assert {p: (r["state"], r["restarts"]) for p, r in supervisor.items()} == \
-                {p: ("running", 0) for p in PARTS}, f"run {run}: {supervisor}\n{text}"
+            assert {p: (r["state"], r["restarts"]) for p, r in supervisor.items()} == {
+                p: ("running", 0) for p in PARTS
+            }, f"run {run}: {supervisor}\n{text}"
             assert "restarting it" not in out_path.read_text(), f"run {run}:\n{out_path.read_text()}"
             _ctrl_c(proc, out_path, home)
         finally:
             _stop_everything(proc, _every_pid(out_path))
-    print(f"\nUP clean starts: {runs} runs, seconds to 'devices ledgering': "
-          f"{', '.join(f'{t:.1f}' for t in took)}", flush=True)
+    print(
+        f"\nUP clean starts: {runs} runs, seconds to 'devices ledgering': {', '.join(f'{t:.1f}' for t in took)}",
+        flush=True,
+    )
     return took
 
 
@@ -179,8 +225,17 @@ def test_up_starts_on_a_home_holding_an_operators_wm1_and_leaves_it_alone(tmp_pa
     home = Home(tmp_path / "home")
     initialize(home)
     odd = ("wm1", "a", "x.y_z", "Z" * 64)
-    local_api(home).enroll_devices([{"device": d, "kind": "water", "district": "d01",
-                                     "public_key": SigningKey.generate().verify_key.encode().hex()} for d in odd])
+    local_api(home).enroll_devices(
+        [
+            {
+                "device": d,
+                "kind": "water",
+                "district": "d01",
+                "public_key": SigningKey.generate().verify_key.encode().hex(),
+            }
+            for d in odd
+        ]
+    )
     out_path = tmp_path / "up.out"
     proc = _start_up(home, out_path, devices=6, interval=0.5)
     try:
@@ -255,14 +310,22 @@ def test_up_restarts_each_part_killed_and_the_fleet_loses_nothing(tmp_path: Path
         supervisor = _status_json(home)["supervisor"]
         for part in PARTS:
             rec = supervisor[part]
-            assert (rec["restarts"], rec["last_exit_code"], rec["last_exit"], rec["state"]) == \
-                (1, -9, "killed by SIGKILL", "running"), (part, rec)
+            assert (rec["restarts"], rec["last_exit_code"], rec["last_exit"], rec["state"]) == (
+                1,
+                -9,
+                "killed by SIGKILL",
+                "running",
+            ), (part, rec)
             assert rec["last_restart_at"] >= rec["last_exit_at"] > 0
         text = out_path.read_text()
         for part in PARTS:
             assert re.search(rf"\] {part} killed by SIGKILL after [\d.]+ s; restarting it in", text), text
-        plain = subprocess.run([sys.executable, "-m", "ledger.cli", "--home", str(home.root), "status"],
-                               capture_output=True, text=True, timeout=60).stdout
+        plain = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", "--home", str(home.root), "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         restarts = [line for line in plain.splitlines() if line.strip().startswith("restarts:")]
         assert len(restarts) == 1 and all(f"{part} 1 (last " in restarts[0] for part in PARTS), plain
         print(f"\nUP back after kill -9 (s): {json.dumps({p: round(t, 2) for p, t in back.items()})}", flush=True)

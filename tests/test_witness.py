@@ -39,13 +39,26 @@ class Chain:
     def head_hash(self) -> str:
         return self.blocks[-1][0] if self.blocks else GENESIS_PREV
 
-    def seal(self, *, leaves: int = 2, key: SigningKey | None = None, prev: str | None = None,
-             height: int | None = None, **extra: Any) -> bytes:
+    def seal(
+        self,
+        *,
+        leaves: int = 2,
+        key: SigningKey | None = None,
+        prev: str | None = None,
+        height: int | None = None,
+        **extra: Any,
+    ) -> bytes:
         """Append one block and return its signed payload."""
         height = self.start + len(self.blocks) if height is None else height
         leaf_hashes = [merkle.leaf_hash(f"leaf {height}/{i}".encode()) for i in range(leaves)]
-        header = make_header(height=height, prev=self.head_hash if prev is None else prev,
-                             leaf_hashes=leaf_hashes, sealed_at=1_764_000_000_000 + height, v=1, **extra)
+        header = make_header(
+            height=height,
+            prev=self.head_hash if prev is None else prev,
+            leaf_hashes=leaf_hashes,
+            sealed_at=1_764_000_000_000 + height,
+            v=1,
+            **extra,
+        )
         sig = sign_header(key or self.key, header)
         self.blocks.append((block_hash(header), header, sig))
         return self.payload(len(self.blocks) - 1)
@@ -234,8 +247,9 @@ def _malformed_payloads() -> dict[str, bytes]:
         "missing member": canonical_json({"hash": good["hash"], "header": good["header"]}),
         "header not an object": canonical_json({**good, "header": "h"}),
         "not canonical (spaces)": json.dumps(good, sort_keys=True).encode(),
-        "not canonical (order)": json.dumps({"sig": sig, "hash": good["hash"], "header": good["header"]},
-                                            separators=(",", ":"), sort_keys=False).encode(),
+        "not canonical (order)": json.dumps(
+            {"sig": sig, "hash": good["hash"], "header": good["header"]}, separators=(",", ":"), sort_keys=False
+        ).encode(),
         "duplicate member": canonical_json(good)[:-1] + b',"sig":"' + sig.encode() + b'"}',
         "float": with_header(sealed_at=1.5),
         "NaN": canonical_json(good).replace(b'"size":2', b'"size":NaN'),

@@ -28,12 +28,29 @@ EXIT_ALARM = 3
 class WitnessProcess:
     """`cityledger witness` as a subprocess with its own log file."""
 
-    def __init__(self, stack: Stack, store: Path, name: str, password_file: Path, ledger_key: str | None,
-                 extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        store: Path,
+        name: str,
+        password_file: Path,
+        ledger_key: str | None,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.stack, self.store, self.name = stack, store, name
         self.log_path = stack.home.logs / f"witness-{name}.log"
-        args = [sys.executable, "-m", "ledger.cli", "witness", "--store", str(store), "--name", name,
-                "--password-file", str(password_file)]
+        args = [
+            sys.executable,
+            "-m",
+            "ledger.cli",
+            "witness",
+            "--store",
+            str(store),
+            "--name",
+            name,
+            "--password-file",
+            str(password_file),
+        ]
         if ledger_key:
             args += ["--ledger-key", ledger_key]
         args += extra
@@ -65,8 +82,14 @@ class WitnessProcess:
 
 
 @contextmanager
-def witness(stack: Stack, store: Path, name: str, password_file: Path,
-            ledger_key: str | None = None, extra: tuple[str, ...] = ()) -> Iterator[WitnessProcess]:
+def witness(
+    stack: Stack,
+    store: Path,
+    name: str,
+    password_file: Path,
+    ledger_key: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Iterator[WitnessProcess]:
     w = WitnessProcess(stack, store, name, password_file, ledger_key, extra)
     try:
         yield w
@@ -176,8 +199,11 @@ def test_a_witness_follows_catches_up_and_alarms_on_a_rollback(stack: Stack, tmp
         wait_for(lambda: w.proc.poll() is not None, 30, "the witness to stop on the alarm")
         assert w.proc.returncode == EXIT_ALARM, w.log()
     # the operator sees it: ingest keeps what witnesses report
-    reports = wait_for(lambda: stack.cli_json("witnesses", "reports", "--kind", "alarm", "--json"), 15,
-                       "the alarm among the witness reports")
+    reports = wait_for(
+        lambda: stack.cli_json("witnesses", "reports", "--kind", "alarm", "--json"),
+        15,
+        "the alarm among the witness reports",
+    )
     assert [(r["witness"], json.loads(r["body"])["kind"]) for r in reports] == [("w1", "rollback")]
 
     assert f"WITNESS ALARM rollback at height {old_height}: " in w.log()
@@ -201,12 +227,14 @@ def test_a_witness_refuses_to_start_without_what_it_needs(stack: Stack, tmp_path
 
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password\n")
-    refused = stack.cli("witness", "--store", store, "--name", "w2", "--password-file", str(wrong),
-                        "--ledger-key", ledger_key)
+    refused = stack.cli(
+        "witness", "--store", store, "--name", "w2", "--password-file", str(wrong), "--ledger-key", ledger_key
+    )
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "refused login 'w2'" in refused.stderr and "Traceback" not in refused.stderr
 
     other_key = "ab" * 32
-    contradicts = stack.cli("witness", "--store", store, "--name", "w2", "--password-file", str(password),
-                            "--ledger-key", other_key)
+    contradicts = stack.cli(
+        "witness", "--store", store, "--name", "w2", "--password-file", str(password), "--ledger-key", other_key
+    )
     assert contradicts.returncode == 2 and "contradicts" in contradicts.stderr, contradicts.stderr

@@ -44,15 +44,23 @@ def _children(pid: int) -> list[int]:
 
 def _workers(stack: Stack) -> list[int]:
     assert stack.ingest is not None
-    return [p for p in _children(stack.ingest.pid)
-            if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes() and
-            b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+    return [
+        p
+        for p in _children(stack.ingest.pid)
+        if b"multiprocessing.spawn" in Path(f"/proc/{p}/cmdline").read_bytes()
+        and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
 
 
 def _send(stack: Stack, devices: list[SimDevice], per_device: int) -> None:
     for dev in devices:
         client = stack.connect(dev)
-        sent = [client.publish(dev.topic, dev.reading(value=n % 2 if dev.kind == "parking" else n, ts=NOW()).payload(), qos=1) for n in range(per_device)]
+        sent = [
+            client.publish(
+                dev.topic, dev.reading(value=n % 2 if dev.kind == "parking" else n, ts=NOW()).payload(), qos=1
+            )
+            for n in range(per_device)
+        ]
         for info in sent:  # the broker has them (PUBACK) before the device goes away
             info.wait_for_publish(10)
         close_client(client)
@@ -95,14 +103,21 @@ def test_a_killed_worker_is_restarted_and_nothing_it_held_is_lost(tmp_path: Path
             clients.append(client)
         for n in range(40):
             for dev, client in zip(devices, clients):
-                client.publish(dev.topic, dev.reading(value=n % 2 if dev.kind == "parking" else n, ts=NOW()).payload(), qos=1)
+                client.publish(
+                    dev.topic, dev.reading(value=n % 2 if dev.kind == "parking" else n, ts=NOW()).payload(), qos=1
+                )
             if n == 10:
                 os.kill(_workers(stack)[0], signal.SIGKILL)
         wait_for(lambda: stack.status()["readings"] == 320, 60, "320 readings ledgered after a worker died")
         wait_for(lambda: len(_workers(stack)) == 2, 30, "the worker restarted")
         for dev, client in zip(devices, clients):
-            wait_for(lambda: any((a := parse_ack(m.payload)) and a[0] == 40
-                                 for m in client_log(client).received(dev.ack_topic)), 30, f"ack 40 for {dev.device}")
+            wait_for(
+                lambda: any(
+                    (a := parse_ack(m.payload)) and a[0] == 40 for m in client_log(client).received(dev.ack_topic)
+                ),
+                30,
+                f"ack 40 for {dev.device}",
+            )
             close_client(client)
         status = stack.status()
         assert status["readings"] == 320 and status["quarantined"] == 0

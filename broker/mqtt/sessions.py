@@ -30,16 +30,18 @@ def service_client(client_id: str, username: str, password: str, tls: TLSSetting
     `client_id` goes out with the prefix the broker requires (broker/mqtt/client_ids.py); the
     broker then names the session by `username`.
     """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(client_id), protocol=mqtt.MQTTv5,
-                         manual_ack=True)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=mqtt_client_id(client_id), protocol=mqtt.MQTTv5, manual_ack=True
+    )
     client.username_pw_set(username, password)
     configure_tls(client, tls)
     client.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho only multiplies it: a float works
     return client
 
 
-def start(client: mqtt.Client, host: str, port: int, *, persistent: bool = True,
-          receive_maximum: int | None = None) -> None:
+def start(
+    client: mqtt.Client, host: str, port: int, *, persistent: bool = True, receive_maximum: int | None = None
+) -> None:
     """Connect in the background and run paho's network thread.
 
     `persistent`: resume the session the broker kept (and keep it for a week after a

@@ -37,9 +37,21 @@ class MQTTError(LedgerError, ConnectionError):
 class Subscriber:
     """One MQTT 5 connection to the broker. Not thread-safe: one thread reads, acks and pings."""
 
-    def __init__(self, host: str, port: int, *, client_id: str, username: str, password: str,
-                 tls: TLSSettings | None = None, keepalive: int = 30, clean_start: bool = False,
-                 session_expiry: int = 0, receive_maximum: int = 20000, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        username: str,
+        password: str,
+        tls: TLSSettings | None = None,
+        keepalive: int = 30,
+        clean_start: bool = False,
+        session_expiry: int = 0,
+        receive_maximum: int = 20000,
+        timeout: float = 10.0,
+    ) -> None:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
@@ -51,9 +63,18 @@ class Subscriber:
         self.found: bytes | None = None  # the body of the packet `_expect` waits for, once it came
         self.last_sent = time.monotonic()
         # The broker requires the prefix (broker/mqtt/client_ids.py) and names the session by username.
-        self._send(wire.connect_packet(mqtt_client_id(client_id), username, password, keepalive=keepalive,
-                                       clean_session=clean_start, version=wire.V5, session_expiry=session_expiry,
-                                       receive_maximum=receive_maximum))
+        self._send(
+            wire.connect_packet(
+                mqtt_client_id(client_id),
+                username,
+                password,
+                keepalive=keepalive,
+                clean_session=clean_start,
+                version=wire.V5,
+                session_expiry=session_expiry,
+                receive_maximum=receive_maximum,
+            )
+        )
         connack = self._expect(wire.CONNACK, timeout)
         code = wire.parse_connack(connack)
         if code != 0:

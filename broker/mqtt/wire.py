@@ -61,9 +61,17 @@ def _packet(first: int, body: bytes) -> bytes:
     return bytes([first]) + encode_remaining_length(len(body)) + body
 
 
-def connect_packet(client_id: str, username: str, password: str, *, keepalive: int = 0,
-                   clean_session: bool = True, version: int = V311, session_expiry: int = 0,
-                   receive_maximum: int = 65535) -> bytes:
+def connect_packet(
+    client_id: str,
+    username: str,
+    password: str,
+    *,
+    keepalive: int = 0,
+    clean_session: bool = True,
+    version: int = V311,
+    session_expiry: int = 0,
+    receive_maximum: int = 65535,
+) -> bytes:
     """CONNECT with a username and password; keepalive 0 means the broker never expects a ping.
 
     MQTT 5 adds the session's expiry (seconds; 0: ends with the connection) and how many
@@ -72,8 +80,12 @@ def connect_packet(client_id: str, username: str, password: str, *, keepalive: i
     flags = 0x80 | 0x40 | (0x02 if clean_session else 0)
     header = mqtt_string("MQTT") + bytes([version, flags]) + struct.pack("!H", keepalive)
     if version == V5:
-        props = bytes([PROP_SESSION_EXPIRY]) + struct.pack("!I", session_expiry) + \
-            bytes([PROP_RECEIVE_MAXIMUM]) + struct.pack("!H", receive_maximum)
+        props = (
+            bytes([PROP_SESSION_EXPIRY])
+            + struct.pack("!I", session_expiry)
+            + bytes([PROP_RECEIVE_MAXIMUM])
+            + struct.pack("!H", receive_maximum)
+        )
         header += encode_remaining_length(len(props)) + props
     return _packet(CONNECT << 4, header + mqtt_string(client_id) + mqtt_string(username) + mqtt_string(password))
 
@@ -86,8 +98,9 @@ def subscribe_packet(packet_id: int, topics: str | list[str], qos: int = 0, vers
     return _packet((SUBSCRIBE << 4) | 0x02, struct.pack("!H", packet_id) + props + filters)
 
 
-def publish_packet(topic: str | bytes, payload: bytes, *, qos: int = 1, packet_id: int | None = None,
-                   retain: bool = False) -> bytes:
+def publish_packet(
+    topic: str | bytes, payload: bytes, *, qos: int = 1, packet_id: int | None = None, retain: bool = False
+) -> bytes:
     """PUBLISH; QoS 1 and 2 carry a packet id, QoS 0 must not."""
     if qos not in (0, 1, 2):
         raise ValueError(f"invalid QoS {qos}")
@@ -160,7 +173,7 @@ def split_packets(buf: bytes | bytearray) -> tuple[int, list[tuple[int, bytes]],
         if first >> 4 == PUBACK:
             pubacks += 1
         else:
-            others.append((first, bytes(buf[start:start + length])))
+            others.append((first, bytes(buf[start : start + length])))
         pos = start + length
     return pubacks, others, pos
 
@@ -184,7 +197,7 @@ def parse_publish(first: int, body: bytes, version: int = V311) -> Publish:
         pos = _after_properties(body, pos, "PUBLISH")
     if len(body) < pos:
         raise ValueError("PUBLISH topic runs past the packet")
-    raw_topic = bytes(body[2:2 + topic_len])
+    raw_topic = bytes(body[2 : 2 + topic_len])
     try:
         topic = raw_topic.decode()
     except UnicodeDecodeError:  # kept readable for the quarantine, never fatal

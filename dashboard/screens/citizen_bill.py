@@ -16,25 +16,44 @@ with ui.guard("your bill"):
     wanted = ui.query_param("month")
     if wanted in options and st.session_state.get("bill_month") is None:
         st.session_state["bill_month"] = wanted
-    labels = {m["month"]: f"{month_label(m['month'])} · " + (f"issued, {money(m['total'])}" if m["issued"]
-                                                               else "as it stands") for m in months}
+    labels = {
+        m["month"]: f"{month_label(m['month'])} · "
+        + (f"issued, {money(m['total'])}" if m["issued"] else "as it stands")
+        for m in months
+    }
     month = st.selectbox("Month", options, key="bill_month", format_func=lambda m: labels.get(m, m))
     bill = data.bill(month)
 
     head = st.columns([2, 1, 1])
-    head[0].markdown(f"**{bill['name']}** · account `{bill['account']}` · {bill['customer_class']}  \n"
-                     f"{month_label(bill['month'])}, {bills.status_text(bill)} · tariff version "
-                     f"{bill['tariff_version']}")
+    head[0].markdown(
+        f"**{bill['name']}** · account `{bill['account']}` · {bill['customer_class']}  \n"
+        f"{month_label(bill['month'])}, {bills.status_text(bill)} · tariff version "
+        f"{bill['tariff_version']}"
+    )
     head[1].metric("Total", money(bill["total"]))
     with head[2]:
-        st.download_button("Download CSV", bills.csv_text(bill), file_name=f"bill-{bill['account']}-{month}.csv",
-                           mime="text/csv", key="csv", icon=":material/download:")
-        st.download_button("Printable page", bills.printable_html(bill), key="html",
-                           file_name=f"bill-{bill['account']}-{month}.html", mime="text/html",
-                           icon=":material/print:", help="Open the file and print it from your browser.")
+        st.download_button(
+            "Download CSV",
+            bills.csv_text(bill),
+            file_name=f"bill-{bill['account']}-{month}.csv",
+            mime="text/csv",
+            key="csv",
+            icon=":material/download:",
+        )
+        st.download_button(
+            "Printable page",
+            bills.printable_html(bill),
+            key="html",
+            file_name=f"bill-{bill['account']}-{month}.html",
+            mime="text/html",
+            icon=":material/print:",
+            help="Open the file and print it from your browser.",
+        )
     if bill.get("status") != "issued":
-        st.info("This bill is not issued yet: it shows what the ledger holds now and changes as readings "
-                "arrive. It is issued, and then never changes, at the month-end close.")
+        st.info(
+            "This bill is not issued yet: it shows what the ledger holds now and changes as readings "
+            "arrive. It is issued, and then never changes, at the month-end close."
+        )
 
     if not bill["lines"]:
         ui.empty("Nothing to bill this month: no meters, parking or adjustments on your account.")
@@ -44,8 +63,10 @@ with ui.guard("your bill"):
             for flag in line.get("flags", []):
                 st.warning(flag, icon=":material/flag:")
             if line["type"] == "utility":
-                st.caption(f"Used earlier this year: {line['used_this_year_before']} {unit_label(line['unit'])} "
-                           f"(where this month starts on the tiers) · tariff in force from {line['tariff_from']}")
+                st.caption(
+                    f"Used earlier this year: {line['used_this_year_before']} {unit_label(line['unit'])} "
+                    f"(where this month starts on the tiers) · tariff in force from {line['tariff_from']}"
+                )
                 if line["tiers"]:
                     ui.table(bills.tier_rows(line))
                 else:
@@ -53,23 +74,29 @@ with ui.guard("your bill"):
             elif line["type"] == "parking":
                 ui.table(bills.session_rows(line))
             else:
-                st.caption(f"Correction recorded by operator {line['operator']} on {ui.when(line['created_at'])}, "
-                           f"sealed in block {line['block']}.")
+                st.caption(
+                    f"Correction recorded by operator {line['operator']} on {ui.when(line['created_at'])}, "
+                    f"sealed in block {line['block']}."
+                )
             readings = bills.readings_of(line)
             if readings:
                 with st.expander(f"Readings this line rests on ({len(readings)})"):
                     st.caption("Each can be proven: pick it on the Proof page to see and check its receipt.")
                     ui.table([{"Device": d, "Seq": s} for d, s in readings])
                     if st.button("Prove these readings", key=f"prove_{i}", icon=":material/verified:"):
-                        st.switch_page("screens/citizen_proof.py", query_params={
-                            "month": month, "device": readings[0][0], "seq": str(readings[0][1])})
+                        st.switch_page(
+                            "screens/citizen_proof.py",
+                            query_params={"month": month, "device": readings[0][0], "seq": str(readings[0][1])},
+                        )
     st.markdown(f"### Total {money(bill['total'])}")
 
     issued = [m for m in months if m["issued"]]
     st.subheader("Bill history")
     if issued:
         ui.table([{"Month": month_label(m["month"]), "Total": money(m["total"])} for m in issued])
-        st.caption("Issued bills never change; corrections appear on the bill of the month they are made in. "
-                   "Pick a month above to see its lines.")
+        st.caption(
+            "Issued bills never change; corrections appear on the bill of the month they are made in. "
+            "Pick a month above to see its lines."
+        )
     else:
         ui.empty("No bill has been issued yet. Bills are issued at the month-end close, on the 1st.")

@@ -14,16 +14,25 @@ STATUS = {"open": "🟠 open: waiting for the city", "answered": "🔵 answered"
 
 with ui.guard("your disputes"):
     with st.expander("Open a dispute", expanded=not data.disputes()):
-        kind = st.radio("About", ["A line on a bill", "A problem with a meter", "Something else"], key="new_kind",
-                        horizontal=True, index=None)
+        kind = st.radio(
+            "About",
+            ["A line on a bill", "A problem with a meter", "Something else"],
+            key="new_kind",
+            horizontal=True,
+            index=None,
+        )
         subject = "General question"
         if kind == "A line on a bill":
             months = [m["month"] for m in sorted(data.bill_months(), key=lambda m: not m["issued"])]
             month = st.selectbox("Bill", months, key="new_month", format_func=month_label)
             lines = data.bill(month)["lines"]
             if lines:
-                i = st.selectbox("Line", list(range(len(lines))), key="new_line",
-                                 format_func=lambda i: f"{i + 1}. {bills.line_title(lines[i])}")
+                i = st.selectbox(
+                    "Line",
+                    list(range(len(lines))),
+                    key="new_line",
+                    format_func=lambda i: f"{i + 1}. {bills.line_title(lines[i])}",
+                )
                 subject = f"Bill {month}, {bills.line_key(i, lines[i])}"
             else:
                 st.caption("That bill has no lines.")
@@ -36,9 +45,12 @@ with ui.guard("your disputes"):
             else:
                 st.caption("No meters are registered to your account.")
         with st.form("new_dispute", clear_on_submit=True):
-            message = st.text_area("What is wrong?", key="new_message", max_chars=4000,
-                                   placeholder="For example: the meter was replaced on 3 March; the reading "
-                                               "after that looks too high.")
+            message = st.text_area(
+                "What is wrong?",
+                key="new_message",
+                max_chars=4000,
+                placeholder="For example: the meter was replaced on 3 March; the reading after that looks too high.",
+            )
             sent = st.form_submit_button("Send", type="primary")
         if sent:
             created = data.open_dispute(subject, message)

@@ -15,9 +15,11 @@ from ledger.home import Home
 
 data = ui.citizen()
 st.title("Proof")
-st.caption("A receipt proves that a reading is in the city ledger exactly as your meter signed it. "
-           "You can check it here, or anywhere else with the receipt file and the city's ledger key "
-           "(see docs/verifying.md).")
+st.caption(
+    "A receipt proves that a reading is in the city ledger exactly as your meter signed it. "
+    "You can check it here, or anywhere else with the receipt file and the city's ledger key "
+    "(see docs/verifying.md)."
+)
 
 FROM_BILL, FROM_METER = "A reading a bill rests on", "A reading of my meter at a time"
 
@@ -47,8 +49,12 @@ def from_bill() -> tuple[str, int, str] | None:
         ui.empty(f"Your bill for {month_label(month)} rests on no readings yet.")
         return None
     line_of = {f"{d} #{s}": i for i, d, s in readings}
-    picked = st.selectbox("Reading", choices, key="proof_reading",
-                          format_func=lambda c: f"{c} (line {line_of[c] + 1})" if c in line_of else c)
+    picked = st.selectbox(
+        "Reading",
+        choices,
+        key="proof_reading",
+        format_func=lambda c: f"{c} (line {line_of[c] + 1})" if c in line_of else c,
+    )
     device, _, seq = (picked or "").rpartition(" #")
     return device, int(seq) if seq.isdigit() else -1, month
 
@@ -61,8 +67,9 @@ def from_meter() -> tuple[str, int, str | None] | None:
     tz = ui.tz()
     now = dt.datetime.fromtimestamp(now_ms() / 1000, tz)
     c = st.columns(3)
-    device = c[0].selectbox("Meter", meters, key="proof_meter",
-                            format_func=lambda d: f"{kind_label(data.meter(d)['kind'])} · {d}")
+    device = c[0].selectbox(
+        "Meter", meters, key="proof_meter", format_func=lambda d: f"{kind_label(data.meter(d)['kind'])} · {d}"
+    )
     day = c[1].date_input("Day", value=now.date(), max_value=now.date(), key="proof_day")
     at = c[2].time_input("Time", value=dt.time(now.hour, 0), key="proof_time", step=900)
     when = int(dt.datetime.combine(day, at, tzinfo=tz).timestamp() * 1000)
@@ -81,20 +88,30 @@ with ui.guard("the proof"):
     key = trusted_key()
     steps = proof.check(receipt, key, api("key_chain"))
     r = receipt["reading"]
-    st.markdown(f"Reading **#{r['seq']}** of `{r['device']}` ({r['kind']}): value **{r['value']:,}** at "
-                f"{ui.when(r['ts'], seconds=True)}, in block **{receipt['block']['height']}** "
-                f"(leaf {receipt['leaf_index']} of {receipt['block']['size']}).")
+    st.markdown(
+        f"Reading **#{r['seq']}** of `{r['device']}` ({r['kind']}): value **{r['value']:,}** at "
+        f"{ui.when(r['ts'], seconds=True)}, in block **{receipt['block']['height']}** "
+        f"(leaf {receipt['leaf_index']} of {receipt['block']['size']})."
+    )
     for s in steps:
         icon = {"ok": ":material/check_circle:", "failed": ":material/cancel:"}.get(s.state, ":material/pending:")
         box = {"ok": st.success, "failed": st.error}.get(s.state, st.info)
         box(f"**{s.title}**: {s.state}. {s.explains}" + (f"  \n`{s.detail}`" if s.detail else ""), icon=icon)
     if proof.valid(steps):
-        st.success(f"Receipt valid: checked against the city's published ledger key `{key[:16]}…`, "
-                   "not the key written in the receipt.", icon=":material/verified:")
+        st.success(
+            f"Receipt valid: checked against the city's published ledger key `{key[:16]}…`, "
+            "not the key written in the receipt.",
+            icon=":material/verified:",
+        )
     else:
         st.error("This receipt does not verify. Please report it on the Disputes page.")
-    st.download_button("Download receipt (JSON)", proof.receipt_file(receipt), key="receipt_json",
-                       file_name=f"receipt-{r['device']}-{r['seq']}.json", mime="application/json",
-                       icon=":material/download:")
+    st.download_button(
+        "Download receipt (JSON)",
+        proof.receipt_file(receipt),
+        key="receipt_json",
+        file_name=f"receipt-{r['device']}-{r['seq']}.json",
+        mime="application/json",
+        icon=":material/download:",
+    )
     with st.expander("The receipt"):
         st.code(proof.pretty(receipt), language="json")

@@ -14,16 +14,19 @@ st.title("Usage")
 with ui.guard("your usage"):
     meters = data.meters()
     if not meters:
-        ui.empty("No meters are registered to your account yet. Once a meter is installed and enrolled, "
-                 "its readings appear here.")
+        ui.empty(
+            "No meters are registered to your account yet. Once a meter is installed and enrolled, "
+            "its readings appear here."
+        )
         st.stop()
     ids = [m["device"] for m in meters]
     wanted = ui.query_param("meter")
     if wanted in ids and st.session_state.get("meter") is None:
         st.session_state["meter"] = wanted
     left, right = st.columns([2, 3])
-    device = left.selectbox("Meter", ids, key="meter",
-                            format_func=lambda d: f"{kind_label(data.meter(d)['kind'])} · {d}" if d in ids else d)
+    device = left.selectbox(
+        "Meter", ids, key="meter", format_func=lambda d: f"{kind_label(data.meter(d)['kind'])} · {d}" if d in ids else d
+    )
     granularity = right.segmented_control("Period", GRANULARITIES, default="Daily", key="granularity") or "Daily"
     u = data.usage(device, granularity)  # the data layer refuses a meter that is not this account's
     unit, meter, rows = unit_label(u["unit"]), u["meter"], u["rows"]
@@ -41,22 +44,38 @@ with ui.guard("your usage"):
     if all(r["this"] is None for r in rows):
         ui.empty(f"No readings from {device} in these {granularity.lower()} periods yet.")
     else:
-        st.altair_chart(charts.usage_chart(rows, meter["kind"], u["unit"], u["tiers"], granularity,
-                                           meter["district"]), width="stretch")
-        st.caption(f"{kind_label(meter['kind'])} in {unit}, from the meter's register at each period's boundaries "
-                   "(interpolated between the nearest readings, as on your bill). The typical household is the "
-                   f"median of residential meters in {meter['district']}; it is shown only when at least five "
-                   "households contribute. Bar colours: the tariff tier your year's use had reached.")
+        st.altair_chart(
+            charts.usage_chart(rows, meter["kind"], u["unit"], u["tiers"], granularity, meter["district"]),
+            width="stretch",
+        )
+        st.caption(
+            f"{kind_label(meter['kind'])} in {unit}, from the meter's register at each period's boundaries "
+            "(interpolated between the nearest readings, as on your bill). The typical household is the "
+            f"median of residential meters in {meter['district']}; it is shown only when at least five "
+            "households contribute. Bar colours: the tariff tier your year's use had reached."
+        )
     if u["tiers"] and any(p["cumulative"] is not None for p in u["year_to_date"]):
         st.subheader("This year against the tariff tiers")
-        st.altair_chart(charts.year_chart(u["year_to_date"], meter["kind"], u["unit"], u["tiers"], u["timezone"]),
-                        width="stretch")
-        prices = ", ".join(f"tier {t.number}: ¥{t.price}/{unit}" + (f" up to {t.up_to:g} {unit}" if t.up_to else "")
-                           for t in u["tiers"])
+        st.altair_chart(
+            charts.year_chart(u["year_to_date"], meter["kind"], u["unit"], u["tiers"], u["timezone"]), width="stretch"
+        )
+        prices = ", ".join(
+            f"tier {t.number}: ¥{t.price}/{unit}" + (f" up to {t.up_to:g} {unit}" if t.up_to else "")
+            for t in u["tiers"]
+        )
         st.caption(f"Prices are per {unit} on the year's cumulative use ({prices}).")
     with st.expander("The numbers behind the chart"):
-        ui.table([{"Period": r["period"], f"Used ({unit})": r["this"], f"Year before ({unit})": r["last_year"],
-                   f"Typical household ({unit})": r["typical"], "Tier reached": r["tier"],
-                   "Still running": "yes" if r["partial"] else "",
-                   "Note": "counted from the meter's first reading in the period" if r["from_first_reading"] else ""}
-                  for r in rows])
+        ui.table(
+            [
+                {
+                    "Period": r["period"],
+                    f"Used ({unit})": r["this"],
+                    f"Year before ({unit})": r["last_year"],
+                    f"Typical household ({unit})": r["typical"],
+                    "Tier reached": r["tier"],
+                    "Still running": "yes" if r["partial"] else "",
+                    "Note": "counted from the meter's first reading in the period" if r["from_first_reading"] else "",
+                }
+                for r in rows
+            ]
+        )

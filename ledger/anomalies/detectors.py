@@ -35,8 +35,17 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 from ledger.defaults import DEFAULT_TIMEZONE
 
-TYPES = ("leak", "rollback", "spike", "zero_consumption", "silent", "clock", "hostile", "parking_overstay",
-         "parking_flicker")
+TYPES = (
+    "leak",
+    "rollback",
+    "spike",
+    "zero_consumption",
+    "silent",
+    "clock",
+    "hostile",
+    "parking_overstay",
+    "parking_flicker",
+)
 SEVERITIES = ("low", "medium", "high")
 METER_KINDS = ("water", "gas", "electricity")
 
@@ -279,10 +288,28 @@ def _evidence(device: str, seqs: Iterable[int], limit: int) -> tuple[tuple[str, 
     return tuple((device, q) for q in unique)
 
 
-def _finding(info: DeviceInfo, type: str, start: int, end: int, severity: str, evidence: tuple[tuple[str, int], ...],
-             detail: str, key: str | None = None) -> Finding:
-    return Finding(type, info.device, info.account, info.district, start, end, severity,
-                   evidence or ((info.device, 0),), detail, key or f"{type}:{info.device}")
+def _finding(
+    info: DeviceInfo,
+    type: str,
+    start: int,
+    end: int,
+    severity: str,
+    evidence: tuple[tuple[str, int], ...],
+    detail: str,
+    key: str | None = None,
+) -> Finding:
+    return Finding(
+        type,
+        info.device,
+        info.account,
+        info.district,
+        start,
+        end,
+        severity,
+        evidence or ((info.device, 0),),
+        detail,
+        key or f"{type}:{info.device}",
+    )
 
 
 def _mad_sigma(values: Sequence[float], centre: float) -> float:
@@ -336,8 +363,13 @@ def _nights(s: _Series, now: int, tz: str, config: AnomalyConfig, max_gap: int) 
     return out
 
 
-def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                 tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_leaks(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """Water or gas that never stops flowing at night, judged by the minimum night flow over several nights.
 
     A household's taps are shut between 01:00 and 05:00, so the smallest hourly
@@ -357,9 +389,12 @@ def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
     """
     candidates = [d for d in devices if d.kind in ("water", "gas")]
     series = _series_of(readings, candidates)
-    nights = {d.device: _nights(series[d.device], now, tz, config,
-                                config.max_gap_intervals * _cadence(d, series[d.device], config))
-              for d in candidates}
+    nights = {
+        d.device: _nights(
+            series[d.device], now, tz, config, config.max_gap_intervals * _cadence(d, series[d.device], config)
+        )
+        for d in candidates
+    }
     out: list[Finding] = []
     for (_, kind), group in _by_district_kind(candidates).items():
         per_night: dict[int, list[float]] = {}
@@ -375,19 +410,34 @@ def detect_leaks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
             last = nights[d.device][since:]
             floor = min(n.floor for n in last)
             high = kind == "gas" or floor >= config.leak_high_flow
-            why = (f"about {expected:.0f}/h expected from its own earlier nights" if rule == "own"
-                   else f"{expected:.0f}/h for its district's {kind} meters")
-            detail = (f"{kind} has not stopped flowing on any of the last {len(last)} nights: never below "
-                      f"{floor:.0f}/h between {config.night_start_hour:02d}:00 and {config.night_end_hour:02d}:00, "
-                      f"about {level:.0f}/h on average, against {why}")
-            shown = last[-config.evidence_max // 2:]  # two readings per night: the latest nights
-            out.append(_finding(d, "leak", last[0].start, last[-1].end, "high" if high else "medium",
-                                _evidence(d.device, (q for n in shown for q in n.seqs), config.evidence_max), detail))
+            why = (
+                f"about {expected:.0f}/h expected from its own earlier nights"
+                if rule == "own"
+                else f"{expected:.0f}/h for its district's {kind} meters"
+            )
+            detail = (
+                f"{kind} has not stopped flowing on any of the last {len(last)} nights: never below "
+                f"{floor:.0f}/h between {config.night_start_hour:02d}:00 and {config.night_end_hour:02d}:00, "
+                f"about {level:.0f}/h on average, against {why}"
+            )
+            shown = last[-config.evidence_max // 2 :]  # two readings per night: the latest nights
+            out.append(
+                _finding(
+                    d,
+                    "leak",
+                    last[0].start,
+                    last[-1].end,
+                    "high" if high else "medium",
+                    _evidence(d.device, (q for n in shown for q in n.seqs), config.evidence_max),
+                    detail,
+                )
+            )
     return out
 
 
-def _leak_of(ns: list[_Night], district: Mapping[int, float], config: AnomalyConfig
-             ) -> tuple[int, str, float, float] | None:
+def _leak_of(
+    ns: list[_Night], district: Mapping[int, float], config: AnomalyConfig
+) -> tuple[int, str, float, float] | None:
     """(index of the first leaking night, "own" or "peers", mean flow since, what was expected) or None."""
     k, floor = config.leak_nights, config.leak_min_flow
     unbroken = len(ns)
@@ -405,8 +455,9 @@ def _leak_of(ns: list[_Night], district: Mapping[int, float], config: AnomalyCon
         before, after = rel[:c], rel[c:]
         rise = statistics.median(after) - statistics.median(before)  # medians: one odd night moves nothing
         z = rise / (sigma * math.sqrt(1 / len(before) + 1 / len(after)))
-        expected = statistics.median((district[n.start] + floor) * math.exp(statistics.median(before)) - floor
-                                     for n in ns[c:])
+        expected = statistics.median(
+            (district[n.start] + floor) * math.exp(statistics.median(before)) - floor for n in ns[c:]
+        )
         level = statistics.median(n.level for n in ns[c:])
         if z >= config.leak_z and rise >= math.log1p(config.leak_own_rise) and level - expected >= floor:
             # Several splits pass; the onset is where the means step most (a mixed segment steps less).
@@ -417,17 +468,27 @@ def _leak_of(ns: list[_Night], district: Mapping[int, float], config: AnomalyCon
         return best[1], "own", best[2], best[3]
     last = ns[-k:]
     if all(n.level >= config.leak_peer_ratio * district[n.start] + floor for n in last):
-        return (len(ns) - k, "peers", statistics.median(n.level for n in last),
-                statistics.median(district[n.start] for n in last))
+        return (
+            len(ns) - k,
+            "peers",
+            statistics.median(n.level for n in last),
+            statistics.median(district[n.start] for n in last),
+        )
     return None
 
 
 # ---------------------------------------------------------------- register rollback
 
 
-def detect_rollbacks(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                     tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig(), *,
-                     replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None) -> list[Finding]:
+def detect_rollbacks(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+    *,
+    replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
+) -> list[Finding]:
     """A cumulative register going down: tampering, or a meter replaced without the operator recording it.
 
     Judged in seq order (a clock stepping back does not make a register fall).
@@ -445,18 +506,35 @@ def detect_rollbacks(devices: Sequence[DeviceInfo], readings: Mapping[str, Seque
                 continue
             if any(a.ts < ts <= b.ts for ts, _, _ in recorded):
                 continue
-            detail = (f"register fell from {a.value} to {b.value} ({a.value - b.value} units) between seq {a.seq} "
-                      f"and {b.seq}, with no recorded meter replacement")
-            out.append(_finding(d, "rollback", a.ts, b.ts, "high", ((d.device, a.seq), (d.device, b.seq)), detail,
-                                key=f"rollback:{d.device}:{b.seq}"))
+            detail = (
+                f"register fell from {a.value} to {b.value} ({a.value - b.value} units) between seq {a.seq} "
+                f"and {b.seq}, with no recorded meter replacement"
+            )
+            out.append(
+                _finding(
+                    d,
+                    "rollback",
+                    a.ts,
+                    b.ts,
+                    "high",
+                    ((d.device, a.seq), (d.device, b.seq)),
+                    detail,
+                    key=f"rollback:{d.device}:{b.seq}",
+                )
+            )
     return out
 
 
 # ---------------------------------------------------------------- spike
 
 
-def detect_spikes(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                  tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_spikes(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """An hour's consumption far above the device's own history and far above its district's peers.
 
     Own history: the same local hour on the device's other days, in logs
@@ -497,8 +575,14 @@ def detect_spikes(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
     return out
 
 
-def _spikes_of(d: DeviceInfo, s: _Series, hours: list[tuple[int, float, int, int] | None],
-               peer_median: list[float | None], tz: str, config: AnomalyConfig) -> list[Finding]:
+def _spikes_of(
+    d: DeviceInfo,
+    s: _Series,
+    hours: list[tuple[int, float, int, int] | None],
+    peer_median: list[float | None],
+    tz: str,
+    config: AnomalyConfig,
+) -> list[Finding]:
     daily: dict[int, float] = {}
     for h in hours:
         if h is not None:
@@ -538,8 +622,12 @@ def _spikes_of(d: DeviceInfo, s: _Series, hours: list[tuple[int, float, int, int
         x = h[1]
         med, sigma = usual[local_hour(h[0], tz)]
         peer = max(peer_median[k] or 0.0, config.spike_peer_floor)
-        return (math.log(x + offset) - med >= config.spike_z * sigma and ratio(k) >= config.spike_own_ratio
-                and x >= config.spike_peer_ratio * peer and x - math.exp(med) >= config.spike_min_units)
+        return (
+            math.log(x + offset) - med >= config.spike_z * sigma
+            and ratio(k) >= config.spike_own_ratio
+            and x >= config.spike_peer_ratio * peer
+            and x - math.exp(med) >= config.spike_min_units
+        )
 
     flags = [elevated(k) for k in range(len(hours))]
     out = []
@@ -551,29 +639,48 @@ def _spikes_of(d: DeviceInfo, s: _Series, hours: list[tuple[int, float, int, int
         j = k
         while j + 1 < len(hours) and flags[j + 1]:
             j += 1
-        context = [excess(i) for i in range(max(0, k - config.spike_context_hours),
-                                            min(len(hours), j + 1 + config.spike_context_hours))
-                   if not k <= i <= j and hours[i] is not None]
+        context = [
+            excess(i)
+            for i in range(max(0, k - config.spike_context_hours), min(len(hours), j + 1 + config.spike_context_hours))
+            if not k <= i <= j and hours[i] is not None
+        ]
         peak = max(excess(i) for i in range(k, j + 1))
         # A spike is brief: the hours around it are ordinary. Extra units that also run through the
         # hours around it are a change of level (a leak adds the same litres every hour), not a spike.
-        if j - k + 1 <= config.spike_max_hours and (not context or statistics.median(context)
-                                                    < config.spike_context_share * peak):
-            out.append(_spike_finding(d, s, hours[k:j + 1], max(ratio(i) for i in range(k, j + 1)), tz, config))
+        if j - k + 1 <= config.spike_max_hours and (
+            not context or statistics.median(context) < config.spike_context_share * peak
+        ):
+            out.append(_spike_finding(d, s, hours[k : j + 1], max(ratio(i) for i in range(k, j + 1)), tz, config))
         k = j + 1
     return out
 
 
-def _spike_finding(d: DeviceInfo, s: _Series, run: list[tuple[int, float, int, int] | None], ratio: float,
-                   tz: str, config: AnomalyConfig) -> Finding:
+def _spike_finding(
+    d: DeviceInfo,
+    s: _Series,
+    run: list[tuple[int, float, int, int] | None],
+    ratio: float,
+    tz: str,
+    config: AnomalyConfig,
+) -> Finding:
     hours = [h for h in run if h is not None]
     total = sum(h[1] for h in hours)
     seqs = [s.clean[i].seq for h in hours for i in range(h[2], h[3] + 1)]
     severity = "high" if ratio >= config.spike_high_ratio else "medium"
-    detail = (f"{total:.0f} units in {len(run)} h from {_hhmm(hours[0][0], tz)}, up to {ratio:.0f} times the "
-              f"device's usual for that hour of the day and far above its district's {d.kind} meters")
-    return _finding(d, "spike", hours[0][0], hours[-1][0] + HOUR_MS, severity,
-                    _evidence(d.device, seqs, config.evidence_max), detail, key=f"spike:{d.device}:{hours[0][0]}")
+    detail = (
+        f"{total:.0f} units in {len(run)} h from {_hhmm(hours[0][0], tz)}, up to {ratio:.0f} times the "
+        f"device's usual for that hour of the day and far above its district's {d.kind} meters"
+    )
+    return _finding(
+        d,
+        "spike",
+        hours[0][0],
+        hours[-1][0] + HOUR_MS,
+        severity,
+        _evidence(d.device, seqs, config.evidence_max),
+        detail,
+        key=f"spike:{d.device}:{hours[0][0]}",
+    )
 
 
 def _hhmm(ts: int, tz: str) -> str:
@@ -583,8 +690,13 @@ def _hhmm(ts: int, tz: str) -> str:
 # ---------------------------------------------------------------- zero consumption
 
 
-def detect_zero_consumption(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                            tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_zero_consumption(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """An occupied account whose meter keeps reporting but stops advancing for days.
 
     Occupied means the meter has an account. The flat stretch runs from the
@@ -610,21 +722,38 @@ def detect_zero_consumption(devices: Sequence[DeviceInfo], readings: Mapping[str
             continue
         seqs = [first.seq, last.seq] + ([obs[i - 1].seq] if i > 0 else [])
         days = flat_ms / DAY_MS
-        detail = (f"register stayed at {last.value} for {days:.1f} days over {len(obs) - i} readings "
-                  f"(seq {first.seq} to {last.seq}) on an occupied account")
+        detail = (
+            f"register stayed at {last.value} for {days:.1f} days over {len(obs) - i} readings "
+            f"(seq {first.seq} to {last.seq}) on an occupied account"
+        )
         severity = "high" if days >= config.zero_high_days else "medium"
-        out.append(_finding(d, "zero_consumption", first.ts, last.ts, severity,
-                            _evidence(d.device, seqs, config.evidence_max), detail))
+        out.append(
+            _finding(
+                d,
+                "zero_consumption",
+                first.ts,
+                last.ts,
+                severity,
+                _evidence(d.device, seqs, config.evidence_max),
+                detail,
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------- silent
 
 
-def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
-                  rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                  tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig(), *,
-                  lag_ms: int = 0) -> list[Finding]:
+def detect_silent(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    rejects: Mapping[str, Sequence[tuple[int, str, int]]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+    *,
+    lag_ms: int = 0,
+) -> list[Finding]:
     """No reading for too many intervals, or an `offline` status that no `online` followed.
 
     "Heard from" counts rejected messages too: a device whose readings are all
@@ -643,18 +772,28 @@ def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
             heard_at.append(last_obs.received_at)
         heard = max(heard_at, default=None)
         cadence = _cadence(d, s, config)
-        limit = (config.parking_silent_heartbeats * config.parking_heartbeat_intervals * cadence
-                 if d.kind == "parking" else config.silent_intervals * cadence)
-        offline = (d.status == "offline" and d.status_at is not None
-                   and now - d.status_at >= config.silent_offline_grace_ms and (heard is None or heard <= d.status_at))
+        limit = (
+            config.parking_silent_heartbeats * config.parking_heartbeat_intervals * cadence
+            if d.kind == "parking"
+            else config.silent_intervals * cadence
+        )
+        offline = (
+            d.status == "offline"
+            and d.status_at is not None
+            and now - d.status_at >= config.silent_offline_grace_ms
+            and (heard is None or heard <= d.status_at)
+        )
         if not offline and heard is not None and now - heard <= limit + lag_ms:
             continue
         since = heard if heard is not None else now - config.lookback_days * DAY_MS
         if offline and d.status_at is not None:
             since = d.status_at if heard is None else min(heard, d.status_at)
         hours = (now - since) / HOUR_MS
-        why = (f"went offline {hours:.1f} h ago (its Last Will) and has not come back" if offline
-               else f"has not been heard from for {hours:.1f} h (limit {limit / HOUR_MS:.1f} h)")
+        why = (
+            f"went offline {hours:.1f} h ago (its Last Will) and has not come back"
+            if offline
+            else f"has not been heard from for {hours:.1f} h (limit {limit / HOUR_MS:.1f} h)"
+        )
         shown = "its last reading" if last_obs else "no reading in the look-back"
         evidence = ((d.device, last_obs.seq),) if last_obs else ((d.device, 0),)
         severity = "high" if now - since >= config.silent_high_ms else "medium"
@@ -665,9 +804,14 @@ def detect_silent(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence
 # ---------------------------------------------------------------- clock
 
 
-def detect_clock(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
-                 rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                 tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_clock(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    rejects: Mapping[str, Sequence[tuple[int, str, int]]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """Timestamps far from receive time, or going backwards.
 
     - Behind: every reading received in the last `clock_window_ms` arrived at
@@ -690,8 +834,9 @@ def detect_clock(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[
     return out
 
 
-def _skews(devices: Sequence[DeviceInfo], series: Mapping[str, _Series], now: int, config: AnomalyConfig
-           ) -> dict[str, tuple[str, int]]:
+def _skews(
+    devices: Sequence[DeviceInfo], series: Mapping[str, _Series], now: int, config: AnomalyConfig
+) -> dict[str, tuple[str, int]]:
     """Devices whose recent timestamps are systematically off: device -> ("behind" | "ahead", delay in ms)."""
     lags: dict[str, tuple[int, int]] = {}  # device -> (least, greatest) receive delay in the window
     for d in devices:
@@ -716,43 +861,75 @@ def _skews(devices: Sequence[DeviceInfo], series: Mapping[str, _Series], now: in
     return out
 
 
-def _clock_of(d: DeviceInfo, s: _Series, skew: tuple[str, int] | None,
-              rejects: Sequence[tuple[int, str, int]], now: int, config: AnomalyConfig) -> Finding | None:
+def _clock_of(
+    d: DeviceInfo,
+    s: _Series,
+    skew: tuple[str, int] | None,
+    rejects: Sequence[tuple[int, str, int]],
+    now: int,
+    config: AnomalyConfig,
+) -> Finding | None:
     problems: list[tuple[str, int, int, list[int]]] = []  # (what, from, to, seqs)
     future = sorted((m, c) for m, reason, c in rejects if reason == "future_timestamp")
     n_future = sum(c for _, c in future)
     if future and n_future >= config.clock_future_rejects:
-        problems.append((f"{n_future} readings quarantined for timestamps more than five minutes ahead",
-                         future[0][0] * MINUTE_MS, future[-1][0] * MINUTE_MS + MINUTE_MS, []))
+        problems.append(
+            (
+                f"{n_future} readings quarantined for timestamps more than five minutes ahead",
+                future[0][0] * MINUTE_MS,
+                future[-1][0] * MINUTE_MS + MINUTE_MS,
+                [],
+            )
+        )
     backwards = [(a, b) for a, b in zip(s.obs, s.obs[1:]) if b.ts < a.ts - config.clock_backwards_ms]
     if backwards:
         a, b = backwards[-1]
         more = f" ({len(backwards)} such steps)" if len(backwards) > 1 else ""
-        problems.append((f"seq {b.seq} is stamped {(a.ts - b.ts) / MINUTE_MS:.0f} min before seq {a.seq}{more}",
-                         min(x.ts for pair in backwards for x in pair), max(x.ts for pair in backwards for x in pair),
-                         [x.seq for pair in backwards for x in pair]))
+        problems.append(
+            (
+                f"seq {b.seq} is stamped {(a.ts - b.ts) / MINUTE_MS:.0f} min before seq {a.seq}{more}",
+                min(x.ts for pair in backwards for x in pair),
+                max(x.ts for pair in backwards for x in pair),
+                [x.seq for pair in backwards for x in pair],
+            )
+        )
     if skew is not None:
         way, delay = skew
         recent = [o for o in s.obs if o.received_at >= now - config.clock_window_ms]
         hours = config.clock_window_ms / HOUR_MS
-        what = (f"every reading of the last {hours:.0f} h arrived at least {delay / MINUTE_MS:.0f} min after its "
-                "timestamp (clock behind)" if way == "behind" else
-                f"every reading of the last {hours:.0f} h is stamped at least {-delay / MINUTE_MS:.0f} min after it "
-                "was received (clock ahead)")
+        what = (
+            f"every reading of the last {hours:.0f} h arrived at least {delay / MINUTE_MS:.0f} min after its "
+            "timestamp (clock behind)"
+            if way == "behind"
+            else f"every reading of the last {hours:.0f} h is stamped at least {-delay / MINUTE_MS:.0f} min after it "
+            "was received (clock ahead)"
+        )
         problems.append((what, recent[0].ts, recent[-1].ts, [recent[0].seq, recent[-1].seq]))
     if not problems:
         return None
     severity = "high" if future else "medium"  # quarantined readings are readings the ledger lacks
     detail = "clock trouble: " + "; ".join(p[0] for p in problems)
-    return _finding(d, "clock", min(p[1] for p in problems), max(p[2] for p in problems), severity,
-                    _evidence(d.device, (q for p in problems for q in p[3]), config.evidence_max), detail)
+    return _finding(
+        d,
+        "clock",
+        min(p[1] for p in problems),
+        max(p[2] for p in problems),
+        severity,
+        _evidence(d.device, (q for p in problems for q in p[3]), config.evidence_max),
+        detail,
+    )
 
 
 # ---------------------------------------------------------------- hostile traffic
 
 
-def detect_hostile(devices: Sequence[DeviceInfo], rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int,
-                   tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_hostile(
+    devices: Sequence[DeviceInfo],
+    rejects: Mapping[str, Sequence[tuple[int, str, int]]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """Bursts of quarantined messages from one device: bad signatures, replays, malformed payloads.
 
     A healthy device never sends one (its outbox re-sends byte-identical
@@ -783,10 +960,21 @@ def detect_hostile(devices: Sequence[DeviceInfo], rejects: Mapping[str, Sequence
         n = sum(by_reason.values())
         high = n >= config.hostile_high_rejects or "replay" in by_reason
         reasons = ", ".join(f"{c} {r}" for r, c in sorted(by_reason.items(), key=lambda x: -x[1]))
-        detail = (f"{n} quarantined messages ({reasons}), up to {peak} within {window} minutes: "
-                  "a forged, cloned or broken device")
-        out.append(_finding(d, "hostile", minutes[0] * MINUTE_MS, minutes[-1] * MINUTE_MS + MINUTE_MS,
-                            "high" if high else "medium", ((d.device, 0),), detail))
+        detail = (
+            f"{n} quarantined messages ({reasons}), up to {peak} within {window} minutes: "
+            "a forged, cloned or broken device"
+        )
+        out.append(
+            _finding(
+                d,
+                "hostile",
+                minutes[0] * MINUTE_MS,
+                minutes[-1] * MINUTE_MS + MINUTE_MS,
+                "high" if high else "medium",
+                ((d.device, 0),),
+                detail,
+            )
+        )
     return out
 
 
@@ -814,8 +1002,13 @@ def _stays(obs: Sequence[Obs], max_gap: int) -> list[tuple[int, int]]:
     return out
 
 
-def detect_parking_overstays(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                             tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_parking_overstays(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """A space occupied far longer than any zone allows: an abandoned vehicle, or a sensor stuck on "occupied".
 
     A stay runs from the first reading saying occupied to the reading saying
@@ -841,20 +1034,33 @@ def detect_parking_overstays(devices: Sequence[DeviceInfo], readings: Mapping[st
             length = until.ts - first.ts
             daytime = _daytime_ms(first.ts, until.ts, tz, config)
             too_long = length > config.parking_max_stay_ms
-            if not (too_long or config.parking_daytime_limit_ms is not None
-                    and daytime > config.parking_daytime_limit_ms):
+            if not (
+                too_long or config.parking_daytime_limit_ms is not None and daytime > config.parking_daytime_limit_ms
+            ):
                 continue
             ongoing = j >= len(obs)
             seqs = [first.seq, obs[j - 1].seq] + ([obs[j].seq] if freed else [])
             day_limit = (config.parking_daytime_limit_ms or 0) / HOUR_MS
-            limit = (f"limit {config.parking_max_stay_ms / HOUR_MS:.0f} h" if too_long else
-                     f"{daytime / HOUR_MS:.1f} h of it in daytime, limit {day_limit:.1f} h")
+            limit = (
+                f"limit {config.parking_max_stay_ms / HOUR_MS:.0f} h"
+                if too_long
+                else f"{daytime / HOUR_MS:.1f} h of it in daytime, limit {day_limit:.1f} h"
+            )
             how = " and still occupied" if ongoing else "" if freed else ", then its readings stopped"
             detail = f"space occupied for {length / HOUR_MS:.1f} h from {_hhmm(first.ts, tz)}{how} ({limit})"
             severity = "high" if length >= config.parking_high_stay_ms else "medium"
-            out.append(_finding(d, "parking_overstay", first.ts, until.ts, severity,
-                                _evidence(d.device, seqs, config.evidence_max), detail,
-                                key=f"parking_overstay:{d.device}:{first.seq}"))
+            out.append(
+                _finding(
+                    d,
+                    "parking_overstay",
+                    first.ts,
+                    until.ts,
+                    severity,
+                    _evidence(d.device, seqs, config.evidence_max),
+                    detail,
+                    key=f"parking_overstay:{d.device}:{first.seq}",
+                )
+            )
     return out
 
 
@@ -869,8 +1075,13 @@ def _daytime_ms(start: int, end: int, tz: str, config: AnomalyConfig) -> int:
     return total
 
 
-def detect_parking_flicker(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]], now: int,
-                           tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig()) -> list[Finding]:
+def detect_parking_flicker(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+) -> list[Finding]:
     """A bay sensor flipping between occupied and free implausibly fast.
 
     Counted are flips whose state lasted at most `flicker_max_state_ms`; at
@@ -902,23 +1113,34 @@ def detect_parking_flicker(devices: Sequence[DeviceInfo], readings: Mapping[str,
             hi += 1
         start, end = obs[fast[lo][0]], obs[fast[hi][1]]
         n = hi - lo + 1
-        detail = (f"{n} quick state changes (each state lasting {config.flicker_max_state_ms // MINUTE_MS} min or "
-                  f"less) between {_hhmm(start.ts, tz)} and {_hhmm(end.ts, tz)}: a faulty sensor, not traffic")
-        seqs = [start.seq] + [obs[k].seq for _, k in fast[lo:hi + 1]]
+        detail = (
+            f"{n} quick state changes (each state lasting {config.flicker_max_state_ms // MINUTE_MS} min or "
+            f"less) between {_hhmm(start.ts, tz)} and {_hhmm(end.ts, tz)}: a faulty sensor, not traffic"
+        )
+        seqs = [start.seq] + [obs[k].seq for _, k in fast[lo : hi + 1]]
         severity = "medium" if n >= config.flicker_medium_flips else "low"
-        out.append(_finding(d, "parking_flicker", start.ts, end.ts, severity,
-                            _evidence(d.device, seqs, config.evidence_max), detail))
+        out.append(
+            _finding(
+                d, "parking_flicker", start.ts, end.ts, severity, _evidence(d.device, seqs, config.evidence_max), detail
+            )
+        )
     return out
 
 
 # ---------------------------------------------------------------- all of them
 
 
-def detect(devices: Sequence[DeviceInfo], readings: Mapping[str, Sequence[Obs]],
-           rejects: Mapping[str, Sequence[tuple[int, str, int]]], now: int, tz: str = DEFAULT_TIMEZONE,
-           config: AnomalyConfig = AnomalyConfig(), *,
-           replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
-           lag_ms: int = 0) -> list[Finding]:
+def detect(
+    devices: Sequence[DeviceInfo],
+    readings: Mapping[str, Sequence[Obs]],
+    rejects: Mapping[str, Sequence[tuple[int, str, int]]],
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+    *,
+    replacements: Mapping[str, Sequence[tuple[int, int, int]]] | None = None,
+    lag_ms: int = 0,
+) -> list[Finding]:
     """Every detector over the same inputs; findings sorted by type, device and window.
 
     `readings`: device -> its ledgered readings of the look-back, sorted by ts.

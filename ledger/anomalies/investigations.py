@@ -50,8 +50,9 @@ class AnomalyDetail(Anomaly):
 
 def record_findings(store: Store, findings: Iterable[Finding], now: int) -> FindingsRecorded:
     """Raise new anomalies and update ongoing ones; returns how many of each."""
-    current = {a["key"]: a for a in stored.all_anomalies(store)
-               if a["status"] in OPEN_STATES or a["status"] == "dismissed"}
+    current = {
+        a["key"]: a for a in stored.all_anomalies(store) if a["status"] in OPEN_STATES or a["status"] == "dismissed"
+    }
     raised = updated = 0
     with store.transaction():
         for f in findings:
@@ -60,7 +61,10 @@ def record_findings(store: Store, findings: Iterable[Finding], now: int) -> Find
             if known is not None and (known["status"] in OPEN_STATES or f.window_start <= (known["window_end"] or 0)):
                 # The same condition, still going on (a dismissed one is not raised again while it lasts).
                 if (known["window_end"], known["severity"], known["evidence"]) != (
-                        f.window_end, f.severity, [list(e) for e in f.evidence]):
+                    f.window_end,
+                    f.severity,
+                    [list(e) for e in f.evidence],
+                ):
                     stored.add_update(store, known["id"], now, snapshot)
                     updated += 1
                 continue
@@ -80,8 +84,7 @@ def get_anomaly(store: Store, anomaly_id: str) -> AnomalyDetail:
     return {**out, "history": stored.history(store, anomaly_id)}
 
 
-def transition(store: Store, anomaly_id: str, status: str, operator: str, note: str | None,
-               now: int) -> AnomalyDetail:
+def transition(store: Store, anomaly_id: str, status: str, operator: str, note: str | None, now: int) -> AnomalyDetail:
     """Move an anomaly along open -> acknowledged -> resolved, or dismiss it; appended, never edited."""
     if status not in TRANSITIONS:
         raise InvestigationError(f"unknown status {status}")

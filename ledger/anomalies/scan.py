@@ -55,12 +55,16 @@ COLUMNS = ("device", "seq", "ts", "value", "received_at")
 def active_devices(store: Store) -> list[DeviceInfo]:
     """Every active device as the detectors see it, with its last status."""
     statuses = store.device_statuses()
-    return [DeviceInfo(d.device, d.kind, d.district, d.account, *statuses.get(d.device, (None, None)))
-            for d in store.devices() if d.status == "active"]
+    return [
+        DeviceInfo(d.device, d.kind, d.district, d.account, *statuses.get(d.device, (None, None)))
+        for d in store.devices()
+        if d.status == "active"
+    ]
 
 
-def inputs(store: Store, since: int) -> tuple[list[DeviceInfo], dict[str, list[Obs]],
-                                              dict[str, list[tuple[int, str, int]]]]:
+def inputs(
+    store: Store, since: int
+) -> tuple[list[DeviceInfo], dict[str, list[Obs]], dict[str, list[tuple[int, str, int]]]]:
     """(devices, readings by device since `since`, rejects by device) for `detect`, all at once.
 
     For tests and small ledgers: the scan itself reads a group at a time (`anomaly_queries.readings_table`).
@@ -97,16 +101,32 @@ def sort_findings(findings: Iterable[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (order[f.type], f.device, f.window_start, f.key))
 
 
-def detect_group(table: pa.Table, devices: Sequence[DeviceInfo], rejects: Rejects, now: int, tz: str,
-                 config: AnomalyConfig, replacements: Replacements, lag_ms: int) -> list[Finding]:
+def detect_group(
+    table: pa.Table,
+    devices: Sequence[DeviceInfo],
+    rejects: Rejects,
+    now: int,
+    tz: str,
+    config: AnomalyConfig,
+    replacements: Replacements,
+    lag_ms: int,
+) -> list[Finding]:
     """`detect` over one group (runs in the child process)."""
     return detect(devices, observations(table), rejects, now, tz, config, replacements=replacements, lag_ms=lag_ms)
 
 
-def detect_by_group(devices: Sequence[DeviceInfo], read: Callable[[list[str]], pa.Table], rejects: Rejects,
-                    now: int, tz: str = DEFAULT_TIMEZONE, config: AnomalyConfig = AnomalyConfig(), *,
-                    replacements: Replacements | None = None, lag_ms: int = 0,
-                    in_process: bool = False) -> list[Finding]:
+def detect_by_group(
+    devices: Sequence[DeviceInfo],
+    read: Callable[[list[str]], pa.Table],
+    rejects: Rejects,
+    now: int,
+    tz: str = DEFAULT_TIMEZONE,
+    config: AnomalyConfig = AnomalyConfig(),
+    *,
+    replacements: Replacements | None = None,
+    lag_ms: int = 0,
+    in_process: bool = False,
+) -> list[Finding]:
     """The findings of `detect` over `devices`, reading and detecting one group at a time.
 
     `read(device ids)` returns those devices' readings of the look-back as an Arrow
@@ -117,17 +137,29 @@ def detect_by_group(devices: Sequence[DeviceInfo], read: Callable[[list[str]], p
     if in_process or multiprocessing.current_process().daemon or len(parts) == 0:
         found: list[Finding] = []
         for group in parts:
-            found += detect_group(read([d.device for d in group]), group, _only(rejects, group), now, tz, config,
-                                  _only(swaps, group), lag_ms)
+            found += detect_group(
+                read([d.device for d in group]),
+                group,
+                _only(rejects, group),
+                now,
+                tz,
+                config,
+                _only(swaps, group),
+                lag_ms,
+            )
         return sort_findings(found)
     found = []
     pending: deque[Future[list[Finding]]] = deque()
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice,
-                             initargs=(NICENESS,)) as pool:
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice, initargs=(NICENESS,)
+    ) as pool:
         for group in parts:
             table = read([d.device for d in group])
-            pending.append(pool.submit(detect_group, table, group, _only(rejects, group), now, tz, config,
-                                       _only(swaps, group), lag_ms))
+            pending.append(
+                pool.submit(
+                    detect_group, table, group, _only(rejects, group), now, tz, config, _only(swaps, group), lag_ms
+                )
+            )
             del table  # the child has its copy; ours goes as soon as the call is sent
             while len(pending) >= READ_AHEAD:
                 found += pending.popleft().result()

@@ -128,8 +128,14 @@ class BillError(NotFound):
     """A bill that cannot be made (unknown account, no tariff); the message is for the operator."""
 
 
-def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: str, month: str,
-              clean: dict[str, list[Point]] | None = None) -> Bill:
+def make_bill(
+    store: Store,
+    book: TariffBook,
+    tariff_version: int,
+    account_id: str,
+    month: str,
+    clean: dict[str, list[Point]] | None = None,
+) -> Bill:
     """The bill as it stands: issued bills come back as issued, others are computed now.
 
     `clean` maps meters already known to have no drop, gap or replacement to their
@@ -143,12 +149,22 @@ def make_bill(store: Store, book: TariffBook, tariff_version: int, account_id: s
         raise BillError(f"unknown account {account_id}")
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
-    return _assemble(store, book, tariff_version, acct, month, q.meters(store, account_id),
-                     q.spaces_for(store, account_id, start, end), q.adjustments(store, account_id, start, end), clean)
+    return _assemble(
+        store,
+        book,
+        tariff_version,
+        acct,
+        month,
+        q.meters(store, account_id),
+        q.spaces_for(store, account_id, start, end),
+        q.adjustments(store, account_id, start, end),
+        clean,
+    )
 
 
-def close_bills(store: Store, book: TariffBook, tariff_version: int, month: str,
-                progress: Callable[[int, int], None] | None = None) -> tuple[list[Bill], int]:
+def close_bills(
+    store: Store, book: TariffBook, tariff_version: int, month: str, progress: Callable[[int, int], None] | None = None
+) -> tuple[list[Bill], int]:
     """Drafts of every account's bill not yet issued for `month`, and how many were issued.
 
     The same assembly as `make_bill`, fed from a handful of bulk queries instead
@@ -168,16 +184,35 @@ def close_bills(store: Store, book: TariffBook, tariff_version: int, month: str,
     for n, acct in enumerate(accounts, 1):
         account_id = acct["account"]
         spaces = q.spaces_for(store, account_id, start, end) if account_id in parking else []
-        drafts.append(_assemble(store, book, tariff_version, acct, month, meters.get(account_id, []), spaces,
-                                adjustments.get(account_id, []), clean))
+        drafts.append(
+            _assemble(
+                store,
+                book,
+                tariff_version,
+                acct,
+                month,
+                meters.get(account_id, []),
+                spaces,
+                adjustments.get(account_id, []),
+                clean,
+            )
+        )
         if progress and n % 1000 == 0:
             progress(n, len(accounts))
     return drafts, len(issued)
 
 
-def _assemble(store: Store, book: TariffBook, tariff_version: int, acct: Account, month: str,
-              meters: list[Meter], spaces: list[str], adjustments: list[AdjustmentRow],
-              clean: dict[str, list[Point]] | None) -> Bill:
+def _assemble(
+    store: Store,
+    book: TariffBook,
+    tariff_version: int,
+    acct: Account,
+    month: str,
+    meters: list[Meter],
+    spaces: list[str],
+    adjustments: list[AdjustmentRow],
+    clean: dict[str, list[Point]] | None,
+) -> Bill:
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
     account_id = acct["account"]
@@ -190,16 +225,41 @@ def _assemble(store: Store, book: TariffBook, tariff_version: int, acct: Account
         if line["sessions"]:
             lines.append(line)
     for adj in adjustments:
-        lines.append({"type": "adjustment", "id": adj["id"], "reason": adj["reason"], "operator": adj["operator"],
-                      "amount": adj["amount"], "created_at": adj["created_at"], "block": adj["height"]})
+        lines.append(
+            {
+                "type": "adjustment",
+                "id": adj["id"],
+                "reason": adj["reason"],
+                "operator": adj["operator"],
+                "amount": adj["amount"],
+                "created_at": adj["created_at"],
+                "block": adj["height"],
+            }
+        )
     total = sum((Decimal(line["amount"]) for line in lines), Decimal("0.00"))
-    return {"account": account_id, "name": acct["name"], "customer_class": acct["customer_class"], "month": month,
-            "currency": "CNY", "timezone": book.timezone, "tariff_version": tariff_version, "lines": lines,
-            "total": str(total.quantize(billing.FEN)), "status": "draft"}
+    return {
+        "account": account_id,
+        "name": acct["name"],
+        "customer_class": acct["customer_class"],
+        "month": month,
+        "currency": "CNY",
+        "timezone": book.timezone,
+        "tariff_version": tariff_version,
+        "lines": lines,
+        "total": str(total.quantize(billing.FEN)),
+        "status": "draft",
+    }
 
 
-def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: Meter, month: str,
-                  tz: ZoneInfo, pts: list[Point] | None = None) -> UtilityLine:
+def _utility_line(
+    store: Store,
+    book: TariffBook,
+    customer_class: str,
+    meter: Meter,
+    month: str,
+    tz: ZoneInfo,
+    pts: list[Point] | None = None,
+) -> UtilityLine:
     """One meter's line. `pts` are the boundary neighbours when the caller knows the
     stretch is clean (month-end close); otherwise every reading is read and checked."""
     device, kind = meter["device"], meter["kind"]
@@ -218,15 +278,24 @@ def _utility_line(store: Store, book: TariffBook, customer_class: str, meter: Me
         before = billing.consumption(pts, year0, start, repl, checks=checks, checked=checked).amount / per_unit
     rows = billing.split_tiers(tariff, before, used.amount / per_unit)
     amount = sum((r.amount for r in rows), Decimal("0.00"))
-    return {"type": "utility", "device": device, "kind": kind, "unit": tariff.unit,
-            "consumption": billing.show(used.amount / per_unit), "used_this_year_before": billing.show(before),
-            "tiers": [r.as_dict(tariff.unit) for r in rows], "amount": str(amount),
-            "tariff_from": str(tariff.effective_from), "readings": [[device, s] for s in used.rests_on],
-            "flags": used.flags}
+    return {
+        "type": "utility",
+        "device": device,
+        "kind": kind,
+        "unit": tariff.unit,
+        "consumption": billing.show(used.amount / per_unit),
+        "used_this_year_before": billing.show(before),
+        "tiers": [r.as_dict(tariff.unit) for r in rows],
+        "amount": str(amount),
+        "tariff_from": str(tariff.effective_from),
+        "readings": [[device, s] for s in used.rests_on],
+        "flags": used.flags,
+    }
 
 
-def _parking_line(store: Store, book: TariffBook, account_id: str, space: str, start: int, end: int,
-                  tz: ZoneInfo) -> ParkingLine:
+def _parking_line(
+    store: Store, book: TariffBook, account_id: str, space: str, start: int, end: int, tz: ZoneInfo
+) -> ParkingLine:
     stays = []
     for stay in _sessions(store, space, start, end):
         stay_end = stay.end if stay.end is not None else None
@@ -254,9 +323,15 @@ def _stay(store: Store, book: TariffBook, space: str, stay: billing.Session, tz:
     tariff = book.for_parking(billing.local_date(stay.start, tz))
     district = q.space_district(store, space) or ""
     zone = q.zone_class(store, space, stay.start, tariff.district_zone_class.get(district, tariff.default_zone_class))
-    out: Stay = {"start": billing._iso(stay.start, tz), "end": None, "zone_class": zone,
-                 "readings": [[space, s] for s in stay.rests_on], "flags": stay.flags,
-                 "rows": [], "amount": "0.00"}
+    out: Stay = {
+        "start": billing._iso(stay.start, tz),
+        "end": None,
+        "zone_class": zone,
+        "readings": [[space, s] for s in stay.rests_on],
+        "flags": stay.flags,
+        "rows": [],
+        "amount": "0.00",
+    }
     if stay.end is None:
         out["flags"] = [*stay.flags, "still parked: charged when the stay ends"]
         return out

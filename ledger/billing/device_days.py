@@ -41,8 +41,9 @@ class Day:
 # ---------------------------------------------------------------- pure
 
 
-def condense(days: Sequence[Day], raw: Iterable[Point], start: int, end: int,
-             quiet: Callable[[Day], bool], expanded: set[int]) -> tuple[list[Point], frozenset[int]]:
+def condense(
+    days: Sequence[Day], raw: Iterable[Point], start: int, end: int, quiet: Callable[[Day], bool], expanded: set[int]
+) -> tuple[list[Point], frozenset[int]]:
     """The points a history needs over [start, end], and the seqs whose step to the next point is checked.
 
     `days` are summaries around the range, `raw` every reading of the days in
@@ -77,8 +78,9 @@ def condense(days: Sequence[Day], raw: Iterable[Point], start: int, end: int,
 # ---------------------------------------------------------------- reading
 
 
-def history(store: Store, device: str, start: int, end: int,
-            quiet: Callable[[Day], bool]) -> tuple[list[Point], frozenset[int]]:
+def history(
+    store: Store, device: str, start: int, end: int, quiet: Callable[[Day], bool]
+) -> tuple[list[Point], frozenset[int]]:
     """A device's readings over [start, end] plus the nearest either side, condensed where quiet.
 
     Three narrow reads: the device's readings sealed since the last roll-up

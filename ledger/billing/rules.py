@@ -40,8 +40,10 @@ def parse_amount(text: str) -> Decimal:
     """
     m = _AMOUNT.fullmatch(text) if isinstance(text, str) else None
     if m is None:
-        raise ValueError(f"amount {text!r} is not an amount of yuan: write it like 12.50 or -3 (at most two "
-                         "decimal places, a minus sign for a credit, no exponent, spaces or separators)")
+        raise ValueError(
+            f"amount {text!r} is not an amount of yuan: write it like 12.50 or -3 (at most two "
+            "decimal places, a minus sign for a credit, no exponent, spaces or separators)"
+        )
     value = Decimal(f"{m[1]}{m[2]}.{(m[3] or '').ljust(2, '0')}")
     if value == 0:
         raise ValueError("amount must not be zero")
@@ -109,9 +111,15 @@ def _continuous(points: Sequence[Point], replacements: Sequence[Replacement]) ->
     return out
 
 
-def consumption(points: Sequence[Point], start: int, end: int,
-                replacements: Sequence[Replacement] = (), *, checks: bool = True,
-                checked: Collection[int] = frozenset()) -> Consumption:
+def consumption(
+    points: Sequence[Point],
+    start: int,
+    end: int,
+    replacements: Sequence[Replacement] = (),
+    *,
+    checks: bool = True,
+    checked: Collection[int] = frozenset(),
+) -> Consumption:
     """What the meter counted in [start, end), from readings sorted by ts.
 
     A register that goes down without a recorded replacement is flagged, never
@@ -139,8 +147,11 @@ def consumption(points: Sequence[Point], start: int, end: int,
         return result
     before = max(i for i, (ts, _, _) in enumerate(pts) if ts <= lo)
     after = min(i for i, (ts, _, _) in enumerate(pts) if ts >= hi)
-    path = [(lo, _register_at(pts, lo, before))] + [(pts[i][0], pts[i][1]) for i in range(before + 1, after)] + \
-        [(hi, _register_at(pts, hi, after))]
+    path = (
+        [(lo, _register_at(pts, lo, before))]
+        + [(pts[i][0], pts[i][1]) for i in range(before + 1, after)]
+        + [(hi, _register_at(pts, hi, after))]
+    )
     for (_, a), (_, b) in zip(path, path[1:]):
         if b >= a:
             result.amount += b - a
@@ -155,8 +166,10 @@ def consumption(points: Sequence[Point], start: int, end: int,
             if sa in checked:
                 continue
             if vb < va:
-                result.flags.append(f"register fell from {va} to {vb} between seq {sa} and {sb}: the drop is not "
-                                    "billed; an operator must confirm a meter replacement or investigate")
+                result.flags.append(
+                    f"register fell from {va} to {vb} between seq {sa} and {sb}: the drop is not "
+                    "billed; an operator must confirm a meter replacement or investigate"
+                )
                 used |= {i, i + 1}
             if sb != sa + 1:
                 result.flags.append(f"readings missing between seq {sa} and {sb}")
@@ -203,8 +216,13 @@ class TierRow:
     amount: Decimal  # rounded to the fen: the only rounding
 
     def as_dict(self, unit: str) -> TierLine:
-        return {"tier": self.tier, "quantity": show(self.quantity), "unit": unit, "price": str(self.price),
-                "amount": str(self.amount)}
+        return {
+            "tier": self.tier,
+            "quantity": show(self.quantity),
+            "unit": unit,
+            "price": str(self.price),
+            "amount": str(self.amount),
+        }
 
 
 def split_tiers(tariff: UtilityTariff, used_before: Fraction, used: Fraction) -> list[TierRow]:
@@ -236,8 +254,14 @@ class Session:
     flags: list[str] = field(default_factory=list)
 
 
-def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_ms: int = 60_000,
-             checked: Collection[int] = frozenset(), silence_ms: int = GAP_MS) -> list[Session]:
+def sessions(
+    events: Sequence[Point],
+    *,
+    min_stay_ms: int = 120_000,
+    merge_gap_ms: int = 60_000,
+    checked: Collection[int] = frozenset(),
+    silence_ms: int = GAP_MS,
+) -> list[Session]:
     """Parking sessions from a space's occupancy reports (changes and heartbeats), by ts.
 
     A seq gap means reports were lost. Then the state is repaired from the next
@@ -259,15 +283,18 @@ def sessions(events: Sequence[Point], *, min_stay_ms: int = 120_000, merge_gap_m
         if p.value == 1 and current is None:
             current, seen = Session(p.ts, None, [p.seq]), p
             if lost:
-                current.flags.append(f"arrival report missing: the stay starts at seq {p.seq}, the first report "
-                                     "showing the space taken")
+                current.flags.append(
+                    f"arrival report missing: the stay starts at seq {p.seq}, the first report showing the space taken"
+                )
         elif p.value == 1:
             seen = p
         elif current is not None and seen is not None:
             if lost:
                 current.end = seen.ts
-                current.flags.append(f"departure report missing: the stay ends at seq {seen.seq}, the last report "
-                                     f"showing the space taken (seq {p.seq} showed it free)")
+                current.flags.append(
+                    f"departure report missing: the stay ends at seq {seen.seq}, the last report "
+                    f"showing the space taken (seq {p.seq} showed it free)"
+                )
             else:
                 current.end = p.ts
             current.rests_on += [q for q in ((seen.seq, p.seq) if lost else (p.seq,)) if q not in current.rests_on]
@@ -292,8 +319,10 @@ def _flag_silence(stay: Session, before: Point, after: Point) -> None:
     """A stay the space said nothing about for hours: it is charged as the reports either side say,
     and the bill says so. A sensor switched off, or a clock far off: a report stamped 1970, which the
     protocol accepts, followed by one stamped now made a stay of 56 years (¥4.47 million, unflagged)."""
-    stay.flags.append(f"no report for {(after.ts - before.ts) / 3_600_000:.1f} h after seq {before.seq} during the "
-                      "stay: its length rests on the reports either side (check the sensor and its clock)")
+    stay.flags.append(
+        f"no report for {(after.ts - before.ts) / 3_600_000:.1f} h after seq {before.seq} during the "
+        "stay: its length rests on the reports either side (check the sensor and its clock)"
+    )
     stay.rests_on += [q for q in (before.seq, after.seq) if q not in stay.rests_on]
 
 
@@ -321,8 +350,15 @@ class FeeRow:
     amount: Decimal
 
     def as_dict(self) -> FeeLine:
-        return {"period": self.period, "start": self.start, "end": self.end, "units": self.units,
-                "unit_minutes": self.unit_minutes, "price": str(self.price), "amount": str(self.amount)}
+        return {
+            "period": self.period,
+            "start": self.start,
+            "end": self.end,
+            "units": self.units,
+            "unit_minutes": self.unit_minutes,
+            "price": str(self.price),
+            "amount": str(self.amount),
+        }
 
 
 def parking_fee(start: int, end: int, tariff: ParkingTariff, zone_class: int, tz: ZoneInfo) -> list[FeeRow]:
@@ -344,13 +380,31 @@ def parking_fee(start: int, end: int, tariff: ParkingTariff, zone_class: int, tz
             cheap_left -= first * unit
             for n, price in ((first, zone.first_hour), (units - first, zone.after)):
                 if n:
-                    rows.append(FeeRow("day", _iso(a, tz), _iso(b, tz), n, tariff.day_unit_minutes, price,
-                                       to_fen(n * Fraction(price))))
+                    rows.append(
+                        FeeRow(
+                            "day",
+                            _iso(a, tz),
+                            _iso(b, tz),
+                            n,
+                            tariff.day_unit_minutes,
+                            price,
+                            to_fen(n * Fraction(price)),
+                        )
+                    )
         else:
             unit = tariff.night_unit_minutes * 60_000
             units = -(-duration // unit)
-            rows.append(FeeRow("night", _iso(a, tz), _iso(b, tz), units, tariff.night_unit_minutes,
-                               tariff.night_price, to_fen(units * Fraction(tariff.night_price))))
+            rows.append(
+                FeeRow(
+                    "night",
+                    _iso(a, tz),
+                    _iso(b, tz),
+                    units,
+                    tariff.night_unit_minutes,
+                    tariff.night_price,
+                    to_fen(units * Fraction(tariff.night_price)),
+                )
+            )
     return rows
 
 

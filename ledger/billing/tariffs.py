@@ -25,7 +25,7 @@ UNITS = {"water": ("m3", 1000), "gas": ("m3", 1000), "electricity": ("kWh", 1000
 def _decimal_from_string(value: object) -> Decimal:
     """Money and quantities must be written as strings: a TOML float is already inexact."""
     if not isinstance(value, str):
-        raise ValueError(f"write {value!r} as a string, e.g. \"{value}\"")
+        raise ValueError(f'write {value!r} as a string, e.g. "{value}"')
     try:
         out = Decimal(value)
     except ArithmeticError as exc:
@@ -104,8 +104,9 @@ class TariffBook(_Model):
 
     def for_utility(self, kind: str, customer_class: str, on: dt.date) -> UtilityTariff:
         """The tariff in force on `on`: the latest version effective on or before it."""
-        found = [t for t in self.utility if t.kind == kind and t.customer_class == customer_class
-                 and t.effective_from <= on]
+        found = [
+            t for t in self.utility if t.kind == kind and t.customer_class == customer_class and t.effective_from <= on
+        ]
         if not found:
             raise NotFound(f"no {customer_class} {kind} tariff in force on {on}")
         return max(found, key=lambda t: t.effective_from)

@@ -26,8 +26,9 @@ from ledger.chain.protocol import canonical_json, strict_json
 from ledger.chain.receipts import RECEIPT_MEMBERS, Check, verify_receipt
 
 ANCHORED_MEMBERS = frozenset({"receipt", "anchor"})
-ANCHOR_MEMBERS = frozenset({"headers", "entry", "city_block", "city_block_sig", "city_ledger_key", "leaf_index",
-                            "proof"})
+ANCHOR_MEMBERS = frozenset(
+    {"headers", "entry", "city_block", "city_block_sig", "city_ledger_key", "leaf_index", "proof"}
+)
 MAX_LINK_HEADERS = 100_000
 
 
@@ -35,8 +36,9 @@ def is_anchored(obj: Any) -> bool:
     return isinstance(obj, dict) and set(obj) == ANCHORED_MEMBERS
 
 
-def build_anchored(receipt: Mapping[str, Any], headers: Sequence[Mapping[str, Any]],
-                   proof: Mapping[str, Any]) -> dict[str, Any]:
+def build_anchored(
+    receipt: Mapping[str, Any], headers: Sequence[Mapping[str, Any]], proof: Mapping[str, Any]
+) -> dict[str, Any]:
     """Join a district receipt, the district headers after its block, and the city's proof of the anchor."""
     return {"receipt": receipt, "anchor": {"headers": headers, **proof}}
 
@@ -50,18 +52,27 @@ def verify_anchored(data: bytes | str | dict[str, Any], trusted_city_key: str) -
     """
     try:
         obj = strict_json(json.dumps(data) if isinstance(data, dict) else data)
-        if not is_anchored(obj) or not isinstance(obj["anchor"], dict) or set(obj["anchor"]) != ANCHOR_MEMBERS \
-                or not isinstance(obj["receipt"], dict) or set(obj["receipt"]) != RECEIPT_MEMBERS:
-            raise ValueError(f"members must be exactly {sorted(ANCHORED_MEMBERS)}, the anchor's "
-                             f"{sorted(ANCHOR_MEMBERS)}")
+        if (
+            not is_anchored(obj)
+            or not isinstance(obj["anchor"], dict)
+            or set(obj["anchor"]) != ANCHOR_MEMBERS
+            or not isinstance(obj["receipt"], dict)
+            or set(obj["receipt"]) != RECEIPT_MEMBERS
+        ):
+            raise ValueError(
+                f"members must be exactly {sorted(ANCHORED_MEMBERS)}, the anchor's {sorted(ANCHOR_MEMBERS)}"
+            )
     except (ValueError, TypeError, RecursionError) as exc:
         return [Check("format", False, f"malformed anchored receipt: {exc}"[:300])]
     receipt, anchor = obj["receipt"], obj["anchor"]
     checks = verify_receipt(receipt, receipt["ledger_key"])
     if not all(c.ok for c in checks):
         return checks
-    checks[-1] = Check("block_signature", True, "signed by the district key the receipt names; "
-                       "what makes it trusted is the link to the city's anchor, below")
+    checks[-1] = Check(
+        "block_signature",
+        True,
+        "signed by the district key the receipt names; what makes it trusted is the link to the city's anchor, below",
+    )
     for step in (_link, _anchor_inclusion, _city_signature):
         try:
             checks.append(step(receipt, anchor, trusted_city_key))
@@ -85,15 +96,23 @@ def _link(receipt: dict[str, Any], anchor: dict[str, Any], _: str) -> Check:
         return Check("link", False, "headers must be a list of district headers")
     height, digest = block["height"], block_hash(block)
     for header in headers:
-        if not isinstance(header, dict) or header.get("prev") != digest or header.get("height") != height + 1 \
-                or header.get("chain") != district:
+        if (
+            not isinstance(header, dict)
+            or header.get("prev") != digest
+            or header.get("height") != height + 1
+            or header.get("chain") != district
+        ):
             return Check("link", False, f"the district header after height {height} does not link to block {digest}")
         height, digest = height + 1, block_hash(header)
     expected = {"entry": HEAD_ENTRY, "district": district, "height": height, "block": digest}
     if not isinstance(entry, dict) or {k: entry.get(k) for k in expected} != expected:
         return Check("link", False, f"the anchor entry does not name {district} block {height} ({digest})")
-    return Check("link", True, f"{len(headers)} district header(s) link block {block['height']} to the anchored "
-                 f"block {height} ({digest[:16]}…)")
+    return Check(
+        "link",
+        True,
+        f"{len(headers)} district header(s) link block {block['height']} to the anchored "
+        f"block {height} ({digest[:16]}…)",
+    )
 
 
 def _anchor_inclusion(receipt: dict[str, Any], anchor: dict[str, Any], _: str) -> Check:
@@ -102,8 +121,9 @@ def _anchor_inclusion(receipt: dict[str, Any], anchor: dict[str, Any], _: str) -
     if type(index) is not int or not isinstance(proof, list) or not isinstance(city, dict):
         return Check("anchor_inclusion", False, "leaf_index, proof and city_block are malformed")
     try:
-        root = merkle.root_from_inclusion_proof(index, city["size"], merkle.leaf_hash(canonical_json(anchor["entry"])),
-                                                [bytes.fromhex(h) for h in proof])
+        root = merkle.root_from_inclusion_proof(
+            index, city["size"], merkle.leaf_hash(canonical_json(anchor["entry"])), [bytes.fromhex(h) for h in proof]
+        )
     except merkle.ProofError as exc:
         return Check("anchor_inclusion", False, f"the anchor's inclusion path does not fit the city block: {exc}")
     if root.hex() != city.get("root"):

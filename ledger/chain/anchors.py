@@ -142,9 +142,13 @@ def first_broken(anchors: Iterable[Anchor], hashes: Mapping[str, Mapping[int, st
     for a in sorted(anchors, key=lambda a: (a.city_height, a.district, a.height)):
         held = hashes.get(a.district, {}).get(a.height)
         if held is None:
-            return (f"district {a.district} has no block {a.height}, which city block {a.city_height} anchored "
-                    f"as {a.block} (truncated or restored from an older copy)")
+            return (
+                f"district {a.district} has no block {a.height}, which city block {a.city_height} anchored "
+                f"as {a.block} (truncated or restored from an older copy)"
+            )
         if held != a.block:
-            return (f"district {a.district} block {a.height} is {held}, but city block {a.city_height} anchored "
-                    f"{a.block} (the district chain was rewritten)")
+            return (
+                f"district {a.district} block {a.height} is {held}, but city block {a.city_height} anchored "
+                f"{a.block} (the district chain was rewritten)"
+            )
     return None

@@ -91,11 +91,16 @@ class Report:
 
     def as_dict(self) -> VerifyReport:
         return {
-            "ok": self.ok, "blocks": self.blocks, "readings": self.readings, "entries": self.entries,
-            "seconds": self.seconds, "deep": self.deep,
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "readings": self.readings,
+            "entries": self.entries,
+            "seconds": self.seconds,
+            "deep": self.deep,
             "failure": str(self.failure) if self.failure else _registry_failure(self),
             "disagreements": [d.as_dict() for d in self.disagreements],
-            "disagreements_found": self.disagreements_found, "registry_checked": self.registry_checked,
+            "disagreements_found": self.disagreements_found,
+            "registry_checked": self.registry_checked,
             "failed_block": self.failure.height if self.failure else None,
             "failed_reading": self.failure.reading if self.failure else None,
         }
@@ -105,8 +110,10 @@ def _registry_failure(report: Report) -> str | None:
     """Why a report whose chain holds is not ok: every caller reads `failure` for the reason."""
     if not report.disagreements_found:
         return None
-    return (f"registry tables disagree with the chain in {report.disagreements_found} place(s), "
-            f"first: {report.disagreements[0]}")
+    return (
+        f"registry tables disagree with the chain in {report.disagreements_found} place(s), "
+        f"first: {report.disagreements[0]}"
+    )
 
 
 @dataclass
@@ -146,7 +153,7 @@ class Ledgered:
             return False  # inside a range (or on its last seq)
         joins_left, joins_right = i > 0 and r[i - 1] == seq - 1, i < len(r) and r[i] == seq + 1
         if joins_left and joins_right:
-            del r[i - 1:i + 1]
+            del r[i - 1 : i + 1]
         elif joins_left:
             r[i - 1] = seq
         elif joins_right:
@@ -184,8 +191,9 @@ def audit(
         for block in blocks:
             header, height = block["header"], block["height"]
             leaves = leaves_of(height)
-            failure = _check_block(block, leaves, expected_height, expected_prev, chain, deep) \
-                or check_unique(height, leaves, seen)
+            failure = _check_block(block, leaves, expected_height, expected_prev, chain, deep) or check_unique(
+                height, leaves, seen
+            )
             if deep and (failure or len(chain.pending) >= CHUNK):
                 # A structural failure here still loses to a bad signature in an earlier block.
                 failure = _flush(chain, verifier, wait=failure is not None) or failure
@@ -206,8 +214,9 @@ def audit(
     return Report(failure is None, blocks_ok, counts[1], counts[2], time.perf_counter() - started, deep, failure)
 
 
-def _check_block(block: dict[str, Any], leaves: list[Leaf], expected_height: int, expected_prev: str,
-                 chain: Chain, deep: bool) -> Failure | None:
+def _check_block(
+    block: dict[str, Any], leaves: list[Leaf], expected_height: int, expected_prev: str, chain: Chain, deep: bool
+) -> Failure | None:
     failure = check_header(block, expected_height, expected_prev, chain)
     if failure is None:
         failure = check_leaves(block, leaves, chain, deep)
@@ -268,8 +277,9 @@ def _queue_signatures(height: int, leaves: list[Leaf], chain: Chain) -> Failure 
             key = key_for(keys.get(obj.device, ()), obj.seq, height)
             if key is None:
                 return Failure(height, "reading from a device the chain never enrolled", f"{obj.device}#{obj.seq}")
-            chain.pending.append((height, f"{obj.device}#{obj.seq}",
-                                  (bytes.fromhex(key), obj.signed_message(), obj.sig_bytes())))
+            chain.pending.append(
+                (height, f"{obj.device}#{obj.seq}", (bytes.fromhex(key), obj.signed_message(), obj.sig_bytes()))
+            )
     return None
 
 
@@ -277,7 +287,7 @@ def _flush(chain: Chain, verifier: ParallelVerifier, wait: bool = False) -> Fail
     """Hand queued signatures to the pool in chunks; report the first bad one seen so far."""
     pending, chain.pending = chain.pending, []
     for start in range(0, len(pending), CHUNK):
-        chunk = pending[start:start + CHUNK]
+        chunk = pending[start : start + CHUNK]
         verifier.submit([item for _, _, item in chunk], [(h, label) for h, label, _ in chunk])
     for bad, tags in verifier.ready(wait=wait):
         if bad >= 0:

@@ -32,7 +32,10 @@ def key_for(spans: Iterable[KeySpan], seq: int, height: int | None = None) -> st
     """The key that must have signed reading `seq` sealed at `height` (None: the next block)."""
     best: KeySpan | None = None
     for span in spans:
-        if span.from_seq <= seq and (height is None or span.from_height <= height) and (
-                best is None or (span.from_seq, span.from_height) >= (best.from_seq, best.from_height)):
+        if (
+            span.from_seq <= seq
+            and (height is None or span.from_height <= height)
+            and (best is None or (span.from_seq, span.from_height) >= (best.from_seq, best.from_height))
+        ):
             best = span
     return best.public_key if best else None

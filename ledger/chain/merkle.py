@@ -169,9 +169,7 @@ def inclusion_proof(leaf_hashes: Sequence[bytes], index: int) -> list[bytes]:
     return _path_up(_levels(leaf_hashes), 0, index)
 
 
-def root_from_inclusion_proof(
-    index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]
-) -> bytes:
+def root_from_inclusion_proof(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes]) -> bytes:
     """The root implied by an inclusion proof (RFC 9162 2.1.3.2, steps 1-4).
 
     Returns the root instead of a bool so callers can look it up (e.g. find which
@@ -204,9 +202,7 @@ def root_from_inclusion_proof(
     return r
 
 
-def verify_inclusion(
-    index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], expected_root: bytes
-) -> bool:
+def verify_inclusion(index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], expected_root: bytes) -> bool:
     """True iff proof shows leaf_hash at index in the tree of size with expected_root.
 
     Never raises: verifiers sit on trust boundaries and see hostile input, and a
@@ -244,9 +240,7 @@ def consistency_proof(leaf_hashes: Sequence[bytes], old_size: int) -> list[bytes
     return proof + _path_up(levels, level, index)
 
 
-def verify_consistency(
-    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
-) -> bool:
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
     """True iff proof shows the tree of old_size/old_root is a prefix of new_size/new_root.
 
     RFC 9162 2.1.4.2, plus the edge cases the RFC leaves to callers:
@@ -260,9 +254,7 @@ def verify_consistency(
         return False
 
 
-def _verify_consistency(
-    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
-) -> bool:
+def _verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
     old_size = _check_int(old_size, "old_size")
     new_size = _check_int(new_size, "new_size")
     path = list(proof or ())

@@ -221,14 +221,25 @@ class Reading(BaseModel):
         return self
 
     @classmethod
-    def trusted(cls, *, device: str, kind: str, seq: int, ts: int, value: int, sig: str, v: int = 1,
-                sig_bytes: bytes | None = None) -> Reading:
+    def trusted(
+        cls,
+        *,
+        device: str,
+        kind: str,
+        seq: int,
+        ts: int,
+        value: int,
+        sig: str,
+        v: int = 1,
+        sig_bytes: bytes | None = None,
+    ) -> Reading:
         """A reading already validated by `parse_reading` in another of our processes (an ingest
         worker), rebuilt without validating it twice. What `model_construct` does, at a fifth of
         its cost: ingest rebuilds every reading it receives this way. Never for outside input."""
         r = cls.__new__(cls)
-        object.__setattr__(r, "__dict__", {"v": v, "device": device, "kind": kind, "seq": seq, "ts": ts,
-                                           "value": value, "sig": sig})
+        object.__setattr__(
+            r, "__dict__", {"v": v, "device": device, "kind": kind, "seq": seq, "ts": ts, "value": value, "sig": sig}
+        )
         object.__setattr__(r, "__pydantic_fields_set__", _READING_FIELDS)
         object.__setattr__(r, "__pydantic_extra__", None)
         object.__setattr__(r, "__pydantic_private__", {"_sig_bytes": sig_bytes})
@@ -236,7 +247,9 @@ class Reading(BaseModel):
 
     def sig_bytes(self) -> bytes:
         """The 64 signature bytes, decoded once (by validation) however often they are checked."""
-        private = cast(dict[str, Any], self.__pydantic_private__)  # direct: pydantic's attribute path costs over 1 µs a call
+        private = cast(
+            dict[str, Any], self.__pydantic_private__
+        )  # direct: pydantic's attribute path costs over 1 µs a call
         raw = private.get("_sig_bytes")
         if raw is None:
             raw = private["_sig_bytes"] = signature_bytes(self.sig)
@@ -244,7 +257,14 @@ class Reading(BaseModel):
 
     def unsigned(self) -> dict[str, Any]:
         """The members covered by the signature."""
-        return {"v": self.v, "device": self.device, "kind": self.kind, "seq": self.seq, "ts": self.ts, "value": self.value}
+        return {
+            "v": self.v,
+            "device": self.device,
+            "kind": self.kind,
+            "seq": self.seq,
+            "ts": self.ts,
+            "value": self.value,
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.unsigned(), "sig": self.sig}
@@ -255,13 +275,17 @@ class Reading(BaseModel):
     # tests/test_protocol.py holds them equal to `canonical_json` for arbitrary readings.
 
     def signed_message(self) -> bytes:
-        return (f'{READING_CONTEXT_TEXT}{{"device":"{self.device}","kind":"{self.kind}","seq":{self.seq},'
-                f'"ts":{self.ts},"v":{self.v},"value":{self.value}}}').encode()
+        return (
+            f'{READING_CONTEXT_TEXT}{{"device":"{self.device}","kind":"{self.kind}","seq":{self.seq},'
+            f'"ts":{self.ts},"v":{self.v},"value":{self.value}}}'
+        ).encode()
 
     def leaf_data(self) -> bytes:
         """PROTOCOL.md section 4: the leaf is the canonical JSON of the whole reading."""
-        return (f'{{"device":"{self.device}","kind":"{self.kind}","seq":{self.seq},"sig":"{self.sig}",'
-                f'"ts":{self.ts},"v":{self.v},"value":{self.value}}}').encode()
+        return (
+            f'{{"device":"{self.device}","kind":"{self.kind}","seq":{self.seq},"sig":"{self.sig}",'
+            f'"ts":{self.ts},"v":{self.v},"value":{self.value}}}'
+        ).encode()
 
     def payload(self) -> bytes:
         """What a device publishes: canonical JSON, so it equals the leaf data."""
@@ -292,8 +316,14 @@ def signed_message(unsigned: dict[str, Any]) -> bytes:
 
 def sign_reading(key: SigningKey, *, device: str, kind: str, seq: int, ts: int, value: int) -> Reading:
     """Make a signed reading (the device side)."""
-    unsigned: dict[str, Any] = {"v": PROTOCOL_VERSION, "device": device, "kind": kind, "seq": seq, "ts": ts,
-                                "value": value}
+    unsigned: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "device": device,
+        "kind": kind,
+        "seq": seq,
+        "ts": ts,
+        "value": value,
+    }
     sig = key.sign(signed_message(unsigned)).signature
     return Reading(**unsigned, sig=base64.b64encode(sig).decode())
 
@@ -347,14 +377,14 @@ def strict_json(data: bytes | str) -> Any:
     this, so one byte string can only ever mean one object.
     """
     text = data.decode("utf-8") if isinstance(data, bytes) else data
-    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=_no_float,
-                      parse_constant=_no_constant)
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=_no_float, parse_constant=_no_constant)
 
 
 # A payload spelled exactly as `Reading.payload()` spells it, which is how devices publish.
 _CANONICAL = re.compile(
     rb'\{"device":"([A-Za-z0-9._-]{1,64})","kind":"(water|gas|electricity|parking)","seq":([1-9][0-9]{0,18}),'
-    rb'"sig":"([A-Za-z0-9+/]{86}==)","ts":(0|[1-9][0-9]{0,18}),"v":1,"value":(0|[1-9][0-9]{0,18})\}')
+    rb'"sig":"([A-Za-z0-9+/]{86}==)","ts":(0|[1-9][0-9]{0,18}),"v":1,"value":(0|[1-9][0-9]{0,18})\}'
+)
 
 
 def parse_reading(payload: bytes) -> Reading | Rejected:
@@ -378,8 +408,15 @@ def parse_reading(payload: bytes) -> Reading | Rejected:
             except ValueError:
                 pass  # the full path below says why
             else:
-                return Reading.trusted(device=device.decode(), kind=kind.decode(), seq=seq_n, ts=ts_n,
-                                       value=value_n, sig=sig.decode(), sig_bytes=raw)
+                return Reading.trusted(
+                    device=device.decode(),
+                    kind=kind.decode(),
+                    seq=seq_n,
+                    ts=ts_n,
+                    value=value_n,
+                    sig=sig.decode(),
+                    sig_bytes=raw,
+                )
     return _parse_reading_fully(payload)
 
 
@@ -440,6 +477,8 @@ def parse_written_off(payload: bytes) -> tuple[int, int] | None:
     """The seqs an ack says were written off (first, last), or None."""
     obj = _ack_object(payload)
     span = obj.get("written_off") if obj is not None else None
-    if not (isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span) and 1 <= span[0] <= span[1]):
+    if not (
+        isinstance(span, list) and len(span) == 2 and all(type(x) is int for x in span) and 1 <= span[0] <= span[1]
+    ):
         return None
     return span[0], span[1]

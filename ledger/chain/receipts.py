@@ -57,8 +57,15 @@ class _Bad(ValueError):
     pass
 
 
-def build_receipt(reading: Reading, device_key: str, header: dict[str, Any], block_sig: bytes, ledger_key: str,
-                  leaf_hashes: list[bytes], leaf_index: int) -> Receipt:
+def build_receipt(
+    reading: Reading,
+    device_key: str,
+    header: dict[str, Any],
+    block_sig: bytes,
+    ledger_key: str,
+    leaf_hashes: list[bytes],
+    leaf_index: int,
+) -> Receipt:
     """Assemble a receipt for the reading at `leaf_index` of a block whose leaves are given."""
     if merkle.leaf_hash(reading.leaf_data()) != leaf_hashes[leaf_index]:
         raise ValueError("the reading is not the leaf at that index")
@@ -91,18 +98,30 @@ def verify_receipt(data: bytes | str | dict[str, Any], trusted_ledger_key: str) 
         reading, device_key = _reading(receipt)
         if not verify_reading(device_key, reading):
             raise _Fail("device_signature", "the device's signature over the reading does not verify")
-        checks.append(Check("device_signature", True, f"{reading.device} #{reading.seq} signed by {receipt['device_key'][:16]}…"))
+        checks.append(
+            Check("device_signature", True, f"{reading.device} #{reading.seq} signed by {receipt['device_key'][:16]}…")
+        )
         header = receipt["block"]
         root = _inclusion_root(reading, receipt, header)
         if root.hex() != header.get("root"):
             raise _Fail("inclusion", "the inclusion path does not lead to the block's Merkle root")
-        checks.append(Check("inclusion", True, f"leaf {receipt['leaf_index']} of {header['size']} leads to root {root.hex()[:16]}…"))
+        checks.append(
+            Check(
+                "inclusion", True, f"leaf {receipt['leaf_index']} of {header['size']} leads to root {root.hex()[:16]}…"
+            )
+        )
         if receipt["ledger_key"] != trusted_ledger_key:
             raise _Fail("block_signature", "the receipt names a ledger key other than the one you trust")
         signature = _b64(receipt["block_sig"], 64, "block_sig")
         if not verify_header(VerifyKey(bytes.fromhex(trusted_ledger_key)), header, signature):
             raise _Fail("block_signature", "the block header's signature does not verify under the trusted ledger key")
-        checks.append(Check("block_signature", True, f"block {header['height']} ({block_hash(header)[:16]}…) signed by the trusted key"))
+        checks.append(
+            Check(
+                "block_signature",
+                True,
+                f"block {header['height']} ({block_hash(header)[:16]}…) signed by the trusted key",
+            )
+        )
     except _Fail as fail:
         checks.append(Check(fail.step, False, fail.detail))
     except (_Bad, ValueError, TypeError, KeyError, RecursionError) as exc:
@@ -157,8 +176,11 @@ def _reading(receipt: dict[str, Any]) -> tuple[Reading, VerifyKey]:
 def _inclusion_root(reading: Reading, receipt: dict[str, Any], header: dict[str, Any]) -> bytes:
     try:
         return merkle.root_from_inclusion_proof(
-            receipt["leaf_index"], header["size"], merkle.leaf_hash(reading.leaf_data()),
-            [bytes.fromhex(h) for h in receipt["proof"]])
+            receipt["leaf_index"],
+            header["size"],
+            merkle.leaf_hash(reading.leaf_data()),
+            [bytes.fromhex(h) for h in receipt["proof"]],
+        )
     except merkle.ProofError as exc:
         raise _Fail("inclusion", f"the inclusion path does not fit the block: {exc}") from exc
 

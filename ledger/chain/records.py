@@ -102,5 +102,12 @@ class Batch:
     duplicate_counts: dict[tuple[str, int], int] = field(default_factory=dict)  # (device, minute) -> count
 
     def __bool__(self) -> bool:
-        return bool(self.readings or self.quarantine or self.duplicates or self.statuses or self.witness_reports
-                    or self.rejects or self.duplicate_counts)
+        return bool(
+            self.readings
+            or self.quarantine
+            or self.duplicates
+            or self.statuses
+            or self.witness_reports
+            or self.rejects
+            or self.duplicate_counts
+        )

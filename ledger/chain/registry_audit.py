@@ -72,8 +72,14 @@ class Disagreement:
         return f"{self.row}: a row the chain does not have ({_show(self.table_says)})"
 
     def as_dict(self) -> DisagreementDoc:
-        return {"table": self.table, "row": dict(self.key), "column": self.column, "table_says": self.table_says,
-                "chain_says": self.chain_says, "text": str(self)}
+        return {
+            "table": self.table,
+            "row": dict(self.key),
+            "column": self.column,
+            "table_says": self.table_says,
+            "chain_says": self.chain_says,
+            "text": str(self),
+        }
 
 
 def _show(row: Mapping[str, Any]) -> str:
@@ -93,8 +99,9 @@ def _row(entry: Mapping[str, Any], members: Iterable[str]) -> Row:
     return tuple(_plain(entry.get(m)) for m in members)
 
 
-def _one_per_entry(key: tuple[str, ...], members: tuple[str, ...], with_height: bool = False,
-                   latest: bool = False) -> Callable[[Iterable[Entry]], Rows]:
+def _one_per_entry(
+    key: tuple[str, ...], members: tuple[str, ...], with_height: bool = False, latest: bool = False
+) -> Callable[[Iterable[Entry]], Rows]:
     """Rows of a table that gets a row per entry: key and columns read off the entry's members
     (`with_height`: the entry's block height as the last column; `latest`: a later entry replaces
     the row of the same key, as INSERT OR REPLACE does)."""
@@ -124,10 +131,13 @@ def _devices(entries: Iterable[Entry]) -> Rows:
         kind, device = e.get("entry"), _plain(e.get("device"))
         if kind == "device_enrolled":
             state[device] = {c: _plain(e.get(c)) for c in ("kind", "district", "account", "public_key")} | {
-                "status": "active", "enrolled_at": _plain(e.get("at")), "revoked_at": None}
+                "status": "active",
+                "enrolled_at": _plain(e.get("at")),
+                "revoked_at": None,
+            }
         elif device in state:
             state[device].update(_DEVICE_CHANGES[str(kind)](e))
-    return {(device, ): [tuple(s[c] for c in DEVICE_COLUMNS)] for device, s in state.items()}
+    return {(device,): [tuple(s[c] for c in DEVICE_COLUMNS)] for device, s in state.items()}
 
 
 _DEVICE_CHANGES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -146,12 +156,22 @@ def _device_keys(entries: Iterable[Entry]) -> Rows:
     for height, e in entries:
         from_seq = _plain(e.get("from_seq", 0)) if e.get("entry") == "device_key_rotated" else 0
         out.setdefault((_plain(e.get("device")), height), []).append(
-            (_plain(e.get("public_key")), _plain(e.get("at")), from_seq))
+            (_plain(e.get("public_key")), _plain(e.get("at")), from_seq)
+        )
     return out
 
 
-REQUEST_COLUMNS = ("account", "amount", "reason", "operator", "requested_at", "height", "status", "decided_by",
-                   "decided_at")
+REQUEST_COLUMNS = (
+    "account",
+    "amount",
+    "reason",
+    "operator",
+    "requested_at",
+    "height",
+    "status",
+    "decided_by",
+    "decided_at",
+)
 _DECISIONS = {"adjustment_approved": "approved", "adjustment_rejected": "rejected"}
 
 
@@ -165,7 +185,7 @@ def _adjustment_requests(entries: Iterable[Entry]) -> Rows:
             state[adj_id] = _row(e, ("account", "amount", "reason", "operator", "at")) + (height, "pending", None, None)
         elif adj_id in state:
             state[adj_id] = state[adj_id][:6] + (_DECISIONS[str(kind)], _plain(e.get("operator")), _plain(e.get("at")))
-    return {(adj_id, ): [row] for adj_id, row in state.items()}
+    return {(adj_id,): [row] for adj_id, row in state.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,41 +210,117 @@ class Table:
 
 TABLES: tuple[Table, ...] = (
     Table("devices", ("device_enrolled", *_DEVICE_CHANGES), ("device",), DEVICE_COLUMNS, _devices, "device"),
-    Table("device_keys", ("device_enrolled", "device_key_rotated"), ("device", "from_height"),
-          ("public_key", "since", "from_seq"), _device_keys, "device",
-          select=("device", "from_height", "public_key", "since", "coalesce(from_seq, 0)"),
-          absent={"from_seq": "0"}),
-    Table("accounts", ("account_opened",), ("account",), ("customer_class", "created_at"),
-          _one_per_entry(("account",), ("class", "at")), "account"),
-    Table("parking_zones", ("parking_zone",), ("space",), ("zone_class", "from_ts"),
-          _one_per_entry(("space",), ("class", "from")), "space"),
-    Table("parking_leases", ("parking_lease",), ("space",), ("account", "from_ts"),
-          _one_per_entry(("space",), ("account", "from")), "space"),
-    Table("parking_checkins", ("parking_checkin",), ("space",), ("account", "checked_in_at"),
-          _one_per_entry(("space",), ("account", "at")), "space"),
-    Table("meter_replacements", ("meter_replaced",), ("device",), ("ts", "old_final", "new_initial", "operator"),
-          _one_per_entry(("device",), ("ts", "old_final", "new_initial", "operator")), "device"),
-    Table("adjustments", ("adjustment",), ("id",), ("account", "amount", "reason", "operator", "created_at", "height"),
-          _one_per_entry(("id",), ("account", "amount", "reason", "operator", "at"), with_height=True), "id"),
+    Table(
+        "device_keys",
+        ("device_enrolled", "device_key_rotated"),
+        ("device", "from_height"),
+        ("public_key", "since", "from_seq"),
+        _device_keys,
+        "device",
+        select=("device", "from_height", "public_key", "since", "coalesce(from_seq, 0)"),
+        absent={"from_seq": "0"},
+    ),
+    Table(
+        "accounts",
+        ("account_opened",),
+        ("account",),
+        ("customer_class", "created_at"),
+        _one_per_entry(("account",), ("class", "at")),
+        "account",
+    ),
+    Table(
+        "parking_zones",
+        ("parking_zone",),
+        ("space",),
+        ("zone_class", "from_ts"),
+        _one_per_entry(("space",), ("class", "from")),
+        "space",
+    ),
+    Table(
+        "parking_leases",
+        ("parking_lease",),
+        ("space",),
+        ("account", "from_ts"),
+        _one_per_entry(("space",), ("account", "from")),
+        "space",
+    ),
+    Table(
+        "parking_checkins",
+        ("parking_checkin",),
+        ("space",),
+        ("account", "checked_in_at"),
+        _one_per_entry(("space",), ("account", "at")),
+        "space",
+    ),
+    Table(
+        "meter_replacements",
+        ("meter_replaced",),
+        ("device",),
+        ("ts", "old_final", "new_initial", "operator"),
+        _one_per_entry(("device",), ("ts", "old_final", "new_initial", "operator")),
+        "device",
+    ),
+    Table(
+        "adjustments",
+        ("adjustment",),
+        ("id",),
+        ("account", "amount", "reason", "operator", "created_at", "height"),
+        _one_per_entry(("id",), ("account", "amount", "reason", "operator", "at"), with_height=True),
+        "id",
+    ),
     # A bill's body is kept in the table only: its SHA-256 must still be the hash the chain sealed.
-    Table("bills", ("bill_issued",), ("account", "month"), ("issued_at", "total", "hash", "body_sha256", "height"),
-          _one_per_entry(("account", "month"), ("at", "total", "bill_hash", "bill_hash"), with_height=True), "account",
-          select=("account", "month", "issued_at", "total", "hash", "sha256(body)", "height")),
-    Table("districts", ("district_added",), ("district",), ("ledger_key", "added_at", "height"),
-          _one_per_entry(("district",), ("ledger_key", "at"), with_height=True), "district"),
+    Table(
+        "bills",
+        ("bill_issued",),
+        ("account", "month"),
+        ("issued_at", "total", "hash", "body_sha256", "height"),
+        _one_per_entry(("account", "month"), ("at", "total", "bill_hash", "bill_hash"), with_height=True),
+        "account",
+        select=("account", "month", "issued_at", "total", "hash", "sha256(body)", "height"),
+    ),
+    Table(
+        "districts",
+        ("district_added",),
+        ("district",),
+        ("ledger_key", "added_at", "height"),
+        _one_per_entry(("district",), ("ledger_key", "at"), with_height=True),
+        "district",
+    ),
     # Stored canonical, so the SHA-256 of a district head's header is its block hash.
-    Table("district_heads", ("district_head",), ("district", "height"), ("hash", "header_hash", "anchored_at",
-                                                                          "city_height"),
-          _one_per_entry(("district", "height"), ("block", "block", "at"), with_height=True, latest=True), "district",
-          select=("district", "height", "hash", "sha256(header)", "anchored_at", "city_height")),
-    Table("tariff_versions", ("tariffs_loaded",), ("version",), ("sha256", "source_sha256"),
-          _one_per_entry(("version",), ("sha256", "sha256")), "version",
-          select=("version", "sha256", "sha256(source)")),
-    Table("adjustment_requests", ("adjustment_requested", *_DECISIONS), ("id",), REQUEST_COLUMNS,
-          _adjustment_requests, "id"),
-    Table("write_offs", ("seqs_written_off",), ("device", "from_seq"),
-          ("to_seq", "reason", "operator", "written_at", "height"),
-          _one_per_entry(("device", "from_seq"), ("to_seq", "reason", "operator", "at"), with_height=True), "device"),
+    Table(
+        "district_heads",
+        ("district_head",),
+        ("district", "height"),
+        ("hash", "header_hash", "anchored_at", "city_height"),
+        _one_per_entry(("district", "height"), ("block", "block", "at"), with_height=True, latest=True),
+        "district",
+        select=("district", "height", "hash", "sha256(header)", "anchored_at", "city_height"),
+    ),
+    Table(
+        "tariff_versions",
+        ("tariffs_loaded",),
+        ("version",),
+        ("sha256", "source_sha256"),
+        _one_per_entry(("version",), ("sha256", "sha256")),
+        "version",
+        select=("version", "sha256", "sha256(source)"),
+    ),
+    Table(
+        "adjustment_requests",
+        ("adjustment_requested", *_DECISIONS),
+        ("id",),
+        REQUEST_COLUMNS,
+        _adjustment_requests,
+        "id",
+    ),
+    Table(
+        "write_offs",
+        ("seqs_written_off",),
+        ("device", "from_seq"),
+        ("to_seq", "reason", "operator", "written_at", "height"),
+        _one_per_entry(("device", "from_seq"), ("to_seq", "reason", "operator", "at"), with_height=True),
+        "device",
+    ),
 )
 
 
@@ -286,5 +382,9 @@ def disagreements(entries: Iterable[Entry], tables: Mapping[str, Iterable[Row]])
     """Every disagreement between the chain's entries and the given tables' rows (a table not
     given is not compared). The whole comparison in one call, for callers without a database."""
     entries = list(entries)
-    return [d for table in TABLES if table.name in tables
-            for d in compare(table, chain_rows(table, entries), tables[table.name])]
+    return [
+        d
+        for table in TABLES
+        if table.name in tables
+        for d in compare(table, chain_rows(table, entries), tables[table.name])
+    ]

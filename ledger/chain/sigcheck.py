@@ -57,8 +57,9 @@ class ParallelVerifier:
 
     def __enter__(self) -> ParallelVerifier:
         if self.workers > 1:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=os.nice, initargs=(NICENESS,))
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice, initargs=(NICENESS,)
+            )
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -86,7 +87,7 @@ class ParallelVerifier:
     def first_bad(self, items: Sequence[Item]) -> int:
         if self._pool is None or len(items) <= CHUNK:
             return first_bad(items)
-        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+        chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
         for n, bad in enumerate(self._pool.map(first_bad, chunks)):
             if bad >= 0:
                 return n * CHUNK + bad

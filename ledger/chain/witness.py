@@ -178,8 +178,15 @@ class WitnessState:
 
     def summary(self) -> dict[str, Any]:
         """What state.json holds (the hashes live in headers.jsonl, which is their record)."""
-        return {"v": STATE_VERSION, "ledger_key": self.initial_key, "key": self.key, "height": self.height,
-                "hash": self.hash, "keys": [list(k) for k in self.keys], "gaps": [list(g) for g in self.gaps]}
+        return {
+            "v": STATE_VERSION,
+            "ledger_key": self.initial_key,
+            "key": self.key,
+            "height": self.height,
+            "hash": self.hash,
+            "keys": [list(k) for k in self.keys],
+            "gaps": [list(g) for g in self.gaps],
+        }
 
 
 def valid_key_hex(key: object) -> bool:
@@ -202,16 +209,23 @@ def check(state: WitnessState, payload: bytes, *, source: Source, redelivered: b
     height = parsed.height
     key = state.key_for(height)
     if not _verifies(key, parsed):
-        return Alarm("bad_signature", height, f"header {parsed.hash} does not verify under ledger key {key}"
-                     + _gap_hint(state, height))
+        return Alarm(
+            "bad_signature",
+            height,
+            f"header {parsed.hash} does not verify under ledger key {key}" + _gap_hint(state, height),
+        )
     if state.height is None:
         return Accepted(parsed)  # trust on first use of the position; the key came from the operator
     if height <= state.height:
         return _check_past(state, parsed, source, redelivered)
     if height == state.height + 1:
         if parsed.prev != state.hash:
-            return Alarm("fork", height, f"header {parsed.hash} links to prev {parsed.prev}, but the accepted "
-                         f"header at height {state.height} is {state.hash}")
+            return Alarm(
+                "fork",
+                height,
+                f"header {parsed.hash} links to prev {parsed.prev}, but the accepted "
+                f"header at height {state.height} is {state.hash}",
+            )
         return Accepted(parsed)
     return Accepted(parsed, gap=(state.height + 1, height - 1))
 
@@ -222,8 +236,12 @@ def _check_past(state: WitnessState, parsed: SignedHeader, source: Source, redel
     if known is not None and known != parsed.hash:
         return Alarm("fork", height, f"got header {parsed.hash} from {source}, but accepted {known} at this height")
     if source == "checkpoint" and head is not None and height < head and not redelivered:
-        return Alarm("rollback", height, f"the ledger's checkpoint is back at height {height} ({parsed.hash}), "
-                     f"but this witness accepted height {head} ({state.hash})")
+        return Alarm(
+            "rollback",
+            height,
+            f"the ledger's checkpoint is back at height {height} ({parsed.hash}), "
+            f"but this witness accepted height {head} ({state.hash})",
+        )
     if known is None:
         return Unlinked(height, parsed.hash, "no header held at this height (before the first accepted or in a gap)")
     return AlreadyHave(height, parsed.hash)
@@ -235,8 +253,10 @@ def _verifies(key_hex: str, signed: SignedHeader) -> bool:
 
 def _gap_hint(state: WitnessState, height: int) -> str:
     if state.height is not None and height > state.height + 1:
-        return (f" (heights {state.height + 1}..{height - 1} were missed; a key rotation among them would also "
-                "explain this)")
+        return (
+            f" (heights {state.height + 1}..{height - 1} were missed; a key rotation among them would also "
+            "explain this)"
+        )
     return ""
 
 

@@ -64,7 +64,7 @@ def household_of(device: str) -> str | None:
     if len(device) + 3 <= _MAX_ID:
         return f"hh.{device}"
     digest = hashlib.sha256(device.encode()).hexdigest()[:_HASH_HEX]
-    return f"hh_{device[:_MAX_ID - 4 - _HASH_HEX]}.{digest}"
+    return f"hh_{device[: _MAX_ID - 4 - _HASH_HEX]}.{digest}"
 
 
 # ---------------------------------------------------------------- what the demo made
@@ -84,8 +84,13 @@ class DemoRecord:
     leases: dict[str, str] = field(default_factory=dict)  # parking space -> the demo household leasing it
 
     def to_json(self) -> str:
-        return json.dumps({"version": 1, "devices": sorted(self.devices), "households": self.households,
-                           "leases": self.leases}, indent=1) + "\n"
+        return (
+            json.dumps(
+                {"version": 1, "devices": sorted(self.devices), "households": self.households, "leases": self.leases},
+                indent=1,
+            )
+            + "\n"
+        )
 
     @classmethod
     def from_json(cls, text: str) -> DemoRecord | str:
@@ -95,8 +100,9 @@ class DemoRecord:
             devices, households, leases = doc["devices"], doc["households"], doc["leases"]
             if not (isinstance(devices, list) and isinstance(households, list) and isinstance(leases, dict)):
                 return "unexpected shape"
-            return cls(set(map(str, devices)), [str(h) for h in households],
-                       {str(s): str(a) for s, a in leases.items()})
+            return cls(
+                set(map(str, devices)), [str(h) for h in households], {str(s): str(a) for s, a in leases.items()}
+            )
         except (ValueError, KeyError, TypeError) as exc:
             return f"unreadable: {exc}"
 
@@ -219,7 +225,9 @@ def _logins(ledger: Any, home: Home, record: DemoRecord, note: str) -> Demo:
     """The demo's logins that exist, also written to HOME/demo-logins.txt (0600)."""
     existing = {a["account"] for a in ledger.accounts()}
     citizens = [h for h in record.households if h in existing]
-    write_private(home.root / LOGINS_FILE,
-                  f"citizens: {', '.join(citizens)}\npassword: {CITIZEN_PASSWORD}\n"
-                  f"operators: op-city (all districts), op-d01 (d01)\npassword: {OPERATOR_PASSWORD}\n")
+    write_private(
+        home.root / LOGINS_FILE,
+        f"citizens: {', '.join(citizens)}\npassword: {CITIZEN_PASSWORD}\n"
+        f"operators: op-city (all districts), op-d01 (d01)\npassword: {OPERATOR_PASSWORD}\n",
+    )
     return Demo(note, citizens[:3], [o[0] for o in OPERATORS])

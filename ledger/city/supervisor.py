@@ -131,9 +131,16 @@ class Supervisor:
     Not thread-safe by design: one thread calls everything (see the module docstring).
     """
 
-    def __init__(self, home: Home, env: Mapping[str, str], *, backoff: Backoff = Backoff(),
-                 crash_loop: CrashLoop = CrashLoop(), say: Callable[[str], None] | None = None,
-                 tick_s: float = 0.1) -> None:
+    def __init__(
+        self,
+        home: Home,
+        env: Mapping[str, str],
+        *,
+        backoff: Backoff = Backoff(),
+        crash_loop: CrashLoop = CrashLoop(),
+        say: Callable[[str], None] | None = None,
+        tick_s: float = 0.1,
+    ) -> None:
         self.home, self.env = home, dict(env)
         self.backoff, self.crash_loop = backoff, crash_loop
         self.parts: list[Part] = []
@@ -156,11 +163,14 @@ class Supervisor:
         self.home.logs.mkdir(parents=True, exist_ok=True)
         if restart:
             with open(part.log, "ab") as log:
-                log.write(f"--- cityledger up: restart {part.record.restarts + 1} of {part.name} after "
-                          f"{part.record.last_exit}\n".encode())
+                log.write(
+                    f"--- cityledger up: restart {part.record.restarts + 1} of {part.name} after "
+                    f"{part.record.last_exit}\n".encode()
+                )
         # In its own session (start's default): Ctrl-C reaches `up` only, which stops each part.
-        proc = start([sys.executable, "-m", "ledger.cli", *part.spec.args], env=self.env, stdout=part.log,
-                     stderr=STDOUT)
+        proc = start(
+            [sys.executable, "-m", "ledger.cli", *part.spec.args], env=self.env, stdout=part.log, stderr=STDOUT
+        )
         part.proc = proc
         part.started, part.ready, part.due = time.monotonic(), False, None
         rec = part.record
@@ -190,8 +200,10 @@ class Supervisor:
             elif part.ready and part.record.crash_looping and now - part.started >= self.backoff.stable_s:
                 part.record.crash_looping = False
                 self.save()
-                self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} has stayed up for "
-                          f"{self.backoff.stable_s:.0f} s: no longer crash-looping")
+                self._say(
+                    f"[{time.strftime('%H:%M:%S')}] {part.name} has stayed up for "
+                    f"{self.backoff.stable_s:.0f} s: no longer crash-looping"
+                )
 
     def _check_ready(self, part: Part, now: float) -> None:
         check = part.spec.ready
@@ -204,8 +216,10 @@ class Supervisor:
             part.record.state = "running"
             self.save()
         elif now - part.started > part.spec.ready_timeout_s and part.proc is not None:
-            self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} (pid {part.proc.pid}) not ready after "
-                      f"{part.spec.ready_timeout_s:.0f} s ({part.spec.what or 'readiness'}): killing it")
+            self._say(
+                f"[{time.strftime('%H:%M:%S')}] {part.name} (pid {part.proc.pid}) not ready after "
+                f"{part.spec.ready_timeout_s:.0f} s ({part.spec.what or 'readiness'}): killing it"
+            )
             part.proc.kill()  # its exit is noticed on the next tick, and restarted like any other
 
     def _exited(self, part: Part, now: float) -> None:
@@ -224,19 +238,25 @@ class Supervisor:
         rec.last_exit_code, rec.last_exit, rec.last_exit_at = code, describe_exit(code), now_ms()
         rec.crash_looping = self.crash_loop.looping(part.exits, now)
         self.save()
-        self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} {describe_exit(code)} after {uptime:.1f} s; "
-                  f"restarting it in {delay:.1f} s (restart {rec.restarts + 1}); see {part.log}")
+        self._say(
+            f"[{time.strftime('%H:%M:%S')}] {part.name} {describe_exit(code)} after {uptime:.1f} s; "
+            f"restarting it in {delay:.1f} s (restart {rec.restarts + 1}); see {part.log}"
+        )
         if rec.crash_looping and not was_looping:
-            self._say(f"[{time.strftime('%H:%M:%S')}] {part.name} is crash-looping ({self.crash_loop.exits} exits "
-                      f"within {self.crash_loop.window_s:.0f} s); still retrying, at most "
-                      f"{self.backoff.max_s:.0f} s apart; the other parts keep running")
+            self._say(
+                f"[{time.strftime('%H:%M:%S')}] {part.name} is crash-looping ({self.crash_loop.exits} exits "
+                f"within {self.crash_loop.window_s:.0f} s); still retrying, at most "
+                f"{self.backoff.max_s:.0f} s apart; the other parts keep running"
+            )
 
-    def wait(self, condition: Callable[[], bool], timeout: float, what: str, stop: threading.Event,
-             part: Part | None = None) -> None:
+    def wait(
+        self, condition: Callable[[], bool], timeout: float, what: str, stop: threading.Event, part: Part | None = None
+    ) -> None:
         """Tick until `condition()` holds; raise RuntimeError after `timeout` s, Stopped on a stop request.
 
         Exceptions from `condition` count as "not yet" (a part it asks may be restarting).
         """
+
         def ticked() -> bool:
             if stop.is_set():
                 raise Stopped(f"stopped while waiting for {what}")
@@ -251,15 +271,22 @@ class Supervisor:
         except WaitTimeout as exc:
             detail = ""
             if part is not None and part.record.restarts:
-                detail = (f" ({part.name} restarted {part.record.restarts} times, last after "
-                          f"{part.record.last_exit}; see {part.log})")
+                detail = (
+                    f" ({part.name} restarted {part.record.restarts} times, last after "
+                    f"{part.record.last_exit}; see {part.log})"
+                )
             elif part is not None:
                 detail = f" (see {part.log})"
             raise RuntimeError(f"{exc}{detail}") from None
 
     def wait_ready(self, part: Part, stop: threading.Event, timeout: float | None = None) -> None:
-        self.wait(lambda: part.ready, timeout if timeout is not None else part.spec.ready_timeout_s,
-                  part.spec.what or f"{part.name} to be ready", stop, part)
+        self.wait(
+            lambda: part.ready,
+            timeout if timeout is not None else part.spec.ready_timeout_s,
+            part.spec.what or f"{part.name} to be ready",
+            stop,
+            part,
+        )
 
     def get(self, name: str) -> Part:
         return next(p for p in self.parts if p.name == name)

@@ -158,8 +158,12 @@ def render_service(s: UnitSettings, part: str) -> str:
     spec = PARTS[part]
     deps = [s.unit_name(d) for d in spec.requires if d in s.parts]  # one not rendered runs elsewhere
     exec_start = " ".join(quote(w, command=True) for w in [str(s.executable), *_args(s, part)])
-    env = [f"CITYLEDGER_HOME={s.home}", f"CITYLEDGER_MQTT_HOST={s.mqtt_host}", f"CITYLEDGER_MQTT_PORT={s.mqtt_port}",
-           "PYTHONUNBUFFERED=1"]
+    env = [
+        f"CITYLEDGER_HOME={s.home}",
+        f"CITYLEDGER_MQTT_HOST={s.mqtt_host}",
+        f"CITYLEDGER_MQTT_PORT={s.mqtt_port}",
+        "PYTHONUNBUFFERED=1",
+    ]
     if s.mqtt_ca:
         env.append(f"CITYLEDGER_MQTT_CA={s.mqtt_ca}")
     unit = [
@@ -208,16 +212,21 @@ def render_service(s: UnitSettings, part: str) -> str:
 def render_target(s: UnitSettings) -> str:
     """cityledger.target: `systemctl start|stop|enable cityledger.target` for every part at once."""
     wants = " ".join(s.unit_name(p) for p in s.parts)
-    return "\n".join([
-        "# Rendered by `cityledger systemd-units`: render again rather than edit (docs/reliability.md).",
-        "[Unit]",
-        "Description=cityledger: every long-running part",
-        f"Wants={wants}",
-        f"After={wants}",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "# Rendered by `cityledger systemd-units`: render again rather than edit (docs/reliability.md).",
+                "[Unit]",
+                "Description=cityledger: every long-running part",
+                f"Wants={wants}",
+                f"After={wants}",
+                "",
+                "[Install]",
+                "WantedBy=multi-user.target",
+            ]
+        )
+        + "\n"
+    )
 
 
 def render_units(s: UnitSettings) -> dict[str, str]:

@@ -75,8 +75,13 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
             return 2
     info = initialize(home)
     print(f"cityledger home {home.root}, ledger key {info['ledger_key']}")
-    env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "CITYLEDGER_MQTT_HOST": host,
-           "CITYLEDGER_MQTT_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "CITYLEDGER_HOME": str(home.root),
+        "CITYLEDGER_MQTT_HOST": host,
+        "CITYLEDGER_MQTT_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
     broker_args = ["broker", "--mqtt-port", str(port)]
     if tls_port is not None:
         certs = _tls_certs(home, args)
@@ -90,25 +95,53 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     return_code = 0
     try:
-        broker = sup.start(PartSpec("broker", tuple(broker_args), lambda: all(port_open(host, p) for p in listeners),
-                                    15, f"the broker on port{'s' if len(listeners) > 1 else ''} "
-                                    f"{', '.join(map(str, listeners))}"))
+        broker = sup.start(
+            PartSpec(
+                "broker",
+                tuple(broker_args),
+                lambda: all(port_open(host, p) for p in listeners),
+                15,
+                f"the broker on port{'s' if len(listeners) > 1 else ''} {', '.join(map(str, listeners))}",
+            )
+        )
         sup.wait_ready(broker, stop)
         ingest = sup.start(PartSpec("ingest", ("ingest",), lambda: _ingest_serving(home), 30, "the ingest's API"))
         sup.wait_ready(ingest, stop)
         ledger = _remote(home)
         baseline = int(ledger.status()["readings"])
-        fleet = sup.start(PartSpec("fleet", ("fleet", "--devices", str(args.devices), "--interval",
-                                             str(args.interval), "--districts", ",".join(demo.DISTRICTS))))
+        fleet = sup.start(
+            PartSpec(
+                "fleet",
+                (
+                    "fleet",
+                    "--devices",
+                    str(args.devices),
+                    "--interval",
+                    str(args.interval),
+                    "--districts",
+                    ",".join(demo.DISTRICTS),
+                ),
+            )
+        )
         planned = fleet_devices(args.devices)
         sup.wait(lambda: _enrolled(home, planned), 120, "the fleet's devices to enrol", stop, fleet)
         made = demo.populate(ledger, home, planned)
         sup.start(PartSpec("scheduler", ("scheduler",)))
-        dash = sup.start(PartSpec("dashboard", ("dashboard", "--port", str(args.dashboard_port)),
-                                  lambda: port_open("127.0.0.1", args.dashboard_port), 60, "the dashboard"))
+        dash = sup.start(
+            PartSpec(
+                "dashboard",
+                ("dashboard", "--port", str(args.dashboard_port)),
+                lambda: port_open("127.0.0.1", args.dashboard_port),
+                60,
+                "the dashboard",
+            )
+        )
         sup.wait_ready(dash, stop)
-        print(f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n{_logins_text(home, made)}"
-              f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n", flush=True)
+        print(
+            f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n{_logins_text(home, made)}"
+            f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n",
+            flush=True,
+        )
         _supervise_until(stop, sup, home, baseline)
     except Stopped:
         pass
@@ -137,8 +170,10 @@ def _logins_text(home: Home, made: demo.Demo) -> str:
     if made.citizens:
         text += f"  sign in as a citizen: {', '.join(made.citizens)} (password {made.citizen_password})\n"
     if made.operators:
-        text += (f"  or as an operator:    {', '.join(made.operators)} (password {made.operator_password})\n"
-                 f"  (all demo logins: {home.root / demo.LOGINS_FILE})\n")
+        text += (
+            f"  or as an operator:    {', '.join(made.operators)} (password {made.operator_password})\n"
+            f"  (all demo logins: {home.root / demo.LOGINS_FILE})\n"
+        )
     return text
 
 
@@ -150,8 +185,17 @@ def _tls_certs(home: Home, args: argparse.Namespace) -> CertPaths:
 
 def _tls_broker_args(tls_port: int, certs: CertPaths) -> list[str]:
     """The broker part is given the files resolved here, so it generates nothing of its own."""
-    return ["--tls", "--tls-port", str(tls_port), "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
-            "--tls-ca", str(certs.ca)]
+    return [
+        "--tls",
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert",
+        str(certs.cert),
+        "--tls-key",
+        str(certs.key),
+        "--tls-ca",
+        str(certs.ca),
+    ]
 
 
 def _supervise_until(stop: threading.Event, sup: Supervisor, home: Home, baseline: int) -> None:
@@ -196,8 +240,10 @@ def _status_line(home: Home, sup: Supervisor, last: int) -> tuple[str, int | Non
     except Exception as exc:  # noqa: BLE001 - ingest went away between the check and the call
         return f"{stamp} status unavailable: {exc}{tail}", None
     readings = int(s["readings"])
-    counts = (f"readings {readings} (+{readings - last}), blocks {s['blocks']}, quarantined {s['quarantined']}, "
-              f"duplicates {s['duplicates']}")
+    counts = (
+        f"readings {readings} (+{readings - last}), blocks {s['blocks']}, quarantined {s['quarantined']}, "
+        f"duplicates {s['duplicates']}"
+    )
     if readings > last:
         return f"{stamp} {s['devices']} devices ledgering: {counts}{tail}", readings
     return f"{stamp} {s['devices']} devices, no new readings: {counts}{tail}", readings

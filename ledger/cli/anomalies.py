@@ -21,8 +21,11 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--district")
     p = add(ansub, "show", cmd_anomalies_show, "one anomaly with its evidence and history")
     p.add_argument("id")
-    for action, status, needs_note in (("ack", "acknowledged", False), ("resolve", "resolved", True),
-                                       ("dismiss", "dismissed", True)):
+    for action, status, needs_note in (
+        ("ack", "acknowledged", False),
+        ("resolve", "resolved", True),
+        ("dismiss", "dismissed", True),
+    ):
         p = add(ansub, action, cmd_anomalies_act(status), f"mark an anomaly {status}")
         p.add_argument("id")
         p.add_argument("--note", required=needs_note, help="what was found or done")
@@ -37,9 +40,13 @@ def cmd_anomalies_scan(args: argparse.Namespace) -> int:
 def _anomaly_line(a: dict[str, Any]) -> str:
     import datetime as dt
 
-    when = dt.datetime.fromtimestamp((a["window_end"] or a["raised_at"]) / 1000, dt.timezone.utc).strftime("%m-%d %H:%M")
-    return (f"{a['id']:<14} {a['status']:<12} {a['type']:<17} {a['severity'] or '-':<7} {a['device']:<20} "
-            f"{a['district']:<6} {when}  {a['detail'] or ''}")
+    when = dt.datetime.fromtimestamp((a["window_end"] or a["raised_at"]) / 1000, dt.timezone.utc).strftime(
+        "%m-%d %H:%M"
+    )
+    return (
+        f"{a['id']:<14} {a['status']:<12} {a['type']:<17} {a['severity'] or '-':<7} {a['device']:<20} "
+        f"{a['district']:<6} {when}  {a['detail'] or ''}"
+    )
 
 
 def cmd_anomalies_list(args: argparse.Namespace) -> int:
@@ -60,8 +67,9 @@ def cmd_anomalies_show(args: argparse.Namespace) -> int:
 
 def cmd_anomalies_act(status: str) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        a = ledger_api(args).act_on_anomaly(anomaly_id=args.id, status=status, operator=operator_id(args),
-                                         note=getattr(args, "note", None))
+        a = ledger_api(args).act_on_anomaly(
+            anomaly_id=args.id, status=status, operator=operator_id(args), note=getattr(args, "note", None)
+        )
         print(_anomaly_line(a))
         return 0
 

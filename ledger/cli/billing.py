@@ -48,8 +48,13 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--new-initial", type=int, required=True, help="the new register's first value")
     operator_option(p)
 
-    p = add(sub, "adjust", cmd_adjust, "append a refund, credit or re-bill; it shows on the next bill (above the "
-            "approval limit, once a second operator approves it)")
+    p = add(
+        sub,
+        "adjust",
+        cmd_adjust,
+        "append a refund, credit or re-bill; it shows on the next bill (above the "
+        "approval limit, once a second operator approves it)",
+    )
     p.add_argument("--account", required=True)
     p.add_argument("--amount", required=True, help="yuan to the fen, e.g. -12.50 for a refund (no exponent)")
     p.add_argument("--reason", required=True)
@@ -57,14 +62,20 @@ def register(sub: Subcommands) -> None:
     adjsub = group(sub, "adjustments", "adjustments waiting for a second operator (four eyes), and the limit")
     p = add(adjsub, "list", cmd_adjustments_list, "requested adjustments (pending by default)")
     p.add_argument("--status", default="pending", choices=["pending", "approved", "rejected", "all"])
-    for action, approve, what in (("approve", True, "approve a requested adjustment: it is sealed now"),
-                                  ("reject", False, "reject (or, as its requester, withdraw) a requested adjustment")):
+    for action, approve, what in (
+        ("approve", True, "approve a requested adjustment: it is sealed now"),
+        ("reject", False, "reject (or, as its requester, withdraw) a requested adjustment"),
+    ):
         p = add(adjsub, action, cmd_adjustments_decide(approve), what)
         p.add_argument("id")
         p.add_argument("--note", help="why (kept in the ledger)")
         operator_option(p)
-    p = add(adjsub, "limit", cmd_adjustments_limit, "the amount above which an adjustment needs approval; with AMOUNT, "
-            "set it (sealed)")
+    p = add(
+        adjsub,
+        "limit",
+        cmd_adjustments_limit,
+        "the amount above which an adjustment needs approval; with AMOUNT, set it (sealed)",
+    )
     p.add_argument("amount", nargs="?")
     operator_option(p)
 
@@ -104,20 +115,27 @@ def cmd_tariffs_load(args: argparse.Namespace) -> int:
 
 
 def cmd_parking_zone(args: argparse.Namespace) -> int:
-    emit(ledger_api(args).set_zone(space=args.space, zone_class=args.zone_class, from_ts=_when(args.since),
-                                  operator=operator_id(args)))
+    emit(
+        ledger_api(args).set_zone(
+            space=args.space, zone_class=args.zone_class, from_ts=_when(args.since), operator=operator_id(args)
+        )
+    )
     return 0
 
 
 def cmd_parking_lease(args: argparse.Namespace) -> int:
-    emit(ledger_api(args).lease(space=args.space, account=args.account, from_ts=_when(args.since),
-                               operator=operator_id(args)))
+    emit(
+        ledger_api(args).lease(
+            space=args.space, account=args.account, from_ts=_when(args.since), operator=operator_id(args)
+        )
+    )
     return 0
 
 
 def cmd_parking_checkin(args: argparse.Namespace) -> int:
-    emit(ledger_api(args).checkin(space=args.space, account=args.account, at=_when(args.at),
-                                  operator=operator_id(args)))
+    emit(
+        ledger_api(args).checkin(space=args.space, account=args.account, at=_when(args.at), operator=operator_id(args))
+    )
     return 0
 
 
@@ -127,18 +145,29 @@ def cmd_parking_unpaid(args: argparse.Namespace) -> int:
 
 
 def cmd_meters_replace(args: argparse.Namespace) -> int:
-    emit(ledger_api(args).record_replacement(device=args.device, ts=_when(args.at), old_final=args.old_final,
-                                            new_initial=args.new_initial, operator=operator_id(args)))
+    emit(
+        ledger_api(args).record_replacement(
+            device=args.device,
+            ts=_when(args.at),
+            old_final=args.old_final,
+            new_initial=args.new_initial,
+            operator=operator_id(args),
+        )
+    )
     return 0
 
 
 def cmd_adjust(args: argparse.Namespace) -> int:
-    out = ledger_api(args).adjust(account=args.account, amount=args.amount, reason=args.reason,
-                                  operator=operator_id(args))
+    out = ledger_api(args).adjust(
+        account=args.account, amount=args.amount, reason=args.reason, operator=operator_id(args)
+    )
     emit(out)
     if out["status"] == "pending":
-        print(f"{out['amount']} is above the approval limit of {out['limit']}: another operator must approve it "
-              f"(`cityledger adjustments approve {out['id']}`)", file=sys.stderr)
+        print(
+            f"{out['amount']} is above the approval limit of {out['limit']}: another operator must approve it "
+            f"(`cityledger adjustments approve {out['id']}`)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -149,16 +178,23 @@ def cmd_adjustments_list(args: argparse.Namespace) -> int:
 
 def cmd_adjustments_decide(approve: bool) -> Handler:
     def run(args: argparse.Namespace) -> int:
-        emit(ledger_api(args).decide_adjustment(id=args.id, operator=operator_id(args), approve=approve,
-                                               note=args.note or ""))
+        emit(
+            ledger_api(args).decide_adjustment(
+                id=args.id, operator=operator_id(args), approve=approve, note=args.note or ""
+            )
+        )
         return 0
+
     return run
 
 
 def cmd_adjustments_limit(args: argparse.Namespace) -> int:
     api = ledger_api(args)
-    emit(api.set_adjustment_limit(amount=args.amount, operator=operator_id(args)) if args.amount
-           else {"limit": api.adjustment_limit()})
+    emit(
+        api.set_adjustment_limit(amount=args.amount, operator=operator_id(args))
+        if args.amount
+        else {"limit": api.adjustment_limit()}
+    )
     return 0
 
 
@@ -170,8 +206,10 @@ def cmd_bill(args: argparse.Namespace) -> int:
     print(f"{bill['name']} ({bill['account']}), {bill['month']}: {bill['status']}, total {bill['total']} yuan")
     for line in bill["lines"]:
         if line["type"] == "utility":
-            print(f"  {line['kind']:<12} {line['device']:<18} {line['consumption']:>12} {line['unit']:<4}"
-                  f" {line['amount']:>10}")
+            print(
+                f"  {line['kind']:<12} {line['device']:<18} {line['consumption']:>12} {line['unit']:<4}"
+                f" {line['amount']:>10}"
+            )
             for t in line["tiers"]:
                 print(f"      tier {t['tier']}: {t['quantity']} {t['unit']} x {t['price']} = {t['amount']}")
         elif line["type"] == "parking":

@@ -32,13 +32,23 @@ from types import ModuleType
 from ledger.cli import anomalies, archive, billing, city, devices, keys, people, receipts, status, verify, witnesses
 from ledger.cli.common import common_options
 
-GROUPS: tuple[ModuleType, ...] = (city, devices, witnesses, people, billing, anomalies, status, verify, archive,
-                                  receipts, keys)
+GROUPS: tuple[ModuleType, ...] = (
+    city,
+    devices,
+    witnesses,
+    people,
+    billing,
+    anomalies,
+    status,
+    verify,
+    archive,
+    receipts,
+    keys,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cityledger", description=__doc__.splitlines()[0],
-                                     parents=[common_options()])
+    parser = argparse.ArgumentParser(prog="cityledger", description=__doc__.splitlines()[0], parents=[common_options()])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in GROUPS:
         group.register(sub)
@@ -50,8 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the broker's files, since its process inherits this) is its owner's alone.
     os.umask(0o077)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     from ledger.errors import LedgerError
 
     try:

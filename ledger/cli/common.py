@@ -42,13 +42,16 @@ def env_default(name: str, default: Any) -> Any:
     return type(default)(raw) if default is not None and not isinstance(default, bool) else raw
 
 
-def opt(p: argparse.ArgumentParser, flag: str, default: Any, help: str, *, suppress: bool = False,
-        **kw: Any) -> None:
+def opt(p: argparse.ArgumentParser, flag: str, default: Any, help: str, *, suppress: bool = False, **kw: Any) -> None:
     """An option whose default an environment variable may give (see the module's docstring)."""
     name = flag.lstrip("-")
-    p.add_argument(flag, default=argparse.SUPPRESS if suppress else env_default(name, default),
-                   type=type(default) if default is not None else str,
-                   help=f"{help} (env CITYLEDGER_{name.upper().replace('-', '_')}; default {default})", **kw)
+    p.add_argument(
+        flag,
+        default=argparse.SUPPRESS if suppress else env_default(name, default),
+        type=type(default) if default is not None else str,
+        help=f"{help} (env CITYLEDGER_{name.upper().replace('-', '_')}; default {default})",
+        **kw,
+    )
 
 
 def common_options(suppress: bool = False) -> argparse.ArgumentParser:
@@ -90,8 +93,10 @@ def group(parent: Subcommands, name: str, help: str) -> Subcommands:
 
 def operator_option(p: argparse.ArgumentParser) -> None:
     """--operator, for a command whose action is sealed under an operator's id."""
-    p.add_argument("--operator", help="your operator id, sealed with the action (env CITYLEDGER_OPERATOR; "
-                   "default: your login name)")
+    p.add_argument(
+        "--operator",
+        help="your operator id, sealed with the action (env CITYLEDGER_OPERATOR; default: your login name)",
+    )
 
 
 # ---------------------------------------------------------------- what a handler reads

@@ -22,8 +22,12 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--public-key", required=True, help="hex Ed25519 public key")
     p.add_argument("--account")
     operator_option(p)
-    p = add(dsub, "provision", cmd_devices_provision,
-            "for a device without its own key store: make its key and broker login into a bundle DIR")
+    p = add(
+        dsub,
+        "provision",
+        cmd_devices_provision,
+        "for a device without its own key store: make its key and broker login into a bundle DIR",
+    )
     p.add_argument("--id", required=True)
     p.add_argument("--kind", required=True, choices=["water", "gas", "electricity", "parking"])
     p.add_argument("--district", required=True)
@@ -33,15 +37,27 @@ def register(sub: Subcommands) -> None:
     p = add(dsub, "revoke", cmd_devices_revoke, "revoke a device: broker login removed, readings refused")
     p.add_argument("id")
     operator_option(p)
-    p = add(dsub, "rotate-key", cmd_devices_rotate_key, "give a device a new key from a seq on; earlier readings "
-            "stay verifiable")
+    p = add(
+        dsub,
+        "rotate-key",
+        cmd_devices_rotate_key,
+        "give a device a new key from a seq on; earlier readings stay verifiable",
+    )
     p.add_argument("id")
     p.add_argument("--public-key", required=True, help="hex Ed25519 public key made on the device")
-    p.add_argument("--from-seq", type=int, required=True,
-                   help="the first seq the new key signs, as the device reports it (its next seq)")
+    p.add_argument(
+        "--from-seq",
+        type=int,
+        required=True,
+        help="the first seq the new key signs, as the device reports it (its next seq)",
+    )
     operator_option(p)
-    p = add(dsub, "write-off", cmd_devices_write_off, "settle seqs that will never be ledgered: the device's ack "
-            "passes them and it drops them")
+    p = add(
+        dsub,
+        "write-off",
+        cmd_devices_write_off,
+        "settle seqs that will never be ledgered: the device's ack passes them and it drops them",
+    )
     p.add_argument("id")
     p.add_argument("--seqs", type=_seq_range, required=True, metavar="FIRST[-LAST]")
     p.add_argument("--reason", required=True)
@@ -59,12 +75,18 @@ def register(sub: Subcommands) -> None:
     p.add_argument("id")
     p = add(dsub, "reset-password", cmd_devices_reset_password, "issue a new broker password (shown once)")
     p.add_argument("id")
-    p = add(dsub, "flagged", cmd_devices_flagged, "devices sending many rejected messages (hostile or broken)",
-            json=True)
+    p = add(
+        dsub, "flagged", cmd_devices_flagged, "devices sending many rejected messages (hostile or broken)", json=True
+    )
     p.add_argument("--minutes", type=int, default=60, help="look back this far")
     p.add_argument("--threshold", type=int, default=60, help="rejects per minute that flag a device")
-    p = add(dsub, "policy", cmd_devices_policy, "the per-device message budget, and when a device over it is "
-            "suspended (sealed in the chain); no option: show it")
+    p = add(
+        dsub,
+        "policy",
+        cmd_devices_policy,
+        "the per-device message budget, and when a device over it is "
+        "suspended (sealed in the chain); no option: show it",
+    )
     p.add_argument("--rate", type=float, help="messages a second a device may send, sustained")
     p.add_argument("--burst", type=float, help="messages a device may send at once")
     p.add_argument("--suspend-after", type=float, metavar="MIN", help="minutes over budget before suspension")
@@ -77,8 +99,14 @@ def register(sub: Subcommands) -> None:
 
 
 def cmd_devices_enroll(args: argparse.Namespace) -> int:
-    out = ledger_api(args).enroll_device(device=args.id, kind=args.kind, district=args.district,
-                                      public_key=args.public_key, account=args.account, operator=operator_id(args))
+    out = ledger_api(args).enroll_device(
+        device=args.id,
+        kind=args.kind,
+        district=args.district,
+        public_key=args.public_key,
+        account=args.account,
+        operator=operator_id(args),
+    )
     emit(out)
     return 0
 
@@ -93,9 +121,14 @@ def cmd_devices_provision(args: argparse.Namespace) -> int:
         print(f"{out} is not empty; refusing to overwrite a device bundle", file=sys.stderr)
         return 2
     identity = DeviceIdentity.generate(args.id, args.kind, args.district)
-    enrolled = ledger_api(args).enroll_device(device=args.id, kind=args.kind, district=args.district,
-                                           public_key=identity.public_key_hex, account=args.account,
-                                           operator=operator_id(args))
+    enrolled = ledger_api(args).enroll_device(
+        device=args.id,
+        kind=args.kind,
+        district=args.district,
+        public_key=identity.public_key_hex,
+        account=args.account,
+        operator=operator_id(args),
+    )
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)
     identity.with_credentials(enrolled["mqtt_username"], enrolled["mqtt_password"]).save(out)
@@ -104,13 +137,29 @@ def cmd_devices_provision(args: argparse.Namespace) -> int:
     if args.mqtt_ca:
         (out / "ca.crt").write_bytes(Path(args.mqtt_ca).read_bytes())
         broker["ca"] = "ca.crt"
-    (out / "device.json").write_text(json.dumps({
-        "device": args.id, "kind": args.kind, "district": args.district, "account": args.account,
-        "public_key": identity.public_key_hex, "broker": broker,
-        "topics": {leaf: identity.topic(leaf) for leaf in ("reading", "status", "ack")},
-    }, indent=2) + "\n")
-    emit({"device": args.id, "bundle": str(out.resolve()), "public_key": identity.public_key_hex,
-            "block": enrolled["block"]})
+    (out / "device.json").write_text(
+        json.dumps(
+            {
+                "device": args.id,
+                "kind": args.kind,
+                "district": args.district,
+                "account": args.account,
+                "public_key": identity.public_key_hex,
+                "broker": broker,
+                "topics": {leaf: identity.topic(leaf) for leaf in ("reading", "status", "ack")},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    emit(
+        {
+            "device": args.id,
+            "bundle": str(out.resolve()),
+            "public_key": identity.public_key_hex,
+            "block": enrolled["block"],
+        }
+    )
     return 0
 
 
@@ -125,16 +174,26 @@ def cmd_devices_flagged(args: argparse.Namespace) -> int:
         emit(rows)
         return 0
     for r in rows:
-        print(f"{r['device']:<22} peak {r['peak_rejects_per_minute']:>7}/min  {r['rejects']:>9} rejects  {r['reasons']}")
+        print(
+            f"{r['device']:<22} peak {r['peak_rejects_per_minute']:>7}/min  {r['rejects']:>9} rejects  {r['reasons']}"
+        )
         s = r.get("suspension")
         if s:  # ledger/service/budget.py: over budget for too long
             rule = s["rule"] or {}
-            state = (f"suspended until {_iso(s['until'])}" if s["status"] == "suspended"
-                     else f"was suspended {_iso(s['at'])}, reinstated {_iso(s['reinstated_at'])}")
-            print(f"{'':<22} {state}: over budget ({rule.get('rate')}/s, burst {rule.get('burst')}) for "
-                  f"{rule.get('suspend_after_min')} min, suspended for {rule.get('suspend_for_min')} min "
-                  + (f"(rule of block {rule['policy_height']})" if rule.get("policy_height") is not None
-                     else "(the default rule)"))
+            state = (
+                f"suspended until {_iso(s['until'])}"
+                if s["status"] == "suspended"
+                else f"was suspended {_iso(s['at'])}, reinstated {_iso(s['reinstated_at'])}"
+            )
+            print(
+                f"{'':<22} {state}: over budget ({rule.get('rate')}/s, burst {rule.get('burst')}) for "
+                f"{rule.get('suspend_after_min')} min, suspended for {rule.get('suspend_for_min')} min "
+                + (
+                    f"(rule of block {rule['policy_height']})"
+                    if rule.get("policy_height") is not None
+                    else "(the default rule)"
+                )
+            )
     print(f"{len(rows)} flagged devices")
     return 0
 
@@ -148,8 +207,12 @@ def _iso(ms: int | None) -> str:
 
 
 def cmd_devices_policy(args: argparse.Namespace) -> int:
-    changes = {"rate": args.rate, "burst": args.burst, "suspend_after_min": args.suspend_after,
-               "suspend_for_min": args.suspend_for}
+    changes = {
+        "rate": args.rate,
+        "burst": args.burst,
+        "suspend_after_min": args.suspend_after,
+        "suspend_for_min": args.suspend_for,
+    }
     api = ledger_api(args)
     if any(v is not None for v in changes.values()):
         emit(api.set_budget_policy(**changes, operator=operator_id(args)))
@@ -175,15 +238,20 @@ def cmd_devices_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'device':<22} {'kind':<12} {'district':<10} {'status':<9} {'online':<8} account")
     for d in devices:
-        print(f"{d['device']:<22} {d['kind']:<12} {d['district']:<10} {d['status']:<9} {d['online']:<8} "
-              f"{d['account'] or '-'}")
+        print(
+            f"{d['device']:<22} {d['kind']:<12} {d['district']:<10} {d['status']:<9} {d['online']:<8} "
+            f"{d['account'] or '-'}"
+        )
     print(f"{len(devices)} devices")
     return 0
 
 
 def cmd_devices_rotate_key(args: argparse.Namespace) -> int:
-    emit(ledger_api(args).rotate_device_key(device=args.id, public_key=args.public_key, from_seq=args.from_seq,
-                                           operator=operator_id(args)))
+    emit(
+        ledger_api(args).rotate_device_key(
+            device=args.id, public_key=args.public_key, from_seq=args.from_seq, operator=operator_id(args)
+        )
+    )
     return 0
 
 
@@ -199,8 +267,11 @@ def _seq_range(text: str) -> tuple[int, int]:
 
 def cmd_devices_write_off(args: argparse.Namespace) -> int:
     lo, hi = args.seqs
-    emit(ledger_api(args).write_off(device=args.id, from_seq=lo, to_seq=hi, reason=args.reason,
-                                   operator=operator_id(args)))
+    emit(
+        ledger_api(args).write_off(
+            device=args.id, from_seq=lo, to_seq=hi, reason=args.reason, operator=operator_id(args)
+        )
+    )
     return 0
 
 
@@ -216,15 +287,20 @@ def cmd_devices_held_back(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         gap = f"{r['missing_from']}" + (f"-{r['missing_to']}" if r["missing_to"] > r["missing_from"] else "")
-        print(f"{r['device']:<22} acked {r['acked']:>8}  missing {gap:<15} {r['ledgered_above']:>6} ledgered above  "
-              f"(see `cityledger quarantine list --device {r['device']}`; settle: `cityledger devices write-off "
-              f"{r['device']} --seqs {gap} --reason ...`)")
+        print(
+            f"{r['device']:<22} acked {r['acked']:>8}  missing {gap:<15} {r['ledgered_above']:>6} ledgered above  "
+            f"(see `cityledger quarantine list --device {r['device']}`; settle: `cityledger devices write-off "
+            f"{r['device']} --seqs {gap} --reason ...`)"
+        )
     return 0
 
 
 def cmd_devices_assign(args: argparse.Namespace) -> int:
-    emit(ledger_api(args).assign_account(device=args.id, account=None if args.none else args.account,
-                                        operator=operator_id(args)))
+    emit(
+        ledger_api(args).assign_account(
+            device=args.id, account=None if args.none else args.account, operator=operator_id(args)
+        )
+    )
     return 0
 
 

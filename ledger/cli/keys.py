@@ -12,8 +12,12 @@ from ledger.cli.common import Subcommands, add, emit, ledger_api, operator_id, o
 def register(sub: Subcommands) -> None:
     """Declare this group's commands under `sub`, the top-level subcommands."""
     add(sub, "key-chain", cmd_key_chain, "the signed headers that rotate the ledger key, oldest first")
-    p = add(sub, "rotate-ledger-key", cmd_rotate_ledger_key,
-            "hand block signing to a new ledger key, announced by the old one")
+    p = add(
+        sub,
+        "rotate-ledger-key",
+        cmd_rotate_ledger_key,
+        "hand block signing to a new ledger key, announced by the old one",
+    )
     operator_option(p)
 
 

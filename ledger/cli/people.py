@@ -46,8 +46,9 @@ def _password(args: argparse.Namespace) -> str | None:
 
 def cmd_accounts_add(args: argparse.Namespace) -> int:
     ledger = ledger_api(args)
-    out = ledger.add_account(account=args.id, name=args.name, customer_class=args.customer_class,
-                             operator=operator_id(args))
+    out = ledger.add_account(
+        account=args.id, name=args.name, customer_class=args.customer_class, operator=operator_id(args)
+    )
     password = _password(args)
     if password:
         out["password_set"] = ledger.set_password(role="citizen", principal=args.id, password=password)["password_set"]

@@ -18,13 +18,23 @@ def register(sub: Subcommands) -> None:
     p.add_argument("device")
     p.add_argument("seq", type=int)
     p.add_argument("--out", help="write to this file instead of standard output")
-    p.add_argument("--anchored", action="store_true", help="from a district's home: with the city anchor covering it, "
-                   "so that it verifies against the city's key")
-    p = add(sub, "verify-receipt", cmd_verify_receipt, "check a receipt offline: device signature, inclusion, block "
-            "signature (and, for an anchored receipt, the link to the city's anchor)", json=True)
+    p.add_argument(
+        "--anchored",
+        action="store_true",
+        help="from a district's home: with the city anchor covering it, so that it verifies against the city's key",
+    )
+    p = add(
+        sub,
+        "verify-receipt",
+        cmd_verify_receipt,
+        "check a receipt offline: device signature, inclusion, block "
+        "signature (and, for an anchored receipt, the link to the city's anchor)",
+        json=True,
+    )
     p.add_argument("file", help="receipt JSON file, or - for standard input")
-    p.add_argument("--ledger-key", required=True, help="hex ledger public key you trust (the city's, for an anchored "
-                   "receipt)")
+    p.add_argument(
+        "--ledger-key", required=True, help="hex ledger public key you trust (the city's, for an anchored receipt)"
+    )
     p.add_argument("--key-chain", help="file from `cityledger key-chain`, when the ledger key has rotated since")
 
 

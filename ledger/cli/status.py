@@ -25,13 +25,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         emit(status)
     else:
-        for key in ("ledger_key", "height", "last_block_hash", "blocks", "readings", "quarantined",
-                    "quarantine_dropped", "duplicates", "devices"):
+        for key in (
+            "ledger_key",
+            "height",
+            "last_block_hash",
+            "blocks",
+            "readings",
+            "quarantined",
+            "quarantine_dropped",
+            "duplicates",
+            "devices",
+        ):
             print(f"{key:>16}: {status[key]}")
         ingest = status["ingest"]
         if ingest["running"]:
-            print(f"{'ingest':>16}: lag {ingest['lag_ms'] / 1000:.1f} s, last seal at {ingest['last_seal_at']}, "
-                  f"{ingest['pending']} waiting, {ingest['workers']} workers")
+            print(
+                f"{'ingest':>16}: lag {ingest['lag_ms'] / 1000:.1f} s, last seal at {ingest['last_seal_at']}, "
+                f"{ingest['pending']} waiting, {ingest['workers']} workers"
+            )
         else:
             print(f"{'ingest':>16}: not running")
         for name, job in status["jobs"].items():

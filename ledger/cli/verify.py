@@ -14,15 +14,26 @@ from ledger.cli.common import Subcommands, add, emit, home_of, ledger_api
 
 def register(sub: Subcommands) -> None:
     """Declare this group's commands under `sub`, the top-level subcommands."""
-    p = add(sub, "verify", cmd_verify, "recompute leaves, roots, links and signatures; exit 1 at the first failure",
-            json=True)
+    p = add(
+        sub,
+        "verify",
+        cmd_verify,
+        "recompute leaves, roots, links and signatures; exit 1 at the first failure",
+        json=True,
+    )
     p.add_argument("--deep", action="store_true", help="also check every device signature")
     p.add_argument("--ledger-key", help="hex first ledger public key to trust (default: the home's first key)")
     p.add_argument("--witness", metavar="DIR", help="also compare with the headers a witness kept in DIR")
-    p.add_argument("--archive", metavar="DIR",
-                   help="verify the Parquet archive in DIR instead (files, chain, and its link to the live ledger)")
-    p.add_argument("--districts", action="store_true",
-                   help="on a city home: also every district chain, from the keys the city chain names, and the anchors")
+    p.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="verify the Parquet archive in DIR instead (files, chain, and its link to the live ledger)",
+    )
+    p.add_argument(
+        "--districts",
+        action="store_true",
+        help="on a city home: also every district chain, from the keys the city chain names, and the anchors",
+    )
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -33,9 +44,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.districts:
         return cmd_verify_districts(args)
     bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
-    report = ledger_api(args).verify(deep=args.deep, ledger_key=args.ledger_key,
-                                  witness=str(Path(args.witness).resolve()) if args.witness else None,
-                                  progress=bar.update if bar else None)
+    report = ledger_api(args).verify(
+        deep=args.deep,
+        ledger_key=args.ledger_key,
+        witness=str(Path(args.witness).resolve()) if args.witness else None,
+        progress=bar.update if bar else None,
+    )
     if bar:
         bar.close()
     if args.json:
@@ -43,9 +57,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         state = "intact" if report["ok"] else "FAILED"
         rate = report["readings"] / report["seconds"] if report["seconds"] else 0
-        print(f"ledger {state}: {report['blocks']} blocks, {report['readings']} readings, "
-              f"{report['entries']} entries in {report['seconds']:.2f} s ({rate:,.0f} readings/s, "
-              f"{'deep' if report['deep'] else 'structural'})")
+        print(
+            f"ledger {state}: {report['blocks']} blocks, {report['readings']} readings, "
+            f"{report['entries']} entries in {report['seconds']:.2f} s ({rate:,.0f} readings/s, "
+            f"{'deep' if report['deep'] else 'structural'})"
+        )
         if "witness_blocks" in report:
             print(f"compared with {report['witness_blocks']} blocks held by the witness")
         _print_registry(report)
@@ -84,8 +100,9 @@ def cmd_verify_districts(args: argparse.Namespace) -> int:
             bars[chain] = ProgressBar(f"verify {chain}", stream=sys.stderr)
         bars[chain].update(done, total)
 
-    report = verify_city(home_of(args), deep=args.deep, ledger_key=args.ledger_key,
-                         progress=None if args.json else progress)
+    report = verify_city(
+        home_of(args), deep=args.deep, ledger_key=args.ledger_key, progress=None if args.json else progress
+    )
     for bar in bars.values():
         bar.close()
     if args.json:
@@ -96,10 +113,14 @@ def cmd_verify_districts(args: argparse.Namespace) -> int:
         height = chain.get("anchored_height")
         anchored = f", anchored up to height {height}" if height is not None else ""
         print(f"{name:<12} {state}: {chain['blocks']} blocks, {chain['readings']} readings{anchored}")
-    print(f"anchors: {report['anchors']} district heads in the city chain, "
-          + ("all held by their district chains" if report["anchor_failure"] is None else "NOT all held"))
-    print(f"city {'intact' if report['ok'] else 'FAILED'}: {report['blocks']} blocks, {report['readings']} readings "
-          f"in {report['seconds']:.2f} s ({'deep' if report['deep'] else 'structural'})")
+    print(
+        f"anchors: {report['anchors']} district heads in the city chain, "
+        + ("all held by their district chains" if report["anchor_failure"] is None else "NOT all held")
+    )
+    print(
+        f"city {'intact' if report['ok'] else 'FAILED'}: {report['blocks']} blocks, {report['readings']} readings "
+        f"in {report['seconds']:.2f} s ({'deep' if report['deep'] else 'structural'})"
+    )
     if report["failure"]:
         print(f"first failure: {report['failure']}")
     return 0 if report["ok"] else 1
@@ -116,8 +137,14 @@ def cmd_verify_archive(args: argparse.Namespace) -> int:
     home = home_of(args)
     first_key = home.trusted_key.read_text().strip() if home.trusted_key.exists() else None
     bar = None if args.json else ProgressBar("verify", stream=sys.stderr)
-    report = verify_archive(Path(args.archive).resolve(), live=ledger_api(args), ledger_key=args.ledger_key,
-                            first_key=first_key, deep=args.deep, progress=bar.update if bar else None)
+    report = verify_archive(
+        Path(args.archive).resolve(),
+        live=ledger_api(args),
+        ledger_key=args.ledger_key,
+        first_key=first_key,
+        deep=args.deep,
+        progress=bar.update if bar else None,
+    )
     if bar:
         bar.close()
     if args.json:
@@ -131,9 +158,11 @@ def _print_archive_report(report: dict[str, Any]) -> None:
     state = "intact" if report["ok"] else "FAILED"
     rate = report["readings"] / report["seconds"] if report["seconds"] else 0
     span = f" (heights {report['first_height']}..{report['last_height']})" if report["last_height"] is not None else ""
-    print(f"archive {state}: {report['blocks']} blocks{span}, {report['readings']} readings, {report['entries']} "
-          f"entries in {report['seconds']:.2f} s ({rate:,.0f} readings/s, "
-          f"{'deep' if report['deep'] else 'structural'})")
+    print(
+        f"archive {state}: {report['blocks']} blocks{span}, {report['readings']} readings, {report['entries']} "
+        f"entries in {report['seconds']:.2f} s ({rate:,.0f} readings/s, "
+        f"{'deep' if report['deep'] else 'structural'})"
+    )
     print(f"{report['files_checked']} files in {report['segments']} segment(s) checked against the manifest")
     for problem in report["file_failures"]:
         print(f"file failure: {problem}")

@@ -34,8 +34,16 @@ log = logging.getLogger("cityledger.ingest")
 class AckPublisher:
     """Thread-safe: sealing (the writer's lock) and duplicates (the batch loop) both publish."""
 
-    def __init__(self, host: str, port: int, *, secret_file: Path, tls: TLSSettings | None = None,
-                 retry_s: float = 2.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        secret_file: Path,
+        tls: TLSSettings | None = None,
+        retry_s: float = 2.0,
+        timeout: float = 5.0,
+    ) -> None:
         self.host, self.port, self.tls = host, port, tls
         self.secret_file = secret_file  # its login (0600), read when connecting
         self.retry_s, self.timeout = retry_s, timeout
@@ -61,8 +69,12 @@ class AckPublisher:
                 sock = self._connected()
                 if sock is None:
                     return 0
-                sock.sendall(b"".join(wire.publish_packet(topic, payload, qos=1, packet_id=self._packet_id(),
-                                                          retain=True) for topic, payload in acks))
+                sock.sendall(
+                    b"".join(
+                        wire.publish_packet(topic, payload, qos=1, packet_id=self._packet_id(), retain=True)
+                        for topic, payload in acks
+                    )
+                )
             except (OSError, ValueError) as exc:
                 self._fail(exc)
                 return 0
@@ -90,8 +102,9 @@ class AckPublisher:
         sock.settimeout(self.timeout)
         login = json.loads(self.secret_file.read_text())
         # Keepalive 0: the broker never drops us for being quiet, so no pings are needed.
-        sock.sendall(wire.connect_packet(mqtt_client_id(login["username"]), login["username"], login["password"],
-                                         keepalive=0))
+        sock.sendall(
+            wire.connect_packet(mqtt_client_id(login["username"]), login["username"], login["password"], keepalive=0)
+        )
         buf = bytearray()
         deadline = time.monotonic() + self.timeout
         while True:

@@ -48,8 +48,18 @@ class _Header:
 class AnchorService:
     """One MQTT connection in, one city block per tick out."""
 
-    def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
-                 every: float = 5.0, tls: TLSSettings | None = None) -> None:
+    def __init__(
+        self,
+        home: Home,
+        writer: LedgerWriter,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        every: float = 5.0,
+        tls: TLSSettings | None = None,
+    ) -> None:
         if home.district is not None:
             raise ValueError("the anchor runs on the city's home, not a district's")
         if not 0.05 <= every <= 3600:
@@ -67,8 +77,14 @@ class AnchorService:
 
     # ------------------------------------------------------------ MQTT callbacks (network thread)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: mqtt.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             log.error("broker refused the anchor's connection: %s", reason)
             return
@@ -80,8 +96,15 @@ class AnchorService:
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         parts = msg._topic.split(b"/")  # city/ledger/districts/{district}/{headers|checkpoint}
-        self.inbox.put(_Header(parts[3].decode("utf-8", "replace"), parts[4].decode("ascii", "replace"),
-                               msg.payload, bool(msg.dup), (self._generation, msg.mid, msg.qos)))  # type: ignore[arg-type]
+        self.inbox.put(
+            _Header(
+                parts[3].decode("utf-8", "replace"),
+                parts[4].decode("ascii", "replace"),
+                msg.payload,  # type: ignore[arg-type]  # paho's payload is bytes
+                bool(msg.dup),
+                (self._generation, msg.mid, msg.qos),
+            )
+        )  # type: ignore[arg-type]
 
     # ------------------------------------------------------------ the loop (main thread)
 
@@ -104,13 +127,15 @@ class AnchorService:
             self.follower.add_district(district, key)
         messages, alarms, now = drain(self.inbox), [], now_ms()
         for m in messages:
-            alarm = self.follower.offer(m.district, m.payload, "headers" if m.source == "headers" else "checkpoint",
-                                        m.redelivered)
+            alarm = self.follower.offer(
+                m.district, m.payload, "headers" if m.source == "headers" else "checkpoint", m.redelivered
+            )
             if alarm is not None:
                 witness = f"anchor-{m.district}"
                 log.error("district %s is no longer anchored: %s", m.district, alarm.line())
-                alarms.append((witness, "alarm", canonical_json(alarm_record(alarm, witness=witness, at=now)).decode(),
-                               now))
+                alarms.append(
+                    (witness, "alarm", canonical_json(alarm_record(alarm, witness=witness, at=now)).decode(), now)
+                )
         heads = self.follower.take()
         if heads or alarms:
             district_ops.anchor(self.writer, heads, alarms)

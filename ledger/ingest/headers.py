@@ -29,5 +29,9 @@ def publish_head(client: mqtt.Client, topics: ChainTopics, writer: LedgerWriter)
         finally:
             store.close()
         if block is not None:
-            client.publish(topics.checkpoint, signed_header_payload(block["hash"], block["header"], block["sig"]),
-                           qos=1, retain=True)
+            client.publish(
+                topics.checkpoint,
+                signed_header_payload(block["hash"], block["header"], block["sig"]),
+                qos=1,
+                retain=True,
+            )

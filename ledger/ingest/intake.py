@@ -108,8 +108,9 @@ class QuarantineCap:
 
 Status = tuple[str, str, int]  # (device, "online" | "offline", received_at)
 # Rejections that depend on the registry: a worker holding an older copy of it must not have the last word.
-REGISTRY_REASONS = frozenset({Reason.UNKNOWN_DEVICE.value, Reason.REVOKED_DEVICE.value,
-                              Reason.TOPIC_MISMATCH.value, Reason.BAD_SIGNATURE.value})
+REGISTRY_REASONS = frozenset(
+    {Reason.UNKNOWN_DEVICE.value, Reason.REVOKED_DEVICE.value, Reason.TOPIC_MISMATCH.value, Reason.BAD_SIGNATURE.value}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +151,17 @@ class Screener:
             return _quarantine(msg, Reason.REVOKED_DEVICE, f"{reading.device} is {rec.status}", reading.device)
         if topic is None or topic.leaf != "reading":
             return _quarantine(msg, Reason.TOPIC_MISMATCH, "not a reading topic", reading.device)
-        if (topic.device, topic.kind, topic.district) != (reading.device, reading.kind, rec.district) or reading.kind != rec.kind:
-            return _quarantine(msg, Reason.TOPIC_MISMATCH,
-                               f"topic {topic} does not match {rec.district}/{rec.kind}/{reading.device}", reading.device)
+        if (topic.device, topic.kind, topic.district) != (
+            reading.device,
+            reading.kind,
+            rec.district,
+        ) or reading.kind != rec.kind:
+            return _quarantine(
+                msg,
+                Reason.TOPIC_MISMATCH,
+                f"topic {topic} does not match {rec.district}/{rec.kind}/{reading.device}",
+                reading.device,
+            )
         key = rec.key_for(reading.seq)
         if key is None or not self._verify(rec.device, key, reading):
             return _quarantine(msg, Reason.BAD_SIGNATURE, "signature does not verify", reading.device)
@@ -173,8 +182,13 @@ class Screener:
 class Intake:
     """Classifies batches against the registry and what is already ledgered."""
 
-    def __init__(self, seqs: dict[str, SeqState], lookup: Lookup, cap: QuarantineCap | None = None,
-                 duplicate_cap: QuarantineCap | None = None) -> None:
+    def __init__(
+        self,
+        seqs: dict[str, SeqState],
+        lookup: Lookup,
+        cap: QuarantineCap | None = None,
+        duplicate_cap: QuarantineCap | None = None,
+    ) -> None:
         self.seqs = seqs
         self.lookup = lookup
         self.cap = cap or QuarantineCap()
@@ -211,8 +225,9 @@ class Intake:
             else:
                 batch.statuses.append(outcome)
         if seen:
-            stored = self.lookup([(x.reading.device, x.reading.seq) for x in seen
-                                  if (x.reading.device, x.reading.seq) not in pending])
+            stored = self.lookup(
+                [(x.reading.device, x.reading.seq) for x in seen if (x.reading.device, x.reading.seq) not in pending]
+            )
             for x in seen:
                 reading, key = x.reading, (x.reading.device, x.reading.seq)
                 prior = pending.get(key)
@@ -223,8 +238,11 @@ class Intake:
                 elif same == (reading.ts, reading.value, reading.sig):
                     batch.duplicates.append((reading.device, reading.seq, x.msg.received_at))
                 else:  # its signature verified: a device re-using a seq for something else
-                    batch.quarantine.append(_quarantine(x.msg, Reason.REPLAY,
-                                                        f"seq {reading.seq} is ledgered with other contents", reading.device))
+                    batch.quarantine.append(
+                        _quarantine(
+                            x.msg, Reason.REPLAY, f"seq {reading.seq} is ledgered with other contents", reading.device
+                        )
+                    )
         self._count_and_cap(batch)
         return batch
 

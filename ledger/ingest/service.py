@@ -47,6 +47,7 @@ log = logging.getLogger("cityledger.ingest")
 POLICE_EVERY_S = 0.25  # how often budget drops are written and suspensions begun or ended
 T = TypeVar("T")
 
+
 @dataclass
 class IngestStats:
     messages: int = 0
@@ -71,16 +72,31 @@ def drain(inbox: queue.Queue[T]) -> list[T]:
 class IngestService:
     """Subscribes as the ingest identity and turns messages into blocks."""
 
-    def __init__(self, home: Home, writer: LedgerWriter, *, host: str, port: int, username: str, password: str,
-                 block_readings: int = 5000, block_seconds: float = 1.0, client_id: str = "cityledger-ingest",
-                 tls: TLSSettings | None = None, quarantine_cap: int = 1000, workers: int = 0) -> None:
+    def __init__(
+        self,
+        home: Home,
+        writer: LedgerWriter,
+        *,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        block_readings: int = 5000,
+        block_seconds: float = 1.0,
+        client_id: str = "cityledger-ingest",
+        tls: TLSSettings | None = None,
+        quarantine_cap: int = 1000,
+        workers: int = 0,
+    ) -> None:
         if not 1 <= block_readings < RECEIVE_MAXIMUM:
             raise ValueError(f"--block-readings must be between 1 and {RECEIVE_MAXIMUM - 1}")
         if not 0 <= workers <= 64:
             raise ValueError("--workers must be between 0 and 64")
         if home.district is None and writer.districts():
-            raise ValueError(f"{home.root} keeps its readings in district chains: run `cityledger anchor` on it, "
-                             "and `cityledger ingest --home HOME/districts/DISTRICT` for each district")
+            raise ValueError(
+                f"{home.root} keeps its readings in district chains: run `cityledger anchor` on it, "
+                "and `cityledger ingest --home HOME/districts/DISTRICT` for each district"
+            )
         writer.ledgers_readings = True
         self.home, self.writer = home, writer
         self.topics = ChainTopics(home.district)  # a district's ingest takes its district's topics only
@@ -95,8 +111,9 @@ class IngestService:
         self.health.pending = self.inbox.qsize
         hour_start = now_ms() // 3_600_000 * 3_600_000
         cap = QuarantineCap(quarantine_cap, writer.store.quarantine_stored_since(hour_start), hour_start // 3_600_000)
-        self.intake = Intake({d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()},
-                             writer.store.stored_readings, cap)
+        self.intake = Intake(
+            {d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()}, writer.store.stored_readings, cap
+        )
         self.acked: dict[str, int] = {}
         # Per-device budgets (ledger/service/budget.py), checked before a message is queued or parsed.
         self.policy = writer.budget_policy()
@@ -118,8 +135,14 @@ class IngestService:
 
     # ------------------------------------------------------------ MQTT callbacks (network thread)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: mqtt.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             log.error("broker refused the ingest connection: %s", reason)
             return
@@ -130,8 +153,14 @@ class IngestService:
         log.info("connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
         self.connected.set()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                       reason: mqtt.ReasonCode, properties: Properties | None) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: mqtt.ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         self.connected.clear()
         log.warning("disconnected from broker: %s", reason)
 
@@ -179,8 +208,14 @@ class IngestService:
             done = self.writer.suspend_device(device, policy, streak.start, streak.messages)
             if done is not None:
                 self.suspended_until[device] = done["until"]
-                log.warning("suspended %s until %d: over budget since %d (%d messages dropped), rule %s",
-                            device, done["until"], streak.start, streak.messages, done["rule"])
+                log.warning(
+                    "suspended %s until %d: over budget since %d (%d messages dropped), rule %s",
+                    device,
+                    done["until"],
+                    streak.start,
+                    streak.messages,
+                    done["rule"],
+                )
         for device, until in list(self.suspended_until.items()):
             if until <= now:
                 del self.suspended_until[device]
@@ -193,8 +228,9 @@ class IngestService:
         """Serve the local API and ingest until `stop` is set."""
         # Sessions of workers that will not run would keep taking their share of the readings.
         idle = [i for i in self.writer.ensure_ingest_logins(self.workers) if i > self.workers]
-        workers.forget_sessions(self.host, self.port, self.tls,
-                                [self.home.service_secret(workers.worker_login(i)) for i in idle])
+        workers.forget_sessions(
+            self.host, self.port, self.tls, [self.home.service_secret(workers.worker_login(i)) for i in idle]
+        )
         workers.tune_gc()
         self.writer.on_registry.append(self._note_registry)
         self.writer.on_policy.append(self._note_policy)
@@ -224,10 +260,14 @@ class IngestService:
 
     def _run_workers(self, stop: threading.Event) -> None:
         """Workers screen in parallel; this process settles, seals, and says what to acknowledge."""
-        pool = workers.WorkerPool([
-            workers.WorkerSettings(i, self.host, self.port, self.home.service_secret(workers.worker_login(i)), self.tls,
-                                   self.topics)
-            for i in range(1, self.workers + 1)])
+        pool = workers.WorkerPool(
+            [
+                workers.WorkerSettings(
+                    i, self.host, self.port, self.home.service_secret(workers.worker_login(i)), self.tls, self.topics
+                )
+                for i in range(1, self.workers + 1)
+            ]
+        )
         pool.policy = self.policy.share(self.workers)  # each worker checks its share of every budget
         pool.on_drops = self.drops.merge
         self.pool = pool
@@ -243,8 +283,9 @@ class IngestService:
             self.pool = None
             pool.stop()  # what they hold unacknowledged, the broker redelivers on the next start
 
-    def _settle(self, handovers: list[tuple[int, int, list[tuple[workers.Token, Screening]]]],
-                pool: workers.WorkerPool) -> None:
+    def _settle(
+        self, handovers: list[tuple[int, int, list[tuple[workers.Token, Screening]]]], pool: workers.WorkerPool
+    ) -> None:
         # Under the writer's lock from reading the registry to the commit: a revocation, rotation
         # or write-off sealed in between would otherwise not apply to a batch settled before it.
         with self.writer.lock:
@@ -321,8 +362,9 @@ class IngestService:
         log.warning("seqs %d-%d of %s written off (block %d): its ack passes them", lo, hi, device, sealed.height)
         self._publish_acks({device}, sealed.hash, written_off=(lo, hi))
 
-    def _publish_acks(self, devices: set[str], block_hash: str, again: bool = False,
-                      written_off: tuple[int, int] | None = None) -> None:
+    def _publish_acks(
+        self, devices: set[str], block_hash: str, again: bool = False, written_off: tuple[int, int] | None = None
+    ) -> None:
         """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""
         registry = self.writer.registry
         acks = []
@@ -331,6 +373,7 @@ class IngestService:
             if state is None or rec is None or state.hwm == 0 or (state.hwm <= self.acked.get(device, 0) and not again):
                 continue
             self.acked[device] = state.hwm
-            acks.append((device_topic(rec.district, rec.kind, device, "ack"),
-                         ack_payload(state.hwm, block_hash, written_off)))
+            acks.append(
+                (device_topic(rec.district, rec.kind, device, "ack"), ack_payload(state.hwm, block_hash, written_off))
+            )
         self.acks.publish(acks)

@@ -96,8 +96,22 @@ def pack(outcomes: list[tuple[Token, Screening]]) -> list[tuple[Any, ...]]:
     for token, o in outcomes:
         if isinstance(o, Screened):
             r = o.reading
-            out.append((token, o.msg.topic, o.msg.payload, o.msg.received_at, o.key,
-                        r.device, r.kind, r.seq, r.ts, r.value, r.sig, r.sig_bytes()))
+            out.append(
+                (
+                    token,
+                    o.msg.topic,
+                    o.msg.payload,
+                    o.msg.received_at,
+                    o.key,
+                    r.device,
+                    r.kind,
+                    r.seq,
+                    r.ts,
+                    r.value,
+                    r.sig,
+                    r.sig_bytes(),
+                )
+            )
         else:
             out.append((token, o))
     return out
@@ -110,8 +124,15 @@ def unpack(items: list[tuple[Any, ...]]) -> list[tuple[Token, Screening]]:
             out.append((item[0], item[1]))
             continue
         token, topic, payload, received_at, key, device, kind, seq, ts, value, sig, raw_sig = item
-        reading = Reading.trusted(device=device, kind=kind, seq=seq, ts=ts, value=value, sig=sig,  # screened
-                                  sig_bytes=raw_sig)
+        reading = Reading.trusted(
+            device=device,
+            kind=kind,
+            seq=seq,
+            ts=ts,
+            value=value,
+            sig=sig,  # screened
+            sig_bytes=raw_sig,
+        )
         out.append((token, Screened(Incoming(topic, payload, received_at, token), reading, key)))
     return out
 
@@ -197,9 +218,17 @@ class Worker:
     def _connect(self) -> bool:
         s = self.settings
         try:
-            self.sub = Subscriber(s.host, s.port, client_id=self.login["username"], username=self.login["username"],
-                                  password=self.login["password"], tls=s.tls, clean_start=False,
-                                  session_expiry=SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM)
+            self.sub = Subscriber(
+                s.host,
+                s.port,
+                client_id=self.login["username"],
+                username=self.login["username"],
+                password=self.login["password"],
+                tls=s.tls,
+                clean_start=False,
+                session_expiry=SESSION_EXPIRY_S,
+                receive_maximum=RECEIVE_MAXIMUM,
+            )
             self.sub.subscribe(shared_topics(s.chain))
         except (MQTTError, OSError) as exc:
             log.warning("cannot reach the broker (%s); retrying", exc)
@@ -239,8 +268,16 @@ def forget_sessions(host: str, port: int, tls: TLSSettings | None, secret_files:
     held unacknowledged is not lost: devices re-send every reading until an `ack` covers it."""
     for secret in secret_files:
         login = json.loads(secret.read_text())
-        Subscriber(host, port, client_id=login["username"], username=login["username"], password=login["password"],
-                   tls=tls, clean_start=True, session_expiry=0).close()
+        Subscriber(
+            host,
+            port,
+            client_id=login["username"],
+            username=login["username"],
+            password=login["password"],
+            tls=tls,
+            clean_start=True,
+            session_expiry=0,
+        ).close()
         log.info("ended the broker session of idle worker login %s", login["username"])
 
 
@@ -267,8 +304,7 @@ class WorkerPool:
 
     def _spawn(self, s: WorkerSettings) -> None:
         ours, theirs = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=worker_main, args=(s, theirs), name=f"cityledger-ingest-w{s.index}",
-                                daemon=True)
+        proc = self.ctx.Process(target=worker_main, args=(s, theirs), name=f"cityledger-ingest-w{s.index}", daemon=True)
         proc.start()
         theirs.close()
         self.procs[s.index], self.conns[s.index] = proc, ours
@@ -293,7 +329,9 @@ class WorkerPool:
         for index in list(self.conns):
             self._send(index, ("registry", version, registry))
 
-    def collect(self, limit: int, seconds: float, stop: threading.Event) -> list[tuple[int, int, list[tuple[Token, Screening]]]]:
+    def collect(
+        self, limit: int, seconds: float, stop: threading.Event
+    ) -> list[tuple[int, int, list[tuple[Token, Screening]]]]:
         """(worker, registry version, outcomes) hand-overs: up to about `limit` outcomes, waiting
         at most `seconds` after the first arrives."""
         out: list[tuple[int, int, list[tuple[Token, Screening]]]] = []
@@ -343,9 +381,11 @@ class WorkerPool:
         self._spawn(next(s for s in self.settings if s.index == index))
 
     def stop(self) -> None:
-        log.info("ingest workers stopping: %s; %d restarts",
-                 ", ".join(f"worker {i} screened {n} messages" for i, n in sorted(self.screened.items())),
-                 self.restarts)
+        log.info(
+            "ingest workers stopping: %s; %d restarts",
+            ", ".join(f"worker {i} screened {n} messages" for i, n in sorted(self.screened.items())),
+            self.restarts,
+        )
         for index in list(self.conns):
             self._send(index, ("stop",))
         for proc in self.procs.values():

@@ -48,8 +48,11 @@ class Principal:
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD:
         raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
-    return nacl.pwhash.argon2id.str(password.encode(), opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
-                                    memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE).decode()
+    return nacl.pwhash.argon2id.str(
+        password.encode(),
+        opslimit=nacl.pwhash.argon2id.OPSLIMIT_INTERACTIVE,
+        memlimit=nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE,
+    ).decode()
 
 
 def check_password(stored: str, password: str) -> bool:

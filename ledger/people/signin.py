@@ -183,6 +183,7 @@ def verdict(policy: Policy, counts: Counts, now_ms: int) -> Wait | None:
 
 def after_failure(policy: Policy, counts: Counts, now_ms: int) -> Counts:
     """Every count goes up by one; each wait grows from its own count."""
+
     def bump(scope: str) -> Count:
         c = live(getattr(policy, scope), counts.of(scope), now_ms)
         return replace(c, failures=c.failures + 1, last_failure_ms=now_ms)
@@ -309,6 +310,11 @@ def log_failure(role: str, principal: str, source: str, throttled: Wait | None) 
     if throttled is None:
         log.warning("failed sign-in: %s %r from %r (wrong id or password)", clip(role), clip(principal), clip(source))
     else:
-        log.warning("failed sign-in: %s %r from %r throttled (%s, %d s to wait; more this minute are counted, "
-                    "not logged)", clip(role), clip(principal), clip(source), throttled.scope,
-                    throttled.retry_after_s)
+        log.warning(
+            "failed sign-in: %s %r from %r throttled (%s, %d s to wait; more this minute are counted, not logged)",
+            clip(role),
+            clip(principal),
+            clip(source),
+            throttled.scope,
+            throttled.retry_after_s,
+        )

@@ -33,12 +33,33 @@ from ledger.service.health import IngestHealth
 from ledger.chain.audit import VerifyReport
 from ledger.chain.receipts import Receipt
 from ledger.service.budget import BudgetRule
-from ledger.service.results.chain import (ArchiveAnchor, BudgetPolicySet, DeviceInfo, DeviceKeyRotated,
-                                          DeviceLogin, Enrolled, Enrolments, HeldBack, KeyLink, LedgerKeyRotated,
-                                          Reinstated, Revoked, ServiceLogin, Status, WrittenOff)
+from ledger.service.results.chain import (
+    ArchiveAnchor,
+    BudgetPolicySet,
+    DeviceInfo,
+    DeviceKeyRotated,
+    DeviceLogin,
+    Enrolled,
+    Enrolments,
+    HeldBack,
+    KeyLink,
+    LedgerKeyRotated,
+    Reinstated,
+    Revoked,
+    ServiceLogin,
+    Status,
+    WrittenOff,
+)
 from ledger.store.archive import ArchiveWritten
-from ledger.store.store import (DeviceKey, FlaggedDevice, QuarantineEntry, RecentBlock, RecentReading, WitnessReport,
-                                WriteOff)
+from ledger.store.store import (
+    DeviceKey,
+    FlaggedDevice,
+    QuarantineEntry,
+    RecentBlock,
+    RecentReading,
+    WitnessReport,
+    WriteOff,
+)
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.store.sqlaudit import audit_store
@@ -60,9 +81,21 @@ from ledger.service.operations import districts as district_ops
 from ledger.service.operations import billing as billing_ops
 from ledger.billing.bills import Bill, UnpaidStay
 from ledger.chain.blocks import Header
-from ledger.service.results.billing import (AccountAssigned, AccountOpened, Adjustment, AdjustmentDecided,
-                                            AdjustmentLimitSet, CheckedIn, Leased, MonthClosed,
-                                            ReplacementRecorded, RolledUp, TariffsInForce, TariffsLoaded, ZoneSet)
+from ledger.service.results.billing import (
+    AccountAssigned,
+    AccountOpened,
+    Adjustment,
+    AdjustmentDecided,
+    AdjustmentLimitSet,
+    CheckedIn,
+    Leased,
+    MonthClosed,
+    ReplacementRecorded,
+    RolledUp,
+    TariffsInForce,
+    TariffsLoaded,
+    ZoneSet,
+)
 from ledger.service.results.districts import AnchorProof, Anchors, DistrictAdded, DistrictChain
 from ledger.store.accounts import AdjustmentRequest
 from ledger.store.billing_queries import AccountWithDevices, IssuedMonth
@@ -166,8 +199,15 @@ class LedgerAPI:
         with self.backend.reading() as store:
             return {d: [s, at] for d, (s, at) in store.device_statuses().items()}
 
-    def enroll_device(self, device: str, kind: str, district: str, public_key: str,
-                      account: str | None = None, operator: str | None = None) -> Enrolled:
+    def enroll_device(
+        self,
+        device: str,
+        kind: str,
+        district: str,
+        public_key: str,
+        account: str | None = None,
+        operator: str | None = None,
+    ) -> Enrolled:
         with self.backend.writing() as writer:
             return writer.enroll_device(device, kind, district, public_key, account, operator)
 
@@ -185,9 +225,15 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return writer.budget_policy().rule()
 
-    def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
-                          suspend_after_min: float | None = None,
-                          suspend_for_min: float | None = None, *, operator: str) -> BudgetPolicySet:
+    def set_budget_policy(
+        self,
+        rate: float | None = None,
+        burst: float | None = None,
+        suspend_after_min: float | None = None,
+        suspend_for_min: float | None = None,
+        *,
+        operator: str,
+    ) -> BudgetPolicySet:
         with self.backend.writing() as writer:
             return writer.set_budget_policy(rate, burst, suspend_after_min, suspend_for_min, operator=operator)
 
@@ -208,8 +254,9 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return writer.add_service(name, "witness")
 
-    def quarantine(self, reason: str | None = None, device: str | None = None,
-                   limit: int = 100) -> list[QuarantineEntry]:
+    def quarantine(
+        self, reason: str | None = None, device: str | None = None, limit: int = 100
+    ) -> list[QuarantineEntry]:
         with self.backend.reading() as store:
             return store.quarantine(reason=reason, device=device, limit=limit)
 
@@ -221,8 +268,13 @@ class LedgerAPI:
         with self.backend.reading() as store:
             return store.recent_readings(limit)
 
-    def verify(self, deep: bool = False, ledger_key: str | None = None, witness: str | None = None,
-               progress: Progress | None = None) -> VerifyReport:
+    def verify(
+        self,
+        deep: bool = False,
+        ledger_key: str | None = None,
+        witness: str | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
         """Audit the chain from the first ledger key (or `ledger_key`), then against a witness's copy."""
         with self.backend.reading() as store:
             trusted = verify_key_from_hex(ledger_key or self._first_key(store))
@@ -231,8 +283,14 @@ class LedgerAPI:
             # Inside ingest it hashes one range at a time, on about one core: the other stays with the
             # sealing (issue 14; `cityledger bench --job audit`).
             inside = isinstance(self.backend, InProcessBackend) and not deep
-            report = audit_store(store, trusted, deep=deep, total=(head[0] + 1) if head else 0,
-                                 progress=progress, workers=1 if inside else None).as_dict()
+            report = audit_store(
+                store,
+                trusted,
+                deep=deep,
+                total=(head[0] + 1) if head else 0,
+                progress=progress,
+                workers=1 if inside else None,
+            ).as_dict()
             if witness is not None:
                 from ledger.store.witness_files import load_headers
 
@@ -241,8 +299,9 @@ class LedgerAPI:
                 report["witness_blocks"] = len(theirs)
                 differs = compare_with_witness(ours, theirs)
                 if differs and (report["failed_block"] is None or differs.height < report["failed_block"]):
-                    report.update({"ok": False, "failure": str(differs), "failed_block": differs.height,
-                                   "failed_reading": None})
+                    report.update(
+                        {"ok": False, "failure": str(differs), "failed_block": differs.height, "failed_reading": None}
+                    )
         return report
 
     def archive(self, out: str, upto_height: int | None = None, progress: Progress | None = None) -> ArchiveWritten:
@@ -263,9 +322,12 @@ class LedgerAPI:
                 first_key: str | None = self._first_key(store)
             except FileNotFoundError:
                 first_key = None
-        return {"first_key": first_key, "head": head[0] if head else None,
-                "hash_at": block_hash(at["header"]) if at else None,
-                "next_prev": after["header"].get("prev") if after else None}
+        return {
+            "first_key": first_key,
+            "head": head[0] if head else None,
+            "hash_at": block_hash(at["header"]) if at else None,
+            "next_prev": after["header"].get("prev") if after else None,
+        }
 
     def _first_key(self, store: Store) -> str:
         if self.home.trusted_key.exists():
@@ -289,14 +351,17 @@ class LedgerAPI:
             if block is None or not isinstance(reading, Reading) or device_key is None:
                 raise ValueError(f"the stored block {height} cannot back a receipt (run `cityledger verify`)")
             hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]  # type: ignore[union-attr]
-            return build_receipt(reading, device_key, block["header"], block["sig"], store.ledger_key_at(height),
-                                 hashes, idx)
+            return build_receipt(
+                reading, device_key, block["header"], block["sig"], store.ledger_key_at(height), hashes, idx
+            )
 
     def key_chain(self) -> list[KeyLink]:
         """Headers that rotate the ledger key, for verifiers who trust only the first key."""
         with self.backend.reading() as store:
-            return [{"hash": b["hash"], "header": b["header"], "sig": base64.b64encode(b["sig"]).decode()}
-                    for b in store.rotation_headers()]
+            return [
+                {"hash": b["hash"], "header": b["header"], "sig": base64.b64encode(b["sig"]).decode()}
+                for b in store.rotation_headers()
+            ]
 
     def rotate_device_key(self, device: str, public_key: str, from_seq: int, operator: str) -> DeviceKeyRotated:
         """The device's new key, signing its readings from `from_seq` on (ledger/chain/keyspans.py)."""
@@ -316,8 +381,17 @@ class LedgerAPI:
         """
         with self.backend.reading() as store:
             state = store.seq_state()
-        return [{"device": device, "acked": hwm, "missing_from": hwm + 1, "missing_to": min(above) - 1,
-                 "ledgered_above": len(above)} for device, (hwm, above) in sorted(state.items()) if above]
+        return [
+            {
+                "device": device,
+                "acked": hwm,
+                "missing_from": hwm + 1,
+                "missing_to": min(above) - 1,
+                "ledgered_above": len(above),
+            }
+            for device, (hwm, above) in sorted(state.items())
+            if above
+        ]
 
     def write_offs(self, device: str | None = None) -> list[WriteOff]:
         with self.backend.reading() as store:
@@ -348,9 +422,18 @@ class LedgerAPI:
         """The city's district chains, each with the newest head the city chain anchored."""
         with self.backend.reading() as store:
             rows = store.districts_anchored()
-        return [{"district": d, "ledger_key": key, "added_at": added, "home": str(self.home.district_home(d).root),
-                 "anchored_height": height, "anchored_block": block, "anchored_at": at}
-                for d, key, added, height, block, at in rows]
+        return [
+            {
+                "district": d,
+                "ledger_key": key,
+                "added_at": added,
+                "home": str(self.home.district_home(d).root),
+                "anchored_height": height,
+                "anchored_block": block,
+                "anchored_at": at,
+            }
+            for d, key, added, height, block, at in rows
+        ]
 
     def anchors(self) -> Anchors:
         """Each district's first key and every anchor, as the city chain's entries say (for `verify`)."""
@@ -374,14 +457,20 @@ class LedgerAPI:
                 raise NotFound(f"district {district} block {height} is not anchored yet: try again in a few seconds")
             city_height, idx, body = row
             block = store.block(city_height)
-            hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data())  # type: ignore[union-attr]
-                      for _, obj, raw in store.leaves(city_height)]
+            hashes = [
+                merkle.leaf_hash(raw if raw is not None else obj.leaf_data())  # type: ignore[union-attr]
+                for _, obj, raw in store.leaves(city_height)
+            ]
             if block is None:
                 raise ValueError(f"the city chain has no block {city_height} (run `cityledger verify`)")
-            return {"entry": strict_json(body), "city_block": block["header"],
-                    "city_block_sig": base64.b64encode(block["sig"]).decode(),
-                    "city_ledger_key": store.ledger_key_at(city_height), "leaf_index": idx,
-                    "proof": [h.hex() for h in merkle.inclusion_proof(hashes, idx)]}
+            return {
+                "entry": strict_json(body),
+                "city_block": block["header"],
+                "city_block_sig": base64.b64encode(block["sig"]).decode(),
+                "city_ledger_key": store.ledger_key_at(city_height),
+                "leaf_index": idx,
+                "proof": [h.hex() for h in merkle.inclusion_proof(hashes, idx)],
+            }
 
     def block_hashes(self, heights: list[int]) -> list[list[int | str]]:
         """[height, hash] of the blocks this chain holds at `heights`."""
@@ -390,8 +479,9 @@ class LedgerAPI:
 
     # ------------------------------------------------------------ billing
 
-    def add_account(self, account: str, name: str, customer_class: str = "residential",
-                    operator: str | None = None) -> AccountOpened:
+    def add_account(
+        self, account: str, name: str, customer_class: str = "residential", operator: str | None = None
+    ) -> AccountOpened:
         with self.backend.writing() as writer:
             return billing_ops.add_account(writer, account, name, customer_class, operator)
 
@@ -423,7 +513,9 @@ class LedgerAPI:
 
     def set_zone(self, space: str, zone_class: int, operator: str, from_ts: int | None = None) -> ZoneSet:
         with self.backend.writing() as writer:
-            return parking_ops.set_zone(writer, space, zone_class, from_ts if from_ts is not None else now_ms(), operator)
+            return parking_ops.set_zone(
+                writer, space, zone_class, from_ts if from_ts is not None else now_ms(), operator
+            )
 
     def lease(self, space: str, account: str | None, operator: str, from_ts: int | None = None) -> Leased:
         with self.backend.writing() as writer:
@@ -433,8 +525,9 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return parking_ops.checkin(writer, space, account, at if at is not None else now_ms(), operator)
 
-    def record_replacement(self, device: str, ts: int, old_final: int, new_initial: int,
-                           operator: str) -> ReplacementRecorded:
+    def record_replacement(
+        self, device: str, ts: int, old_final: int, new_initial: int, operator: str
+    ) -> ReplacementRecorded:
         with self.backend.writing() as writer:
             return billing_ops.record_replacement(writer, device, ts, old_final, new_initial, operator)
 
@@ -506,10 +599,16 @@ class LedgerAPI:
             # A district's devices of one kind at a time, the detectors in a child process: weeks of
             # readings never sit in this (the sealing) process's memory as Python objects (ledger/anomalies/scan.py).
             devices = active_devices(store)
-            findings = detect_by_group(devices, lambda ids: anomaly_queries.readings_table(store, ids, since),
-                                       anomaly_queries.rejects(store, since), now, self._timezone(store),
-                                       AnomalyConfig(), replacements=anomaly_queries.replacements(store),
-                                       lag_ms=self.silence_margin_ms())
+            findings = detect_by_group(
+                devices,
+                lambda ids: anomaly_queries.readings_table(store, ids, since),
+                anomaly_queries.rejects(store, since),
+                now,
+                self._timezone(store),
+                AnomalyConfig(),
+                replacements=anomaly_queries.replacements(store),
+                lag_ms=self.silence_margin_ms(),
+            )
         with self.backend.writing() as writer, writer.lock:
             counts = investigations.record_findings(writer.store, findings, now)
         by_type: dict[str, int] = {}
@@ -528,11 +627,18 @@ class LedgerAPI:
         except LookupError:
             return DEFAULT_TIMEZONE
 
-    def anomalies(self, status: str | None = None, type: str | None = None, district: str | None = None,
-                  districts: list[str] | None = None, limit: int = 500) -> list[Anomaly]:
+    def anomalies(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        district: str | None = None,
+        districts: list[str] | None = None,
+        limit: int = 500,
+    ) -> list[Anomaly]:
         with self.backend.reading() as store:
-            return investigations.list_anomalies(store, status=status, type=type, district=district,
-                                                 districts=districts, limit=limit)
+            return investigations.list_anomalies(
+                store, status=status, type=type, district=district, districts=districts, limit=limit
+            )
 
     def anomaly(self, anomaly_id: str) -> AnomalyDetail:
         with self.backend.reading() as store:
@@ -572,16 +678,24 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return signin.outcome_as_dict(people_ops.authenticate(writer, role, principal, password, source))
 
-    def failed_sign_ins(self, districts: list[str] | None = None, since_ms: int | None = None,
-                        at_least: int = signin.REPEATED) -> RepeatedFailures:
+    def failed_sign_ins(
+        self, districts: list[str] | None = None, since_ms: int | None = None, at_least: int = signin.REPEATED
+    ) -> RepeatedFailures:
         """Logins and sources with repeated failed sign-ins (default: the last hour). `districts`:
         only citizens' accounts with a device there; None: every login, for the whole city."""
         since = now_ms() - signin.HOUR_MS if since_ms is None else int(since_ms)
         with self.backend.reading() as store:
             return store_signin.repeated_failures(store, since, districts, at_least)
 
-    def dispute(self, account: str, author: str, message: str, dispute_id: str | None = None,
-                status: str = "open", subject: str | None = None) -> DisputePosted:
+    def dispute(
+        self,
+        account: str,
+        author: str,
+        message: str,
+        dispute_id: str | None = None,
+        status: str = "open",
+        subject: str | None = None,
+    ) -> DisputePosted:
         with self.backend.writing() as writer:
             return people_ops.dispute(writer, dispute_id, account, author, status, message, subject)
 
@@ -591,8 +705,9 @@ class LedgerAPI:
             rows = people.dispute_messages(store, account, districts)
         out: dict[str, Dispute] = {}
         for i, at, acct, author, status, subject, message in rows:
-            d = out.setdefault(i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": [],
-                                   "status": status})
+            d = out.setdefault(
+                i, {"id": i, "account": acct, "subject": subject, "opened_at": at, "messages": [], "status": status}
+            )
             d["status"] = status
             d["messages"].append({"at": at, "author": author, "status": status, "message": message})
         return sorted(out.values(), key=lambda d: d["messages"][-1]["at"], reverse=True)

@@ -97,8 +97,13 @@ class BudgetPolicy:
 
     def rule(self) -> BudgetRule:
         """What a suspension entry names: the numbers, and the block that set them (None: the defaults)."""
-        return {"rate": _num(self.rate), "burst": _num(self.burst), "suspend_after_min": _num(self.suspend_after_min),
-                "suspend_for_min": _num(self.suspend_for_min), "policy_height": self.height}
+        return {
+            "rate": _num(self.rate),
+            "burst": _num(self.burst),
+            "suspend_after_min": _num(self.suspend_after_min),
+            "suspend_for_min": _num(self.suspend_for_min),
+            "policy_height": self.height,
+        }
 
     def entry(self, at: int) -> dict[str, Any]:
         """The ledger entry that sets this policy (JSON numbers: integers, or decimal strings)."""
@@ -108,8 +113,13 @@ class BudgetPolicy:
 
     @classmethod
     def from_entry(cls, body: dict[str, Any], height: int) -> BudgetPolicy:
-        return cls(float(body["rate"]), float(body["burst"]), float(body["suspend_after_min"]),
-                   float(body["suspend_for_min"]), height)
+        return cls(
+            float(body["rate"]),
+            float(body["burst"]),
+            float(body["suspend_after_min"]),
+            float(body["suspend_for_min"]),
+            height,
+        )
 
 
 def _num(x: float) -> int | str:

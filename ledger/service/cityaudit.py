@@ -25,15 +25,22 @@ from ledger.service.rpc import open_ledger
 ChainProgress = Callable[[str, int, int], None]  # (chain, done, total)
 
 
-def verify_city(home: Home, *, deep: bool = False, ledger_key: str | None = None,
-                progress: ChainProgress | None = None) -> dict[str, Any]:
+def verify_city(
+    home: Home, *, deep: bool = False, ledger_key: str | None = None, progress: ChainProgress | None = None
+) -> dict[str, Any]:
     """Audit the city and all its district chains; `failure` names the first thing found wrong."""
     started = time.monotonic()
     city = open_ledger(home)
     report = city.verify(deep=deep, ledger_key=ledger_key, progress=_for("city", progress))
-    out: dict[str, Any] = {"ok": report["ok"], "deep": deep, "city": report, "districts": {}, "anchors": 0,
-                           "failure": None if report["ok"] else f"city chain: {report['failure']}",
-                           "anchor_failure": None}
+    out: dict[str, Any] = {
+        "ok": report["ok"],
+        "deep": deep,
+        "city": report,
+        "districts": {},
+        "anchors": 0,
+        "failure": None if report["ok"] else f"city chain: {report['failure']}",
+        "anchor_failure": None,
+    }
     if not report["ok"]:
         return _done(out, started)  # a broken city chain vouches for no district key and no anchor
     found = city.anchors()

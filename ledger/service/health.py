@@ -75,8 +75,13 @@ class IngestHealth:
         with self._lock:
             pending = self.pending()
             return {
-                "running": True, "workers": self.workers, "started_at": self.started_at,
-                "lag_ms": self.lag_ms, "last_seal_at": self.last_seal_at, "pending": pending,
+                "running": True,
+                "workers": self.workers,
+                "started_at": self.started_at,
+                "lag_ms": self.lag_ms,
+                "last_seal_at": self.last_seal_at,
+                "pending": pending,
                 "silence_margin_ms": silence_margin_ms(self.lag_ms, self.last_seal_at, pending, now),
-                "blocks_sealed": self.blocks, "readings_sealed": self.readings,
+                "blocks_sealed": self.blocks,
+                "readings_sealed": self.readings,
             }

@@ -38,11 +38,12 @@ def initialize(home: Home) -> dict[str, Any]:
         writer = LedgerWriter(home, store, key, logins)
         if writer.height < 0:
             district = {"district": home.district} if home.district else {}
-            writer.commit(Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}])
+            writer.commit(
+                Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}]
+            )
         if accounts.tariff_count(store) == 0:
             load_tariffs(writer, DEFAULT_FILE.read_text())
         writer.publish_access()
-        return {"home": str(home.root), "ledger_key": public_hex(key), "created": created,
-                "height": writer.height}
+        return {"home": str(home.root), "ledger_key": public_hex(key), "created": created, "height": writer.height}
     finally:
         store.close()

@@ -43,12 +43,25 @@ def finished(record: JobRecord, at: int, error: BaseException | None) -> JobReco
     """The record after a run that ended at `at`, with `error` if it raised."""
     seconds = (at - record.last_started_at) / 1000 if record.last_started_at is not None else None
     if error is None:
-        return replace(record, runs=record.runs + 1, failures=0, last_finished_at=at, last_ok_at=at,
-                       last_seconds=seconds, last_error=None)
+        return replace(
+            record,
+            runs=record.runs + 1,
+            failures=0,
+            last_finished_at=at,
+            last_ok_at=at,
+            last_seconds=seconds,
+            last_error=None,
+        )
     message = f"{type(error).__name__}: {error}"[:ERROR_CHARS]
-    return replace(record, runs=record.runs + 1, failures=record.failures + 1,
-                   failures_total=record.failures_total + 1, last_finished_at=at, last_seconds=seconds,
-                   last_error=message)
+    return replace(
+        record,
+        runs=record.runs + 1,
+        failures=record.failures + 1,
+        failures_total=record.failures_total + 1,
+        last_finished_at=at,
+        last_seconds=seconds,
+        last_error=message,
+    )
 
 
 def load(path: Path) -> dict[str, JobRecord]:
@@ -62,11 +75,21 @@ def load(path: Path) -> dict[str, JobRecord]:
 
 def statuses(path: Path) -> dict[str, JobStatus]:
     """What `status` shows of each job: its record in `path`, and whether it is failing."""
-    return {name: {"job": r.job, "runs": r.runs, "failures": r.failures, "failures_total": r.failures_total,
-                   "last_started_at": r.last_started_at, "last_finished_at": r.last_finished_at,
-                   "last_ok_at": r.last_ok_at, "last_seconds": r.last_seconds, "last_error": r.last_error,
-                   "failing": r.failing}
-            for name, r in load(path).items()}
+    return {
+        name: {
+            "job": r.job,
+            "runs": r.runs,
+            "failures": r.failures,
+            "failures_total": r.failures_total,
+            "last_started_at": r.last_started_at,
+            "last_finished_at": r.last_finished_at,
+            "last_ok_at": r.last_ok_at,
+            "last_seconds": r.last_seconds,
+            "last_error": r.last_error,
+            "failing": r.failing,
+        }
+        for name, r in load(path).items()
+    }
 
 
 def save(path: Path, records: dict[str, JobRecord]) -> None:

@@ -41,8 +41,10 @@ def _keeper() -> Callable[[Home], Logins]:
     found = list(entry_points(group=GROUP))
     if len(found) != 1:
         # An installation error, not a runtime condition: without a keeper no device could log in.
-        raise RuntimeError(f"expected one entry point in group {GROUP!r}, found {len(found)}: "
-                           "install cityledger (pip install -e .), which names broker.access:MosquittoLogins")
+        raise RuntimeError(
+            f"expected one entry point in group {GROUP!r}, found {len(found)}: "
+            "install cityledger (pip install -e .), which names broker.access:MosquittoLogins"
+        )
     keeper: Callable[[Home], Logins] = found[0].load()
     return keeper
 

@@ -166,7 +166,9 @@ def _connect(sock: socket.socket, path: Path) -> None:
         sock.connect(address)
 
 
-def serve(api: LedgerAPI, path: Path, workers: int = WORKERS, waiting: int = WAITING) -> tuple[_Server, threading.Thread]:
+def serve(
+    api: LedgerAPI, path: Path, workers: int = WORKERS, waiting: int = WAITING
+) -> tuple[_Server, threading.Thread]:
     """Start serving `api` on `path` in a background thread, `workers` calls at a time."""
     path.unlink(missing_ok=True)
     old = os.umask(0o177)
@@ -238,7 +240,6 @@ class RemoteLedger(LedgerAPI):
         raise InternalError("the ingest closed the connection without an answer")
 
 
-
 def _remote(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     """`method` of LedgerAPI, run over the socket: the arguments the caller gave (the server applies
     the defaults), a `progress` callback fed by the server's progress lines, and the answer checked
@@ -263,8 +264,9 @@ def _remote(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-REMOTE = frozenset(name for name, member in vars(LedgerAPI).items()
-                   if not name.startswith("_") and inspect.isfunction(member))
+REMOTE = frozenset(
+    name for name, member in vars(LedgerAPI).items() if not name.startswith("_") and inspect.isfunction(member)
+)
 for _name in REMOTE:
     setattr(RemoteLedger, _name, _remote(_name, getattr(LedgerAPI, _name)))
 

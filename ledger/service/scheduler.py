@@ -64,14 +64,21 @@ def audit_job(home: Home) -> dict[str, Any]:
     On a city of district chains: the city chain, every district chain and every anchor.
     """
     ledger = open_ledger(home)
-    report: dict[str, Any] = verify_city(home) if home.district is None and ledger.districts() else dict(ledger.verify())
+    report: dict[str, Any] = (
+        verify_city(home) if home.district is None and ledger.districts() else dict(ledger.verify())
+    )
     report["finished_at"] = now_ms()
     tmp = home.last_audit.with_suffix(".tmp")
     tmp.write_text(json.dumps(report))
     tmp.replace(home.last_audit)
     level = logging.INFO if report["ok"] else logging.ERROR
-    log.log(level, "audit: %s, %d blocks, %d readings", "intact" if report["ok"] else report["failure"],
-            report["blocks"], report["readings"])
+    log.log(
+        level,
+        "audit: %s, %d blocks, %d readings",
+        "intact" if report["ok"] else report["failure"],
+        report["blocks"],
+        report["readings"],
+    )
     return report
 
 
@@ -90,15 +97,17 @@ def close_job(home: Home, clock: Callable[[], int] = now_ms) -> dict[str, Any]:
     today = datetime.datetime.fromtimestamp(clock() / 1000, ZoneInfo(ledger.timezone())).date()
     month = previous_month(today)
     result = {**ledger.close_month(month=month), "month": month}
-    log.info("month-end close %s: %d bills issued, %d already issued", month, result["issued"],
-             result["already_issued"])
+    log.info(
+        "month-end close %s: %d bills issued, %d already issued", month, result["issued"], result["already_issued"]
+    )
     return result
 
 
 def scan_job(home: Home) -> ScanSummary:
     result = open_ledger(home).scan_anomalies()
-    log.info("anomaly scan: %d raised, %d updated over %d devices", result["raised"], result["updated"],
-             result["devices"])
+    log.info(
+        "anomaly scan: %d raised, %d updated over %d devices", result["raised"], result["updated"], result["devices"]
+    )
     return result
 
 
@@ -119,18 +128,41 @@ def run_scheduler(home: Home, *, audit_minutes: float, stop: threading.Event, sc
         return
     scheduler = BackgroundScheduler(timezone="UTC")
     record = JobLog(home).run
-    scheduler.add_job(record, "interval", args=["audit", audit_job, home], minutes=audit_minutes, id="audit",
-                      max_instances=1, coalesce=True, next_run_time=None)
-    scheduler.add_job(record, "interval", args=["anomaly-scan", scan_job, home], minutes=scan_minutes,
-                      id="anomaly-scan", max_instances=1, coalesce=True)
-    scheduler.add_job(record, "interval", args=["roll-up", roll_up_job, home], minutes=1, id="roll-up",
-                      max_instances=1, coalesce=True)
-    scheduler.add_job(record, CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
-                      args=["month-end-close", close_job, home], id="month-end-close", max_instances=1,
-                      coalesce=True, misfire_grace_time=24 * 3600)
+    scheduler.add_job(
+        record,
+        "interval",
+        args=["audit", audit_job, home],
+        minutes=audit_minutes,
+        id="audit",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=None,
+    )
+    scheduler.add_job(
+        record,
+        "interval",
+        args=["anomaly-scan", scan_job, home],
+        minutes=scan_minutes,
+        id="anomaly-scan",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        record, "interval", args=["roll-up", roll_up_job, home], minutes=1, id="roll-up", max_instances=1, coalesce=True
+    )
+    scheduler.add_job(
+        record,
+        CronTrigger(day=1, hour=1, minute=0, timezone=ZoneInfo(timezone)),
+        args=["month-end-close", close_job, home],
+        id="month-end-close",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=24 * 3600,
+    )
     scheduler.start()
-    log.info("scheduler running: audit every %.1f min, month-end close at 01:00 on the 1st in %s",
-             audit_minutes, timezone)
+    log.info(
+        "scheduler running: audit every %.1f min, month-end close at 01:00 on the 1st in %s", audit_minutes, timezone
+    )
     try:
         # First audit shortly after start, once ingest has had time to come up.
         if not stop.wait(5):

@@ -39,8 +39,12 @@ class PartRecord:
 
 def write_state(path: Path, parts: Mapping[str, PartRecord], supervisor_pid: int | None = None) -> None:
     """Replace the state file atomically (0600): a reader sees the old or the new whole file."""
-    doc = {"version": STATE_VERSION, "supervisor_pid": supervisor_pid if supervisor_pid is not None else os.getpid(),
-           "updated_at": now_ms(), "parts": {name: asdict(rec) for name, rec in parts.items()}}
+    doc = {
+        "version": STATE_VERSION,
+        "supervisor_pid": supervisor_pid if supervisor_pid is not None else os.getpid(),
+        "updated_at": now_ms(),
+        "parts": {name: asdict(rec) for name, rec in parts.items()},
+    }
     write_private(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 

@@ -46,13 +46,15 @@ class TierPrice(TypedDict):
     price: str  # a decimal
 
 
-UtilityTariffSummary = TypedDict("UtilityTariffSummary", {
-    "kind": str, "class": str, "from": str, "basis": str, "unit": str, "base_per_unit": int,
-    "tiers": list[TierPrice]})
+UtilityTariffSummary = TypedDict(
+    "UtilityTariffSummary",
+    {"kind": str, "class": str, "from": str, "basis": str, "unit": str, "base_per_unit": int, "tiers": list[TierPrice]},
+)
 _no_extra(UtilityTariffSummary)
 
-ParkingTariffSummary = TypedDict("ParkingTariffSummary", {
-    "from": str, "default_zone_class": int, "district_zone_class": dict[str, int]})
+ParkingTariffSummary = TypedDict(
+    "ParkingTariffSummary", {"from": str, "default_zone_class": int, "district_zone_class": dict[str, int]}
+)
 _no_extra(ParkingTariffSummary)
 
 
@@ -72,13 +74,25 @@ def tariff_summary(store: Store) -> TariffSummary:
         raise NotFound("no tariffs loaded: run `cityledger init`")
     book = parse_tariffs(latest[1])
     utility: list[UtilityTariffSummary] = [
-        {"kind": t.kind, "class": t.customer_class, "from": str(t.effective_from), "basis": t.basis,
-         "unit": t.unit, "base_per_unit": t.base_per_unit,
-         "tiers": [{"up_to": None if x.up_to is None else str(x.up_to), "price": str(x.price)} for x in t.tiers]}
-        for t in book.utility]
+        {
+            "kind": t.kind,
+            "class": t.customer_class,
+            "from": str(t.effective_from),
+            "basis": t.basis,
+            "unit": t.unit,
+            "base_per_unit": t.base_per_unit,
+            "tiers": [{"up_to": None if x.up_to is None else str(x.up_to), "price": str(x.price)} for x in t.tiers],
+        }
+        for t in book.utility
+    ]
     parking: list[ParkingTariffSummary] = [
-        {"from": str(p.effective_from), "default_zone_class": p.default_zone_class,
-         "district_zone_class": dict(p.district_zone_class)} for p in book.parking]
+        {
+            "from": str(p.effective_from),
+            "default_zone_class": p.default_zone_class,
+            "district_zone_class": dict(p.district_zone_class),
+        }
+        for p in book.parking
+    ]
     return {"version": latest[0], "timezone": book.timezone, "utility": utility, "parking": parking}
 
 
@@ -90,13 +104,21 @@ def _space_zones(store: Store, districts: list[str] | None) -> list[tuple[str, s
     parking = tariff_summary(store)["parking"]
     default_class = parking[-1]["default_zone_class"] if parking else 2
     by_district = parking[-1]["district_zone_class"] if parking else {}
-    return [(s, di, z if z is not None else by_district.get(di, default_class))
-            for s, di, z in stored.space_zones(store, districts)]
+    return [
+        (s, di, z if z is not None else by_district.get(di, default_class))
+        for s, di, z in stored.space_zones(store, districts)
+    ]
 
 
 @view
-def parking_occupancy(store: Store, start: int, end: int, districts: list[str] | None = None,
-                      bucket_ms: int = HOUR, hold_ms: int = 6 * HOUR) -> list[ZoneOccupancy]:
+def parking_occupancy(
+    store: Store,
+    start: int,
+    end: int,
+    districts: list[str] | None = None,
+    bucket_ms: int = HOUR,
+    hold_ms: int = 6 * HOUR,
+) -> list[ZoneOccupancy]:
     """Share of the time spaces were reported taken, per zone class and time bucket in [start, end).
     A report holds until the next one (at most `hold_ms`), split across the buckets it spans."""
     return stored.spaces_occupancy(store, _space_zones(store, districts), start, end, bucket_ms, hold_ms)
@@ -119,5 +141,7 @@ def parking_lines(store: Store, account: str, month: str) -> list[ParkingLine]:
     book = parse_tariffs(latest[1])
     tz = ZoneInfo(book.timezone)
     start, end = billing.month_bounds(month, tz)
-    lines = [_parking_line(store, book, account, space, start, end, tz) for space in q.spaces_for(store, account, start, end)]
+    lines = [
+        _parking_line(store, book, account, space, start, end, tz) for space in q.spaces_for(store, account, start, end)
+    ]
     return [line for line in lines if line["sessions"]]

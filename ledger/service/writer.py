@@ -32,8 +32,18 @@ from ledger.home import Home, write_private
 from ledger.keys import check_device_key, load_signing_key, public_hex
 from ledger.service.budget import BudgetPolicy
 from ledger.service.logins import Logins, installed_logins
-from ledger.service.results.chain import (BudgetPolicySet, DeviceKeyRotated, DeviceLogin, Enrolled, Enrolments,
-                                          LedgerKeyRotated, Reinstated, Revoked, ServiceLogin, WrittenOff)
+from ledger.service.results.chain import (
+    BudgetPolicySet,
+    DeviceKeyRotated,
+    DeviceLogin,
+    Enrolled,
+    Enrolments,
+    LedgerKeyRotated,
+    Reinstated,
+    Revoked,
+    ServiceLogin,
+    WrittenOff,
+)
 from ledger.store import accounts
 from ledger.store.store import Commit, Store, Suspension
 
@@ -101,7 +111,8 @@ class LedgerWriter:
         self.on_written_off: list[Callable[[str, int, int, Sealed], None]] = []  # ingest's acks
         # Who may log in to the broker changed: the broker's keeper of logins follows (issue 16).
         self.on_access: list[Callable[[Sequence[DeviceRecord], Sequence[ServiceRecord]], None]] = [
-            self.logins.keep_in_step]
+            self.logins.keep_in_step
+        ]
 
     @property
     def store(self) -> Store:
@@ -158,8 +169,13 @@ class LedgerWriter:
 
     # ------------------------------------------------------------ sealing
 
-    def commit(self, batch: Batch, entries: Sequence[dict[str, Any]] = (),
-               also: Callable[[Store], None] | None = None, header_extra: dict[str, Any] | None = None) -> Sealed | None:
+    def commit(
+        self,
+        batch: Batch,
+        entries: Sequence[dict[str, Any]] = (),
+        also: Callable[[Store], None] | None = None,
+        header_extra: dict[str, Any] | None = None,
+    ) -> Sealed | None:
         """Write one transaction; seal a block when it holds at least one leaf.
 
         Entries come first in the block, then readings in arrival order.
@@ -182,15 +198,24 @@ class LedgerWriter:
             if leaves:
                 height = self.height + 1
                 header = make_header(
-                    height=height, prev=self.head_hash, leaf_hashes=[merkle.leaf_hash(x) for x in leaves],
-                    sealed_at=now_ms(), v=1, **self._chain, **(header_extra or {}),
+                    height=height,
+                    prev=self.head_hash,
+                    leaf_hashes=[merkle.leaf_hash(x) for x in leaves],
+                    sealed_at=now_ms(),
+                    v=1,
+                    **self._chain,
+                    **(header_extra or {}),
                 )
                 sig = sign_header(self.key, header)
                 sealed = Sealed(height, block_hash(header), header, sig, tuple(batch.readings))
                 commit.block = {
-                    "height": height, "hash": sealed.hash, "prev": self.head_hash,
-                    "header": canonical_json(header).decode(), "sig": sig,
-                    "size": header["size"], "sealed_at": header["sealed_at"],
+                    "height": height,
+                    "hash": sealed.hash,
+                    "prev": self.head_hash,
+                    "header": canonical_json(header).decode(),
+                    "sig": sig,
+                    "size": header["size"],
+                    "sealed_at": header["sealed_at"],
                 }
             self.store.commit(commit, also)
             if sealed:
@@ -216,11 +241,20 @@ class LedgerWriter:
 
     # ------------------------------------------------------------ registry
 
-    def enroll_device(self, device: str, kind: str, district: str, public_key: str,
-                      account: str | None = None, operator: str | None = None) -> Enrolled:
+    def enroll_device(
+        self,
+        device: str,
+        kind: str,
+        district: str,
+        public_key: str,
+        account: str | None = None,
+        operator: str | None = None,
+    ) -> Enrolled:
         """Register a device whose key was made on the device; returns its broker login once."""
-        out = self.enroll_devices([{"device": device, "kind": kind, "district": district,
-                                    "public_key": public_key, "account": account}], operator)
+        out = self.enroll_devices(
+            [{"device": device, "kind": kind, "district": district, "public_key": public_key, "account": account}],
+            operator,
+        )
         return {**out["devices"][0], "block": out["block"]}
 
     def enroll_devices(self, rows: Sequence[dict[str, Any]], operator: str | None = None) -> Enrolments:
@@ -254,10 +288,23 @@ class LedgerWriter:
             at, height = now_ms(), self.height + 1
             logins = [self.logins.new_login() for _ in checked]
             passwords = [pw for pw, _ in logins]
-            records = [DeviceRecord(device, kind, district, account, key, "active", hashed, at)
-                       for (device, kind, district, key, account), (_, hashed) in zip(checked, logins)]
-            entries = [{"entry": "device_enrolled", "device": r.device, "kind": r.kind, "district": r.district,
-                        "account": r.account, "public_key": r.public_key, **by, "at": at} for r in records]
+            records = [
+                DeviceRecord(device, kind, district, account, key, "active", hashed, at)
+                for (device, kind, district, key, account), (_, hashed) in zip(checked, logins)
+            ]
+            entries = [
+                {
+                    "entry": "device_enrolled",
+                    "device": r.device,
+                    "kind": r.kind,
+                    "district": r.district,
+                    "account": r.account,
+                    "public_key": r.public_key,
+                    **by,
+                    "at": at,
+                }
+                for r in records
+            ]
 
             def register(s: Store) -> None:
                 for rec in records:
@@ -268,8 +315,9 @@ class LedgerWriter:
             self.registry = {**self.registry, **{r.device: r for r in records}}
             self.publish_access()
         assert sealed is not None
-        shown: list[DeviceLogin] = [{"device": r.device, "mqtt_username": r.device, "mqtt_password": pw}
-                                    for r, pw in zip(records, passwords)]
+        shown: list[DeviceLogin] = [
+            {"device": r.device, "mqtt_username": r.device, "mqtt_password": pw} for r, pw in zip(records, passwords)
+        ]
         return {"block": sealed.hash, "devices": shown}
 
     @staticmethod
@@ -292,11 +340,14 @@ class LedgerWriter:
         """A district's ledger keeps its own devices only; a city of district chains keeps none."""
         own = self.home.district
         if own is not None and districts != {own}:
-            raise EnrolmentError(f"this ledger keeps district {own}'s devices only, "
-                                 f"not {', '.join(sorted(districts - {own}))}'s")
+            raise EnrolmentError(
+                f"this ledger keeps district {own}'s devices only, not {', '.join(sorted(districts - {own}))}'s"
+            )
         if own is None and self.districts():
-            raise EnrolmentError("this city keeps its readings in district chains: enrol each device in its "
-                                 "district's home (--home HOME/districts/DISTRICT, made by `cityledger districts add`)")
+            raise EnrolmentError(
+                "this city keeps its readings in district chains: enrol each device in its "
+                "district's home (--home HOME/districts/DISTRICT, made by `cityledger districts add`)"
+            )
 
     def districts(self) -> dict[str, str]:
         """The city's district chains and the first key of each."""
@@ -335,11 +386,20 @@ class LedgerWriter:
                 raise EnrolmentError(f"that public key is already enrolled for {owner}")
             ledgered = self.store.highest_seq(device)
             if from_seq <= max(ledgered, rec.key_from_seq):
-                raise EnrolmentError(f"from-seq must be above {max(ledgered, rec.key_from_seq)}: seqs up to "
-                                     f"{ledgered} of {device} are ledgered under its current key")
+                raise EnrolmentError(
+                    f"from-seq must be above {max(ledgered, rec.key_from_seq)}: seqs up to "
+                    f"{ledgered} of {device} are ledgered under its current key"
+                )
             at, height = now_ms(), self.height + 1
-            entry = {"entry": "device_key_rotated", "device": device, "public_key": public_key,
-                     "previous_key": rec.public_key, "from_seq": from_seq, "operator": operator, "at": at}
+            entry = {
+                "entry": "device_key_rotated",
+                "device": device,
+                "public_key": public_key,
+                "previous_key": rec.public_key,
+                "from_seq": from_seq,
+                "operator": operator,
+                "at": at,
+            }
 
             def rotate(s: Store) -> None:
                 s.set_public_key(device, public_key)
@@ -350,8 +410,14 @@ class LedgerWriter:
             assert new is not None
             self.registry = {**self.registry, device: new}
         assert sealed is not None
-        return {"device": device, "public_key": public_key, "previous_key": rec.public_key, "from_seq": from_seq,
-                "operator": operator, "block": sealed.hash}
+        return {
+            "device": device,
+            "public_key": public_key,
+            "previous_key": rec.public_key,
+            "from_seq": from_seq,
+            "operator": operator,
+            "block": sealed.hash,
+        }
 
     def rotate_ledger_key(self, operator: str | None = None) -> LedgerKeyRotated:
         """Hand signing over to a new ledger key, announced by the old one.
@@ -368,8 +434,9 @@ class LedgerWriter:
             write_private(self.home.ledger_next_key, new_key.encode().hex() + "\n")
             old_pub, new_pub = public_hex(self.key), public_hex(new_key)
             entry = {"entry": "ledger_key_rotated", "old_key": old_pub, "new_key": new_pub, **by, "at": now_ms()}
-            sealed = self.commit(Batch(), [entry], also=lambda s: s.set_meta("ledger_key", new_pub),
-                                 header_extra={"next_key": new_pub})
+            sealed = self.commit(
+                Batch(), [entry], also=lambda s: s.set_meta("ledger_key", new_pub), header_extra={"next_key": new_pub}
+            )
             assert sealed is not None
             self.home.ledger_next_key.replace(self.home.ledger_key)
             self.key = new_key
@@ -385,8 +452,13 @@ class LedgerWriter:
             if rec.status == "revoked":
                 raise EnrolmentError(f"device {device} is already revoked")
             at = now_ms()
-            entry = {"entry": "device_revoked", "device": device, "public_key": rec.public_key, "operator": operator,
-                     "at": at}
+            entry = {
+                "entry": "device_revoked",
+                "device": device,
+                "public_key": rec.public_key,
+                "operator": operator,
+                "at": at,
+            }
             sealed = self.commit(Batch(), [entry], also=lambda s: s.mark_revoked(device, at))
             self.registry = {**self.registry, device: replace(rec, status="revoked", revoked_at=at)}
             self.publish_access()
@@ -401,17 +473,26 @@ class LedgerWriter:
             latest = self.store.latest_entry("budget_policy")
         return BudgetPolicy() if latest is None else BudgetPolicy.from_entry(latest[1], latest[0])
 
-    def set_budget_policy(self, rate: float | None = None, burst: float | None = None,
-                          suspend_after_min: float | None = None, suspend_for_min: float | None = None,
-                          *, operator: str) -> BudgetPolicySet:
+    def set_budget_policy(
+        self,
+        rate: float | None = None,
+        burst: float | None = None,
+        suspend_after_min: float | None = None,
+        suspend_for_min: float | None = None,
+        *,
+        operator: str,
+    ) -> BudgetPolicySet:
         """Seal a new budget rule (values not given stay as they are); ingest applies it at once."""
         operator = checked_operator(operator)
         with self.lock:
             old = self.budget_policy()
             try:
-                new = BudgetPolicy(old.rate if rate is None else rate, old.burst if burst is None else burst,
-                                   old.suspend_after_min if suspend_after_min is None else suspend_after_min,
-                                   old.suspend_for_min if suspend_for_min is None else suspend_for_min)
+                new = BudgetPolicy(
+                    old.rate if rate is None else rate,
+                    old.burst if burst is None else burst,
+                    old.suspend_after_min if suspend_after_min is None else suspend_after_min,
+                    old.suspend_for_min if suspend_for_min is None else suspend_for_min,
+                )
             except ValueError as exc:
                 raise EnrolmentError(str(exc)) from exc
             sealed = self.commit(Batch(), [{**new.entry(now_ms()), "operator": operator}])
@@ -431,8 +512,15 @@ class LedgerWriter:
                 return None
             at = now_ms()
             until = at + policy.suspend_for_ms
-            entry = {"entry": "device_suspended", "device": device, "rule": policy.rule(),
-                     "over_budget_since": since, "over_budget": over_budget, "until": until, "at": at}
+            entry = {
+                "entry": "device_suspended",
+                "device": device,
+                "rule": policy.rule(),
+                "over_budget_since": since,
+                "over_budget": over_budget,
+                "until": until,
+                "at": at,
+            }
             sealed = self.commit(Batch(), [entry], also=lambda s: s.set_status(device, "suspended"))
             self.registry = {**self.registry, device: replace(rec, status="suspended")}
             self.publish_access()
@@ -452,9 +540,14 @@ class LedgerWriter:
                 return None
             suspension = self.suspensions().get(device)
             at = now_ms()
-            entry = {"entry": "device_reinstated", "device": device,
-                     "rule": suspension["rule"] if suspension else None,
-                     "suspended_at": suspension["at"] if suspension else None, **by, "at": at}
+            entry = {
+                "entry": "device_reinstated",
+                "device": device,
+                "rule": suspension["rule"] if suspension else None,
+                "suspended_at": suspension["at"] if suspension else None,
+                **by,
+                "at": at,
+            }
             sealed = self.commit(Batch(), [entry], also=lambda s: s.set_status(device, "active"))
             self.registry = {**self.registry, device: replace(rec, status="active")}
             self.publish_access()
@@ -487,12 +580,18 @@ class LedgerWriter:
 
     def add_service(self, username: str, role: str) -> ServiceLogin:
         """A broker login for a service (a witness, say); its password is shown once."""
-        if not valid_device_id(username) or username in {name for name, _ in SERVICES} \
-                or username.startswith(WORKER_PREFIX):
+        if (
+            not valid_device_id(username)
+            or username in {name for name, _ in SERVICES}
+            or username.startswith(WORKER_PREFIX)
+        ):
             raise EnrolmentError(f"invalid or reserved login name {username!r}")
         with self.lock:
-            if username in self.registry or username in {s.username for s in self.store.services()} \
-                    or username in self.logins.logins_elsewhere():
+            if (
+                username in self.registry
+                or username in {s.username for s in self.store.services()}
+                or username in self.logins.logins_elsewhere()
+            ):
                 raise AlreadyEnrolled(f"login {username} exists")
             password, hashed = self.logins.new_login()
             self.store.upsert_service(ServiceRecord(username, role, hashed))
@@ -505,13 +604,18 @@ class LedgerWriter:
         of every worker login there is, used or not."""
         with self.lock:
             created = [ensure_service_login(self.home, self.store, self.logins, name, role) for name, role in SERVICES]
-            created += [ensure_service_login(self.home, self.store, self.logins, f"{WORKER_PREFIX}{i}", "ingest")
-                        for i in range(1, workers + 1)]
+            created += [
+                ensure_service_login(self.home, self.store, self.logins, f"{WORKER_PREFIX}{i}", "ingest")
+                for i in range(1, workers + 1)
+            ]
             if any(created):
                 self.publish_access()
             prefix = self.home.login(WORKER_PREFIX)
-            return sorted(int(s.username[len(prefix):]) for s in self.store.services()
-                          if s.username.startswith(prefix) and s.username[len(prefix):].isdigit())
+            return sorted(
+                int(s.username[len(prefix) :])
+                for s in self.store.services()
+                if s.username.startswith(prefix) and s.username[len(prefix) :].isdigit()
+            )
 
     def require_account(self, account: str | None) -> None:
         """A device (or a parking lease) may name only an account that exists."""
@@ -541,20 +645,37 @@ class LedgerWriter:
                 raise EnrolmentError(f"unknown device {device}")
             ledgered = self.store.ledgered_seqs(device, from_seq, to_seq)
             if ledgered:
-                raise EnrolmentError(f"{device} has seqs {', '.join(map(str, ledgered[:5]))}"
-                                     f"{' …' if len(ledgered) > 5 else ''} ledgered in {from_seq}-{to_seq}: "
-                                     "write off only seqs that are missing")
+                raise EnrolmentError(
+                    f"{device} has seqs {', '.join(map(str, ledgered[:5]))}"
+                    f"{' …' if len(ledgered) > 5 else ''} ledgered in {from_seq}-{to_seq}: "
+                    "write off only seqs that are missing"
+                )
             overlap = self.store.write_off_overlapping(device, from_seq, to_seq)
             if overlap is not None:
                 raise EnrolmentError(f"seqs {overlap[0]}-{overlap[1]} of {device} are already written off")
             at, height = now_ms(), self.height + 1
-            sealed = self.seal({"entry": "seqs_written_off", "device": device, "from_seq": from_seq,
-                                "to_seq": to_seq, "reason": reason, "operator": operator, "at": at},
-                               lambda s: s.add_write_off(device, from_seq, to_seq, reason, operator, at, height))
+            sealed = self.seal(
+                {
+                    "entry": "seqs_written_off",
+                    "device": device,
+                    "from_seq": from_seq,
+                    "to_seq": to_seq,
+                    "reason": reason,
+                    "operator": operator,
+                    "at": at,
+                },
+                lambda s: s.add_write_off(device, from_seq, to_seq, reason, operator, at, height),
+            )
             for callback in self.on_written_off:  # ingest moves the device's ack past them, under the lock
                 callback(device, from_seq, to_seq, sealed)
-        return {"device": device, "from_seq": from_seq, "to_seq": to_seq, "reason": reason, "operator": operator,
-                "block": sealed.hash}
+        return {
+            "device": device,
+            "from_seq": from_seq,
+            "to_seq": to_seq,
+            "reason": reason,
+            "operator": operator,
+            "block": sealed.hash,
+        }
 
     def publish_access(self) -> None:
         """Tell the subscribers who may log in now: the active devices and every service."""
@@ -588,4 +709,3 @@ def ensure_service_login(home: Home, store: Store, logins: Logins, name: str, ro
     write_private(home.service_secret(name), canonical_json({"username": username, "password": password}))
     store.upsert_service(ServiceRecord(username, role, hashed))
     return True
-

@@ -52,34 +52,44 @@ def add_checkin(store: Store, space: str, account: str, at: int) -> None:
     store.con.execute("INSERT INTO parking_checkins VALUES (?, ?, ?)", [space, account, at])
 
 
-def add_replacement(store: Store, device: str, ts: int, old_final: int, new_initial: int, operator: str,
-                    at: int) -> None:
-    store.con.execute("INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)",
-                      [device, ts, old_final, new_initial, operator, at])
+def add_replacement(
+    store: Store, device: str, ts: int, old_final: int, new_initial: int, operator: str, at: int
+) -> None:
+    store.con.execute(
+        "INSERT INTO meter_replacements VALUES (?, ?, ?, ?, ?, ?)", [device, ts, old_final, new_initial, operator, at]
+    )
 
 
-def add_adjustment(store: Store, adj_id: str, account: str, amount: str, reason: str, operator: str, at: int,
-                   height: int) -> None:
-    store.con.execute("INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      [adj_id, account, amount, reason, operator, at, height])
+def add_adjustment(
+    store: Store, adj_id: str, account: str, amount: str, reason: str, operator: str, at: int, height: int
+) -> None:
+    store.con.execute(
+        "INSERT INTO adjustments VALUES (?, ?, ?, ?, ?, ?, ?)", [adj_id, account, amount, reason, operator, at, height]
+    )
 
 
-def request_adjustment(store: Store, adj_id: str, account: str, amount: str, reason: str, operator: str, at: int,
-                       height: int) -> None:
-    store.con.execute("INSERT INTO adjustment_requests VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
-                      [adj_id, account, amount, reason, operator, at, height])
+def request_adjustment(
+    store: Store, adj_id: str, account: str, amount: str, reason: str, operator: str, at: int, height: int
+) -> None:
+    store.con.execute(
+        "INSERT INTO adjustment_requests VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL)",
+        [adj_id, account, amount, reason, operator, at, height],
+    )
 
 
 def adjustment_request(store: Store, adj_id: str) -> tuple[str, str, str, str, str] | None:
     """(account, amount, reason, requester, status) of a requested adjustment."""
-    row = store.con.execute("SELECT account, amount, reason, operator, status FROM adjustment_requests WHERE id = ?",
-                            [adj_id]).fetchone()
+    row = store.con.execute(
+        "SELECT account, amount, reason, operator, status FROM adjustment_requests WHERE id = ?", [adj_id]
+    ).fetchone()
     return (row[0], row[1], row[2], row[3], row[4]) if row else None
 
 
 def decide_adjustment_request(store: Store, adj_id: str, status: str, operator: str, at: int) -> None:
-    store.con.execute("UPDATE adjustment_requests SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
-                      [status, operator, at, adj_id])
+    store.con.execute(
+        "UPDATE adjustment_requests SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+        [status, operator, at, adj_id],
+    )
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -102,9 +112,23 @@ def adjustment_requests(store: Store, status: str | None) -> list[AdjustmentRequ
     """Requested adjustments (all of them when `status` is None), oldest first."""
     rows = store.con.execute(
         "SELECT id, account, amount, reason, operator, requested_at, status, decided_by, decided_at"
-        " FROM adjustment_requests WHERE ? IS NULL OR status = ? ORDER BY requested_at", [status, status]).fetchall()
-    return [{"id": i, "account": a, "amount": m, "reason": r, "operator": o, "at": at, "status": st,
-             "decided_by": by, "decided_at": when} for i, a, m, r, o, at, st, by, when in rows]
+        " FROM adjustment_requests WHERE ? IS NULL OR status = ? ORDER BY requested_at",
+        [status, status],
+    ).fetchall()
+    return [
+        {
+            "id": i,
+            "account": a,
+            "amount": m,
+            "reason": r,
+            "operator": o,
+            "at": at,
+            "status": st,
+            "decided_by": by,
+            "decided_at": when,
+        }
+        for i, a, m, r, o, at, st, by, when in rows
+    ]
 
 
 def billed_accounts(store: Store, month: str) -> set[str]:
@@ -115,7 +139,17 @@ def billed_accounts(store: Store, month: str) -> set[str]:
 def add_bills(store: Store, rows: Sequence[tuple[str, str, int, str, str, str]], height: int) -> None:
     """Issued bills, each (account, month, issued_at, total, body, hash), sealed in block `height`."""
     cols = list(zip(*rows, strict=True))
-    store.insert_table("bills", pa.table({
-        "account": cols[0], "month": cols[1], "issued_at": pa.array(cols[2], pa.int64()),
-        "total": cols[3], "body": cols[4], "hash": cols[5],
-        "height": pa.array([height] * len(rows), pa.int64())}))
+    store.insert_table(
+        "bills",
+        pa.table(
+            {
+                "account": cols[0],
+                "month": cols[1],
+                "issued_at": pa.array(cols[2], pa.int64()),
+                "total": cols[3],
+                "body": cols[4],
+                "hash": cols[5],
+                "height": pa.array([height] * len(rows), pa.int64()),
+            }
+        ),
+    )

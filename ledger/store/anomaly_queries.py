@@ -26,16 +26,17 @@ def look_back_readings(store: Store, since: int) -> list[tuple[str, int, int, in
     For tests and small ledgers: the scan itself reads a group at a time (`readings_table`).
     """
     return store.con.execute(
-        f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK}) ORDER BY device, ts, seq",
-        {"since": since}).fetchall()
+        f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK}) ORDER BY device, ts, seq", {"since": since}
+    ).fetchall()
 
 
 def rejects(store: Store, since: int) -> dict[str, list[tuple[int, str, int]]]:
     """device -> (epoch minute, reason, count) of its rejected messages since `since` (ms)."""
     out: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
     for device, minute, reason, count in store.con.execute(
-            "SELECT device, minute, reason, count FROM reject_counts WHERE minute >= ? ORDER BY device, minute",
-            [since // 60_000]).fetchall():
+        "SELECT device, minute, reason, count FROM reject_counts WHERE minute >= ? ORDER BY device, minute",
+        [since // 60_000],
+    ).fetchall():
         out[device].append((minute, reason, count))
     return dict(out)
 
@@ -49,13 +50,15 @@ def readings_table(store: Store, devices: list[str], since: int) -> pa.Table:
     return store.con.sql(
         f"SELECT device, seq, ts, value, received_at FROM ({_LOOK_BACK})"
         " WHERE device IN (SELECT unnest($devices::VARCHAR[])) ORDER BY device, ts, seq",
-        params={"since": since, "devices": devices}).to_arrow_table()
+        params={"since": since, "devices": devices},
+    ).to_arrow_table()
 
 
 def replacements(store: Store) -> dict[str, list[tuple[int, int, int]]]:
     """Recorded meter replacements, so that the jump they explain is not raised as a rollback."""
     out: dict[str, list[tuple[int, int, int]]] = defaultdict(list)
     for device, ts, old_final, new_initial in store.con.execute(
-            "SELECT device, ts, old_final, new_initial FROM meter_replacements ORDER BY device, ts").fetchall():
+        "SELECT device, ts, old_final, new_initial FROM meter_replacements ORDER BY device, ts"
+    ).fetchall():
         out[device].append((ts, old_final, new_initial))
     return dict(out)

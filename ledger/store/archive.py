@@ -71,11 +71,27 @@ PLAN_CHUNK = 100_000
 
 # Column names and DuckDB types of each archived table, as ledger/store/schema.py makes them.
 COLUMNS: dict[str, dict[str, str]] = {
-    "blocks": {"height": "BIGINT", "hash": "VARCHAR", "prev": "VARCHAR", "header": "VARCHAR", "sig": "BLOB",
-               "size": "INTEGER", "sealed_at": "BIGINT"},
+    "blocks": {
+        "height": "BIGINT",
+        "hash": "VARCHAR",
+        "prev": "VARCHAR",
+        "header": "VARCHAR",
+        "sig": "BLOB",
+        "size": "INTEGER",
+        "sealed_at": "BIGINT",
+    },
     "entries": {"height": "BIGINT", "idx": "INTEGER", "type": "VARCHAR", "body": "VARCHAR"},
-    "readings": {"height": "BIGINT", "idx": "INTEGER", "device": "VARCHAR", "kind": "VARCHAR", "seq": "BIGINT",
-                 "ts": "BIGINT", "value": "BIGINT", "sig": "BLOB", "received_at": "BIGINT"},
+    "readings": {
+        "height": "BIGINT",
+        "idx": "INTEGER",
+        "device": "VARCHAR",
+        "kind": "VARCHAR",
+        "seq": "BIGINT",
+        "ts": "BIGINT",
+        "value": "BIGINT",
+        "sig": "BLOB",
+        "received_at": "BIGINT",
+    },
 }
 ORDER = {"blocks": "height", "entries": "height, idx", "readings": "device, ts, height, idx"}
 
@@ -85,11 +101,11 @@ ORDER = {"blocks": "height", "entries": "height, idx", "readings": "device, ts, 
 # a row with no height belongs to no block, which then misses a leaf.
 AUDIT_VIEWS = {
     "blocks": "height, coalesce(hash, '') AS hash, coalesce(prev, '') AS prev, coalesce(header, '{}') AS header,"
-              " coalesce(sig, ''::BLOB) AS sig, coalesce(size, 0) AS size, coalesce(sealed_at, 0) AS sealed_at",
+    " coalesce(sig, ''::BLOB) AS sig, coalesce(size, 0) AS size, coalesce(sealed_at, 0) AS sealed_at",
     "entries": "height, coalesce(idx, -1) AS idx, coalesce(type, '') AS type, coalesce(body, 'null') AS body",
     "readings": "height, coalesce(idx, -1) AS idx, coalesce(device, '') AS device, coalesce(kind, '') AS kind,"
-                " coalesce(seq, 0) AS seq, coalesce(ts, -1) AS ts, coalesce(value, -1) AS value,"
-                " coalesce(sig, ''::BLOB) AS sig, received_at",
+    " coalesce(seq, 0) AS seq, coalesce(ts, -1) AS ts, coalesce(value, -1) AS value,"
+    " coalesce(sig, ''::BLOB) AS sig, received_at",
 }
 # The audit's first read of a range expects (height, idx) order; the files are in (device, ts).
 AUDIT_ORDER = {"blocks": "height", "entries": "height, idx", "readings": "height, idx"}
@@ -171,9 +187,13 @@ class Manifest:
     def as_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "first_height": self.first_height, "last_height": self.last_height,
-            "first_hash": self.first_hash, "last_hash": self.last_hash,
-            "blocks": self.rows("blocks"), "readings": self.rows("readings"), "entries": self.rows("entries"),
+            "first_height": self.first_height,
+            "last_height": self.last_height,
+            "first_hash": self.first_hash,
+            "last_hash": self.last_hash,
+            "blocks": self.rows("blocks"),
+            "readings": self.rows("readings"),
+            "entries": self.rows("entries"),
             "segments": [asdict(s) for s in self.segments],
         }
 
@@ -218,17 +238,26 @@ def parse_manifest(data: Any) -> Manifest:
 def _segment(item: Any, n: int) -> Segment:
     try:
         files = {table: FileEntry(**item["files"][table]) for table in COLUMNS}
-        segment = Segment(item["segment"], item["first_height"], item["last_height"], item["first_hash"],
-                          item["last_hash"], files)
+        segment = Segment(
+            item["segment"], item["first_height"], item["last_height"], item["first_hash"], item["last_hash"], files
+        )
     except (KeyError, TypeError) as exc:
         raise ArchiveError(f"segment {n} is malformed ({exc})") from exc
-    ints = [segment.segment, segment.first_height, segment.last_height,
-            *(f.rows for f in files.values()), *(f.bytes for f in files.values())]
+    ints = [
+        segment.segment,
+        segment.first_height,
+        segment.last_height,
+        *(f.rows for f in files.values()),
+        *(f.bytes for f in files.values()),
+    ]
     texts = [segment.first_hash, segment.last_hash, *(f.sha256 for f in files.values())]
-    if (segment.segment != n or any(type(i) is not int or i < 0 for i in ints)
-            or segment.last_height < segment.first_height
-            or any(not isinstance(t, str) or len(t) != 64 for t in texts)
-            or any(f.name != file_name(table, n) for table, f in files.items())):
+    if (
+        segment.segment != n
+        or any(type(i) is not int or i < 0 for i in ints)
+        or segment.last_height < segment.first_height
+        or any(not isinstance(t, str) or len(t) != 64 for t in texts)
+        or any(f.name != file_name(table, n) for table, f in files.items())
+    ):
         raise ArchiveError(f"segment {n} is malformed")
     return segment
 
@@ -272,8 +301,9 @@ def _quote(path: Path) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def write_archive(store: Store, out: Path, upto_height: int | None = None,
-                  progress: Progress | None = None) -> ArchiveWritten:
+def write_archive(
+    store: Store, out: Path, upto_height: int | None = None, progress: Progress | None = None
+) -> ArchiveWritten:
     """Append the sealed blocks up to `upto_height` (default: all) that `out` lacks, segment by segment."""
     started = time.perf_counter()
     try:
@@ -318,16 +348,20 @@ def _check_continues(store: Store, manifest: Manifest) -> None:
     """Refuse to append to an archive of another ledger, or of a ledger since rewritten."""
     block = store.block(manifest.last_height)
     if block is None or block_hash(block["header"]) != manifest.last_hash:
-        raise ArchiveError(f"the archive's last block {manifest.last_height} is not this ledger's block "
-                           f"{manifest.last_height}: refusing to append to an archive of another ledger")
+        raise ArchiveError(
+            f"the archive's last block {manifest.last_height} is not this ledger's block "
+            f"{manifest.last_height}: refusing to append to an archive of another ledger"
+        )
 
 
 def plan_segments(con: duckdb.DuckDBPyConnection, start: int, last: int) -> Iterator[tuple[int, int]]:
     """Height ranges start..last, each closed once it reaches SEGMENT_LEAVES leaves or SEGMENT_BLOCKS blocks."""
     lo, leaves, blocks, height = start, 0, 0, start
     while height <= last:
-        rows = con.execute("SELECT height, size FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
-                           [height, min(last, height + PLAN_CHUNK - 1)]).fetchall()
+        rows = con.execute(
+            "SELECT height, size FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
+            [height, min(last, height + PLAN_CHUNK - 1)],
+        ).fetchall()
         if not rows:
             break
         for h, size in rows:
@@ -344,8 +378,9 @@ def write_segment(con: duckdb.DuckDBPyConnection, out: Path, segment: int, lo: i
     """The three files of blocks lo..hi, from one snapshot, each renamed into place once whole."""
     files: dict[str, FileEntry] = {}
     with snapshot(con):  # a read: nothing to keep, and the rollback also ends a transaction a failed COPY aborted
-        ends = con.execute("SELECT height, header FROM blocks WHERE height IN (?, ?) ORDER BY height",
-                           [lo, hi]).fetchall()
+        ends = con.execute(
+            "SELECT height, header FROM blocks WHERE height IN (?, ?) ORDER BY height", [lo, hi]
+        ).fetchall()
         for table in COLUMNS:
             files[table] = _copy(con, out, table, segment, lo, hi)
     hashes = {height: block_hash(json.loads(header)) for height, header in ends}
@@ -360,7 +395,8 @@ def _copy(con: duckdb.DuckDBPyConnection, out: Path, table: str, segment: int, l
     columns = ", ".join(COLUMNS[table])
     row = con.execute(
         f"COPY (SELECT {columns} FROM {table} WHERE height BETWEEN {int(lo)} AND {int(hi)} ORDER BY {ORDER[table]})"
-        f" TO {_quote(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})").fetchone()
+        f" TO {_quote(tmp)} (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})"
+    ).fetchone()
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     entry = FileEntry(name, int(row[0]) if row else 0, tmp.stat().st_size, sha256_file(tmp))
@@ -391,8 +427,9 @@ def connect(directory: Path, manifest: Manifest | None = None, *, audit: bool = 
     return con
 
 
-def device_readings(directory: Path, device: str, start: int | None = None,
-                    end: int | None = None) -> list[dict[str, Any]]:
+def device_readings(
+    directory: Path, device: str, start: int | None = None, end: int | None = None
+) -> list[dict[str, Any]]:
     """One device's archived readings with start <= ts < end (epoch ms), oldest first.
 
     Reads only the row groups whose `device` statistics can hold the device.
@@ -402,8 +439,12 @@ def device_readings(directory: Path, device: str, start: int | None = None,
         rows = con.execute(
             "SELECT height, idx, device, kind, seq, ts, value, sig, received_at FROM readings"
             " WHERE device = $device AND ts >= $start AND ts < $end ORDER BY ts, seq",
-            {"device": device, "start": start if start is not None else -(2**63),
-             "end": end if end is not None else 2**63 - 1}).fetchall()
+            {
+                "device": device,
+                "start": start if start is not None else -(2**63),
+                "end": end if end is not None else 2**63 - 1,
+            },
+        ).fetchall()
     finally:
         con.close()
     keys = ("height", "idx", "device", "kind", "seq", "ts", "value", "sig", "received_at")
@@ -425,9 +466,15 @@ LIVE_ERRORS = (OSError, ValueError, LookupError, RuntimeError, duckdb.Error)
 """What a live ledger that cannot be reached raises (ledger/errors.py's families are among these)."""
 
 
-def verify_archive(directory: Path, *, live: LiveLedger | None = None, ledger_key: str | None = None,
-                   first_key: str | None = None, deep: bool = False,
-                   progress: Progress | None = None) -> dict[str, Any]:
+def verify_archive(
+    directory: Path,
+    *,
+    live: LiveLedger | None = None,
+    ledger_key: str | None = None,
+    first_key: str | None = None,
+    deep: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """The structural audit over the archive's files, their hashes against the manifest, and
     the live ledger's link to the archive's last block.
 
@@ -443,8 +490,7 @@ def verify_archive(directory: Path, *, live: LiveLedger | None = None, ledger_ke
     except ArchiveError as exc:
         report["failure"] = str(exc)
         return report
-    report.update(first_height=manifest.first_height, last_height=manifest.last_height,
-                  segments=len(manifest.segments))
+    report.update(first_height=manifest.first_height, last_height=manifest.last_height, segments=len(manifest.segments))
     anchor, reason = _anchor(live, manifest.last_height)
     problems, readable = check_files(directory, manifest)
     report["files_checked"] = 3 * len(manifest.segments)
@@ -468,10 +514,25 @@ def verify_archive(directory: Path, *, live: LiveLedger | None = None, ledger_ke
 
 
 def _empty_report(directory: Path, deep: bool) -> dict[str, Any]:
-    return {"archive": str(directory), "ok": False, "blocks": 0, "readings": 0, "entries": 0, "seconds": 0.0,
-            "audit_seconds": 0.0, "deep": deep, "failure": None, "failed_block": None, "failed_reading": None,
-            "first_height": None, "last_height": None, "segments": 0, "files_checked": 0, "file_failures": [],
-            "link": {"checked": False, "ok": None, "detail": "not checked"}}
+    return {
+        "archive": str(directory),
+        "ok": False,
+        "blocks": 0,
+        "readings": 0,
+        "entries": 0,
+        "seconds": 0.0,
+        "audit_seconds": 0.0,
+        "deep": deep,
+        "failure": None,
+        "failed_block": None,
+        "failed_reading": None,
+        "first_height": None,
+        "last_height": None,
+        "segments": 0,
+        "files_checked": 0,
+        "file_failures": [],
+        "link": {"checked": False, "ok": None, "detail": "not checked"},
+    }
 
 
 def _anchor(live: LiveLedger | None, last_height: int) -> tuple[Mapping[str, Any] | None, str]:
@@ -484,8 +545,13 @@ def _anchor(live: LiveLedger | None, last_height: int) -> tuple[Mapping[str, Any
         return None, str(exc) or type(exc).__name__
 
 
-def _trusted_key(first_height: int, ledger_key: str | None, first_key: str | None,
-                 anchor: Mapping[str, Any] | None, live: LiveLedger | None) -> VerifyKey:
+def _trusted_key(
+    first_height: int,
+    ledger_key: str | None,
+    first_key: str | None,
+    anchor: Mapping[str, Any] | None,
+    live: LiveLedger | None,
+) -> VerifyKey:
     """The ledger key the archive's first block must be signed by."""
     from ledger.chain.keychain import key_for_height
     from ledger.keys import verify_key_from_hex
@@ -501,8 +567,10 @@ def _trusted_key(first_height: int, ledger_key: str | None, first_key: str | Non
                 raise FileNotFoundError("the live ledger is not reachable")
             first = key_for_height(first, live.key_chain(), first_height)
         except LIVE_ERRORS as exc:
-            raise FileNotFoundError(f"the archive starts at block {first_height} and the key then in force is not "
-                                    f"known ({exc}): pass --ledger-key") from exc
+            raise FileNotFoundError(
+                f"the archive starts at block {first_height} and the key then in force is not "
+                f"known ({exc}): pass --ledger-key"
+            ) from exc
     return verify_key_from_hex(first)
 
 
@@ -535,8 +603,10 @@ def check_files(directory: Path, manifest: Manifest) -> tuple[list[str], bool]:
 
 def _schema_problem(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> str | None:
     try:
-        found = {name: kind for name, kind, *_ in con.execute(
-            f"DESCRIBE SELECT * FROM read_parquet({_quote(path)})").fetchall()}
+        found = {
+            name: kind
+            for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_quote(path)})").fetchall()
+        }
     except duckdb.Error as exc:
         return f"not a readable Parquet file ({str(exc).splitlines()[0]})"
     if found != COLUMNS[table]:
@@ -549,22 +619,28 @@ def check_placement(con: duckdb.DuckDBPyConnection, directory: Path, manifest: M
     problems = []
     for table in COLUMNS:
         files = ", ".join(_quote(directory / name) for name in manifest.files(table))
-        found = {Path(name).name: (n, lo, hi, nulls) for name, n, lo, hi, nulls in con.execute(
-            f"SELECT filename, count(*), min(height), max(height), count(*) - count(height)"
-            f" FROM read_parquet([{files}], filename = true) GROUP BY filename").fetchall()}
+        found = {
+            Path(name).name: (n, lo, hi, nulls)
+            for name, n, lo, hi, nulls in con.execute(
+                f"SELECT filename, count(*), min(height), max(height), count(*) - count(height)"
+                f" FROM read_parquet([{files}], filename = true) GROUP BY filename"
+            ).fetchall()
+        }
         for segment in manifest.segments:
             entry = segment.files[table]
             n, lo, hi, nulls = found.get(entry.name, (0, None, None, 0))
             if n != entry.rows:
                 problems.append(f"{entry.name}: holds {n} rows, the manifest says {entry.rows}")
             if nulls or (n and (lo < segment.first_height or hi > segment.last_height)):
-                problems.append(f"{entry.name}: holds heights outside its segment's "
-                                f"{segment.first_height}..{segment.last_height}")
+                problems.append(
+                    f"{entry.name}: holds heights outside its segment's {segment.first_height}..{segment.last_height}"
+                )
     return problems
 
 
-def _audit(con: duckdb.DuckDBPyConnection, manifest: Manifest, key: VerifyKey, deep: bool,
-           progress: Progress | None) -> dict[str, Any]:
+def _audit(
+    con: duckdb.DuckDBPyConnection, manifest: Manifest, key: VerifyKey, deep: bool, progress: Progress | None
+) -> dict[str, Any]:
     """`audit_store` over the views, then the archive's ends against the manifest: the report's audit part."""
     from ledger.store.sqlaudit import audit_store
 
@@ -574,8 +650,11 @@ def _audit(con: duckdb.DuckDBPyConnection, manifest: Manifest, key: VerifyKey, d
         raise ValueError(f"--deep needs an archive from genesis; this one starts at block {start}")
     try:
         prev = GENESIS_PREV if start == 0 else _prev_of(store, start)
-        result: dict[str, Any] = dict(audit_store(store, key, deep=deep, total=total, progress=progress,
-                                                  start=start, prev=prev, fits=True).as_dict())
+        result: dict[str, Any] = dict(
+            audit_store(
+                store, key, deep=deep, total=total, progress=progress, start=start, prev=prev, fits=True
+            ).as_dict()
+        )
         if result["ok"]:
             result["failure"] = _ends_problem(store, manifest, result["blocks"])
     except (ValueError, TypeError, AttributeError, duckdb.Error) as exc:  # e.g. a header that is not JSON
@@ -597,8 +676,12 @@ def _ends_problem(store: Store, manifest: Manifest, audited: int) -> str | None:
     if audited != manifest.last_height - start + 1:
         return f"the archive's blocks end at {start + audited - 1}, the manifest says {manifest.last_height}"
     first, last = store.block(start), store.block(manifest.last_height)
-    if first is None or last is None or block_hash(first["header"]) != manifest.first_hash \
-            or block_hash(last["header"]) != manifest.last_hash:
+    if (
+        first is None
+        or last is None
+        or block_hash(first["header"]) != manifest.first_hash
+        or block_hash(last["header"]) != manifest.last_hash
+    ):
         return "the manifest's first or last block hash is not the archive's"
     return None
 
@@ -611,14 +694,23 @@ def check_link(anchor: Mapping[str, Any] | None, reason: str, last_height: int, 
     head = anchor.get("head")
     if anchor.get("next_prev") is not None:
         ok = anchor["next_prev"] == last_hash
-        detail = (f"live block {last_height + 1} names the archive's last block as prev" if ok else
-                  f"live block {last_height + 1} does not name the archive's last block {last_height} as prev")
+        detail = (
+            f"live block {last_height + 1} names the archive's last block as prev"
+            if ok
+            else f"live block {last_height + 1} does not name the archive's last block {last_height} as prev"
+        )
     elif anchor.get("hash_at") is not None:
         ok = anchor["hash_at"] == last_hash
-        detail = (f"the live head is the archive's last block {last_height}" if ok else
-                  f"live block {last_height} differs from the archive's last block")
+        detail = (
+            f"the live head is the archive's last block {last_height}"
+            if ok
+            else f"live block {last_height} differs from the archive's last block"
+        )
     else:
         ok = False
-        detail = (f"the live ledger ends at block {head}, before the archive's last block {last_height}"
-                  if head is not None else "the live ledger has no blocks")
+        detail = (
+            f"the live ledger ends at block {head}, before the archive's last block {last_height}"
+            if head is not None
+            else "the live ledger has no blocks"
+        )
     return {"checked": True, "ok": ok, "detail": detail}

@@ -67,29 +67,33 @@ class IssuedMonth(TypedDict):
 
 
 def account(store: Store, account_id: str) -> Account | None:
-    row = store.con.execute("SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?",
-                            [account_id]).fetchone()
+    row = store.con.execute(
+        "SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?", [account_id]
+    ).fetchone()
     return {"account": row[0], "name": row[1], "customer_class": row[2], "created_at": row[3]} if row else None
 
 
 def accounts(store: Store) -> list[AccountWithDevices]:
     rows = store.con.execute(
         "SELECT a.account, a.name, a.customer_class, a.created_at, count(d.device) FROM accounts a"
-        " LEFT JOIN devices d ON d.account = a.account GROUP BY ALL ORDER BY a.account").fetchall()
+        " LEFT JOIN devices d ON d.account = a.account GROUP BY ALL ORDER BY a.account"
+    ).fetchall()
     return [{"account": a, "name": n, "customer_class": c, "created_at": t, "devices": k} for a, n, c, t, k in rows]
 
 
 def meters(store: Store, account_id: str) -> list[Meter]:
     rows = store.con.execute(
         "SELECT device, kind, district FROM devices WHERE account = ? AND kind <> 'parking' ORDER BY device",
-        [account_id]).fetchall()
+        [account_id],
+    ).fetchall()
     return [{"device": d, "kind": k, "district": di} for d, k, di in rows]
 
 
 def replacements(store: Store, device: str) -> list[tuple[int, int, int]]:
     """(ts, old_final, new_initial) of a meter's recorded replacements, oldest first."""
-    return store.con.execute("SELECT ts, old_final, new_initial FROM meter_replacements WHERE device = ? ORDER BY ts",
-                             [device]).fetchall()
+    return store.con.execute(
+        "SELECT ts, old_final, new_initial FROM meter_replacements WHERE device = ? ORDER BY ts", [device]
+    ).fetchall()
 
 
 def spaces_for(store: Store, account_id: str, start: int, end: int) -> list[str]:
@@ -97,25 +101,32 @@ def spaces_for(store: Store, account_id: str, start: int, end: int) -> list[str]
     rows = store.con.execute(
         "SELECT DISTINCT space FROM parking_leases WHERE account = ? AND from_ts < ?"
         " UNION SELECT DISTINCT space FROM parking_checkins WHERE account = ? AND checked_in_at < ?",
-        [account_id, end, account_id, end]).fetchall()
+        [account_id, end, account_id, end],
+    ).fetchall()
     return sorted(r[0] for r in rows)
 
 
 def zone_class(store: Store, space: str, at: int, district_default: int) -> int:
-    row = store.con.execute("SELECT zone_class FROM parking_zones WHERE space = ? AND from_ts <= ?"
-                            " ORDER BY from_ts DESC LIMIT 1", [space, at]).fetchone()
+    row = store.con.execute(
+        "SELECT zone_class FROM parking_zones WHERE space = ? AND from_ts <= ? ORDER BY from_ts DESC LIMIT 1",
+        [space, at],
+    ).fetchone()
     return row[0] if row else district_default
 
 
 def lessee(store: Store, space: str, at: int) -> str | None:
-    row = store.con.execute("SELECT account FROM parking_leases WHERE space = ? AND from_ts <= ?"
-                            " ORDER BY from_ts DESC LIMIT 1", [space, at]).fetchone()
+    row = store.con.execute(
+        "SELECT account FROM parking_leases WHERE space = ? AND from_ts <= ? ORDER BY from_ts DESC LIMIT 1", [space, at]
+    ).fetchone()
     return row[0] if row else None
 
 
 def checkins(store: Store, space: str, start: int, end: int) -> list[tuple[int, str]]:
-    return store.con.execute("SELECT checked_in_at, account FROM parking_checkins WHERE space = ?"
-                             " AND checked_in_at BETWEEN ? AND ? ORDER BY checked_in_at", [space, start, end]).fetchall()
+    return store.con.execute(
+        "SELECT checked_in_at, account FROM parking_checkins WHERE space = ?"
+        " AND checked_in_at BETWEEN ? AND ? ORDER BY checked_in_at",
+        [space, start, end],
+    ).fetchall()
 
 
 def space_district(store: Store, space: str) -> str | None:
@@ -124,13 +135,17 @@ def space_district(store: Store, space: str) -> str | None:
 
 
 def parking_spaces(store: Store) -> list[str]:
-    return [r[0] for r in store.con.execute("SELECT device FROM devices WHERE kind = 'parking' ORDER BY device").fetchall()]
+    return [
+        r[0] for r in store.con.execute("SELECT device FROM devices WHERE kind = 'parking' ORDER BY device").fetchall()
+    ]
 
 
 def adjustments(store: Store, account_id: str, start: int, end: int) -> list[AdjustmentRow]:
     rows = store.con.execute(
         "SELECT id, amount, reason, operator, created_at, height FROM adjustments"
-        " WHERE account = ? AND created_at >= ? AND created_at < ? ORDER BY created_at", [account_id, start, end]).fetchall()
+        " WHERE account = ? AND created_at >= ? AND created_at < ? ORDER BY created_at",
+        [account_id, start, end],
+    ).fetchall()
     return [_adjustment(r) for r in rows]
 
 
@@ -141,8 +156,9 @@ def _adjustment(r: tuple[Any, ...]) -> AdjustmentRow:
 def issued_bill(store: Store, account_id: str, month: str) -> dict[str, Any] | None:
     """The issued bill's body (a bill as billing drafted it, ledger/billing/bills.py `Bill`) with
     where it was sealed; the store does not know the bill's shape, billing does."""
-    row = store.con.execute("SELECT body, hash, height, issued_at FROM bills WHERE account = ? AND month = ?",
-                            [account_id, month]).fetchone()
+    row = store.con.execute(
+        "SELECT body, hash, height, issued_at FROM bills WHERE account = ? AND month = ?", [account_id, month]
+    ).fetchone()
     if not row:
         return None
     import json
@@ -151,8 +167,9 @@ def issued_bill(store: Store, account_id: str, month: str) -> dict[str, Any] | N
 
 
 def issued_months(store: Store, account_id: str) -> list[IssuedMonth]:
-    rows = store.con.execute("SELECT month, total, hash, height, issued_at FROM bills WHERE account = ?"
-                             " ORDER BY month DESC", [account_id]).fetchall()
+    rows = store.con.execute(
+        "SELECT month, total, hash, height, issued_at FROM bills WHERE account = ? ORDER BY month DESC", [account_id]
+    ).fetchall()
     return [{"month": m, "total": t, "hash": x, "height": h, "issued_at": at} for m, t, x, h, at in rows]
 
 
@@ -161,8 +178,9 @@ def latest_tariffs(store: Store) -> tuple[int, str] | None:
     return (row[0], row[1]) if row else None
 
 
-def boundary_neighbours(store: Store, boundaries: tuple[int, ...],
-                        within_ms: int) -> dict[str, list[tuple[int, int, int]]]:
+def boundary_neighbours(
+    store: Store, boundaries: tuple[int, ...], within_ms: int
+) -> dict[str, list[tuple[int, int, int]]]:
     """For every account meter: the last reading at or before, and the first after, each
     boundary, looking no further than `within_ms` away (a meter silent longer than that
     is checked in full anyway), so only narrow slices of the table are read. Readings
@@ -192,7 +210,8 @@ def boundary_neighbours(store: Store, boundaries: tuple[int, ...],
 def meters_needing_checks(store: Store, start: int, end: int, gap_ms: int) -> set[str]:
     """Meters with a drop, a seq gap or a silence longer than `gap_ms` in [start - gap, end + gap],
     or a recorded replacement, or without a neighbour within `gap_ms` of either end."""
-    rows = store.con.execute("""
+    rows = store.con.execute(
+        """
         WITH w AS (
             SELECT device, ts, value, seq,
                    lag(ts) OVER (PARTITION BY device ORDER BY ts) AS pts,
@@ -204,7 +223,9 @@ def meters_needing_checks(store: Store, start: int, end: int, gap_ms: int) -> se
         WHERE pts IS NOT NULL AND (value < pv OR seq - 1 <> ps OR ts - pts > ?)
         UNION SELECT device FROM span WHERE first > ? OR last < ?
         UNION SELECT device FROM meter_replacements
-        """, [start - gap_ms, end + gap_ms, gap_ms, start, end]).fetchall()
+        """,
+        [start - gap_ms, end + gap_ms, gap_ms, start, end],
+    ).fetchall()
     return {r[0] for r in rows}
 
 
@@ -215,22 +236,28 @@ def issued_accounts(store: Store, month: str) -> set[str]:
 def meters_by_account(store: Store) -> dict[str, list[Meter]]:
     out: dict[str, list[Meter]] = {}
     for device, kind, district, acct in store.con.execute(
-            "SELECT device, kind, district, account FROM devices WHERE account IS NOT NULL AND kind <> 'parking'"
-            " ORDER BY device").fetchall():
+        "SELECT device, kind, district, account FROM devices WHERE account IS NOT NULL AND kind <> 'parking'"
+        " ORDER BY device"
+    ).fetchall():
         out.setdefault(acct, []).append({"device": device, "kind": kind, "district": district})
     return out
 
 
 def accounts_with_parking(store: Store, end: int) -> set[str]:
-    rows = store.con.execute("SELECT account FROM parking_leases WHERE account IS NOT NULL AND from_ts < ?"
-                             " UNION SELECT account FROM parking_checkins WHERE checked_in_at < ?", [end, end]).fetchall()
+    rows = store.con.execute(
+        "SELECT account FROM parking_leases WHERE account IS NOT NULL AND from_ts < ?"
+        " UNION SELECT account FROM parking_checkins WHERE checked_in_at < ?",
+        [end, end],
+    ).fetchall()
     return {r[0] for r in rows}
 
 
 def adjustments_by_account(store: Store, start: int, end: int) -> dict[str, list[AdjustmentRow]]:
     out: dict[str, list[AdjustmentRow]] = {}
     for r in store.con.execute(
-            "SELECT account, id, amount, reason, operator, created_at, height FROM adjustments"
-            " WHERE created_at >= ? AND created_at < ? ORDER BY created_at", [start, end]).fetchall():
+        "SELECT account, id, amount, reason, operator, created_at, height FROM adjustments"
+        " WHERE created_at >= ? AND created_at < ? ORDER BY created_at",
+        [start, end],
+    ).fetchall():
         out.setdefault(r[0], []).append(_adjustment(r[1:]))
     return out

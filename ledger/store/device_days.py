@@ -58,24 +58,29 @@ def rolled_up(store: Store) -> int:
 
 def unsummarised_readings(store: Store, device: str) -> list[tuple[int, int, int]]:
     """(ts, value, seq) of the device's readings sealed since the last roll-up (skipped by `height`)."""
-    return store.con.execute("SELECT ts, value, seq FROM readings WHERE height > ? AND device = ?",
-                             [rolled_up(store), device]).fetchall()
+    return store.con.execute(
+        "SELECT ts, value, seq FROM readings WHERE height > ? AND device = ?", [rolled_up(store), device]
+    ).fetchall()
 
 
 def summaries(store: Store, device: str, d0: int, d1: int) -> list[tuple[Any, ...]]:
     """The device's `device_days` rows (`cols` below) of days d0 to d1, and the nearest one either side."""
     cols = "day, n, first_ts, first_value, first_seq, last_ts, last_value, last_seq, drops, breaks, changes, max_gap"
-    return store.con.execute(f"""
+    return store.con.execute(
+        f"""
         (SELECT {cols} FROM device_days WHERE device = $1 AND day < $2 ORDER BY day DESC LIMIT 1)
         UNION ALL (SELECT {cols} FROM device_days WHERE device = $1 AND day BETWEEN $2 AND $3)
         UNION ALL (SELECT {cols} FROM device_days WHERE device = $1 AND day > $3 ORDER BY day LIMIT 1)
-        """, [device, d0, d1]).fetchall()
+        """,
+        [device, d0, d1],
+    ).fetchall()
 
 
 def readings_on_days(store: Store, device: str, days: Iterable[int]) -> list[tuple[int, int, int]]:
     """(ts, value, seq) of every reading of the device on `days` (skipped by `ts`)."""
-    return store.con.execute(f"SELECT ts, value, seq FROM readings WHERE device = ? AND ({_ts_filter(days)})",
-                             [device]).fetchall()
+    return store.con.execute(
+        f"SELECT ts, value, seq FROM readings WHERE device = ? AND ({_ts_filter(days)})", [device]
+    ).fetchall()
 
 
 # ---------------------------------------------------------------- writing (the writer's transaction)

@@ -67,12 +67,38 @@ def _latest_sql() -> str:
 
 
 def _row(r: tuple[Any, ...]) -> Anomaly:
-    (anomaly_id, key, kind, device, account, district, raised_at, status, window_start, window_end, severity,
-     evidence, detail, updated_at) = r
-    return {"id": anomaly_id, "key": key, "type": kind, "device": device, "account": account, "district": district,
-            "raised_at": raised_at, "status": status, "window_start": window_start, "window_end": window_end,
-            "severity": severity, "evidence": json.loads(evidence) if evidence else [], "detail": detail,
-            "updated_at": updated_at}
+    (
+        anomaly_id,
+        key,
+        kind,
+        device,
+        account,
+        district,
+        raised_at,
+        status,
+        window_start,
+        window_end,
+        severity,
+        evidence,
+        detail,
+        updated_at,
+    ) = r
+    return {
+        "id": anomaly_id,
+        "key": key,
+        "type": kind,
+        "device": device,
+        "account": account,
+        "district": district,
+        "raised_at": raised_at,
+        "status": status,
+        "window_start": window_start,
+        "window_end": window_end,
+        "severity": severity,
+        "evidence": json.loads(evidence) if evidence else [],
+        "detail": detail,
+        "updated_at": updated_at,
+    }
 
 
 # ---------------------------------------------------------------- reading
@@ -83,9 +109,15 @@ def all_anomalies(store: Store) -> list[Anomaly]:
     return [_row(r) for r in store.con.execute(_latest_sql()).fetchall()]
 
 
-def list_anomalies(store: Store, *, status: str | None = None, type: str | None = None,
-                   district: str | None = None, districts: Iterable[str] | None = None,
-                   limit: int = 500) -> list[Anomaly]:
+def list_anomalies(
+    store: Store,
+    *,
+    status: str | None = None,
+    type: str | None = None,
+    district: str | None = None,
+    districts: Iterable[str] | None = None,
+    limit: int = 500,
+) -> list[Anomaly]:
     sql = f"SELECT * FROM ({_latest_sql()}) WHERE 1=1"
     args: list[Any] = []
     for column, value in (("status", status), ("type", type), ("district", district)):
@@ -108,33 +140,58 @@ def anomaly(store: Store, anomaly_id: str) -> Anomaly | None:
 
 def history(store: Store, anomaly_id: str) -> list[AnomalyEvent]:
     """Every event of an anomaly, oldest first."""
-    return [{"at": at, "status": status, "operator": operator, "note": note, "window_end": window_end,
-             "severity": severity, "detail": detail}
-            for at, status, operator, note, window_end, severity, detail in store.con.execute(
-                "SELECT at_ms, status, operator, note, window_end, severity, detail FROM anomaly_events"
-                " WHERE id = ? ORDER BY at_ms", [anomaly_id]).fetchall()]
+    return [
+        {
+            "at": at,
+            "status": status,
+            "operator": operator,
+            "note": note,
+            "window_end": window_end,
+            "severity": severity,
+            "detail": detail,
+        }
+        for at, status, operator, note, window_end, severity, detail in store.con.execute(
+            "SELECT at_ms, status, operator, note, window_end, severity, detail FROM anomaly_events"
+            " WHERE id = ? ORDER BY at_ms",
+            [anomaly_id],
+        ).fetchall()
+    ]
 
 
 # ---------------------------------------------------------------- writing
 # `snapshot` is what a detector saw: [window_start, window_end, severity, evidence (JSON), detail].
 
 
-def raise_anomaly(store: Store, anomaly_id: str, key: str, type: str, device: str, account: str | None,
-                  district: str, at: int, snapshot: list[Any]) -> None:
+def raise_anomaly(
+    store: Store,
+    anomaly_id: str,
+    key: str,
+    type: str,
+    device: str,
+    account: str | None,
+    district: str,
+    at: int,
+    snapshot: list[Any],
+) -> None:
     """A new anomaly, opened by the detector."""
-    store.con.execute("INSERT INTO anomalies VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      [anomaly_id, key, type, device, account, district, at])
-    store.con.execute("INSERT INTO anomaly_events VALUES (?, ?, 'open', 'detector', NULL, ?, ?, ?, ?, ?)",
-                      [anomaly_id, at, *snapshot])
+    store.con.execute(
+        "INSERT INTO anomalies VALUES (?, ?, ?, ?, ?, ?, ?)", [anomaly_id, key, type, device, account, district, at]
+    )
+    store.con.execute(
+        "INSERT INTO anomaly_events VALUES (?, ?, 'open', 'detector', NULL, ?, ?, ?, ?, ?)", [anomaly_id, at, *snapshot]
+    )
 
 
 def add_update(store: Store, anomaly_id: str, at: int, snapshot: list[Any]) -> None:
     """What a detector sees now of an ongoing anomaly."""
-    store.con.execute("INSERT INTO anomaly_events VALUES (?, ?, 'updated', NULL, NULL, ?, ?, ?, ?, ?)",
-                      [anomaly_id, at, *snapshot])
+    store.con.execute(
+        "INSERT INTO anomaly_events VALUES (?, ?, 'updated', NULL, NULL, ?, ?, ?, ?, ?)", [anomaly_id, at, *snapshot]
+    )
 
 
 def add_transition(store: Store, anomaly_id: str, at: int, status: str, operator: str, note: str | None) -> None:
     """An operator's ack, resolve or dismiss."""
-    store.con.execute("INSERT INTO anomaly_events VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL)",
-                      [anomaly_id, at, status, operator, note])
+    store.con.execute(
+        "INSERT INTO anomaly_events VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, NULL)",
+        [anomaly_id, at, status, operator, note],
+    )

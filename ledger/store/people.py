@@ -39,16 +39,20 @@ def dispute_account(store: Store, dispute_id: str) -> str | None:
     return row[0] if row else None
 
 
-def add_dispute_message(store: Store, dispute_id: str, at: int, account: str, author: str, status: str,
-                        subject: str | None, message: str) -> None:
-    store.con.execute("INSERT INTO disputes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                      [dispute_id, at, account, author, status, subject, message])
+def add_dispute_message(
+    store: Store, dispute_id: str, at: int, account: str, author: str, status: str, subject: str | None, message: str
+) -> None:
+    store.con.execute(
+        "INSERT INTO disputes VALUES (?, ?, ?, ?, ?, ?, ?)", [dispute_id, at, account, author, status, subject, message]
+    )
 
 
 def operators(store: Store) -> list[tuple[str, str, str, int]]:
     """(operator, name, comma-separated districts, created_at) of every operator."""
-    return [tuple(r) for r in store.con.execute(
-        "SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()]
+    return [
+        tuple(r)
+        for r in store.con.execute("SELECT operator, name, districts, created_at FROM operators ORDER BY 1").fetchall()
+    ]
 
 
 DisputeMessageRow = tuple[str, int, str, str, str, str | None, str]
@@ -64,7 +68,14 @@ def dispute_messages(store: Store, account: str | None, districts: list[str] | N
         sql += " WHERE account = ?"
         args.append(account)
     elif districts is not None and "all" not in districts:
-        sql += (" WHERE account IN (SELECT account FROM devices WHERE district IN ("
-                + ", ".join("?" * len(districts)) + "))") if districts else " WHERE false"
+        sql += (
+            (
+                " WHERE account IN (SELECT account FROM devices WHERE district IN ("
+                + ", ".join("?" * len(districts))
+                + "))"
+            )
+            if districts
+            else " WHERE false"
+        )
         args += districts
     return [tuple(r) for r in store.con.execute(sql + " ORDER BY id, at_ms", args).fetchall()]

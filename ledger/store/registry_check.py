@@ -48,8 +48,9 @@ def _check(cur: duckdb.DuckDBPyConnection) -> Outcome | None:
         return None
     head = cur.execute("SELECT max(height) FROM blocks").fetchone()
     upto = -1 if head is None or head[0] is None else int(head[0])
-    counts = dict(cur.execute(
-        f"SELECT {_member('entry')}, count(*) FROM entries WHERE height <= ? GROUP BY 1", [upto]).fetchall())
+    counts = dict(
+        cur.execute(f"SELECT {_member('entry')}, count(*) FROM entries WHERE height <= ? GROUP BY 1", [upto]).fetchall()
+    )
     kept: list[Disagreement] = []
     found = 0
     for table in TABLES:
@@ -63,15 +64,17 @@ def _check(cur: duckdb.DuckDBPyConnection) -> Outcome | None:
 def _columns(cur: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
     rows = cur.execute(
         "SELECT table_name, column_name FROM information_schema.columns"
-        " WHERE table_catalog = current_database() AND table_schema = current_schema()").fetchall()
+        " WHERE table_catalog = current_database() AND table_schema = current_schema()"
+    ).fetchall()
     out: dict[str, set[str]] = {}
     for table, column in rows:
         out.setdefault(table, set()).add(column)
     return out
 
 
-def _check_table(cur: duckdb.DuckDBPyConnection, table: Table, present: set[str] | None,
-                 counts: Mapping[str | None, int], upto: int) -> Iterator[Disagreement]:
+def _check_table(
+    cur: duckdb.DuckDBPyConnection, table: Table, present: set[str] | None, counts: Mapping[str | None, int], upto: int
+) -> Iterator[Disagreement]:
     """One table, a partition at a time. A table an older schema lacks counts as empty."""
     entries = sum(counts.get(kind, 0) for kind in table.entries)
     rows = cur.execute(f"SELECT count(*) FROM {table.name}").fetchone()[0] if present else 0  # type: ignore[index]
@@ -97,8 +100,10 @@ def _entries(cur: duckdb.DuckDBPyConnection, table: Table, upto: int, part: int,
     found = cur.execute(
         "SELECT height, body FROM entries WHERE height <= $upto"
         f" AND {_member('entry')} IN (SELECT unnest($kinds::VARCHAR[]))"
-        + _part(_member(table.member), parts) + " ORDER BY height, idx",
-        {"upto": upto, "kinds": list(table.entries), **({"part": part} if parts > 1 else {})}).fetchall()
+        + _part(_member(table.member), parts)
+        + " ORDER BY height, idx",
+        {"upto": upto, "kinds": list(table.entries), **({"part": part} if parts > 1 else {})},
+    ).fetchall()
     out = []
     for height, body in found:
         try:
@@ -112,5 +117,7 @@ def _entries(cur: duckdb.DuckDBPyConnection, table: Table, upto: int, part: int,
 
 def _rows(cur: duckdb.DuckDBPyConnection, table: Table, present: set[str], part: int, parts: int) -> list[Row]:
     first = (table.select or table.key)[0]
-    return cur.execute(f"SELECT {table.sql(present)} FROM {table.name} WHERE true" + _part(first, parts),
-                       {"part": part} if parts > 1 else {}).fetchall()
+    return cur.execute(
+        f"SELECT {table.sql(present)} FROM {table.name} WHERE true" + _part(first, parts),
+        {"part": part} if parts > 1 else {},
+    ).fetchall()

@@ -44,8 +44,18 @@ from nacl.signing import VerifyKey
 
 from ledger.chain import merkle
 from ledger.store import registry_check
-from ledger.chain.audit import (DUPLICATE, Chain, Failure, Leaf, Progress, Report, audit, check_header, check_leaves,
-                          learn)
+from ledger.chain.audit import (
+    DUPLICATE,
+    Chain,
+    Failure,
+    Leaf,
+    Progress,
+    Report,
+    audit,
+    check_header,
+    check_leaves,
+    learn,
+)
 from ledger.chain.blocks import GENESIS_PREV, block_hash
 from ledger.store.store import Store
 
@@ -60,8 +70,8 @@ FETCH_AHEAD = 2
 # `concat` writes BIGINTs in plain decimal and `base64` is RFC 4648 padded. Exact only
 # for rows READING_PARSES accepts: no member of those needs JSON escaping.
 READING_LEAF_SQL = (
-    "concat(chr(0), '{\"device\":\"', device, '\",\"kind\":\"', kind, '\",\"seq\":', seq,"
-    " ',\"sig\":\"', base64(sig), '\",\"ts\":', ts, ',\"v\":1,\"value\":', value, '}')"
+    'concat(chr(0), \'{"device":"\', device, \'","kind":"\', kind, \'","seq":\', seq,'
+    ' \',"sig":"\', base64(sig), \'","ts":\', ts, \',"v":1,"value":\', value, \'}\')'
 )
 # True exactly when `Reading(...)` accepts the stored columns (see store._reading_or_none):
 # the device pattern, a kind, the ranges, parking 0/1, a 64-byte signature. NULL is false.
@@ -81,11 +91,14 @@ READINGS_QUERY = (
 # `{keys}`: the (device, seq) that occur more than once there. The first plan groups every
 # reading; a later plan (blocks sealed while the audit ran) only the keys of its new blocks
 # $lo..$hi, so chasing the head costs a scan, not a GROUP BY of the whole chain each time.
-TWICE_ALL = ("SELECT device, seq FROM readings WHERE height BETWEEN $start AND $hi"
-             " GROUP BY device, seq HAVING count(*) > 1")
-TWICE_NEW = ("SELECT device, seq FROM readings SEMI JOIN (SELECT DISTINCT device, seq FROM readings"
-             " WHERE height BETWEEN $lo AND $hi) USING (device, seq) WHERE height BETWEEN $start AND $hi"
-             " GROUP BY device, seq HAVING count(*) > 1")
+TWICE_ALL = (
+    "SELECT device, seq FROM readings WHERE height BETWEEN $start AND $hi GROUP BY device, seq HAVING count(*) > 1"
+)
+TWICE_NEW = (
+    "SELECT device, seq FROM readings SEMI JOIN (SELECT DISTINCT device, seq FROM readings"
+    " WHERE height BETWEEN $lo AND $hi) USING (device, seq) WHERE height BETWEEN $start AND $hi"
+    " GROUP BY device, seq HAVING count(*) > 1"
+)
 SECOND_READING = (
     "SELECT height, idx, device, seq FROM ("
     " SELECT height, idx, device, seq, row_number() OVER (PARTITION BY device, seq ORDER BY height, idx) AS n"
@@ -96,8 +109,16 @@ SECOND_READING = (
 # Column types the SQL relies on (an integer stored as text would be hashed as if it
 # were one, where the Python audit rejects it). Any other schema: the Python audit.
 EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
-    "readings": {"height": "BIGINT", "idx": "INTEGER", "device": "VARCHAR", "kind": "VARCHAR",
-                 "seq": "BIGINT", "ts": "BIGINT", "value": "BIGINT", "sig": "BLOB"},
+    "readings": {
+        "height": "BIGINT",
+        "idx": "INTEGER",
+        "device": "VARCHAR",
+        "kind": "VARCHAR",
+        "seq": "BIGINT",
+        "ts": "BIGINT",
+        "value": "BIGINT",
+        "sig": "BLOB",
+    },
     "entries": {"height": "BIGINT", "idx": "INTEGER", "body": "VARCHAR"},
 }
 
@@ -121,8 +142,10 @@ def packed_root(packed: bytes) -> bytes:
     level, sha256, prefix = bytes(packed), hashlib.sha256, _NODE_PREFIX
     while len(level) > _H:
         paired = len(level) - len(level) % (2 * _H)
-        level = b"".join([sha256(prefix + level[i:i + 2 * _H]).digest()
-                          for i in range(0, paired, 2 * _H)]) + level[paired:]
+        level = (
+            b"".join([sha256(prefix + level[i : i + 2 * _H]).digest() for i in range(0, paired, 2 * _H)])
+            + level[paired:]
+        )
     return level
 
 
@@ -135,8 +158,9 @@ class Span:
     clean: bool  # idx run on from the block's entries without a gap, and every reading parses
 
 
-def reading_spans(heights: np.ndarray, idx: np.ndarray, ok: np.ndarray,
-                  first_idx: Mapping[int, int]) -> dict[int, Span] | None:
+def reading_spans(
+    heights: np.ndarray, idx: np.ndarray, ok: np.ndarray, first_idx: Mapping[int, int]
+) -> dict[int, Span] | None:
     """Per height, from per-reading columns; None when a block's rows are not together.
 
     A block's readings must be idx first_idx[height] (its number of entries) onwards,
@@ -198,8 +222,11 @@ def _ints(column: pa.ChunkedArray, dtype: type[np.generic]) -> np.ndarray:
     (`to_numpy` would import pandas, a fifth of a second, on its first call.)
     """
     width = np.dtype(dtype).itemsize
-    parts = [np.frombuffer(chunk.buffers()[1], dtype, len(chunk), chunk.offset * width)
-             for chunk in column.chunks if len(chunk)]
+    parts = [
+        np.frombuffer(chunk.buffers()[1], dtype, len(chunk), chunk.offset * width)
+        for chunk in column.chunks
+        if len(chunk)
+    ]
     if any(chunk.null_count for chunk in column.chunks):
         raise ValueError("unexpected NULL in an audit column")
     return np.concatenate(parts) if parts else np.empty(0, dtype)
@@ -233,14 +260,19 @@ def schema_fits(con: duckdb.DuckDBPyConnection) -> bool:
     rows = con.execute(
         "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns"
         " WHERE table_catalog = current_database() AND table_schema = current_schema()"
-        " AND table_name IN ('readings', 'entries')").fetchall()
+        " AND table_name IN ('readings', 'entries')"
+    ).fetchall()
     found = {(t, c): (d, n) for t, c, d, n in rows}
-    return all(found.get((table, column)) == (kind, "NO")
-               for table, columns in EXPECTED_COLUMNS.items() for column, kind in columns.items())
+    return all(
+        found.get((table, column)) == (kind, "NO")
+        for table, columns in EXPECTED_COLUMNS.items()
+        for column, kind in columns.items()
+    )
 
 
-def reading_leaf_hashes(con: duckdb.DuckDBPyConnection, lo: int, hi: int,
-                        ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+def reading_leaf_hashes(
+    con: duckdb.DuckDBPyConnection, lo: int, hi: int, ordered: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
     """height, idx, parses (0/1) and packed leaf hashes of the readings of blocks lo..hi.
 
     Unordered, rows come in the order they are stored (DuckDB keeps insertion order),
@@ -248,8 +280,12 @@ def reading_leaf_hashes(con: duckdb.DuckDBPyConnection, lo: int, hi: int,
     """
     query = READINGS_QUERY + (" ORDER BY height, idx" if ordered else "")
     table = con.sql(query, params={"lo": lo, "hi": hi}).to_arrow_table()
-    return (_ints(table.column("height"), np.int64), _ints(table.column("idx"), np.int32),
-            _ints(table.column("ok"), np.uint8), _packed(table.column("h")))
+    return (
+        _ints(table.column("height"), np.int64),
+        _ints(table.column("idx"), np.int32),
+        _ints(table.column("ok"), np.uint8),
+        _packed(table.column("h")),
+    )
 
 
 def first_duplicate(con: duckdb.DuckDBPyConnection, start: int, lo: int, hi: int) -> Failure | None:
@@ -260,8 +296,9 @@ def first_duplicate(con: duckdb.DuckDBPyConnection, start: int, lo: int, hi: int
     earliest matters, and it is reported when its block is reached (after that block's own checks).
     """
     keys = TWICE_ALL if lo <= start else TWICE_NEW
-    row = con.execute(SECOND_READING.format(keys=keys),
-                      {"start": start, "hi": hi, **({"lo": lo} if lo > start else {})}).fetchone()
+    row = con.execute(
+        SECOND_READING.format(keys=keys), {"start": start, "hi": hi, **({"lo": lo} if lo > start else {})}
+    ).fetchone()
     return None if row is None else Failure(int(row[0]), DUPLICATE, f"{row[2]}#{row[3]}")
 
 
@@ -289,16 +326,23 @@ def plan(con: duckdb.DuckDBPyConnection, start: int, lookahead: int = 100 * BATC
                       (row_number() OVER (ORDER BY height) - 1) // $blocks AS by_blocks
                FROM (SELECT height, size FROM blocks WHERE height >= $start ORDER BY height LIMIT $lookahead))
            GROUP BY by_leaves, by_blocks ORDER BY 1""",
-        {"start": start, "leaves": BATCH_LEAVES, "blocks": BATCH_BLOCKS, "lookahead": lookahead}).fetchall()
+        {"start": start, "leaves": BATCH_LEAVES, "blocks": BATCH_BLOCKS, "lookahead": lookahead},
+    ).fetchall()
 
 
 def fetch_batch(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> Batch:
     """Blocks lo..hi with their leaves and entries."""
-    blocks = [(h, header, bytes(sig)) for h, header, sig in con.execute(
-        "SELECT height, header, sig FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [lo, hi]).fetchall()]
-    entries, first_idx, revoking = parse_entries(con.execute(
-        "SELECT height, idx, body FROM entries WHERE height BETWEEN ? AND ? ORDER BY height, idx",
-        [lo, hi]).fetchall())
+    blocks = [
+        (h, header, bytes(sig))
+        for h, header, sig in con.execute(
+            "SELECT height, header, sig FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [lo, hi]
+        ).fetchall()
+    ]
+    entries, first_idx, revoking = parse_entries(
+        con.execute(
+            "SELECT height, idx, body FROM entries WHERE height BETWEEN ? AND ? ORDER BY height, idx", [lo, hi]
+        ).fetchall()
+    )
     heights, idx, ok, hashes = reading_leaf_hashes(con, lo, hi)
     spans = reading_spans(heights, idx, ok, first_idx)
     if spans is None or not all(span.clean for span in spans.values()):
@@ -316,19 +360,23 @@ def _fetch_on(cursor: duckdb.DuckDBPyConnection, lo: int, hi: int) -> Batch:
         cursor.close()
 
 
-def revoked_devices_by_height(con: duckdb.DuckDBPyConnection, lo: int, hi: int,
-                              devices: set[str]) -> dict[int, set[str]]:
+def revoked_devices_by_height(
+    con: duckdb.DuckDBPyConnection, lo: int, hi: int, devices: set[str]
+) -> dict[int, set[str]]:
     """Which of `devices` have readings in each block lo..hi (asked only once any is revoked)."""
     if not devices:
         return {}
     rows = con.execute(
         "SELECT height, list(DISTINCT device) FROM readings WHERE height BETWEEN ? AND ?"
-        " AND device IN (SELECT unnest(?::VARCHAR[])) GROUP BY height", [lo, hi, sorted(devices)]).fetchall()
+        " AND device IN (SELECT unnest(?::VARCHAR[])) GROUP BY height",
+        [lo, hi, sorted(devices)],
+    ).fetchall()
     return {height: set(found) for height, found in rows}
 
 
-def _batches(store: Store, ahead: int | None = None, start: int = 0,
-             on_plan: Callable[[int, int], None] | None = None) -> Generator[Batch, None, None]:
+def _batches(
+    store: Store, ahead: int | None = None, start: int = 0, on_plan: Callable[[int, int], None] | None = None
+) -> Generator[Batch, None, None]:
     """Batches in height order from `start`, the next `ahead` fetched in worker threads while this one is checked.
 
     Planned again from the last height when a plan runs out, so blocks sealed while
@@ -366,9 +414,18 @@ def _batches(store: Store, ahead: int | None = None, start: int = 0,
 # --------------------------------------------------------------------------- the audit
 
 
-def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, total: int = 0,
-                progress: Progress | None = None, workers: int | None = None,
-                start: int = 0, prev: str = GENESIS_PREV, fits: bool | None = None) -> Report:
+def audit_store(
+    store: Store,
+    ledger_key: VerifyKey,
+    *,
+    deep: bool = False,
+    total: int = 0,
+    progress: Progress | None = None,
+    workers: int | None = None,
+    start: int = 0,
+    prev: str = GENESIS_PREV,
+    fits: bool | None = None,
+) -> Report:
     """`audit.audit` over a store: hashed in SQL for the structural audit; the Python audit
     for `deep` (it rebuilds every reading to check its signature anyway) or an odd schema.
     `deep` also compares the registry tables with the chain (ledger/chain/registry_audit.py).
@@ -385,8 +442,9 @@ def audit_store(store: Store, ledger_key: VerifyKey, *, deep: bool = False, tota
     if deep or not (schema_fits(store.con) if fits is None else fits):
         if start:
             raise ValueError("the Python audit starts at genesis only")
-        report = audit(store.iter_blocks(), store.leaves, ledger_key, deep=deep, total=total, progress=progress,
-                       workers=workers)
+        report = audit(
+            store.iter_blocks(), store.leaves, ledger_key, deep=deep, total=total, progress=progress, workers=workers
+        )
     else:
         report = _sql_audit(store, ledger_key, total, progress, workers, start, prev)
     return with_registry(report, registry)
@@ -396,8 +454,13 @@ def with_registry(report: Report, registry: registry_check.Outcome | None) -> Re
     """The chain's report with the registry comparison, if the chain holds up to where the tables were read."""
     if registry is None or (report.failure is not None and report.failure.height <= registry.upto):
         return report
-    return replace(report, ok=report.ok and not registry.found, disagreements=registry.disagreements,
-                   disagreements_found=registry.found, registry_checked=True)
+    return replace(
+        report,
+        ok=report.ok and not registry.found,
+        disagreements=registry.disagreements,
+        disagreements_found=registry.found,
+        registry_checked=True,
+    )
 
 
 @dataclass
@@ -413,8 +476,15 @@ class _Duplicates:
             self.found = first_duplicate(self.con, self.start, lo, hi)
 
 
-def _sql_audit(store: Store, ledger_key: VerifyKey, total: int, progress: Progress | None, workers: int | None,
-               start: int, prev: str) -> Report:
+def _sql_audit(
+    store: Store,
+    ledger_key: VerifyKey,
+    total: int,
+    progress: Progress | None,
+    workers: int | None,
+    start: int,
+    prev: str,
+) -> Report:
     started = time.perf_counter()
     chain = Chain(ledger_key)
     expected_height, expected_prev = start, prev
@@ -425,8 +495,9 @@ def _sql_audit(store: Store, ledger_key: VerifyKey, total: int, progress: Progre
     batches = _batches(store, ahead=workers, start=start, on_plan=duplicates.plan)
     try:
         for batch in batches:
-            outcome = _check_batch(store, batch, chain, counts, expected_height, expected_prev, total, progress,
-                                   duplicates.found)
+            outcome = _check_batch(
+                store, batch, chain, counts, expected_height, expected_prev, total, progress, duplicates.found
+            )
             if isinstance(outcome, Failure):
                 failure = outcome
                 break
@@ -439,17 +510,26 @@ def _sql_audit(store: Store, ledger_key: VerifyKey, total: int, progress: Progre
     return Report(failure is None, blocks_ok, counts[1], counts[2], time.perf_counter() - started, False, failure)
 
 
-def _check_batch(store: Store, batch: Batch, chain: Chain, counts: list[int], expected_height: int,
-                 expected_prev: str, total: int, progress: Progress | None,
-                 duplicate: Failure | None = None) -> Failure | tuple[int, str]:
+def _check_batch(
+    store: Store,
+    batch: Batch,
+    chain: Chain,
+    counts: list[int],
+    expected_height: int,
+    expected_prev: str,
+    total: int,
+    progress: Progress | None,
+    duplicate: Failure | None = None,
+) -> Failure | tuple[int, str]:
     """Check a batch's blocks in order: the first failure, or where the chain now stands.
 
     `duplicate`: the earliest second reading of a (device, seq); it fails its block once
     that block has passed its own checks, as `audit.check_unique` does in the Python audit.
     """
     lo, hi = batch.blocks[0][0], batch.blocks[-1][0]
-    suspects = revoked_devices_by_height(store.con, lo, hi,
-                                         {d for d in chain.revoked | batch.revoking if isinstance(d, str)})
+    suspects = revoked_devices_by_height(
+        store.con, lo, hi, {d for d in chain.revoked | batch.revoking if isinstance(d, str)}
+    )
     for height, header_json, sig in batch.blocks:
         try:
             header = json.loads(header_json)
@@ -482,8 +562,9 @@ def _check_batch(store: Store, batch: Batch, chain: Chain, counts: list[int], ex
     return expected_height, expected_prev
 
 
-def _vouched(batch: Batch, height: int, header: dict[str, Any], chain: Chain,
-             devices: set[str] | None) -> tuple[list[Leaf], int] | None:
+def _vouched(
+    batch: Batch, height: int, header: dict[str, Any], chain: Chain, devices: set[str] | None
+) -> tuple[list[Leaf], int] | None:
     """(the block's entry leaves, its number of readings) when SQL clears every leaf of it;
     None sends the block to the Python audit."""
     entries, span = batch.entries.get(height, Entries([], b"")), batch.readings.get(height)
@@ -495,7 +576,7 @@ def _vouched(batch: Batch, height: int, header: dict[str, Any], chain: Chain,
         return None
     if devices and devices & chain.revoked:
         return None
-    packed = entries.packed + (batch.hashes[span.start * _H:(span.start + span.count) * _H] if span else b"")
+    packed = entries.packed + (batch.hashes[span.start * _H : (span.start + span.count) * _H] if span else b"")
     if packed_root(packed).hex() != header.get("root"):
         return None
     return entries.leaves, readings

@@ -172,7 +172,8 @@ class Store:
         """Open the file with a memory cap: DuckDB would otherwise take up to 80% of RAM
         (and spills to disk beyond the cap instead)."""
         config: dict[str, str | bool | int | float | list[str]] = {
-            "memory_limit": os.environ.get("CITYLEDGER_DB_MEMORY", "2GB")}
+            "memory_limit": os.environ.get("CITYLEDGER_DB_MEMORY", "2GB")
+        }
         con = duckdb.connect(str(path), read_only=read_only, config=config)
         store = cls(con)
         if not read_only:
@@ -225,7 +226,9 @@ class Store:
         rows = self.con.execute(
             "SELECT device, public_key, from_seq, from_height FROM device_keys WHERE device IN"
             " (SELECT device FROM device_keys WHERE from_seq > 0 AND (? IS NULL OR device = ?))"
-            " ORDER BY device, from_height", [device, device]).fetchall()
+            " ORDER BY device, from_height",
+            [device, device],
+        ).fetchall()
         spans: dict[str, list[KeySpan]] = {}
         for dev, key, from_seq, height in rows:
             spans.setdefault(dev, []).append(KeySpan(key, from_seq, height))
@@ -243,22 +246,26 @@ class Store:
         return row[0] if row else None
 
     def add_device_key(self, device: str, public_key: str, from_height: int, since: int, from_seq: int = 0) -> None:
-        self.con.execute("INSERT INTO device_keys (device, public_key, from_height, since, from_seq)"
-                         " VALUES (?, ?, ?, ?, ?)", [device, public_key, from_height, since, from_seq])
+        self.con.execute(
+            "INSERT INTO device_keys (device, public_key, from_height, since, from_seq) VALUES (?, ?, ?, ?, ?)",
+            [device, public_key, from_height, since, from_seq],
+        )
 
     def set_public_key(self, device: str, public_key: str) -> None:
         self.con.execute("UPDATE devices SET public_key = ? WHERE device = ?", [public_key, device])
 
     def device_key_for(self, device: str, seq: int, height: int) -> str | None:
         """The key that signed reading `seq` of a device, sealed in block `height` (ledger/chain/keyspans.py)."""
-        rows = self.con.execute("SELECT public_key, from_seq, from_height FROM device_keys WHERE device = ?",
-                                [device]).fetchall()
+        rows = self.con.execute(
+            "SELECT public_key, from_seq, from_height FROM device_keys WHERE device = ?", [device]
+        ).fetchall()
         return key_for((KeySpan(*row) for row in rows), seq, height)
 
     def device_key_history(self, device: str) -> list[DeviceKey]:
         rows = self.con.execute(
             "SELECT public_key, from_height, since, from_seq FROM device_keys WHERE device = ? ORDER BY from_height",
-            [device]).fetchall()
+            [device],
+        ).fetchall()
         return [{"public_key": k, "from_height": h, "since": t, "from_seq": f} for k, h, t, f in rows]
 
     def ledger_key_at(self, height: int) -> str:
@@ -266,7 +273,9 @@ class Store:
         row = self.con.execute(
             "SELECT json_extract_string(header, '$.next_key') FROM blocks"
             " WHERE height < ? AND json_extract_string(header, '$.next_key') IS NOT NULL"
-            " ORDER BY height DESC LIMIT 1", [height]).fetchone()
+            " ORDER BY height DESC LIMIT 1",
+            [height],
+        ).fetchone()
         if row:
             return row[0]
         first = self.get_meta("first_ledger_key")
@@ -277,18 +286,30 @@ class Store:
         """Every header that hands signing to a new key, oldest first: a verifier's key chain."""
         rows = self.con.execute(
             "SELECT height, hash, header, sig FROM blocks WHERE json_extract_string(header, '$.next_key')"
-            " IS NOT NULL ORDER BY height").fetchall()
+            " IS NOT NULL ORDER BY height"
+        ).fetchall()
         return [_block_dict(r) for r in rows]
 
     def reading_position(self, device: str, seq: int) -> tuple[int, int] | None:
-        row = self.con.execute("SELECT height, idx FROM readings WHERE device = ? AND seq = ?", [device, seq]).fetchone()
+        row = self.con.execute(
+            "SELECT height, idx FROM readings WHERE device = ? AND seq = ?", [device, seq]
+        ).fetchone()
         return (row[0], row[1]) if row else None
 
     def insert_device(self, rec: DeviceRecord) -> None:
         self.con.execute(
             "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [rec.device, rec.kind, rec.district, rec.account, rec.public_key, rec.status, rec.mqtt_hash,
-             rec.enrolled_at, rec.revoked_at],
+            [
+                rec.device,
+                rec.kind,
+                rec.district,
+                rec.account,
+                rec.public_key,
+                rec.status,
+                rec.mqtt_hash,
+                rec.enrolled_at,
+                rec.revoked_at,
+            ],
         )
 
     def set_mqtt_hash(self, device: str, mqtt_hash: str) -> None:
@@ -306,13 +327,16 @@ class Store:
 
     def first_enrolled(self, devices: list[str]) -> str | None:
         """One of `devices` that is enrolled already, if any."""
-        row = self.con.execute("SELECT device FROM devices WHERE list_contains(?, device) LIMIT 1", [devices]).fetchone()
+        row = self.con.execute(
+            "SELECT device FROM devices WHERE list_contains(?, device) LIMIT 1", [devices]
+        ).fetchone()
         return row[0] if row else None
 
     def first_key_owner(self, public_keys: list[str]) -> str | None:
         """A device that any of `public_keys` was ever enrolled for, if any."""
-        row = self.con.execute("SELECT device FROM device_keys WHERE list_contains(?, public_key) LIMIT 1",
-                               [public_keys]).fetchone()
+        row = self.con.execute(
+            "SELECT device FROM device_keys WHERE list_contains(?, public_key) LIMIT 1", [public_keys]
+        ).fetchone()
         return row[0] if row else None
 
     def set_status(self, device: str, status: str) -> None:
@@ -324,8 +348,9 @@ class Store:
 
     def latest_entry(self, entry_type: str) -> tuple[int, dict[str, Any]] | None:
         """The height and body of the newest entry of a type (a policy in force, say)."""
-        row = self.con.execute("SELECT height, body FROM entries WHERE type = ? ORDER BY height DESC LIMIT 1",
-                               [entry_type]).fetchone()
+        row = self.con.execute(
+            "SELECT height, body FROM entries WHERE type = ? ORDER BY height DESC LIMIT 1", [entry_type]
+        ).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
     # ------------------------------------------------------------ districts (a city of district chains)
@@ -348,17 +373,22 @@ class Store:
 
     def districts_anchored(self) -> list[tuple[str, str, int, int | None, str | None, int | None]]:
         """(district, first key, added_at, anchored height, anchored block, anchored_at) of each district."""
-        return [tuple(r) for r in self.con.execute(
-            "SELECT d.district, d.ledger_key, d.added_at, max(h.height), arg_max(h.hash, h.height),"
-            " max(h.anchored_at) FROM districts d LEFT JOIN district_heads h USING (district)"
-            " GROUP BY ALL ORDER BY d.district").fetchall()]
+        return [
+            tuple(r)
+            for r in self.con.execute(
+                "SELECT d.district, d.ledger_key, d.added_at, max(h.height), arg_max(h.hash, h.height),"
+                " max(h.anchored_at) FROM districts d LEFT JOIN district_heads h USING (district)"
+                " GROUP BY ALL ORDER BY d.district"
+            ).fetchall()
+        ]
 
     def first_anchor(self, entry_type: str, district: str, height: int) -> tuple[int, int, str] | None:
         """(city height, index, body) of the first anchor entry of `district` at or above its `height`."""
         row = self.con.execute(
             "SELECT height, idx, body FROM entries WHERE type = ? AND json_extract_string(body, '$.district') = ?"
             " AND CAST(json_extract(body, '$.height') AS BIGINT) >= ? ORDER BY height, idx LIMIT 1",
-            [entry_type, district, height]).fetchone()
+            [entry_type, district, height],
+        ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
     # ------------------------------------------------------------ seqs written off
@@ -366,21 +396,37 @@ class Store:
     def write_off_overlapping(self, device: str, from_seq: int, to_seq: int) -> tuple[int, int] | None:
         row = self.con.execute(
             "SELECT from_seq, to_seq FROM write_offs WHERE device = ? AND from_seq <= ? AND to_seq >= ? LIMIT 1",
-            [device, to_seq, from_seq]).fetchone()
+            [device, to_seq, from_seq],
+        ).fetchone()
         return (row[0], row[1]) if row else None
 
     def write_offs(self, device: str | None = None) -> list[WriteOff]:
         """Seqs written off (of one device, or of all), oldest first."""
-        rows = self.con.execute("SELECT device, from_seq, to_seq, reason, operator, written_at, height"
-                                " FROM write_offs WHERE ? IS NULL OR device = ? ORDER BY written_at",
-                                [device, device]).fetchall()
-        return [{"device": d, "from_seq": lo, "to_seq": hi, "reason": reason, "operator": operator, "at": at,
-                 "height": height} for d, lo, hi, reason, operator, at, height in rows]
+        rows = self.con.execute(
+            "SELECT device, from_seq, to_seq, reason, operator, written_at, height"
+            " FROM write_offs WHERE ? IS NULL OR device = ? ORDER BY written_at",
+            [device, device],
+        ).fetchall()
+        return [
+            {
+                "device": d,
+                "from_seq": lo,
+                "to_seq": hi,
+                "reason": reason,
+                "operator": operator,
+                "at": at,
+                "height": height,
+            }
+            for d, lo, hi, reason, operator, at, height in rows
+        ]
 
-    def add_write_off(self, device: str, from_seq: int, to_seq: int, reason: str, operator: str, at: int,
-                      height: int) -> None:
-        self.con.execute("INSERT INTO write_offs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [device, from_seq, to_seq, reason, operator, at, height])
+    def add_write_off(
+        self, device: str, from_seq: int, to_seq: int, reason: str, operator: str, at: int, height: int
+    ) -> None:
+        self.con.execute(
+            "INSERT INTO write_offs VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [device, from_seq, to_seq, reason, operator, at, height],
+        )
 
     # ------------------------------------------------------------ writing
 
@@ -405,12 +451,17 @@ class Store:
             )
             height, n_entries = b["height"], len(c.entries)
             if c.entries:
-                self.insert_table("entries", pa.table({
-                    "height": pa.array([height] * n_entries, pa.int64()),
-                    "idx": pa.array(range(n_entries), pa.int32()),
-                    "type": [e["type"] for e in c.entries],
-                    "body": [e["body"] for e in c.entries],
-                }))
+                self.insert_table(
+                    "entries",
+                    pa.table(
+                        {
+                            "height": pa.array([height] * n_entries, pa.int64()),
+                            "idx": pa.array(range(n_entries), pa.int32()),
+                            "type": [e["type"] for e in c.entries],
+                            "body": [e["body"] for e in c.entries],
+                        }
+                    ),
+                )
             if c.readings:
                 self.insert_table("readings", _readings_table(height, n_entries, c.readings))
         elif c.readings or c.entries:
@@ -419,47 +470,71 @@ class Store:
             q = c.quarantine
             self.insert_table(
                 "quarantine",
-                pa.table({
-                    "received_at": pa.array([r.received_at for r in q], pa.int64()),
-                    "topic": [r.topic for r in q],
-                    "reason": [r.reason for r in q],
-                    "device": pa.array([r.device for r in q], pa.string()),
-                    "detail": [r.detail for r in q],
-                    "payload": pa.array([r.payload for r in q], pa.binary()),
-                }),
+                pa.table(
+                    {
+                        "received_at": pa.array([r.received_at for r in q], pa.int64()),
+                        "topic": [r.topic for r in q],
+                        "reason": [r.reason for r in q],
+                        "device": pa.array([r.device for r in q], pa.string()),
+                        "detail": [r.detail for r in q],
+                        "payload": pa.array([r.payload for r in q], pa.binary()),
+                    }
+                ),
             )
         if c.duplicates:
             d = c.duplicates
             self.insert_table(
                 "duplicates",
-                pa.table({
-                    "device": [x[0] for x in d],
-                    "seq": pa.array([x[1] for x in d], pa.int64()),
-                    "received_at": pa.array([x[2] for x in d], pa.int64()),
-                }),
+                pa.table(
+                    {
+                        "device": [x[0] for x in d],
+                        "seq": pa.array([x[1] for x in d], pa.int64()),
+                        "received_at": pa.array([x[2] for x in d], pa.int64()),
+                    }
+                ),
             )
         if c.statuses:
             latest = {device: (status, at) for device, status, at in sorted(c.statuses, key=lambda x: x[2])}
-            self.insert_table("device_status", pa.table({
-                "device": list(latest), "status": [v[0] for v in latest.values()],
-                "changed_at": pa.array([v[1] for v in latest.values()], pa.int64()),
-            }), on_conflict="ON CONFLICT DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at")
+            self.insert_table(
+                "device_status",
+                pa.table(
+                    {
+                        "device": list(latest),
+                        "status": [v[0] for v in latest.values()],
+                        "changed_at": pa.array([v[1] for v in latest.values()], pa.int64()),
+                    }
+                ),
+                on_conflict="ON CONFLICT DO UPDATE SET status = excluded.status, changed_at = excluded.changed_at",
+            )
         if c.duplicate_counts:
             keys = list(c.duplicate_counts)
-            self.insert_table("duplicate_counts", pa.table({
-                "device": [k[0] for k in keys], "minute": pa.array([k[1] for k in keys], pa.int64()),
-                "count": pa.array([c.duplicate_counts[k] for k in keys], pa.int64()),
-            }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
+            self.insert_table(
+                "duplicate_counts",
+                pa.table(
+                    {
+                        "device": [k[0] for k in keys],
+                        "minute": pa.array([k[1] for k in keys], pa.int64()),
+                        "count": pa.array([c.duplicate_counts[k] for k in keys], pa.int64()),
+                    }
+                ),
+                on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count",
+            )
         for row in c.witness_reports:
             con.execute("INSERT INTO witness_reports VALUES (?, ?, ?, ?)", list(row))
         if c.rejects:
             rejects = list(c.rejects)
-            self.insert_table("reject_counts", pa.table({
-                "device": [k[0] for k in rejects],
-                "minute": pa.array([k[1] for k in rejects], pa.int64()),
-                "reason": [k[2] for k in rejects],
-                "count": pa.array([c.rejects[k] for k in rejects], pa.int64()),
-            }), on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count")
+            self.insert_table(
+                "reject_counts",
+                pa.table(
+                    {
+                        "device": [k[0] for k in rejects],
+                        "minute": pa.array([k[1] for k in rejects], pa.int64()),
+                        "reason": [k[2] for k in rejects],
+                        "count": pa.array([c.rejects[k] for k in rejects], pa.int64()),
+                    }
+                ),
+                on_conflict="ON CONFLICT DO UPDATE SET count = count + excluded.count",
+            )
 
     def insert_table(self, table: str, data: pa.Table, on_conflict: str = "") -> None:
         """Insert an Arrow table's rows into `table` (about 150x faster here than executemany)."""
@@ -475,28 +550,37 @@ class Store:
         """Each block's hash by height (only at `heights` when given)."""
         if heights is None:
             return dict(self.con.execute("SELECT height, hash FROM blocks").fetchall())
-        return dict(self.con.execute("SELECT height, hash FROM blocks WHERE list_contains(?, height)",
-                                     [sorted(set(heights))]).fetchall())
+        return dict(
+            self.con.execute(
+                "SELECT height, hash FROM blocks WHERE list_contains(?, height)", [sorted(set(heights))]
+            ).fetchall()
+        )
 
     def headers(self, first: int, last: int) -> list[str]:
         """The canonical header JSON of blocks `first`..`last`, oldest first."""
-        return [h for (h,) in self.con.execute(
-            "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [first, last]).fetchall()]
+        return [
+            h
+            for (h,) in self.con.execute(
+                "SELECT header FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height", [first, last]
+            ).fetchall()
+        ]
 
     def entries_of(self, *types: str) -> list[tuple[int, str, str]]:
         """(height, type, body) of every entry of these types, in chain order."""
-        return [tuple(r) for r in self.con.execute(
-            "SELECT height, type, body FROM entries WHERE list_contains(?, type) ORDER BY height, idx",
-            [list(types)]).fetchall()]
+        return [
+            tuple(r)
+            for r in self.con.execute(
+                "SELECT height, type, body FROM entries WHERE list_contains(?, type) ORDER BY height, idx",
+                [list(types)],
+            ).fetchall()
+        ]
 
     def head(self) -> tuple[int, str] | None:
         row = self.con.execute("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else None
 
     def block(self, height: int) -> dict[str, Any] | None:
-        row = self.con.execute(
-            "SELECT height, hash, header, sig FROM blocks WHERE height = ?", [height]
-        ).fetchone()
+        row = self.con.execute("SELECT height, hash, header, sig FROM blocks WHERE height = ?", [height]).fetchone()
         return _block_dict(row) if row else None
 
     def iter_blocks(self, start: int = 0, batch: int = 1000) -> Iterator[dict[str, Any]]:
@@ -548,9 +632,7 @@ class Store:
         written_off: dict[str, list[tuple[int, int]]] = {}
         for device, lo, hi in self.con.execute("SELECT device, from_seq, to_seq FROM write_offs").fetchall():
             written_off.setdefault(device, []).append((lo, hi))
-        rows = self.con.execute(
-            "SELECT device, max(seq), count(*) FROM readings GROUP BY device"
-        ).fetchall()
+        rows = self.con.execute("SELECT device, max(seq), count(*) FROM readings GROUP BY device").fetchall()
         gappy = set(written_off)
         for device, max_seq, count in rows:
             if max_seq == count and device not in gappy:
@@ -558,8 +640,10 @@ class Store:
             else:
                 gappy.add(device)
         for device in sorted(gappy):
-            seqs = {r[0] for r in self.con.execute("SELECT DISTINCT seq FROM readings WHERE device = ?",
-                                                   [device]).fetchall()}
+            seqs = {
+                r[0]
+                for r in self.con.execute("SELECT DISTINCT seq FROM readings WHERE device = ?", [device]).fetchall()
+            }
             for lo, hi in written_off.get(device, ()):
                 seqs.update(range(lo, hi + 1))  # at most WRITE_OFF_MAX each (ledger/service/writer.py)
             ordered = sorted(seqs)
@@ -572,14 +656,17 @@ class Store:
 
     def highest_seq(self, device: str) -> int:
         """The highest seq of the device's ledgered readings, 0 if none."""
-        return int(self.one("SELECT coalesce(max(seq), 0) FROM readings WHERE device = ?",
-                                    [device])[0])
+        return int(self.one("SELECT coalesce(max(seq), 0) FROM readings WHERE device = ?", [device])[0])
 
     def ledgered_seqs(self, device: str, lo: int, hi: int, limit: int = 6) -> list[int]:
         """Up to `limit` seqs of the device ledgered within lo..hi."""
-        return [r[0] for r in self.con.execute(
-            "SELECT DISTINCT seq FROM readings WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
-            [device, lo, hi, limit]).fetchall()]
+        return [
+            r[0]
+            for r in self.con.execute(
+                "SELECT DISTINCT seq FROM readings WHERE device = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+                [device, lo, hi, limit],
+            ).fetchall()
+        ]
 
     def stored_readings(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, int, str]]:
         """(ts, value, sig base64) of already-ledgered readings, for duplicate checks."""
@@ -604,14 +691,25 @@ class Store:
             " ORDER BY r.height DESC, r.idx DESC LIMIT ?",
             [limit],
         ).fetchall()
-        return [{"device": device, "kind": kind, "district": district, "seq": seq, "ts": ts, "value": value,
-                 "height": height, "received_at": received_at}
-                for device, kind, district, seq, ts, value, height, received_at in rows]
+        return [
+            {
+                "device": device,
+                "kind": kind,
+                "district": district,
+                "seq": seq,
+                "ts": ts,
+                "value": value,
+                "height": height,
+                "received_at": received_at,
+            }
+            for device, kind, district, seq, ts, value, height, received_at in rows
+        ]
 
     # ------------------------------------------------------------ quarantine & stats
 
-    def quarantine(self, *, reason: str | None = None, device: str | None = None,
-                   limit: int = 100) -> list[QuarantineEntry]:
+    def quarantine(
+        self, *, reason: str | None = None, device: str | None = None, limit: int = 100
+    ) -> list[QuarantineEntry]:
         sql = "SELECT received_at, topic, reason, device, detail, payload FROM quarantine WHERE 1=1"
         args: list[Any] = []
         if reason:
@@ -622,9 +720,17 @@ class Store:
             args.append(device)
         sql += " ORDER BY received_at DESC LIMIT ?"
         args.append(limit)
-        return [{"received_at": received_at, "topic": topic, "reason": why, "device": sender, "detail": detail,
-                 "payload": bytes(payload).decode("utf-8", errors="backslashreplace")}
-                for received_at, topic, why, sender, detail, payload in self.con.execute(sql, args).fetchall()]
+        return [
+            {
+                "received_at": received_at,
+                "topic": topic,
+                "reason": why,
+                "device": sender,
+                "detail": detail,
+                "payload": bytes(payload).decode("utf-8", errors="backslashreplace"),
+            }
+            for received_at, topic, why, sender, detail, payload in self.con.execute(sql, args).fetchall()
+        ]
 
     def counts(self) -> Counts:
         """Totals; `quarantine_dropped` counts rejects beyond the per-device cap (counted, not stored)."""
@@ -636,14 +742,20 @@ class Store:
         ).fetchone()
         assert row is not None
         blocks, readings, quarantined, duplicates, devices, rejected = row
-        return {"blocks": blocks, "readings": readings, "quarantined": quarantined, "duplicates": duplicates,
-                "devices": devices, "quarantine_dropped": max(0, rejected - quarantined)}
+        return {
+            "blocks": blocks,
+            "readings": readings,
+            "quarantined": quarantined,
+            "duplicates": duplicates,
+            "devices": devices,
+            "quarantine_dropped": max(0, rejected - quarantined),
+        }
 
     def quarantine_stored_since(self, since_ms: int) -> dict[str, int]:
         """Stored quarantine entries per device since a time: where the cap stands after a restart."""
         rows = self.con.execute(
-            "SELECT coalesce(device, '?'), count(*) FROM quarantine WHERE received_at >= ? GROUP BY 1",
-            [since_ms]).fetchall()
+            "SELECT coalesce(device, '?'), count(*) FROM quarantine WHERE received_at >= ? GROUP BY 1", [since_ms]
+        ).fetchall()
         return dict(rows)
 
     def flagged_devices(self, since_minute: int, threshold: int) -> list[FlaggedDevice]:
@@ -662,17 +774,38 @@ class Store:
                    (SELECT coalesce(sum(count), 0) FROM reject_counts r WHERE r.device = h.device AND r.minute >= ?
                         AND r.reason IN ('over_budget', 'suspended')) AS over_budget
             FROM hostile h ORDER BY h.peak DESC
-            """, [since_minute, threshold, since_minute, since_minute]).fetchall()
+            """,
+            [since_minute, threshold, since_minute, since_minute],
+        ).fetchall()
         suspensions = self.suspensions()
         out: list[FlaggedDevice] = [
-            {"device": device, "peak_rejects_per_minute": peak, "rejects": rejects, "first_minute": first,
-             "last_minute": last, "reasons": reasons, "over_budget": int(over_budget),
-             "suspension": suspensions.pop(device, None)}
-            for device, peak, rejects, first, last, reasons, over_budget in rows]
+            {
+                "device": device,
+                "peak_rejects_per_minute": peak,
+                "rejects": rejects,
+                "first_minute": first,
+                "last_minute": last,
+                "reasons": reasons,
+                "over_budget": int(over_budget),
+                "suspension": suspensions.pop(device, None),
+            }
+            for device, peak, rejects, first, last, reasons, over_budget in rows
+        ]
         # A device suspended is listed even when its rejects are below the threshold now.
-        out += [{"device": d, "peak_rejects_per_minute": 0, "rejects": 0, "first_minute": None, "last_minute": None,
-                 "reasons": None, "over_budget": 0, "suspension": s}
-                for d, s in suspensions.items() if s["status"] == "suspended"]
+        out += [
+            {
+                "device": d,
+                "peak_rejects_per_minute": 0,
+                "rejects": 0,
+                "first_minute": None,
+                "last_minute": None,
+                "reasons": None,
+                "over_budget": 0,
+                "suspension": s,
+            }
+            for d, s in suspensions.items()
+            if s["status"] == "suspended"
+        ]
         return out
 
     def suspensions(self) -> dict[str, Suspension]:
@@ -687,12 +820,19 @@ class Store:
                   FROM entries WHERE type = 'device_reinstated' GROUP BY 1)
             SELECT s.device, s.body, d.status, CASE WHEN r.height > s.height THEN r.at END
             FROM s JOIN devices d USING (device) LEFT JOIN r USING (device) ORDER BY s.device
-            """).fetchall()
+            """
+        ).fetchall()
         out: dict[str, Suspension] = {}
         for device, body, status, reinstated_at in rows:
             entry = json.loads(body)
-            out[device] = {"at": entry.get("at"), "until": entry.get("until"), "rule": entry.get("rule"),
-                           "over_budget": entry.get("over_budget"), "status": status, "reinstated_at": reinstated_at}
+            out[device] = {
+                "at": entry.get("at"),
+                "until": entry.get("until"),
+                "rule": entry.get("rule"),
+                "over_budget": entry.get("over_budget"),
+                "status": status,
+                "reinstated_at": reinstated_at,
+            }
         return out
 
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReport]:
@@ -705,12 +845,21 @@ class Store:
         return [{"witness": w, "kind": k, "body": b, "received_at": t} for w, k, b, t in rows]
 
     def device_statuses(self) -> dict[str, tuple[str, int]]:
-        return {d: (s, at) for d, s, at in self.con.execute("SELECT device, status, changed_at FROM device_status").fetchall()}
+        return {
+            d: (s, at)
+            for d, s, at in self.con.execute("SELECT device, status, changed_at FROM device_status").fetchall()
+        }
 
 
 def _block_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     height, hash_, header, sig = row
-    return {"height": height, "hash": hash_, "header_json": header, "header": _object_or_none(header), "sig": bytes(sig)}
+    return {
+        "height": height,
+        "hash": hash_,
+        "header_json": header,
+        "header": _object_or_none(header),
+        "sig": bytes(sig),
+    }
 
 
 def _object_or_none(text: str) -> dict[str, Any] | None:
@@ -724,22 +873,31 @@ def _object_or_none(text: str) -> dict[str, Any] | None:
 
 def _reading_or_none(device: str, kind: str, seq: int, ts: int, value: int, sig: bytes) -> Reading | None:
     try:
-        return Reading(v=1, device=device, kind=kind, seq=seq, ts=ts, value=value,  # type: ignore[arg-type]
-                       sig=base64.b64encode(sig).decode())  # a stored kind pydantic checks again, as a string
+        return Reading(
+            v=1,
+            device=device,
+            kind=kind,  # type: ignore[arg-type]  # a stored kind, which pydantic checks again as a string
+            seq=seq,
+            ts=ts,
+            value=value,
+            sig=base64.b64encode(sig).decode(),
+        )
     except ValueError:
         return None
 
 
 def _readings_table(height: int, first_idx: int, rows: list[LedgeredReading]) -> pa.Table:
     n = len(rows)
-    return pa.table({
-        "height": pa.array([height] * n, pa.int64()),
-        "idx": pa.array(range(first_idx, first_idx + n), pa.int32()),
-        "device": [r.reading.device for r in rows],
-        "kind": [r.reading.kind for r in rows],
-        "seq": pa.array([r.reading.seq for r in rows], pa.int64()),
-        "ts": pa.array([r.reading.ts for r in rows], pa.int64()),
-        "value": pa.array([r.reading.value for r in rows], pa.int64()),
-        "sig": pa.array([r.reading.sig_bytes() for r in rows], pa.binary()),
-        "received_at": pa.array([r.received_at for r in rows], pa.int64()),
-    })
+    return pa.table(
+        {
+            "height": pa.array([height] * n, pa.int64()),
+            "idx": pa.array(range(first_idx, first_idx + n), pa.int32()),
+            "device": [r.reading.device for r in rows],
+            "kind": [r.reading.kind for r in rows],
+            "seq": pa.array([r.reading.seq for r in rows], pa.int64()),
+            "ts": pa.array([r.reading.ts for r in rows], pa.int64()),
+            "value": pa.array([r.reading.value for r in rows], pa.int64()),
+            "sig": pa.array([r.reading.sig_bytes() for r in rows], pa.binary()),
+            "received_at": pa.array([r.received_at for r in rows], pa.int64()),
+        }
+    )

@@ -261,8 +261,10 @@ def _ints(values: Iterable[int]) -> list[int]:
 
 def _points(cursor: Any) -> list[ReadingPoint]:
     """(ts, value, seq, received_at, height) rows as points."""
-    return [{"ts": ts, "value": value, "seq": seq, "received_at": received_at, "height": height}
-            for ts, value, seq, received_at, height in cursor.fetchall()]
+    return [
+        {"ts": ts, "value": value, "seq": seq, "received_at": received_at, "height": height}
+        for ts, value, seq, received_at, height in cursor.fetchall()
+    ]
 
 
 # ---------------------------------------------------------------- accounts and tariffs
@@ -270,21 +272,29 @@ def _points(cursor: Any) -> list[ReadingPoint]:
 
 @view
 def devices_of_account(store: Store, account: str) -> list[AccountDevice]:
-    rows = store.con.execute("SELECT device, kind, district, status, enrolled_at FROM devices WHERE account = ?"
-                             " ORDER BY device", [account]).fetchall()
-    return [{"device": device, "kind": kind, "district": district, "status": status, "enrolled_at": enrolled_at}
-            for device, kind, district, status, enrolled_at in rows]
+    rows = store.con.execute(
+        "SELECT device, kind, district, status, enrolled_at FROM devices WHERE account = ? ORDER BY device", [account]
+    ).fetchall()
+    return [
+        {"device": device, "kind": kind, "district": district, "status": status, "enrolled_at": enrolled_at}
+        for device, kind, district, status, enrolled_at in rows
+    ]
 
 
 @view
 def account_profile(store: Store, account: str) -> AccountProfile | None:
     """An account's name, class and the districts its devices are in."""
-    row = store.con.execute("SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?",
-                            [account]).fetchone()
+    row = store.con.execute(
+        "SELECT account, name, customer_class, created_at FROM accounts WHERE account = ?", [account]
+    ).fetchone()
     if row is None:
         return None
-    districts = [r[0] for r in store.con.execute(
-        "SELECT DISTINCT district FROM devices WHERE account = ? ORDER BY 1", [account]).fetchall()]
+    districts = [
+        r[0]
+        for r in store.con.execute(
+            "SELECT DISTINCT district FROM devices WHERE account = ? ORDER BY 1", [account]
+        ).fetchall()
+    ]
     return {"account": row[0], "name": row[1], "customer_class": row[2], "created_at": row[3], "districts": districts}
 
 
@@ -292,8 +302,7 @@ def account_profile(store: Store, account: str) -> AccountProfile | None:
 def account_in_districts(store: Store, account: str, districts: list[str] | None) -> bool:
     """Whether an operator of `districts` (None: all) looks after this account: one of its devices is there."""
     where, args = _scope("district", districts)
-    return store.one(f"SELECT count(*) FROM devices WHERE account = ? AND {where}",
-                             [account, *args])[0] > 0
+    return store.one(f"SELECT count(*) FROM devices WHERE account = ? AND {where}", [account, *args])[0] > 0
 
 
 # ---------------------------------------------------------------- usage
@@ -307,15 +316,17 @@ def _boundary_sql(boundaries: Sequence[int], window: int) -> tuple[str, str]:
 
 
 @view
-def registers_at(store: Store, devices: list[str], boundaries: list[int],
-                 window_ms: int = BOUNDARY_WINDOW) -> list[RegisterBracket]:
+def registers_at(
+    store: Store, devices: list[str], boundaries: list[int], window_ms: int = BOUNDARY_WINDOW
+) -> list[RegisterBracket]:
     """For each device and boundary: the last reading at or before it and the first after it
     (within `window_ms`), from which the register at the boundary is interpolated."""
     bounds = _ints(boundaries)
     if not devices or not bounds:
         return []
     values, near = _boundary_sql(bounds, int(window_ms))
-    rows = store.con.execute(f"""
+    rows = store.con.execute(
+        f"""
         WITH b(i, bt) AS (VALUES {values}),
         r AS (SELECT device, ts, value FROM readings WHERE device IN ({_marks(devices)}) AND ({near}))
         SELECT r.device, b.bt,
@@ -323,14 +334,32 @@ def registers_at(store: Store, devices: list[str], boundaries: list[int],
                min(ts) FILTER (WHERE ts > bt), arg_min(value, ts) FILTER (WHERE ts > bt)
         FROM r JOIN b ON r.ts BETWEEN b.bt - {int(window_ms)} AND b.bt + {int(window_ms)}
         GROUP BY ALL ORDER BY 1, 2
-        """, list(devices))
-    return [{"device": device, "at": at, "prev_ts": prev_ts, "prev_value": prev_value, "next_ts": next_ts,
-             "next_value": next_value} for device, at, prev_ts, prev_value, next_ts, next_value in rows.fetchall()]
+        """,
+        list(devices),
+    )
+    return [
+        {
+            "device": device,
+            "at": at,
+            "prev_ts": prev_ts,
+            "prev_value": prev_value,
+            "next_ts": next_ts,
+            "next_value": next_value,
+        }
+        for device, at, prev_ts, prev_value, next_ts, next_value in rows.fetchall()
+    ]
 
 
 @view
-def typical_usage(store: Store, district: str, kind: str, boundaries: list[int], customer_class: str = "residential",
-                  window_ms: int = BOUNDARY_WINDOW, min_meters: int = MIN_TYPICAL_METERS) -> list[TypicalUsage]:
+def typical_usage(
+    store: Store,
+    district: str,
+    kind: str,
+    boundaries: list[int],
+    customer_class: str = "residential",
+    window_ms: int = BOUNDARY_WINDOW,
+    min_meters: int = MIN_TYPICAL_METERS,
+) -> list[TypicalUsage]:
     """The median consumption (base units) of the district's meters of `kind` held by accounts of
     `customer_class`, for each interval between consecutive boundaries. An interval with fewer
     than `min_meters` meters gets no median, so one household's use is never shown as "typical"."""
@@ -339,7 +368,8 @@ def typical_usage(store: Store, district: str, kind: str, boundaries: list[int],
         return []
     values, near = _boundary_sql(bounds, int(window_ms))
     w = int(window_ms)
-    rows = store.con.execute(f"""
+    rows = store.con.execute(
+        f"""
         WITH b(i, bt) AS (VALUES {values}),
         m AS (SELECT d.device FROM devices d JOIN accounts a USING (account)
               WHERE d.district = ? AND d.kind = ? AND a.customer_class = ?),
@@ -358,21 +388,31 @@ def typical_usage(store: Store, district: str, kind: str, boundaries: list[int],
         u AS (SELECT * FROM (SELECT a.i, (z.base - a.base)::DOUBLE + (z.part - a.part) AS used
                              FROM reg a JOIN reg z ON a.device = z.device AND z.i = a.i + 1) WHERE used >= 0)
         SELECT i, median(used), count(*) FROM u GROUP BY i ORDER BY i
-        """, [district, kind, customer_class, kind]).fetchall()
+        """,
+        [district, kind, customer_class, kind],
+    ).fetchall()
     found = {i: (med, n) for i, med, n in rows}
     out: list[TypicalUsage] = []
     for i in range(len(bounds) - 1):
         med, n = found.get(i, (None, 0))
-        out.append({"start": bounds[i], "end": bounds[i + 1], "meters": n,
-                    "median": float(med) if med is not None and n >= min_meters else None})
+        out.append(
+            {
+                "start": bounds[i],
+                "end": bounds[i + 1],
+                "meters": n,
+                "median": float(med) if med is not None and n >= min_meters else None,
+            }
+        )
     return out
 
 
 @view
 def first_reading(store: Store, device: str, start: int, end: int) -> FirstReading | None:
     """A device's first reading in [start, end] (keep the span short: it is scanned)."""
-    row = store.con.execute("SELECT ts, value, seq FROM readings WHERE ts BETWEEN ? AND ? AND device = ?"
-                            " ORDER BY ts, seq LIMIT 1", [int(start), int(end), device]).fetchone()
+    row = store.con.execute(
+        "SELECT ts, value, seq FROM readings WHERE ts BETWEEN ? AND ? AND device = ? ORDER BY ts, seq LIMIT 1",
+        [int(start), int(end), device],
+    ).fetchone()
     return {"ts": row[0], "value": row[1], "seq": row[2]} if row else None
 
 
@@ -381,18 +421,20 @@ def device_readings(store: Store, device: str, start: int, end: int, max_points:
     """A device's readings in [start, end] for a chart; thinned to `max_points` buckets
     (the last reading of each) when there are more, so a long window stays small."""
     start, end = int(start), int(end)
-    count = store.one("SELECT count(*) FROM readings WHERE ts BETWEEN ? AND ? AND device = ?",
-                              [start, end, device])[0]
+    count = store.one("SELECT count(*) FROM readings WHERE ts BETWEEN ? AND ? AND device = ?", [start, end, device])[0]
     if count <= max_points:
         rows = store.con.execute(
             "SELECT ts, value, seq, received_at, height FROM readings WHERE ts BETWEEN ? AND ? AND device = ?"
-            " ORDER BY ts, seq", [start, end, device])
+            " ORDER BY ts, seq",
+            [start, end, device],
+        )
         return {"device": device, "count": count, "thinned": False, "points": _points(rows)}
     width = max(1, -(-(end - start) // int(max_points)))
     rows = store.con.execute(
         "SELECT max(ts), arg_max(value, ts), arg_max(seq, ts), arg_max(received_at, ts), arg_max(height, ts)"
         " FROM readings WHERE ts BETWEEN ? AND ? AND device = ? GROUP BY (ts - ?) // ? ORDER BY 1",
-        [start, end, device, start, width])
+        [start, end, device, start, width],
+    )
     return {"device": device, "count": count, "thinned": True, "points": _points(rows)}
 
 
@@ -405,35 +447,59 @@ def overview(store: Store, districts: list[str] | None = None, now: int | None =
     minute, readings and rejected messages over the last hour; and the chain's totals."""
     now = int(now or now_ms())
     where, args = _scope("d.district", districts)
-    devices = store.con.execute(f"""
+    devices = store.con.execute(
+        f"""
         SELECT d.district, count(*) FILTER (WHERE d.status = 'active'),
                count(*) FILTER (WHERE d.status = 'active' AND s.status = 'online'),
                count(*) FILTER (WHERE d.status = 'active' AND s.status = 'offline'),
                count(*) FILTER (WHERE d.status = 'active' AND s.status IS NULL),
                count(*) FILTER (WHERE d.status = 'revoked')
-        FROM devices d LEFT JOIN device_status s USING (device) WHERE {where} GROUP BY 1""", args).fetchall()
-    recent = store.con.execute(f"""
+        FROM devices d LEFT JOIN device_status s USING (device) WHERE {where} GROUP BY 1""",
+        args,
+    ).fetchall()
+    recent = store.con.execute(
+        f"""
         SELECT d.district, count(*) FILTER (WHERE r.received_at > ?), count(*), count(DISTINCT r.device)
         FROM readings r JOIN devices d USING (device)
-        WHERE r.received_at > ? AND {where} GROUP BY 1""", [now - 60_000, now - HOUR, *args]).fetchall()
-    rejects = store.con.execute(f"""
+        WHERE r.received_at > ? AND {where} GROUP BY 1""",
+        [now - 60_000, now - HOUR, *args],
+    ).fetchall()
+    rejects = store.con.execute(
+        f"""
         SELECT coalesce(d.district, '?'), sum(c.count) FROM reject_counts c LEFT JOIN devices d USING (device)
-        WHERE c.minute >= ? AND {where} GROUP BY 1""", [(now - HOUR) // 60_000, *args]).fetchall()
+        WHERE c.minute >= ? AND {where} GROUP BY 1""",
+        [(now - HOUR) // 60_000, *args],
+    ).fetchall()
     table: dict[str, DistrictNow] = {}
 
     def row(district: str) -> DistrictNow:
         # the last two are set below, once every count is in
-        return table.setdefault(district, {
-            "district": district, "devices": 0, "online": 0, "offline": 0, "no_status": 0, "revoked": 0,
-            "readings_last_minute": 0, "readings_last_hour": 0, "reporting_last_hour": 0, "rejects_last_hour": 0,
-            "readings_per_second": 0.0, "quarantine_rate": None})
+        return table.setdefault(
+            district,
+            {
+                "district": district,
+                "devices": 0,
+                "online": 0,
+                "offline": 0,
+                "no_status": 0,
+                "revoked": 0,
+                "readings_last_minute": 0,
+                "readings_last_hour": 0,
+                "reporting_last_hour": 0,
+                "rejects_last_hour": 0,
+                "readings_per_second": 0.0,
+                "quarantine_rate": None,
+            },
+        )
 
     for district, active, online, offline, unknown, revoked in devices:
-        row(district).update({"devices": active, "online": online, "offline": offline, "no_status": unknown,
-                              "revoked": revoked})
+        row(district).update(
+            {"devices": active, "online": online, "offline": offline, "no_status": unknown, "revoked": revoked}
+        )
     for district, minute, hour, reporting in recent:
-        row(district).update({"readings_last_minute": minute, "readings_last_hour": hour,
-                              "reporting_last_hour": reporting})
+        row(district).update(
+            {"readings_last_minute": minute, "readings_last_hour": hour, "reporting_last_hour": reporting}
+        )
     for district, n in rejects:
         if district != "?" or districts is None:
             row(district)["rejects_last_hour"] = int(n)
@@ -443,23 +509,34 @@ def overview(store: Store, districts: list[str] | None = None, now: int | None =
         r["quarantine_rate"] = (r["rejects_last_hour"] / seen) if seen else None
     chain = store.one(
         "SELECT count(*), max(height), arg_max(hash, height), max(sealed_at), count(*) FILTER (WHERE sealed_at > ?)"
-        " FROM blocks", [now - HOUR])
-    return {"now": now, "districts": sorted(table.values(), key=lambda r: r["district"]),
-            "blocks": chain[0], "height": chain[1], "head_hash": chain[2], "last_sealed_at": chain[3],
-            "blocks_last_hour": chain[4],
-            "readings": store.one("SELECT count(*) FROM readings")[0]}
+        " FROM blocks",
+        [now - HOUR],
+    )
+    return {
+        "now": now,
+        "districts": sorted(table.values(), key=lambda r: r["district"]),
+        "blocks": chain[0],
+        "height": chain[1],
+        "head_hash": chain[2],
+        "last_sealed_at": chain[3],
+        "blocks_last_hour": chain[4],
+        "readings": store.one("SELECT count(*) FROM readings")[0],
+    }
 
 
 @view
-def arrivals(store: Store, districts: list[str] | None = None, minutes: int = 60,
-             now: int | None = None) -> list[Arrival]:
+def arrivals(
+    store: Store, districts: list[str] | None = None, minutes: int = 60, now: int | None = None
+) -> list[Arrival]:
     """Readings ledgered per minute and district over the last `minutes` (by arrival time, from the tail)."""
     now = int(now or now_ms())
     where, args = _scope("d.district", districts)
-    rows = store.con.execute(f"""
+    rows = store.con.execute(
+        f"""
         SELECT d.district, r.received_at // 60000 * 60000 AS m, count(*) FROM readings r JOIN devices d USING (device)
         WHERE r.received_at > ? AND {where} GROUP BY ALL ORDER BY 2, 1""",
-                             [now - int(minutes) * 60_000, *args]).fetchall()
+        [now - int(minutes) * 60_000, *args],
+    ).fetchall()
     return [{"district": d, "minute_ms": m, "readings": n} for d, m, n in rows]
 
 
@@ -467,8 +544,15 @@ def arrivals(store: Store, districts: list[str] | None = None, minutes: int = 60
 
 
 @view
-def device_search(store: Store, districts: list[str] | None = None, text: str = "", kind: str | None = None,
-                  status: str | None = None, limit: int = 200, now: int | None = None) -> DeviceSearch:
+def device_search(
+    store: Store,
+    districts: list[str] | None = None,
+    text: str = "",
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = 200,
+    now: int | None = None,
+) -> DeviceSearch:
     """Devices matching a search, with their connection status and their last reading of the past hour."""
     now = int(now or now_ms())
     where, args = _scope("d.district", districts)
@@ -486,18 +570,34 @@ def device_search(store: Store, districts: list[str] | None = None, text: str = 
         sql += " AND d.status = 'active' AND s.status = ?"
         args.append(status)
     total = store.one(f"SELECT count(*) {sql}", args)[0]
-    rows = store.con.execute(f"""
+    rows = store.con.execute(
+        f"""
         WITH found AS (SELECT d.device, d.kind, d.district, d.account, d.status, s.status AS online, s.changed_at,
                               d.enrolled_at {sql} ORDER BY d.device LIMIT ?),
         tail AS (SELECT device, max(ts) AS last_ts, arg_max(value, ts) AS last_value FROM readings
                  WHERE received_at > ? AND device IN (SELECT device FROM found) GROUP BY 1)
         SELECT found.*, tail.last_ts, tail.last_value FROM found LEFT JOIN tail USING (device) ORDER BY device
-        """, [*args, int(limit), now - HOUR])
-    return {"total": total, "devices": [
-        {"device": device, "kind": kind, "district": district, "account": account, "status": status, "online": online,
-         "status_changed_at": changed_at, "enrolled_at": enrolled_at, "last_ts": last_ts, "last_value": last_value}
-        for device, kind, district, account, status, online, changed_at, enrolled_at, last_ts, last_value
-        in rows.fetchall()]}
+        """,
+        [*args, int(limit), now - HOUR],
+    )
+    return {
+        "total": total,
+        "devices": [
+            {
+                "device": device,
+                "kind": kind,
+                "district": district,
+                "account": account,
+                "status": status,
+                "online": online,
+                "status_changed_at": changed_at,
+                "enrolled_at": enrolled_at,
+                "last_ts": last_ts,
+                "last_value": last_value,
+            }
+            for device, kind, district, account, status, online, changed_at, enrolled_at, last_ts, last_value in rows.fetchall()
+        ],
+    }
 
 
 @view
@@ -508,7 +608,8 @@ def device_detail(store: Store, device: str, now: int | None = None) -> DeviceDe
     row = store.con.execute(
         "SELECT d.device, d.kind, d.district, d.account, d.public_key, d.status, d.enrolled_at, d.revoked_at,"
         " s.status, s.changed_at FROM devices d LEFT JOIN device_status s USING (device) WHERE d.device = ?",
-        [device]).fetchone()
+        [device],
+    ).fetchone()
     if row is None:
         return None
     found: ReadingPoint | None = None
@@ -516,19 +617,34 @@ def device_detail(store: Store, device: str, now: int | None = None) -> DeviceDe
         since = now - span if span else -(1 << 62)
         last = store.con.execute(
             "SELECT ts, value, seq, received_at, height FROM readings WHERE received_at > ? AND device = ?"
-            " ORDER BY received_at DESC, seq DESC LIMIT 1", [since, device]).fetchone()
+            " ORDER BY received_at DESC, seq DESC LIMIT 1",
+            [since, device],
+        ).fetchone()
         if last:
             found = {"ts": last[0], "value": last[1], "seq": last[2], "received_at": last[3], "height": last[4]}
             break
-    day = store.one("SELECT count(*) FROM readings WHERE received_at > ? AND device = ?",
-                            [now - 24 * HOUR, device])[0]
-    rejects = store.one("SELECT coalesce(sum(count), 0) FROM reject_counts WHERE minute >= ? AND device = ?",
-                                [(now - 24 * HOUR) // 60_000, device])[0]
-    return {"device": row[0], "kind": row[1], "district": row[2], "account": row[3], "public_key": row[4],
-            "status": row[5], "enrolled_at": row[6], "revoked_at": row[7], "online": row[8],
-            "status_changed_at": row[9], "last": found, "readings_last_day": day, "rejects_last_day": int(rejects),
-            # its latest budget suspension (ledger/service/budget.py)
-            "suspension": store.suspensions().get(device)}
+    day = store.one("SELECT count(*) FROM readings WHERE received_at > ? AND device = ?", [now - 24 * HOUR, device])[0]
+    rejects = store.one(
+        "SELECT coalesce(sum(count), 0) FROM reject_counts WHERE minute >= ? AND device = ?",
+        [(now - 24 * HOUR) // 60_000, device],
+    )[0]
+    return {
+        "device": row[0],
+        "kind": row[1],
+        "district": row[2],
+        "account": row[3],
+        "public_key": row[4],
+        "status": row[5],
+        "enrolled_at": row[6],
+        "revoked_at": row[7],
+        "online": row[8],
+        "status_changed_at": row[9],
+        "last": found,
+        "readings_last_day": day,
+        "rejects_last_day": int(rejects),
+        # its latest budget suspension (ledger/service/budget.py)
+        "suspension": store.suspensions().get(device),
+    }
 
 
 @view
@@ -544,8 +660,14 @@ _Q_DISTRICT = "coalesce(d.district, split_part(q.topic, '/', 2))"
 
 
 @view
-def quarantine_rows(store: Store, districts: list[str] | None = None, reason: str | None = None,
-                    device: str | None = None, since: int | None = None, limit: int = 200) -> list[QuarantineRow]:
+def quarantine_rows(
+    store: Store,
+    districts: list[str] | None = None,
+    reason: str | None = None,
+    device: str | None = None,
+    since: int | None = None,
+    limit: int = 200,
+) -> list[QuarantineRow]:
     """Stored rejected messages, newest first, with their district (the sender's, or the topic's)
     and the raw payload as text (undecodable bytes escaped): for showing as text, never as markup."""
     where, args = _scope(_Q_DISTRICT, districts)
@@ -563,28 +685,45 @@ def quarantine_rows(store: Store, districts: list[str] | None = None, reason: st
     out: list[QuarantineRow] = []
     for r in store.con.execute(sql + " ORDER BY q.received_at DESC LIMIT ?", [*args, int(limit)]).fetchall():
         raw = bytes(r[6])
-        out.append({"received_at": r[0], "topic": r[1], "reason": r[2], "device": r[3], "district": r[4],
-                    "detail": r[5], "payload": raw.decode("utf-8", errors="backslashreplace"),
-                    "payload_bytes": len(raw)})
+        out.append(
+            {
+                "received_at": r[0],
+                "topic": r[1],
+                "reason": r[2],
+                "device": r[3],
+                "district": r[4],
+                "detail": r[5],
+                "payload": raw.decode("utf-8", errors="backslashreplace"),
+                "payload_bytes": len(raw),
+            }
+        )
     return out
 
 
 @view
-def quarantine_summary(store: Store, districts: list[str] | None = None,
-                       since: int | None = None) -> QuarantineSummary:
+def quarantine_summary(store: Store, districts: list[str] | None = None, since: int | None = None) -> QuarantineSummary:
     """Rejected messages by reason (everything counted, stored or not) and the rows kept."""
     since = int(since if since is not None else now_ms() - 24 * HOUR)
     where, args = _scope("d.district", districts)
-    counted = store.con.execute(f"""
+    counted = store.con.execute(
+        f"""
         SELECT c.reason, sum(c.count) FROM reject_counts c LEFT JOIN devices d USING (device)
         WHERE c.minute >= ? AND {where} GROUP BY 1 ORDER BY 2 DESC""",
-                                [since // 60_000, *args]).fetchall()
+        [since // 60_000, *args],
+    ).fetchall()
     qwhere, qargs = _scope(_Q_DISTRICT, districts)
-    stored = store.one(f"""SELECT count(*) FROM quarantine q LEFT JOIN devices d USING (device)
-                                   WHERE q.received_at >= ? AND {qwhere}""", [since, *qargs])[0]
+    stored = store.one(
+        f"""SELECT count(*) FROM quarantine q LEFT JOIN devices d USING (device)
+                                   WHERE q.received_at >= ? AND {qwhere}""",
+        [since, *qargs],
+    )[0]
     reasons = [r[0] for r in store.con.execute("SELECT DISTINCT reason FROM quarantine ORDER BY 1").fetchall()]
-    return {"since": since, "by_reason": [{"reason": r, "count": int(n)} for r, n in counted], "stored": stored,
-            "reasons": reasons}
+    return {
+        "since": since,
+        "by_reason": [{"reason": r, "count": int(n)} for r, n in counted],
+        "stored": stored,
+        "reasons": reasons,
+    }
 
 
 # ---------------------------------------------------------------- parking
@@ -593,14 +732,23 @@ def quarantine_summary(store: Store, districts: list[str] | None = None,
 def space_zones(store: Store, districts: list[str] | None) -> list[tuple[str, str, int | None]]:
     """(space, district, zone class set for it now, None if none was) of the parking spaces in scope."""
     where, args = _scope("district", districts)
-    return store.con.execute(f"""
+    return store.con.execute(
+        f"""
         SELECT device, district, (SELECT zone_class FROM parking_zones z WHERE z.space = d.device
                                   ORDER BY from_ts DESC LIMIT 1)
-        FROM devices d WHERE kind = 'parking' AND {where} ORDER BY 1""", args).fetchall()
+        FROM devices d WHERE kind = 'parking' AND {where} ORDER BY 1""",
+        args,
+    ).fetchall()
 
 
-def spaces_occupancy(store: Store, spaces: list[tuple[str, str, int]], start: int, end: int,
-                     bucket_ms: int = HOUR, hold_ms: int = 6 * HOUR) -> list[ZoneOccupancy]:
+def spaces_occupancy(
+    store: Store,
+    spaces: list[tuple[str, str, int]],
+    start: int,
+    end: int,
+    bucket_ms: int = HOUR,
+    hold_ms: int = 6 * HOUR,
+) -> list[ZoneOccupancy]:
     """Share of the time `spaces` (space, district, zone class) were reported taken, per zone class and
     time bucket in [start, end). A report holds until the next one (at most `hold_ms`), split across
     the buckets it spans. The `parking_occupancy` view (ledger/service/views.py) gives the zone classes."""
@@ -609,7 +757,8 @@ def spaces_occupancy(store: Store, spaces: list[tuple[str, str, int]], start: in
     start, end, bucket, hold = int(start), int(end), int(bucket_ms), int(hold_ms)
     until = min(end, now_ms())
     zones = ", ".join(f"(?, ?, {int(z)})" for _, _, z in spaces)
-    rows = store.con.execute(f"""
+    rows = store.con.execute(
+        f"""
         WITH s(device, district, zone) AS (VALUES {zones}),
         r AS (SELECT device, ts, value, lead(ts) OVER (PARTITION BY device ORDER BY ts) AS nts
               FROM readings WHERE kind = 'parking' AND ts >= {start - hold} AND ts < {end}
@@ -623,23 +772,32 @@ def spaces_occupancy(store: Store, spaces: list[tuple[str, str, int]], start: in
                  FROM spans)
         SELECT s.zone, part.b, sum(part.ms * part.value)::DOUBLE / nullif(sum(part.ms), 0), count(DISTINCT part.device)
         FROM part JOIN s USING (device) GROUP BY ALL ORDER BY 1, 2
-        """, [x for s, d, _ in spaces for x in (s, d)]).fetchall()
+        """,
+        [x for s, d, _ in spaces for x in (s, d)],
+    ).fetchall()
     counts: dict[int, int] = {}
     for _, _, z in spaces:
         counts[z] = counts.get(z, 0) + 1
-    return [{"zone_class": z, "start": start + b * bucket, "occupied": share, "reporting": n, "spaces": counts[z]}
-            for z, b, share, n in rows]
+    return [
+        {"zone_class": z, "start": start + b * bucket, "occupied": share, "reporting": n, "spaces": counts[z]}
+        for z, b, share, n in rows
+    ]
 
 
 @view
 def parking_revenue(store: Store, districts: list[str] | None = None, months: int = 12) -> list[ParkingRevenue]:
     """Parking fees on issued bills, per month and district of the space (newest months first)."""
-    wanted = [r[0] for r in store.con.execute(
-        "SELECT DISTINCT month FROM bills ORDER BY month DESC LIMIT ?", [int(months)]).fetchall()]
+    wanted = [
+        r[0]
+        for r in store.con.execute(
+            "SELECT DISTINCT month FROM bills ORDER BY month DESC LIMIT ?", [int(months)]
+        ).fetchall()
+    ]
     if not wanted:
         return []
     where, args = _scope("d.district", districts)
-    rows = store.con.execute(f"""
+    rows = store.con.execute(
+        f"""
         WITH lines AS (
             SELECT b.month, unnest(CAST(json_extract(b.body, '$.lines') AS JSON[])) AS line
             FROM bills b WHERE b.month IN ({_marks(wanted)}) AND b.body LIKE '%"type":"parking"%'),
@@ -648,7 +806,9 @@ def parking_revenue(store: Store, districts: list[str] | None = None, months: in
                         json_array_length(json_extract(line, '$.sessions')) AS stays
                  FROM lines WHERE json_extract_string(line, '$.type') = 'parking')
         SELECT p.month, d.district, sum(p.amount)::VARCHAR, sum(p.stays) FROM park p JOIN devices d ON d.device = p.space
-        WHERE {where} GROUP BY ALL ORDER BY 1 DESC, 2""", [*wanted, *args]).fetchall()
+        WHERE {where} GROUP BY ALL ORDER BY 1 DESC, 2""",
+        [*wanted, *args],
+    ).fetchall()
     return [{"month": m, "district": d, "amount": a, "stays": int(n)} for m, d, a, n in rows]
 
 
@@ -657,11 +817,13 @@ def spaces_taken(store: Store, spaces: list[tuple[str, str, int]], now: int) -> 
     The `parking_today` view (ledger/service/views.py) gives the spaces in scope."""
     if not spaces:
         return {"spaces": 0, "taken": 0, "reporting": 0}
-    row = store.one(f"""
+    row = store.one(
+        f"""
         SELECT count(*), count(*) FILTER (WHERE v = 1) FROM (
             SELECT device, arg_max(value, ts) AS v FROM readings
             WHERE received_at > ? AND kind = 'parking' AND device IN ({_marks(spaces)}) GROUP BY 1)""",
-                    [now - HOUR, *[s for s, _, _ in spaces]])
+        [now - HOUR, *[s for s, _, _ in spaces]],
+    )
     return {"spaces": len(spaces), "reporting": row[0], "taken": row[1]}
 
 
@@ -680,13 +842,27 @@ def blocks_page(store: Store, before: int | None = None, limit: int = 50) -> lis
     if not rows:
         return []
     heights = [r[0] for r in rows]
-    entries = dict(store.con.execute(
-        f"SELECT height, string_agg(DISTINCT type, ', ') FROM entries WHERE height IN ({_marks(heights)})"
-        " GROUP BY 1", heights).fetchall())
+    entries = dict(
+        store.con.execute(
+            f"SELECT height, string_agg(DISTINCT type, ', ') FROM entries WHERE height IN ({_marks(heights)})"
+            " GROUP BY 1",
+            heights,
+        ).fetchall()
+    )
     import json
 
-    return [{"height": h, "hash": x, "prev": p, "size": s, "sealed_at": t, "entries": entries.get(h),
-             "rotates_key": "next_key" in json.loads(header)} for h, x, p, s, t, header in rows]
+    return [
+        {
+            "height": h,
+            "hash": x,
+            "prev": p,
+            "size": s,
+            "sealed_at": t,
+            "entries": entries.get(h),
+            "rotates_key": "next_key" in json.loads(header),
+        }
+        for h, x, p, s, t, header in rows
+    ]
 
 
 @view
@@ -704,7 +880,9 @@ def held_since(store: Store, device: str, account: str) -> int | None:
     rows = store.con.execute(
         "SELECT json_extract_string(body, '$.account'), json_extract(body, '$.at')::BIGINT FROM entries"
         " WHERE type IN ('device_enrolled', 'device_account') AND json_extract_string(body, '$.device') = ?"
-        " ORDER BY height, idx", [device]).fetchall()
+        " ORDER BY height, idx",
+        [device],
+    ).fetchall()
     if not rows:
         current = store.con.execute("SELECT account FROM devices WHERE device = ?", [device]).fetchone()
         return 0 if current is not None and current[0] == account else None

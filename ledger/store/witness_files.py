@@ -14,8 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from ledger.chain.protocol import canonical_json
-from ledger.chain.witness import (ALARMS_FILE, HEADERS_FILE, MAX_HEADER_BYTES, STATE_FILE, Accepted, Alarm, SignedHeader,
-                                  WitnessState, alarm_record, valid_key_hex)
+from ledger.chain.witness import (
+    ALARMS_FILE,
+    HEADERS_FILE,
+    MAX_HEADER_BYTES,
+    STATE_FILE,
+    Accepted,
+    Alarm,
+    SignedHeader,
+    WitnessState,
+    alarm_record,
+    valid_key_hex,
+)
 from ledger.home import write_private
 
 
@@ -52,8 +62,10 @@ class WitnessStore:
         if isinstance(state, StoreError):
             return state
         if ledger_key is not None and not (valid_key_hex(ledger_key) and state.knows_key(ledger_key)):
-            return StoreError(f"--ledger-key {ledger_key} contradicts {root / STATE_FILE}, which trusts "
-                              f"{state.initial_key} (now {state.key}); use a new store to follow another ledger")
+            return StoreError(
+                f"--ledger-key {ledger_key} contradicts {root / STATE_FILE}, which trusts "
+                f"{state.initial_key} (now {state.key}); use a new store to follow another ledger"
+            )
         store = cls(root, state)
         store.save_state()
         return store
@@ -79,8 +91,9 @@ class WitnessStore:
     def record_alarm(self, alarm: Alarm, *, witness: str, at: int, source: str, payload: bytes) -> dict[str, Any]:
         """Keep an alarm with the evidence (the payload, cut at 4 KiB); returns the record."""
         record = alarm_record(alarm, witness=witness, at=at)
-        _append_line(self.root / ALARMS_FILE, {**record, "source": source,
-                                               "payload": payload[:4096].decode("utf-8", "replace")})
+        _append_line(
+            self.root / ALARMS_FILE, {**record, "source": source, "payload": payload[:4096].decode("utf-8", "replace")}
+        )
         return record
 
     def save_state(self) -> None:
@@ -102,8 +115,10 @@ def iter_headers(root: Path) -> Iterator[dict[str, Any]]:
 def load_headers(root: Path) -> dict[int, dict[str, Any]]:
     """height -> {"hash", "header", "sig"} of everything a witness accepted: what
     `cityledger verify --witness DIR` compares with the ledger's own blocks."""
-    return {rec["header"]["height"]: {"hash": rec["hash"], "header": rec["header"], "sig": rec["sig"]}
-            for rec in iter_headers(root)}
+    return {
+        rec["header"]["height"]: {"hash": rec["hash"], "header": rec["header"], "sig": rec["sig"]}
+        for rec in iter_headers(root)
+    }
 
 
 def load_state(root: Path, *, repair: bool = False) -> WitnessState | StoreError:
@@ -138,8 +153,10 @@ def _consistent(root: Path, state: WitnessState, summary: dict[str, Any]) -> Wit
     """state.json may lag headers.jsonl by a crash, never disagree with it."""
     height, digest = summary.get("height"), summary.get("hash")
     if height is not None and state.hashes.get(height) != digest:
-        return StoreError(f"witness store {root} is damaged: {STATE_FILE} names {digest} at height {height}, "
-                          f"which {HEADERS_FILE} does not hold")
+        return StoreError(
+            f"witness store {root} is damaged: {STATE_FILE} names {digest} at height {height}, "
+            f"which {HEADERS_FILE} does not hold"
+        )
     return state
 
 

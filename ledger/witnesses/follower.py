@@ -61,8 +61,18 @@ class _Refused:
     detail: str
 
 
-def run_witness(store: Path, *, host: str, port: int, name: str, password: str, ledger_key: str | None,
-                stop: threading.Event, tls: TLSSettings | None = None, chain: ChainTopics = ChainTopics()) -> int:
+def run_witness(
+    store: Path,
+    *,
+    host: str,
+    port: int,
+    name: str,
+    password: str,
+    ledger_key: str | None,
+    stop: threading.Event,
+    tls: TLSSettings | None = None,
+    chain: ChainTopics = ChainTopics(),
+) -> int:
     """Follow the ledger until `stop` (0), an alarm (3) or a configuration problem (2).
 
     With `tls` the witness connects over TLS and verifies the broker against that CA;
@@ -93,8 +103,17 @@ def _report_start(store: WitnessStore) -> None:
 class Follower:
     """One MQTT connection to the broker, and the loop that judges what it delivers."""
 
-    def __init__(self, store: WitnessStore, *, host: str, port: int, name: str, password: str,
-                 tls: TLSSettings | None = None, chain: ChainTopics = ChainTopics()) -> None:
+    def __init__(
+        self,
+        store: WitnessStore,
+        *,
+        host: str,
+        port: int,
+        name: str,
+        password: str,
+        tls: TLSSettings | None = None,
+        chain: ChainTopics = ChainTopics(),
+    ) -> None:
         self.store, self.host, self.port, self.name = store, host, port, name
         self.chain = chain
         self.sources: dict[str, Source] = {chain.headers: "headers", chain.checkpoint: "checkpoint"}
@@ -112,12 +131,22 @@ class Follower:
 
     # ------------------------------------------------------------ MQTT callbacks (network thread)
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                    reason: ReasonCode, properties: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.is_failure:
             if reason.value in FATAL_CONNACK:
-                self.inbox.put(_Refused(f"the broker at {self.host}:{self.port} refused login {self.name!r}: "
-                                        f"{reason} (check the name and the password file)"))
+                self.inbox.put(
+                    _Refused(
+                        f"the broker at {self.host}:{self.port} refused login {self.name!r}: "
+                        f"{reason} (check the name and the password file)"
+                    )
+                )
             else:
                 log.warning("broker refused the connection for now: %s; retrying", reason)
             return
@@ -126,35 +155,49 @@ class Follower:
         # resumed session gets its queued headers, in order, and nothing out of turn.
         options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
         client.subscribe([(self.chain.headers, options), (self.chain.checkpoint, options)])
-        log.info("connected to %s:%d as %s (session present: %s)", self.host, self.port, self.name,
-                 flags.session_present)
+        log.info(
+            "connected to %s:%d as %s (session present: %s)", self.host, self.port, self.name, flags.session_present
+        )
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         log.warning("cannot reach the broker at %s:%d; retrying", self.host, self.port)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                       reason: ReasonCode, properties: Properties | None) -> None:
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason.value != 0:
             log.warning("disconnected from the broker: %s", reason)
 
-    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode],
-                      properties: Properties | None) -> None:
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, reasons: list[ReasonCode], properties: Properties | None
+    ) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
-            self.inbox.put(_Refused(f"the broker refused the subscription to {self.chain.headers} and "
-                                    f"{self.chain.checkpoint}: {', '.join(refused)} "
-                                    f"(is {self.name!r} a witness login?)"))
+            self.inbox.put(
+                _Refused(
+                    f"the broker refused the subscription to {self.chain.headers} and "
+                    f"{self.chain.checkpoint}: {', '.join(refused)} "
+                    f"(is {self.name!r} a witness login?)"
+                )
+            )
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "backslashreplace")
-        self.inbox.put(_Message(topic, bytes(msg.payload), bool(msg.dup), now_ms(),
-                                (self._generation, msg.mid, msg.qos)))
+        self.inbox.put(
+            _Message(topic, bytes(msg.payload), bool(msg.dup), now_ms(), (self._generation, msg.mid, msg.qos))
+        )
 
-    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         if reason.is_failure:
             log.warning("the broker refused a witness report (mid %d): %s", mid, reason)
         with self._puback_cond:
@@ -195,8 +238,9 @@ class Follower:
         if isinstance(outcome, Accepted):
             self._accept(outcome, msg, source)
         elif isinstance(outcome, Unlinked):
-            log.warning("not kept: header %s at height %d from %s: %s", outcome.hash, outcome.height, source,
-                        outcome.detail)
+            log.warning(
+                "not kept: header %s at height %d from %s: %s", outcome.hash, outcome.height, source, outcome.detail
+            )
         elif isinstance(outcome, AlreadyHave):
             log.debug("already have height %d from %s", outcome.height, source)
         self._ack(msg)
@@ -221,8 +265,9 @@ class Follower:
         info = self.client.publish(witness_topic(self.name, "alarm"), body, qos=1, retain=True)
         reason = self._wait_puback(info.mid, ALARM_PUBACK_TIMEOUT_S)
         if reason is None or reason.is_failure:
-            log.error("the broker did not confirm the alarm (%s); it is kept in %s", reason or "no PUBACK",
-                      self.store.root)
+            log.error(
+                "the broker did not confirm the alarm (%s); it is kept in %s", reason or "no PUBACK", self.store.root
+            )
         self._ack(msg)  # the alarm is on disk: the message has been dealt with
         return EXIT_ALARM
 

@@ -39,8 +39,9 @@ RELOAD_LOG_LINE = "Reloading config."
 # ---------------------------------------------------------------- waiting
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition",
-             every: float = 0.01) -> T:
+def wait_for(
+    predicate: Callable[[], T], timeout: float = DEFAULT_TIMEOUT_S, what: str = "condition", every: float = 0.01
+) -> T:
     """Poll `predicate` until it returns something truthy, and return that (ledger.processes.wait_until).
 
     Raises AssertionError naming `what` on timeout, so a failing test says what
@@ -164,7 +165,9 @@ class RunningBroker:
     def __enter__(self) -> RunningBroker:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

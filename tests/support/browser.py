@@ -31,9 +31,16 @@ from tests.support.stack import Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium_path() -> str:
@@ -58,8 +65,9 @@ def dashboard(stack: Stack) -> Iterator[str]:
     """`cityledger dashboard` on a free port of this stack; yields its URL."""
     port = free_port()
     log = stack.home.logs / "dashboard.log"
-    proc = start([sys.executable, "-m", "ledger.cli", "dashboard", "--port", str(port)], env=stack.env, stdout=log,
-                 stderr=STDOUT)
+    proc = start(
+        [sys.executable, "-m", "ledger.cli", "dashboard", "--port", str(port)], env=stack.env, stdout=log, stderr=STDOUT
+    )
     try:
         wait_for(lambda: port_open("127.0.0.1", port) or proc.poll() is not None, 60, "the dashboard's port")
         assert proc.poll() is None, f"dashboard exited:\n{log.read_text()}"
@@ -139,7 +147,7 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
             r = sign_reading(city.keys[name], device=name, kind=kind, seq=seqs[name], ts=ts, value=value)
             rows.append(LedgeredReading(r, ts + 500))
         for i in range(0, len(rows), 5000):
-            w.commit(Batch(readings=rows[i:i + 5000]))
+            w.commit(Batch(readings=rows[i : i + 5000]))
 
     def hourly(days: int, per_hour: Callable[[int], int], start_value: int = 1_000_000) -> list[tuple[int, int]]:
         t0 = now - days * DAY_MS
@@ -155,8 +163,11 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
         billing_ops.add_account(w, "hh-0003", "Zhang Wei", "residential")
         for n in (2, 4, 5, 6, 7):
             billing_ops.add_account(w, f"hh-000{n}", f"Household {n}", "residential")
-        for op, name, districts in (("op-d02", "Chen Jie", "d02"), ("op-d01", "Wang Fang", "d01"),
-                                    ("op-all", "Sun Li", "all")):
+        for op, name, districts in (
+            ("op-d02", "Chen Jie", "d02"),
+            ("op-d01", "Wang Fang", "d01"),
+            ("op-all", "Sun Li", "all"),
+        ):
             people_ops.add_operator(w, op, name, districts)
             people_ops.set_password(w, "operator", op, PASSWORD)
         for account in ("hh-0001", "hh-0003"):
@@ -188,30 +199,66 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
 
         with w.lock:
             findings = [
-                Finding("leak", "wm-d02-000001", "hh-0001", "d02", now - 3 * DAY_MS, now - DAY_MS, "medium",
-                         (("wm-d02-000001", seqs["wm-d02-000001"] - 48), ("wm-d02-000001", seqs["wm-d02-000001"] - 30)),
-                         "night flow never below 8 L/h for 2 nights", "leak:wm-d02-000001"),
-                Finding("tamper", "wm-d01-000001", "hh-0003", "d01", now - 2 * DAY_MS, now - DAY_MS, "high",
-                         (("wm-d01-000001", seqs["wm-d01-000001"] - 30),), "register went backwards",
-                         "tamper:wm-d01-000001"),
+                Finding(
+                    "leak",
+                    "wm-d02-000001",
+                    "hh-0001",
+                    "d02",
+                    now - 3 * DAY_MS,
+                    now - DAY_MS,
+                    "medium",
+                    (("wm-d02-000001", seqs["wm-d02-000001"] - 48), ("wm-d02-000001", seqs["wm-d02-000001"] - 30)),
+                    "night flow never below 8 L/h for 2 nights",
+                    "leak:wm-d02-000001",
+                ),
+                Finding(
+                    "tamper",
+                    "wm-d01-000001",
+                    "hh-0003",
+                    "d01",
+                    now - 2 * DAY_MS,
+                    now - DAY_MS,
+                    "high",
+                    (("wm-d01-000001", seqs["wm-d01-000001"] - 30),),
+                    "register went backwards",
+                    "tamper:wm-d01-000001",
+                ),
             ]
             record_findings(w.store, findings, now - HOUR_MS)
             for aid, dev in w.store.con.execute("SELECT id, device FROM anomalies").fetchall():
                 city.anomalies[dev.split("-")[1]] = aid
 
-        w.commit(Batch(
-            quarantine=[
-                QuarantineRow(now - 600_000, "city/d01/water/wm-d01-000001/reading", "malformed", "wm-d01-000001",
-                              "not JSON", b"<script>alert('x')</script><b>bold</b>"),
-                QuarantineRow(now - 500_000, "city/d02/water/wm-d02-000002/reading", "bad_signature", "wm-d02-000002",
-                              "signature does not verify", b'{"v":1,"device":"wm-d02-000002"}\xff'),
-            ],
-            rejects={("wm-d01-000001", (now - 600_000) // 60_000, "malformed"): 1,
-                     ("wm-d02-000002", (now - 500_000) // 60_000, "bad_signature"): 1},
-            statuses=[("wm-d02-000001", "online", now - HOUR_MS), ("wm-d01-000001", "offline", now - HOUR_MS)],
-            witness_reports=[("witness-a", "head", '{"height": 1}', now - 120_000)]))
-        city.disputes["d01"] = people_ops.dispute(w, None, "hh-0003", "hh-0003", "open", "My meter reads twice what I use.",
-                                         "Meter wm-d01-000001")["id"]
+        w.commit(
+            Batch(
+                quarantine=[
+                    QuarantineRow(
+                        now - 600_000,
+                        "city/d01/water/wm-d01-000001/reading",
+                        "malformed",
+                        "wm-d01-000001",
+                        "not JSON",
+                        b"<script>alert('x')</script><b>bold</b>",
+                    ),
+                    QuarantineRow(
+                        now - 500_000,
+                        "city/d02/water/wm-d02-000002/reading",
+                        "bad_signature",
+                        "wm-d02-000002",
+                        "signature does not verify",
+                        b'{"v":1,"device":"wm-d02-000002"}\xff',
+                    ),
+                ],
+                rejects={
+                    ("wm-d01-000001", (now - 600_000) // 60_000, "malformed"): 1,
+                    ("wm-d02-000002", (now - 500_000) // 60_000, "bad_signature"): 1,
+                },
+                statuses=[("wm-d02-000001", "online", now - HOUR_MS), ("wm-d01-000001", "offline", now - HOUR_MS)],
+                witness_reports=[("witness-a", "head", '{"height": 1}', now - 120_000)],
+            )
+        )
+        city.disputes["d01"] = people_ops.dispute(
+            w, None, "hh-0003", "hh-0003", "open", "My meter reads twice what I use.", "Meter wm-d01-000001"
+        )["id"]
     finally:
         w.close()
     return city

@@ -238,8 +238,11 @@ class Outcome:
     logs: str = ""
 
     def figures(self) -> dict[str, Any]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("missing", "unexpected", "doubled", "logs",
-                                                                   "verify_output")}
+        out = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("missing", "unexpected", "doubled", "logs", "verify_output")
+        }
         out["missing"] = len(self.missing)
         out["unexpected"] = len(self.unexpected)
         out["doubled"] = len(self.doubled)
@@ -255,8 +258,9 @@ class Outcome:
         if self.missing:
             problems.append(f"{len(self.missing)} generated readings are not in the ledger, e.g. {self.missing[:20]}")
         if self.unexpected:
-            problems.append(f"{len(self.unexpected)} ledgered readings were never generated, e.g. "
-                            f"{self.unexpected[:20]}")
+            problems.append(
+                f"{len(self.unexpected)} ledgered readings were never generated, e.g. {self.unexpected[:20]}"
+            )
         if self.doubled:
             problems.append(f"{len(self.doubled)} readings are ledgered more than once, e.g. {self.doubled[:20]}")
         if self.quarantined:
@@ -265,8 +269,9 @@ class Outcome:
             problems.append(f"cityledger verify failed:\n{self.verify_output}")
         if self.generated == 0:
             problems.append("the fleet generated nothing")
-        assert not problems, (f"fault {self.fault}: " + "\n".join(problems)
-                              + f"\nfigures: {json.dumps(self.figures())}\n{self.logs}")
+        assert not problems, (
+            f"fault {self.fault}: " + "\n".join(problems) + f"\nfigures: {json.dumps(self.figures())}\n{self.logs}"
+        )
 
 
 # ---------------------------------------------------------------- the lab
@@ -275,8 +280,16 @@ class Outcome:
 class FaultLab:
     """A stack, a fleet subprocess, the faults, and the exact comparison; see the module docstring."""
 
-    def __init__(self, root: Path, *, devices: int = 50, interval: float = 0.2, block_readings: int = 500,
-                 block_seconds: float = 0.3, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        devices: int = 50,
+        interval: float = 0.2,
+        block_readings: int = 500,
+        block_seconds: float = 0.3,
+        seed: int | None = None,
+    ) -> None:
         if devices < 1:
             raise ValueError("devices must be >= 1")
         self.stack = Stack(root / "home", block_readings=block_readings, block_seconds=block_seconds)
@@ -353,9 +366,24 @@ class FaultLab:
         with self.fleet_log.open("ab") as log:
             log.write(f"--- fleet start {self.fleet_starts + 1} (interval {interval or self.interval})\n".encode())
         self.fleet = start(
-            [sys.executable, "-m", "ledger.cli", "fleet", "--devices", str(self.devices_n), "--interval",
-             str(interval or self.interval), "--districts", ",".join(DISTRICTS), "--seed", "7"],
-            env=self.fleet_env(port if port is not None else self.fleet_port), stdout=self.fleet_log, stderr=STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "fleet",
+                "--devices",
+                str(self.devices_n),
+                "--interval",
+                str(interval or self.interval),
+                "--districts",
+                ",".join(DISTRICTS),
+                "--seed",
+                "7",
+            ],
+            env=self.fleet_env(port if port is not None else self.fleet_port),
+            stdout=self.fleet_log,
+            stderr=STDOUT,
+        )
         self.fleet_starts += 1
 
     def wait_fleet_connected(self, timeout: float = 60) -> None:
@@ -370,8 +398,11 @@ class FaultLab:
             with path.open("rb") as f:
                 f.seek(self._broker_log_offset)
                 text = f.read().decode(errors="replace")
-            seen = {line.split(" as ", 1)[1].split(" ", 1)[0] for line in text.splitlines()
-                    if "New client connected" in line and " as " in line}
+            seen = {
+                line.split(" as ", 1)[1].split(" ", 1)[0]
+                for line in text.splitlines()
+                if "New client connected" in line and " as " in line
+            }
             return self._device_set <= seen
 
         poll_until(all_connected, timeout, "every device of the fleet to connect", every=0.2)
@@ -547,8 +578,9 @@ class FaultLab:
             states = self._states()
             return all(states.get(d, (0, 0))[1] >= seq for d, seq in self.target.items())
 
-        poll_until(caught_up, timeout, "the ledger to acknowledge everything generated before the fault ended",
-                   every=0.05)
+        poll_until(
+            caught_up, timeout, "the ledger to acknowledge everything generated before the fault ended", every=0.05
+        )
         self.recover_s = time.monotonic() - self.fault_end
         return self.recover_s
 
@@ -558,8 +590,12 @@ class FaultLab:
         for _ in range(rounds):
             self.start_fleet(interval=DRAIN_INTERVAL_S)
             self.wait_fleet_connected()
-            poll_until(lambda: self._fleet_alive() and self.pending() == 0, timeout,
-                       "the fleet's outbox to drain (every reading acked)", every=0.2)
+            poll_until(
+                lambda: self._fleet_alive() and self.pending() == 0,
+                timeout,
+                "the fleet's outbox to drain (every reading acked)",
+                every=0.2,
+            )
             self.stop_fleet()
             if self.pending() == 0:
                 return
@@ -581,8 +617,14 @@ class FaultLab:
         ledger = {(d, s): n for d, s, n in rows}
         status = self.stack.cli_json("status", "--json")
         verify = self.stack.cli("verify", "--deep")
-        logs = "\n".join(f"--- {name} (tail)\n{tail(path)}" for name, path in (
-            ("ingest", self.stack.ingest_log), ("fleet", self.fleet_log), ("broker", mosquitto.log_path(self.home))))
+        logs = "\n".join(
+            f"--- {name} (tail)\n{tail(path)}"
+            for name, path in (
+                ("ingest", self.stack.ingest_log),
+                ("fleet", self.fleet_log),
+                ("broker", mosquitto.log_path(self.home)),
+            )
+        )
         return Outcome(
             fault=fault,
             devices=self.devices_n,

@@ -45,10 +45,13 @@ def build_ledger(root: Path, *, devices: int = 3, per_device: int = 12, block_si
             built.keys[device] = key
         for seq in range(1, per_device + 1):
             for device, key in built.keys.items():
-                built.readings.append(sign_reading(key, device=device, kind="water", seq=seq,
-                                                   ts=T0 + seq * 900_000, value=1000 + seq * 37))
+                built.readings.append(
+                    sign_reading(
+                        key, device=device, kind="water", seq=seq, ts=T0 + seq * 900_000, value=1000 + seq * 37
+                    )
+                )
         for start in range(0, len(built.readings), block_size):
-            chunk = built.readings[start:start + block_size]
+            chunk = built.readings[start : start + block_size]
             writer.commit(Batch(readings=[LedgeredReading(r, r.ts + 500) for r in chunk]))
     finally:
         writer.close()

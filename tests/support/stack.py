@@ -57,8 +57,15 @@ class SimDevice:
 class Stack:
     """Broker + ingest on a temporary home; every process is stopped on exit."""
 
-    def __init__(self, root: Path, *, block_readings: int = 500, block_seconds: float = 0.3, workers: int = 0,
-                 broker: RunningBroker | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        block_readings: int = 500,
+        block_seconds: float = 0.3,
+        workers: int = 0,
+        broker: RunningBroker | None = None,
+    ) -> None:
         """With `broker`, this stack shares another's broker (a district's home shares its city's)."""
         self.home = Home(root)
         self.block_readings, self.block_seconds, self.workers = block_readings, block_seconds, workers
@@ -72,8 +79,13 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "CITYLEDGER_HOME": str(self.home.root), "CITYLEDGER_MQTT_PORT": str(self.broker.port),
-                "CITYLEDGER_MQTT_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        return {
+            **os.environ,
+            "CITYLEDGER_HOME": str(self.home.root),
+            "CITYLEDGER_MQTT_PORT": str(self.broker.port),
+            "CITYLEDGER_MQTT_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def start(self) -> Stack:
         if self._owns_broker:
@@ -84,10 +96,18 @@ class Stack:
     def start_ingest(self, command: tuple[str, ...] | None = None) -> None:
         """`cityledger ingest` with this stack's settings, or `cityledger COMMAND` (e.g. `anchor`)."""
         assert self.ingest is None or not self.ingest.alive, "ingest already running"
-        command = command or ("ingest", "--block-readings", str(self.block_readings),
-                              "--block-seconds", str(self.block_seconds), "--workers", str(self.workers))
-        self.ingest = start([sys.executable, "-m", "ledger.cli", *command], env=self.env, stdout=self.ingest_log,
-                            stderr=STDOUT)
+        command = command or (
+            "ingest",
+            "--block-readings",
+            str(self.block_readings),
+            "--block-seconds",
+            str(self.block_seconds),
+            "--workers",
+            str(self.workers),
+        )
+        self.ingest = start(
+            [sys.executable, "-m", "ledger.cli", *command], env=self.env, stdout=self.ingest_log, stderr=STDOUT
+        )
         wait_for(lambda: self._ingest_ready(), 30, "the ingest's API socket")
 
     def _ingest_ready(self) -> bool:
@@ -122,8 +142,9 @@ class Stack:
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """Run `cityledger ARGS` against this stack, as a user would."""
-        out = subprocess.run([sys.executable, "-m", "ledger.cli", *args], env=self.env, capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "ledger.cli", *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
         if check and out.returncode != 0:
             raise AssertionError(f"cityledger {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
         return out
@@ -137,8 +158,18 @@ class Stack:
 
     def enroll(self, device: str, kind: str = "water", district: str = "d01", account: str | None = None) -> SimDevice:
         key = SigningKey.generate()
-        args = ["devices", "enroll", "--id", device, "--kind", kind, "--district", district,
-                "--public-key", key.verify_key.encode().hex()]
+        args = [
+            "devices",
+            "enroll",
+            "--id",
+            device,
+            "--kind",
+            kind,
+            "--district",
+            district,
+            "--public-key",
+            key.verify_key.encode().hex(),
+        ]
         if account:
             args += ["--account", account]
         out = self.cli_json(*args)

@@ -22,9 +22,17 @@ from ledger.chain.records import Batch
 from ledger.clock import now_ms
 from ledger.errors import Refused
 from ledger.billing.bills import Bill
-from ledger.service.results.billing import (AccountAssigned, AccountOpened, Adjustment, AdjustmentDecided,
-                                            AdjustmentLimitSet, BillsIssued, ReplacementRecorded, RolledUp,
-                                            TariffsLoaded)
+from ledger.service.results.billing import (
+    AccountAssigned,
+    AccountOpened,
+    Adjustment,
+    AdjustmentDecided,
+    AdjustmentLimitSet,
+    BillsIssued,
+    ReplacementRecorded,
+    RolledUp,
+    TariffsLoaded,
+)
 from ledger.service.writer import AlreadyEnrolled, LedgerWriter, checked_operator, named
 from ledger.store import accounts
 from ledger.store import device_days
@@ -34,8 +42,9 @@ from ledger.store.store import Store
 DEFAULT_ADJUSTMENT_LIMIT = Decimal("1000.00")  # yuan; above it a correction needs a second operator
 
 
-def add_account(writer: LedgerWriter, account: str, name: str, customer_class: str = "residential",
-                operator: str | None = None) -> AccountOpened:
+def add_account(
+    writer: LedgerWriter, account: str, name: str, customer_class: str = "residential", operator: str | None = None
+) -> AccountOpened:
     by = named(operator)
     if not valid_device_id(account):
         raise Refused(f"invalid account id {account!r} (letters, digits, . _ -)")
@@ -45,8 +54,10 @@ def add_account(writer: LedgerWriter, account: str, name: str, customer_class: s
         if accounts.account_exists(writer.store, account):
             raise AlreadyEnrolled(f"account {account} exists")
         at = now_ms()
-        sealed = writer.seal({"entry": "account_opened", "account": account, "class": customer_class, **by, "at": at},
-                             lambda s: accounts.add_account(s, account, name, customer_class, at))
+        sealed = writer.seal(
+            {"entry": "account_opened", "account": account, "class": customer_class, **by, "at": at},
+            lambda s: accounts.add_account(s, account, name, customer_class, at),
+        )
     return {"account": account, "name": name, "class": customer_class, "block": sealed.hash}
 
 
@@ -58,8 +69,10 @@ def assign_account(writer: LedgerWriter, device: str, account: str | None, opera
         rec = writer.store.device(device)
         if rec is None:
             raise Refused(f"unknown device {device}")
-        sealed = writer.seal({"entry": "device_account", "device": device, "account": account, "operator": operator},
-                             lambda s: s.set_account(device, account))
+        sealed = writer.seal(
+            {"entry": "device_account", "device": device, "account": account, "operator": operator},
+            lambda s: s.set_account(device, account),
+        )
         writer.registry = {**writer.registry, device: replace(rec, account=account)}
     return {"device": device, "account": account, "operator": operator, "block": sealed.hash}
 
@@ -74,22 +87,32 @@ def load_tariffs(writer: LedgerWriter, source: str, operator: str | None = None)
         if latest is not None and latest[1] == digest:
             return {"version": latest[0], "sha256": digest, "changed": False}
         version = latest[0] + 1 if latest else 1
-        writer.seal({"entry": "tariffs_loaded", "version": version, "sha256": digest, **by},
-                    lambda s: accounts.add_tariffs(s, version, now_ms(), source, digest))
+        writer.seal(
+            {"entry": "tariffs_loaded", "version": version, "sha256": digest, **by},
+            lambda s: accounts.add_tariffs(s, version, now_ms(), source, digest),
+        )
     return {"version": version, "sha256": digest, "changed": True}
 
 
-def record_replacement(writer: LedgerWriter, device: str, ts: int, old_final: int, new_initial: int,
-                       operator: str) -> ReplacementRecorded:
+def record_replacement(
+    writer: LedgerWriter, device: str, ts: int, old_final: int, new_initial: int, operator: str
+) -> ReplacementRecorded:
     operator = checked_operator(operator)
     with writer.lock:
         rec = writer.store.device(device)
         if rec is None or rec.kind == "parking":
             raise Refused(f"{device} is not an enrolled meter")
-        sealed = writer.seal({"entry": "meter_replaced", "device": device, "ts": ts, "old_final": old_final,
-                              "new_initial": new_initial, "operator": operator},
-                             lambda s: accounts.add_replacement(s, device, ts, old_final, new_initial, operator,
-                                                                now_ms()))
+        sealed = writer.seal(
+            {
+                "entry": "meter_replaced",
+                "device": device,
+                "ts": ts,
+                "old_final": old_final,
+                "new_initial": new_initial,
+                "operator": operator,
+            },
+            lambda s: accounts.add_replacement(s, device, ts, old_final, new_initial, operator, now_ms()),
+        )
     return {"device": device, "ts": ts, "block": sealed.hash}
 
 
@@ -109,14 +132,31 @@ def adjust(writer: LedgerWriter, account: str, amount: str, reason: str, operato
         writer.require_account(account)
         at, height, limit = now_ms(), writer.height + 1, adjustment_limit(writer)
         if abs(value) > limit:
-            writer.seal({"entry": "adjustment_requested", "id": adj_id, "account": account, "amount": str(value),
-                         "reason": reason, "operator": operator, "limit": str(limit), "at": at},
-                        lambda s: accounts.request_adjustment(s, adj_id, account, str(value), reason, operator, at,
-                                                              height))
-            return {"id": adj_id, "account": account, "amount": str(value), "status": "pending",
-                    "limit": str(limit), "created_at": at}
-        writer.seal(_adjustment_entry(adj_id, account, value, reason, operator, at),
-                    lambda s: accounts.add_adjustment(s, adj_id, account, str(value), reason, operator, at, height))
+            writer.seal(
+                {
+                    "entry": "adjustment_requested",
+                    "id": adj_id,
+                    "account": account,
+                    "amount": str(value),
+                    "reason": reason,
+                    "operator": operator,
+                    "limit": str(limit),
+                    "at": at,
+                },
+                lambda s: accounts.request_adjustment(s, adj_id, account, str(value), reason, operator, at, height),
+            )
+            return {
+                "id": adj_id,
+                "account": account,
+                "amount": str(value),
+                "status": "pending",
+                "limit": str(limit),
+                "created_at": at,
+            }
+        writer.seal(
+            _adjustment_entry(adj_id, account, value, reason, operator, at),
+            lambda s: accounts.add_adjustment(s, adj_id, account, str(value), reason, operator, at, height),
+        )
     return {"id": adj_id, "account": account, "amount": str(value), "status": "sealed", "created_at": at}
 
 
@@ -127,11 +167,20 @@ def _amount(amount: str) -> Decimal:
         raise Refused(str(exc)) from exc
 
 
-def _adjustment_entry(adj_id: str, account: str, value: Decimal, reason: str, operator: str, at: int,
-                      approved_by: str | None = None) -> dict[str, Any]:
+def _adjustment_entry(
+    adj_id: str, account: str, value: Decimal, reason: str, operator: str, at: int, approved_by: str | None = None
+) -> dict[str, Any]:
     approval = {"approved_by": approved_by} if approved_by else {}
-    return {"entry": "adjustment", "id": adj_id, "account": account, "amount": str(value), "reason": reason,
-            "operator": operator, **approval, "at": at}
+    return {
+        "entry": "adjustment",
+        "id": adj_id,
+        "account": account,
+        "amount": str(value),
+        "reason": reason,
+        "operator": operator,
+        **approval,
+        "at": at,
+    }
 
 
 def adjustment_limit(writer: LedgerWriter) -> Decimal:
@@ -151,8 +200,9 @@ def set_adjustment_limit(writer: LedgerWriter, amount: str, operator: str) -> Ad
     return {"limit": str(limit), "operator": operator, "block": sealed.hash}
 
 
-def decide_adjustment(writer: LedgerWriter, adj_id: str, operator: str, approve: bool,
-                      note: str = "") -> AdjustmentDecided:
+def decide_adjustment(
+    writer: LedgerWriter, adj_id: str, operator: str, approve: bool, note: str = ""
+) -> AdjustmentDecided:
     """A second operator approves (the adjustment is sealed with the approval, one block) or
     rejects a requested adjustment. The requester may withdraw it, never approve it."""
     operator = checked_operator(operator)
@@ -167,8 +217,16 @@ def decide_adjustment(writer: LedgerWriter, adj_id: str, operator: str, approve:
             raise Refused(f"{operator} requested {adj_id}: another operator must approve it")
         at, height = now_ms(), writer.height + 1
         decided: Literal["approved", "rejected"] = "approved" if approve else "rejected"
-        entries = [{"entry": f"adjustment_{decided}", "id": adj_id, "operator": operator, "requested_by": requester,
-                    **({"note": note} if note else {}), "at": at}]
+        entries = [
+            {
+                "entry": f"adjustment_{decided}",
+                "id": adj_id,
+                "operator": operator,
+                "requested_by": requester,
+                **({"note": note} if note else {}),
+                "at": at,
+            }
+        ]
         if approve:
             entries.append(_adjustment_entry(adj_id, account, Decimal(amount), reason, requester, at, operator))
 
@@ -179,8 +237,15 @@ def decide_adjustment(writer: LedgerWriter, adj_id: str, operator: str, approve:
 
         sealed = writer.commit(Batch(), entries, also=record)
     assert sealed is not None
-    return {"id": adj_id, "status": decided, "operator": operator, "requested_by": requester, "account": account,
-            "amount": amount, "block": sealed.hash}
+    return {
+        "id": adj_id,
+        "status": decided,
+        "operator": operator,
+        "requested_by": requester,
+        "account": account,
+        "amount": amount,
+        "block": sealed.hash,
+    }
 
 
 def adjustment_requests(writer: LedgerWriter, status: str | None = "pending") -> list[AdjustmentRequest]:
@@ -188,8 +253,9 @@ def adjustment_requests(writer: LedgerWriter, status: str | None = "pending") ->
         return accounts.adjustment_requests(writer.store, status)
 
 
-def roll_up(writer: LedgerWriter, max_readings: int = 500_000,
-            progress: Callable[[int, int], None] | None = None) -> RolledUp:
+def roll_up(
+    writer: LedgerWriter, max_readings: int = 500_000, progress: Callable[[int, int], None] | None = None
+) -> RolledUp:
     """Bring the per-device daily summaries up to the head, a chunk per transaction.
 
     Each chunk is summarised on a read snapshot without the lock (DuckDB reads every
@@ -216,8 +282,7 @@ def roll_up(writer: LedgerWriter, max_readings: int = 500_000,
             progress(summary.hi, target)
 
 
-def issue_bills(writer: LedgerWriter, month: str, bills: Sequence[Bill],
-                per_block: int = 5000) -> BillsIssued:
+def issue_bills(writer: LedgerWriter, month: str, bills: Sequence[Bill], per_block: int = 5000) -> BillsIssued:
     """Seal bills not yet issued: each bill's hash goes into the chain, its body into `bills`.
 
     Issued bills are never replaced, so running the close again issues nothing new.
@@ -231,11 +296,19 @@ def issue_bills(writer: LedgerWriter, month: str, bills: Sequence[Bill],
         # which bills are issued by now, so a close running at the same time issues none twice.
         at = now_ms()
         rows, entries = [], []
-        for bill in todo[start:start + per_block]:
+        for bill in todo[start : start + per_block]:
             body = canonical_json({**bill, "status": "issued"}).decode()
             digest = hashlib.sha256(body.encode()).hexdigest()
-            entries.append({"entry": "bill_issued", "account": bill["account"], "month": month,
-                            "total": bill["total"], "bill_hash": digest, "at": at})
+            entries.append(
+                {
+                    "entry": "bill_issued",
+                    "account": bill["account"],
+                    "month": month,
+                    "total": bill["total"],
+                    "bill_hash": digest,
+                    "at": at,
+                }
+            )
             rows.append((bill["account"], month, at, bill["total"], body, digest))
         with writer.lock:
             now_done = accounts.billed_accounts(writer.store, month)

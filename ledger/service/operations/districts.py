@@ -32,30 +32,39 @@ def add_district(writer: LedgerWriter, district: str, operator: str | None = Non
         if district in writer.districts():
             raise AlreadyEnrolled(f"district {district} exists")
         if writer.registry or writer.ledgers_readings:
-            raise EnrolmentError("this home ledgers readings itself (it has devices, or `cityledger ingest` "
-                                 "runs on it); district chains need a city home with no devices, running "
-                                 "`cityledger anchor` instead")
+            raise EnrolmentError(
+                "this home ledgers readings itself (it has devices, or `cityledger ingest` "
+                "runs on it); district chains need a city home with no devices, running "
+                "`cityledger anchor` instead"
+            )
         sub = writer.home.district_home(district)
         sub.root.mkdir(parents=True, exist_ok=True)
         (sub.root / DISTRICT_FILE).write_text(district + "\n")
         initialize(sub)
         first_key = sub.trusted_key.read_text().strip()
         at, height = now_ms(), writer.height + 1
-        sealed = writer.seal({"entry": "district_added", "district": district, "ledger_key": first_key, **by,
-                              "at": at},
-                             lambda s: s.add_district(district, first_key, at, height))
+        sealed = writer.seal(
+            {"entry": "district_added", "district": district, "ledger_key": first_key, **by, "at": at},
+            lambda s: s.add_district(district, first_key, at, height),
+        )
     return {"district": district, "home": str(sub.root), "ledger_key": first_key, "block": sealed.hash}
 
 
-def anchor(writer: LedgerWriter, heads: Sequence[anchors.Head],
-           alarms: Sequence[tuple[str, str, str, int]] = ()) -> Sealed | None:
+def anchor(
+    writer: LedgerWriter, heads: Sequence[anchors.Head], alarms: Sequence[tuple[str, str, str, int]] = ()
+) -> Sealed | None:
     """Seal district heads into the city chain (and record alarms about district chains)."""
     with writer.lock:
         at, height = now_ms(), writer.height + 1
-        rows = [(h.district, h.height, h.hash, canonical_json(h.signed.header).decode(), h.signed.sig, at, height)
-                for h in heads]
-        return writer.commit(Batch(witness_reports=list(alarms)), [dict(h.entry(at)) for h in heads],
-                             also=lambda s: s.put_district_heads(rows))
+        rows = [
+            (h.district, h.height, h.hash, canonical_json(h.signed.header).decode(), h.signed.sig, at, height)
+            for h in heads
+        ]
+        return writer.commit(
+            Batch(witness_reports=list(alarms)),
+            [dict(h.entry(at)) for h in heads],
+            also=lambda s: s.put_district_heads(rows),
+        )
 
 
 def anchored_heads(writer: LedgerWriter) -> list[anchors.Head]:

@@ -24,9 +24,10 @@ def set_zone(writer: LedgerWriter, space: str, zone_class: int, from_ts: int, op
         _parking_space(writer, space)
         if zone_class not in (1, 2, 3):
             raise Refused("zone class must be 1, 2 or 3")
-        sealed = writer.seal({"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts,
-                              "operator": operator},
-                             lambda s: accounts.add_zone(s, space, zone_class, from_ts))
+        sealed = writer.seal(
+            {"entry": "parking_zone", "space": space, "class": zone_class, "from": from_ts, "operator": operator},
+            lambda s: accounts.add_zone(s, space, zone_class, from_ts),
+        )
     return {"space": space, "class": zone_class, "from": from_ts, "operator": operator, "block": sealed.hash}
 
 
@@ -35,9 +36,10 @@ def lease(writer: LedgerWriter, space: str, account: str | None, from_ts: int, o
     with writer.lock:  # checks and the record in one step
         _parking_space(writer, space)
         writer.require_account(account)
-        sealed = writer.seal({"entry": "parking_lease", "space": space, "account": account, "from": from_ts,
-                              "operator": operator},
-                             lambda s: accounts.add_lease(s, space, account, from_ts))
+        sealed = writer.seal(
+            {"entry": "parking_lease", "space": space, "account": account, "from": from_ts, "operator": operator},
+            lambda s: accounts.add_lease(s, space, account, from_ts),
+        )
     return {"space": space, "account": account, "from": from_ts, "operator": operator, "block": sealed.hash}
 
 
@@ -46,7 +48,8 @@ def checkin(writer: LedgerWriter, space: str, account: str, at: int, operator: s
     with writer.lock:  # checks and the record in one step
         _parking_space(writer, space)
         writer.require_account(account)
-        sealed = writer.seal({"entry": "parking_checkin", "space": space, "account": account, "at": at,
-                              "operator": operator},
-                             lambda s: accounts.add_checkin(s, space, account, at))
+        sealed = writer.seal(
+            {"entry": "parking_checkin", "space": space, "account": account, "at": at, "operator": operator},
+            lambda s: accounts.add_checkin(s, space, account, at),
+        )
     return {"space": space, "account": account, "at": at, "operator": operator, "block": sealed.hash}

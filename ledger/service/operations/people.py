@@ -35,8 +35,11 @@ def set_password(writer: LedgerWriter, role: str, principal: str, password: str)
         raise Refused(str(exc)) from exc
     with writer.lock:
         store = writer.store
-        exists = accounts.account_exists(store, principal) if role == "citizen" \
+        exists = (
+            accounts.account_exists(store, principal)
+            if role == "citizen"
             else people.operator(store, principal) is not None
+        )
         if not exists:
             raise Refused(f"no {role} {principal}")
         people.set_password_hash(store, role, principal, hashed, now_ms())
@@ -57,8 +60,9 @@ def add_operator(writer: LedgerWriter, operator: str, name: str, districts: str)
     return {"operator": operator, "name": name, "districts": list(scope)}
 
 
-def authenticate(writer: LedgerWriter, role: str, principal: str, password: str,
-                 source: str = signin.LOCAL) -> signin.Outcome:
+def authenticate(
+    writer: LedgerWriter, role: str, principal: str, password: str, source: str = signin.LOCAL
+) -> signin.Outcome:
     """Signed in, wrong, or throttled (ledger/people/signin.py): no hard lock that a stranger could set off.
     A throttled attempt costs no Argon2 check. The counts are read again once this attempt holds
     one of the two check slots, so a burst of parallel attempts gains at most one extra guess."""
@@ -96,8 +100,9 @@ def _principal(writer: LedgerWriter, role: str, principal: str) -> auth.Principa
     return auth.Principal("operator", principal, op[0], tuple(op[1].split(",")))
 
 
-def _signin_failed(writer: LedgerWriter, role: str, principal: str, source: str, keys: signin.Keys,
-                   wait: signin.Wait | None) -> signin.Wrong | signin.Throttled:
+def _signin_failed(
+    writer: LedgerWriter, role: str, principal: str, source: str, keys: signin.Keys, wait: signin.Wait | None
+) -> signin.Wrong | signin.Throttled:
     """Count a wrong password (a throttled attempt counts for nothing: it only waits) and record
     the failure for operators, without the password. Counts are read and written under the
     lock, so parallel failures all count."""
@@ -114,8 +119,15 @@ def _signin_failed(writer: LedgerWriter, role: str, principal: str, source: str,
     return signin.Wrong() if wait is None else signin.Throttled(wait.scope, wait.retry_after_s)
 
 
-def dispute(writer: LedgerWriter, dispute_id: str | None, account: str, author: str, status: str, message: str,
-            subject: str | None = None) -> DisputePosted:
+def dispute(
+    writer: LedgerWriter,
+    dispute_id: str | None,
+    account: str,
+    author: str,
+    status: str,
+    message: str,
+    subject: str | None = None,
+) -> DisputePosted:
     """Append to a dispute (a new one when `dispute_id` is None): a citizen's message or an operator's answer."""
     if not message.strip():
         raise Refused("a dispute needs a message")
@@ -126,6 +138,5 @@ def dispute(writer: LedgerWriter, dispute_id: str | None, account: str, author: 
             dispute_id = f"dsp-{secrets.token_hex(5)}"
         elif people.dispute_account(writer.store, dispute_id) != account:
             raise Refused(f"no dispute {dispute_id} for account {account}")
-        people.add_dispute_message(writer.store, dispute_id, now_ms(), account, author, status, subject,
-                                   message[:4000])
+        people.add_dispute_message(writer.store, dispute_id, now_ms(), account, author, status, subject, message[:4000])
     return {"id": dispute_id, "status": status}
