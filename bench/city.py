@@ -43,7 +43,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,17 +51,18 @@ from typing import Any
 import duckdb
 from nacl.signing import SigningKey
 
-from broker.mqtt import wire
 from bench.loadgen import LoadError, LoadGenerator, Supply
 from broker import mosquitto
-from ledger.home import Home
-from ledger.processes import STDOUT, Child, WaitTimeout, start as start_child, wait_until
-from ledger.service.progress import ProgressBar
+from broker.mqtt import wire
 from ledger.chain.protocol import READING_CONTEXT, device_topic, sign_reading, verify_reading
-from ledger.service.rpc import RemoteLedger, open_ledger
-from ledger.service.homes import initialize
 from ledger.clock import now_ms
 from ledger.errors import LedgerError
+from ledger.home import Home
+from ledger.processes import STDOUT, Child, WaitTimeout, wait_until
+from ledger.processes import start as start_child
+from ledger.service.homes import initialize
+from ledger.service.progress import ProgressBar
+from ledger.service.rpc import RemoteLedger, open_ledger
 
 # Readings/s the pre-signed supply is sized for, with room for devices progressing unevenly;
 # a faster ledger runs the devices dry, and the result says so (supply_exhausted).
@@ -606,7 +607,7 @@ def run(opt: BenchOptions) -> dict[str, Any]:
         raise BenchError("--districts takes 2 or more districts (0: one chain), and at least a device for each")
     home, temporary = _fresh_home(opt.home)
     load_before = os.getloadavg()
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     ok = False
     try:
         _raise_open_files_limit(opt.devices + 1024)

@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ledger.service.api import local_api
 from ledger.home import Home
+from ledger.service.api import local_api
+from ledger.service.homes import initialize
 from ledger.service.progress import ProgressBar
 from ledger.store.store import Store
-from ledger.service.homes import initialize
 
 T0 = 1_767_196_800_000 - 8 * 3_600_000  # 2026-01-01 00:00 Asia/Shanghai
 STEP = 4 * 3_600_000

@@ -36,12 +36,12 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ledger.home import Home
-from ledger.service.writer import LedgerWriter
-from ledger.service.homes import initialize
 from ledger.clock import now_ms
+from ledger.home import Home
+from ledger.service.homes import initialize
 from ledger.service.operations import billing as billing_ops
 from ledger.service.operations import people as people_ops
+from ledger.service.writer import LedgerWriter
 
 STEP = 900_000
 DAY = 86_400_000

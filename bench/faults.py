@@ -46,12 +46,13 @@ from nacl.signing import SigningKey
 from broker import mosquitto
 from broker.mqtt.client_ids import mqtt_client_id
 from edge.agent import AgentSettings
-from ledger.home import Home
-from ledger.processes import STDOUT, Child, start as start_child, wait_until
 from ledger.chain.protocol import device_topic, sign_reading
-from ledger.service.rpc import RemoteLedger, open_ledger
-from ledger.service.homes import initialize
 from ledger.clock import now_ms
+from ledger.home import Home
+from ledger.processes import STDOUT, Child, wait_until
+from ledger.processes import start as start_child
+from ledger.service.homes import initialize
+from ledger.service.rpc import RemoteLedger, open_ledger
 
 
 def _free_port() -> int:

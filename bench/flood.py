@@ -362,8 +362,8 @@ def run_scenario(
     from edge.fleet import OUTBOX_FILE
     from edge.outbox import Outbox
     from ledger.home import Home
-    from ledger.service.rpc import RemoteLedger, open_ledger
     from ledger.service.homes import initialize
+    from ledger.service.rpc import RemoteLedger, open_ledger
 
     root = Path(tempfile.mkdtemp(prefix="cityledger-flood-"))
     home = Home(root)

@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -66,7 +66,6 @@ from bench.city import (
     Stack,
     _check_alive,
     _logs,
-    report,
     _raise_open_files_limit,
     chain_readings,
     device_specs,
@@ -76,20 +75,21 @@ from bench.city import (
     own_cpu_seconds,
     presign,
     process_tree,
+    report,
     running_stack,
     tree_cpu_seconds,
     tree_peak_rss_mb,
 )
 from bench.loadgen import Latencies, LoadError, LoadGenerator, weighted_percentile
 from ledger.chain.blocks import block_hash, make_header, sign_header
-from ledger.home import Home
-from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import READING_CONTEXT, canonical_json
-from ledger.service.rpc import open_ledger
-from ledger.store.sqlaudit import READING_LEAF_SQL
-from ledger.service.writer import LedgerWriter
-from ledger.service.homes import initialize
 from ledger.clock import now_ms
+from ledger.home import Home
+from ledger.service.homes import initialize
+from ledger.service.progress import ProgressBar
+from ledger.service.rpc import open_ledger
+from ledger.service.writer import LedgerWriter
+from ledger.store.sqlaudit import READING_LEAF_SQL
 
 JOBS = ("audit", "deep-audit", "scan", "roll-up", "close", "sign-in")
 STEP_MS = 900_000  # the history's cadence: a reading every 15 minutes
@@ -579,7 +579,7 @@ def run(opt: JobsOptions) -> dict[str, Any]:
     home = Home(root)
     if home.ledger_key.exists() or home.database.exists():
         raise BenchError(f"{home.root} already holds a ledger: give the bench an empty directory")
-    load_before, started_at, ok = os.getloadavg(), datetime.now(timezone.utc), False
+    load_before, started_at, ok = os.getloadavg(), datetime.now(dt.UTC), False
     try:
         _raise_open_files_limit(opt.load.devices + 1024)
         result = _run_on(home, opt)

@@ -26,15 +26,14 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from ledger.service.api import local_api
-from ledger.home import Home
-from ledger.service.progress import ProgressBar
 from ledger.chain.protocol import Reading, sign_reading
 from ledger.chain.receipts import encode_receipt
-from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter
+from ledger.chain.records import Batch, LedgeredReading
+from ledger.home import Home
+from ledger.service.api import local_api
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
+from ledger.service.progress import ProgressBar
+from ledger.service.writer import LedgerWriter
 
 T0 = 1_764_000_000_000
 

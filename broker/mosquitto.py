@@ -36,7 +36,8 @@ from typing import IO, NoReturn
 from broker.certs import CertPaths, ensure_certs
 from broker.mqtt.client_ids import CLIENT_ID_PREFIX
 from ledger.home import Home, write_private
-from ledger.processes import STDOUT, Child, Sink, WaitTimeout, start as start_child, wait_until
+from ledger.processes import STDOUT, Child, Sink, WaitTimeout, wait_until
+from ledger.processes import start as start_child
 
 TEMPLATE: Path = Path(__file__).resolve().parent.parent / "mosquitto.conf"
 TEMPLATE_ENV = "CITYLEDGER_MOSQUITTO_CONF"

@@ -14,8 +14,8 @@ import threading
 from typing import Any
 
 from dashboard import data
-from ledger.home import Home
 from ledger.clock import now_ms
+from ledger.home import Home
 
 log = logging.getLogger("cityledger.dashboard")
 

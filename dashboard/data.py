@@ -23,11 +23,11 @@ from typing import Any
 from dashboard import bills as billfmt
 from dashboard import usage as use
 from dashboard.fmt import unit_label, zone
-from ledger.home import Home
-from ledger.errors import LedgerError, NotFound, Refused, Unavailable
-from ledger.service.rpc import open_ledger
-from ledger.people.signin import LOCAL, Throttled, Wrong
 from ledger.clock import now_ms
+from ledger.errors import LedgerError, NotFound, Refused, Unavailable
+from ledger.home import Home
+from ledger.people.signin import LOCAL, Throttled, Wrong
+from ledger.service.rpc import open_ledger
 
 log = logging.getLogger("cityledger.dashboard")
 

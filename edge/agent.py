@@ -31,9 +31,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from nacl.signing import SigningKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
-from nacl.signing import SigningKey
 
 from broker.mqtt.client_ids import mqtt_client_id
 from broker.mqtt.tls import TLSSettings

@@ -36,9 +36,9 @@ from edge.identity import DeviceIdentity, Enroll, provision
 from edge.meters import MeterModel, ParkingSensor, device_seed, meter_for
 from edge.netloop import NetLoop
 from edge.outbox import Outbox, OutboxFull
-from ledger.home import Home
 from ledger.clock import now_ms
 from ledger.errors import Unavailable
+from ledger.home import Home
 
 log = logging.getLogger("cityledger.fleet")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from nacl.signing import SigningKey, VerifyKey
 
-from ledger.home import Home, write_private
 from ledger.chain.protocol import KINDS, device_topic, valid_device_id, valid_district
+from ledger.home import Home, write_private
 
 KEY_FILE = "key"
 CREDENTIALS_FILE = "credentials.json"

@@ -11,9 +11,9 @@ import pytest
 
 from broker import access
 from broker.access import DeviceAccess, ServiceAccess
-from ledger.ingest.acks import AckPublisher
-from ledger.home import Home, write_private
 from ledger.chain.protocol import ack_payload, device_topic, parse_ack
+from ledger.home import Home, write_private
+from ledger.ingest.acks import AckPublisher
 from tests.support.broker import RunningBroker, client_log, close_client, connect_client, subscribe, wait_for
 
 DEVICE, PASSWORD = "wm-d01-000001", "device password"

@@ -11,9 +11,9 @@ from nacl.signing import SigningKey
 from ledger.chain import merkle
 from ledger.chain.anchors import Anchor, Follower, Head, anchors_in, first_broken
 from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
-from ledger.keys import public_hex
 from ledger.chain.protocol import canonical_json, signed_header_payload
 from ledger.chain.witness import SignedHeader, parse_signed_header
+from ledger.keys import public_hex
 
 
 class Chain:

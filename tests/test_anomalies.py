@@ -19,8 +19,8 @@ import pytest
 
 from edge.faults import (
     CLOCK_AHEAD_MS,
-    FaultPlan,
     Fault,
+    FaultPlan,
     Injector,
     measure,
     parse_duration,

@@ -21,7 +21,7 @@ def _table(readings: dict[str, list[Obs]]) -> pa.Table:
     return pa.table({c: [getattr(o, c) for o in rows] for c in COLUMNS})
 
 
-def _reader(table: pa.Table):  # noqa: ANN202 - the scan's `read`
+def _reader(table: pa.Table):
     import pyarrow.compute as pc
 
     def read(ids: list[str]) -> pa.Table:
@@ -57,7 +57,7 @@ def test_the_scan_by_group_finds_exactly_what_detect_finds() -> None:
     assert in_child == expected
 
 
-def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_path) -> None:  # noqa: ANN001
+def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_path) -> None:
     from ledger.store import anomaly_queries
     from ledger.store.store import Store
     from tests.support.ledgers import build_ledger
@@ -79,19 +79,18 @@ def test_a_groups_readings_come_from_duckdb_as_the_whole_query_gives_them(tmp_pa
         store.close()
 
 
-def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp_path) -> None:  # noqa: ANN001
+def test_readings_stamped_before_the_look_back_but_received_in_it_are_judged(tmp_path) -> None:
     """A clock reset to the epoch (ts 0 is a ts the protocol accepts) stamps its readings 1970. Read by
     ts alone, the scan never saw them: the device looked silent though it kept talking, and the clock
     rule could not see its readings going back. They are read by when they arrived as well."""
     from nacl.signing import SigningKey
 
-    from ledger.store import anomaly_queries
-    from ledger.home import Home
     from ledger.chain.protocol import sign_reading
-    from ledger.chain.records import LedgeredReading
-    from ledger.service.writer import LedgerWriter
+    from ledger.chain.records import Batch, LedgeredReading
+    from ledger.home import Home
     from ledger.service.homes import initialize
-    from ledger.chain.records import Batch
+    from ledger.service.writer import LedgerWriter
+    from ledger.store import anomaly_queries
 
     home = Home(tmp_path / "home")
     initialize(home)

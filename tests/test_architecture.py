@@ -3,8 +3,9 @@
 docs/architecture.md draws the layers; import-linter checks every import, direct or
 through a chain of modules, against the contracts in pyproject.toml. A test shows the
 check can fail: one import from the core up to the CLI, in a copy of the tree, breaks
-the layers. Ruff's lint finds nothing, and mypy passes on every package, with the
-flags of --strict on the pure core; their configurations are in pyproject.toml too.
+the layers. Ruff's lint finds nothing and its formatter would change nothing, and mypy
+passes on every package, with the flags of --strict on the pure core; their
+configurations are in pyproject.toml too.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def test_an_import_from_the_core_up_to_the_cli_breaks_the_layers(tmp_path: Path)
 def test_ruff_finds_nothing() -> None:
     done = subprocess.run(
         [str(RUFF), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_would_change_nothing() -> None:
+    done = subprocess.run(
+        [str(RUFF), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -18,13 +18,13 @@ import duckdb
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.store import archive
+from ledger.chain.protocol import canonical_json
+from ledger.chain.records import Batch
+from ledger.home import Home
 from ledger.service import rpc
 from ledger.service.api import LedgerAPI, local_api
-from ledger.home import Home
-from ledger.chain.protocol import canonical_json
 from ledger.service.writer import LedgerWriter
-from ledger.chain.records import Batch
+from ledger.store import archive
 from tests.support.ledgers import T0, Growing, build_ledger
 
 DEVICES, PER_DEVICE = 5, 1000  # enough readings for several Parquet row groups

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from broker.mqtt import wire
 from bench.city import (
     BenchError,
     BenchOptions,
@@ -32,12 +31,13 @@ from bench.city import (
 )
 from bench.loadgen import weighted_percentile
 from broker.access import hash_password
+from broker.mqtt import wire
+from ledger.chain.protocol import Reading, parse_reading, sign_reading, verify_reading
+from ledger.home import Home
 from ledger.service import rpc
 from ledger.service.api import local_api
-from ledger.home import Home
-from ledger.chain.protocol import Reading, parse_reading, sign_reading, verify_reading
-from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
 from ledger.service.homes import initialize
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
 
 REPO = Path(__file__).resolve().parent.parent
 

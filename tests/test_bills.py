@@ -15,15 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger.service.api import local_api
-from ledger.home import Home
 from ledger.chain.protocol import sign_reading
-from ledger.chain.records import LedgeredReading
-from ledger.service.writer import EnrolmentError, LedgerWriter
+from ledger.chain.records import Batch, LedgeredReading
+from ledger.home import Home
+from ledger.service.api import local_api
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
-from ledger.service.operations import parking as parking_ops
 from ledger.service.operations import billing as billing_ops
+from ledger.service.operations import parking as parking_ops
+from ledger.service.writer import EnrolmentError, LedgerWriter
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -40,6 +40,7 @@ from nacl.signing import SigningKey
 from dashboard import bills as billfmt
 from dashboard import charts, data
 from dashboard import fmt as dfmt
+from ledger.billing.tariffs import DEFAULT_FILE, UtilityTariff, parse_tariffs
 from ledger.chain.protocol import (
     FUTURE_TOLERANCE_MS,
     INT64_MAX,
@@ -48,7 +49,6 @@ from ledger.chain.protocol import (
     signed_message,
 )
 from ledger.chain.receipts import receipt_ok, verify_receipt
-from ledger.billing.tariffs import DEFAULT_FILE, UtilityTariff, parse_tariffs
 from ledger.service.operations import billing as billing_ops
 from tests.support.broker import close_client, wait_for
 from tests.support.stack import SimDevice, Stack
@@ -566,13 +566,12 @@ def check_audit(run: Run, archive: Path) -> None:
 def test_the_typical_household_is_exact_for_registers_near_2_63(tmp_path: Path) -> None:
     """Five meters near the protocol's largest register, each using 150 L an hour: the district's typical
     hour is 150 L. As one DOUBLE per register (1,024-litre steps up there) it came out 0 or 1,024."""
-    from ledger.store import views
-    from ledger.home import Home
     from ledger.chain.protocol import sign_reading
-    from ledger.chain.records import LedgeredReading
-    from ledger.service.writer import LedgerWriter
+    from ledger.chain.records import Batch, LedgeredReading
+    from ledger.home import Home
     from ledger.service.homes import initialize
-    from ledger.chain.records import Batch
+    from ledger.service.writer import LedgerWriter
+    from ledger.store import views
 
     home = Home(tmp_path / "home")
     initialize(home)

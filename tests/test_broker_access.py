@@ -27,24 +27,24 @@ from broker.access import (
     DeviceAccess,
     ServiceAccess,
     device_rules,
-    logins_elsewhere,
     hash_password,
+    logins_elsewhere,
     new_password,
     render_acl,
     render_passwd,
     write_access_files,
 )
+from ledger.chain.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, device_topic
 from ledger.home import Home
 from ledger.processes import DEVNULL, STDOUT, start
-from ledger.chain.protocol import CHECKPOINT_TOPIC, INGEST_TOPICS, device_topic
 from tests.support.broker import (
-    listening_ports,
     Received,
     RunningBroker,
     client_log,
     close_client,
     connect_client,
     free_port,
+    listening_ports,
     publish,
     subscribe,
     wait_for,

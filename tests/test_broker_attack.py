@@ -30,9 +30,9 @@ import pytest
 from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password, write_access_files
 from broker.mqtt.client_ids import CLIENT_ID_PREFIX, mqtt_client_id
+from ledger.chain.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, parse_ack
 from ledger.home import Home
 from ledger.processes import STDOUT, start
-from ledger.chain.protocol import CHECKPOINT_TOPIC, DEVICE_PATTERN, parse_ack
 from tests.support.broker import (
     RELOAD_LOG_LINE,
     client_log,

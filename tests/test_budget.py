@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ledger.service.budget import OVER_BUDGET, SUSPENDED, Budget, BudgetPolicy, Drops, Streaks, device_of
 from ledger.chain.protocol import canonical_json, device_topic
+from ledger.service.budget import OVER_BUDGET, SUSPENDED, Budget, BudgetPolicy, Drops, Streaks, device_of
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 

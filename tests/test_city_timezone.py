@@ -15,11 +15,11 @@ from ledger.billing.tariffs import DEFAULT_FILE
 from ledger.defaults import DEFAULT_TIMEZONE
 from ledger.home import Home
 from ledger.service.api import local_api
-from ledger.service.scheduler import _city_timezone, close_job
 from ledger.service.homes import initialize
+from ledger.service.scheduler import _city_timezone, close_job
 
 # 2026-03-01 00:30 UTC: March in Berlin (01:30), still February in New York (19:30 on the 28th).
-INSTANT_MS = int(dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.timezone.utc).timestamp() * 1000)
+INSTANT_MS = int(dt.datetime(2026, 3, 1, 0, 30, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def city_in(tmp_path: Path, zone: str) -> Home:

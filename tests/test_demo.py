@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from edge.fleet import plan_fleet
-from ledger.city import demo
-from ledger.service.api import LedgerAPI, local_api
-from ledger.home import Home
 from ledger.chain.protocol import valid_device_id
+from ledger.city import demo
 from ledger.city.up import fleet_devices
+from ledger.home import Home
+from ledger.service.api import LedgerAPI, local_api
 from ledger.service.homes import initialize
 
 # Ids the protocol allows that are not the fleet's: an operator's own meters.

@@ -16,17 +16,16 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from ledger.billing import rules as billing
-from ledger.store import device_days
-from ledger.billing.rules import Point
 from ledger.billing.device_days import DAY_MS, Day, condense, history, meter_quiet, space_quiet
-from ledger.home import Home
+from ledger.billing.rules import Point
 from ledger.chain.protocol import sign_reading
-from ledger.store.store import Store
-from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter
+from ledger.chain.records import Batch, LedgeredReading
+from ledger.home import Home
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
 from ledger.service.operations import billing as billing_ops
+from ledger.service.writer import LedgerWriter
+from ledger.store import device_days
+from ledger.store.store import Store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000
@@ -267,8 +266,8 @@ def test_the_scheduler_job_rolls_up_through_the_ledger_api(tmp_path: Path) -> No
 
 def test_a_seq_at_the_protocols_limit_followed_by_another_reading_rolls_up_and_bills(tmp_path: Path) -> None:
     """A meter sending seq 2^63-1 and then one more reading must not break the roll-up or the bills."""
-    from ledger.store.billing_queries import meters_needing_checks
     from ledger.chain.protocol import SEQ_MAX
+    from ledger.store.billing_queries import meters_needing_checks
 
     home = Home(tmp_path / "home")
     initialize(home)

@@ -47,7 +47,7 @@ class Device:
         return self.loop.call_soon(fn).result(timeout=10)
 
     def record(self, n: int = 1) -> list[Reading]:
-        return [self.call(lambda: self.agent.record(time.time_ns() // 1_000_000, 1000 + i)) for i in range(n)]
+        return [self.call(lambda i=i: self.agent.record(time.time_ns() // 1_000_000, 1000 + i)) for i in range(n)]
 
     def acked_up_to(self, seq: int) -> bool:
         return self.agent.acked_seq >= seq and self.outbox.count(self.agent.device) == 0

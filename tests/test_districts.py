@@ -15,13 +15,13 @@ import duckdb
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.ingest.service import IngestService
-from ledger.home import Home
 from ledger.chain.protocol import ChainTopics, parse_ack
-from ledger.service.scheduler import audit_job
-from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
+from ledger.home import Home
+from ledger.ingest.service import IngestService
 from ledger.service.homes import initialize
 from ledger.service.operations import districts as district_ops
+from ledger.service.scheduler import audit_job
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 from tests.test_witness_stack import add_witness, witness

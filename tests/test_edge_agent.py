@@ -28,8 +28,8 @@ from edge.fleet import FleetBusy, FleetStats, plan_fleet, run_fleet
 from edge.identity import CREDENTIALS_FILE, KEY_FILE, device_dir
 from edge.netloop import Backoff, NetLoop
 from edge.outbox import Outbox
-from ledger.home import Home
 from ledger.chain.protocol import STATUS_OFFLINE, STATUS_ONLINE, Reading, ack_payload, parse_reading, verify_reading
+from ledger.home import Home
 from tests.support.broker import (
     RunningBroker,
     client_log,

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import paho.mqtt.client as mqtt
 import pytest
 
 from ledger.chain.protocol import CHECKPOINT_TOPIC, parse_ack
 from tests.support.broker import client_log, close_client, connect_client, publish, subscribe, wait_for
-from tests.support.stack import Stack
+from tests.support.stack import SimDevice, Stack
 
 NOW = lambda: int(time.time() * 1000)  # noqa: E731
 
@@ -41,7 +42,7 @@ def test_readings_are_ledgered_exactly_once_and_acked(stack: Stack) -> None:
 
     for dev, client in zip(devices, clients):
 
-        def acked() -> bool:
+        def acked(client: mqtt.Client = client, dev: SimDevice = dev) -> bool:
             acks = [parse_ack(m.payload) for m in client_log(client).received(dev.ack_topic)]
             return any(a and a[0] == per_device for a in acks)
 

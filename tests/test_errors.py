@@ -20,8 +20,8 @@ from ledger.errors import Busy, InternalError, LedgerError, NotFound, Refused, U
 from ledger.home import Home
 from ledger.service import rpc
 from ledger.service.api import LedgerAPI, local_api
-from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
 from ledger.service.homes import initialize
+from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter
 from ledger.store.archive import ArchiveError
 
 

@@ -48,12 +48,12 @@ from bench.flood import (
     peak_rss_mb,
     start_hostile,
 )
-from ledger.service.budget import OVER_BUDGET, SUSPENDED
 from broker.mqtt.sessions import RECEIVE_MAXIMUM
 from edge.fleet import OUTBOX_FILE
 from edge.outbox import Outbox
 from ledger.chain.protocol import Reason
 from ledger.processes import start
+from ledger.service.budget import OVER_BUDGET, SUSPENDED
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 

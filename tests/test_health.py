@@ -7,11 +7,11 @@ import stat
 import threading
 from pathlib import Path
 
+from ledger.home import Home
 from ledger.service import jobs
 from ledger.service.health import IngestHealth, block_lag_ms, silence_margin_ms
-from ledger.home import Home
-from ledger.service.scheduler import JobLog
 from ledger.service.homes import initialize
+from ledger.service.scheduler import JobLog
 from tests.support.stack import Stack
 
 

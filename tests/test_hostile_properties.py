@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from ledger.ingest.intake import Incoming, Intake, QuarantineCap, SeqState
 from ledger.chain.protocol import (
     FUTURE_TOLERANCE_MS,
     MAX_PAYLOAD_BYTES,
@@ -31,8 +30,8 @@ from ledger.chain.protocol import (
     sign_reading,
     verify_reading,
 )
-from ledger.chain.records import DeviceRecord
-from ledger.chain.records import Batch
+from ledger.chain.records import Batch, DeviceRecord
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, SeqState
 
 NOW = 1_764_000_000_000
 REASONS = {r.value for r in Reason}

@@ -11,8 +11,8 @@ import pytest
 from nacl.signing import SigningKey
 
 from edge.identity import DeviceIdentity
-from ledger.keys import check_device_key
 from ledger.chain.sigcheck import first_bad
+from ledger.keys import check_device_key
 from tests.support.broker import close_client, connect_client, wait_for
 from tests.support.stack import Stack
 from tests.vectors import load_json

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
 from ledger.chain.keyspans import KeySpan
 from ledger.chain.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
 from ledger.chain.records import DeviceRecord, QuarantineRow
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
 
 NOW = 1_764_000_000_000
 KEY = SigningKey(bytes(range(32)))

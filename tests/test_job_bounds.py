@@ -12,14 +12,13 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from bench.jobs import history_values, previous_month, window_gaps
-from ledger.store import device_days
-from ledger.home import Home
 from ledger.chain.protocol import sign_reading
-from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter, Sealed
+from ledger.chain.records import Batch, LedgeredReading
+from ledger.home import Home
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
 from ledger.service.operations import billing as billing_ops
+from ledger.service.writer import LedgerWriter, Sealed
+from ledger.store import device_days
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 HOUR = 3_600_000

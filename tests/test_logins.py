@@ -16,9 +16,9 @@ from nacl.signing import SigningKey
 from broker.access import MosquittoLogins, hash_password
 from ledger.chain.records import DeviceRecord, ServiceRecord
 from ledger.home import Home
+from ledger.service.homes import initialize
 from ledger.service.logins import installed_logins
 from ledger.service.writer import LedgerWriter
-from ledger.service.homes import initialize
 
 
 def test_the_installed_keeper_is_mosquittos(tmp_path: Path) -> None:

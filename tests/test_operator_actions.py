@@ -15,20 +15,19 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.ingest.intake import SeqState
-from ledger.service.api import local_api
 from ledger.billing.rules import parse_amount
-from ledger.home import Home
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import ack_payload, parse_ack, parse_written_off, sign_reading
-from ledger.chain.records import LedgeredReading
+from ledger.chain.records import Batch, LedgeredReading
 from ledger.errors import Refused
-from ledger.service.writer import EnrolmentError, LedgerWriter
-from ledger.service.operations.billing import DEFAULT_ADJUSTMENT_LIMIT
+from ledger.home import Home
+from ledger.ingest.intake import SeqState
+from ledger.service.api import local_api
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
-from ledger.service.operations import parking as parking_ops
 from ledger.service.operations import billing as billing_ops
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations.billing import DEFAULT_ADJUSTMENT_LIMIT
+from ledger.service.writer import EnrolmentError, LedgerWriter
 
 T0 = 1_764_000_000_000
 

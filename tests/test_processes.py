@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.processes import DEVNULL, PIPE, Child, STDOUT, WaitTimeout, describe_exit, start, wait_until
+from ledger.processes import DEVNULL, PIPE, STDOUT, Child, WaitTimeout, describe_exit, start, wait_until
 
 PY = sys.executable
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+from pydantic import ValidationError
 
 from ledger.chain import merkle
 from ledger.chain.protocol import (
@@ -184,7 +185,7 @@ def test_a_trusted_rebuild_is_the_same_reading_as_a_validated_one() -> None:
     assert t.model_dump() == r.model_dump() and t.leaf_data() == r.leaf_data()
     assert t.sig_bytes() == r.sig_bytes() and t == r
     assert verify_reading(SigningKey(SEED).verify_key, t)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         t.seq = 8  # still frozen
 
 

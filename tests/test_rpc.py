@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from ledger.chain.records import Batch
 from ledger.errors import Busy
+from ledger.home import Home
 from ledger.service import rpc
 from ledger.service.api import local_api
-from ledger.home import Home
-from ledger.service.writer import LedgerWriter
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
+from ledger.service.writer import LedgerWriter
 from tests.support.broker import wait_for
 
 
@@ -94,7 +94,7 @@ def test_api_threads_read_and_write_while_the_owner_seals_without_colliding(tmp_
                 remote.status()
                 remote.accounts()
                 remote.recent_blocks(limit=5)
-        except BaseException as exc:  # noqa: BLE001 - every failure is the finding
+        except BaseException as exc:
             errors.append(exc)
 
     callers = [threading.Thread(target=call, args=(i,)) for i in range(8)]

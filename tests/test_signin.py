@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.people import auth
-from ledger.people import signin
-from ledger.service.api import local_api
 from ledger.home import Home
+from ledger.people import auth, signin
 from ledger.people.signin import POLICY, Count, Counts, Rule, SignedIn, Throttled, Wrong
-from ledger.service.writer import LedgerWriter
+from ledger.service.api import local_api
 from ledger.service.homes import initialize
-from ledger.service.operations import people as people_ops
 from ledger.service.operations import billing as billing_ops
+from ledger.service.operations import people as people_ops
+from ledger.service.writer import LedgerWriter
 
 PASSWORD = "the right horse staple"
 T0 = 1_770_000_000_000

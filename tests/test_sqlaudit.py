@@ -22,18 +22,16 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
 from ledger.chain import merkle
-from ledger.store import registry_check
-from ledger.store import sqlaudit
 from ledger.chain.audit import DUPLICATE, Failure, Report, audit
-from ledger.home import Home
 from ledger.chain.protocol import Reading, parse_reading, sign_reading, signature_bytes
-from ledger.store.store import Store, _reading_or_none
-from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter
+from ledger.chain.records import Batch, LedgeredReading
+from ledger.home import Home
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
-from tests.test_protocol import LEAF_HASH, PAYLOAD
+from ledger.service.writer import LedgerWriter
+from ledger.store import registry_check, sqlaudit
+from ledger.store.store import Store, _reading_or_none
 from tests.support.ledgers import T0, Growing
+from tests.test_protocol import LEAF_HASH, PAYLOAD
 
 DEVICES = {  # device ids at the edges of the pattern, one of each kind
     "wm-d01-000001": "water",
@@ -418,10 +416,11 @@ def test_reading_sealed_after_its_device_was_revoked(ledger: Ledger, batch_leave
 
 def test_wrong_size_signed_with_the_ledger_key_is_named(ledger: Ledger) -> None:
     """Only the size check can catch this one: root and signature are right."""
-    from ledger.chain.blocks import sign_header
-    from ledger.keys import load_signing_key
-    from ledger.chain.protocol import canonical_json
     import json
+
+    from ledger.chain.blocks import sign_header
+    from ledger.chain.protocol import canonical_json
+    from ledger.keys import load_signing_key
 
     height = sql(ledger, "SELECT max(height) FROM blocks")[0][0]
     header = json.loads(sql(ledger, "SELECT header FROM blocks WHERE height = ?", height)[0][0])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from broker import access
-from broker.mqtt import wire
 from broker.access import DeviceAccess, ServiceAccess
+from broker.mqtt import wire
 from broker.mqtt.subscriber import MQTTError, Subscriber
 from ledger.home import Home
 from tests.support.broker import RunningBroker, close_client, connect_client, publish, wait_for

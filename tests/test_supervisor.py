@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.home import Home
 from ledger.city.supervisor import Backoff, CrashLoop, PartSpec, Stopped, Supervisor, describe_exit
-from ledger.service.supervision import PartRecord, describe_restarts, parts_status, read_state, write_state
 from ledger.city.up import port_open
+from ledger.home import Home
+from ledger.service.supervision import PartRecord, describe_restarts, parts_status, read_state, write_state
 from tests.support.broker import free_port, wait_for
 from tests.support.stack import Stack
 

@@ -20,9 +20,9 @@ from nacl.signing import SigningKey
 
 from ledger.chain import merkle
 from ledger.chain.blocks import block_hash, sign_header
-from ledger.store.store import Store
 from ledger.chain.protocol import canonical_json, sign_reading, signature_bytes
 from ledger.service.operations import billing as billing_ops
+from ledger.store.store import Store
 from tests.support.ledgers import T0, Built, build_ledger
 
 # build_ledger: 3 devices x 12 readings in blocks of 7 after 4 registry blocks (genesis + 3 enrolments).
@@ -230,9 +230,8 @@ def test_rewritten_and_resigned_with_a_stolen_key_is_caught_with_a_witness(built
 
 
 def test_restoring_an_older_copy_is_caught_with_a_witness(built: Built, tmp_path: Path) -> None:
-    from ledger.chain.records import LedgeredReading
+    from ledger.chain.records import Batch, LedgeredReading
     from ledger.service.writer import LedgerWriter
-    from ledger.chain.records import Batch
 
     old_copy = tmp_path / "old.duckdb"
     shutil.copy(built.home.database, old_copy)

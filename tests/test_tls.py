@@ -29,8 +29,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from broker import certs
-from broker import mosquitto
+from broker import certs, mosquitto
 from broker.access import DeviceAccess, ServiceAccess, hash_password, new_password
 from broker.mqtt.tls import TLSSettings
 from edge.agent import AgentSettings, DeviceAgent
@@ -38,16 +37,16 @@ from edge.fleet import plan_fleet
 from edge.identity import DeviceIdentity
 from edge.netloop import Backoff, NetLoop
 from edge.outbox import Outbox
+from ledger.chain.protocol import ack_payload, device_topic
 from ledger.home import Home
 from ledger.processes import DEVNULL, PIPE, start
-from ledger.chain.protocol import ack_payload, device_topic
 from tests.support.broker import (
-    listening_ports,
     RunningBroker,
     client_log,
     close_client,
     connect_client,
     free_port,
+    listening_ports,
     publish,
     subscribe,
     wait_for,

@@ -17,14 +17,14 @@ import pytest
 from nacl.signing import SigningKey
 
 from ledger.city import demo
-from ledger.service.api import local_api
-from ledger.home import Home
+from ledger.city.up import fleet_devices
 from ledger.errors import LedgerError
+from ledger.home import Home
+from ledger.processes import STDOUT, Child, start
+from ledger.service.api import local_api
+from ledger.service.homes import initialize
 from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.supervision import parts_status
-from ledger.city.up import fleet_devices
-from ledger.processes import STDOUT, Child, start
-from ledger.service.homes import initialize
 from tests.support.broker import free_port, wait_for
 from tests.support.faults import FaultLab
 

@@ -114,7 +114,7 @@ def seal_blocks(stack: Stack, dev: SimDevice, blocks: int, per_block: int = 3) -
             target = stack.status()["readings"] + per_block
             for _ in range(per_block):
                 publish(client, dev.topic, dev.reading(value=dev.seq + 1, ts=NOW()).payload())
-            wait_for(lambda: stack.status()["readings"] == target, 30, f"{target} readings ledgered")
+            wait_for(lambda target=target: stack.status()["readings"] == target, 30, f"{target} readings ledgered")
     finally:
         close_client(client)
     return int(stack.status()["height"])

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.ingest.intake import Incoming, Screened
-from ledger.ingest.workers import pack, unpack, worker_count
 from ledger.chain.protocol import parse_ack, sign_reading
 from ledger.chain.records import QuarantineRow
+from ledger.ingest.intake import Incoming, Screened
+from ledger.ingest.workers import pack, unpack, worker_count
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 
@@ -112,7 +112,7 @@ def test_a_killed_worker_is_restarted_and_nothing_it_held_is_lost(tmp_path: Path
         wait_for(lambda: len(_workers(stack)) == 2, 30, "the worker restarted")
         for dev, client in zip(devices, clients):
             wait_for(
-                lambda: any(
+                lambda client=client, dev=dev: any(
                     (a := parse_ack(m.payload)) and a[0] == 40 for m in client_log(client).received(dev.ack_topic)
                 ),
                 30,
@@ -164,7 +164,11 @@ def test_fewer_workers_after_a_restart_leave_no_share_behind(tmp_path: Path) -> 
             before = stack.status()["readings"]
             # Were workers 2 and 3 still subscribed, their shares would wait for them.
             _send(stack, devices, 30)
-            wait_for(lambda: stack.status()["readings"] == before + 120, 30, f"every reading with {workers} workers")
+            wait_for(
+                lambda before=before: stack.status()["readings"] == before + 120,
+                30,
+                f"every reading with {workers} workers",
+            )
     assert "ended the broker session of idle worker login ingest-w3" in stack.ingest_log.read_text()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import bills, ui
-from dashboard.fmt import month_label, money, unit_label
+from dashboard.fmt import money, month_label, unit_label
 
 data = ui.citizen()
 st.title("Bill")

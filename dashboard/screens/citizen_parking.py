@@ -7,7 +7,7 @@ from decimal import Decimal
 import streamlit as st
 
 from dashboard import bills, ui
-from dashboard.fmt import minutes, month_label, money
+from dashboard.fmt import minutes, money, month_label
 
 data = ui.citizen()
 st.title("Parking")

@@ -8,9 +8,9 @@ import streamlit as st
 
 from dashboard import bills, proof, ui
 from dashboard.data import api
-from ledger.errors import NotFound
-from ledger.clock import now_ms
 from dashboard.fmt import kind_label, month_label
+from ledger.clock import now_ms
+from ledger.errors import NotFound
 from ledger.home import Home
 
 data = ui.citizen()

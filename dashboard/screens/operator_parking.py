@@ -8,8 +8,8 @@ import streamlit as st
 
 from dashboard import charts, ui
 from dashboard.data import tariffs
-from ledger.clock import now_ms
 from dashboard.fmt import money
+from ledger.clock import now_ms
 
 data = ui.operator()
 st.title("Parking")

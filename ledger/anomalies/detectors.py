@@ -30,9 +30,10 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
+
 from ledger.defaults import DEFAULT_TIMEZONE
 
 TYPES = (
@@ -193,7 +194,7 @@ def _series(readings: Sequence[Obs]) -> _Series:
 @lru_cache(maxsize=4096)
 def _offset_ms(tz: str, hour: int) -> int:
     """UTC offset of `tz` during the UTC hour `hour` (epoch hours), in ms."""
-    at = datetime.fromtimestamp(hour * 3600, tz=timezone.utc).astimezone(ZoneInfo(tz))
+    at = datetime.fromtimestamp(hour * 3600, tz=UTC).astimezone(ZoneInfo(tz))
     off = at.utcoffset()
     return int(off.total_seconds() * 1000) if off is not None else 0
 
@@ -563,7 +564,7 @@ def detect_spikes(
         hours[d.device] = before + _hourly(s, lo, end, gap)
     n_hours = (end - start) // HOUR_MS
     out: list[Finding] = []
-    for (_, kind), group in _by_district_kind(meters).items():
+    for (_, _kind), group in _by_district_kind(meters).items():
         present = [d for d in group if d.device in hours]
         peer_median = []
         for k in range(n_hours):

@@ -17,10 +17,10 @@ from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.anomalies.detectors import Finding
+from ledger.errors import NotFound, Refused
 from ledger.store import investigations as stored
 from ledger.store.investigations import Anomaly, AnomalyEvent
 from ledger.store.store import Store
-from ledger.errors import NotFound, Refused
 
 OPEN_STATES = ("open", "acknowledged")
 TRANSITIONS = {"acknowledged": ("open",), "resolved": ("open", "acknowledged"), "dismissed": ("open", "acknowledged")}

@@ -35,7 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ledger.anomalies.detectors import AnomalyConfig, DeviceInfo, Finding, Obs, TYPES, detect
+from ledger.anomalies.detectors import TYPES, AnomalyConfig, DeviceInfo, Finding, Obs, detect
 from ledger.defaults import DEFAULT_TIMEZONE
 from ledger.store import anomaly_queries
 from ledger.store.store import Store

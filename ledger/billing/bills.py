@@ -9,20 +9,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 from fractions import Fraction
-from typing import Annotated, Literal, Union, cast
+from typing import Annotated, Literal, NotRequired, cast
 from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, with_config
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
-from ledger.billing import rules as billing
 from ledger.billing import device_days
+from ledger.billing import rules as billing
 from ledger.billing.rules import FeeLine, Point, Replacement, TierLine
+from ledger.billing.tariffs import TariffBook
+from ledger.errors import NotFound
 from ledger.store import billing_queries as q
 from ledger.store.billing_queries import Account, AdjustmentRow, Meter
 from ledger.store.store import Store
-from ledger.billing.tariffs import TariffBook
-from ledger.errors import NotFound
 
 MARGIN_MS = 45 * 24 * 3600 * 1000  # parking reports this far before the month may start a stay in it
 
@@ -95,7 +95,7 @@ class AdjustmentLine(TypedDict):
     block: int
 
 
-BillLine = Annotated[Union[UtilityLine, ParkingLine, AdjustmentLine], Field(discriminator="type")]
+BillLine = Annotated[UtilityLine | ParkingLine | AdjustmentLine, Field(discriminator="type")]
 
 
 @_no_extra

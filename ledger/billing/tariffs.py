@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
 from ledger.defaults import DEFAULT_TIMEZONE
 from ledger.errors import NotFound, Refused
 

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain.protocol import strict_json
-from ledger.chain.witness import Accepted, Alarm, Source, SignedHeader, WitnessState, check
+from ledger.chain.witness import Accepted, Alarm, SignedHeader, Source, WitnessState, check
 
 HEAD_ENTRY = "district_head"
 ADDED_ENTRY = "district_added"

@@ -341,7 +341,7 @@ def apply_entry(device_keys: KeySpans, entry: dict[str, Any], height: int) -> No
 def _first_bad_signature(leaves: list[Leaf], device_keys: KeySpans, height: int) -> str | None:
     keys = dict(device_keys)
     verifiers: dict[str, VerifyKey] = {}
-    for idx, obj, raw in leaves:
+    for _idx, obj, raw in leaves:
         if raw is not None:
             apply_entry(keys, obj, height)  # type: ignore[arg-type]
             continue

@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.home import Home, write_private
 from ledger.chain.protocol import DEVICE_PATTERN
+from ledger.home import Home, write_private
 
 CITIZEN_PASSWORD = "demo-citizen-2026"
 OPERATOR_PASSWORD = "demo-operator-2026"

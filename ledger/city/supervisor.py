@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger.home import Home
-from ledger.service.supervision import PartRecord, write_state
 from ledger.clock import now_ms
 from ledger.errors import LedgerError
+from ledger.home import Home
 from ledger.processes import STDOUT, Child, WaitTimeout, describe_exit, start, wait_until
+from ledger.service.supervision import PartRecord, write_state
 
 STOP_TIMEOUT_S = 15.0
 
@@ -209,7 +209,7 @@ class Supervisor:
         check = part.spec.ready
         try:
             ready = check is None or bool(check())
-        except Exception:  # noqa: BLE001 - a readiness probe that fails means "not yet"
+        except Exception:
             ready = False
         if ready:
             part.ready = True
@@ -263,7 +263,7 @@ class Supervisor:
             self.tick()
             try:
                 return bool(condition())
-            except Exception:  # noqa: BLE001 - see the docstring
+            except Exception:
                 return False
 
         try:

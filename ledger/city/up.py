@@ -33,9 +33,9 @@ import time
 from broker.certs import CertPaths, resolve
 from edge.fleet import plan_fleet
 from ledger.city import demo
+from ledger.city.supervisor import PartSpec, Stopped, Supervisor
 from ledger.home import Home
 from ledger.service.rpc import RemoteLedger, open_ledger
-from ledger.city.supervisor import PartSpec, Stopped, Supervisor
 
 STATUS_EVERY_S = 10.0
 
@@ -237,7 +237,7 @@ def _status_line(home: Home, sup: Supervisor, last: int) -> tuple[str, int | Non
         return f"{stamp} ingest is restarting; status unavailable{tail}", None
     try:
         s = _remote(home).status()
-    except Exception as exc:  # noqa: BLE001 - ingest went away between the check and the call
+    except Exception as exc:
         return f"{stamp} status unavailable: {exc}{tail}", None
     readings = int(s["readings"])
     counts = (

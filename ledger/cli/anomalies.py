@@ -40,9 +40,7 @@ def cmd_anomalies_scan(args: argparse.Namespace) -> int:
 def _anomaly_line(a: dict[str, Any]) -> str:
     import datetime as dt
 
-    when = dt.datetime.fromtimestamp((a["window_end"] or a["raised_at"]) / 1000, dt.timezone.utc).strftime(
-        "%m-%d %H:%M"
-    )
+    when = dt.datetime.fromtimestamp((a["window_end"] or a["raised_at"]) / 1000, dt.UTC).strftime("%m-%d %H:%M")
     return (
         f"{a['id']:<14} {a['status']:<12} {a['type']:<17} {a['severity'] or '-':<7} {a['device']:<20} "
         f"{a['district']:<6} {when}  {a['detail'] or ''}"

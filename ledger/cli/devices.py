@@ -203,7 +203,7 @@ def _iso(ms: int | None) -> str:
 
     if ms is None:
         return "-"
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cmd_devices_policy(args: argparse.Namespace) -> int:

@@ -56,10 +56,9 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
 def cmd_verify_receipt(args: argparse.Namespace) -> int:
     """Offline: reads only the files named, never the home, the database or the network."""
+    from ledger.chain.anchored import anchored_ok, is_anchored, verify_anchored
     from ledger.chain.keychain import KeyChainError, key_for_height
     from ledger.chain.receipts import receipt_ok, verify_receipt
-
-    from ledger.chain.anchored import anchored_ok, is_anchored, verify_anchored
 
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     trusted = args.ledger_key.lower()

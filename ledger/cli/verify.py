@@ -128,8 +128,8 @@ def cmd_verify_districts(args: argparse.Namespace) -> int:
 
 def cmd_verify_archive(args: argparse.Namespace) -> int:
     """`verify --archive DIR`: the audit over the Parquet files, reaching the live ledger only for its link."""
-    from ledger.store.archive import verify_archive
     from ledger.service.progress import ProgressBar
+    from ledger.store.archive import verify_archive
 
     if args.witness:
         print("--witness compares the live ledger; it does not go with --archive", file=sys.stderr)

@@ -18,20 +18,20 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ledger.ingest.headers import publish_head, publish_sealed
-from ledger.ingest.service import drain
 from broker.mqtt.sessions import service_client
 from broker.mqtt.sessions import start as start_session
 from broker.mqtt.tls import TLSSettings
-from ledger.service import rpc
 from ledger.chain.anchors import Follower
-from ledger.service.api import local_api
-from ledger.home import Home
 from ledger.chain.protocol import DISTRICT_CHECKPOINT_TOPIC, DISTRICT_HEADERS_TOPIC, ChainTopics, canonical_json
 from ledger.chain.witness import alarm_record
-from ledger.service.writer import LedgerWriter
 from ledger.clock import now_ms
+from ledger.home import Home
+from ledger.ingest.headers import publish_head, publish_sealed
+from ledger.ingest.service import drain
+from ledger.service import rpc
+from ledger.service.api import local_api
 from ledger.service.operations import districts as district_ops
+from ledger.service.writer import LedgerWriter
 
 log = logging.getLogger("cityledger.anchor")
 

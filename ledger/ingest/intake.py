@@ -26,8 +26,7 @@ from ledger.chain.protocol import (
     parse_topic,
     verify_reading,
 )
-from ledger.chain.records import DeviceRecord, LedgeredReading, QuarantineRow
-from ledger.chain.records import Batch
+from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, QuarantineRow
 
 Key = tuple[str, int]
 Lookup = Callable[[Iterable[Key]], Mapping[Key, tuple[int, int, str]]]

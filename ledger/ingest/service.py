@@ -20,28 +20,27 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ledger.ingest import workers
-from ledger.ingest.workers import WorkerPool
-from ledger.ingest.acks import AckPublisher
-from ledger.service.budget import Budget, BudgetPolicy, Drops, Streaks
-from ledger.ingest.headers import publish_head, publish_sealed
-from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
 from broker.mqtt.sessions import RECEIVE_MAXIMUM, service_client
 from broker.mqtt.sessions import start as start_session
 from broker.mqtt.tls import TLSSettings
-from ledger.service import rpc
-from ledger.service.api import local_api
-from ledger.service.health import IngestHealth
-from ledger.home import Home
 from ledger.chain.protocol import (
     ChainTopics,
     ack_payload,
     device_topic,
 )
-from ledger.chain.records import DeviceRecord
-from ledger.service.writer import LedgerWriter, Sealed
+from ledger.chain.records import Batch, DeviceRecord
 from ledger.clock import now_ms
-from ledger.chain.records import Batch
+from ledger.home import Home
+from ledger.ingest import workers
+from ledger.ingest.acks import AckPublisher
+from ledger.ingest.headers import publish_head, publish_sealed
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
+from ledger.ingest.workers import WorkerPool
+from ledger.service import rpc
+from ledger.service.api import local_api
+from ledger.service.budget import Budget, BudgetPolicy, Drops, Streaks
+from ledger.service.health import IngestHealth
+from ledger.service.writer import LedgerWriter, Sealed
 
 log = logging.getLogger("cityledger.ingest")
 POLICE_EVERY_S = 0.25  # how often budget drops are written and suspensions begun or ended

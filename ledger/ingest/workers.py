@@ -28,16 +28,15 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, cast
 
-
-from ledger.service.budget import Budget, BudgetPolicy, Count, Span
-from ledger.ingest.intake import Incoming, Screened, Screener, Screening
 from broker.mqtt.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.mqtt.subscriber import MQTTError, Subscriber
 from broker.mqtt.tls import TLSSettings
 from ledger.chain.protocol import ChainTopics, Reading
 from ledger.chain.records import DeviceRecord
-from ledger.service.writer import WORKER_PREFIX
 from ledger.clock import now_ms
+from ledger.ingest.intake import Incoming, Screened, Screener, Screening
+from ledger.service.budget import Budget, BudgetPolicy, Count, Span
+from ledger.service.writer import WORKER_PREFIX
 
 log = logging.getLogger("cityledger.ingest")
 

@@ -14,25 +14,45 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ledger.chain import anchors
-from ledger.store import anomaly_queries
-from ledger.store import billing_queries
-from ledger.store import people
 from ledger.anomalies import investigations
-from ledger.service import jobs
-from ledger.chain import merkle
-from ledger.people import signin
-from ledger.store import signin as store_signin
-from ledger.service import supervision
-from ledger.service import views
-from ledger.billing.bills import close_bills, make_bill, unpaid_stays
-from ledger.chain.audit import Progress, compare_with_witness
+from ledger.anomalies.investigations import AnomalyDetail
+from ledger.billing.bills import Bill, UnpaidStay, close_bills, make_bill, unpaid_stays
+from ledger.billing.tariffs import TariffBook, parse_tariffs
+from ledger.chain import anchors, merkle
+from ledger.chain.audit import Progress, VerifyReport, compare_with_witness
+from ledger.chain.blocks import Header
 from ledger.chain.protocol import Reading, strict_json
-from ledger.chain.receipts import build_receipt
-from ledger.service.health import IngestHealth
-from ledger.chain.audit import VerifyReport
-from ledger.chain.receipts import Receipt
+from ledger.chain.receipts import Receipt, build_receipt
+from ledger.clock import now_ms
+from ledger.defaults import DEFAULT_TIMEZONE
+from ledger.errors import NotFound
+from ledger.home import Home
+from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
+from ledger.people import signin
+from ledger.people.signin import OutcomeDoc
+from ledger.service import jobs, supervision, views
 from ledger.service.budget import BudgetRule
+from ledger.service.health import IngestHealth
+from ledger.service.operations import billing as billing_ops
+from ledger.service.operations import districts as district_ops
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import people as people_ops
+from ledger.service.results.anomalies import ScanSummary
+from ledger.service.results.billing import (
+    AccountAssigned,
+    AccountOpened,
+    Adjustment,
+    AdjustmentDecided,
+    AdjustmentLimitSet,
+    CheckedIn,
+    Leased,
+    MonthClosed,
+    ReplacementRecorded,
+    RolledUp,
+    TariffsInForce,
+    TariffsLoaded,
+    ZoneSet,
+)
 from ledger.service.results.chain import (
     ArchiveAnchor,
     BudgetPolicySet,
@@ -50,55 +70,28 @@ from ledger.service.results.chain import (
     Status,
     WrittenOff,
 )
+from ledger.service.results.districts import AnchorProof, Anchors, DistrictAdded, DistrictChain
+from ledger.service.results.people import Dispute, DisputePosted, Operator, OperatorAdded, PasswordSet
+from ledger.service.writer import LedgerWriter
+from ledger.store import anomaly_queries, billing_queries, people
+from ledger.store import districts as store_districts
+from ledger.store import signin as store_signin
+from ledger.store.accounts import AdjustmentRequest
 from ledger.store.archive import ArchiveWritten
+from ledger.store.billing_queries import AccountWithDevices, IssuedMonth
+from ledger.store.investigations import Anomaly
+from ledger.store.signin import RepeatedFailures
+from ledger.store.sqlaudit import audit_store
 from ledger.store.store import (
     DeviceKey,
     FlaggedDevice,
     QuarantineEntry,
     RecentBlock,
     RecentReading,
+    Store,
     WitnessReport,
     WriteOff,
 )
-from ledger.home import Home
-from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
-from ledger.store.sqlaudit import audit_store
-from ledger.store.store import Store
-from ledger.billing.tariffs import TariffBook, parse_tariffs
-from ledger.service.writer import LedgerWriter
-from ledger.clock import now_ms
-from ledger.defaults import DEFAULT_TIMEZONE
-from ledger.errors import NotFound
-from ledger.service.operations import people as people_ops
-from ledger.anomalies.investigations import AnomalyDetail
-from ledger.people.signin import OutcomeDoc
-from ledger.service.results.anomalies import ScanSummary
-from ledger.service.results.people import Dispute, DisputePosted, Operator, OperatorAdded, PasswordSet
-from ledger.store.investigations import Anomaly
-from ledger.store.signin import RepeatedFailures
-from ledger.service.operations import parking as parking_ops
-from ledger.service.operations import districts as district_ops
-from ledger.service.operations import billing as billing_ops
-from ledger.billing.bills import Bill, UnpaidStay
-from ledger.chain.blocks import Header
-from ledger.service.results.billing import (
-    AccountAssigned,
-    AccountOpened,
-    Adjustment,
-    AdjustmentDecided,
-    AdjustmentLimitSet,
-    CheckedIn,
-    Leased,
-    MonthClosed,
-    ReplacementRecorded,
-    RolledUp,
-    TariffsInForce,
-    TariffsLoaded,
-    ZoneSet,
-)
-from ledger.service.results.districts import AnchorProof, Anchors, DistrictAdded, DistrictChain
-from ledger.store.accounts import AdjustmentRequest
-from ledger.store.billing_queries import AccountWithDevices, IssuedMonth
 
 
 class Backend(Protocol):
@@ -421,7 +414,7 @@ class LedgerAPI:
     def districts(self) -> list[DistrictChain]:
         """The city's district chains, each with the newest head the city chain anchored."""
         with self.backend.reading() as store:
-            rows = store.districts_anchored()
+            rows = store_districts.districts_anchored(store)
         return [
             {
                 "district": d,
@@ -452,7 +445,7 @@ class LedgerAPI:
     def anchor_proof(self, district: str, height: int) -> AnchorProof:
         """The city chain's first anchor of `district` at or above `height`, with its inclusion path."""
         with self.backend.reading() as store:
-            row = store.first_anchor(anchors.HEAD_ENTRY, district, height)
+            row = store_districts.first_anchor(store, anchors.HEAD_ENTRY, district, height)
             if row is None:
                 raise NotFound(f"district {district} block {height} is not anchored yet: try again in a few seconds")
             city_height, idx, body = row

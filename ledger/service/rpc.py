@@ -26,9 +26,9 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from ledger.service.api import LedgerAPI, local_api
-from ledger.home import Home
 from ledger.errors import Busy, InternalError, LedgerError, NotFound, by_name, family
+from ledger.home import Home
+from ledger.service.api import LedgerAPI, local_api
 
 log = logging.getLogger("cityledger.api")
 

@@ -11,19 +11,20 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from ledger.clock import now_ms
+from ledger.home import Home
 from ledger.service import jobs
 from ledger.service.cityaudit import verify_city
-from ledger.home import Home
-from ledger.service.rpc import open_ledger
-from ledger.clock import now_ms
 from ledger.service.results.anomalies import ScanSummary
 from ledger.service.results.billing import RolledUp
+from ledger.service.rpc import open_ledger
 
 log = logging.getLogger("cityledger.scheduler")
 
@@ -184,7 +185,7 @@ def _city_timezone(home: Home, stop: threading.Event) -> str | None:
             return None
 
 
-def _now():  # noqa: ANN202 - APScheduler wants an aware datetime
-    from datetime import datetime, timezone
+def _now():
+    from datetime import datetime
 
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from ledger.home import Home, write_private
 from ledger.clock import now_ms
+from ledger.home import Home, write_private
 from ledger.service.results.chain import PartStatus
 
 STATE_VERSION = 1

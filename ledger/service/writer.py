@@ -45,6 +45,7 @@ from ledger.service.results.chain import (
     WrittenOff,
 )
 from ledger.store import accounts
+from ledger.store import districts as store_districts
 from ledger.store.store import Commit, Store, Suspension
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
@@ -352,7 +353,7 @@ class LedgerWriter:
     def districts(self) -> dict[str, str]:
         """The city's district chains and the first key of each."""
         with self.lock:
-            return self.store.districts()
+            return store_districts.districts(self.store)
 
     @staticmethod
     def _refuse_repeats(values: list[str], message: str) -> None:

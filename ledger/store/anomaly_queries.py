@@ -9,7 +9,6 @@ import pyarrow as pa
 
 from ledger.store.store import Store
 
-
 # The look-back's readings: stamped since `since`, and those received since then with an older stamp.
 # A clock reset to the epoch (ts 0 is a valid ts) stamps its readings 1970: selected by ts alone, they
 # were never seen, so the device looked silent though it kept talking, and the clock rule (behind, or

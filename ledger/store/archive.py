@@ -54,8 +54,8 @@ from typing_extensions import TypedDict
 
 from ledger.chain.audit import Progress
 from ledger.chain.blocks import GENESIS_PREV, block_hash
-from ledger.store.store import Store
 from ledger.errors import Refused
+from ledger.store.store import Store
 from ledger.store.transactions import snapshot
 
 FORMAT = "cityledger-archive/1"

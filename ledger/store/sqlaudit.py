@@ -43,7 +43,6 @@ import pyarrow as pa
 from nacl.signing import VerifyKey
 
 from ledger.chain import merkle
-from ledger.store import registry_check
 from ledger.chain.audit import (
     DUPLICATE,
     Chain,
@@ -57,6 +56,7 @@ from ledger.chain.audit import (
     learn,
 )
 from ledger.chain.blocks import GENESIS_PREV, block_hash
+from ledger.store import registry_check
 from ledger.store.store import Store
 
 BATCH_LEAVES = 100_000

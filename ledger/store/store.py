@@ -353,44 +353,6 @@ class Store:
         ).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
-    # ------------------------------------------------------------ districts (a city of district chains)
-
-    def districts(self) -> dict[str, str]:
-        """Each district chain and its first key."""
-        return dict(self.con.execute("SELECT district, ledger_key FROM districts").fetchall())
-
-    def add_district(self, district: str, first_key: str, at: int, height: int) -> None:
-        self.con.execute("INSERT INTO districts VALUES (?, ?, ?, ?)", [district, first_key, at, height])
-
-    def put_district_heads(self, rows: list[tuple[str, int, str, str, str, int, int]]) -> None:
-        """(district, height, hash, header, base64 sig, anchored_at, city height) of each head anchored now."""
-        if rows:
-            self.con.executemany("INSERT OR REPLACE INTO district_heads VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-
-    def district_heads(self) -> list[tuple[str, str, str, str]]:
-        """(district, hash, header, sig) of the latest head anchored for each district."""
-        return [tuple(r) for r in self.con.execute("SELECT district, hash, header, sig FROM district_heads").fetchall()]
-
-    def districts_anchored(self) -> list[tuple[str, str, int, int | None, str | None, int | None]]:
-        """(district, first key, added_at, anchored height, anchored block, anchored_at) of each district."""
-        return [
-            tuple(r)
-            for r in self.con.execute(
-                "SELECT d.district, d.ledger_key, d.added_at, max(h.height), arg_max(h.hash, h.height),"
-                " max(h.anchored_at) FROM districts d LEFT JOIN district_heads h USING (district)"
-                " GROUP BY ALL ORDER BY d.district"
-            ).fetchall()
-        ]
-
-    def first_anchor(self, entry_type: str, district: str, height: int) -> tuple[int, int, str] | None:
-        """(city height, index, body) of the first anchor entry of `district` at or above its `height`."""
-        row = self.con.execute(
-            "SELECT height, idx, body FROM entries WHERE type = ? AND json_extract_string(body, '$.district') = ?"
-            " AND CAST(json_extract(body, '$.height') AS BIGINT) >= ? ORDER BY height, idx LIMIT 1",
-            [entry_type, district, height],
-        ).fetchone()
-        return (row[0], row[1], row[2]) if row else None
-
     # ------------------------------------------------------------ seqs written off
 
     def write_off_overlapping(self, device: str, from_seq: int, to_seq: int) -> tuple[int, int] | None:

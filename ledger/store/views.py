@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
-from ledger.store.store import Store, Suspension
 from ledger.clock import now_ms
+from ledger.store.store import Store, Suspension
 
 View = Callable[..., Any]  # each view's own return is typed below; by name (`LedgerAPI.view`) it is Any
 VIEWS: dict[str, View] = {}

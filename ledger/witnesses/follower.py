@@ -34,8 +34,8 @@ from ledger.chain.witness import (
     alarm_record,
     check,
 )
-from ledger.store.witness_files import StoreError, WitnessStore
 from ledger.clock import now_ms
+from ledger.store.witness_files import StoreError, WitnessStore
 
 log = logging.getLogger("cityledger.witness")
 

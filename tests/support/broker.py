@@ -8,13 +8,13 @@ fake. Every wait is on a condition with a deadline: no sleep-and-hope.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -24,8 +24,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import mosquitto
 from broker.access import DeviceAccess, ServiceAccess, write_access_files
-from broker.mqtt.client_ids import mqtt_client_id
 from broker.certs import CertPaths, ca_cert_path
+from broker.mqtt.client_ids import mqtt_client_id
 from broker.mqtt.tls import TLSSettings
 from broker.mqtt.tls import configure as configure_tls
 from ledger.home import Home

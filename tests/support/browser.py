@@ -20,12 +20,12 @@ from nacl.signing import SigningKey
 from playwright.sync_api import Browser, sync_playwright
 
 from ledger.anomalies.detectors import Finding
-from ledger.home import Home
 from ledger.city.up import port_open
+from ledger.home import Home
 from ledger.processes import STDOUT, start
-from ledger.service.operations import people as people_ops
-from ledger.service.operations import parking as parking_ops
 from ledger.service.operations import billing as billing_ops
+from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import people as people_ops
 from tests.support.broker import free_port, wait_for
 from tests.support.stack import Stack
 
@@ -116,13 +116,12 @@ def build_city(root: Path, now: int | None = None) -> DashboardCity:
     Last month is issued (month-end close). One anomaly in each of d01 and d02, quarantined
     messages (one with markup in its payload), a witness report.
     """
-    from ledger.service.api import local_api
     from ledger.anomalies.investigations import record_findings
     from ledger.chain.protocol import sign_reading
-    from ledger.chain.records import LedgeredReading, QuarantineRow
-    from ledger.service.writer import LedgerWriter
+    from ledger.chain.records import Batch, LedgeredReading, QuarantineRow
+    from ledger.service.api import local_api
     from ledger.service.homes import initialize
-    from ledger.chain.records import Batch
+    from ledger.service.writer import LedgerWriter
 
     now = now or int(time.time() * 1000)
     now -= now % 60_000

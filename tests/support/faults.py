@@ -313,7 +313,7 @@ class FaultLab:
 
     # ------------------------------------------------------------ life cycle
 
-    def __enter__(self) -> FaultLab:  # noqa: PYI034 (as Stack does)
+    def __enter__(self) -> FaultLab:
         try:
             self.stack.start()
         except BaseException:

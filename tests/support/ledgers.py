@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass, field, replace
-from typing import Self
 from pathlib import Path
+from typing import Self
 
 from nacl.signing import SigningKey
 
-from ledger.home import Home
 from ledger.chain.protocol import Reading, sign_reading
-from ledger.chain.records import LedgeredReading
-from ledger.service.writer import LedgerWriter
+from ledger.chain.records import Batch, LedgeredReading
+from ledger.home import Home
 from ledger.service.homes import initialize
-from ledger.chain.records import Batch
+from ledger.service.writer import LedgerWriter
 
 T0 = 1_764_000_000_000
 

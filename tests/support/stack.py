@@ -20,11 +20,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from nacl.signing import SigningKey
 
+from ledger.chain.protocol import Reading, device_topic, sign_reading
 from ledger.home import Home
 from ledger.processes import STDOUT, Child, start
-from ledger.chain.protocol import Reading, device_topic, sign_reading
-from ledger.service.rpc import RemoteLedger, open_ledger
 from ledger.service.homes import initialize
+from ledger.service.rpc import RemoteLedger, open_ledger
 from tests.support.broker import RunningBroker, close_client, connect_client, wait_for
 
 

@@ -16,12 +16,12 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from ledger.billing import rules
+from ledger.billing.bills import Bill
 from ledger.billing.tariffs import parse_tariffs
 from ledger.chain.protocol import canonical_json, valid_device_id
 from ledger.chain.records import Batch
 from ledger.clock import now_ms
 from ledger.errors import Refused
-from ledger.billing.bills import Bill
 from ledger.service.results.billing import (
     AccountAssigned,
     AccountOpened,
@@ -34,8 +34,7 @@ from ledger.service.results.billing import (
     TariffsLoaded,
 )
 from ledger.service.writer import AlreadyEnrolled, LedgerWriter, checked_operator, named
-from ledger.store import accounts
-from ledger.store import device_days
+from ledger.store import accounts, device_days
 from ledger.store.accounts import AdjustmentRequest
 from ledger.store.store import Store
 

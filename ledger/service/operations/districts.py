@@ -15,6 +15,7 @@ from ledger.home import DISTRICT_FILE
 from ledger.service.homes import initialize
 from ledger.service.results.districts import DistrictAdded
 from ledger.service.writer import AlreadyEnrolled, EnrolmentError, LedgerWriter, Sealed, named
+from ledger.store import districts as store_districts
 
 
 def add_district(writer: LedgerWriter, district: str, operator: str | None = None) -> DistrictAdded:
@@ -45,7 +46,7 @@ def add_district(writer: LedgerWriter, district: str, operator: str | None = Non
         at, height = now_ms(), writer.height + 1
         sealed = writer.seal(
             {"entry": "district_added", "district": district, "ledger_key": first_key, **by, "at": at},
-            lambda s: s.add_district(district, first_key, at, height),
+            lambda s: store_districts.add_district(s, district, first_key, at, height),
         )
     return {"district": district, "home": str(sub.root), "ledger_key": first_key, "block": sealed.hash}
 
@@ -63,12 +64,12 @@ def anchor(
         return writer.commit(
             Batch(witness_reports=list(alarms)),
             [dict(h.entry(at)) for h in heads],
-            also=lambda s: s.put_district_heads(rows),
+            also=lambda s: store_districts.put_district_heads(s, rows),
         )
 
 
 def anchored_heads(writer: LedgerWriter) -> list[anchors.Head]:
     """The latest head of each district the city chain has anchored."""
     with writer.lock:
-        rows = writer.store.district_heads()
+        rows = store_districts.district_heads(writer.store)
     return [anchors.Head(d, SignedHeader(h, strict_json(header), sig)) for d, h, header, sig in rows]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import secrets
 import threading
 
-from ledger.clock import now_ms
 from ledger.chain.protocol import valid_device_id
+from ledger.clock import now_ms
 from ledger.errors import Refused
 from ledger.people import auth, signin
 from ledger.service.results.people import DisputePosted, OperatorAdded, PasswordSet

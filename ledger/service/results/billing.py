@@ -10,9 +10,9 @@ unknown keys on them as `@result` does on the others.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired
 
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from ledger.service.results import result
 
