@@ -308,7 +308,7 @@ def data_calls(home: Home) -> dict[str, Callable[[], Any]]:
 
     def proof_page() -> Any:
         r = me.reading_near(water, data.now_ms() - 3_600_000)
-        return proof.check(me.receipt(water, r["seq"]), trusted, data.api("key_chain"))
+        return proof.check(me.receipt(water, r["seq"]), trusted, data.call(data.ledger().key_chain))
 
     def anomaly_page() -> Any:
         a = op.anomaly(anomaly)

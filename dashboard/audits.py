@@ -47,7 +47,7 @@ class AuditRun:
 
     def _run(self, home: Home) -> None:
         try:
-            report = data.ledger().verify(progress=self._progress)
+            report: dict[str, Any] = dict(data.ledger().verify(progress=self._progress))
             report["finished_at"] = now_ms()
             report["by"] = self._state.get("by")
             tmp = home.last_audit.with_suffix(".tmp")

@@ -16,20 +16,28 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from dashboard import bills as billfmt
 from dashboard import usage as use
 from dashboard.fmt import unit_label, zone
+from ledger.anomalies.investigations import AnomalyDetail
+from ledger.chain.receipts import Receipt
 from ledger.clock import now_ms
 from ledger.errors import LedgerError, NotFound, Refused, Unavailable
 from ledger.home import Home
 from ledger.people.signin import LOCAL, Throttled, Wrong
+from ledger.service.api import LedgerAPI
+from ledger.service.results.billing import Adjustment, AdjustmentDecided
+from ledger.service.results.chain import Revoked
+from ledger.service.results.people import Dispute, DisputePosted
 from ledger.service.rpc import open_ledger
 
 log = logging.getLogger("cityledger.dashboard")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DAY_MS = 86_400_000
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -40,11 +48,12 @@ DISPUTE_STATES = ("open", "answered", "closed")
 # ---------------------------------------------------------------- errors shown to people
 
 
-def _call(fn: Callable[..., Any], **params: Any) -> Any:
-    """One API call, its failures as the families a page can explain (ledger/errors.py):
-    NotFound, Refused, Unavailable; over the socket they arrive as such already."""
+def call(fn: Callable[P, R], *args: P.args, **params: P.kwargs) -> R:
+    """One API call (`call(ledger().bill, account=..., month=...)`: typed as the method is), its
+    failures as the families a page can explain (ledger/errors.py): NotFound, Refused,
+    Unavailable; over the socket they arrive as such already."""
     try:
-        return fn(**params)
+        return fn(*args, **params)
     except LedgerError:
         raise
     except (KeyError, LookupError) as exc:
@@ -57,17 +66,14 @@ def _call(fn: Callable[..., Any], **params: Any) -> Any:
         raise Refused(str(exc)) from exc
 
 
-def ledger() -> Any:
+def ledger() -> LedgerAPI:
     """The ledger API: the ingest's socket while it runs, else the file for one call at a time."""
     return open_ledger(Home.from_env())
 
 
-def api(method: str, **params: Any) -> Any:
-    return _call(getattr(ledger(), method), **params)
-
-
 def view(name: str, **params: Any) -> Any:
-    return _call(ledger().view, name=name, params=params)
+    """A named read-only query (ledger/store/views.py): the dashboard's read side, by name."""
+    return call(ledger().view, name=name, params=params)
 
 
 # ---------------------------------------------------------------- a small shared cache
@@ -165,7 +171,7 @@ def authenticate(role: str, principal: str, password: str, source: str = LOCAL) 
     if role not in ("citizen", "operator") or not principal.strip() or not password:
         return Wrong()
     return sign_in_outcome(
-        api("authenticate", role=role, principal=principal.strip(), password=password, source=source)
+        call(ledger().authenticate, role=role, principal=principal.strip(), password=password, source=source)
     )
 
 
@@ -272,7 +278,8 @@ class CitizenData:
         tz = zone(tariffs()["timezone"])
         today = dt.datetime.fromtimestamp((now or now_ms()) / 1000, tz).date().replace(day=1)
         issued = {
-            b["month"]: b for b in CACHE.get(("bills", self.account), 10, lambda: api("bills", account=self.account))
+            b["month"]: b
+            for b in CACHE.get(("bills", self.account), 10, lambda: call(ledger().bills, account=self.account))
         }
         months = {today.strftime("%Y-%m"), (today - dt.timedelta(days=1)).strftime("%Y-%m"), *issued}
         return [
@@ -284,7 +291,9 @@ class CitizenData:
         month = self._check_month(month)
         found = CACHE.peek(("issued-bill", self.account, month), 3600)  # an issued bill never changes
         if found is None:
-            found = CACHE.get(("bill", self.account, month), 30, lambda: api("bill", account=self.account, month=month))
+            found = CACHE.get(
+                ("bill", self.account, month), 30, lambda: call(ledger().bill, account=self.account, month=month)
+            )
             if found.get("status") == "issued":
                 CACHE.put(("issued-bill", self.account, month), found)
         if found.get("account") != self.account:  # never show anything but the principal's own bill
@@ -307,7 +316,7 @@ class CitizenData:
 
     # -------------------------------------------------------- proof
 
-    def receipt(self, device: str, seq: int, month: str | None = None) -> dict[str, Any]:
+    def receipt(self, device: str, seq: int, month: str | None = None) -> Receipt:
         """The receipt of one of the account's own meter readings, or of a reading one of its bills
         rests on (a parking space's reports); anything else is not found."""
         try:
@@ -320,7 +329,7 @@ class CitizenData:
         )
         if not on_bill and device not in own:
             raise NotFound("reading")
-        found = api("receipt", device=device, seq=seq)
+        found = call(ledger().receipt, device=device, seq=seq)
         if not on_bill and found["reading"]["ts"] < self.held_since(device):
             raise NotFound("reading")  # a previous holder's reading
         return found
@@ -347,20 +356,20 @@ class CitizenData:
 
     # -------------------------------------------------------- disputes
 
-    def disputes(self) -> list[dict[str, Any]]:
-        return api("disputes", account=self.account)
+    def disputes(self) -> list[Dispute]:
+        return call(ledger().disputes, account=self.account)
 
-    def dispute(self, dispute_id: str) -> dict[str, Any]:
+    def dispute(self, dispute_id: str) -> Dispute:
         for d in self.disputes():
             if d["id"] == dispute_id:
                 return d
         raise NotFound("dispute")
 
-    def open_dispute(self, subject: str, message: str) -> dict[str, Any]:
+    def open_dispute(self, subject: str, message: str) -> DisputePosted:
         if not message.strip():
             raise Refused("Please write what is wrong.")
-        return api(
-            "dispute",
+        return call(
+            ledger().dispute,
             account=self.account,
             author=self.account,
             message=message.strip(),
@@ -368,12 +377,12 @@ class CitizenData:
             status="open",
         )
 
-    def reply(self, dispute_id: str, message: str) -> dict[str, Any]:
+    def reply(self, dispute_id: str, message: str) -> DisputePosted:
         d = self.dispute(dispute_id)
         if not message.strip():
             raise Refused("Please write a message.")
-        return api(
-            "dispute",
+        return call(
+            ledger().dispute,
             account=self.account,
             author=self.account,
             message=message.strip(),
@@ -446,7 +455,7 @@ class OperatorData:
         return CACHE.get(key, 2, lambda: view("arrivals", districts=scope))
 
     def status(self) -> dict[str, Any]:
-        return CACHE.get(("status",), 2, lambda: api("status"))
+        return CACHE.get(("status",), 2, lambda: call(ledger().status))
 
     def last_audit(self) -> dict[str, Any] | None:
         path = Home.from_env().last_audit
@@ -455,8 +464,8 @@ class OperatorData:
         except (OSError, ValueError):
             return None
 
-    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        return api("witness_reports", kind=kind, limit=limit)
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> Sequence[Mapping[str, Any]]:
+        return call(ledger().witness_reports, kind=kind, limit=limit)
 
     def blocks(self, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         return view("blocks_page", before=before, limit=limit)
@@ -467,43 +476,43 @@ class OperatorData:
         (and the sources as counted on those), never operators' logins or ids that are no account."""
         scope = list(self.limited) if self.limited is not None else None
         key = ("failed_sign_ins", tuple(scope) if scope is not None else None)
-        return CACHE.get(key, 5, lambda: api("failed_sign_ins", districts=scope))
+        return CACHE.get(key, 5, lambda: call(ledger().failed_sign_ins, districts=scope))
 
     def district_chains(self) -> list[dict[str, Any]]:
         """A city of district chains: each district and the newest head the city chain anchored."""
-        return CACHE.get(("district_chains",), 5, lambda: api("districts"))
+        return CACHE.get(("district_chains",), 5, lambda: call(ledger().districts))
 
     # -------------------------------------------------------- anomalies
 
     def anomalies(
         self, status: str | None = None, type: str | None = None, districts: list[str] | None = None, limit: int = 500
-    ) -> list[dict[str, Any]]:
+    ) -> Sequence[Mapping[str, Any]]:
         scope = self.scope(districts)
         if scope == []:
             return []
-        return api("anomalies", status=status or None, type=type or None, districts=scope, limit=limit)
+        return call(ledger().anomalies, status=status or None, type=type or None, districts=scope, limit=limit)
 
-    def anomaly(self, anomaly_id: str | None) -> dict[str, Any]:
+    def anomaly(self, anomaly_id: str | None) -> AnomalyDetail:
         if not anomaly_id or not isinstance(anomaly_id, str) or len(anomaly_id) > 64:
             raise NotFound("anomaly")
-        found = api("anomaly", anomaly_id=anomaly_id)
+        found = call(ledger().anomaly, anomaly_id=anomaly_id)
         if not self.sees(found.get("district")):
             raise NotFound("anomaly")
         return found
 
-    def act_on_anomaly(self, anomaly_id: str, status: str, note: str | None) -> dict[str, Any]:
+    def act_on_anomaly(self, anomaly_id: str, status: str, note: str | None) -> AnomalyDetail:
         self.anomaly(anomaly_id)
         if status not in ("acknowledged", "resolved", "dismissed"):
             raise Refused("unknown action")
-        return api(
-            "act_on_anomaly",
+        return call(
+            ledger().act_on_anomaly,
             anomaly_id=anomaly_id,
             status=status,
             operator=self.operator,
             note=(note or "").strip() or None,
         )
 
-    def anomaly_readings(self, anomaly: dict[str, Any]) -> dict[str, Any]:
+    def anomaly_readings(self, anomaly: Mapping[str, Any]) -> dict[str, Any]:
         """The device's readings around the anomaly's window (a quarter of its length, at least
         6 hours, either side; 30 days at most), thinned for the chart."""
         self.anomaly(anomaly["id"])
@@ -514,7 +523,7 @@ class OperatorData:
         lo = max(lo, hi - 30 * 86_400_000)
         return view("device_readings", device=anomaly["device"], start=lo, end=hi)
 
-    def device_anomalies(self, device: str) -> list[dict[str, Any]]:
+    def device_anomalies(self, device: str) -> Sequence[Mapping[str, Any]]:
         return [a for a in self.anomalies(limit=500) if a["device"] == device]
 
     # -------------------------------------------------------- devices
@@ -542,15 +551,15 @@ class OperatorData:
             raise NotFound("device")
         return found
 
-    def key_history(self, device: str) -> list[dict[str, Any]]:
+    def key_history(self, device: str) -> Sequence[Mapping[str, Any]]:
         self.device(device)
-        return api("device_key_history", device=device)
+        return call(ledger().device_key_history, device=device)
 
-    def revoke(self, device: str) -> dict[str, Any]:
+    def revoke(self, device: str) -> Revoked:
         d = self.device(device)
         if d["status"] == "revoked":
             raise Refused(f"{device} is already revoked")
-        out = api("revoke_device", device=device, operator=self.operator)
+        out = call(ledger().revoke_device, device=device, operator=self.operator)
         log.info("operator %s revoked %s", self.operator, device)
         return out
 
@@ -578,22 +587,22 @@ class OperatorData:
 
     # -------------------------------------------------------- disputes
 
-    def disputes(self, status: str | None = None) -> list[dict[str, Any]]:
-        found = api("disputes", districts=list(self.limited) if self.limited is not None else None)
+    def disputes(self, status: str | None = None) -> list[Dispute]:
+        found = call(ledger().disputes, districts=list(self.limited) if self.limited is not None else None)
         return [d for d in found if not status or d["status"] == status]
 
-    def dispute(self, dispute_id: str | None) -> dict[str, Any]:
+    def dispute(self, dispute_id: str | None) -> Dispute:
         for d in self.disputes():
             if d["id"] == dispute_id:
                 return d
         raise NotFound("dispute")
 
-    def answer(self, dispute_id: str, message: str, close: bool = False) -> dict[str, Any]:
+    def answer(self, dispute_id: str, message: str, close: bool = False) -> DisputePosted:
         d = self.dispute(dispute_id)
         if not message.strip():
             raise Refused("Please write an answer.")
-        return api(
-            "dispute",
+        return call(
+            ledger().dispute,
             account=d["account"],
             author=self.operator,
             message=message.strip(),
@@ -601,10 +610,10 @@ class OperatorData:
             status="closed" if close else "answered",
         )
 
-    def close(self, dispute_id: str, message: str = "") -> dict[str, Any]:
+    def close(self, dispute_id: str, message: str = "") -> DisputePosted:
         d = self.dispute(dispute_id)
-        return api(
-            "dispute",
+        return call(
+            ledger().dispute,
             account=d["account"],
             author=self.operator,
             dispute_id=d["id"],
@@ -612,17 +621,19 @@ class OperatorData:
             message=message.strip() or "Closed by the operator.",
         )
 
-    def adjust(self, dispute_id: str, amount: str, reason: str) -> dict[str, Any]:
+    def adjust(self, dispute_id: str, amount: str, reason: str) -> Adjustment:
         """Append a correction to the disputed account's bill, and say so in the dispute."""
         d = self.dispute(dispute_id)
-        out = api("adjust", account=d["account"], amount=amount.strip(), reason=reason.strip(), operator=self.operator)
+        out = call(
+            ledger().adjust, account=d["account"], amount=amount.strip(), reason=reason.strip(), operator=self.operator
+        )
         done = (
             "was appended to your bill"
             if out["status"] == "sealed"
             else "was requested; a second operator must approve it before it reaches your bill"
         )
-        api(
-            "dispute",
+        call(
+            ledger().dispute,
             account=d["account"],
             author=self.operator,
             dispute_id=d["id"],
@@ -632,21 +643,21 @@ class OperatorData:
         CACHE.forget("bill", d["account"])
         return out
 
-    def pending_adjustments(self) -> list[dict[str, Any]]:
+    def pending_adjustments(self) -> Sequence[Mapping[str, Any]]:
         """Corrections above the approval limit waiting for a second operator, on accounts this
         operator handles disputes for (the whole city's for a city-wide operator)."""
-        found = api("adjustment_requests", status="pending")
+        found = call(ledger().adjustment_requests, status="pending")
         if self.limited is None:
             return found
         accounts = {d["account"] for d in self.disputes()}
         return [r for r in found if r["account"] in accounts]
 
-    def decide_adjustment(self, adj_id: str, approve: bool, note: str = "") -> dict[str, Any]:
+    def decide_adjustment(self, adj_id: str, approve: bool, note: str = "") -> AdjustmentDecided:
         """Approve (sealed now) or reject a requested correction; the requester may only withdraw it."""
         request = next((r for r in self.pending_adjustments() if r["id"] == adj_id), None)
         if request is None:
             raise NotFound("requested adjustment")
-        out = api("decide_adjustment", id=adj_id, operator=self.operator, approve=approve, note=note.strip())
+        out = call(ledger().decide_adjustment, id=adj_id, operator=self.operator, approve=approve, note=note.strip())
         log.info("operator %s %s adjustment %s", self.operator, out["status"], adj_id)
         CACHE.forget("bill", request["account"])
         return out
@@ -657,7 +668,7 @@ class OperatorData:
             "account_in_districts", account=account, districts=list(self.limited) if self.limited else None
         ):
             raise NotFound("bill")
-        return CACHE.get(("bill", account, month), 30, lambda: api("bill", account=account, month=month))
+        return CACHE.get(("bill", account, month), 30, lambda: call(ledger().bill, account=account, month=month))
 
     # -------------------------------------------------------- parking
 

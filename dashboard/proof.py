@@ -8,6 +8,7 @@ the receipt: anyone can write any key into a file.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,9 @@ class Step:
     detail: str
 
 
-def check(receipt: dict[str, Any], trusted_key: str, key_chain: list[dict[str, Any]] | None = None) -> list[Step]:
+def check(
+    receipt: Mapping[str, Any], trusted_key: str, key_chain: Sequence[Mapping[str, Any]] | None = None
+) -> list[Step]:
     """The four steps in order; steps after a failure are `not checked`.
 
     With a key chain (the ledger's key rotations), the key for the receipt's block is
@@ -71,10 +74,10 @@ def valid(steps: list[Step]) -> bool:
     return bool(steps) and all(s.state == "ok" for s in steps)
 
 
-def receipt_file(receipt: dict[str, Any]) -> bytes:
+def receipt_file(receipt: Mapping[str, Any]) -> bytes:
     """The receipt exactly as `cityledger receipt` writes it (canonical JSON)."""
     return encode_receipt(receipt)
 
 
-def pretty(receipt: dict[str, Any]) -> str:
+def pretty(receipt: Mapping[str, Any]) -> str:
     return json.dumps(receipt, indent=2, sort_keys=True)

@@ -7,7 +7,7 @@ import datetime as dt
 import streamlit as st
 
 from dashboard import bills, proof, ui
-from dashboard.data import api
+from dashboard.data import call, ledger
 from dashboard.fmt import kind_label, month_label
 from ledger.clock import now_ms
 from ledger.errors import NotFound
@@ -86,7 +86,7 @@ with ui.guard("the proof"):
     device, seq, month = picked
     receipt = data.receipt(device, seq, month=month)  # refused unless the reading is this account's
     key = trusted_key()
-    steps = proof.check(receipt, key, api("key_chain"))
+    steps = proof.check(receipt, key, call(ledger().key_chain))
     r = receipt["reading"]
     st.markdown(
         f"Reading **#{r['seq']}** of `{r['device']}` ({r['kind']}): value **{r['value']:,}** at "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import streamlit as st
 
 from dashboard import fmt, ui
@@ -102,7 +105,7 @@ with ui.guard("the witnesses"):
             "(`cityledger witnesses add NAME`)."
         )
     else:
-        latest: dict[str, dict] = {}
+        latest: dict[str, Mapping[str, Any]] = {}
         for r in reports:
             latest.setdefault(r["witness"], r)
         now = now_ms()

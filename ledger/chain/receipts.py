@@ -86,7 +86,7 @@ def encode_receipt(receipt: Mapping[str, Any]) -> bytes:
     return canonical_json(receipt)
 
 
-def verify_receipt(data: bytes | str | dict[str, Any], trusted_ledger_key: str) -> list[Check]:
+def verify_receipt(data: bytes | str | Mapping[str, Any], trusted_ledger_key: str) -> list[Check]:
     """Check a receipt against the ledger key the verifier trusts; never raises.
 
     Returns the checks made, in order, stopping at the first that fails.
@@ -140,9 +140,9 @@ class _Fail(Exception):
         self.step, self.detail = step, detail
 
 
-def _parse(data: bytes | str | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(data, dict):
-        data = json.dumps(data)
+def _parse(data: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        data = json.dumps(dict(data))
     obj = strict_json(data)
     if not isinstance(obj, dict) or set(obj) != RECEIPT_MEMBERS:
         raise _Bad(f"members must be exactly {sorted(RECEIPT_MEMBERS)}")

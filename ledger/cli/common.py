@@ -13,12 +13,10 @@ in one place.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -138,28 +136,12 @@ def stop_on_signals() -> threading.Event:
 # ---------------------------------------------------------------- printing a result
 
 
-def plain(result: Any) -> Any:
-    """A result as plain JSON data: pydantic models and dataclasses (also inside lists and dicts) become
-    dicts; anything else stays as it is."""
-    pydantic = sys.modules.get("pydantic")  # a pydantic model means pydantic is imported: no import here
-    if pydantic is not None and isinstance(result, pydantic.BaseModel):
-        return result.model_dump(mode="json")
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return plain(dataclasses.asdict(result))
-    if isinstance(result, dict):
-        return {key: plain(value) for key, value in result.items()}
-    if isinstance(result, (list, tuple)):
-        return [plain(item) for item in result]
-    return result
-
-
 def emit(result: Any, *, compact: bool = False) -> None:
     """Print a result as JSON on standard output: every command's JSON output goes through here.
 
     Indented with sorted keys; `compact`: on one line, keys in their own order (`fleet`'s closing stats).
     """
-    data = plain(result)
     if compact:
-        print(json.dumps(data))
+        print(json.dumps(result))
     else:
-        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))

@@ -283,7 +283,7 @@ def _reachable(path: Path) -> bool:
     return True
 
 
-def open_ledger(home: Home) -> LedgerAPI | RemoteLedger:
+def open_ledger(home: Home) -> LedgerAPI:
     """The ingest's API when it runs, else direct access to the file."""
     if _reachable(home.rpc_socket):
         return RemoteLedger(home.rpc_socket)
