@@ -799,7 +799,39 @@ def figures(
         "db_bytes": db_bytes,
         "used_bytes_per_reading": round(db_used_bytes / status["readings"], 1),  # without freed blocks
         "supply_exhausted": supply_exhausted,
+        "bottleneck": bottleneck(os.cpu_count() or 1, cores, supply_exhausted, window),
     }
+
+
+ONE_CORE = 0.95  # a single-threaded part (Mosquitto, the load generator) this busy is the limit itself
+SATURATED = 0.9  # the machine this busy: its cores, shared by all the parts, set the rate
+
+
+def bottleneck(cpus: int, cores: dict[str, float], supply_exhausted: bool, window: int) -> dict[str, Any]:
+    """What set the rate of this run, so that a figure is not read as ingest's when it was not.
+
+    Everything shares one machine. The generator and Mosquitto each run on one thread: one of
+    them using a whole core set the rate, whatever ingest could do. Otherwise, the machine's
+    cores all busy set it: then `cpu_share` says which part took how much of them. Cores to
+    spare mean the devices waited for acks: their window of unacknowledged readings did.
+    """
+    spent = sum(cores[k] for k in ("ingest", "broker", "loadgen", "other")) or 1.0
+    share = {k: round(cores[k] / spent, 2) for k in ("ingest", "broker", "loadgen", "other")}
+    busy = round(cores["machine"] / cpus, 2)
+    if supply_exhausted:
+        limit, why = "generator", "the devices ran out of pre-signed readings"
+    elif cores["loadgen"] >= ONE_CORE:
+        limit, why = "generator", f"the load generator kept one core busy ({cores['loadgen']})"
+    elif cores["broker"] >= ONE_CORE:
+        limit, why = "broker", f"Mosquitto kept one core busy ({cores['broker']})"
+    elif busy >= SATURATED:
+        limit, why = "cores", f"the machine's {cpus} cores were {busy:.0%} busy; ingest took {share['ingest']:.0%}"
+    else:
+        limit, why = (
+            "window",
+            f"cores to spare ({busy:.0%} busy): devices waited for acks ({window} unacknowledged each)",
+        )
+    return {"limit": limit, "why": why, "machine_busy": busy, "cpu_share": share}
 
 
 # ---------------------------------------------------------------- reporting
@@ -872,6 +904,7 @@ def format_summary(r: dict[str, Any]) -> str:
         f" (in use: {r['used_bytes_per_reading']:.1f}; DuckDB reuses the freed blocks as the file grows)",
         f"  cores busy: ingest {c['ingest']}, broker {c['broker']}, load generator {c['loadgen']}, "
         f"other processes {c['other']} (of {m['cpus']})",
+        f"  what set the rate: {r['bottleneck']['limit']} ({r['bottleneck']['why']})",
         f"  preparation: enrolment {p['enrol_s']} s, signing {p['sign_s']} s "
         f"({r['readings_signed']:,} readings), verify timing {p['verify_s']} s",
         f"  readings: {r['readings_in_window']:,} in the window, {r['readings_total']:,} in all; "

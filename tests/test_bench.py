@@ -23,6 +23,7 @@ from bench.city import (
     BenchError,
     BenchOptions,
     _fresh_home,
+    bottleneck,
     device_specs,
     encode_reading,
     parse_machine_busy,
@@ -342,7 +343,36 @@ def test_a_short_bench_run_reports_every_figure(tmp_path: Path) -> None:
     assert result["quarantined"] == 0 and result["duplicates"] == 0
     assert result["devices"] == 20 and result["machine"]["cpus"] >= 1
     assert "bench --seconds 3 --devices 20 --json" in result["command"]
+    assert result["bottleneck"]["limit"] in ("generator", "broker", "cores", "window")
+    assert abs(sum(result["bottleneck"]["cpu_share"].values()) - 1) < 0.05
     assert not list(tmp_path.glob("cityledger-bench-*")), "the temporary home is removed after a good run"
+
+
+def _cores(ingest: float, broker: float, loadgen: float, other: float = 0.0) -> dict[str, float]:
+    return {
+        "ingest": ingest,
+        "broker": broker,
+        "loadgen": loadgen,
+        "other": other,
+        "machine": ingest + broker + loadgen + other,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cores", "exhausted", "limit"),
+    [
+        (_cores(1.2, 0.4, 0.3), True, "generator"),  # ran dry: whatever the cores did
+        (_cores(0.6, 0.3, 0.97), False, "generator"),  # one thread, one whole core
+        (_cores(0.7, 0.96, 0.2), False, "broker"),
+        (_cores(1.4, 0.35, 0.1), False, "cores"),  # 1.85 of 2 cores busy
+        (_cores(0.5, 0.2, 0.1), False, "window"),  # 40 % busy: the devices waited for acks
+    ],
+)
+def test_the_bench_names_what_set_the_rate(cores: dict[str, float], exhausted: bool, limit: str) -> None:
+    verdict = bottleneck(2, cores, exhausted, 10)
+    assert verdict["limit"] == limit
+    assert verdict["machine_busy"] == round(cores["machine"] / 2, 2)
+    assert verdict["cpu_share"]["ingest"] == round(cores["ingest"] / cores["machine"], 2)
 
 
 def test_a_short_bench_run_on_district_chains_reports_each_district_and_the_anchor(tmp_path: Path) -> None:
