@@ -13,10 +13,10 @@ import json
 import secrets
 from collections.abc import Iterable
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.anomalies.detectors import Finding
+from ledger.documents import document
 from ledger.errors import NotFound, Refused
 from ledger.store import investigations as stored
 from ledger.store.investigations import Anomaly, AnomalyEvent
@@ -30,10 +30,7 @@ class InvestigationError(Refused):
     """An action the anomaly's state does not allow; the message is for the operator."""
 
 
-_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
-
-
-@_no_extra
+@document
 class FindingsRecorded(TypedDict):
     """What a scan's findings did: anomalies raised, ongoing ones updated."""
 
@@ -41,7 +38,7 @@ class FindingsRecorded(TypedDict):
     updated: int
 
 
-@_no_extra
+@document
 class AnomalyDetail(Anomaly):
     """An anomaly as it stands now, with every event of its history, oldest first."""
 

@@ -12,13 +12,14 @@ from fractions import Fraction
 from typing import Annotated, Literal, NotRequired, cast
 from zoneinfo import ZoneInfo
 
-from pydantic import ConfigDict, Field, with_config
+from pydantic import Field
 from typing_extensions import TypedDict
 
 from ledger.billing import device_days
 from ledger.billing import rules as billing
 from ledger.billing.rules import FeeLine, Point, Replacement, TierLine
 from ledger.billing.tariffs import TariffBook
+from ledger.documents import document
 from ledger.errors import NotFound
 from ledger.store import billing_queries as q
 from ledger.store.billing_queries import Account, AdjustmentRow, Meter
@@ -26,14 +27,12 @@ from ledger.store.store import Store
 
 MARGIN_MS = 45 * 24 * 3600 * 1000  # parking reports this far before the month may start a stay in it
 
-_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
-
 
 # ---------------------------------------------------------------- the bill document
 # A reading a line rests on is [device, seq]: a receipt (`cityledger receipt`) proves each.
 
 
-@_no_extra
+@document
 class Stay(TypedDict):
     """A parking stay as a bill prices it: local ISO times, `end` None (and no `minutes`, no rows)
     while the car is still parked."""
@@ -48,14 +47,14 @@ class Stay(TypedDict):
     minutes: NotRequired[int]
 
 
-@_no_extra
+@document
 class UnpaidStay(Stay):
     """A stay nobody pays for (no lessee, no check-in), with its space (`unpaid_stays`)."""
 
     space: str
 
 
-@_no_extra
+@document
 class UtilityLine(TypedDict):
     """A meter's line: consumption in the tariff's unit, split on the tiers."""
 
@@ -72,7 +71,7 @@ class UtilityLine(TypedDict):
     flags: list[str]
 
 
-@_no_extra
+@document
 class ParkingLine(TypedDict):
     """A parking space's line: the stays the account pays for."""
 
@@ -82,7 +81,7 @@ class ParkingLine(TypedDict):
     amount: str
 
 
-@_no_extra
+@document
 class AdjustmentLine(TypedDict):
     """A sealed adjustment (refund, credit, re-bill) the bill carries, sealed in `block`."""
 
@@ -98,7 +97,7 @@ class AdjustmentLine(TypedDict):
 BillLine = Annotated[UtilityLine | ParkingLine | AdjustmentLine, Field(discriminator="type")]
 
 
-@_no_extra
+@document
 class Bill(TypedDict):
     """A month's bill for one account, amounts in yuan as decimal strings (`currency` CNY).
 

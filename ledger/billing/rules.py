@@ -17,10 +17,10 @@ from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.billing.tariffs import ParkingTariff, UtilityTariff
+from ledger.documents import document
 
 FEN = Decimal("0.01")
 GAP_MS = 6 * 3600 * 1000  # readings further apart than this are flagged as a gap
@@ -197,7 +197,7 @@ def _register_at(pts: list[tuple[int, Fraction, int]], ts: int, i: int) -> Fract
 # ---------------------------------------------------------------- tiers
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class TierLine(TypedDict):
     """A tier row as a bill shows it (`TierRow.as_dict`): quantity for display, money to the fen."""
 
@@ -326,7 +326,7 @@ def _flag_silence(stay: Session, before: Point, after: Point) -> None:
     stay.rests_on += [q for q in (before.seq, after.seq) if q not in stay.rests_on]
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class FeeLine(TypedDict):
     """A fee row as a bill shows it (`FeeRow.as_dict`): money to the fen, as strings."""
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain.protocol import strict_json
 from ledger.chain.witness import Accepted, Alarm, SignedHeader, Source, WitnessState, check
+from ledger.documents import document
 
 HEAD_ENTRY = "district_head"
 ADDED_ENTRY = "district_added"
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class HeadEntry(TypedDict):
     """The city chain's leaf anchoring a district head (`Head.entry`): `block` is the hash of
     the district's block at `height`, `at` when the city sealed it (epoch ms)."""

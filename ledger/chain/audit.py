@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, NotRequired
 
 from nacl.signing import VerifyKey
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain import merkle
@@ -34,6 +33,7 @@ from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading, verify_reading
 from ledger.chain.registry_audit import Disagreement, DisagreementDoc
 from ledger.chain.sigcheck import CHUNK, ParallelVerifier
+from ledger.documents import document
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
 Progress = Callable[[int, int], None]
@@ -54,7 +54,7 @@ class Failure:
         return f"{where}: {self.what}"
 
 
-@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+@document
 class VerifyReport(TypedDict):
     """A `Report` as `verify` answers it (`Report.as_dict`): `failure` says why it is not ok, in words,
     `failed_block` and `failed_reading` where the chain first breaks (None when it holds)."""

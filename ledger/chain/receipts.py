@@ -20,18 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from nacl.signing import VerifyKey
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain import merkle
 from ledger.chain.blocks import Header, block_hash, verify_header
 from ledger.chain.protocol import Reading, canonical_json, strict_json, verify_reading
+from ledger.documents import document
 
 RECEIPT_MEMBERS = frozenset({"reading", "device_key", "block", "block_sig", "ledger_key", "leaf_index", "proof"})
 _HEX32 = re.compile(r"^[0-9a-f]{64}$")
 
 
-@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+@document
 class Receipt(TypedDict):
     """A receipt (PROTOCOL.md section 5), as `build_receipt` makes it: exactly `RECEIPT_MEMBERS`."""
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading
+from ledger.documents import document
 
 
-@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+@document
 class DevicePublic(TypedDict):
     """A device's record as it may be shown (`DeviceRecord.public`): all but its broker password hash."""
 

@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
+
+from ledger.documents import document
 
 Key = tuple[Any, ...]
 Row = tuple[Any, ...]
@@ -38,7 +39,7 @@ PAIR_ALIKE = 64
 """Changed rows of one key (parking check-ins of one space, say) paired by likeness up to this many."""
 
 
-@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+@document
 class DisagreementDoc(TypedDict):
     """A `Disagreement` as the verify report lists it (`Disagreement.as_dict`)."""
 

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 
 import nacl.pwhash
 from nacl.exceptions import InvalidkeyError
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
+
+from ledger.documents import document
 
 MIN_PASSWORD = 10
 ALL_DISTRICTS = "all"
 
 
-@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+@document
 class PrincipalDoc(TypedDict):
     """A principal as JSON."""
 

@@ -30,9 +30,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
+from ledger.documents import document
 from ledger.people.auth import Principal
 from ledger.store import signin as stored
 from ledger.store.signin import ANY_LOGIN
@@ -220,10 +220,8 @@ class Throttled:
 
 Outcome = SignedIn | Wrong | Throttled
 
-_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
 
-
-@_no_extra
+@document
 class SignedInDoc(TypedDict):
     """`SignedIn` as JSON: the principal's fields (auth.PrincipalDoc) at the top."""
 
@@ -234,12 +232,12 @@ class SignedInDoc(TypedDict):
     districts: list[str]
 
 
-@_no_extra
+@document
 class WrongDoc(TypedDict):
     outcome: Literal["wrong"]
 
 
-@_no_extra
+@document
 class ThrottledDoc(TypedDict):
     outcome: Literal["throttled"]
     scope: str  # pair | account | source

@@ -31,7 +31,7 @@ from typing import Any
 from typing_extensions import TypedDict
 
 from ledger.chain.protocol import parse_topic
-from ledger.service.results import result
+from ledger.documents import document
 
 OVER_BUDGET = "over_budget"  # the device sent faster than its budget: counted, never verified
 SUSPENDED = "suspended"  # a message of a suspended device that reached ingest before the broker cut it off
@@ -40,7 +40,7 @@ Count = tuple[str, int, str]  # (device, minute, reason), as Batch.rejects keys 
 Span = tuple[int, int, int]  # (first ms, last ms, messages) of a device's over-budget messages
 
 
-@result
+@document
 class BudgetRule(TypedDict):
     """A budget rule as entries name it and `budget_policy` answers: JSON numbers (integers, or
     decimal strings for fractions), and the block that set them (None: the defaults)."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.billing import rules as billing
 from ledger.billing.bills import ParkingLine, _parking_line
 from ledger.billing.tariffs import parse_tariffs
 from ledger.clock import now_ms
+from ledger.documents import document
 from ledger.errors import NotFound
 from ledger.store import billing_queries as q
 from ledger.store import views as stored
@@ -35,12 +35,11 @@ def view(fn: _View) -> _View:
 
 
 # The tariff in force as plain data. A view, not an API result: declared beside the view that
-# makes it, unknown keys refused like ledger/service/results' @result. "class" and "from" are
+# makes it, unknown keys refused (`@document`). "class" and "from" are
 # Python keywords, hence the functional form.
-_no_extra = with_config(ConfigDict(extra="forbid"))
 
 
-@_no_extra
+@document
 class TierPrice(TypedDict):
     up_to: str | None  # a decimal in the tariff's unit; None: no upper bound
     price: str  # a decimal
@@ -50,15 +49,15 @@ UtilityTariffSummary = TypedDict(
     "UtilityTariffSummary",
     {"kind": str, "class": str, "from": str, "basis": str, "unit": str, "base_per_unit": int, "tiers": list[TierPrice]},
 )
-_no_extra(UtilityTariffSummary)
+document(UtilityTariffSummary)
 
 ParkingTariffSummary = TypedDict(
     "ParkingTariffSummary", {"from": str, "default_zone_class": int, "district_zone_class": dict[str, int]}
 )
-_no_extra(ParkingTariffSummary)
+document(ParkingTariffSummary)
 
 
-@_no_extra
+@document
 class TariffSummary(TypedDict):
     version: int
     timezone: str

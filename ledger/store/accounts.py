@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
+from ledger.documents import document
 from ledger.store.store import Store
 
 
@@ -92,7 +92,7 @@ def decide_adjustment_request(store: Store, adj_id: str, status: str, operator: 
     )
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class AdjustmentRequest(TypedDict):
     """An adjustment above the approval limit, requested by `operator` at `at` (epoch ms);
     `status` pending, approved or rejected, `decided_by`/`decided_at` None while pending."""

@@ -49,11 +49,11 @@ from typing import Any, Protocol
 
 import duckdb
 from nacl.signing import VerifyKey
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain.audit import Progress
 from ledger.chain.blocks import GENESIS_PREV, block_hash
+from ledger.documents import document
 from ledger.errors import Refused
 from ledger.store.store import Store
 from ledger.store.transactions import snapshot
@@ -115,7 +115,7 @@ class ArchiveError(Refused):
     """An archive directory or manifest that cannot be used, said plainly."""
 
 
-@with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
+@document
 class ArchiveWritten(TypedDict):
     """What `write_archive` did: the segments (blocks, readings, entries, bytes) it appended in this
     run, starting at `first_height` (None: nothing new), and where the archive now ends."""

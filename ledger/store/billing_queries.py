@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
+from ledger.documents import document
 from ledger.store.store import Store
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class Account(TypedDict):
     """A billing account: `customer_class` residential or non-residential, `created_at` epoch ms."""
 
@@ -27,14 +27,14 @@ class Account(TypedDict):
     created_at: int
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class AccountWithDevices(Account):
     """An account as `accounts` lists it: with how many devices (meters, spaces) it holds."""
 
     devices: int
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class Meter(TypedDict):
     """A utility meter an account holds (`kind` water, gas or electricity)."""
 
@@ -43,7 +43,7 @@ class Meter(TypedDict):
     district: str
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class AdjustmentRow(TypedDict):
     """A sealed adjustment (refund, credit, re-bill) of an account, sealed in block `height`."""
 
@@ -55,7 +55,7 @@ class AdjustmentRow(TypedDict):
     height: int
 
 
-@with_config(ConfigDict(extra="forbid"))
+@document
 class IssuedMonth(TypedDict):
     """An issued bill as `issued_months` lists it: `hash` of its body, sealed in block `height`."""
 

@@ -9,15 +9,13 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
+from ledger.documents import document
 from ledger.store.store import Store
 
-_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
 
-
-@_no_extra
+@document
 class Anomaly(TypedDict):
     """An anomaly as it stands now: as raised, with its latest status, window, severity, evidence
     and detail (each the latest event's that set one; the columns allow NULL)."""
@@ -38,7 +36,7 @@ class Anomaly(TypedDict):
     updated_at: int
 
 
-@_no_extra
+@document
 class AnomalyEvent(TypedDict):
     """One event of an anomaly's history: raised, updated by a detector, or an operator's action."""
 

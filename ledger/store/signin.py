@@ -9,18 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
+
+from ledger.documents import document
 
 if TYPE_CHECKING:  # the dashboard imports the policy, and so this module: no DuckDB for it
     from ledger.store.store import Store
 
 ANY_LOGIN = "*"  # a throttled source's attempts: counted per minute, not per invented id
 
-_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
 
-
-@_no_extra
+@document
 class FailedLogin(TypedDict):
     """A login's failed sign-ins: attempts in all, of them throttled, from how many sources, the last."""
 
@@ -32,7 +31,7 @@ class FailedLogin(TypedDict):
     last_at: int
 
 
-@_no_extra
+@document
 class FailedSource(TypedDict):
     """A source's failed sign-ins: attempts in all, of them throttled, at how many logins, the last."""
 
@@ -43,7 +42,7 @@ class FailedSource(TypedDict):
     last_at: int
 
 
-@_no_extra
+@document
 class RepeatedFailures(TypedDict):
     logins: list[FailedLogin]
     sources: list[FailedSource]

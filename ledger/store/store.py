@@ -18,22 +18,19 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading
 from ledger.chain.records import DeviceRecord, LedgeredReading, QuarantineRow, ServiceRecord
+from ledger.documents import document
 from ledger.store.schema import migrate
 from ledger.store.transactions import transaction
-
-_no_extra = with_config(ConfigDict(extra="forbid"))  # as ledger/service/results' @result: unknown keys refused
-
 
 # ------------------------------------------------------------ rows as the API answers them
 
 
-@_no_extra
+@document
 class DeviceKey(TypedDict):
     """One of `device_key_history`: a key the device was given in block `from_height` at `since`,
     signing its readings from seq `from_seq` on (0: every reading sealed after it)."""
@@ -44,7 +41,7 @@ class DeviceKey(TypedDict):
     from_seq: int
 
 
-@_no_extra
+@document
 class WriteOff(TypedDict):
     """One of `write_offs`: seqs an operator settled for good, sealed in block `height`."""
 
@@ -57,7 +54,7 @@ class WriteOff(TypedDict):
     height: int
 
 
-@_no_extra
+@document
 class RecentBlock(TypedDict):
     """One of `recent_blocks`."""
 
@@ -67,7 +64,7 @@ class RecentBlock(TypedDict):
     sealed_at: int
 
 
-@_no_extra
+@document
 class RecentReading(TypedDict):
     """One of `recent_readings`; `district` is None for a device no longer in the registry."""
 
@@ -81,7 +78,7 @@ class RecentReading(TypedDict):
     received_at: int
 
 
-@_no_extra
+@document
 class QuarantineEntry(TypedDict):
     """One of `quarantine`: a message refused, with why."""
 
@@ -93,7 +90,7 @@ class QuarantineEntry(TypedDict):
     payload: str  # as text, undecodable bytes escaped
 
 
-@_no_extra
+@document
 class Counts(TypedDict):
     """The ledger's totals (`counts`); `devices` counts the active ones."""
 
@@ -105,7 +102,7 @@ class Counts(TypedDict):
     quarantine_dropped: int
 
 
-@_no_extra
+@document
 class Suspension(TypedDict):
     """A device's latest budget suspension (`suspensions`): its `device_suspended` entry's when, until
     when, rule and messages over budget, the device's status now, and when it was reinstated."""
@@ -120,7 +117,7 @@ class Suspension(TypedDict):
     reinstated_at: int | None
 
 
-@_no_extra
+@document
 class FlaggedDevice(TypedDict):
     """One of `flagged_devices`: a device's rejects since a minute (the peak per minute, the total,
     the first and last minute, `reason:count,...`, those over budget), and its latest suspension.
@@ -136,7 +133,7 @@ class FlaggedDevice(TypedDict):
     suspension: Suspension | None
 
 
-@_no_extra
+@document
 class WitnessReport(TypedDict):
     """One of `witness_reports`: what a witness said (`kind`: alarm, ...), as it sent it."""
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
 from ledger.clock import now_ms
+from ledger.documents import document
 from ledger.store.store import Store, Suspension
 
 View = Callable[..., Any]  # each view's own return is typed below; by name (`LedgerAPI.view`) it is Any
@@ -44,10 +44,8 @@ def view(fn: _View) -> _View:
 # ---------------------------------------------------------------- what the views return
 # Rows as JSON documents (ledger/service/results/__init__.py says why TypedDicts), unknown keys refused.
 
-_no_extra = with_config(ConfigDict(extra="forbid"))
 
-
-@_no_extra
+@document
 class AccountDevice(TypedDict):
     device: str
     kind: str
@@ -56,7 +54,7 @@ class AccountDevice(TypedDict):
     enrolled_at: int
 
 
-@_no_extra
+@document
 class AccountProfile(TypedDict):
     account: str
     name: str
@@ -65,7 +63,7 @@ class AccountProfile(TypedDict):
     districts: list[str]  # where its devices are
 
 
-@_no_extra
+@document
 class RegisterBracket(TypedDict):
     """A device's readings either side of a boundary (within the window): None where there is none."""
 
@@ -77,7 +75,7 @@ class RegisterBracket(TypedDict):
     next_value: int | None
 
 
-@_no_extra
+@document
 class TypicalUsage(TypedDict):
     start: int
     end: int
@@ -85,14 +83,14 @@ class TypicalUsage(TypedDict):
     median: float | None  # base units; None below the minimum number of meters
 
 
-@_no_extra
+@document
 class FirstReading(TypedDict):
     ts: int
     value: int
     seq: int
 
 
-@_no_extra
+@document
 class ReadingPoint(TypedDict):
     ts: int
     value: int
@@ -101,7 +99,7 @@ class ReadingPoint(TypedDict):
     height: int
 
 
-@_no_extra
+@document
 class DeviceReadings(TypedDict):
     device: str
     count: int  # readings in the window (before thinning)
@@ -109,7 +107,7 @@ class DeviceReadings(TypedDict):
     points: list[ReadingPoint]
 
 
-@_no_extra
+@document
 class DistrictNow(TypedDict):
     district: str
     devices: int  # active
@@ -125,7 +123,7 @@ class DistrictNow(TypedDict):
     quarantine_rate: float | None  # None: nothing seen in the hour
 
 
-@_no_extra
+@document
 class Overview(TypedDict):
     now: int
     districts: list[DistrictNow]
@@ -137,14 +135,14 @@ class Overview(TypedDict):
     readings: int
 
 
-@_no_extra
+@document
 class Arrival(TypedDict):
     district: str
     minute_ms: int
     readings: int
 
 
-@_no_extra
+@document
 class DeviceFound(TypedDict):
     device: str
     kind: str
@@ -158,13 +156,13 @@ class DeviceFound(TypedDict):
     last_value: int | None
 
 
-@_no_extra
+@document
 class DeviceSearch(TypedDict):
     total: int
     devices: list[DeviceFound]
 
 
-@_no_extra
+@document
 class DeviceDetail(TypedDict):
     device: str
     kind: str
@@ -182,7 +180,7 @@ class DeviceDetail(TypedDict):
     suspension: Suspension | None  # its latest budget suspension, if it ever had one
 
 
-@_no_extra
+@document
 class QuarantineRow(TypedDict):
     received_at: int
     topic: str
@@ -194,13 +192,13 @@ class QuarantineRow(TypedDict):
     payload_bytes: int
 
 
-@_no_extra
+@document
 class ReasonCount(TypedDict):
     reason: str
     count: int
 
 
-@_no_extra
+@document
 class QuarantineSummary(TypedDict):
     since: int
     by_reason: list[ReasonCount]
@@ -208,7 +206,7 @@ class QuarantineSummary(TypedDict):
     reasons: list[str]
 
 
-@_no_extra
+@document
 class ZoneOccupancy(TypedDict):
     zone_class: int
     start: int  # the bucket's
@@ -217,7 +215,7 @@ class ZoneOccupancy(TypedDict):
     spaces: int
 
 
-@_no_extra
+@document
 class ParkingRevenue(TypedDict):
     month: str
     district: str
@@ -225,14 +223,14 @@ class ParkingRevenue(TypedDict):
     stays: int
 
 
-@_no_extra
+@document
 class SpacesTaken(TypedDict):
     spaces: int
     taken: int
     reporting: int
 
 
-@_no_extra
+@document
 class BlockSummary(TypedDict):
     height: int
     hash: str

@@ -11,11 +11,6 @@ declaration and what crosses the wire cannot drift apart unnoticed.
 
 Rows the store makes (a quarantine entry, a block) are declared beside the query that
 makes them in ledger/store/; results the service makes (an enrolment, a bill issued)
-are declared here, one module per area, with `@result` (unknown keys refused).
+are declared here, one module per area. All are decorated `@document` (ledger/documents.py):
+unknown keys refused.
 """
-
-from __future__ import annotations
-
-from pydantic import ConfigDict, with_config
-
-result = with_config(ConfigDict(extra="forbid"))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing_extensions import TypedDict
 
-from ledger.service.results import result
+from ledger.documents import document
 
 
-@result
+@document
 class ScanSummary(TypedDict):
     """One scan: anomalies raised and ongoing ones updated (`FindingsRecorded`), the detectors'
     findings in all and by type, and the active devices looked at."""

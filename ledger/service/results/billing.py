@@ -4,8 +4,8 @@ and the billing part of ledger/service/api.py).
 The documents billing reads out of the store are declared beside their queries
 (ledger/store/billing_queries.py, ledger/store/accounts.py) and the bill beside the
 code that assembles it (ledger/billing/bills.py). Keys that are Python keywords
-("class", "from") need the functional TypedDict form; `result(...)` then refuses
-unknown keys on them as `@result` does on the others.
+("class", "from") need the functional TypedDict form; `document(...)` then refuses
+unknown keys on them as `@document` does on the others.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from typing import Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-from ledger.service.results import result
+from ledger.documents import document
 
 # ---------------------------------------------------------------- accounts and tariffs
 
 
 # An account opened (`add_account`); "class" is the customer class (residential, non-residential).
 AccountOpened = TypedDict("AccountOpened", {"account": str, "name": str, "class": str, "block": str})
-result(AccountOpened)
+document(AccountOpened)
 
 
-@result
+@document
 class AccountAssigned(TypedDict):
     """A meter handed to an account (`assign_account`); `account` None: to no account."""
 
@@ -34,7 +34,7 @@ class AccountAssigned(TypedDict):
     block: str
 
 
-@result
+@document
 class TariffsLoaded(TypedDict):
     """`load_tariffs`: the version in force; `changed` False when the text was the one already in force."""
 
@@ -43,7 +43,7 @@ class TariffsLoaded(TypedDict):
     changed: bool
 
 
-@result
+@document
 class TariffsInForce(TypedDict):
     """`tariffs`: the tariff version in force and its TOML source."""
 
@@ -51,7 +51,7 @@ class TariffsInForce(TypedDict):
     source: str
 
 
-@result
+@document
 class ReplacementRecorded(TypedDict):
     device: str
     ts: int
@@ -61,7 +61,7 @@ class ReplacementRecorded(TypedDict):
 # ---------------------------------------------------------------- corrections
 
 
-@result
+@document
 class Adjustment(TypedDict):
     """`adjust`: sealed at once, or (above the approval limit, which `limit` then names) pending."""
 
@@ -73,14 +73,14 @@ class Adjustment(TypedDict):
     created_at: int
 
 
-@result
+@document
 class AdjustmentLimitSet(TypedDict):
     limit: str
     operator: str
     block: str
 
 
-@result
+@document
 class AdjustmentDecided(TypedDict):
     """`decide_adjustment`: a second operator's decision on a requested adjustment."""
 
@@ -96,7 +96,7 @@ class AdjustmentDecided(TypedDict):
 # ---------------------------------------------------------------- roll-up and the month's close
 
 
-@result
+@document
 class RolledUp(TypedDict):
     """`roll_up`: the height summarised up to now, and what this run summarised."""
 
@@ -105,7 +105,7 @@ class RolledUp(TypedDict):
     readings: int
 
 
-@result
+@document
 class BillsIssued(TypedDict):
     """`issue_bills`: bills sealed now, and those issued before (left as they were)."""
 
@@ -114,7 +114,7 @@ class BillsIssued(TypedDict):
     already_issued: int
 
 
-@result
+@document
 class MonthClosed(BillsIssued):
     """`close_month`: the bills issued, out of how many accounts, in how many seconds."""
 
@@ -126,14 +126,14 @@ class MonthClosed(BillsIssued):
 
 # "class" is the zone class (1, 2 or 3); "from" the time (epoch ms) it is in force from.
 ZoneSet = TypedDict("ZoneSet", {"space": str, "class": int, "from": int, "operator": str, "block": str})
-result(ZoneSet)
+document(ZoneSet)
 
 # A space leased to an account from a time (epoch ms); `account` None ends a lease.
 Leased = TypedDict("Leased", {"space": str, "account": str | None, "from": int, "operator": str, "block": str})
-result(Leased)
+document(Leased)
 
 
-@result
+@document
 class CheckedIn(TypedDict):
     space: str
     account: str

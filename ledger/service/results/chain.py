@@ -18,13 +18,13 @@ from typing_extensions import TypedDict
 
 from ledger.chain.blocks import Header
 from ledger.chain.records import DevicePublic
+from ledger.documents import document
 from ledger.service.budget import BudgetRule
-from ledger.service.results import result
 
 # ------------------------------------------------------------------ the registry
 
 
-@result
+@document
 class DeviceLogin(TypedDict):
     """A device's broker login, its password shown this once (`reset_device_password`, and each
     device of `enroll_devices`)."""
@@ -34,14 +34,14 @@ class DeviceLogin(TypedDict):
     mqtt_password: str
 
 
-@result
+@document
 class Enrolled(DeviceLogin):
     """`enroll_device`: the device's broker login and the block of its enrolment entry."""
 
     block: str
 
 
-@result
+@document
 class Enrolments(TypedDict):
     """`enroll_devices`: the one block of every enrolment entry, and each device's broker login."""
 
@@ -49,7 +49,7 @@ class Enrolments(TypedDict):
     devices: list[DeviceLogin]
 
 
-@result
+@document
 class ServiceLogin(TypedDict):
     """`add_witness`: a service's broker login, its password shown this once."""
 
@@ -58,7 +58,7 @@ class ServiceLogin(TypedDict):
     mqtt_password: str
 
 
-@result
+@document
 class Revoked(TypedDict):
     """`revoke_device`."""
 
@@ -68,7 +68,7 @@ class Revoked(TypedDict):
     block: str
 
 
-@result
+@document
 class Reinstated(TypedDict):
     """`reinstate_device`: a suspension ended; `operator` when one ended it early (not ingest)."""
 
@@ -78,7 +78,7 @@ class Reinstated(TypedDict):
     block: str
 
 
-@result
+@document
 class DeviceInfo(DevicePublic):
     """One of `devices`: the registry's record as shown, and what the device last said of itself
     (`online`: its status message, "unknown" before it sent one)."""
@@ -86,7 +86,7 @@ class DeviceInfo(DevicePublic):
     online: str
 
 
-@result
+@document
 class DeviceKeyRotated(TypedDict):
     """`rotate_device_key`: the device's new key signs its readings from `from_seq` on."""
 
@@ -98,7 +98,7 @@ class DeviceKeyRotated(TypedDict):
     block: str
 
 
-@result
+@document
 class LedgerKeyRotated(TypedDict):
     """`rotate_ledger_key`: block `height` (signed by `old_key`) hands signing to `new_key`."""
 
@@ -108,7 +108,7 @@ class LedgerKeyRotated(TypedDict):
     block: str
 
 
-@result
+@document
 class WrittenOff(TypedDict):
     """`write_off`: seqs `from_seq`..`to_seq` of a device settled for good."""
 
@@ -120,7 +120,7 @@ class WrittenOff(TypedDict):
     block: str
 
 
-@result
+@document
 class HeldBack(TypedDict):
     """One of `held_back`: a device whose ack stays at `acked` while seqs `missing_from`..`missing_to`
     are missing and `ledgered_above` seqs above them are settled."""
@@ -132,7 +132,7 @@ class HeldBack(TypedDict):
     ledgered_above: int
 
 
-@result
+@document
 class BudgetPolicySet(BudgetRule):
     """`set_budget_policy`: the rule now in force, sealed in `block`."""
 
@@ -142,7 +142,7 @@ class BudgetPolicySet(BudgetRule):
 # ------------------------------------------------------------------ status
 
 
-@result
+@document
 class IngestState(TypedDict):
     """`status`'s `ingest`: `{"running": False}` alone when no ingest runs (or outside it);
     inside a running ingest, its view of itself (ledger/service/health.py)."""
@@ -158,7 +158,7 @@ class IngestState(TypedDict):
     readings_sealed: NotRequired[int]
 
 
-@result
+@document
 class JobStatus(TypedDict):
     """`status`'s `jobs`: what a background job of the scheduler did last (ledger/service/jobs.py)."""
 
@@ -174,7 +174,7 @@ class JobStatus(TypedDict):
     failing: bool
 
 
-@result
+@document
 class PartStatus(TypedDict):
     """`status`'s `supervisor`: what `cityledger up`'s state file says of one part
     (ledger/service/supervision.py); `state` is `unsupervised` when that `up` is gone."""
@@ -190,7 +190,7 @@ class PartStatus(TypedDict):
     crash_looping: bool
 
 
-@result
+@document
 class Status(TypedDict):
     """`status`: the ledger's totals (`Store.counts`), its head, and how ingest, the scheduler's
     jobs and `cityledger up`'s parts are doing."""
@@ -212,7 +212,7 @@ class Status(TypedDict):
 # ------------------------------------------------------------------ for verifiers
 
 
-@result
+@document
 class ArchiveAnchor(TypedDict):
     """`archive_anchor`: where the live ledger says an archive ending at a height joins it
     (the hash of that block, the `prev` of the next), its head, and its first key."""
@@ -223,7 +223,7 @@ class ArchiveAnchor(TypedDict):
     next_prev: str | None
 
 
-@result
+@document
 class KeyLink(TypedDict):
     """One of `key_chain`: a header handing signing to a new key (`next_key`), with its hash and
     its signature (base64) by the key then in force."""

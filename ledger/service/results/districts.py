@@ -12,10 +12,10 @@ from typing_extensions import TypedDict
 
 from ledger.chain.anchors import HeadEntry
 from ledger.chain.blocks import Header
-from ledger.service.results import result
+from ledger.documents import document
 
 
-@result
+@document
 class DistrictAdded(TypedDict):
     """`add_district`: the district's new home and the first key of its chain, sealed in `block`."""
 
@@ -25,7 +25,7 @@ class DistrictAdded(TypedDict):
     block: str
 
 
-@result
+@document
 class DistrictChain(TypedDict):
     """One of `districts`: its first key, its home, and the newest head the city chain anchored
     (all three None until the first anchor)."""
@@ -39,7 +39,7 @@ class DistrictChain(TypedDict):
     anchored_at: int | None
 
 
-@result
+@document
 class Anchors(TypedDict):
     """`anchors`: each district's first key, and every anchor as [district, height, block hash,
     city height], in chain order (what `verify` checks the district chains against)."""
@@ -48,7 +48,7 @@ class Anchors(TypedDict):
     anchors: list[list[str | int]]
 
 
-@result
+@document
 class AnchorProof(TypedDict):
     """`anchor_proof`: the city chain's entry anchoring a district block, the city block that
     holds it (header, signature in base64, the key that signed it), and its Merkle path."""

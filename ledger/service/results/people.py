@@ -7,24 +7,24 @@ from __future__ import annotations
 
 from typing_extensions import TypedDict
 
-from ledger.service.results import result
+from ledger.documents import document
 
 
-@result
+@document
 class PasswordSet(TypedDict):
     role: str  # citizen | operator
     id: str
     password_set: bool
 
 
-@result
+@document
 class OperatorAdded(TypedDict):
     operator: str
     name: str
     districts: list[str]  # sorted district ids, or ["all"]
 
 
-@result
+@document
 class Operator(TypedDict):
     operator: str
     name: str
@@ -32,13 +32,13 @@ class Operator(TypedDict):
     created_at: int
 
 
-@result
+@document
 class DisputePosted(TypedDict):
     id: str
     status: str  # open | answered | closed
 
 
-@result
+@document
 class DisputeMessage(TypedDict):
     at: int
     author: str
@@ -46,7 +46,7 @@ class DisputeMessage(TypedDict):
     message: str
 
 
-@result
+@document
 class Dispute(TypedDict):
     """A dispute with its messages, oldest first; `status` is its latest message's."""
 
