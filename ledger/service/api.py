@@ -56,8 +56,8 @@ from ledger.service.results.billing import (
 from ledger.service.results.chain import (
     ArchiveAnchor,
     BudgetPolicySet,
-    DeviceInfo,
     DeviceKeyRotated,
+    DeviceListed,
     DeviceLogin,
     Enrolled,
     Enrolments,
@@ -89,7 +89,7 @@ from ledger.store.store import (
     RecentBlock,
     RecentReading,
     Store,
-    WitnessReport,
+    WitnessReportRow,
     WriteOff,
 )
 
@@ -180,10 +180,10 @@ class LedgerAPI:
         health = self.backend.health
         return int(health.snapshot(now_ms())["silence_margin_ms"] or 0) if health else 0
 
-    def devices(self) -> list[DeviceInfo]:
+    def devices(self) -> list[DeviceListed]:
         with self.backend.reading() as store:
             statuses = store.device_statuses()
-            out: list[DeviceInfo] = []
+            out: list[DeviceListed] = []
             for rec in store.devices():
                 out.append({**rec.public(), "online": statuses.get(rec.device, ("unknown", None))[0]})
         return out
@@ -705,7 +705,7 @@ class LedgerAPI:
             d["messages"].append({"at": at, "author": author, "status": status, "message": message})
         return sorted(out.values(), key=lambda d: d["messages"][-1]["at"], reverse=True)
 
-    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReport]:
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReportRow]:
         with self.backend.reading() as store:
             return store.witness_reports(kind, limit)
 

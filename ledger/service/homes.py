@@ -14,7 +14,7 @@ from ledger.keys import create_key_file, load_signing_key, public_hex
 from ledger.service.logins import installed_logins
 from ledger.service.operations.billing import load_tariffs
 from ledger.service.writer import SERVICES, LedgerWriter, ensure_service_login
-from ledger.store import accounts
+from ledger.store import billing_queries
 from ledger.store.store import Store
 
 
@@ -41,7 +41,7 @@ def initialize(home: Home) -> dict[str, Any]:
             writer.commit(
                 Batch(), [{"entry": "ledger_init", "ledger_key": public_hex(key), **district, "at": now_ms()}]
             )
-        if accounts.tariff_count(store) == 0:
+        if billing_queries.latest_tariffs(store) is None:
             load_tariffs(writer, DEFAULT_FILE.read_text())
         writer.publish_access()
         return {"home": str(home.root), "ledger_key": public_hex(key), "created": created, "height": writer.height}

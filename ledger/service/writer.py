@@ -44,7 +44,7 @@ from ledger.service.results.chain import (
     ServiceLogin,
     WrittenOff,
 )
-from ledger.store import accounts
+from ledger.store import billing_queries
 from ledger.store import districts as store_districts
 from ledger.store.store import Commit, Store, Suspension
 
@@ -620,7 +620,7 @@ class LedgerWriter:
 
     def require_account(self, account: str | None) -> None:
         """A device (or a parking lease) may name only an account that exists."""
-        if account is not None and not accounts.account_exists(self.store, account):
+        if account is not None and billing_queries.account(self.store, account) is None:
             raise EnrolmentError(f"no account {account}: add it first with `cityledger accounts add`")
 
     # ------------------------------------------------------------ gaps settled for good

@@ -18,22 +18,8 @@ from ledger.documents import document
 from ledger.store.store import Store
 
 
-def account_exists(store: Store, account: str) -> bool:
-    return store.con.execute("SELECT 1 FROM accounts WHERE account = ?", [account]).fetchone() is not None
-
-
 def add_account(store: Store, account: str, name: str, customer_class: str, at: int) -> None:
     store.con.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)", [account, name, customer_class, at])
-
-
-def tariff_count(store: Store) -> int:
-    return int(store.one("SELECT count(*) FROM tariff_versions")[0])
-
-
-def latest_tariff_version(store: Store) -> tuple[int, str] | None:
-    """(version, sha256) of the tariffs in force, None before any were loaded."""
-    row = store.con.execute("SELECT max(version), arg_max(sha256, version) FROM tariff_versions").fetchone()
-    return (row[0], row[1]) if row and row[0] is not None else None
 
 
 def add_tariffs(store: Store, version: int, at: int, source: str, sha256: str) -> None:

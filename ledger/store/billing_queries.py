@@ -173,9 +173,12 @@ def issued_months(store: Store, account_id: str) -> list[IssuedMonth]:
     return [{"month": m, "total": t, "hash": x, "height": h, "issued_at": at} for m, t, x, h, at in rows]
 
 
-def latest_tariffs(store: Store) -> tuple[int, str] | None:
-    row = store.con.execute("SELECT version, source FROM tariff_versions ORDER BY version DESC LIMIT 1").fetchone()
-    return (row[0], row[1]) if row else None
+def latest_tariffs(store: Store) -> tuple[int, str, str] | None:
+    """(version, source text, sha256) of the tariffs in force, None before any were loaded."""
+    row = store.con.execute(
+        "SELECT version, source, sha256 FROM tariff_versions ORDER BY version DESC LIMIT 1"
+    ).fetchone()
+    return (row[0], row[1], row[2]) if row else None
 
 
 def boundary_neighbours(

@@ -91,7 +91,7 @@ class QuarantineEntry(TypedDict):
 
 
 @document
-class Counts(TypedDict):
+class LedgerCounts(TypedDict):
     """The ledger's totals (`counts`); `devices` counts the active ones."""
 
     blocks: int
@@ -134,7 +134,7 @@ class FlaggedDevice(TypedDict):
 
 
 @document
-class WitnessReport(TypedDict):
+class WitnessReportRow(TypedDict):
     """One of `witness_reports`: what a witness said (`kind`: alarm, ...), as it sent it."""
 
     witness: str
@@ -691,7 +691,7 @@ class Store:
             for received_at, topic, why, sender, detail, payload in self.con.execute(sql, args).fetchall()
         ]
 
-    def counts(self) -> Counts:
+    def counts(self) -> LedgerCounts:
         """Totals; `quarantine_dropped` counts rejects beyond the per-device cap (counted, not stored)."""
         row = self.con.execute(
             "SELECT (SELECT count(*) FROM blocks), (SELECT count(*) FROM readings),"
@@ -794,7 +794,7 @@ class Store:
             }
         return out
 
-    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReport]:
+    def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReportRow]:
         sql = "SELECT witness, kind, body, received_at FROM witness_reports"
         args: list[Any] = []
         if kind:

@@ -181,7 +181,7 @@ class DeviceDetail(TypedDict):
 
 
 @document
-class QuarantineRow(TypedDict):
+class QuarantineShown(TypedDict):
     received_at: int
     topic: str
     reason: str
@@ -665,7 +665,7 @@ def quarantine_rows(
     device: str | None = None,
     since: int | None = None,
     limit: int = 200,
-) -> list[QuarantineRow]:
+) -> list[QuarantineShown]:
     """Stored rejected messages, newest first, with their district (the sender's, or the topic's)
     and the raw payload as text (undecodable bytes escaped): for showing as text, never as markup."""
     where, args = _scope(_Q_DISTRICT, districts)
@@ -680,7 +680,7 @@ def quarantine_rows(
     if since is not None:
         sql += " AND q.received_at >= ?"
         args.append(int(since))
-    out: list[QuarantineRow] = []
+    out: list[QuarantineShown] = []
     for r in store.con.execute(sql + " ORDER BY q.received_at DESC LIMIT ?", [*args, int(limit)]).fetchall():
         raw = bytes(r[6])
         out.append(

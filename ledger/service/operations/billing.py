@@ -34,7 +34,7 @@ from ledger.service.results.billing import (
     TariffsLoaded,
 )
 from ledger.service.writer import AlreadyEnrolled, LedgerWriter, checked_operator, named
-from ledger.store import accounts, device_days
+from ledger.store import accounts, billing_queries, device_days
 from ledger.store.accounts import AdjustmentRequest
 from ledger.store.store import Store
 
@@ -50,7 +50,7 @@ def add_account(
     if customer_class not in ("residential", "non-residential"):
         raise Refused("class must be residential or non-residential")
     with writer.lock:  # the check and the insert as one step: two callers cannot both pass the check
-        if accounts.account_exists(writer.store, account):
+        if billing_queries.account(writer.store, account) is not None:
             raise AlreadyEnrolled(f"account {account} exists")
         at = now_ms()
         sealed = writer.seal(
@@ -82,8 +82,8 @@ def load_tariffs(writer: LedgerWriter, source: str, operator: str | None = None)
     parse_tariffs(source)  # refuse a file that cannot be used before anything is written
     digest = hashlib.sha256(source.encode()).hexdigest()
     with writer.lock:
-        latest = accounts.latest_tariff_version(writer.store)
-        if latest is not None and latest[1] == digest:
+        latest = billing_queries.latest_tariffs(writer.store)
+        if latest is not None and latest[2] == digest:
             return {"version": latest[0], "sha256": digest, "changed": False}
         version = latest[0] + 1 if latest else 1
         writer.seal(

@@ -16,7 +16,7 @@ from ledger.errors import Refused
 from ledger.people import auth, signin
 from ledger.service.results.people import DisputePosted, OperatorAdded, PasswordSet
 from ledger.service.writer import AlreadyEnrolled, LedgerWriter
-from ledger.store import accounts, people
+from ledger.store import billing_queries, people
 
 # Argon2id takes 64 MiB and a core's worth of time per check, inside the process that seals.
 # Two at a time bound both, whatever the number of callers; the rest wait their turn.
@@ -36,7 +36,7 @@ def set_password(writer: LedgerWriter, role: str, principal: str, password: str)
     with writer.lock:
         store = writer.store
         exists = (
-            accounts.account_exists(store, principal)
+            billing_queries.account(store, principal) is not None
             if role == "citizen"
             else people.operator(store, principal) is not None
         )

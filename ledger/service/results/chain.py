@@ -79,7 +79,7 @@ class Reinstated(TypedDict):
 
 
 @document
-class DeviceInfo(DevicePublic):
+class DeviceListed(DevicePublic):
     """One of `devices`: the registry's record as shown, and what the device last said of itself
     (`online`: its status message, "unknown" before it sent one)."""
 
