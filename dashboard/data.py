@@ -393,9 +393,8 @@ class CitizenData:
 
 def typical_household(district: str, kind: str, ps: list[use.Period], now: int) -> dict[tuple[int, int], float | None]:
     """Median use per period of the district's households (cached for 15 minutes; the running
-    period's end is rounded down to 15 minutes so the cache holds)."""
-    quarter = now - now % 900_000
-    bounds = sorted({p.start for p in ps} | {min(p.end, quarter) if p.partial else p.end for p in ps})
+    period's end is rounded down, `_running_end`, so the cache holds)."""
+    bounds = sorted({p.start for p in ps} | {_running_end(p, now) if p.partial else p.end for p in ps})
     rows = CACHE.get(
         ("typical", district, kind, tuple(bounds)),
         900,
@@ -404,8 +403,19 @@ def typical_household(district: str, kind: str, ps: list[use.Period], now: int) 
     out = {(r["start"], r["end"]): r["median"] for r in rows}
     for p in ps:  # the running period: the median up to the rounded end
         if p.partial:
-            out[(p.start, p.end)] = out.get((p.start, min(p.end, quarter)))
+            out[(p.start, p.end)] = out.get((p.start, _running_end(p, now)))
     return out
+
+
+def _running_end(p: use.Period, now: int) -> int:
+    """Where the running period's median ends: `now` rounded down to 15 minutes, so that the cache
+    holds; in the period's first quarter of an hour, to the minute, or `now` itself (rounded to 15
+    minutes, a period that began at midnight would have no length, and so no median, until 00:15)."""
+    for step in (900_000, 60_000, 1):
+        end = now - now % step
+        if end > p.start:
+            return min(p.end, end)
+    return p.end
 
 
 # ---------------------------------------------------------------- operators

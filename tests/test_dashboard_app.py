@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import data
+from dashboard import usage as use
 from ledger.service.api import local_api
 from tests.support.browser import PASSWORD, DashboardCity, build_city
 
@@ -156,6 +157,23 @@ def test_a_throttled_sign_in_says_so_with_the_wait_and_lets_the_citizen_in_after
 
 
 # ---------------------------------------------------------------- citizen pages
+
+
+@pytest.mark.parametrize(
+    ("since_start_ms", "end_after_start_ms"),
+    [
+        (20 * 60_000 + 5, 15 * 60_000),  # rounded down to 15 minutes, so the cache holds
+        (8 * 60_000 + 5, 8 * 60_000),  # 00:08: to the minute, not to 00:00 (a period of no length)
+        (30_000, 30_000),  # the first minute: now itself
+    ],
+)
+def test_the_typical_household_of_a_period_just_begun_has_a_length(
+    since_start_ms: int, end_after_start_ms: int
+) -> None:
+    start = 1_767_196_800_000  # a midnight in Beijing
+    now = start + since_start_ms
+    period = use.Period("Today", start, now, partial=True)
+    assert data._running_end(period, now) == start + end_after_start_ms
 
 
 def test_usage_per_meter_with_last_year_typical_household_and_tiers() -> None:
