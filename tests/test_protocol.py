@@ -159,6 +159,12 @@ def test_ack_payload_round_trip() -> None:
         assert parse_ack(bad) is None
 
 
+@settings(max_examples=200, deadline=None)
+@given(seq=st.integers(0, 2**64), block=st.binary(min_size=32, max_size=32).map(bytes.hex))
+def test_the_spelled_out_ack_is_canonical_json(seq: int, block: str) -> None:
+    assert ack_payload(seq, block) == canonical_json({"seq": seq, "block": block})
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     device=st.from_regex(r"\A[A-Za-z0-9._-]{1,64}\Z"),
@@ -227,8 +233,10 @@ def test_the_canonical_fast_path_reads_exactly_what_the_full_parser_reads(
     for candidate in (payload, data.draw(_mutations(payload))):
         fast, full = parse_reading(candidate), _parse_reading_fully(candidate)
         if isinstance(full, Reading):
-            assert isinstance(fast, Reading) and fast.model_dump() == full.model_dump()
-            assert fast.sig_bytes() == full.sig_bytes()
+            assert isinstance(fast, Reading) and fast.model_dump() == full.model_dump() and fast == full
+            assert fast.sig_bytes() == full.sig_bytes() and fast.leaf_data() == full.leaf_data()
+            # Only a payload in canonical form stands for the leaf.
+            assert fast.leaf_is(candidate) == (candidate == canonical_json(full.as_dict()))
         else:
             assert fast == full
 

@@ -9,19 +9,23 @@ behind when the number of workers changes.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
+import pickle
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
 
-from ledger.chain.protocol import parse_ack, sign_reading
+from ledger.chain.protocol import Reading, parse_ack, parse_reading, sign_reading
 from ledger.chain.records import QuarantineRow
-from ledger.ingest.intake import Incoming, Screened
-from ledger.ingest.workers import pack, unpack, worker_count
+from ledger.ingest.intake import Incoming, Screened, Screening
+from ledger.ingest.workers import HandOver, WorkerPool, pack, unpack, worker_count
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
 
@@ -69,15 +73,39 @@ def _send(stack: Stack, devices: list[SimDevice], per_device: int) -> None:
 def test_the_hand_over_format_round_trips_every_outcome() -> None:
     key = SigningKey(b"\x01" * 32)
     r = sign_reading(key, device="wm-d01-000001", kind="water", seq=3, ts=1_764_000_000_000, value=9)
-    msg = Incoming("city/d01/water/wm-d01-000001/reading", r.payload(), 17, (1, 5, 1))
+    payload = r.payload()
+    msg = Incoming("city/d01/water/wm-d01-000001/reading", payload, 17)
     row = QuarantineRow(17, "city/x", "malformed", None, "not JSON", b"{")
-    outcomes = [((1, 5, 1), Screened(msg, r, "ab" * 32)), ((1, 6, 1), row), ((1, 7, 1), ("wm-d01-000001", "online", 3))]
-    back = unpack(pack(outcomes))
-    assert back[1:] == outcomes[1:]
-    token, screened = back[0]
-    assert token == (1, 5, 1) and isinstance(screened, Screened)
-    assert (screened.msg, screened.key, screened.reading.as_dict()) == (msg, "ab" * 32, r.as_dict())
-    assert screened.reading.leaf_data() == r.leaf_data()
+    parsed = parse_reading(payload)
+    assert isinstance(parsed, Reading)
+    outcomes: list[Screening] = [Screened(msg, parsed, "ab" * 32), row, ("wm-d01-000001", "online", 3)]
+    back = unpack(pickle.loads(pickle.dumps(pack(outcomes))))
+    assert back == outcomes
+    screened = back[0]
+    assert isinstance(screened, Screened) and screened.reading.sig_bytes() == r.sig_bytes()
+    # Read in canonical form, its payload is its leaf, and the sealer is told so.
+    assert screened.reading.leaf_is(screened.msg.payload) and screened.reading.leaf_data() == r.leaf_data()
+
+
+def test_a_payload_in_another_spelling_is_not_taken_for_the_leaf() -> None:
+    r = sign_reading(SigningKey(b"\x01" * 32), device="wm-d01-000001", kind="water", seq=3, ts=5, value=9)
+    spaced = json.dumps(r.as_dict()).encode()  # valid, not canonical
+    parsed = parse_reading(spaced)
+    assert isinstance(parsed, Reading)
+    (back,) = unpack(pack([Screened(Incoming("t", spaced, 1), parsed, "k")]))
+    assert isinstance(back, Screened) and not back.reading.leaf_is(spaced)
+    assert back.reading.leaf_data() == r.leaf_data() != spaced
+
+
+def test_a_hand_over_is_acknowledged_only_to_the_worker_process_that_sent_it() -> None:
+    """Numbers restart with each worker process: an ack meant for a dead one must not reach its successor."""
+    pool = WorkerPool([])
+    ours, theirs = multiprocessing.Pipe()
+    pool.conns[1], pool.locks[1], pool.incarnations[1] = ours, threading.Lock(), 2
+    pool.ack(HandOver(1, 1, 7, 0, []))  # from the worker's first process
+    assert not theirs.poll(0.1)
+    pool.ack(HandOver(1, 2, 7, 0, []))
+    assert theirs.poll(1) and theirs.recv() == ("ack", 7)
 
 
 def test_two_workers_share_the_readings_of_two_districts(tmp_path: Path) -> None:

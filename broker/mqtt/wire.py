@@ -12,7 +12,7 @@ variable header; `version` says which is spoken.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 V311, V5 = 4, 5  # protocol levels
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 1, 2, 3, 4, 8, 9, 12, 13, 14
@@ -23,9 +23,8 @@ MAX_REMAINING_LENGTH = 268_435_455  # four length bytes
 MAX_PACKET_ID = 65535
 
 
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """An incoming PUBLISH."""
+class Publish(NamedTuple):
+    """An incoming PUBLISH (a named tuple: ingest workers make one per message)."""
 
     topic: str
     payload: bytes

@@ -8,6 +8,7 @@ them) and the writer (which seals them) share one definition without importing e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from typing_extensions import TypedDict
 
@@ -83,8 +84,9 @@ class QuarantineRow:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class LedgeredReading:
+class LedgeredReading(NamedTuple):
+    """A reading about to be sealed (one per reading ingest ledgers: a named tuple, the cheapest value)."""
+
     reading: Reading
     received_at: int
 

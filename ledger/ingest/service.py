@@ -114,6 +114,7 @@ class IngestService:
             {d: SeqState(h, a) for d, (h, a) in writer.store.seq_state().items()}, writer.store.stored_readings, cap
         )
         self.acked: dict[str, int] = {}
+        self.ack_topics: dict[str, str] = {}  # a device's district and kind never change
         # Per-device budgets (ledger/service/budget.py), checked before a message is queued or parsed.
         self.policy = writer.budget_policy()
         self.budget = Budget(self.policy)
@@ -282,22 +283,20 @@ class IngestService:
             self.pool = None
             pool.stop()  # what they hold unacknowledged, the broker redelivers on the next start
 
-    def _settle(
-        self, handovers: list[tuple[int, int, list[tuple[workers.Token, Screening]]]], pool: workers.WorkerPool
-    ) -> None:
+    def _settle(self, handovers: list[workers.HandOver], pool: workers.WorkerPool) -> None:
         # Under the writer's lock from reading the registry to the commit: a revocation, rotation
         # or write-off sealed in between would otherwise not apply to a batch settled before it.
         with self.writer.lock:
             registry, version, now = self.writer.registry, self.writer.registry_version, now_ms()
             outcomes: list[Screening] = []
-            for _, screened_with, items in handovers:
-                if screened_with == version:
-                    outcomes += [o for _, o in items]
+            for h in handovers:
+                if h.version == version:
+                    outcomes += h.outcomes
                 else:  # the registry changed since: enrolled, revoked, rotated
-                    outcomes += [self.intake.recheck(o, registry, now) for _, o in items]
+                    outcomes += [self.intake.recheck(o, registry, now) for o in h.outcomes]
             self._commit(self.intake.settle(outcomes), len(outcomes))
-        for index, _, items in handovers:
-            pool.ack(index, [token for token, _ in items])
+        for h in handovers:
+            pool.ack(h)
 
     def _collect(self, stop: threading.Event) -> list[Incoming]:
         try:
@@ -372,7 +371,8 @@ class IngestService:
             if state is None or rec is None or state.hwm == 0 or (state.hwm <= self.acked.get(device, 0) and not again):
                 continue
             self.acked[device] = state.hwm
-            acks.append(
-                (device_topic(rec.district, rec.kind, device, "ack"), ack_payload(state.hwm, block_hash, written_off))
-            )
+            topic = self.ack_topics.get(device)
+            if topic is None:
+                topic = self.ack_topics[device] = device_topic(rec.district, rec.kind, device, "ack")
+            acks.append((topic, ack_payload(state.hwm, block_hash, written_off)))
         self.acks.publish(acks)

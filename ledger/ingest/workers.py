@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from broker.mqtt.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.mqtt.subscriber import MQTTError, Subscriber
@@ -39,9 +39,6 @@ from ledger.service.budget import Budget, BudgetPolicy, Count, Span
 from ledger.service.writer import WORKER_PREFIX
 
 log = logging.getLogger("cityledger.ingest")
-
-Token = tuple[int, int, int]  # (connection generation, MQTT packet id, QoS): what acknowledges a message
-
 
 MAX_WORKERS = 64
 
@@ -89,18 +86,21 @@ class WorkerSettings:
 # ---------------------------------------------------------------- the hand-over format (pure)
 
 
-def pack(outcomes: list[tuple[Token, Screening]]) -> list[tuple[Any, ...]]:
-    """Outcomes as plain tuples: a screened reading pickles several times faster than the objects."""
+def pack(outcomes: list[Screening]) -> list[tuple[Any, ...]]:
+    """Outcomes as plain tuples: a screened reading pickles several times faster than the objects.
+
+    A reading read off the wire in canonical form (ledger/chain/protocol.py) travels with its
+    leaf already known to be the payload, so the sealer never spells it out again.
+    """
     out: list[tuple[Any, ...]] = []
-    for token, o in outcomes:
+    for o in outcomes:
         if isinstance(o, Screened):
-            r = o.reading
+            r, msg = o.reading, o.msg
             out.append(
                 (
-                    token,
-                    o.msg.topic,
-                    o.msg.payload,
-                    o.msg.received_at,
+                    msg.topic,
+                    msg.payload,
+                    msg.received_at,
                     o.key,
                     r.device,
                     r.kind,
@@ -109,20 +109,21 @@ def pack(outcomes: list[tuple[Token, Screening]]) -> list[tuple[Any, ...]]:
                     r.value,
                     r.sig,
                     r.sig_bytes(),
+                    r.leaf_is(msg.payload),
                 )
             )
         else:
-            out.append((token, o))
+            out.append((o,))
     return out
 
 
-def unpack(items: list[tuple[Any, ...]]) -> list[tuple[Token, Screening]]:
-    out: list[tuple[Token, Screening]] = []
+def unpack(items: list[tuple[Any, ...]]) -> list[Screening]:
+    out: list[Screening] = []
     for item in items:
-        if len(item) == 2:
-            out.append((item[0], item[1]))
+        if len(item) == 1:
+            out.append(item[0])
             continue
-        token, topic, payload, received_at, key, device, kind, seq, ts, value, sig, raw_sig = item
+        topic, payload, received_at, key, device, kind, seq, ts, value, sig, raw_sig, canonical = item
         reading = Reading.trusted(
             device=device,
             kind=kind,
@@ -131,8 +132,9 @@ def unpack(items: list[tuple[Any, ...]]) -> list[tuple[Token, Screening]]:
             value=value,
             sig=sig,  # screened
             sig_bytes=raw_sig,
+            leaf=payload if canonical else None,
         )
-        out.append((token, Screened(Incoming(topic, payload, received_at, token), reading, key)))
+        out.append(Screened(Incoming(topic, payload, received_at), reading, key))
     return out
 
 
@@ -162,7 +164,11 @@ def worker_main(settings: WorkerSettings, conn: Connection) -> None:
 
 
 class Worker:
-    """One thread: read from the broker, screen, hand over, apply the sealer's acks, repeat."""
+    """One thread: read from the broker, screen, hand over, apply the sealer's acks, repeat.
+
+    The sealer answers each hand-over by its number once its outcomes are committed; the
+    worker alone knows which MQTT packets that acknowledges.
+    """
 
     def __init__(self, settings: WorkerSettings, conn: Connection) -> None:
         self.settings, self.conn = settings, conn
@@ -173,16 +179,25 @@ class Worker:
         self.drops_sent = 0.0
         self.stop = False
         self.generation = 0
+        self.handed = 0  # hand-overs sent so far: the next one's number
+        self.unacked: dict[int, tuple[int, list[int]]] = {}  # hand-over -> (connection generation, packet ids)
         self.login = json.loads(settings.secret_file.read_text())
         self.sub: Subscriber | None = None
 
     def run(self) -> None:
         self._handle(self.conn.recv())  # the registry first: never screen against an empty one
-        held: list[Incoming] = []
+        # Screened as they arrive (a hand-over's outcomes all under one registry version), so
+        # that each read of the socket finds what arrived during the last signature checks.
+        outcomes: list[Screening] = []
+        ids: list[int] = []  # the QoS 1 packet ids of `outcomes`
         first = 0.0
         while not self.stop:
             while self.conn.poll():
-                self._handle(self.conn.recv())
+                message = self.conn.recv()
+                if message[0] == "registry" and outcomes:
+                    self._hand_over(outcomes, ids)
+                    outcomes, ids, first = [], [], 0.0
+                self._handle(message)
             if self.sub is None and not self._connect():
                 continue
             assert self.sub is not None
@@ -191,28 +206,33 @@ class Worker:
                 for m in self.sub.receive(0.01):
                     at = now_ms()
                     if self.budget.admit(m.topic, time.monotonic(), at) is not None:  # counted, never screened
-                        if m.qos > 0:
-                            over.append(m.packet_id or 0)
+                        if m.packet_id:
+                            over.append(m.packet_id)
                         continue
-                    held.append(Incoming(m.topic, m.payload, at, (self.generation, m.packet_id or 0, m.qos)))
+                    outcomes.append(self.screener.screen(Incoming(m.topic, m.payload, at), self.registry, at))
+                    if m.packet_id:
+                        ids.append(m.packet_id)
                 # PUBACKed now: held, they would fill the broker's window and stall every device.
                 self.sub.ack(over)
             except (MQTTError, OSError) as exc:
                 log.warning("lost the broker: %s", exc)
-                self.sub, held = None, []  # the broker redelivers what we had not acknowledged
+                self.sub, outcomes, ids = None, [], []  # the broker redelivers what we had not acknowledged
                 continue
-            if held and not first:
+            if outcomes and not first:
                 first = time.monotonic()
-            if held and (len(held) >= self.settings.batch or time.monotonic() - first >= self.settings.wait_s):
-                registry, version, now = self.registry, self.version, now_ms()
-                outcomes = [(m.token, self.screener.screen(m, registry, now)) for m in held]
-                self.conn.send(("batch", version, pack(outcomes)))
-                held, first = [], 0.0
+            if outcomes and (len(outcomes) >= self.settings.batch or time.monotonic() - first >= self.settings.wait_s):
+                self._hand_over(outcomes, ids)
+                outcomes, ids, first = [], [], 0.0
             if self.budget.drops and time.monotonic() - self.drops_sent >= 0.2:
                 self.conn.send(("drops", *self.budget.drops.take()))
                 self.drops_sent = time.monotonic()
         if self.sub is not None:
             self.sub.close()
+
+    def _hand_over(self, outcomes: list[Screening], ids: list[int]) -> None:
+        self.handed += 1
+        self.unacked[self.handed] = (self.generation, ids)
+        self.conn.send(("batch", self.handed, self.version, pack(outcomes)))
 
     def _connect(self) -> bool:
         s = self.settings
@@ -240,10 +260,10 @@ class Worker:
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ack":
+            generation, ids = self.unacked.pop(message[1])
             # A message of an earlier connection is redelivered by the broker and then
             # settles as a counted duplicate; acking its old packet id would ack another.
-            ids = [mid for gen, mid, qos in message[1] if gen == self.generation and qos > 0]
-            if self.sub is not None and ids:
+            if self.sub is not None and ids and generation == self.generation:
                 try:
                     self.sub.ack(ids)
                 except OSError as exc:
@@ -259,6 +279,16 @@ class Worker:
 
 
 # ---------------------------------------------------------------- the sealer's side
+
+
+class HandOver(NamedTuple):
+    """One batch of a worker's outcomes, as the sealer received it."""
+
+    worker: int
+    incarnation: int  # which process of that worker sent it (a restarted worker counts anew)
+    number: int  # the worker's name for it, sent back once it is committed
+    version: int  # the registry version it was screened with
+    outcomes: list[Screening]
 
 
 def forget_sessions(host: str, port: int, tls: TLSSettings | None, secret_files: list[Path]) -> None:
@@ -290,6 +320,7 @@ class WorkerPool:
         self.procs: dict[int, Any] = {}
         self.conns: dict[int, Connection] = {}
         self.locks: dict[int, threading.Lock] = {}
+        self.incarnations: dict[int, int] = {}  # processes started per worker index
         self.registry: tuple[int, dict[str, DeviceRecord]] = (0, {})
         self.policy = BudgetPolicy()  # each worker's share of the per-device budget
         self.on_drops: Callable[[dict[Count, int], dict[str, Span]], None] | None = None
@@ -307,6 +338,7 @@ class WorkerPool:
         proc.start()
         theirs.close()
         self.procs[s.index], self.conns[s.index] = proc, ours
+        self.incarnations[s.index] = self.incarnations.get(s.index, 0) + 1
         self.locks.setdefault(s.index, threading.Lock())
         self._send(s.index, ("registry", *self.registry))  # first: the worker waits for it
         self._send(s.index, ("policy", self.policy))
@@ -328,12 +360,9 @@ class WorkerPool:
         for index in list(self.conns):
             self._send(index, ("registry", version, registry))
 
-    def collect(
-        self, limit: int, seconds: float, stop: threading.Event
-    ) -> list[tuple[int, int, list[tuple[Token, Screening]]]]:
-        """(worker, registry version, outcomes) hand-overs: up to about `limit` outcomes, waiting
-        at most `seconds` after the first arrives."""
-        out: list[tuple[int, int, list[tuple[Token, Screening]]]] = []
+    def collect(self, limit: int, seconds: float, stop: threading.Event) -> list[HandOver]:
+        """Hand-overs of up to about `limit` outcomes in all, waiting at most `seconds` after the first arrives."""
+        out: list[HandOver] = []
         count, deadline = 0, None
         while count < limit and not stop.is_set():
             timeout = 0.2 if deadline is None else deadline - time.monotonic()
@@ -352,9 +381,9 @@ class WorkerPool:
                     if self.on_drops is not None:
                         self.on_drops(message[1], message[2])
                     continue
-                _, version, items = message
+                _, number, version, items = message
                 outcomes = unpack(items)
-                out.append((index, version, outcomes))
+                out.append(HandOver(index, self.incarnations[index], number, version, outcomes))
                 self.screened[index] += len(outcomes)
                 count += len(outcomes)
             if out and deadline is None:
@@ -363,9 +392,11 @@ class WorkerPool:
                 self._check_alive()
         return out
 
-    def ack(self, index: int, tokens: list[Token]) -> None:
-        if index in self.conns:
-            self._send(index, ("ack", tokens))
+    def ack(self, handover: HandOver) -> None:
+        """Its outcomes are committed: the worker may PUBACK them. Not to a worker started
+        since: its numbers name other messages."""
+        if self.incarnations.get(handover.worker) == handover.incarnation:
+            self._send(handover.worker, ("ack", handover.number))
 
     def _check_alive(self) -> None:
         for index, proc in list(self.procs.items()):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 from typing_extensions import TypedDict
@@ -127,13 +126,8 @@ def _num(x: float) -> int | str:
     return int(x) if float(x).is_integer() else repr(float(x))
 
 
-@lru_cache(maxsize=1 << 16)
 def device_of(topic: str) -> str | None:
-    """The device a topic names (None for anything else, e.g. a witness's report).
-
-    Cached: a device publishes on two topics only (the ACL), so the cache stays small
-    and a flood costs one dictionary look-up per message instead of the topic regexes.
-    """
+    """The device a topic names (None for anything else, e.g. a witness's report)."""
     parsed = parse_topic(topic)
     return parsed.device if parsed else None
 
