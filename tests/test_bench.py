@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from bench.city import (
@@ -127,6 +129,19 @@ def test_split_packets_on_every_cut_of_a_stream() -> None:
         b_pubacks, b_packets, rest = wire.split_packets(stream[used:])
         assert used <= cut and used + rest == len(stream)
         assert (a_pubacks + b_pubacks, len(a_packets) + len(b_packets)) == (2, 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 1, 126, 127, 128, 300, 16_383, 16_384, 20_000]), max_size=6), data=st.data())
+def test_split_packets_reads_every_length_the_same_at_any_cut(sizes: list[int], data: st.DataObject) -> None:
+    """Remaining lengths of one, two and three bytes, the short ones decoded inline, cut anywhere."""
+    bodies = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(bytes([0xD0]) + wire.encode_remaining_length(len(b)) + b for b in bodies)
+    cut = data.draw(st.integers(0, len(stream)))
+    _, first, used = wire.split_packets(stream[:cut])
+    _, rest, more = wire.split_packets(stream[used:])
+    assert used <= cut and used + more == len(stream)
+    assert [b for _, b in first + rest] == bodies
 
 
 def test_connack_and_suback() -> None:

@@ -31,6 +31,7 @@ from ledger.chain.merkle import (
     consistency_proof,
     inclusion_proof,
     leaf_hash,
+    leaf_hashes,
     node_hash,
     root,
     root_from_inclusion_proof,
@@ -569,3 +570,9 @@ def test_protocol_reading_leaf_hash() -> None:
     """The ledger's leaf is the canonical signed reading (sorted keys, no whitespace,
     sig included), hashed as an RFC 9162 leaf. Pinned so a change in either shows up."""
     assert leaf_hash(PROTOCOL_READING).hex() == ("f8a11e59b8fffca00e4b627ead16f8b02f36a359e404dd6bb382c561bba71fb1")
+
+
+def test_a_block_of_leaves_hashes_as_each_leaf_does() -> None:
+    leaves = [_hex(x) for x in _ref()["leaf_inputs_hex"]] + [e["leaf_data"].encode() for e in _cctv_tree()]
+    assert leaf_hashes(leaves) == [leaf_hash(x) for x in leaves]
+    assert leaf_hashes([bytearray(b"L123456")]) == [leaf_hash(b"L123456")]

@@ -163,10 +163,15 @@ def split_packets(buf: bytes | bytearray) -> tuple[int, list[tuple[int, bytes]],
             pubacks += 1
             pos += 4
             continue
-        decoded = decode_remaining_length(buf, pos + 1)
-        if decoded is None:
-            break
-        length, start = decoded
+        if pos + 2 < end and buf[pos + 1] < 0x80:  # one length byte, or two (every reading), inline too
+            length, start = buf[pos + 1], pos + 2
+        elif pos + 3 < end and buf[pos + 2] < 0x80:
+            length, start = (buf[pos + 1] & 0x7F) | buf[pos + 2] << 7, pos + 3
+        else:
+            decoded = decode_remaining_length(buf, pos + 1)
+            if decoded is None:
+                break
+            length, start = decoded
         if start + length > end:
             break
         if first >> 4 == PUBACK:
@@ -193,7 +198,7 @@ def parse_publish(first: int, body: bytes, version: int = V311) -> Publish:
         (packet_id,) = struct.unpack_from("!H", body, pos)
         pos += 2
     if version == V5:
-        pos = _after_properties(body, pos, "PUBLISH")
+        pos = pos + 1 if len(body) > pos and body[pos] == 0 else _after_properties(body, pos, "PUBLISH")
     if len(body) < pos:
         raise ValueError("PUBLISH topic runs past the packet")
     raw_topic = bytes(body[2 : 2 + topic_len])

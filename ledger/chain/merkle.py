@@ -56,6 +56,12 @@ def leaf_hash(leaf_data: bytes) -> bytes:
     return hashlib.sha256(_LEAF_PREFIX + bytes(leaf_data)).digest()
 
 
+def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
+    """`leaf_hash` of each: a block's worth at once (ingest hashes every reading it seals)."""
+    sha256, prefix = hashlib.sha256, _LEAF_PREFIX
+    return [sha256(prefix + bytes(x)).digest() for x in leaves]
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     """SHA-256(0x01 || left || right): an interior node from its two children.
 
@@ -137,6 +143,7 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
     reproduces the RFC's "largest power of two on the left" shape.
     """
     _check_leaves(leaf_hashes)
+    sha256, prefix = hashlib.sha256, _NODE_PREFIX  # node_hash, inlined: n-1 of them per block
     stack: list[bytes] = []
     for count, h in enumerate(leaf_hashes, start=1):
         stack.append(bytes(h))
@@ -144,13 +151,13 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
         c = count
         while c & 1 == 0:
             right = stack.pop()
-            stack.append(node_hash(stack.pop(), right))
+            stack.append(sha256(prefix + stack.pop() + right).digest())
             c >>= 1
     if not stack:
         return EMPTY_ROOT
     acc = stack.pop()
     while stack:
-        acc = node_hash(stack.pop(), acc)
+        acc = sha256(prefix + stack.pop() + acc).digest()
     return acc
 
 

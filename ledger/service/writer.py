@@ -201,7 +201,7 @@ class LedgerWriter:
                 header = make_header(
                     height=height,
                     prev=self.head_hash,
-                    leaf_hashes=[merkle.leaf_hash(x) for x in leaves],
+                    leaf_hashes=merkle.leaf_hashes(leaves),
                     sealed_at=now_ms(),
                     v=1,
                     **self._chain,
