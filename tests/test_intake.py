@@ -10,8 +10,9 @@ from nacl.signing import SigningKey
 
 from ledger.chain.keyspans import KeySpan
 from ledger.chain.protocol import FUTURE_TOLERANCE_MS, Reading, device_topic, sign_reading
-from ledger.chain.records import DeviceRecord, QuarantineRow
+from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, QuarantineRow, Readings
 from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screened, Screener, SeqState
+from ledger.ingest.workers import pack, unpack
 
 NOW = 1_764_000_000_000
 KEY = SigningKey(bytes(range(32)))
@@ -221,3 +222,45 @@ def test_readings_before_a_rotations_from_seq_verify_under_the_earlier_key() -> 
     old_key_past = msg(reading(4).payload())  # the old key may not sign from seq 3 on
     batch = classify(late_old, new_key, old_key_past, registry={DEV.device: rotated})
     assert [r.reading.seq for r in batch.readings] == [2, 3] and reasons(batch) == ["bad_signature"]
+
+
+def _settled(batch) -> tuple:
+    return (
+        [(r.reading.as_dict(), r.received_at) for r in batch.readings],
+        sorted(batch.duplicates),
+        sorted((q.reason, q.payload) for q in batch.quarantine),
+    )
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 5])
+def test_readings_settled_as_a_workers_columns_settle_as_they_would_one_by_one(chunks: int) -> None:
+    """The hand-over's columns (ledger/ingest/workers.py) take the same path through the outcome table:
+    fresh, a duplicate within the batch, a duplicate and a replay of what is ledgered, a written-off seq."""
+    ledgered = [reading(1), reading(2)]
+    sent = [reading(3), reading(4), reading(3), reading(1), reading(2, value=99), reading(6), reading(4, value=7)]
+    screener = Screener()
+
+    def fresh() -> Intake:
+        seqs = {DEV.device: SeqState(2)}
+        seqs[DEV.device].settle_range(5, 5)  # seq 5 written off, and then comes 6; 5 arrives below
+        return Intake(seqs, FakeLedger(ledgered))
+
+    outcomes = [screener.screen(msg(r.payload()), {DEV.device: DEV}, NOW) for r in [*sent, reading(5)]]
+    one_by_one = fresh().settle(outcomes)
+    size = -(-len(outcomes) // chunks)
+    columns = [unpack(pack(outcomes[i : i + size]))[0] for i in range(0, len(outcomes), size)]
+    assert _settled(fresh().settle([], [c for c in columns if c is not None])) == _settled(one_by_one)
+    assert [r.reading.seq for r in one_by_one.readings] == [3, 4, 6, 5]
+    assert sorted(seq for _, seq, _ in one_by_one.duplicates) == [1, 3]
+    assert reasons(one_by_one) == ["replay", "replay"]
+
+
+def test_readings_as_columns_and_as_rows_are_the_same_readings() -> None:
+    rows = [LedgeredReading(reading(s, value=s * 10), NOW + s) for s in (1, 2, 3)]
+    columns = Readings.of(rows)
+    assert list(columns) == rows and columns[1] == rows[1] and len(columns) == 3
+    assert columns.leaf == [r.reading.leaf_data() for r in rows]
+    more = Readings()
+    more.extend(columns, [0, 2])
+    assert list(more) == [rows[0], rows[2]]
+    assert Batch(readings=rows).readings == columns  # rows, as tests and tools give them

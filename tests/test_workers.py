@@ -24,7 +24,7 @@ from nacl.signing import SigningKey
 
 from ledger.chain.protocol import Reading, parse_ack, parse_reading, sign_reading
 from ledger.chain.records import QuarantineRow
-from ledger.ingest.intake import Incoming, Screened, Screening
+from ledger.ingest.intake import Incoming, Screened
 from ledger.ingest.workers import HandOver, WorkerPool, pack, unpack, worker_count
 from tests.support.broker import client_log, close_client, subscribe, wait_for
 from tests.support.stack import SimDevice, Stack
@@ -78,23 +78,23 @@ def test_the_hand_over_format_round_trips_every_outcome() -> None:
     row = QuarantineRow(17, "city/x", "malformed", None, "not JSON", b"{")
     parsed = parse_reading(payload)
     assert isinstance(parsed, Reading)
-    outcomes: list[Screening] = [Screened(msg, parsed, "ab" * 32), row, ("wm-d01-000001", "online", 3)]
-    back = unpack(pickle.loads(pickle.dumps(pack(outcomes))))
-    assert back == outcomes
-    screened = back[0]
-    assert isinstance(screened, Screened) and screened.reading.sig_bytes() == r.sig_bytes()
-    # Read in canonical form, its payload is its leaf, and the sealer is told so.
-    assert screened.reading.leaf_is(screened.msg.payload) and screened.reading.leaf_data() == r.leaf_data()
+    screened = Screened(msg, parsed, "ab" * 32)
+    readings, others = unpack(pickle.loads(pickle.dumps(pack([screened, row, ("wm-d01-000001", "online", 3)]))))
+    assert others == [row, ("wm-d01-000001", "online", 3)]
+    assert readings is not None and readings.outcomes() == [screened]
+    assert readings.readings.leaf == [payload] and readings.readings.sig_bytes == [r.sig_bytes()]
+    # Read in canonical form, its payload is its leaf: the same bytes object, pickled once.
+    assert readings.readings.leaf[0] is readings.payload[0]
 
 
-def test_a_payload_in_another_spelling_is_not_taken_for_the_leaf() -> None:
+def test_a_payload_in_another_spelling_keeps_its_bytes_and_gets_its_canonical_leaf() -> None:
     r = sign_reading(SigningKey(b"\x01" * 32), device="wm-d01-000001", kind="water", seq=3, ts=5, value=9)
     spaced = json.dumps(r.as_dict()).encode()  # valid, not canonical
     parsed = parse_reading(spaced)
     assert isinstance(parsed, Reading)
-    (back,) = unpack(pack([Screened(Incoming("t", spaced, 1), parsed, "k")]))
-    assert isinstance(back, Screened) and not back.reading.leaf_is(spaced)
-    assert back.reading.leaf_data() == r.leaf_data() != spaced
+    readings, _ = unpack(pack([Screened(Incoming("t", spaced, 1), parsed, "k")]))
+    assert readings is not None and readings.payload == [spaced]  # for a quarantine row, should it come to that
+    assert readings.readings.leaf == [r.leaf_data()] and r.leaf_data() != spaced
 
 
 def test_a_hand_over_is_acknowledged_only_to_the_worker_process_that_sent_it() -> None:
@@ -102,9 +102,9 @@ def test_a_hand_over_is_acknowledged_only_to_the_worker_process_that_sent_it() -
     pool = WorkerPool([])
     ours, theirs = multiprocessing.Pipe()
     pool.conns[1], pool.locks[1], pool.incarnations[1] = ours, threading.Lock(), 2
-    pool.ack(HandOver(1, 1, 7, 0, []))  # from the worker's first process
+    pool.ack(HandOver(1, 1, 7, 0, None, []))  # from the worker's first process
     assert not theirs.poll(0.1)
-    pool.ack(HandOver(1, 2, 7, 0, []))
+    pool.ack(HandOver(1, 2, 7, 0, None, []))
     assert theirs.poll(1) and theirs.recv() == ("ack", 7)
 
 

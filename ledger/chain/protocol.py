@@ -310,10 +310,6 @@ class Reading(BaseModel):
         """What a device publishes: canonical JSON, so it equals the leaf data."""
         return self.leaf_data()
 
-    def leaf_is(self, payload: bytes) -> bool:
-        """Whether `payload` is known to be this reading's leaf (it was read from it in canonical form)."""
-        return cast(dict[str, Any], self.__pydantic_private__).get("_leaf") is payload
-
 
 _set = object.__setattr__  # past pydantic's frozen __setattr__, for `Reading.trusted`
 

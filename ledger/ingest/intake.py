@@ -26,7 +26,7 @@ from ledger.chain.protocol import (
     parse_topic,
     verify_reading,
 )
-from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, QuarantineRow
+from ledger.chain.records import Batch, DeviceRecord, QuarantineRow, Readings
 
 Key = tuple[str, int]
 Lookup = Callable[[Iterable[Key]], Mapping[Key, tuple[int, int, str]]]
@@ -126,6 +126,24 @@ class Screened(NamedTuple):
 Screening = Union[QuarantineRow, Screened, Status, "WitnessReport"]
 
 
+@dataclass(slots=True)
+class ScreenedReadings:
+    """Many `Screened` at once, as columns: how a worker hands its readings to the sealer."""
+
+    readings: Readings
+    topic: list[str]
+    payload: list[bytes]
+    key: list[str]
+
+    def screened(self, i: int) -> Screened:
+        """The i-th as a `Screened` (for the few a batch settles one by one)."""
+        msg = Incoming(self.topic[i], self.payload[i], self.readings.received_at[i])
+        return Screened(msg, self.readings.reading(i), self.key[i])
+
+    def outcomes(self) -> list[Screened]:
+        return [self.screened(i) for i in range(len(self.readings))]
+
+
 class Screener:
     """The stateless half of section 3, and the costly one (the signature): ingest
     workers run it in parallel, each with its own copy of the registry."""
@@ -200,44 +218,49 @@ class Intake:
         """Screen and settle in one go: what a single ingest process does."""
         return self.settle([self.screener.screen(m, registry, now_ms) for m in messages])
 
-    def settle(self, screened: Iterable[Screening]) -> Batch:
+    def settle(self, screened: Iterable[Screening], columns: Iterable[ScreenedReadings] = ()) -> Batch:
         """The stateful half: seqs already ledgered (duplicate or replay), the caps, the batch.
 
-        The screening must have used the registry in force now: see `recheck` otherwise.
+        `columns`: readings screened by workers, settled after `screened`. The screening must
+        have used the registry in force now: see `recheck` otherwise.
         """
         batch = Batch()
-        pending: dict[Key, Reading] = {}
+        ledgered = batch.readings
+        pending: dict[Key, int] = {}  # what this batch ledgers: its position in `ledgered`
         seen: list[Screened] = []
         for outcome in screened:
             if isinstance(outcome, QuarantineRow):
                 batch.quarantine.append(outcome)
             elif isinstance(outcome, Screened):
                 reading = outcome.reading
-                key = (reading.device, reading.seq)
-                state = self.seqs.get(reading.device)
-                if (state is not None and reading.seq in state) or key in pending:
-                    seen.append(outcome)
+                if self._fresh(reading.device, reading.seq, pending, len(ledgered)):
+                    ledgered.append(reading, outcome.msg.received_at)
                 else:
-                    if state is None:
-                        state = self.seqs[reading.device] = SeqState()
-                    state.add(reading.seq)
-                    batch.readings.append(LedgeredReading(reading, outcome.msg.received_at))
-                    pending[key] = reading
+                    seen.append(outcome)
             elif isinstance(outcome, WitnessReport):
                 batch.witness_reports.append(outcome.row())
             else:
                 batch.statuses.append(outcome)
+        for cols in columns:
+            base = len(ledgered)
+            fresh: list[int] = []  # positions in `cols` of readings new to the ledger
+            for i, (device, seq) in enumerate(zip(cols.readings.device, cols.readings.seq)):
+                if self._fresh(device, seq, pending, base + len(fresh)):
+                    fresh.append(i)
+                else:
+                    seen.append(cols.screened(i))
+            ledgered.extend(cols.readings, None if len(fresh) == len(cols.readings) else fresh)
         if seen:
             stored = self.lookup(
                 [(x.reading.device, x.reading.seq) for x in seen if (x.reading.device, x.reading.seq) not in pending]
             )
             for x in seen:
                 reading, key = x.reading, (x.reading.device, x.reading.seq)
-                prior = pending.get(key)
-                same = (prior.ts, prior.value, prior.sig) if prior else stored.get(key)
+                at = pending.get(key)
+                same = (ledgered.ts[at], ledgered.value[at], ledgered.sig[at]) if at is not None else stored.get(key)
                 if same is None:  # settled but not ledgered: written off, and here it is after all
-                    batch.readings.append(LedgeredReading(reading, x.msg.received_at))
-                    pending[key] = reading
+                    pending[key] = len(ledgered)
+                    ledgered.append(reading, x.msg.received_at)
                 elif same == (reading.ts, reading.value, reading.sig):
                     batch.duplicates.append((reading.device, reading.seq, x.msg.received_at))
                 else:  # its signature verified: a device re-using a seq for something else
@@ -248,6 +271,18 @@ class Intake:
                     )
         self._count_and_cap(batch)
         return batch
+
+    def _fresh(self, device: str, seq: int, pending: dict[Key, int], position: int) -> bool:
+        """Whether (device, seq) is neither ledgered nor in this batch yet; if so, it is from now on."""
+        key = (device, seq)
+        state = self.seqs.get(device)
+        if (state is not None and seq in state) or key in pending:
+            return False
+        if state is None:
+            state = self.seqs[device] = SeqState()
+        state.add(seq)
+        pending[key] = position
+        return True
 
     def recheck(self, outcome: Screening, registry: Mapping[str, DeviceRecord], now_ms: int) -> Screening:
         """An outcome screened under an older registry, brought up to `registry`: a reading whose

@@ -34,7 +34,7 @@ from ledger.home import Home
 from ledger.ingest import workers
 from ledger.ingest.acks import AckPublisher
 from ledger.ingest.headers import publish_head, publish_sealed
-from ledger.ingest.intake import Incoming, Intake, QuarantineCap, Screening, SeqState
+from ledger.ingest.intake import Incoming, Intake, QuarantineCap, ScreenedReadings, Screening, SeqState
 from ledger.ingest.workers import WorkerPool
 from ledger.service import rpc
 from ledger.service.api import local_api
@@ -289,12 +289,16 @@ class IngestService:
         with self.writer.lock:
             registry, version, now = self.writer.registry, self.writer.registry_version, now_ms()
             outcomes: list[Screening] = []
+            columns: list[ScreenedReadings] = []
             for h in handovers:
                 if h.version == version:
                     outcomes += h.outcomes
+                    if h.readings is not None:
+                        columns.append(h.readings)
                 else:  # the registry changed since: enrolled, revoked, rotated
-                    outcomes += [self.intake.recheck(o, registry, now) for o in h.outcomes]
-            self._commit(self.intake.settle(outcomes), len(outcomes))
+                    readings = h.readings.outcomes() if h.readings is not None else []
+                    outcomes += [self.intake.recheck(o, registry, now) for o in [*h.outcomes, *readings]]
+            self._commit(self.intake.settle(outcomes, columns), sum(map(len, handovers)))
         for h in handovers:
             pool.ack(h)
 
@@ -350,9 +354,10 @@ class IngestService:
 
     def _publish_sealed(self, sealed: Sealed) -> None:
         self.stats.blocks += 1
-        self.health.sealed(sealed.header["sealed_at"], [(r.reading.device, r.reading.ts) for r in sealed.readings])
+        readings = sealed.readings
+        self.health.sealed(sealed.header["sealed_at"], list(zip(readings.device, readings.ts)))
         publish_sealed(self.client, self.topics, sealed)
-        self._publish_acks({r.reading.device for r in sealed.readings}, sealed.hash)
+        self._publish_acks(set(readings.device), sealed.hash)
 
     def _written_off(self, device: str, lo: int, hi: int, sealed: Sealed) -> None:
         """An operator settled seqs lo..hi of `device` for good: its ack moves past them, saying so."""

@@ -31,10 +31,10 @@ from typing import Any, NamedTuple, cast
 from broker.mqtt.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.mqtt.subscriber import MQTTError, Subscriber
 from broker.mqtt.tls import TLSSettings
-from ledger.chain.protocol import ChainTopics, Reading
-from ledger.chain.records import DeviceRecord
+from ledger.chain.protocol import ChainTopics
+from ledger.chain.records import DeviceRecord, Readings
 from ledger.clock import now_ms
-from ledger.ingest.intake import Incoming, Screened, Screener, Screening
+from ledger.ingest.intake import Incoming, Screened, ScreenedReadings, Screener, Screening
 from ledger.service.budget import Budget, BudgetPolicy, Count, Span
 from ledger.service.writer import WORKER_PREFIX
 
@@ -86,22 +86,23 @@ class WorkerSettings:
 # ---------------------------------------------------------------- the hand-over format (pure)
 
 
-def pack(outcomes: list[Screening]) -> list[tuple[Any, ...]]:
-    """Outcomes as plain tuples: a screened reading pickles several times faster than the objects.
+Packed = tuple[tuple[tuple[Any, ...], ...], list[Screening]]
 
-    A reading read off the wire in canonical form (ledger/chain/protocol.py) travels with its
-    leaf already known to be the payload, so the sealer never spells it out again.
+
+def pack(outcomes: list[Screening]) -> Packed:
+    """(the screened readings as columns, every other outcome): columns pickle faster than objects,
+    and the sealer takes them as they are (`ScreenedReadings`).
+
+    A reading read off the wire in canonical form has its payload for its leaf, so the two
+    columns hold the same bytes objects, and pickle sends them once.
     """
-    out: list[tuple[Any, ...]] = []
+    rows: list[tuple[Any, ...]] = []
+    others: list[Screening] = []
     for o in outcomes:
         if isinstance(o, Screened):
             r, msg = o.reading, o.msg
-            out.append(
+            rows.append(
                 (
-                    msg.topic,
-                    msg.payload,
-                    msg.received_at,
-                    o.key,
                     r.device,
                     r.kind,
                     r.seq,
@@ -109,33 +110,25 @@ def pack(outcomes: list[Screening]) -> list[tuple[Any, ...]]:
                     r.value,
                     r.sig,
                     r.sig_bytes(),
-                    r.leaf_is(msg.payload),
+                    r.leaf_data(),
+                    msg.received_at,
+                    msg.topic,
+                    msg.payload,
+                    o.key,
                 )
             )
         else:
-            out.append((o,))
-    return out
+            others.append(o)
+    return tuple(zip(*rows)), others
 
 
-def unpack(items: list[tuple[Any, ...]]) -> list[Screening]:
-    out: list[Screening] = []
-    for item in items:
-        if len(item) == 1:
-            out.append(item[0])
-            continue
-        topic, payload, received_at, key, device, kind, seq, ts, value, sig, raw_sig, canonical = item
-        reading = Reading.trusted(
-            device=device,
-            kind=kind,
-            seq=seq,
-            ts=ts,
-            value=value,
-            sig=sig,  # screened
-            sig_bytes=raw_sig,
-            leaf=payload if canonical else None,
-        )
-        out.append(Screened(Incoming(topic, payload, received_at), reading, key))
-    return out
+def unpack(packed: Packed) -> tuple[ScreenedReadings | None, list[Screening]]:
+    columns, others = packed
+    if not columns:
+        return None, others
+    device, kind, seq, ts, value, sig, sig_bytes, leaf, received_at, topic, payload, key = map(list, columns)
+    readings = Readings(device, kind, seq, ts, value, sig, sig_bytes, leaf, received_at)
+    return ScreenedReadings(readings, topic, payload, key), others
 
 
 def tune_gc() -> None:
@@ -288,7 +281,11 @@ class HandOver(NamedTuple):
     incarnation: int  # which process of that worker sent it (a restarted worker counts anew)
     number: int  # the worker's name for it, sent back once it is committed
     version: int  # the registry version it was screened with
-    outcomes: list[Screening]
+    readings: ScreenedReadings | None
+    outcomes: list[Screening]  # all but readings: quarantine, statuses, witness reports
+
+    def __len__(self) -> int:
+        return len(self.outcomes) + (len(self.readings.readings) if self.readings else 0)
 
 
 def forget_sessions(host: str, port: int, tls: TLSSettings | None, secret_files: list[Path]) -> None:
@@ -381,11 +378,11 @@ class WorkerPool:
                     if self.on_drops is not None:
                         self.on_drops(message[1], message[2])
                     continue
-                _, number, version, items = message
-                outcomes = unpack(items)
-                out.append(HandOver(index, self.incarnations[index], number, version, outcomes))
-                self.screened[index] += len(outcomes)
-                count += len(outcomes)
+                _, number, version, packed = message
+                handover = HandOver(index, self.incarnations[index], number, version, *unpack(packed))
+                out.append(handover)
+                self.screened[index] += len(handover)
+                count += len(handover)
             if out and deadline is None:
                 deadline = time.monotonic() + seconds
             if deadline is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -25,7 +25,7 @@ from typing_extensions import TypedDict
 from ledger.chain import merkle
 from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
 from ledger.chain.protocol import KINDS, RESERVED_DISTRICTS, SEQ_MAX, canonical_json, valid_device_id, valid_district
-from ledger.chain.records import Batch, DeviceRecord, LedgeredReading, ServiceRecord
+from ledger.chain.records import Batch, DeviceRecord, Readings, ServiceRecord
 from ledger.clock import now_ms
 from ledger.errors import Refused
 from ledger.home import Home, write_private
@@ -86,7 +86,7 @@ class Sealed:
     hash: str
     header: dict[str, Any]
     sig: bytes
-    readings: tuple[LedgeredReading, ...] = ()
+    readings: Readings = field(default_factory=Readings)
 
 
 class LedgerWriter:
@@ -184,7 +184,7 @@ class LedgerWriter:
         """
         with self.lock:
             bodies = [canonical_json(e) for e in entries]
-            leaves = bodies + [r.reading.leaf_data() for r in batch.readings]
+            leaves = bodies + batch.readings.leaf
             commit = Commit(
                 readings=batch.readings,
                 entries=[{"type": e["entry"], "body": b.decode()} for e, b in zip(entries, bodies)],
@@ -208,7 +208,7 @@ class LedgerWriter:
                     **(header_extra or {}),
                 )
                 sig = sign_header(self.key, header)
-                sealed = Sealed(height, block_hash(header), header, sig, tuple(batch.readings))
+                sealed = Sealed(height, block_hash(header), header, sig, batch.readings)
                 commit.block = {
                     "height": height,
                     "hash": sealed.hash,
