@@ -66,7 +66,7 @@ from ledger.service.rpc import RemoteLedger, open_ledger
 
 # Readings/s the pre-signed supply is sized for, with room for devices progressing unevenly;
 # a faster ledger runs the devices dry, and the result says so (supply_exhausted).
-SUPPLY_RATE = 30_000
+SUPPLY_RATE = 40_000
 ENROL_CHUNK = 2_000  # devices per enrol call: the API reads requests of at most 1 MiB
 VERIFY_SAMPLES = 20_000
 DISTRICTS = ("d01", "d02", "d03", "d04")
