@@ -298,7 +298,7 @@ class IngestService:
                 else:  # the registry changed since: enrolled, revoked, rotated
                     readings = h.readings.outcomes() if h.readings is not None else []
                     outcomes += [self.intake.recheck(o, registry, now) for o in [*h.outcomes, *readings]]
-            self._commit(self.intake.settle(outcomes, columns), sum(map(len, handovers)))
+            self._commit(self.intake.settle(outcomes, columns), sum(h.messages for h in handovers))
         for h in handovers:
             pool.ack(h)
 

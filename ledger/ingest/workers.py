@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from broker.mqtt.sessions import RECEIVE_MAXIMUM, SESSION_EXPIRY_S
 from broker.mqtt.subscriber import MQTTError, Subscriber
@@ -274,7 +274,8 @@ class Worker:
 # ---------------------------------------------------------------- the sealer's side
 
 
-class HandOver(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class HandOver:
     """One batch of a worker's outcomes, as the sealer received it."""
 
     worker: int
@@ -284,7 +285,8 @@ class HandOver(NamedTuple):
     readings: ScreenedReadings | None
     outcomes: list[Screening]  # all but readings: quarantine, statuses, witness reports
 
-    def __len__(self) -> int:
+    @property
+    def messages(self) -> int:
         return len(self.outcomes) + (len(self.readings.readings) if self.readings else 0)
 
 
@@ -381,8 +383,8 @@ class WorkerPool:
                 _, number, version, packed = message
                 handover = HandOver(index, self.incarnations[index], number, version, *unpack(packed))
                 out.append(handover)
-                self.screened[index] += len(handover)
-                count += len(handover)
+                self.screened[index] += handover.messages
+                count += handover.messages
             if out and deadline is None:
                 deadline = time.monotonic() + seconds
             if deadline is None:
