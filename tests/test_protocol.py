@@ -195,6 +195,17 @@ def test_a_trusted_rebuild_is_the_same_reading_as_a_validated_one() -> None:
         t.seq = 8  # still frozen
 
 
+def test_a_copy_with_other_members_does_not_keep_the_originals_bytes() -> None:
+    """A reading read off the wire keeps its payload as its leaf; a changed copy must not."""
+    r = vector_reading()
+    parsed = parse_reading(r.payload())
+    assert isinstance(parsed, Reading) and parsed.leaf_data() == r.leaf_data()
+    other_sig = base64.b64encode(bytes(64)).decode()
+    changed = parsed.model_copy(update={"value": r.value + 1, "sig": other_sig})
+    assert changed.leaf_data() == canonical_json(changed.as_dict()) != r.leaf_data()
+    assert changed.sig_bytes() == bytes(64)
+
+
 def _mutations(payload: bytes) -> st.SearchStrategy[bytes]:
     """The canonical payload with a byte changed, inserted or removed somewhere."""
     at = st.integers(0, len(payload) - 1)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -218,7 +219,7 @@ class Reading(BaseModel):
         return v
 
     _sig_bytes: bytes | None = PrivateAttr(default=None)
-    _leaf: bytes | None = PrivateAttr(default=None)  # the payload it was read from, when that was canonical
+    _leaf: bytes | None = PrivateAttr(default=None)  # its canonical JSON when at hand (the payload it came in)
 
     @model_validator(mode="after")
     def _check(self) -> Reading:
@@ -251,6 +252,11 @@ class Reading(BaseModel):
         _set(r, "__pydantic_extra__", None)
         _set(r, "__pydantic_private__", {"_sig_bytes": sig_bytes, "_leaf": leaf})
         return r
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Reading:
+        """A copy (unvalidated, as pydantic's is) whose cached bytes, the signature's and the leaf,
+        come from its own members. `deep` changes nothing: every member is immutable."""
+        return Reading.trusted(**{**self.__dict__, **(update or {})})
 
     def __eq__(self, other: object) -> bool:
         """Equal members, equal readings: the private attributes only cache what they imply."""
