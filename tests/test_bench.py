@@ -208,10 +208,10 @@ def test_machine_busy_ticks_leave_out_idle_and_iowait() -> None:
 
 
 def test_window_and_supply_sizing() -> None:
-    opt = BenchOptions(seconds=60, devices=1000, block_readings=5000)
+    opt = BenchOptions(seconds=60, devices=1000, block_readings=5000, supply_rate=30_000)
     assert opt.warmup() == 5.0
     assert opt.window_per_device() == 10  # two blocks in flight across the fleet
-    assert opt.readings_per_device() == 30_000 * 65 // 1000 + 10
+    assert opt.readings_per_device() == 30_000 * 65 // 1000 + 10  # the rate for the whole run, plus a window
     assert BenchOptions(devices=100_000).window_per_device() == 2
     assert BenchOptions(window=3).window_per_device() == 3
     assert BenchOptions(seconds=3).warmup() == 1.0
