@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.stack import Stack
 
+pytest_plugins = ["tests.gotools"]  # the Go cross-check of the transparency log (`tlogcheck`)
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
