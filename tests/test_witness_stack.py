@@ -1,6 +1,6 @@
 """A witness process against the real stack: Mosquitto, `cityledger ingest`, DuckDB, the CLI.
 
-The witness runs as `cityledger witness`, exactly as an outside auditor starts it,
+The witness runs as `cityledger witness follow`, exactly as an outside auditor starts it,
 so these tests cover its login and ACL, its durable session and its exit codes.
 """
 
@@ -26,7 +26,7 @@ EXIT_ALARM = 3
 
 
 class WitnessProcess:
-    """`cityledger witness` as a subprocess with its own log file."""
+    """`cityledger witness follow` as a subprocess with its own log file."""
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class WitnessProcess:
             "-m",
             "ledger.cli",
             "witness",
+            "follow",
             "--store",
             str(store),
             "--name",
@@ -222,19 +223,28 @@ def test_a_witness_refuses_to_start_without_what_it_needs(stack: Stack, tmp_path
     ledger_key = stack.status()["ledger_key"]
     store = str(tmp_path / "witness-w2")
 
-    no_key = stack.cli("witness", "--store", store, "--name", "w2", "--password-file", str(password))
+    no_key = stack.cli("witness", "follow", "--store", store, "--name", "w2", "--password-file", str(password))
     assert no_key.returncode == 2 and "--ledger-key" in no_key.stderr, no_key.stderr
 
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password\n")
     refused = stack.cli(
-        "witness", "--store", store, "--name", "w2", "--password-file", str(wrong), "--ledger-key", ledger_key
+        "witness", "follow", "--store", store, "--name", "w2", "--password-file", str(wrong), "--ledger-key", ledger_key
     )
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "refused login 'w2'" in refused.stderr and "Traceback" not in refused.stderr
 
     other_key = "ab" * 32
     contradicts = stack.cli(
-        "witness", "--store", store, "--name", "w2", "--password-file", str(password), "--ledger-key", other_key
+        "witness",
+        "follow",
+        "--store",
+        store,
+        "--name",
+        "w2",
+        "--password-file",
+        str(password),
+        "--ledger-key",
+        other_key,
     )
     assert contradicts.returncode == 2 and "contradicts" in contradicts.stderr, contradicts.stderr
