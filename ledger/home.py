@@ -142,6 +142,17 @@ class Home:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def tlog(self) -> Path:
+        """The transparency log's public files (PROTOCOL.md section 7): `checkpoint` and `tile/...`,
+        written by the ledger's writer and served read-only by `cityledger serve` or any web server."""
+        return self.root / "tlog"
+
+    @property
+    def witness_policy(self) -> Path:
+        """The witnesses whose cosignatures a checkpoint needs, in C2SP tlog-policy form."""
+        return self.root / "witness-policy"
+
     def ensure(self) -> None:
         for d in (
             self.root,

@@ -378,7 +378,7 @@ TAMPER = {
     " WHERE type = 'device_enrolled' AND body LIKE '%wm-d01-000001%'",
     "entry-deleted": "DELETE FROM entries WHERE type = 'ledger_key_rotated'",
     "escaped-entry-altered": "UPDATE entries SET body = replace(body, 'café', 'cafe') WHERE type = 'note'",
-    "header-field": "UPDATE blocks SET header = replace(header, '\"v\":1', '\"v\":2') WHERE height = 30",
+    "header-field": "UPDATE blocks SET header = replace(header, '\"v\":2', '\"v\":3') WHERE height = 30",
     "block-deleted": "DELETE FROM blocks WHERE height = 12",
     "swapped": _swap,
     "forged-insert": _forge,

@@ -21,6 +21,7 @@ from nacl.signing import SigningKey
 from ledger.chain import merkle
 from ledger.chain.blocks import block_hash, sign_header
 from ledger.chain.protocol import canonical_json, sign_reading, signature_bytes
+from ledger.chain.tlog import CompactRange
 from ledger.service.operations import billing as billing_ops
 from ledger.store.store import Store
 from tests.support.ledgers import T0, Built, build_ledger
@@ -134,18 +135,26 @@ def test_changed_header_field_is_caught(built: Built) -> None:
 
 
 def _rechain(built: Built, start: int, key: SigningKey | None) -> None:
-    """Recompute roots, headers and hashes from `start` on, as a forger would; sign with `key`
-    (a stolen ledger key) or keep the old signatures (no key)."""
+    """Recompute roots, the log, headers and hashes from `start` on, as a forger would; sign with
+    `key` (a stolen ledger key) or keep the old signatures (no key)."""
     con = duckdb.connect(str(built.home.database))
     try:
         prev = con.execute("SELECT hash FROM blocks WHERE height = ?", [start - 1]).fetchone()[0]
         store = Store(con)
+        log = CompactRange()
+        for height in range(start):
+            log.append(
+                merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in store.leaves(height)
+            )
         for height, header_json, sig in con.execute(
             "SELECT height, header, sig FROM blocks WHERE height >= ? ORDER BY height", [start]
         ).fetchall():
             leaves = store.leaves(height)
             hashes = [merkle.leaf_hash(raw if raw is not None else obj.leaf_data()) for _, obj, raw in leaves]
+            log.append(hashes)
             header = {**json.loads(header_json), "prev": prev, "root": merkle.root(hashes).hex(), "size": len(hashes)}
+            if "log_root" in header:
+                header.update(log_size=log.size, log_root=log.root().hex())
             new_sig = sign_header(key, header) if key else bytes(sig)
             prev = block_hash(header)
             con.execute(

@@ -33,6 +33,7 @@ from ledger.chain.keyspans import KeySpan, key_for
 from ledger.chain.protocol import Reading, verify_reading
 from ledger.chain.registry_audit import Disagreement, DisagreementDoc
 from ledger.chain.sigcheck import CHUNK, ParallelVerifier
+from ledger.chain.tlog import CompactRange
 from ledger.documents import document
 
 Leaf = tuple[int, Reading | dict[str, Any] | None, bytes | None]
@@ -124,6 +125,34 @@ class Chain:
     device_keys: KeySpans = field(default_factory=dict)
     revoked: set[str] = field(default_factory=set)
     pending: list[tuple[int, str, tuple[bytes, bytes, bytes]]] = field(default_factory=list)
+    # The log of every leaf so far (PROTOCOL.md section 7); None when the audit starts after
+    # genesis (an archive's later part), where the leaves before it are not at hand.
+    log: CompactRange | None = field(default_factory=CompactRange)
+    log_named: bool = False  # a header named the log: every later one must
+
+
+def check_log(chain: Chain, header: dict[str, Any], height: int, leaf_hashes: Iterable[bytes]) -> Failure | None:
+    """Take a block's leaves into the log and check what its header says of the log after it.
+
+    Headers sealed before the ledger had the log name none; from the first that does, every
+    header must, with the size and root of the log of every leaf from genesis to its own.
+    """
+    if chain.log is None:
+        return None
+    chain.log.append(leaf_hashes)
+    named = "log_size" in header or "log_root" in header
+    if not named:
+        return (
+            Failure(height, "header does not name the log, though an earlier header did") if chain.log_named else None
+        )
+    chain.log_named = True
+    if header.get("log_size") != chain.log.size:
+        return Failure(
+            height, f"header's log_size is {header.get('log_size')!r}, the log holds {chain.log.size} leaves"
+        )
+    if header.get("log_root") != chain.log.root().hex():
+        return Failure(height, "header's log_root differs from the log of every leaf up to this block")
+    return None
 
 
 @dataclass
@@ -263,6 +292,10 @@ def check_leaves(block: dict[str, Any], leaves: list[Leaf], chain: Chain, deep: 
         if bad:
             return Failure(height, "device signature does not verify", bad)
         return Failure(height, "Merkle root of the stored leaves differs from the header (leaves altered or reordered)")
+    failure = check_log(chain, header, height, hashes)
+    if failure:  # a block re-rooted and re-signed after the fact: name the reading, where one was changed
+        bad = _first_bad_signature(leaves, chain.device_keys, height)
+        return Failure(height, "device signature does not verify", bad) if bad else failure
     if deep:
         return _queue_signatures(height, leaves, chain)
     return None

@@ -87,6 +87,11 @@ class ChainTopics:
         return f"{self._ledger}/headers"
 
     @property
+    def tlog_checkpoint(self) -> str:
+        """The log's newest cosigned checkpoint, a C2SP signed note (PROTOCOL.md section 7; retained)."""
+        return f"{self._ledger}/tlog-checkpoint"
+
+    @property
     def ingest(self) -> tuple[str, ...]:
         if self.district is None:
             return INGEST_TOPICS

@@ -35,7 +35,13 @@ from ledger.home import Home
 
 def register(sub: Subcommands) -> None:
     """Declare this group's commands under `sub`, the top-level subcommands."""
-    add(sub, "init", cmd_init, "create the home, the ledger key, the schema and genesis (idempotent)")
+    p = add(sub, "init", cmd_init, "create the home, the ledger key, the schema and genesis (idempotent)")
+    opt(
+        p,
+        "--log-origin",
+        "cityledger.local",
+        "the deployment's name for its transparency log; the chain's name is added (HOST/city, HOST/d01)",
+    )
     _broker_tls_options(add(sub, "broker", cmd_broker, "run the project's Mosquitto in the foreground"))
     p = add(sub, "ingest", cmd_ingest, "verify readings from the broker and seal them into blocks")
     opt(p, "--block-readings", 5000, "seal a block at this many messages")
@@ -138,9 +144,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 0
     from ledger.service.homes import initialize
 
-    result = initialize(home_of(args))
+    result = initialize(home_of(args), log_origin=args.log_origin)
     print(f"{'created' if result['created'] else 'already initialised'}: {result['home']}")
     print(f"ledger key: {result['ledger_key']}")
+    print(f"log origin: {result['log_origin']}")
     return 0
 
 

@@ -15,6 +15,7 @@ handlers; ledger/cli/common.py holds what they share (options, the ledger, print
     verify.py     verify (also --archive, --districts)
     archive.py    archive
     receipts.py   receipt, verify-receipt
+    tlog.py       serve, tlog
     keys.py       key-chain, rotate-ledger-key
 
 `cityledger --help` lists the commands in the order of GROUPS, each group's in its own order.
@@ -29,7 +30,20 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from ledger.cli import anomalies, archive, billing, city, devices, keys, people, receipts, status, verify, witnesses
+from ledger.cli import (
+    anomalies,
+    archive,
+    billing,
+    city,
+    devices,
+    keys,
+    people,
+    receipts,
+    status,
+    tlog,
+    verify,
+    witnesses,
+)
 from ledger.cli.common import common_options
 
 GROUPS: tuple[ModuleType, ...] = (
@@ -43,6 +57,7 @@ GROUPS: tuple[ModuleType, ...] = (
     verify,
     archive,
     receipts,
+    tlog,
     keys,
 )
 

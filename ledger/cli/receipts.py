@@ -19,6 +19,13 @@ def register(sub: Subcommands) -> None:
     p.add_argument("seq", type=int)
     p.add_argument("--out", help="write to this file instead of standard output")
     p.add_argument(
+        "--format",
+        choices=["json", "tlog-proof"],
+        default="json",
+        help="json: version 1 (PROTOCOL.md section 5); tlog-proof: version 2, a C2SP tlog-proof under the newest "
+        "cosigned checkpoint (section 7)",
+    )
+    p.add_argument(
         "--anchored",
         action="store_true",
         help="from a district's home: with the city anchor covering it, so that it verifies against the city's key",
@@ -31,17 +38,27 @@ def register(sub: Subcommands) -> None:
         "signature (and, for an anchored receipt, the link to the city's anchor)",
         json=True,
     )
-    p.add_argument("file", help="receipt JSON file, or - for standard input")
+    p.add_argument("file", help="receipt file (JSON, or a .tlog-proof), or - for standard input")
     p.add_argument(
-        "--ledger-key", required=True, help="hex ledger public key you trust (the city's, for an anchored receipt)"
+        "--ledger-key",
+        required=True,
+        help="ledger public key you trust: hex (the city's, for an anchored receipt), or for a .tlog-proof the "
+        "log's note verifier key (ORIGIN+ID+KEY) or hex",
     )
     p.add_argument("--key-chain", help="file from `cityledger key-chain`, when the ledger key has rotated since")
+    p.add_argument("--device-key", help="for a .tlog-proof: hex public key of the reading's device, as you trust it")
+    p.add_argument("--policy", help="for a .tlog-proof: C2SP tlog-policy file naming the witnesses and their quorum")
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
     from ledger.chain.receipts import encode_receipt
 
-    if args.anchored:
+    if args.format == "tlog-proof":
+        if args.anchored:
+            print("a tlog-proof is a district's own log's receipt: --anchored goes with --format json", file=sys.stderr)
+            return 2
+        data = ledger_api(args).tlog_receipt(device=args.device, seq=args.seq).encode()
+    elif args.anchored:
         from ledger.service.cityaudit import anchored_receipt
 
         data = encode_receipt(anchored_receipt(home_of(args), args.device, args.seq))
@@ -61,6 +78,8 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     from ledger.chain.receipts import receipt_ok, verify_receipt
 
     data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    if data.startswith(TLOG_PROOF_HEADER):
+        return _verify_tlog_proof(args, data)
     trusted = args.ledger_key.lower()
     try:
         anchored = is_anchored(json.loads(data))
@@ -76,6 +95,43 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
             return 1
     checks = verify_anchored(data, trusted) if anchored else verify_receipt(data, trusted)
     ok = anchored_ok(checks) if anchored else receipt_ok(checks)
+    if args.json:
+        emit({"ok": ok, "checks": [vars(c) for c in checks]})
+    else:
+        for c in checks:
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<16} {c.detail}")
+        print("receipt valid" if ok else "receipt REFUSED")
+    return 0 if ok else 1
+
+
+TLOG_PROOF_HEADER = b"c2sp.org/tlog-proof@v1\n"
+
+
+def _verify_tlog_proof(args: argparse.Namespace, data: bytes) -> int:
+    """PROTOCOL.md section 7's five steps, from the files and keys named only."""
+    from ledger.chain.notes import NoteError, make_verifier, parse_vkey
+    from ledger.chain.policy import PolicyError, parse_policy
+    from ledger.chain.tlogproof import ProofFormatError, parse_tlog_proof, tlog_proof_ok, verify_tlog_proof
+
+    if not args.device_key:
+        print(
+            "a tlog-proof names no device key: give the one you trust with --device-key HEX "
+            "(the dashboard's proof page and `cityledger devices show` print it)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        policy = parse_policy(Path(args.policy).read_text()) if args.policy else None
+        if "+" in args.ledger_key:
+            ledger_keys = [parse_vkey(args.ledger_key)]
+        else:  # a bare key: named by the checkpoint's own origin, which the signature then binds
+            origin = parse_tlog_proof(data).checkpoint_body().origin
+            ledger_keys = [make_verifier(origin, bytes.fromhex(args.ledger_key))]
+    except (PolicyError, NoteError, ProofFormatError, ValueError, OSError) as exc:
+        print(f"cannot check it: {exc}", file=sys.stderr)
+        return 1
+    checks = verify_tlog_proof(data, device_key=args.device_key.lower(), ledger_keys=ledger_keys, policy=policy)
+    ok = tlog_proof_ok(checks)
     if args.json:
         emit({"ok": ok, "checks": [vars(c) for c in checks]})
     else:

@@ -45,6 +45,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
         else:
             print(f"{'ingest':>16}: not running")
+        tlog = status["log"]
+        checkpoint = "none published yet" if tlog["checkpoint_size"] is None else f"size {tlog['checkpoint_size']}"
+        cosigned = f", cosigned by {', '.join(tlog['cosigners'])}" if tlog["cosigners"] else ""
+        print(f"{'log':>16}: {tlog['origin']}, {tlog['size']} leaves; checkpoint {checkpoint}{cosigned}")
+        print(f"{'witness quorum':>16}: {tlog['policy']}")
+        if tlog["alarm"]:
+            print(f"{'log alarm':>16}: {tlog['alarm']}")
         for name, job in status["jobs"].items():
             if job["failing"]:
                 print(f"{'job failing':>16}: {name}, {job['failures']} in a row: {job['last_error']}")

@@ -23,6 +23,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from broker.mqtt.sessions import RECEIVE_MAXIMUM, service_client
 from broker.mqtt.sessions import start as start_session
 from broker.mqtt.tls import TLSSettings
+from ledger.chain.notes import Note
 from ledger.chain.protocol import (
     ChainTopics,
     ack_payload,
@@ -132,6 +133,11 @@ class IngestService:
         self.acks = AckPublisher(host, port, secret_file=home.service_secret("ingest-acks"), tls=tls)
         writer.on_sealed.append(self._publish_sealed)
         writer.on_written_off.append(self._written_off)
+        if writer.checkpointer is not None:  # the log's checkpoints, once cosigned (PROTOCOL.md section 7)
+            writer.checkpointer.on_published.append(self._publish_checkpoint)
+
+    def _publish_checkpoint(self, note: Note) -> None:
+        self.client.publish(self.topics.tlog_checkpoint, note.encode(), qos=1, retain=True)
 
     # ------------------------------------------------------------ MQTT callbacks (network thread)
 

@@ -21,17 +21,22 @@ from ledger.billing.tariffs import TariffBook, parse_tariffs
 from ledger.chain import anchors, merkle
 from ledger.chain.audit import Progress, VerifyReport, compare_with_witness
 from ledger.chain.blocks import Header
+from ledger.chain.notes import parse_checkpoint, parse_note, verifier_key
+from ledger.chain.policy import quorum_of
 from ledger.chain.protocol import Reading, strict_json
 from ledger.chain.receipts import Receipt, build_receipt
+from ledger.chain.tlog import inclusion_proof_at
+from ledger.chain.tlogproof import build_tlog_proof
 from ledger.clock import now_ms
 from ledger.defaults import DEFAULT_TIMEZONE
-from ledger.errors import NotFound
+from ledger.errors import NotFound, Unavailable
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.people import signin
 from ledger.people.signin import OutcomeDoc
 from ledger.service import jobs, supervision, views
 from ledger.service.budget import BudgetRule
+from ledger.service.checkpoints import CHECKPOINT_FILE, load_policy, published_checkpoint
 from ledger.service.health import IngestHealth
 from ledger.service.operations import billing as billing_ops
 from ledger.service.operations import districts as district_ops
@@ -64,6 +69,7 @@ from ledger.service.results.chain import (
     HeldBack,
     KeyLink,
     LedgerKeyRotated,
+    LogStatus,
     Reinstated,
     Revoked,
     ServiceLogin,
@@ -72,7 +78,8 @@ from ledger.service.results.chain import (
 )
 from ledger.service.results.districts import AnchorProof, Anchors, DistrictAdded, DistrictChain
 from ledger.service.results.people import Dispute, DisputePosted, Operator, OperatorAdded, PasswordSet
-from ledger.service.writer import LedgerWriter
+from ledger.service.tiles import TileDirectory
+from ledger.service.writer import LOG_META, ORIGIN_META, LedgerWriter, log_edge_size
 from ledger.store import anomaly_queries, billing_queries, people
 from ledger.store import districts as store_districts
 from ledger.store import signin as store_signin
@@ -173,6 +180,25 @@ class LedgerAPI:
             "ingest": health.snapshot(now_ms()) if health else {"running": False},
             "jobs": jobs.statuses(self.home.jobs),
             "supervisor": supervision.parts_status(self.home),  # `cityledger up`'s restarts per part; {} without up
+            "log": self.log_status(),
+        }
+
+    def log_status(self) -> LogStatus:
+        """The transparency log's origin and size, and the newest checkpoint published."""
+        with self.backend.reading() as store:
+            origin, edge = store.get_meta(ORIGIN_META), store.get_meta(LOG_META)
+        writer = getattr(self.backend, "writer", None)
+        checkpointer = writer.checkpointer if isinstance(writer, LedgerWriter) else None
+        published = published_checkpoint(self.home.tlog)
+        policy = load_policy(self.home.witness_policy)
+        return {
+            "origin": origin,
+            "size": log_edge_size(edge),
+            "checkpoint_size": published.size if published else None,
+            "cosigners": published.cosigners if published else [],
+            "policy": quorum_of(policy) if policy else "none",
+            "alarm": checkpointer.status.alarm if checkpointer else None,
+            "witnesses": dict(checkpointer.status.witnesses) if checkpointer else {},
         }
 
     def silence_margin_ms(self) -> int:
@@ -347,6 +373,45 @@ class LedgerAPI:
             return build_receipt(
                 reading, device_key, block["header"], block["sig"], store.ledger_key_at(height), hashes, idx
             )
+
+    def log_vkey(self) -> str:
+        """The log's C2SP note verifier key (PROTOCOL.md section 7): its origin and the key signing now."""
+        with self.backend.reading() as store:
+            origin = store.get_meta(ORIGIN_META)
+        if origin is None:
+            raise NotFound("this ledger has no transparency log yet: seal a block first")
+        return verifier_key(origin, bytes.fromhex(self.ledger_key()))
+
+    def tlog_receipt(self, device: str, seq: int) -> str:
+        """PROTOCOL.md section 7 receipt (a C2SP tlog-proof) that reading (device, seq) is in the log,
+        under the newest published checkpoint: the log's signature and its witnesses' cosignatures."""
+        with self.backend.reading() as store:
+            position = store.reading_position(device, seq)
+            if position is None:
+                raise NotFound(f"no ledgered reading {device}#{seq}")
+            height, idx = position
+            index = store.log_index(height, idx)
+            leaves = store.leaves(height)
+        reading = leaves[idx][1]
+        if not isinstance(reading, Reading):
+            raise ValueError(f"the stored block {height} cannot back a receipt (run `cityledger verify`)")
+        try:
+            note = parse_note((self.home.tlog / CHECKPOINT_FILE).read_bytes())
+        except FileNotFoundError:
+            note = None
+        size = parse_checkpoint(note.text).size if note else 0
+        if note is None or size <= index:
+            raise Unavailable(
+                f"{device}#{seq} is sealed, but no published checkpoint covers it yet "
+                f"(it is entry {index}; the checkpoint has {size}): try again in a few seconds"
+            )
+        hashes = inclusion_proof_at(TileDirectory(self.home.tlog), index, size)
+        leaf = reading.leaf_data()
+        if not merkle.verify_inclusion(index, size, merkle.leaf_hash(leaf), hashes, parse_checkpoint(note.text).root):
+            raise Unavailable(
+                f"the log's tiles do not prove entry {index} under its checkpoint: run `cityledger verify`"
+            )
+        return build_tlog_proof(leaf, index, hashes, note).decode()
 
     def key_chain(self) -> list[KeyLink]:
         """Headers that rotate the ledger key, for verifiers who trust only the first key."""

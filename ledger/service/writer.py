@@ -14,6 +14,10 @@ sealed through `seal` and `commit` here; a home is made by ledger/service/homes.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,13 +28,16 @@ from typing_extensions import TypedDict
 
 from ledger.chain import merkle
 from ledger.chain.blocks import GENESIS_PREV, block_hash, make_header, sign_header
+from ledger.chain.notes import Checkpoint, Note, signed_checkpoint
 from ledger.chain.protocol import KINDS, RESERVED_DISTRICTS, SEQ_MAX, canonical_json, valid_device_id, valid_district
 from ledger.chain.records import Batch, DeviceRecord, Readings, ServiceRecord
+from ledger.chain.tlog import CompactRange
 from ledger.clock import now_ms
 from ledger.errors import Refused
 from ledger.home import Home, write_private
 from ledger.keys import check_device_key, load_signing_key, public_hex
 from ledger.service.budget import BudgetPolicy
+from ledger.service.checkpoints import DEFAULT_ALARM_AFTER_S, DEFAULT_INTERVAL_S, Checkpointer
 from ledger.service.logins import Logins, installed_logins
 from ledger.service.results.chain import (
     BudgetPolicySet,
@@ -44,13 +51,19 @@ from ledger.service.results.chain import (
     ServiceLogin,
     WrittenOff,
 )
+from ledger.service.tiles import LogFiles, TileDirectory, TileWriterThread
 from ledger.store import billing_queries
 from ledger.store import districts as store_districts
+from ledger.store.log_leaves import block_leaves
 from ledger.store.store import Commit, Store, Suspension
 
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
-WRITE_OFF_MAX = 100_000  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
+DEFAULT_LOG_ORIGIN = "cityledger.local"  # a deployment names its own: `cityledger init --log-origin HOST/PATH`
+WRITE_OFF_MAX = 100_000
+log_ = logging.getLogger(
+    "cityledger.ledger"
+)  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
 
 
 def named(operator: str | None) -> dict[str, str]:
@@ -87,6 +100,13 @@ class Sealed:
     header: dict[str, Any]
     sig: bytes
     readings: Readings = field(default_factory=Readings)
+    entries: list[bytes] = field(default_factory=list)  # the entries' leaf data, before the readings'
+    leaf_hashes: list[bytes] = field(default_factory=list)  # every leaf's, in log order
+    checkpoint: Note | None = None  # the log at this block, signed by the ledger key (PROTOCOL.md section 7)
+
+    def leaves(self) -> list[bytes]:
+        """The block's leaf data in log order: what the log's entry bundles hold."""
+        return self.entries + self.readings.leaf
 
 
 class LedgerWriter:
@@ -103,6 +123,10 @@ class LedgerWriter:
         self.lock = threading.RLock()
         head = store.head()
         self.height, self.head_hash = head if head else (-1, GENESIS_PREV)
+        self.log_origin = log_origin(home, store)
+        self.log = self._open_log()
+        self.tile_writer: TileWriterThread | None = None  # `keep_log_files`
+        self.checkpointer: Checkpointer | None = None
         self._registry: dict[str, DeviceRecord] = {d.device: d for d in store.devices()}
         self.registry_version = 0
         self.ledgers_readings = False  # set by a running ingest: it would take a new district's readings too
@@ -159,9 +183,44 @@ class LedgerWriter:
             raise FileNotFoundError(f"no ledger in {home.root}: run `cityledger init` first")
         store = Store.open(home.database)
         recover_key_rotation(home, store)
-        return cls(home, store, load_signing_key(home.ledger_key))
+        writer = cls(home, store, load_signing_key(home.ledger_key))
+        writer.keep_log_files()
+        return writer
+
+    def keep_log_files(self) -> None:
+        """Keep the log's public files in home/tlog from now on: its tiles and entry bundles as
+        blocks seal (ledger/service/tiles.py) and its checkpoint, cosigned as the witness policy
+        asks (ledger/service/checkpoints.py). Both run beside the sealer, in threads of their own."""
+        self.home.tlog.mkdir(exist_ok=True)
+        self.checkpointer = Checkpointer(
+            self.home.tlog,
+            self.home.witness_policy,
+            TileDirectory(self.home.tlog),
+            interval_s=float(os.environ.get("CITYLEDGER_CHECKPOINT_INTERVAL", DEFAULT_INTERVAL_S)),
+            alarm_after_s=float(os.environ.get("CITYLEDGER_WITNESS_ALARM_AFTER", DEFAULT_ALARM_AFTER_S)),
+        )
+        self.checkpointer.start()
+        self.tile_writer = TileWriterThread(LogFiles(self.home.tlog), self._catch_up_tiles, self.checkpointer.offer)
+
+    def _catch_up_tiles(self, files: LogFiles) -> None:
+        """In the tile writer's thread: bring the files up to the chain's head from the stored blocks."""
+        store = self.store  # this thread's own cursor
+        files.resume(self.height, lambda height: _log_named(store.block(height)))
+        head = self.height
+        if files.height >= head:
+            return
+        log_.info("writing the transparency log's tiles from block %d to %d", files.height + 1, head)
+        for height, leaves in block_leaves(store, files.height + 1, head):
+            files.append(height, merkle.leaf_hashes(leaves), leaves)
+        assert self.checkpointer is not None
+        checkpoint = Checkpoint(self.log_origin, files.size, files.tiles.root())
+        self.checkpointer.offer(signed_checkpoint(checkpoint, [self.key]))
 
     def close(self) -> None:
+        if self.tile_writer is not None:
+            self.tile_writer.close()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         with self._cursors_lock:
             for _, store in self._cursors.values():
                 store.close()
@@ -170,17 +229,40 @@ class LedgerWriter:
 
     # ------------------------------------------------------------ sealing
 
+    def _open_log(self) -> CompactRange:
+        """The log through the head (PROTOCOL.md section 7), kept as its right edge in `meta`.
+
+        A ledger made before the log, or one whose stored edge lags its head, replays the
+        leaves it lacks from the blocks: the migration by which an existing ledger gains the log.
+        """
+        stored = self.store.get_meta(LOG_META)
+        height, log = (-1, CompactRange()) if stored is None else _parse_log_meta(stored)
+        if height > self.height:
+            raise RuntimeError(f"the log's edge is at height {height}, past the chain's head {self.height}")
+        if height < self.height:
+            log_.info("building the transparency log from height %d to %d", height + 1, self.height)
+            for done, (_, leaves) in enumerate(block_leaves(self.store, height + 1, self.height), 1):
+                log.append(merkle.leaf_hashes(leaves))
+                if done % 10_000 == 0:
+                    log_.info("transparency log: %d of %d blocks replayed", done, self.height - height)
+            with self.store.transaction():
+                self.store.set_meta(LOG_META, _log_meta(self.height, log))
+        return log
+
     def commit(
         self,
         batch: Batch,
         entries: Sequence[dict[str, Any]] = (),
         also: Callable[[Store], None] | None = None,
         header_extra: dict[str, Any] | None = None,
+        next_key: SigningKey | None = None,
     ) -> Sealed | None:
         """Write one transaction; seal a block when it holds at least one leaf.
 
         Entries come first in the block, then readings in arrival order.
-        `also` runs inside the same transaction (registry changes).
+        `also` runs inside the same transaction (registry changes). The block's header
+        names the log after it (`log_size`, `log_root`), whose right edge is stored in the
+        same transaction; `next_key` (a ledger key rotation) also signs its checkpoint.
         """
         with self.lock:
             bodies = [canonical_json(e) for e in entries]
@@ -195,20 +277,29 @@ class LedgerWriter:
                 rejects=batch.rejects,
                 duplicate_counts=batch.duplicate_counts,
             )
-            sealed = None
+            sealed, log = None, self.log
             if leaves:
                 height = self.height + 1
+                hashes = merkle.leaf_hashes(leaves)
+                log = log.copy()
+                log.append(hashes)
+                log_root = log.root()
                 header = make_header(
                     height=height,
                     prev=self.head_hash,
-                    leaf_hashes=merkle.leaf_hashes(leaves),
+                    leaf_hashes=hashes,
                     sealed_at=now_ms(),
-                    v=1,
+                    v=2,
+                    log_size=log.size,
+                    log_root=log_root.hex(),
                     **self._chain,
                     **(header_extra or {}),
                 )
                 sig = sign_header(self.key, header)
-                sealed = Sealed(height, block_hash(header), header, sig, batch.readings)
+                keys = [self.key] if next_key is None else [self.key, next_key]
+                checkpoint = signed_checkpoint(Checkpoint(self.log_origin, log.size, log_root), keys)
+                sealed = Sealed(height, block_hash(header), header, sig, batch.readings, bodies, hashes, checkpoint)
+                commit.meta[LOG_META] = _log_meta(height, log)
                 commit.block = {
                     "height": height,
                     "hash": sealed.hash,
@@ -220,7 +311,10 @@ class LedgerWriter:
                 }
             self.store.commit(commit, also)
             if sealed:
-                self.height, self.head_hash = sealed.height, sealed.hash
+                self.height, self.head_hash, self.log = sealed.height, sealed.hash, log
+                if self.tile_writer is not None:
+                    assert sealed.checkpoint is not None
+                    self.tile_writer.put(sealed.height, sealed.leaf_hashes, sealed.leaves(), sealed.checkpoint)
                 # Still under the lock: headers must reach the broker in height order,
                 # or a witness sees a gap or a rollback that never happened.
                 for callback in self.on_sealed:
@@ -436,7 +530,11 @@ class LedgerWriter:
             old_pub, new_pub = public_hex(self.key), public_hex(new_key)
             entry = {"entry": "ledger_key_rotated", "old_key": old_pub, "new_key": new_pub, **by, "at": now_ms()}
             sealed = self.commit(
-                Batch(), [entry], also=lambda s: s.set_meta("ledger_key", new_pub), header_extra={"next_key": new_pub}
+                Batch(),
+                [entry],
+                also=lambda s: s.set_meta("ledger_key", new_pub),
+                header_extra={"next_key": new_pub},
+                next_key=new_key,
             )
             assert sealed is not None
             self.home.ledger_next_key.replace(self.home.ledger_key)
@@ -684,6 +782,55 @@ class LedgerWriter:
         services = self.store.services()
         for callback in self.on_access:
             callback(devices, services)
+
+
+ORIGIN_META = "tlog_origin"
+LOG_META = "tlog_edge"  # {"height": H, "range": the log's right edge after block H} (ledger/chain/tlog.py)
+
+
+def _log_named(block: dict[str, Any] | None) -> tuple[int, bytes] | None:
+    """(log_size, log_root) as a block's header names them; None for a header sealed before the log."""
+    header = (block or {}).get("header") or {}
+    size, root = header.get("log_size"), header.get("log_root")
+    if not isinstance(size, int) or not isinstance(root, str):
+        return None
+    try:
+        return size, bytes.fromhex(root)
+    except ValueError:
+        return None
+
+
+def _log_meta(height: int, log: CompactRange) -> str:
+    return json.dumps({"height": height, "range": log.to_json()}, separators=(",", ":"))
+
+
+def log_edge_size(text: str | None) -> int:
+    """The log's size as its stored right edge says (0 before the first block)."""
+    return 0 if text is None else _parse_log_meta(text)[1].size
+
+
+def _parse_log_meta(text: str) -> tuple[int, CompactRange]:
+    stored = json.loads(text)
+    return int(stored["height"]), CompactRange.from_json(stored["range"])
+
+
+def check_origin_base(base: str) -> str:
+    """A deployment's name for its logs: a host and path, as in `cityledger.example` or `example.org/ledgers`
+    (C2SP signed-note key names: printable, no spaces or plus signs)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*(/[A-Za-z0-9._\-]+)*", base) or len(base) > 200:
+        raise Refused(f"the log origin must be a host name and optional path, like cityledger.example, not {base!r}")
+    return base
+
+
+def log_origin(home: Home, store: Store) -> str:
+    """The log's origin line (PROTOCOL.md section 7): the deployment's name for it, ending in
+    the chain's own (`city`, or the district's). Kept in `meta` from the first time it is asked."""
+    origin = store.get_meta(ORIGIN_META)
+    if origin is None:
+        origin = f"{DEFAULT_LOG_ORIGIN}/{home.district or 'city'}"
+        with store.transaction():
+            store.set_meta(ORIGIN_META, origin)
+    return origin
 
 
 def recover_key_rotation(home: Home, store: Store) -> None:

@@ -53,9 +53,11 @@ from ledger.chain.audit import (
     audit,
     check_header,
     check_leaves,
+    check_log,
     learn,
 )
 from ledger.chain.blocks import GENESIS_PREV, block_hash
+from ledger.chain.tlog import CompactRange
 from ledger.store import registry_check
 from ledger.store.store import Store
 
@@ -486,7 +488,7 @@ def _sql_audit(
     prev: str,
 ) -> Report:
     started = time.perf_counter()
-    chain = Chain(ledger_key)
+    chain = Chain(ledger_key, log=None if start else CompactRange())
     expected_height, expected_prev = start, prev
     counts = [0, 0, 0]  # blocks, readings, entries
     failure: Failure | None = None
@@ -548,8 +550,11 @@ def _check_batch(
             readings = sum(1 for _, _, raw in leaves if raw is None)
             entries = len(leaves) - readings
         else:
-            leaves, readings = vouched
+            leaves, readings, packed = vouched
             entries = len(leaves)
+            failure = check_log(chain, header, height, (packed[i : i + _H] for i in range(0, len(packed), _H)))
+            if failure:
+                return failure
         if duplicate is not None and duplicate.height == height:
             return duplicate
         learn(chain, header, leaves, height)
@@ -564,9 +569,9 @@ def _check_batch(
 
 def _vouched(
     batch: Batch, height: int, header: dict[str, Any], chain: Chain, devices: set[str] | None
-) -> tuple[list[Leaf], int] | None:
-    """(the block's entry leaves, its number of readings) when SQL clears every leaf of it;
-    None sends the block to the Python audit."""
+) -> tuple[list[Leaf], int, bytes] | None:
+    """(the block's entry leaves, its number of readings, its packed leaf hashes) when SQL clears
+    every leaf of it; None sends the block to the Python audit."""
     entries, span = batch.entries.get(height, Entries([], b"")), batch.readings.get(height)
     if entries is None or (span is not None and not span.clean):
         return None
@@ -579,4 +584,4 @@ def _vouched(
     packed = entries.packed + (batch.hashes[span.start * _H : (span.start + span.count) * _H] if span else b"")
     if packed_root(packed).hex() != header.get("root"):
         return None
-    return entries.leaves, readings
+    return entries.leaves, readings, packed

@@ -156,6 +156,7 @@ class Commit:
     witness_reports: list[tuple[str, str, str, int]] = field(default_factory=list)
     rejects: dict[tuple[str, int, str], int] = field(default_factory=dict)
     duplicate_counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)  # `meta` rows to set: the log's right edge
 
 
 class Store:
@@ -293,6 +294,11 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    def log_index(self, height: int, idx: int) -> int:
+        """The log index (PROTOCOL.md section 7) of leaf `idx` of block `height`: every leaf sealed before it."""
+        below = self.one("SELECT coalesce(sum(size), 0) FROM blocks WHERE height < ?", [height])[0]
+        return int(below) + idx
+
     def insert_device(self, rec: DeviceRecord) -> None:
         self.con.execute(
             "INSERT INTO devices VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -402,6 +408,8 @@ class Store:
 
     def _write(self, c: Commit) -> None:
         con = self.con
+        for key, value in c.meta.items():
+            self.set_meta(key, value)
         if c.block is not None:
             b = c.block
             con.execute(

@@ -84,6 +84,7 @@ class Stack:
             "CITYLEDGER_HOME": str(self.home.root),
             "CITYLEDGER_MQTT_PORT": str(self.broker.port),
             "CITYLEDGER_MQTT_HOST": "127.0.0.1",
+            "CITYLEDGER_CHECKPOINT_INTERVAL": "0.2",  # the log's checkpoint within a moment, not every 5 s
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -207,6 +207,21 @@ class Status(TypedDict):
     ingest: IngestState
     jobs: dict[str, JobStatus]
     supervisor: dict[str, PartStatus]  # {} when no `cityledger up` ran here
+    log: LogStatus
+
+
+@document
+class LogStatus(TypedDict):
+    """The transparency log (PROTOCOL.md section 7): its origin, its size at the head, and the
+    newest checkpoint published (in home/tlog/checkpoint) with the witnesses that cosigned it."""
+
+    origin: str | None
+    size: int  # leaves in the log at the chain's head
+    checkpoint_size: int | None  # the newest published checkpoint's
+    cosigners: list[str]
+    policy: str  # the witness quorum, in words ("none" without a policy)
+    alarm: str | None  # the checkpointer's, when the policy has not been met for too long
+    witnesses: dict[str, str]  # each witness's last answer, while ingest runs
 
 
 # ------------------------------------------------------------------ for verifiers

@@ -1,0 +1,205 @@
+"""The transparency log's tiles and entry bundles, written as blocks seal (C2SP tlog-tiles).
+
+Why files: the log's public face is then a directory that any static web server, object
+store or CDN can serve as it is (`cityledger serve` is one), and audit traffic never
+reaches ingest or the database. Full tiles and bundles never change once written; the
+right-edge partial ones are written anew as the log grows, and the narrower ones of a tile
+go once it is full (tlog-tiles allows it; clients fall back to the full tile).
+
+Why a thread: the sealer only queues each sealed block (its leaf hashes and leaf data are
+already in hand); hashing the upper tiles and writing files happen beside it, so sealing
+does not wait on the disk. The files follow the database, never lead it: a block's tiles
+are written after its commit, and `.state` names the last block whose tiles are all on
+disk (after an `os.sync`). A writer that starts with its tiles behind the chain (a crash
+between a commit and its tiles, or a ledger older than the log) writes what is missing from
+the stored blocks; tiles that do not reproduce the chain's log are rebuilt from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from ledger.chain.notes import Note
+from ledger.chain.tlog import TILE_WIDTH, Tile, TileError, TileState, entry_bundle, parse_entry_bundle
+
+log = logging.getLogger("cityledger.tiles")
+
+STATE = ".state"  # {"height": H, "size": N}: every tile of the log through block H is on disk
+
+
+class TileDirectory:
+    """The tile files under one directory, as a `ledger.chain.tlog.HashSource` and for writing."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def tile(self, tile: Tile) -> bytes:
+        """The tile's contents, or a wider one's at the same place (the HashSource contract)."""
+        return self._read(tile, tile.path())
+
+    def bundle(self, tile: Tile) -> list[bytes]:
+        """The entries of the entry bundle at `tile`'s place (at least `tile.width` of them)."""
+        return parse_entry_bundle(self._read(tile, tile.entries_path()))[: tile.width]
+
+    def _read(self, tile: Tile, path: str) -> bytes:
+        exact = self.root / path
+        try:
+            return exact.read_bytes()
+        except FileNotFoundError:
+            pass
+        base = path.split(".p/", 1)[0]
+        candidates = [self.root / base]  # the full one, then any wider partial
+        partials = self.root / f"{base}.p"
+        if partials.is_dir():
+            widths = sorted((int(p.name) for p in partials.iterdir() if p.name.isdigit()), reverse=True)
+            candidates += [partials / str(w) for w in widths if w > tile.width]
+        for candidate in candidates:
+            try:
+                return candidate.read_bytes()
+            except FileNotFoundError:
+                continue
+        raise TileError(f"no tile at {path} or wider")
+
+    def write(self, path: str, data: bytes) -> None:
+        """Write a file whole (a temporary file renamed), so a reader never sees half of one."""
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def drop_partials(self, path: str) -> None:
+        """A tile is full: its partial versions are no longer needed."""
+        shutil.rmtree(self.root / f"{path}.p", ignore_errors=True)
+
+    def state(self) -> tuple[int, int] | None:
+        try:
+            stored = json.loads((self.root / STATE).read_text())
+            return int(stored["height"]), int(stored["size"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def set_state(self, height: int, size: int) -> None:
+        self.write(STATE, json.dumps({"height": height, "size": size}).encode())
+
+
+class LogFiles:
+    """Keeps a tile directory in step with the chain: `append` each sealed block, in height order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = TileDirectory(directory)
+        self.height, self.tiles = -1, TileState()
+        self.bundle: list[bytes] = []  # the entries of the right-edge partial bundle
+
+    @property
+    def size(self) -> int:
+        return self.tiles.size
+
+    def resume(self, chain_height: int, chain_log_at: Callable[[int], tuple[int, bytes] | None]) -> None:
+        """Pick up what is on disk, if it agrees with the chain's log at its height (where the
+        header there names the log); else start afresh."""
+        stored = self.files.state()
+        if stored is not None and stored[0] <= chain_height:
+            height, size = stored
+            expected = chain_log_at(height)
+            try:
+                if expected is not None and expected[0] != size:
+                    raise TileError("the tiles' size differs from the chain's log there")
+                tiles = TileState.from_tiles(size, self.files.tile, root=expected[1] if expected else None)
+                edge = Tile(0, size // TILE_WIDTH, size % TILE_WIDTH)
+                bundle = self.files.bundle(edge) if edge.width else []
+                if len(bundle) != edge.width:
+                    raise TileError("the right-edge entry bundle is short")
+            except TileError as exc:
+                log.warning("the tile directory does not match the chain (%s): rebuilding it", exc)
+            else:
+                self.height, self.tiles, self.bundle = height, tiles, bundle
+                return
+        if stored is not None or (self.files.root / "tile").exists():
+            shutil.rmtree(self.files.root / "tile", ignore_errors=True)
+        self.height, self.tiles, self.bundle = -1, TileState(), []
+
+    def append(self, height: int, leaf_hashes: list[bytes], leaves: Iterable[bytes]) -> None:
+        """Write the tiles and entry bundles a block adds, then record that they are on disk."""
+        if height != self.height + 1:
+            raise ValueError(f"tiles are at block {self.height}; block {height} cannot follow")
+        start = self.tiles.size
+        for tile, data in self.tiles.append(leaf_hashes):
+            path = tile.path()
+            self.files.write(path, data)
+            if tile.full:
+                self.files.drop_partials(path)
+        self.bundle.extend(leaves)
+        index = start // TILE_WIDTH
+        while len(self.bundle) >= TILE_WIDTH:
+            tile = Tile(0, index)
+            self.files.write(tile.entries_path(), entry_bundle(self.bundle[:TILE_WIDTH]))
+            self.files.drop_partials(tile.entries_path())
+            del self.bundle[:TILE_WIDTH]
+            index += 1
+        if self.bundle:
+            self.files.write(Tile(0, index, len(self.bundle)).entries_path(), entry_bundle(self.bundle))
+        if len(self.bundle) != self.tiles.size % TILE_WIDTH:
+            raise ValueError("a block's leaf data and leaf hashes differ in number")
+        os.sync()  # the files before the record that they exist
+        self.files.set_state(height, self.tiles.size)
+        self.height = height
+
+
+class TileWriterThread:
+    """Runs `LogFiles` beside the sealer: `put` queues a sealed block, `close` drains the queue.
+
+    `on_written(note)` runs in this thread once a block's tiles are on disk, with the block's
+    checkpoint: it may then be published (ledger/service/checkpoints.py).
+    """
+
+    def __init__(
+        self,
+        files: LogFiles,
+        catch_up: Callable[[LogFiles], None],
+        on_written: Callable[[Note], None],
+    ) -> None:
+        self.files = files
+        self.catch_up = catch_up
+        self.on_written = on_written
+        self.queue: queue.Queue[tuple[int, list[bytes], list[bytes], Note] | None] = queue.Queue()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="tile-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, height: int, leaf_hashes: list[bytes], leaves: list[bytes], checkpoint: Note) -> None:
+        self.queue.put((height, leaf_hashes, leaves, checkpoint))
+
+    def _run(self) -> None:
+        try:
+            self.catch_up(self.files)
+            while (item := self.queue.get()) is not None:
+                height, hashes, leaves, checkpoint = item
+                if height <= self.files.height:
+                    continue  # written by the catch-up already
+                if height != self.files.height + 1:
+                    self.catch_up(self.files)  # a gap: write it from the stored blocks
+                    if height <= self.files.height:
+                        continue
+                self.files.append(height, hashes, leaves)
+                self.on_written(checkpoint)
+        except Exception as exc:  # a full disk, say: the chain goes on, and `status` says the tiles stopped
+            self.failed = exc
+            log.exception("the tile writer stopped; the log's files are behind the chain until ingest restarts")
+
+    def close(self, timeout: float = 600.0) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout)
