@@ -334,6 +334,12 @@ class CitizenData:
             raise NotFound("reading")  # a previous holder's reading
         return found
 
+    def tlog_receipt(self, device: str, seq: int, month: str | None = None) -> str:
+        """The version 2 receipt (a C2SP tlog-proof) of a reading `receipt` would prove: the same
+        reading, the same rule on whose it is."""
+        self.receipt(device, seq, month=month)  # NotFound unless it is this account's to see
+        return str(call(ledger().tlog_receipt, device=device, seq=seq))
+
     def reading_near(self, device: str, at: int) -> dict[str, Any]:
         """The reading of one of the account's own devices closest to `at` (within 6 hours)."""
         if device not in {d["device"] for d in self._devices()}:

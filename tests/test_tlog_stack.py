@@ -204,3 +204,34 @@ def test_a_checkpoint_covers_new_leaves_within_seconds(stack: Stack) -> None:
     assert root_at(TileDirectory(stack.home.tlog), leaves) == root
     assert merkle.HASH_SIZE == len(root)
     assert time.monotonic() - started < 60
+
+
+def test_a_monitor_follows_the_citys_log_over_http_alone(stack: Stack, served: str, tmp_path: Path) -> None:
+    """`cityledger monitor` with nothing but the URL and the log key: every reading re-verified against
+    the enrolments in the log itself, then only what is new; a served bundle altered is an alarm."""
+    dev = stack.enroll("wm-d01-000006")
+    ledger_some(stack, dev, 300)
+    wait_for_checkpoint_of_everything(stack)
+    vkey = stack.cli("tlog", "vkey", check=True).stdout.strip()
+    state = tmp_path / "monitor"
+    monitor = ("monitor", "--url", served, "--ledger-key", vkey, "--state", str(state), "--once")
+    first = stack.cli(*monitor)
+    assert first.returncode == 0, first.stdout + first.stderr
+    size = stack.status()["log"]["size"]
+    assert f"size {size}: {size} new entries checked, 300 readings" in first.stdout, first.stdout
+
+    ledger_some(stack, dev, 20)
+    wait_for_checkpoint_of_everything(stack)
+    second = stack.cli(*monitor)
+    assert second.returncode == 0, second.stdout + second.stderr
+    grown = stack.status()["log"]["size"]
+    assert f"size {grown}: {grown - size} new entries checked, 20 readings" in second.stdout, second.stdout
+
+    # Someone with write access to the public copy alters one byte of a full entry bundle.
+    bundle = stack.home.tlog / "tile" / "entries" / "000"
+    data = bytearray(bundle.read_bytes())
+    data[100] ^= 0x01
+    bundle.write_bytes(bytes(data))
+    fresh = stack.cli("monitor", "--url", served, "--ledger-key", vkey, "--state", str(tmp_path / "m2"), "--once")
+    assert fresh.returncode == 3, fresh.stdout + fresh.stderr
+    assert "ALARM" in fresh.stderr

@@ -10,7 +10,7 @@ from dashboard import bills, proof, ui
 from dashboard.data import call, ledger
 from dashboard.fmt import kind_label, month_label
 from ledger.clock import now_ms
-from ledger.errors import NotFound
+from ledger.errors import NotFound, Unavailable
 from ledger.home import Home
 
 data = ui.citizen()
@@ -115,3 +115,27 @@ with ui.guard("the proof"):
     )
     with st.expander("The receipt"):
         st.code(proof.pretty(receipt), language="json")
+    st.subheader("Checked by the witnesses")
+    try:
+        tlog_proof = data.tlog_receipt(device, seq, month=month)
+    except Unavailable as exc:
+        st.info(f"The version 2 receipt is not ready yet: {exc}", icon=":material/schedule:")
+    else:
+        st.caption(
+            "The same proof in the transparency-log standard (C2SP tlog-proof): it also carries the "
+            "signatures of the independent witnesses who keep their own copy of the city's log, so the "
+            "city cannot show you one history and others another. Check it anywhere with:"
+        )
+        st.code(
+            f"cityledger verify-receipt receipt-{r['device']}-{r['seq']}.tlog-proof "
+            f'--ledger-key "$(cityledger tlog vkey)" --device-key {receipt["device_key"]} --policy policy.txt',
+            language="sh",
+        )
+        st.download_button(
+            "Download receipt (tlog-proof)",
+            tlog_proof.encode(),
+            key="receipt_tlog",
+            file_name=f"receipt-{r['device']}-{r['seq']}.tlog-proof",
+            mime="text/plain",
+            icon=":material/download:",
+        )

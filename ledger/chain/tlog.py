@@ -149,6 +149,17 @@ def _split(data: bytes) -> list[bytes]:
     return [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
 
 
+def _packed_root(packed: bytes) -> bytes:
+    """Root of a perfect subtree from its bottom hashes packed 32 bytes apiece (already checked):
+    a full tile's entry one level up, hashed without a Python object per hash in between."""
+    level, sha256, prefix = packed, hashlib.sha256, _NODE_PREFIX
+    while len(level) > HASH_SIZE:
+        level = b"".join(
+            [sha256(prefix + level[i : i + 2 * HASH_SIZE]).digest() for i in range(0, len(level), 2 * HASH_SIZE)]
+        )
+    return level
+
+
 def _perfect_root(hashes: Sequence[bytes]) -> bytes:
     """Root of a perfect subtree given its 2**k bottom hashes (k <= 8): merkle's MTH over them."""
     return hashes[0] if len(hashes) == 1 else merkle.root(hashes)
@@ -520,8 +531,9 @@ class TileState:
                 buf.extend(carry[pos : pos + take])
                 pos += take
                 if len(buf) == TILE_WIDTH:
-                    out.append((Tile(level, index), b"".join(buf)))
-                    up.append(merkle.root(buf))
+                    data = b"".join(buf)
+                    out.append((Tile(level, index), data))
+                    up.append(_packed_root(data))
                     index += 1
                     buf = []
             self._partial[level] = buf
@@ -564,6 +576,8 @@ def entry_bundle(entries: Sequence[bytes]) -> bytes:
     """A C2SP entry bundle: each entry (1..256 of them) prefixed by its big-endian uint16 length."""
     if not 1 <= len(entries) <= TILE_WIDTH:
         raise TileError(f"an entry bundle holds 1..{TILE_WIDTH} entries, got {len(entries)}")
+    if all(type(e) is bytes for e in entries) and max(map(len, entries)) <= MAX_ENTRY_SIZE:  # the writer's case
+        return b"".join([len(e).to_bytes(2, "big") + e for e in entries])
     parts: list[bytes] = []
     for i, e in enumerate(entries):
         if not isinstance(e, (bytes, bytearray)):

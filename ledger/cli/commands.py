@@ -16,6 +16,7 @@ handlers; ledger/cli/common.py holds what they share (options, the ledger, print
     archive.py    archive
     receipts.py   receipt, verify-receipt
     tlog.py       serve, tlog
+    monitor.py    monitor
     keys.py       key-chain, rotate-ledger-key
 
 `cityledger --help` lists the commands in the order of GROUPS, each group's in its own order.
@@ -37,6 +38,7 @@ from ledger.cli import (
     city,
     devices,
     keys,
+    monitor,
     people,
     receipts,
     status,
@@ -58,6 +60,7 @@ GROUPS: tuple[ModuleType, ...] = (
     archive,
     receipts,
     tlog,
+    monitor,
     keys,
 )
 

@@ -22,8 +22,8 @@ import logging
 import os
 import queue
 import shutil
-import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from ledger.chain.tlog import TILE_WIDTH, Tile, TileError, TileState, entry_bund
 log = logging.getLogger("cityledger.tiles")
 
 STATE = ".state"  # {"height": H, "size": N}: every tile of the log through block H is on disk
+COMMIT_EVERY_S = 1.0  # under load, `os.sync` and the checkpoint's offer at most this often
 
 
 class TileDirectory:
@@ -69,17 +70,23 @@ class TileDirectory:
         raise TileError(f"no tile at {path} or wider")
 
     def write(self, path: str, data: bytes) -> None:
-        """Write a file whole (a temporary file renamed), so a reader never sees half of one."""
+        """Write a file whole (a temporary file renamed), so a reader never sees half of one.
+
+        One thread writes a directory's files, so the temporary name needs no randomness."""
         target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp.")
+        tmp = target.with_name(f".{target.name}.tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
 
     def drop_partials(self, path: str) -> None:
         """A tile is full: its partial versions are no longer needed."""
@@ -154,9 +161,15 @@ class LogFiles:
             self.files.write(Tile(0, index, len(self.bundle)).entries_path(), entry_bundle(self.bundle))
         if len(self.bundle) != self.tiles.size % TILE_WIDTH:
             raise ValueError("a block's leaf data and leaf hashes differ in number")
-        os.sync()  # the files before the record that they exist
-        self.files.set_state(height, self.tiles.size)
         self.height = height
+
+    def commit(self) -> None:
+        """Record that every tile up to the current block is on disk: the files first (`os.sync`),
+        then `.state`. A crash before it costs the blocks since the last commit, written again."""
+        if self.files.state() == (self.height, self.tiles.size):
+            return
+        os.sync()
+        self.files.set_state(self.height, self.tiles.size)
 
 
 class TileWriterThread:
@@ -186,6 +199,9 @@ class TileWriterThread:
     def _run(self) -> None:
         try:
             self.catch_up(self.files)
+            self.files.commit()
+            waiting: list[Note] = []  # checkpoints of blocks written since the last commit
+            committed = time.monotonic()
             while (item := self.queue.get()) is not None:
                 height, hashes, leaves, checkpoint = item
                 if height <= self.files.height:
@@ -195,7 +211,18 @@ class TileWriterThread:
                     if height <= self.files.height:
                         continue
                 self.files.append(height, hashes, leaves)
-                self.on_written(checkpoint)
+                waiting.append(checkpoint)
+                if self.queue.empty() or time.monotonic() - committed >= COMMIT_EVERY_S:
+                    self.files.commit()
+                    committed = time.monotonic()
+                    for note in waiting:  # a rotation's (two signatures) and the newest are never skipped
+                        if len(note.signatures) > 1 or note is waiting[-1]:
+                            self.on_written(note)
+                    waiting = []
+            self.files.commit()
+            for note in waiting:
+                if len(note.signatures) > 1 or note is waiting[-1]:
+                    self.on_written(note)
         except Exception as exc:  # a full disk, say: the chain goes on, and `status` says the tiles stopped
             self.failed = exc
             log.exception("the tile writer stopped; the log's files are behind the chain until ingest restarts")

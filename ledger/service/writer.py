@@ -209,9 +209,14 @@ class LedgerWriter:
         head = self.height
         if files.height >= head:
             return
-        log_.info("writing the transparency log's tiles from block %d to %d", files.height + 1, head)
-        for height, leaves in block_leaves(store, files.height + 1, head):
+        first = files.height + 1
+        log_.info("writing the transparency log's tiles from block %d to %d", first, head)
+        for height, leaves in block_leaves(store, first, head):
             files.append(height, merkle.leaf_hashes(leaves), leaves)
+            if (height - first + 1) % 10_000 == 0:
+                files.commit()  # a long catch-up keeps what it has done
+                log_.info("transparency log tiles: block %d of %d, %d leaves", height, head, files.size)
+        files.commit()
         assert self.checkpointer is not None
         checkpoint = Checkpoint(self.log_origin, files.size, files.tiles.root())
         self.checkpointer.offer(signed_checkpoint(checkpoint, [self.key]))
