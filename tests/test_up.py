@@ -70,6 +70,8 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
                 str(mqtt_port),
                 "--dashboard-port",
                 str(web_port),
+                "--log-port",
+                str(free_port()),
             ],
             env=env,
             stdout=out,
@@ -86,7 +88,7 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         assert proc.poll() is None, text
         assert f"http://127.0.0.1:{web_port}" in text
         pids = _started_pids(out_path)
-        assert set(pids) == {"broker", "ingest", "fleet", "scheduler", "dashboard"}, text
+        assert set(pids) == {"broker", "ingest", "fleet", "scheduler", "serve", "dashboard"}, text
 
         ledger = open_ledger(home)
         assert isinstance(ledger, RemoteLedger)
@@ -118,7 +120,7 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- supervision (issue 14, point 3)
 
-PARTS = ("broker", "ingest", "fleet", "scheduler", "dashboard")
+PARTS = ("broker", "ingest", "fleet", "scheduler", "serve", "dashboard")
 
 
 def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> Child:
@@ -137,6 +139,8 @@ def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> Chil
                 "--mqtt-port",
                 str(free_port()),
                 "--dashboard-port",
+                str(free_port()),
+                "--log-port",
                 str(free_port()),
             ],
             env=env,

@@ -27,6 +27,7 @@ __all__ = [
     "leaf_hash",
     "node_hash",
     "root",
+    "packed_root",
     "inclusion_proof",
     "root_from_inclusion_proof",
     "verify_inclusion",
@@ -138,27 +139,34 @@ def _path_up(levels: list[list[bytes]], level: int, index: int) -> list[bytes]:
 def root(leaf_hashes: Sequence[bytes]) -> bytes:
     """MTH (RFC 9162 2.1.1) over already-hashed leaves; empty -> EMPTY_ROOT.
 
-    One pass with a stack of perfect subtree roots (a compact range), so memory is
-    O(log n) and hashing is n-1 node hashes. Folding the stack right-to-left at the end
-    reproduces the RFC's "largest power of two on the left" shape.
+    The hashes are packed into one bytes object and paired level by level (`packed_root`):
+    n-1 node hashes, without a Python object per hash kept in between.
     """
-    _check_leaves(leaf_hashes)
-    sha256, prefix = hashlib.sha256, _NODE_PREFIX  # node_hash, inlined: n-1 of them per block
-    stack: list[bytes] = []
-    for count, h in enumerate(leaf_hashes, start=1):
-        stack.append(bytes(h))
-        # Each trailing zero bit of the new count is a pair of equal subtrees to merge.
-        c = count
-        while c & 1 == 0:
-            right = stack.pop()
-            stack.append(sha256(prefix + stack.pop() + right).digest())
-            c >>= 1
-    if not stack:
+    try:
+        packed = b"".join(leaf_hashes)
+    except TypeError:
+        packed = b""
+    if len(packed) != HASH_SIZE * len(leaf_hashes) or not set(map(len, leaf_hashes)) <= {HASH_SIZE}:
+        _check_leaves(leaf_hashes)  # names the one that is not a hash
+    return packed_root(packed)
+
+
+def packed_root(packed: bytes) -> bytes:
+    """RFC 9162 tree hash of leaf hashes packed 32 bytes apiece, in leaf order.
+
+    Level by level, an unpaired last node carried up unchanged: the RFC's tree (see `_levels`).
+    """
+    if len(packed) % HASH_SIZE:
+        raise ValueError("packed leaf hashes must be a multiple of 32 bytes")
+    if not packed:
         return EMPTY_ROOT
-    acc = stack.pop()
-    while stack:
-        acc = sha256(prefix + stack.pop() + acc).digest()
-    return acc
+    level, sha256, prefix, pair = bytes(packed), hashlib.sha256, _NODE_PREFIX, 2 * HASH_SIZE
+    while len(level) > HASH_SIZE:
+        paired = len(level) - len(level) % pair
+        level = (
+            b"".join([sha256(prefix + level[i : i + pair]).digest() for i in range(0, paired, pair)]) + level[paired:]
+        )
+    return level
 
 
 # --------------------------------------------------------------------------- inclusion

@@ -149,17 +149,6 @@ def _split(data: bytes) -> list[bytes]:
     return [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
 
 
-def _packed_root(packed: bytes) -> bytes:
-    """Root of a perfect subtree from its bottom hashes packed 32 bytes apiece (already checked):
-    a full tile's entry one level up, hashed without a Python object per hash in between."""
-    level, sha256, prefix = packed, hashlib.sha256, _NODE_PREFIX
-    while len(level) > HASH_SIZE:
-        level = b"".join(
-            [sha256(prefix + level[i : i + 2 * HASH_SIZE]).digest() for i in range(0, len(level), 2 * HASH_SIZE)]
-        )
-    return level
-
-
 def _perfect_root(hashes: Sequence[bytes]) -> bytes:
     """Root of a perfect subtree given its 2**k bottom hashes (k <= 8): merkle's MTH over them."""
     return hashes[0] if len(hashes) == 1 else merkle.root(hashes)
@@ -199,23 +188,40 @@ class CompactRange:
         """The perfect-subtree roots, largest first (one per set bit of size)."""
         return tuple(self._hashes)
 
-    def append(self, leaf_hashes: Iterable[bytes]) -> None:
-        """Append leaf hashes in log order; nothing changes if any of them is not 32 bytes."""
+    def append(self, leaf_hashes: Iterable[bytes], tile_roots: list[bytes] | None = None) -> None:
+        """Append leaf hashes in log order; nothing changes if any of them is not 32 bytes.
+
+        Whole aligned runs of 256 leaves are hashed packed (`merkle.packed_root`), the rest one
+        merge at a time. `tile_roots` collects the root of every aligned run of 256 leaves this
+        append completes: the level-1 entries of the level-0 tiles that became full, which the
+        tile writer then need not hash again (`TileState.append`).
+        """
         items = _hashes(leaf_hashes, "leaf_hashes")
         if self._size + len(items) > MAX_TREE_SIZE:
             raise TileError("the log would outgrow an int64 size")
-        sha256, prefix = hashlib.sha256, _NODE_PREFIX
+        sha256, prefix, packed_root = hashlib.sha256, _NODE_PREFIX, merkle.packed_root
         stack = self._hashes
-        count = self._size
-        for h in items:
-            stack.append(h)
-            count += 1
+        count, i, n = self._size, 0, len(items)
+        while i < n:
+            if not count % TILE_WIDTH and n - i >= TILE_WIDTH:
+                node = packed_root(b"".join(items[i : i + TILE_WIDTH]))
+                if tile_roots is not None:
+                    tile_roots.append(node)
+                stack.append(node)
+                count, i = count + TILE_WIDTH, i + TILE_WIDTH
+                c, height = count >> TILE_HEIGHT, TILE_HEIGHT
+            else:
+                stack.append(items[i])
+                count, i = count + 1, i + 1
+                c, height = count, 0
             # Each trailing zero bit of the new count merges two equal subtrees (merkle.root does the same).
-            c = count
             while not c & 1:
                 right = stack.pop()
                 stack.append(sha256(prefix + stack.pop() + right).digest())
                 c >>= 1
+                height += 1
+                if height == TILE_HEIGHT and tile_roots is not None:
+                    tile_roots.append(stack[-1])
         self._size = count
 
     def root(self) -> bytes:
@@ -511,9 +517,16 @@ class TileState:
             raise TileError(f"stored tiles do not reproduce the log root at size {size}")
         return state
 
-    def append(self, leaf_hashes: Iterable[bytes]) -> list[tuple[Tile, bytes]]:
-        """Append one block's leaf hashes; returns the tiles to write (new full ones, changed partials)."""
+    def append(
+        self, leaf_hashes: Iterable[bytes], tile_roots: Sequence[bytes] | None = None
+    ) -> list[tuple[Tile, bytes]]:
+        """Append one block's leaf hashes; returns the tiles to write (new full ones, changed partials).
+
+        `tile_roots`: the roots of the level-0 tiles this append fills, as `CompactRange.append`
+        collected them from the same leaves at the same size; given, they are not hashed again.
+        """
         carry = _hashes(leaf_hashes, "leaf_hashes")
+        given = list(tile_roots) if tile_roots is not None else None
         old, new = self._size, self._size + len(carry)
         if new > MAX_TREE_SIZE:
             raise TileError("the log would outgrow an int64 size")
@@ -533,9 +546,11 @@ class TileState:
                 if len(buf) == TILE_WIDTH:
                     data = b"".join(buf)
                     out.append((Tile(level, index), data))
-                    up.append(_packed_root(data))
+                    up.append(given[len(up)] if level == 0 and given is not None else merkle.packed_root(data))
                     index += 1
                     buf = []
+            if level == 0 and given is not None and len(given) != len(up):
+                raise TileError(f"{len(given)} tile roots given for {len(up)} full tiles")
             self._partial[level] = buf
             if buf:
                 out.append((Tile(level, index, len(buf)), b"".join(buf)))

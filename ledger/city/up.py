@@ -1,7 +1,7 @@
 """`cityledger up`: a whole simulated city on this machine, stopped by one Ctrl-C.
 
 Each part runs as its own process, exactly as an operator would run it by hand
-(`cityledger broker`, `ingest`, `fleet`, `scheduler`, `dashboard`), each in its
+(`cityledger broker`, `ingest`, `fleet`, `scheduler`, `serve`, `dashboard`), each in its
 own session so that Ctrl-C reaches only this supervisor, which then stops the
 parts in reverse order: nothing is left behind.
 
@@ -66,7 +66,11 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
     if isinstance(open_ledger(home), RemoteLedger):
         print(f"an ingest is already running on {home.root}; stop it first", file=sys.stderr)
         return 2
-    ports = [("MQTT", port, "mqtt-port"), ("dashboard", args.dashboard_port, "dashboard-port")]
+    ports = [
+        ("MQTT", port, "mqtt-port"),
+        ("dashboard", args.dashboard_port, "dashboard-port"),
+        ("transparency log", args.log_port, "log-port"),
+    ]
     if tls_port is not None:
         ports.append(("MQTT over TLS", tls_port, "tls-port"))
     for what, p, flag in ports:
@@ -127,6 +131,15 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         sup.wait(lambda: _enrolled(home, planned), 120, "the fleet's devices to enrol", stop, fleet)
         made = demo.populate(ledger, home, planned)
         sup.start(PartSpec("scheduler", ("scheduler",)))
+        sup.start(  # the log's public files: what witnesses, monitors and citizens' verifiers read
+            PartSpec(
+                "serve",
+                ("serve", "--port", str(args.log_port)),
+                lambda: port_open("127.0.0.1", args.log_port),
+                30,
+                "the transparency log's server",
+            )
+        )
         dash = sup.start(
             PartSpec(
                 "dashboard",
@@ -139,6 +152,8 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         sup.wait_ready(dash, stop)
         print(
             f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n{_logins_text(home, made)}"
+            f"Transparency log: http://127.0.0.1:{args.log_port}/checkpoint (cityledger monitor --url "
+            f'http://127.0.0.1:{args.log_port} --ledger-key "$(cityledger --home {home.root} tlog vkey)")\n'
             f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n",
             flush=True,
         )

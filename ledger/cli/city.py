@@ -76,10 +76,13 @@ def register(sub: Subcommands) -> None:
     opt(p, "--port", 8501, "HTTP port")
     p = add(sub, "scheduler", cmd_scheduler, "run periodic jobs (audit)")
     opt(p, "--audit-minutes", 10.0, "minutes between audits")
-    p = add(sub, "up", cmd_up, "install nothing, start everything: broker, ingest, fleet, scheduler, dashboard")
+    p = add(
+        sub, "up", cmd_up, "install nothing, start everything: broker, ingest, fleet, scheduler, dashboard, log server"
+    )
     opt(p, "--devices", 40, "simulated devices")
     opt(p, "--interval", 5.0, "seconds between readings")
     opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
+    opt(p, "--log-port", 8470, "HTTP port of the transparency log's files (`cityledger serve`)")
     _broker_tls_options(p)
     p = add(
         sub,

@@ -228,7 +228,8 @@ class Checkpointer:
     # ------------------------------------------------------------ the policy and what is published
 
     def policy(self) -> Policy | None:
-        """The witness policy in force, read again whenever its file changes; None without one."""
+        """The witness policy in force, read again whenever its file changes; None without one.
+        A file that does not parse leaves the previous policy in force (and is logged)."""
         try:
             st = self.policy_file.stat()
         except FileNotFoundError:
@@ -236,10 +237,7 @@ class Checkpointer:
             return None
         stamp = (st.st_mtime, st.st_size)
         if stamp != self._policy_stamp:
-            try:
-                self._policy = parse_policy(self.policy_file.read_text())
-            except (PolicyError, OSError, UnicodeDecodeError) as exc:
-                log.error("the witness policy %s does not parse (%s): keeping the previous one", self.policy_file, exc)
+            self._policy = load_policy(self.policy_file) or self._policy
             self._policy_stamp = stamp
         return self._policy
 

@@ -26,9 +26,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ledger.chain.notes import Note
 from ledger.chain.tlog import TILE_WIDTH, Tile, TileError, TileState, entry_bundle, parse_entry_bundle
+
+if TYPE_CHECKING:  # the writer hands its sealed blocks over; it imports this module, not the other way
+    from ledger.service.writer import Sealed
 
 log = logging.getLogger("cityledger.tiles")
 
@@ -139,12 +143,16 @@ class LogFiles:
             shutil.rmtree(self.files.root / "tile", ignore_errors=True)
         self.height, self.tiles, self.bundle = -1, TileState(), []
 
-    def append(self, height: int, leaf_hashes: list[bytes], leaves: Iterable[bytes]) -> None:
-        """Write the tiles and entry bundles a block adds, then record that they are on disk."""
+    def append(
+        self, height: int, leaf_hashes: list[bytes], leaves: Iterable[bytes], tile_roots: list[bytes] | None = None
+    ) -> None:
+        """Write the tiles and entry bundles a block adds (`commit` then records that they are on disk).
+
+        `tile_roots`: what the writer's compact range already hashed (`TileState.append`)."""
         if height != self.height + 1:
             raise ValueError(f"tiles are at block {self.height}; block {height} cannot follow")
         start = self.tiles.size
-        for tile, data in self.tiles.append(leaf_hashes):
+        for tile, data in self.tiles.append(leaf_hashes, tile_roots):
             path = tile.path()
             self.files.write(path, data)
             if tile.full:
@@ -188,13 +196,14 @@ class TileWriterThread:
         self.files = files
         self.catch_up = catch_up
         self.on_written = on_written
-        self.queue: queue.Queue[tuple[int, list[bytes], list[bytes], Note] | None] = queue.Queue()
+        self.queue: queue.Queue[tuple[Sealed, list[bytes]] | None] = queue.Queue()
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="tile-writer", daemon=True)
         self.thread.start()
 
-    def put(self, height: int, leaf_hashes: list[bytes], leaves: list[bytes], checkpoint: Note) -> None:
-        self.queue.put((height, leaf_hashes, leaves, checkpoint))
+    def put(self, sealed: Sealed, tile_roots: list[bytes]) -> None:
+        """A block just sealed, with the roots of the level-0 tiles it filled (`CompactRange.append`)."""
+        self.queue.put((sealed, tile_roots))
 
     def _run(self) -> None:
         try:
@@ -203,14 +212,16 @@ class TileWriterThread:
             waiting: list[Note] = []  # checkpoints of blocks written since the last commit
             committed = time.monotonic()
             while (item := self.queue.get()) is not None:
-                height, hashes, leaves, checkpoint = item
+                sealed, tile_roots = item
+                height, checkpoint = sealed.height, sealed.checkpoint
+                assert checkpoint is not None  # every sealed block has one
                 if height <= self.files.height:
                     continue  # written by the catch-up already
                 if height != self.files.height + 1:
                     self.catch_up(self.files)  # a gap: write it from the stored blocks
                     if height <= self.files.height:
                         continue
-                self.files.append(height, hashes, leaves)
+                self.files.append(height, sealed.leaf_hashes, sealed.leaves(), tile_roots)
                 waiting.append(checkpoint)
                 if self.queue.empty() or time.monotonic() - committed >= COMMIT_EVERY_S:
                     self.files.commit()

@@ -60,10 +60,8 @@ from ledger.store.store import Commit, Store, Suspension
 SERVICES: tuple[tuple[str, str], ...] = (("ingest", "ingest"), ("ingest-acks", "acks"), ("dashboard", "observer"))
 WORKER_PREFIX = "ingest-w"  # ingest workers log in as ingest-w1, ingest-w2, ... (role ingest)
 DEFAULT_LOG_ORIGIN = "cityledger.local"  # a deployment names its own: `cityledger init --log-origin HOST/PATH`
-WRITE_OFF_MAX = 100_000
-log_ = logging.getLogger(
-    "cityledger.ledger"
-)  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
+WRITE_OFF_MAX = 100_000  # seqs one write-off may settle: years of readings of a meter; a slip of the pen is refused
+log_ = logging.getLogger("cityledger.ledger")
 
 
 def named(operator: str | None) -> dict[str, str]:
@@ -283,11 +281,12 @@ class LedgerWriter:
                 duplicate_counts=batch.duplicate_counts,
             )
             sealed, log = None, self.log
+            tile_roots: list[bytes] = []  # the level-0 tiles' roots the log hashes as it grows (tiles.py)
             if leaves:
                 height = self.height + 1
                 hashes = merkle.leaf_hashes(leaves)
                 log = log.copy()
-                log.append(hashes)
+                log.append(hashes, tile_roots)
                 log_root = log.root()
                 header = make_header(
                     height=height,
@@ -319,7 +318,7 @@ class LedgerWriter:
                 self.height, self.head_hash, self.log = sealed.height, sealed.hash, log
                 if self.tile_writer is not None:
                     assert sealed.checkpoint is not None
-                    self.tile_writer.put(sealed.height, sealed.leaf_hashes, sealed.leaves(), sealed.checkpoint)
+                    self.tile_writer.put(sealed, tile_roots)
                 # Still under the lock: headers must reach the broker in height order,
                 # or a witness sees a gap or a rollback that never happened.
                 for callback in self.on_sealed:

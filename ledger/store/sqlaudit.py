@@ -27,7 +27,6 @@ names the same block, reading and message as it always has.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import json
 import time
 from collections import deque
@@ -124,31 +123,10 @@ EXPECTED_COLUMNS: dict[str, dict[str, str]] = {
     "entries": {"height": "BIGINT", "idx": "INTEGER", "body": "VARCHAR"},
 }
 
-_NODE_PREFIX = b"\x01"
 _H = merkle.HASH_SIZE
 
 
 # --------------------------------------------------------------------------- pure parts
-
-
-def packed_root(packed: bytes) -> bytes:
-    """RFC 9162 tree hash of leaf hashes packed 32 bytes apiece, in leaf order.
-
-    Level by level, an unpaired last node carried up unchanged: the same tree as
-    `merkle.root` (see merkle._levels), without a Python object per leaf hash.
-    """
-    if len(packed) % _H:
-        raise ValueError("packed leaf hashes must be a multiple of 32 bytes")
-    if not packed:
-        return merkle.EMPTY_ROOT
-    level, sha256, prefix = bytes(packed), hashlib.sha256, _NODE_PREFIX
-    while len(level) > _H:
-        paired = len(level) - len(level) % (2 * _H)
-        level = (
-            b"".join([sha256(prefix + level[i : i + 2 * _H]).digest() for i in range(0, paired, 2 * _H)])
-            + level[paired:]
-        )
-    return level
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,6 +560,6 @@ def _vouched(
     if devices and devices & chain.revoked:
         return None
     packed = entries.packed + (batch.hashes[span.start * _H : (span.start + span.count) * _H] if span else b"")
-    if packed_root(packed).hex() != header.get("root"):
+    if merkle.packed_root(packed).hex() != header.get("root"):
         return None
     return entries.leaves, readings, packed

@@ -41,7 +41,8 @@ def add_district(writer: LedgerWriter, district: str, operator: str | None = Non
         sub = writer.home.district_home(district)
         sub.root.mkdir(parents=True, exist_ok=True)
         (sub.root / DISTRICT_FILE).write_text(district + "\n")
-        initialize(sub)
+        # The district's log is named as the city's is, with its own last element (PROTOCOL.md section 7).
+        initialize(sub, log_origin=writer.log_origin.rpartition("/")[0])
         first_key = sub.trusted_key.read_text().strip()
         at, height = now_ms(), writer.height + 1
         sealed = writer.seal(
