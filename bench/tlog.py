@@ -77,26 +77,34 @@ def sealer_share(block: int, blocks: int) -> dict[str, float]:
 
 
 def tiles(directory: Path, total: int, block: int) -> tuple[dict[str, float], LogFiles, list[bytes]]:
-    files = LogFiles(directory)
+    files, log = LogFiles(directory), CompactRange()
     bar = ProgressBar("tiles")
     hashes_all: list[bytes] = []
-    spent, height, committed = 0.0, 0, time.perf_counter()
+    spent, cpu, height, committed = 0.0, 0.0, 0, time.perf_counter()
     for start in range(0, total, block):
         leaves = [leaf(i) for i in range(start, min(total, start + block))]
         hashes = merkle.leaf_hashes(leaves)
         hashes_all += hashes
-        t0 = time.perf_counter()
-        files.append(height, hashes, leaves)
+        roots: list[bytes] = []
+        log.append(hashes, roots)  # as the writer does, which hands the tile writer these roots
+        t0, c0 = time.perf_counter(), time.process_time()
+        files.append(height, hashes, leaves, roots)
         if t0 - committed >= 1.0 or start + block >= total:  # as the tile writer's thread does under load
             files.commit()
             committed = time.perf_counter()
         spent += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         height += 1
         bar.update(start + len(leaves), total)
     bar.close()
     size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
     return (
-        {"tile_leaves_per_s": total / spent, "tile_mb_per_s": size / spent / 1e6, "tile_dir_mb": size / 1e6},
+        {
+            "tile_leaves_per_s": total / spent,
+            "tile_cpu_us_per_leaf": 1e6 * cpu / total,
+            "tile_mb_per_s": size / spent / 1e6,
+            "tile_dir_mb": size / 1e6,
+        },
         files,
         hashes_all,
     )
