@@ -234,7 +234,11 @@ def test_proof_of_a_bill_reading_verifies_step_by_step() -> None:
     for step in ("Receipt format", "Device signature", "Inclusion path", "Block signature", "Receipt valid"):
         assert any(step in s for s in steps), step
     assert not at.error
-    assert at.get("download_button")[0].proto.label == "Download receipt (JSON)"
+    assert [b.proto.label for b in at.get("download_button")] == [
+        "Download receipt (JSON)",
+        "Download receipt (tlog-proof)",  # version 2, under the log's published checkpoint
+    ]
+    assert any("cityledger verify-receipt receipt-" in c.value and "--policy" in c.value for c in at.code)
     at.radio(key="proof_source").set_value("A reading of my meter at a time").run()
     at.selectbox(key="proof_meter").set_value("wm-d02-000001").run()
     assert "Receipt valid" in texts(clean(at)) and "of `wm-d02-000001` (water)" in texts(at)
