@@ -80,7 +80,8 @@ def tiles(directory: Path, total: int, block: int) -> tuple[dict[str, float], Lo
     files, log = LogFiles(directory), CompactRange()
     bar = ProgressBar("tiles")
     hashes_all: list[bytes] = []
-    spent, cpu, height, committed = 0.0, 0.0, 0, time.perf_counter()
+    spent, cpu, height = 0.0, 0.0, 0
+    committed = synced = time.perf_counter()
     for start in range(0, total, block):
         leaves = [leaf(i) for i in range(start, min(total, start + block))]
         hashes = merkle.leaf_hashes(leaves)
@@ -90,8 +91,11 @@ def tiles(directory: Path, total: int, block: int) -> tuple[dict[str, float], Lo
         t0, c0 = time.perf_counter(), time.process_time()
         files.append(height, hashes, leaves, roots)
         if t0 - committed >= 1.0 or start + block >= total:  # as the tile writer's thread does under load
-            files.commit()
+            files.publish()
             committed = time.perf_counter()
+        if t0 - synced >= 30.0 or start + block >= total:
+            files.sync()
+            synced = time.perf_counter()
         spent += time.perf_counter() - t0
         cpu += time.process_time() - c0
         height += 1

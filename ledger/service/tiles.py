@@ -37,7 +37,8 @@ if TYPE_CHECKING:  # the writer hands its sealed blocks over; it imports this mo
 log = logging.getLogger("cityledger.tiles")
 
 STATE = ".state"  # {"height": H, "size": N}: every tile of the log through block H is on disk
-COMMIT_EVERY_S = 1.0  # under load, `os.sync` and the checkpoint's offer at most this often
+PUBLISH_EVERY_S = 1.0  # under load, the right edge's partial tiles and the checkpoint's offer at most this often
+SYNC_EVERY_S = 30.0  # `os.sync` and `.state` at most this often: a crash costs this much rewriting, not data
 
 
 class TileDirectory:
@@ -114,6 +115,7 @@ class LogFiles:
         self.files = TileDirectory(directory)
         self.height, self.tiles = -1, TileState()
         self.bundle: list[bytes] = []  # the entries of the right-edge partial bundle
+        self.filled: list[str] = []  # full tiles and bundles written since the last `publish`
 
     @property
     def size(self) -> int:
@@ -137,43 +139,54 @@ class LogFiles:
             except TileError as exc:
                 log.warning("the tile directory does not match the chain (%s): rebuilding it", exc)
             else:
-                self.height, self.tiles, self.bundle = height, tiles, bundle
+                self.height, self.tiles, self.bundle, self.filled = height, tiles, bundle, []
                 return
         if stored is not None or (self.files.root / "tile").exists():
             shutil.rmtree(self.files.root / "tile", ignore_errors=True)
-        self.height, self.tiles, self.bundle = -1, TileState(), []
+        self.height, self.tiles, self.bundle, self.filled = -1, TileState(), [], []
 
     def append(
         self, height: int, leaf_hashes: list[bytes], leaves: Iterable[bytes], tile_roots: list[bytes] | None = None
     ) -> None:
-        """Write the tiles and entry bundles a block adds (`commit` then records that they are on disk).
-
-        `tile_roots`: what the writer's compact range already hashed (`TileState.append`)."""
+        """Write the full tiles and entry bundles a block completes; the right edge's partial ones wait
+        for `publish`. `tile_roots`: what the writer's compact range already hashed (`TileState.append`)."""
         if height != self.height + 1:
             raise ValueError(f"tiles are at block {self.height}; block {height} cannot follow")
         start = self.tiles.size
         for tile, data in self.tiles.append(leaf_hashes, tile_roots):
-            path = tile.path()
-            self.files.write(path, data)
             if tile.full:
-                self.files.drop_partials(path)
+                self.files.write(tile.path(), data)
+                self.filled.append(tile.path())
         self.bundle.extend(leaves)
         index = start // TILE_WIDTH
         while len(self.bundle) >= TILE_WIDTH:
-            tile = Tile(0, index)
-            self.files.write(tile.entries_path(), entry_bundle(self.bundle[:TILE_WIDTH]))
-            self.files.drop_partials(tile.entries_path())
+            path = Tile(0, index).entries_path()
+            self.files.write(path, entry_bundle(self.bundle[:TILE_WIDTH]))
+            self.filled.append(path)
             del self.bundle[:TILE_WIDTH]
             index += 1
-        if self.bundle:
-            self.files.write(Tile(0, index, len(self.bundle)).entries_path(), entry_bundle(self.bundle))
         if len(self.bundle) != self.tiles.size % TILE_WIDTH:
             raise ValueError("a block's leaf data and leaf hashes differ in number")
         self.height = height
 
-    def commit(self) -> None:
-        """Record that every tile up to the current block is on disk: the files first (`os.sync`),
-        then `.state`. A crash before it costs the blocks since the last commit, written again."""
+    def publish(self) -> None:
+        """Write the right edge's partial tiles and bundle: the directory then serves the log at its
+        current size, and a checkpoint of that size may go out. Called at most once a second under
+        load, since only sizes with a checkpoint need their partial tiles (tlog-tiles)."""
+        for tile, data in self.tiles.partial_tiles():
+            self.files.write(tile.path(), data)
+        if self.bundle:
+            self.files.write(
+                Tile(0, self.size // TILE_WIDTH, len(self.bundle)).entries_path(), entry_bundle(self.bundle)
+            )
+        for path in self.filled:  # full now: their partial versions are no longer needed
+            self.files.drop_partials(path)
+        self.filled = []
+
+    def sync(self) -> None:
+        """Record where a restart resumes: the files on disk first (`os.sync`), then `.state`. What is
+        written after it is written again from the stored blocks after a crash, so the disk is synced
+        only every SYNC_EVERY_S, not for every block. Call it right after `publish`."""
         if self.files.state() == (self.height, self.tiles.size):
             return
         os.sync()
@@ -208,9 +221,8 @@ class TileWriterThread:
     def _run(self) -> None:
         try:
             self.catch_up(self.files)
-            self.files.commit()
-            waiting: list[Note] = []  # checkpoints of blocks written since the last commit
-            committed = time.monotonic()
+            waiting: list[Note] = []  # checkpoints of blocks written since the last publish
+            published = synced = time.monotonic()
             while (item := self.queue.get()) is not None:
                 sealed, tile_roots = item
                 height, checkpoint = sealed.height, sealed.checkpoint
@@ -223,20 +235,24 @@ class TileWriterThread:
                         continue
                 self.files.append(height, sealed.leaf_hashes, sealed.leaves(), tile_roots)
                 waiting.append(checkpoint)
-                if self.queue.empty() or time.monotonic() - committed >= COMMIT_EVERY_S:
-                    self.files.commit()
-                    committed = time.monotonic()
-                    for note in waiting:  # a rotation's (two signatures) and the newest are never skipped
-                        if len(note.signatures) > 1 or note is waiting[-1]:
-                            self.on_written(note)
-                    waiting = []
-            self.files.commit()
-            for note in waiting:
-                if len(note.signatures) > 1 or note is waiting[-1]:
-                    self.on_written(note)
+                now = time.monotonic()
+                if self.queue.empty() or now - published >= PUBLISH_EVERY_S:
+                    sync = now - synced >= SYNC_EVERY_S
+                    self._publish(waiting, sync)
+                    waiting, published, synced = [], now, now if sync else synced
+            self._publish(waiting, sync=True)
         except Exception as exc:  # a full disk, say: the chain goes on, and `status` says the tiles stopped
             self.failed = exc
             log.exception("the tile writer stopped; the log's files are behind the chain until ingest restarts")
+
+    def _publish(self, waiting: list[Note], sync: bool) -> None:
+        """The right edge on disk, then the checkpoints it serves: a rotation's (signed twice) and the newest."""
+        self.files.publish()
+        if sync:
+            self.files.sync()
+        for note in waiting:
+            if len(note.signatures) > 1 or note is waiting[-1]:
+                self.on_written(note)
 
     def close(self, timeout: float = 600.0) -> None:
         self.queue.put(None)

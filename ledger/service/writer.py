@@ -212,9 +212,11 @@ class LedgerWriter:
         for height, leaves in block_leaves(store, first, head):
             files.append(height, merkle.leaf_hashes(leaves), leaves)
             if (height - first + 1) % 10_000 == 0:
-                files.commit()  # a long catch-up keeps what it has done
+                files.publish()  # a long catch-up keeps what it has done
+                files.sync()
                 log_.info("transparency log tiles: block %d of %d, %d leaves", height, head, files.size)
-        files.commit()
+        files.publish()
+        files.sync()
         assert self.checkpointer is not None
         checkpoint = Checkpoint(self.log_origin, files.size, files.tiles.root())
         self.checkpointer.offer(signed_checkpoint(checkpoint, [self.key]))
