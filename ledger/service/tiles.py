@@ -9,10 +9,12 @@ go once it is full (tlog-tiles allows it; clients fall back to the full tile).
 Why a thread: the sealer only queues each sealed block (its leaf hashes and leaf data are
 already in hand); hashing the upper tiles and writing files happen beside it, so sealing
 does not wait on the disk. The files follow the database, never lead it: a block's tiles
-are written after its commit, and `.state` names the last block whose tiles are all on
-disk (after an `os.sync`). A writer that starts with its tiles behind the chain (a crash
-between a commit and its tiles, or a ledger older than the log) writes what is missing from
-the stored blocks; tiles that do not reproduce the chain's log are rebuilt from scratch.
+are written after its commit. The right edge's partial tiles are written only at the sizes a
+checkpoint may name, at most once a second. `.state` names a block whose tiles are surely on
+disk: one published at least a minute before (the kernel has written it back), or the head
+after a clean stop (`os.sync`). A writer that starts with its tiles behind the chain (a crash,
+or a ledger older than the log) writes everything after `.state` again from the stored
+blocks; tiles that do not reproduce the chain's log are rebuilt from scratch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import queue
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +41,7 @@ log = logging.getLogger("cityledger.tiles")
 
 STATE = ".state"  # {"height": H, "size": N}: every tile of the log through block H is on disk
 PUBLISH_EVERY_S = 1.0  # under load, the right edge's partial tiles and the checkpoint's offer at most this often
-SYNC_EVERY_S = 30.0  # `os.sync` and `.state` at most this often: a crash costs this much rewriting, not data
+SETTLE_S = 60.0  # files this old are on disk: the kernel writes dirty pages back within 30 s (dirty_expire)
 
 
 class TileDirectory:
@@ -116,6 +119,7 @@ class LogFiles:
         self.height, self.tiles = -1, TileState()
         self.bundle: list[bytes] = []  # the entries of the right-edge partial bundle
         self.filled: list[str] = []  # full tiles and bundles written since the last `publish`
+        self._published: deque[tuple[float, int, int]] = deque()  # (when, height, size) not yet settled
 
     @property
     def size(self) -> int:
@@ -183,13 +187,22 @@ class LogFiles:
             self.files.drop_partials(path)
         self.filled = []
 
-    def sync(self) -> None:
-        """Record where a restart resumes: the files on disk first (`os.sync`), then `.state`. What is
-        written after it is written again from the stored blocks after a crash, so the disk is synced
-        only every SYNC_EVERY_S, not for every block. Call it right after `publish`."""
-        if self.files.state() == (self.height, self.tiles.size):
-            return
+    def settle(self, now: float) -> None:
+        """Record in `.state` the newest published size at least SETTLE_S old: where a restart
+        resumes, rewriting from the stored blocks whatever came after it. Files that old have been
+        written back by the kernel, so no `os.sync` is needed while sealing: syncing from the
+        sealer's process put every dirty page of the machine (DuckDB's too) on its account."""
+        self._published.append((now, self.height, self.tiles.size))
+        settled = None
+        while self._published and now - self._published[0][0] >= SETTLE_S:
+            settled = self._published.popleft()
+        if settled is not None:
+            self.files.set_state(settled[1], settled[2])
+
+    def settle_now(self) -> None:
+        """A clean stop (or the end of a catch-up): everything on disk now, and `.state` says so."""
         os.sync()
+        self._published.clear()
         self.files.set_state(self.height, self.tiles.size)
 
 
@@ -222,7 +235,7 @@ class TileWriterThread:
         try:
             self.catch_up(self.files)
             waiting: list[Note] = []  # checkpoints of blocks written since the last publish
-            published = synced = time.monotonic()
+            published = time.monotonic()
             while (item := self.queue.get()) is not None:
                 sealed, tile_roots = item
                 height, checkpoint = sealed.height, sealed.checkpoint
@@ -237,19 +250,18 @@ class TileWriterThread:
                 waiting.append(checkpoint)
                 now = time.monotonic()
                 if self.queue.empty() or now - published >= PUBLISH_EVERY_S:
-                    sync = now - synced >= SYNC_EVERY_S
-                    self._publish(waiting, sync)
-                    waiting, published, synced = [], now, now if sync else synced
-            self._publish(waiting, sync=True)
+                    self._publish(waiting, now)
+                    waiting, published = [], now
+            self._publish(waiting, time.monotonic())
+            self.files.settle_now()
         except Exception as exc:  # a full disk, say: the chain goes on, and `status` says the tiles stopped
             self.failed = exc
             log.exception("the tile writer stopped; the log's files are behind the chain until ingest restarts")
 
-    def _publish(self, waiting: list[Note], sync: bool) -> None:
+    def _publish(self, waiting: list[Note], now: float) -> None:
         """The right edge on disk, then the checkpoints it serves: a rotation's (signed twice) and the newest."""
         self.files.publish()
-        if sync:
-            self.files.sync()
+        self.files.settle(now)
         for note in waiting:
             if len(note.signatures) > 1 or note is waiting[-1]:
                 self.on_written(note)

@@ -213,10 +213,10 @@ class LedgerWriter:
             files.append(height, merkle.leaf_hashes(leaves), leaves)
             if (height - first + 1) % 10_000 == 0:
                 files.publish()  # a long catch-up keeps what it has done
-                files.sync()
+                files.settle_now()
                 log_.info("transparency log tiles: block %d of %d, %d leaves", height, head, files.size)
         files.publish()
-        files.sync()
+        files.settle_now()
         assert self.checkpointer is not None
         checkpoint = Checkpoint(self.log_origin, files.size, files.tiles.root())
         self.checkpointer.offer(signed_checkpoint(checkpoint, [self.key]))
