@@ -7,9 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ledger.cli.common import Subcommands, add, emit, home_of, ledger_api
+
+if TYPE_CHECKING:
+    from ledger.chain.receipts import Check
 
 
 def register(sub: Subcommands) -> None:
@@ -94,7 +99,11 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
             print(f"key chain refused: {exc}", file=sys.stderr)
             return 1
     checks = verify_anchored(data, trusted) if anchored else verify_receipt(data, trusted)
-    ok = anchored_ok(checks) if anchored else receipt_ok(checks)
+    return _report(args, checks, anchored_ok(checks) if anchored else receipt_ok(checks))
+
+
+def _report(args: argparse.Namespace, checks: Sequence[Check], ok: bool) -> int:
+    """Each step as a line (or JSON), and the exit code: 0 valid, 1 refused."""
     if args.json:
         emit({"ok": ok, "checks": [vars(c) for c in checks]})
     else:
@@ -131,11 +140,4 @@ def _verify_tlog_proof(args: argparse.Namespace, data: bytes) -> int:
         print(f"cannot check it: {exc}", file=sys.stderr)
         return 1
     checks = verify_tlog_proof(data, device_key=args.device_key.lower(), ledger_keys=ledger_keys, policy=policy)
-    ok = tlog_proof_ok(checks)
-    if args.json:
-        emit({"ok": ok, "checks": [vars(c) for c in checks]})
-    else:
-        for c in checks:
-            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name:<16} {c.detail}")
-        print("receipt valid" if ok else "receipt REFUSED")
-    return 0 if ok else 1
+    return _report(args, checks, tlog_proof_ok(checks))
