@@ -11,7 +11,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -174,19 +176,25 @@ def test_a_tile_directory_that_is_behind_or_broken_is_rebuilt_from_the_chain(bui
     assert json.loads((tlog / ".state").read_text())["size"] == len(leaves)
 
 
-def test_a_header_whose_log_root_was_changed_and_resigned_fails_verify(built: Built) -> None:
+def resign_last_header(built: Built, change: Callable[[dict[str, Any]], None]) -> int:
+    """Change the newest header and sign it again with the ledger key, as its holder could; its height."""
     key = SigningKey(bytes.fromhex(built.home.ledger_key.read_text().strip()))
     con = duckdb.connect(str(built.home.database))
     try:
         last = con.execute("SELECT max(height) FROM blocks").fetchone()[0]  # type: ignore[index]
         header = json.loads(con.execute("SELECT header FROM blocks WHERE height = ?", [last]).fetchone()[0])  # type: ignore[index]
-        header["log_root"] = "00" * 32
+        change(header)
         con.execute(
             "UPDATE blocks SET header = ?, hash = ?, sig = ? WHERE height = ?",
             [canonical_json(header).decode(), block_hash(header), sign_header(key, header), last],
         )
     finally:
         con.close()
+    return int(last)
+
+
+def test_a_header_whose_log_root_was_changed_and_resigned_fails_verify(built: Built) -> None:
+    last = resign_last_header(built, lambda header: header.update(log_root="00" * 32))
     for extra in ((), ("--deep",)):
         out = verify(built.home, *extra)
         assert out.returncode == 1
@@ -194,18 +202,10 @@ def test_a_header_whose_log_root_was_changed_and_resigned_fails_verify(built: Bu
 
 
 def test_a_header_that_stops_naming_the_log_fails_verify(built: Built) -> None:
-    key = SigningKey(bytes.fromhex(built.home.ledger_key.read_text().strip()))
-    con = duckdb.connect(str(built.home.database))
-    try:
-        last = con.execute("SELECT max(height) FROM blocks").fetchone()[0]  # type: ignore[index]
-        header = json.loads(con.execute("SELECT header FROM blocks WHERE height = ?", [last]).fetchone()[0])  # type: ignore[index]
+    def drop_log(header: dict[str, Any]) -> None:
         del header["log_size"], header["log_root"]
-        con.execute(
-            "UPDATE blocks SET header = ?, hash = ?, sig = ? WHERE height = ?",
-            [canonical_json(header).decode(), block_hash(header), sign_header(key, header), last],
-        )
-    finally:
-        con.close()
+
+    resign_last_header(built, drop_log)
     out = verify(built.home)
     assert out.returncode == 1
     assert "header does not name the log, though an earlier header did" in out.stdout, out.stdout

@@ -21,7 +21,7 @@ from ledger.billing.tariffs import TariffBook, parse_tariffs
 from ledger.chain import anchors, merkle
 from ledger.chain.audit import Progress, VerifyReport, compare_with_witness
 from ledger.chain.blocks import Header
-from ledger.chain.notes import parse_checkpoint, parse_note, verifier_key
+from ledger.chain.notes import verifier_key
 from ledger.chain.policy import quorum_of
 from ledger.chain.protocol import Reading, strict_json
 from ledger.chain.receipts import Receipt, build_receipt
@@ -36,7 +36,7 @@ from ledger.people import signin
 from ledger.people.signin import OutcomeDoc
 from ledger.service import jobs, supervision, views
 from ledger.service.budget import BudgetRule
-from ledger.service.checkpoints import CHECKPOINT_FILE, load_policy, published_checkpoint
+from ledger.service.checkpoints import load_policy, published_checkpoint
 from ledger.service.health import IngestHealth
 from ledger.service.operations import billing as billing_ops
 from ledger.service.operations import districts as district_ops
@@ -395,23 +395,20 @@ class LedgerAPI:
         reading = leaves[idx][1]
         if not isinstance(reading, Reading):
             raise ValueError(f"the stored block {height} cannot back a receipt (run `cityledger verify`)")
-        try:
-            note = parse_note((self.home.tlog / CHECKPOINT_FILE).read_bytes())
-        except FileNotFoundError:
-            note = None
-        size = parse_checkpoint(note.text).size if note else 0
-        if note is None or size <= index:
+        published = published_checkpoint(self.home.tlog)
+        size = published.size if published else 0
+        if published is None or size <= index:
             raise Unavailable(
                 f"{device}#{seq} is sealed, but no published checkpoint covers it yet "
                 f"(it is entry {index}; the checkpoint has {size}): try again in a few seconds"
             )
         hashes = inclusion_proof_at(TileDirectory(self.home.tlog), index, size)
         leaf = reading.leaf_data()
-        if not merkle.verify_inclusion(index, size, merkle.leaf_hash(leaf), hashes, parse_checkpoint(note.text).root):
+        if not merkle.verify_inclusion(index, size, merkle.leaf_hash(leaf), hashes, published.checkpoint.root):
             raise Unavailable(
                 f"the log's tiles do not prove entry {index} under its checkpoint: run `cityledger verify`"
             )
-        return build_tlog_proof(leaf, index, hashes, note).decode()
+        return build_tlog_proof(leaf, index, hashes, published.note).decode()
 
     def key_chain(self) -> list[KeyLink]:
         """Headers that rotate the ledger key, for verifiers who trust only the first key."""

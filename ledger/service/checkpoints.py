@@ -29,7 +29,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger.chain.notes import Note, NoteError, Signature, b64, parse_checkpoint, parse_note, verify_cosignature
+from ledger.chain.notes import (
+    Checkpoint,
+    Note,
+    NoteError,
+    Signature,
+    b64,
+    parse_checkpoint,
+    parse_note,
+    verify_cosignature,
+)
 from ledger.chain.policy import Policy, PolicyError, PolicyWitness, parse_policy
 from ledger.chain.tlog import HashSource, consistency_proof_at
 from ledger.home import write_private
@@ -254,19 +263,27 @@ class Checkpointer:
 
 @dataclass(frozen=True)
 class Published:
-    """The checkpoint in a tile directory, as `status` shows it."""
+    """The checkpoint in a tile directory: what `status` shows and receipts of version 2 rest on."""
 
-    size: int
-    cosigners: list[str]  # the names on its signature lines after the log's own
+    note: Note
+    checkpoint: Checkpoint
+
+    @property
+    def size(self) -> int:
+        return self.checkpoint.size
+
+    @property
+    def cosigners(self) -> list[str]:
+        """The names on its signature lines other than the log's own."""
+        return [s.name for s in self.note.signatures if s.name != self.checkpoint.origin]
 
 
 def published_checkpoint(directory: Path) -> Published | None:
     try:
         note = parse_note((directory / CHECKPOINT_FILE).read_bytes())
-        checkpoint = parse_checkpoint(note.text)
+        return Published(note, parse_checkpoint(note.text))
     except (FileNotFoundError, NoteError):
         return None
-    return Published(checkpoint.size, [s.name for s in note.signatures if s.name != checkpoint.origin])
 
 
 def load_policy(path: Path) -> Policy | None:
