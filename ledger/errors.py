@@ -32,12 +32,36 @@ class Refused(LedgerError, ValueError):
     """The request is not acceptable as it stands (bad input, a rule, a conflict); the message says why."""
 
 
+class Unauthenticated(Refused):
+    """No valid credential came with the request (the HTTP API's 401)."""
+
+
+class NotAllowed(Refused):
+    """The caller is known, and its scope does not cover this request (the HTTP API's 403)."""
+
+
+class Conflict(Refused):
+    """The request contradicts one made before (an Idempotency-Key reused for another request)."""
+
+
+class TooLarge(Refused):
+    """The request is larger than the API takes, or asks for more than one answer may hold."""
+
+
 class Unavailable(LedgerError, RuntimeError):
     """The ledger cannot serve the request now (no ledger yet, a part restarting): retry later."""
 
 
 class Busy(Unavailable):
     """Every worker of the ledger's API is taken and the waiting line is full; nothing was run."""
+
+
+class RateLimited(Busy):
+    """The caller sent more requests than its rate allows; `retry_after` says when to try again (s)."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InternalError(LedgerError, RuntimeError):

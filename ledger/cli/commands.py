@@ -18,6 +18,7 @@ handlers; ledger/cli/common.py holds what they share (options, the ledger, print
     tlog.py       serve, tlog
     monitor.py    monitor
     keys.py       key-chain, rotate-ledger-key
+    api.py        api, agencies, sharing
 
 `cityledger --help` lists the commands in the order of GROUPS, each group's in its own order.
 """
@@ -33,6 +34,7 @@ from types import ModuleType
 
 from ledger.cli import (
     anomalies,
+    api,
     archive,
     billing,
     city,
@@ -62,6 +64,7 @@ GROUPS: tuple[ModuleType, ...] = (
     tlog,
     monitor,
     keys,
+    api,
 )
 
 

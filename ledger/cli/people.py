@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from ledger.cli.common import Handler, Subcommands, add, emit, group, ledger_api, operator_id, operator_option
@@ -35,6 +36,13 @@ def register(sub: Subcommands) -> None:
     p.add_argument("id")
     p.add_argument("--password-file", required=True)
     add(osub, "list", cmd_operators_list, "list operators")
+    p = add(
+        osub, "token", cmd_operator_token, "an API token for an operator: their districts, every dataset", json=True
+    )
+    p.add_argument("id", help="the operator's id")
+    p.add_argument("--expires", default="30d", help="YYYY-MM-DD or a number of days (default 30d)")
+    p.add_argument("--rate", type=int, default=600, help="requests a minute (default 600)")
+    operator_option(p)
 
 
 def _password(args: argparse.Namespace) -> str | None:
@@ -91,4 +99,19 @@ def cmd_operators_add(args: argparse.Namespace) -> int:
 
 def cmd_operators_list(args: argparse.Namespace) -> int:
     emit(ledger_api(args).operators())
+    return 0
+
+
+def cmd_operator_token(args: argparse.Namespace) -> int:
+    out = ledger_api(args).issue_token(
+        kind="operator", principal=args.id, expires=args.expires, rate_per_minute=args.rate, operator=operator_id(args)
+    )
+    if args.json:
+        emit(out)
+        return 0
+    print(f"token for operator {out['principal']} (id {out['id']}), shown this once; keep it secret:")
+    print(out["token"])
+    print(
+        f"scopes: {' '.join(out['scopes'])}; expires {time.strftime('%Y-%m-%d', time.gmtime(out['expires_at'] / 1000))}"
+    )
     return 0

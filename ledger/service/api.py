@@ -42,6 +42,18 @@ from ledger.service.operations import billing as billing_ops
 from ledger.service.operations import districts as district_ops
 from ledger.service.operations import parking as parking_ops
 from ledger.service.operations import people as people_ops
+from ledger.service.operations import sharing as sharing_ops
+from ledger.service.results.access import (
+    AccessDoc,
+    AccessPage,
+    CallerDoc,
+    GrantDoc,
+    GrantRevoked,
+    Remembered,
+    TokenDoc,
+    TokenIssued,
+    TokenRevoked,
+)
 from ledger.service.results.anomalies import ScanSummary
 from ledger.service.results.billing import (
     AccountAssigned,
@@ -770,6 +782,70 @@ class LedgerAPI:
     def witness_reports(self, kind: str | None = None, limit: int = 100) -> list[WitnessReportRow]:
         with self.backend.reading() as store:
             return store.witness_reports(kind, limit)
+
+    # ------------------------------------------------ the HTTP API's callers and the sharing register
+
+    def issue_token(
+        self,
+        kind: str,
+        principal: str,
+        scopes: list[str] | None = None,
+        expires: str = "90d",
+        rate_per_minute: int = 600,
+        operator: str | None = None,
+    ) -> TokenIssued:
+        """A token for an agency (with its scopes) or an operator (with the operator's districts)."""
+        with self.backend.writing() as writer:
+            return sharing_ops.issue_token(writer, kind, principal, scopes or [], expires, rate_per_minute, operator)
+
+    def revoke_token(self, token_id: str, operator: str | None = None) -> TokenRevoked:
+        with self.backend.writing() as writer:
+            return sharing_ops.revoke_token(writer, token_id, operator)
+
+    def api_tokens(self, principal: str | None = None) -> list[TokenDoc]:
+        with self.backend.reading() as store:
+            return sharing_ops.token_list(store, principal)
+
+    def api_caller(self, token: str) -> CallerDoc | None:
+        """The holder of a live token and the grants made to it; None for any other text."""
+        with self.backend.reading() as store:
+            return sharing_ops.caller(store, token, now_ms())
+
+    def grant_sharing(self, from_district: str, to_agency: str, dataset: str, until: str, operator: str) -> GrantDoc:
+        with self.backend.writing() as writer:
+            return sharing_ops.grant(writer, from_district, to_agency, dataset, until, operator)
+
+    def revoke_sharing(self, grant_id: str, operator: str) -> GrantRevoked:
+        with self.backend.writing() as writer:
+            return sharing_ops.revoke_grant(writer, grant_id, operator)
+
+    def sharing_grants(self, district: str | None = None, agency: str | None = None) -> list[GrantDoc]:
+        with self.backend.reading() as store:
+            return sharing_ops.grant_list(store, district, agency)
+
+    def record_access(self, rows: list[AccessDoc]) -> None:
+        with self.backend.writing() as writer:
+            sharing_ops.record_access(writer.store, rows)
+
+    def access_log(
+        self,
+        district: str | None,
+        since: int,
+        until: int,
+        grants_only: bool = True,
+        cursor: str | None = None,
+        limit: int = 1000,
+    ) -> AccessPage:
+        with self.backend.reading() as store:
+            return sharing_ops.access_log(store, district, since, until, grants_only, cursor, limit)
+
+    def idempotent_answer(self, token_id: str, key: str) -> Remembered | None:
+        with self.backend.reading() as store:
+            return sharing_ops.remembered(store, token_id, key)
+
+    def remember_answer(self, token_id: str, key: str, fingerprint: str, status: int, body: str) -> None:
+        with self.backend.writing() as writer:
+            sharing_ops.remember(writer.store, token_id, key, fingerprint, status, body)
 
 
 def local_api(home: Home, writer: LedgerWriter | None = None, health: IngestHealth | None = None) -> LedgerAPI:

@@ -178,6 +178,36 @@ MIGRATIONS: list[tuple[int, str]] = [
             throttled BOOLEAN NOT NULL, attempts INTEGER NOT NULL, last_ms BIGINT NOT NULL);
         """,
     ),
+    (
+        12,
+        """
+        -- Issue 19. The HTTP API's callers (ledger/people/tokens.py): tokens stored only as the
+        -- SHA-256 of their secret; scopes as text `DISTRICTS:DATASETS:MODE`, one per line.
+        CREATE TABLE api_tokens (
+            id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, principal VARCHAR NOT NULL, scopes VARCHAR NOT NULL,
+            secret_hash VARCHAR NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+            revoked_at BIGINT, rate_per_minute INTEGER NOT NULL, height BIGINT NOT NULL);
+        -- Sharing between districts and agencies; each grant and revocation is also a ledger entry.
+        CREATE TABLE sharing_grants (
+            id VARCHAR PRIMARY KEY, from_district VARCHAR NOT NULL, to_agency VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL, granted_at BIGINT NOT NULL, until BIGINT NOT NULL, operator VARCHAR NOT NULL,
+            height BIGINT NOT NULL, revoked_at BIGINT, revoked_by VARCHAR);
+        -- Every read made under a grant, and every request refused for its scope.
+        CREATE TABLE api_access (
+            at_ms BIGINT NOT NULL, token VARCHAR NOT NULL, principal VARCHAR NOT NULL, method VARCHAR NOT NULL,
+            path VARCHAR NOT NULL, dataset VARCHAR NOT NULL, district VARCHAR, grant_id VARCHAR,
+            status INTEGER NOT NULL, records BIGINT NOT NULL);
+        -- Writes made with an Idempotency-Key: the answer is given again to a repeat of the request.
+        CREATE TABLE api_idempotency (
+            token VARCHAR NOT NULL, key VARCHAR NOT NULL, fingerprint VARCHAR NOT NULL, status INTEGER NOT NULL,
+            body VARCHAR NOT NULL, at_ms BIGINT NOT NULL, PRIMARY KEY (token, key));
+        -- Payments recorded by payment providers against an account's bill; each is a ledger entry.
+        CREATE TABLE payments (
+            id VARCHAR PRIMARY KEY, account VARCHAR NOT NULL, month VARCHAR NOT NULL, amount VARCHAR NOT NULL,
+            reference VARCHAR NOT NULL, recorded_by VARCHAR NOT NULL, paid_at BIGINT NOT NULL,
+            recorded_at BIGINT NOT NULL, height BIGINT NOT NULL);
+        """,
+    ),
 ]
 
 

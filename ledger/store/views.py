@@ -303,6 +303,13 @@ def account_in_districts(store: Store, account: str, districts: list[str] | None
     return store.one(f"SELECT count(*) FROM devices WHERE account = ? AND {where}", [account, *args])[0] > 0
 
 
+@view
+def account_districts(store: Store, account: str) -> list[str]:
+    """The districts an account's devices are in (one, as a rule): whose data the account's readings are."""
+    rows = store.con.execute("SELECT DISTINCT district FROM devices WHERE account = ? ORDER BY 1", [account])
+    return [r[0] for r in rows.fetchall()]
+
+
 # ---------------------------------------------------------------- usage
 
 

@@ -1,0 +1,108 @@
+"""The API as an ASGI app: the routes under /v1, problem documents, body caps, CORS when configured."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ledger.home import Home
+from ledger.http import problems
+from ledger.http.callers import Callers
+from ledger.http.deps import ApiState
+from ledger.http.routes import sharing, status
+from ledger.service.api import LedgerAPI, local_api
+from ledger.service.rpc import RemoteLedger
+
+MAX_BODY = 64 * 1024  # bytes: the largest write (an enrolment, a payment) is well under 1 KiB
+VERSION = "1"
+
+
+class BodyCap:
+    """Refuse a request body over `limit` bytes with 413, by its Content-Length or as it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(scope, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        response = problems.problem(413, f"a request body is at most {self.limit} bytes", scope["path"])
+        await response(scope, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def ledger_for(home: Home) -> Callable[[], LedgerAPI]:
+    """The ingest's API over its socket while ingest runs, else the file opened per call."""
+    remote = RemoteLedger(home.rpc_socket)
+
+    def ledger() -> LedgerAPI:
+        return remote if home.rpc_socket.exists() else local_api(home)
+
+    return ledger
+
+
+def make_app(
+    ledger: Callable[[], LedgerAPI], cors_origins: Sequence[str] = (), extra: Sequence[Callable[[FastAPI], Any]] = ()
+) -> FastAPI:
+    app = FastAPI(
+        title="cityledger",
+        version=VERSION,
+        summary="The city's ledger of utility and parking readings, bills and proofs.",
+        description=(
+            "Every request carries `Authorization: Bearer <token>` (`cityledger agencies add`, "
+            "`cityledger operators token`). Errors are RFC 9457 problem documents; lists page with "
+            "opaque cursors; times are RFC 3339 with epoch milliseconds beside them (`*_ms`); money is a "
+            "decimal string; writes take an `Idempotency-Key`."
+        ),
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        responses=problems.COMMON_RESPONSES,
+    )
+    app.state.api = ApiState(ledger, Callers(ledger))
+    problems.install(app)
+    for module in (status, sharing):
+        app.include_router(module.router, prefix="/v1")
+    for hook in extra:
+        hook(app)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(BodyCap)
+    return app
