@@ -9,7 +9,8 @@ import pytest
 
 from tests.support.stack import Stack
 
-pytest_plugins = ["tests.gotools"]  # the Go cross-check of the transparency log (`tlogcheck`)
+# the Go cross-check of the transparency log (`tlogcheck`); the HTTP API over a city of data (`api_city`)
+pytest_plugins = ["tests.gotools", "tests.support.api"]
 
 
 @pytest.fixture

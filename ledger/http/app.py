@@ -10,10 +10,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledger.home import Home
-from ledger.http import problems
+from ledger.http import metrics, problems
 from ledger.http.callers import Callers
 from ledger.http.deps import ApiState
-from ledger.http.routes import sharing, status
+from ledger.http.routes import anomalies, bills, devices, disputes, parking, readings, receipts, sharing, status
 from ledger.service.api import LedgerAPI, local_api
 from ledger.service.rpc import RemoteLedger
 
@@ -93,7 +93,8 @@ def make_app(
     )
     app.state.api = ApiState(ledger, Callers(ledger))
     problems.install(app)
-    for module in (status, sharing):
+    metrics.install(app)
+    for module in (status, readings, bills, anomalies, devices, disputes, parking, receipts, sharing):
         app.include_router(module.router, prefix="/v1")
     for hook in extra:
         hook(app)

@@ -783,6 +783,14 @@ class LedgerAPI:
         with self.backend.reading() as store:
             return store.witness_reports(kind, limit)
 
+    # ------------------------------------------------ readings for the HTTP API (issue 19)
+
+    # ------------------------------------------------ payments (issue 19)
+
+    # ------------------------------------------------ metrics (issue 19)
+
+    # ------------------------------------------------ anomalies, devices, disputes, parking, receipts (issue 19)
+
     # ------------------------------------------------ the HTTP API's callers and the sharing register
 
     def issue_token(

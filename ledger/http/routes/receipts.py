@@ -1,0 +1,7 @@
+"""The receipts routes (to be written)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["receipts"])

@@ -1,0 +1,93 @@
+"""A real `cityledger api` on a free port, over a real stack (Mosquitto + ingest) and a city of data.
+
+`api_city` (one per test module): `build_city`'s three districts of signed readings, bills,
+anomalies and disputes (tests/support/browser.py), ingest running on them, and the API
+server as its own process, as `cityledger up` runs it. Tests drive it with httpx.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.broker import free_port, wait_for
+from tests.support.browser import DashboardCity, build_city
+from tests.support.stack import Stack
+
+OPERATORS = ("op-d01", "op-d02", "op-all")
+
+
+@dataclass
+class ApiCity:
+    url: str  # http://127.0.0.1:PORT/v1
+    city: DashboardCity
+    stack: Stack
+    process: subprocess.Popen[bytes]
+    log: Path
+    tokens: dict[str, str] = field(default_factory=dict)  # operator id -> its API token
+
+    def client(self, who: str | None, **kw: Any) -> httpx.Client:
+        """An httpx client for `who` (an operator id or a token; None: no token)."""
+        token = self.tokens.get(who, who) if who else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
+
+    def agency(self, name: str, *scopes: str, rate: int = 600, expires: str = "30d") -> str:
+        """A new token for agency `name` with `scopes` (DISTRICTS:DATASETS[:write])."""
+        out = self.stack.api.issue_token("agency", name, list(scopes), expires, rate, "op-all")
+        return str(out["token"])
+
+
+def start_api(home_env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "api", "--port", str(port), *args],
+            env=home_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/v1"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"cityledger api exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 30, "the API's /v1/health")
+    return proc, url
+
+
+def stop_api(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def api_city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiCity]:
+    root = tmp_path_factory.mktemp("api") / "home"
+    city = build_city(root)
+    with Stack(root) as stack:
+        log = stack.home.logs / "api.log"
+        proc, url = start_api(stack.env, log)
+        try:
+            served = ApiCity(url, city, stack, proc, log)
+            for op in OPERATORS:
+                served.tokens[op] = str(stack.api.issue_token("operator", op, None, "30d", 100_000, "op-all")["token"])
+            yield served
+        finally:
+            stop_api(proc)
