@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nacl.signing import SigningKey
 
@@ -52,7 +53,7 @@ def _stop_everything(proc: Child, pids: dict[str, int]) -> None:
 
 def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     home = Home(tmp_path / "home")
-    mqtt_port, web_port = free_port(), free_port()
+    mqtt_port, web_port, api_port = free_port(), free_port(), free_port()
     out_path = tmp_path / "up.out"
     env = {**os.environ, "CITYLEDGER_HOME": str(home.root), "PYTHONUNBUFFERED": "1"}
     with out_path.open("wb") as out:
@@ -72,6 +73,8 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
                 str(web_port),
                 "--log-port",
                 str(free_port()),
+                "--api-port",
+                str(api_port),
             ],
             env=env,
             stdout=out,
@@ -88,7 +91,7 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         assert proc.poll() is None, text
         assert f"http://127.0.0.1:{web_port}" in text
         pids = _started_pids(out_path)
-        assert set(pids) == {"broker", "ingest", "fleet", "scheduler", "serve", "dashboard"}, text
+        assert set(pids) == {"broker", "ingest", "fleet", "scheduler", "serve", "api", "dashboard"}, text
 
         ledger = open_ledger(home)
         assert isinstance(ledger, RemoteLedger)
@@ -105,6 +108,11 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
         assert operator["outcome"] == "signed_in"
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as page:
             assert page.status == 200
+        # The city's API, as the printed hint says: an operator's token reads the status.
+        assert f"http://127.0.0.1:{api_port}/v1/docs" in text
+        token = ledger.issue_token(kind="operator", principal="op-city")["token"]
+        answer = httpx.get(f"http://127.0.0.1:{api_port}/v1/status", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200 and answer.json()["devices"] == 12
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0, out_path.read_text()
@@ -120,7 +128,7 @@ def test_up_runs_a_city_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- supervision (issue 14, point 3)
 
-PARTS = ("broker", "ingest", "fleet", "scheduler", "serve", "dashboard")
+PARTS = ("broker", "ingest", "fleet", "scheduler", "serve", "api", "dashboard")
 
 
 def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> Child:
@@ -141,6 +149,8 @@ def _start_up(home: Home, out_path: Path, devices: int, interval: float) -> Chil
                 "--dashboard-port",
                 str(free_port()),
                 "--log-port",
+                str(free_port()),
+                "--api-port",
                 str(free_port()),
             ],
             env=env,

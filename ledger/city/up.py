@@ -70,6 +70,7 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         ("MQTT", port, "mqtt-port"),
         ("dashboard", args.dashboard_port, "dashboard-port"),
         ("transparency log", args.log_port, "log-port"),
+        ("API", args.api_port, "api-port"),
     ]
     if tls_port is not None:
         ports.append(("MQTT over TLS", tls_port, "tls-port"))
@@ -87,10 +88,12 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
         "PYTHONUNBUFFERED": "1",
     }
     broker_args = ["broker", "--mqtt-port", str(port)]
+    api_args = ["api", "--port", str(args.api_port)]
     if tls_port is not None:
         certs = _tls_certs(home, args)
         print(f"MQTT over TLS on port {tls_port}; clients verify the broker with {certs.ca}")
         broker_args += _tls_broker_args(tls_port, certs)
+        api_args += ["--tls", "--tls-cert", str(certs.cert), "--tls-key", str(certs.key)]  # the broker's certificate
         env.update({"CITYLEDGER_MQTT_PORT": str(tls_port), "CITYLEDGER_MQTT_CA": str(certs.ca)})
     listeners = [p for p in (port, tls_port) if p is not None]
     sup = Supervisor(home, env)
@@ -140,6 +143,15 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
                 "the transparency log's server",
             )
         )
+        sup.start(  # the city's API for other systems (`cityledger agencies add`, `operators token`)
+            PartSpec(
+                "api",
+                tuple(api_args),
+                lambda: port_open("127.0.0.1", args.api_port),
+                30,
+                "the city's API",
+            )
+        )
         dash = sup.start(
             PartSpec(
                 "dashboard",
@@ -154,6 +166,8 @@ def run_up(home: Home, args: argparse.Namespace) -> int:
             f"\nDashboard: http://127.0.0.1:{args.dashboard_port}\n{_logins_text(home, made)}"
             f"Transparency log: http://127.0.0.1:{args.log_port}/checkpoint (cityledger monitor --url "
             f'http://127.0.0.1:{args.log_port} --ledger-key "$(cityledger --home {home.root} tlog vkey)")\n'
+            f"API: http{'s' if tls_port is not None else ''}://127.0.0.1:{args.api_port}/v1/docs (a token: cityledger "
+            f"--home {home.root} operators token op-city)\n"
             f"Watch: cityledger --home {home.root} status   |   Ctrl-C stops everything.\n",
             flush=True,
         )

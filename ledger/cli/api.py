@@ -8,6 +8,7 @@ import argparse
 import csv
 import sys
 import time
+from pathlib import Path
 
 from ledger.cli.common import Subcommands, add, emit, group, home_of, ledger_api, operator_id, operator_option, opt
 from ledger.people.tokens import DATASETS
@@ -26,6 +27,8 @@ def register(sub: Subcommands) -> None:
         help="allow browsers from ORIGIN (repeatable; off by default)",
     )
     p.add_argument("--tls", action="store_true", help="serve HTTPS with the broker's certificate (home/tls)")
+    p.add_argument("--tls-cert", help="certificate file (default: the broker's, home/tls/server.crt)")
+    p.add_argument("--tls-key", help="its private key (default: home/tls/server.key)")
 
     asub = group(sub, "agencies", "other systems' API tokens: scoped to districts and datasets, expiring")
     p = add(asub, "add", cmd_agencies_add, "make a token for an agency (shown once: only its hash is kept)", json=True)
@@ -74,7 +77,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     if args.tls:
         from broker.certs import server_cert_path, server_key_path
 
-        cert, key = server_cert_path(home), server_key_path(home)
+        cert = Path(args.tls_cert) if args.tls_cert else server_cert_path(home)
+        key = Path(args.tls_key) if args.tls_key else server_key_path(home)
         if not cert.exists() or not key.exists():
             print(f"no certificate in {cert.parent}: run `cityledger broker --tls` once to make one", file=sys.stderr)
             return 2

@@ -83,6 +83,7 @@ def register(sub: Subcommands) -> None:
     opt(p, "--interval", 5.0, "seconds between readings")
     opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
     opt(p, "--log-port", 8470, "HTTP port of the transparency log's files (`cityledger serve`)")
+    opt(p, "--api-port", 8480, "HTTP port of the city's API (`cityledger api`)")
     _broker_tls_options(p)
     p = add(
         sub,

@@ -109,17 +109,17 @@ def parse_scope(text: str) -> Scope:
     if mode not in ("read", "write"):
         raise ScopeError(f"a scope's mode is read or write, not {mode!r}")
     districts = _list(parts[0], "district", valid_district)
-    datasets = _list(parts[1], "dataset", lambda d: d in DATASETS)
+    datasets = _list(parts[1], "dataset", lambda d: d in DATASETS, f" of {', '.join(DATASETS)}")
     return Scope(districts, datasets, mode == "write")
 
 
-def _list(text: str, what: str, valid: Callable[[str], bool]) -> tuple[str, ...]:
+def _list(text: str, what: str, valid: Callable[[str], bool], of: str = "") -> tuple[str, ...]:
     items = tuple(sorted({p.strip() for p in text.split(",") if p.strip()}))
     if items == (ALL,):
         return items
     bad = [p for p in items if not valid(p)]
     if not items or bad:
-        raise ScopeError(f"{what}s must be `all` or a list (not {', '.join(bad) or 'nothing'})")
+        raise ScopeError(f"{what}s must be `all` or a list{of} (not {', '.join(bad) or 'nothing'})")
     return items
 
 

@@ -7,6 +7,7 @@ server as its own process, as `cityledger up` runs it. Tests drive it with httpx
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,7 +46,10 @@ class ApiCity:
         return str(out["token"])
 
 
-def start_api(home_env: dict[str, str], log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_api(
+    home_env: dict[str, str], log: Path, *args: str, scheme: str = "http", verify: ssl.SSLContext | bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`cityledger api ARGS` on a free port, once its /v1/health answers (over TLS: `scheme`, `verify`)."""
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -54,13 +58,13 @@ def start_api(home_env: dict[str, str], log: Path, *args: str) -> tuple[subproce
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{port}/v1"
 
     def up() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"cityledger api exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
+            return httpx.get(url + "/health", timeout=2, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from ledger.chain.protocol import DISTRICT_PATTERN
 from ledger.clock import now_ms
 from ledger.errors import NotFound
 from ledger.http.deps import CtxDep, idempotent
@@ -37,7 +38,7 @@ class GrantOut(BaseModel):
 
 
 class GrantIn(BaseModel):
-    from_district: str = Field(pattern=r"^d[0-9]{2,3}$", examples=["d01"])
+    from_district: str = Field(pattern=DISTRICT_PATTERN, examples=["d01"])
     to_agency: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$", examples=["water-bureau"])
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
     until: str = Field(description="YYYY-MM-DD, or a number of days like 30d", examples=["30d"])
@@ -64,7 +65,7 @@ class AccessPageOut(BaseModel):
 
 
 @router.get("/grants", response_model=list[GrantOut])
-def grants(c: CtxDep, district: Annotated[str | None, Query(pattern=r"^d[0-9]{2,3}$")] = None) -> Any:
+def grants(c: CtxDep, district: Annotated[str | None, Query(pattern=DISTRICT_PATTERN)] = None) -> Any:
     """Grants made by the districts this caller looks after, or made to this agency."""
     if c.is_operator:
         if district is not None:
@@ -106,7 +107,7 @@ def revoke(c: CtxDep, grant_id: str) -> Any:
 )
 def access_log(
     c: CtxDep,
-    district: Annotated[str, Query(pattern=r"^d[0-9]{2,3}$")],
+    district: Annotated[str, Query(pattern=DISTRICT_PATTERN)],
     since: str = "0",
     until: str | None = None,
     cursor: str | None = None,
