@@ -1,76 +1,66 @@
 """The HTTP API's callers in the database: tokens (as hashes), sharing grants, the access log
-and the answers kept for idempotent writes. The rules over them are ledger/people/tokens.py.
+and the answers kept for idempotent writes. Rows, as stored; the rules over them, and the
+values they make, are ledger/people/tokens.py's (the service builds them: the store sits below).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from ledger.people.tokens import Grant, TokenRecord, parse_scope
 from ledger.store.store import Store
+
+TokenRow = tuple[str, str, str, str, int, int, int | None, int]
+"""(id, kind, principal, scopes as lines of DISTRICTS:DATASETS:MODE, created_at, expires_at, revoked_at,
+rate_per_minute)."""
+GrantRow = tuple[str, str, str, str, int, int, int | None, str, int, str | None]
+"""(id, from_district, to_agency, dataset, granted_at, until, revoked_at, operator, height, revoked_by)."""
 
 AccessRow = tuple[int, str, str, str, str, str, str | None, str | None, int, int]
 """(at_ms, token, principal, method, path, dataset, district, grant_id, status, records)."""
 
 
-def add_token(store: Store, t: TokenRecord, secret_hash: str, height: int) -> None:
+def add_token(store: Store, t: TokenRow, secret_hash: str, height: int) -> None:
+    tid, kind, principal, scopes, created, expires, revoked, rate = t
     store.con.execute(
         "INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            t.id,
-            t.kind,
-            t.principal,
-            "\n".join(s.text() for s in t.scopes),
-            secret_hash,
-            t.created_at,
-            t.expires_at,
-            t.revoked_at,
-            t.rate_per_minute,
-            height,
-        ],
+        [tid, kind, principal, scopes, secret_hash, created, expires, revoked, rate, height],
     )
 
 
 _TOKEN_COLUMNS = "id, kind, principal, scopes, created_at, expires_at, revoked_at, rate_per_minute"
 
 
-def _token(row: tuple[Any, ...]) -> TokenRecord:
-    tid, kind, principal, scopes, created, expires, revoked, rate = row
-    return TokenRecord(
-        id=tid,
-        kind=kind,
-        principal=principal,
-        scopes=tuple(parse_scope(line) for line in scopes.splitlines() if line),
-        created_at=created,
-        expires_at=expires,
-        revoked_at=revoked,
-        rate_per_minute=rate,
-    )
-
-
-def token(store: Store, token_id: str) -> tuple[TokenRecord, str] | None:
+def token(store: Store, token_id: str) -> tuple[TokenRow, str] | None:
     """The token and the SHA-256 of its secret."""
     row = store.con.execute(f"SELECT {_TOKEN_COLUMNS}, secret_hash FROM api_tokens WHERE id = ?", [token_id]).fetchone()
-    return (_token(row[:-1]), row[-1]) if row else None
+    return (tuple(row[:-1]), row[-1]) if row else None  # type: ignore[return-value]
 
 
-def tokens(store: Store, principal: str | None = None) -> list[TokenRecord]:
+def tokens(store: Store, principal: str | None = None) -> list[TokenRow]:
     sql = f"SELECT {_TOKEN_COLUMNS} FROM api_tokens"
     args: list[object] = []
     if principal is not None:
         sql += " WHERE principal = ?"
         args.append(principal)
-    return [_token(r) for r in store.con.execute(sql + " ORDER BY created_at, id", args).fetchall()]
+    return [tuple(r) for r in store.con.execute(sql + " ORDER BY created_at, id", args).fetchall()]  # type: ignore[misc]
 
 
 def revoke_token(store: Store, token_id: str, at: int) -> None:
     store.con.execute("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [at, token_id])
 
 
-def add_grant(store: Store, g: Grant, operator: str, height: int) -> None:
+def add_grant(
+    store: Store,
+    grant_id: str,
+    district: str,
+    agency: str,
+    dataset: str,
+    at: int,
+    until: int,
+    operator: str,
+    height: int,
+) -> None:
     store.con.execute(
         "INSERT INTO sharing_grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-        [g.id, g.from_district, g.to_agency, g.dataset, g.granted_at, g.until, operator, height],
+        [grant_id, district, agency, dataset, at, until, operator, height],
     )
 
 
@@ -79,10 +69,6 @@ def revoke_grant(store: Store, grant_id: str, at: int, operator: str) -> None:
         "UPDATE sharing_grants SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at IS NULL",
         [at, operator, grant_id],
     )
-
-
-GrantRow = tuple[Grant, str, int, str | None]
-"""(the grant, the operator who made it, its block height, who revoked it)."""
 
 
 def grants(store: Store, district: str | None = None, agency: str | None = None) -> list[GrantRow]:
@@ -97,10 +83,7 @@ def grants(store: Store, district: str | None = None, agency: str | None = None)
         "SELECT id, from_district, to_agency, dataset, granted_at, until, revoked_at, operator, height, revoked_by"
         " FROM sharing_grants" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY granted_at, id"
     )
-    return [
-        (Grant(r[0], r[1], r[2], r[3], r[4], r[5], r[6]), r[7], r[8], r[9])
-        for r in store.con.execute(sql, args).fetchall()
-    ]
+    return [tuple(r) for r in store.con.execute(sql, args).fetchall()]  # type: ignore[misc]
 
 
 def add_access(store: Store, rows: list[AccessRow]) -> None:

@@ -77,8 +77,8 @@ def issue_token(
     if not 1 <= rate_per_minute <= 100_000:
         raise Refused("a rate limit is 1 to 100000 requests a minute")
     token_id, token, secret_hash = rules.new_token()
-    record = TokenRecord(token_id, kind, principal, parsed, now, expires_at, None, rate_per_minute)
     texts = [s.text() for s in parsed]
+    row = (token_id, kind, principal, "\n".join(texts), now, expires_at, None, rate_per_minute)
     with writer.lock:
         height = writer.height + 1
         sealed = writer.seal(
@@ -94,7 +94,7 @@ def issue_token(
                 **by,
                 "at": now,
             },
-            lambda s: access.add_token(s, record, secret_hash, height),
+            lambda s: access.add_token(s, row, secret_hash, height),
         )
     return {
         "id": token_id,
@@ -114,7 +114,7 @@ def revoke_token(writer: LedgerWriter, token_id: str, operator: str | None = Non
         found = access.token(writer.store, token_id)
         if found is None:
             raise NotFound(f"no token {token_id!r}")
-        if found[0].revoked_at is not None:
+        if found[0][6] is not None:
             raise Refused(f"token {token_id} was revoked already")
         at = now_ms()
         sealed = writer.seal(
@@ -122,6 +122,20 @@ def revoke_token(writer: LedgerWriter, token_id: str, operator: str | None = Non
             lambda s: access.revoke_token(s, token_id, at),
         )
     return {"id": token_id, "revoked_at": at, "block": sealed.hash}
+
+
+def _record(row: access.TokenRow) -> TokenRecord:
+    tid, kind, principal, scopes, created, expires, revoked, rate = row
+    return TokenRecord(
+        tid,
+        kind,
+        principal,
+        tuple(rules.parse_scope(s) for s in scopes.splitlines() if s),
+        created,
+        expires,
+        revoked,
+        rate,
+    )
 
 
 def token_doc(t: TokenRecord) -> TokenDoc:
@@ -138,7 +152,7 @@ def token_doc(t: TokenRecord) -> TokenDoc:
 
 
 def token_list(store: Store, principal: str | None = None) -> list[TokenDoc]:
-    return [token_doc(t) for t in access.tokens(store, principal)]
+    return [token_doc(_record(t)) for t in access.tokens(store, principal)]
 
 
 def caller(store: Store, token: str, now: int) -> CallerDoc | None:
@@ -147,22 +161,25 @@ def caller(store: Store, token: str, now: int) -> CallerDoc | None:
     if parts is None:
         return None
     found = access.token(store, parts[0])
-    if found is None or not rules.secret_matches(found[1], parts[1]) or not found[0].live(now):
+    if found is None or not rules.secret_matches(found[1], parts[1]):
         return None
-    record = found[0]
+    record = _record(found[0])
+    if not record.live(now):
+        return None
     grants = access.grants(store, agency=record.principal) if record.kind == "agency" else []
-    return {"token": token_doc(record), "grants": [_grant_doc(*g) for g in grants]}
+    return {"token": token_doc(record), "grants": [_grant_doc(g) for g in grants]}
 
 
-def _grant_doc(g: Grant, operator: str, height: int, revoked_by: str | None) -> GrantDoc:
+def _grant_doc(row: access.GrantRow) -> GrantDoc:
+    gid, district, agency, dataset, granted_at, until, revoked_at, operator, height, revoked_by = row
     return {
-        "id": g.id,
-        "from_district": g.from_district,
-        "to_agency": g.to_agency,
-        "dataset": g.dataset,
-        "granted_at": g.granted_at,
-        "until": g.until,
-        "revoked_at": g.revoked_at,
+        "id": gid,
+        "from_district": district,
+        "to_agency": agency,
+        "dataset": dataset,
+        "granted_at": granted_at,
+        "until": until,
+        "revoked_at": revoked_at,
         "operator": operator,
         "height": height,
         "revoked_by": revoked_by,
@@ -200,18 +217,18 @@ def grant(
                 **by,
                 "at": now,
             },
-            lambda s: access.add_grant(s, g, operator, height),
+            lambda s: access.add_grant(s, g.id, district, to_agency, dataset, now, until_at, operator, height),
         )
-    return _grant_doc(g, operator, height, None)
+    return _grant_doc((g.id, district, to_agency, dataset, now, until_at, None, operator, height, None))
 
 
 def revoke_grant(writer: LedgerWriter, grant_id: str, operator: str) -> GrantRevoked:
     by = named(operator)
     with writer.lock:
-        found = [g for g in access.grants(writer.store) if g[0].id == grant_id]
+        found = [g for g in access.grants(writer.store) if g[0] == grant_id]
         if not found:
             raise NotFound(f"no grant {grant_id!r}")
-        if found[0][0].revoked_at is not None:
+        if found[0][6] is not None:
             raise Refused(f"grant {grant_id} was revoked already")
         at = now_ms()
         sealed = writer.seal(
@@ -222,7 +239,7 @@ def revoke_grant(writer: LedgerWriter, grant_id: str, operator: str) -> GrantRev
 
 
 def grant_list(store: Store, district: str | None = None, agency: str | None = None) -> list[GrantDoc]:
-    return [_grant_doc(*g) for g in access.grants(store, district, agency)]
+    return [_grant_doc(g) for g in access.grants(store, district, agency)]
 
 
 def record_access(store: Store, rows: Sequence[AccessDoc]) -> None:
