@@ -189,6 +189,79 @@ def _adjustment_requests(entries: Iterable[Entry]) -> Rows:
     return {(adj_id,): [row] for adj_id, row in state.items()}
 
 
+TOKEN_COLUMNS = (
+    "kind",
+    "principal",
+    "scopes",
+    "secret_hash",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "rate_per_minute",
+    "height",
+)
+
+
+def _scopes(value: Any) -> Any:
+    """A token's scopes as the table keeps them, one per line; anything but a list of texts as its JSON."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    return _plain(value)
+
+
+def _api_tokens(entries: Iterable[Entry]) -> Rows:
+    """API tokens as issued (the SHA-256 of the secret, never the secret) and revoked. A token is
+    revoked once: a later revocation entry leaves the first one's time, as the table does."""
+    state: dict[Any, Row] = {}
+    for height, e in entries:
+        kind, token = e.get("entry"), _plain(e.get("token"))
+        if kind == "api_token_issued":
+            state[token] = (
+                _plain(e.get("kind")),
+                _plain(e.get("principal")),
+                _scopes(e.get("scopes")),
+                _plain(e.get("secret_sha256")),
+                _plain(e.get("at")),
+                _plain(e.get("expires_at")),
+                None,
+                _plain(e.get("rate_per_minute")),
+                height,
+            )
+        elif token in state and state[token][6] is None:
+            row = state[token]
+            state[token] = row[:6] + (_plain(e.get("at")),) + row[7:]
+    return {(token,): [row] for token, row in state.items()}
+
+
+GRANT_COLUMNS = (
+    "from_district",
+    "to_agency",
+    "dataset",
+    "granted_at",
+    "until",
+    "operator",
+    "height",
+    "revoked_at",
+    "revoked_by",
+)
+
+
+def _sharing_grants(entries: Iterable[Entry]) -> Rows:
+    """Sharing grants as made and revoked (once: a later revocation changes nothing, as in the table)."""
+    state: dict[Any, Row] = {}
+    for height, e in entries:
+        kind, grant = e.get("entry"), _plain(e.get("grant"))
+        if kind == "sharing_granted":
+            state[grant] = _row(e, ("from_district", "to_agency", "dataset", "at", "until", "operator")) + (
+                height,
+                None,
+                None,
+            )
+        elif grant in state and state[grant][7] is None:
+            state[grant] = state[grant][:7] + (_plain(e.get("at")), _plain(e.get("operator")))
+    return {(grant,): [row] for grant, row in state.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Table:
     """A registry table, the entries that write it, and how to read both sides alike."""
@@ -321,6 +394,27 @@ TABLES: tuple[Table, ...] = (
         ("to_seq", "reason", "operator", "written_at", "height"),
         _one_per_entry(("device", "from_seq"), ("to_seq", "reason", "operator", "at"), with_height=True),
         "device",
+    ),
+    # Money received against issued bills (issue 19): a row per entry, never changed.
+    Table(
+        "payments",
+        ("payment_recorded",),
+        ("id",),
+        ("account", "month", "amount", "reference", "recorded_by", "paid_at", "recorded_at", "height"),
+        _one_per_entry(
+            ("id",), ("account", "month", "amount", "reference", "recorded_by", "paid_at", "at"), with_height=True
+        ),
+        "id",
+    ),
+    # Who may call the HTTP API, and what each district shares with which agency (issue 19).
+    Table("api_tokens", ("api_token_issued", "api_token_revoked"), ("id",), TOKEN_COLUMNS, _api_tokens, "token"),
+    Table(
+        "sharing_grants",
+        ("sharing_granted", "sharing_revoked"),
+        ("id",),
+        GRANT_COLUMNS,
+        _sharing_grants,
+        "grant",
     ),
 )
 

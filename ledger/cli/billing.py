@@ -1,6 +1,6 @@
 """`cityledger` commands about money: what bills are computed from (`tariffs`, `parking` zones and
 leases, `meters` replacements), corrections to them (`adjust`, `adjustments` and their four-eyes
-approval), and the bills themselves (`bill`, `billing close`).
+approval), the bills themselves (`bill`, `billing close`) and the payments against them (`payments`).
 """
 
 from __future__ import annotations
@@ -85,6 +85,19 @@ def register(sub: Subcommands) -> None:
     bsub = group(sub, "billing", "month-end close")
     p = add(bsub, "close", cmd_billing_close, "issue every account's bill for a month (again: nothing new)")
     p.add_argument("--month", required=True, help="YYYY-MM")
+
+    paysub = group(sub, "payments", "payments against issued bills, and what each bill is left with")
+    p = add(paysub, "record", cmd_payments_record, "record a payment against an account's issued bill (sealed)")
+    p.add_argument("--account", required=True)
+    p.add_argument("--month", required=True, help="YYYY-MM: the issued bill it pays")
+    p.add_argument("--amount", required=True, help="yuan to the fen, positive, e.g. 128.50 (no exponent)")
+    p.add_argument("--reference", required=True, help="the provider's transaction id (once per account)")
+    p.add_argument("--paid-at", help="when it was paid: ISO time in the city's time zone, or epoch ms (default: now)")
+    operator_option(p)
+    p = add(paysub, "list", cmd_payments_list, "an account's payments, or (--balances) its bills' balances")
+    p.add_argument("account")
+    p.add_argument("--month", help="YYYY-MM: that month's payments only")
+    p.add_argument("--balances", action="store_true", help="each issued bill's total, paid, balance and status")
 
 
 def _when(text: str | None) -> int | None:
@@ -218,6 +231,29 @@ def cmd_bill(args: argparse.Namespace) -> int:
             print(f"  adjustment   {line['reason'][:40]:<40} {line['amount']:>10}")
         for flag in line.get("flags", []):
             print(f"      ! {flag}")
+    return 0
+
+
+def cmd_payments_record(args: argparse.Namespace) -> int:
+    from ledger.clock import now_ms
+
+    paid_at = _when(args.paid_at)
+    emit(
+        ledger_api(args).record_payment(
+            account=args.account,
+            month=args.month,
+            amount=args.amount,
+            reference=args.reference,
+            paid_at=now_ms() if paid_at is None else paid_at,
+            recorded_by=operator_id(args),
+        )
+    )
+    return 0
+
+
+def cmd_payments_list(args: argparse.Namespace) -> int:
+    api = ledger_api(args)
+    emit(api.balances(account=args.account) if args.balances else api.payments(account=args.account, month=args.month))
     return 0
 
 

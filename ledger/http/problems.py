@@ -63,7 +63,8 @@ class Problem(BaseModel):
 PROBLEM_RESPONSE: dict[str, Any] = {"model": Problem, "content": {MEDIA_TYPE: {}}}
 # Every operation may answer these; each route adds its own (404, 409, 413) where it can.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {**PROBLEM_RESPONSE, "description": HTTPStatus(code).phrase} for code in (400, 401, 403, 413, 422, 429, 500, 503)
+    code: {**PROBLEM_RESPONSE, "description": HTTPStatus(code).phrase}
+    for code in (400, 401, 403, 413, 422, 429, 500, 503)
 }
 
 

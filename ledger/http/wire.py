@@ -19,7 +19,7 @@ def rfc3339(ms: int) -> str:
 def parse_time(text: str) -> int:
     """Epoch ms from RFC 3339 (`2026-12-01T00:00:00Z`, an offset, or a date) or from digits (epoch ms)."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
