@@ -117,12 +117,16 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 
 
 def bill_problem(body: Any, account: str, month: str) -> str | None:
-    """None when the bill is the account's for the month and its lines add up to its total."""
-    if body.get("account") != account or body.get("month") != month:
-        return f"asked for {account} {month}, got {body.get('account')} {body.get('month')}"
-    lines = sum((Decimal(line["amount"]) for line in body["lines"]), Decimal(0))
-    if lines != Decimal(body["total"]):
-        return f"{account} {month}: lines add up to {lines}, the total says {body['total']}"
+    """None when the statement is the account's for the month, its bill's lines add up to the bill's
+    total, and its balance is that total less what was paid."""
+    bill = body["bill"]
+    if bill.get("account") != account or bill.get("month") != month:
+        return f"asked for {account} {month}, got {bill.get('account')} {bill.get('month')}"
+    lines = sum((Decimal(line["amount"]) for line in bill["lines"]), Decimal(0))
+    if lines != Decimal(bill["total"]) or Decimal(body["total"]) != lines:
+        return f"{account} {month}: lines add up to {lines}, the totals say {bill['total']} and {body['total']}"
+    if Decimal(body["balance"]) != Decimal(body["total"]) - Decimal(body["paid"]):
+        return f"{account} {month}: balance {body['balance']} is not {body['total']} less {body['paid']}"
     return None
 
 
