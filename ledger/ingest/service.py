@@ -108,7 +108,9 @@ class IngestService:
         # queue.Queue, not SimpleQueue: on CPython 3.11 a signal landing in SimpleQueue.get's
         # timed wait can turn it into a wait forever, and an idle ingest then ignores SIGTERM.
         self.inbox: queue.Queue[Incoming] = queue.Queue()
-        self.health.pending = self.inbox.qsize
+        self.in_hand: list[Incoming] = []  # the batch taken off the inbox and not yet committed
+        self._commit_started: float | None = None  # while a batch commits (its block's seal time)
+        self.health.pending = self._pending
         hour_start = now_ms() // 3_600_000 * 3_600_000
         cap = QuarantineCap(quarantine_cap, writer.store.quarantine_stored_since(hour_start), hour_start // 3_600_000)
         self.intake = Intake(
@@ -135,6 +137,12 @@ class IngestService:
         writer.on_written_off.append(self._written_off)
         if writer.checkpointer is not None:  # the log's checkpoints, once cosigned (PROTOCOL.md section 7)
             writer.checkpointer.on_published.append(self._publish_checkpoint)
+
+    def _pending(self) -> int:
+        """Messages received and not yet sealed: in the inbox, in the batch in hand, or handed over by
+        workers (those a worker still screens, or the broker still queues, are not counted)."""
+        pool = self.pool
+        return self.inbox.qsize() + len(self.in_hand) + (pool.waiting if pool is not None else 0)
 
     def _publish_checkpoint(self, note: Note) -> None:
         self.client.publish(self.topics.tlog_checkpoint, note.encode(), qos=1, retain=True)
@@ -313,7 +321,7 @@ class IngestService:
             first = self.inbox.get(timeout=0.2)
         except queue.Empty:
             return []
-        batch = [first]
+        batch = self.in_hand = [first]  # counted as pending as it grows, at no cost per message
         deadline = time.monotonic() + self.block_seconds
         while len(batch) < self.block_readings and not stop.is_set():
             remaining = deadline - time.monotonic()
@@ -336,6 +344,7 @@ class IngestService:
             if version != self.writer.registry_version:
                 screened = [self.intake.recheck(o, self.writer.registry, now_ms()) for o in screened]
             self._commit(self.intake.settle(screened), len(messages))
+        self.in_hand = []
         generation = self._generation
         for msg in messages:
             gen, mid, qos = msg.token
@@ -345,7 +354,13 @@ class IngestService:
         # and they come back as counted duplicates.
 
     def _commit(self, batch: Batch, messages: int) -> None:
-        self.writer.commit(batch)
+        # Under the writer's lock (its callers hold it), so a block an API call seals meanwhile
+        # cannot be taken for this batch's.
+        self._commit_started = time.perf_counter()
+        try:
+            self.writer.commit(batch)
+        finally:
+            self._commit_started = None
         s = self.stats
         s.messages += messages
         s.readings += len(batch.readings)
@@ -359,11 +374,16 @@ class IngestService:
     # ------------------------------------------------------------ after a block is sealed
 
     def _publish_sealed(self, sealed: Sealed) -> None:
+        started = self._commit_started  # None: a block sealed by an API call, not one of ingest's batches
+        seconds = time.perf_counter() - started if started is not None else None
         self.stats.blocks += 1
         readings = sealed.readings
-        self.health.sealed(sealed.header["sealed_at"], list(zip(readings.device, readings.ts)))
+        self.health.sealed(sealed.header["sealed_at"], list(zip(readings.device, readings.ts)), seconds)
         publish_sealed(self.client, self.topics, sealed)
-        self._publish_acks(set(readings.device), sealed.hash)
+        if self._publish_acks(set(readings.device), sealed.hash) and readings.received_at:
+            # Receipt to ack for the block's readings; one held back behind a missing seq is counted
+            # here too, though its ack comes later.
+            self.health.acked(now_ms(), readings.received_at)
 
     def _written_off(self, device: str, lo: int, hi: int, sealed: Sealed) -> None:
         """An operator settled seqs lo..hi of `device` for good: its ack moves past them, saying so."""
@@ -373,8 +393,8 @@ class IngestService:
 
     def _publish_acks(
         self, devices: set[str], block_hash: str, again: bool = False, written_off: tuple[int, int] | None = None
-    ) -> None:
-        """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew."""
+    ) -> int:
+        """Retained `{"seq": N, "block": H}` for each device whose ledgered prefix grew; how many went out."""
         registry = self.writer.registry
         acks = []
         for device in devices:
@@ -386,4 +406,4 @@ class IngestService:
             if topic is None:
                 topic = self.ack_topics[device] = device_topic(rec.district, rec.kind, device, "ack")
             acks.append((topic, ack_payload(state.hwm, block_hash, written_off)))
-        self.acks.publish(acks)
+        return self.acks.publish(acks)

@@ -325,6 +325,7 @@ class WorkerPool:
         self.on_drops: Callable[[dict[Count, int], dict[str, Span]], None] | None = None
         self.restarts = 0
         self.screened: dict[int, int] = {s.index: 0 for s in settings}  # messages per worker
+        self.waiting = 0  # messages collected and not yet committed (`ack`): ingest's queue depth
 
     def start(self, version: int, registry: dict[str, DeviceRecord]) -> None:
         self.registry = (version, registry)
@@ -384,6 +385,7 @@ class WorkerPool:
                 handover = HandOver(index, self.incarnations[index], number, version, *unpack(packed))
                 out.append(handover)
                 self.screened[index] += handover.messages
+                self.waiting += handover.messages
                 count += handover.messages
             if out and deadline is None:
                 deadline = time.monotonic() + seconds
@@ -394,6 +396,7 @@ class WorkerPool:
     def ack(self, handover: HandOver) -> None:
         """Its outcomes are committed: the worker may PUBACK them. Not to a worker started
         since: its numbers name other messages."""
+        self.waiting -= handover.messages
         if self.incarnations.get(handover.worker) == handover.incarnation:
             self._send(handover.worker, ("ack", handover.number))
 

@@ -29,7 +29,7 @@ from ledger.chain.tlog import inclusion_proof_at
 from ledger.chain.tlogproof import build_tlog_proof
 from ledger.clock import now_ms
 from ledger.defaults import DEFAULT_TIMEZONE
-from ledger.errors import NotFound, Unavailable
+from ledger.errors import NotFound, Refused, Unavailable
 from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.people import signin
@@ -37,10 +37,11 @@ from ledger.people.signin import OutcomeDoc
 from ledger.service import jobs, supervision, views
 from ledger.service.budget import BudgetRule
 from ledger.service.checkpoints import load_policy, published_checkpoint
-from ledger.service.health import IngestHealth
+from ledger.service.health import ACK_BOUNDS_S, SEAL_BOUNDS_S, Histogram, IngestHealth
 from ledger.service.operations import billing as billing_ops
 from ledger.service.operations import districts as district_ops
 from ledger.service.operations import parking as parking_ops
+from ledger.service.operations import payments as payment_ops
 from ledger.service.operations import people as people_ops
 from ledger.service.operations import sharing as sharing_ops
 from ledger.service.results.access import (
@@ -89,16 +90,20 @@ from ledger.service.results.chain import (
     WrittenOff,
 )
 from ledger.service.results.districts import AnchorProof, Anchors, DistrictAdded, DistrictChain
+from ledger.service.results.metrics import LedgerMetrics
+from ledger.service.results.payments import Balance, PaymentRecorded, Statement
 from ledger.service.results.people import Dispute, DisputePosted, Operator, OperatorAdded, PasswordSet
 from ledger.service.tiles import TileDirectory
 from ledger.service.writer import LOG_META, ORIGIN_META, LedgerWriter, log_edge_size
-from ledger.store import anomaly_queries, billing_queries, people
+from ledger.store import anomaly_queries, billing_queries, people, reading_pages
 from ledger.store import districts as store_districts
 from ledger.store import signin as store_signin
 from ledger.store.accounts import AdjustmentRequest
 from ledger.store.archive import ArchiveWritten
 from ledger.store.billing_queries import AccountWithDevices, IssuedMonth
 from ledger.store.investigations import Anomaly
+from ledger.store.payments import PaymentRow
+from ledger.store.reading_pages import ReadingCount, ReadingPage, ReadingPosition, ReadingSource
 from ledger.store.signin import RepeatedFailures
 from ledger.store.sqlaudit import audit_store
 from ledger.store.store import (
@@ -111,6 +116,7 @@ from ledger.store.store import (
     WitnessReportRow,
     WriteOff,
 )
+from ledger.store.views import quarantine_summary
 
 
 class Backend(Protocol):
@@ -785,11 +791,183 @@ class LedgerAPI:
 
     # ------------------------------------------------ readings for the HTTP API (issue 19)
 
+    def reading_sources(self, device: str | None = None, account: str | None = None) -> list[ReadingSource]:
+        """What a readings listing holds: one device (all its readings), or the meters an account holds
+        now, each from when it took it over. NotFound for an unknown device or account."""
+        if (device is None) == (account is None):
+            raise Refused("name a device or an account")
+        with self.backend.reading() as store:
+            if device is not None:
+                return reading_pages.device_source(store, device)
+            return reading_pages.account_sources(store, str(account))
+
+    def readings_page(
+        self,
+        sources: list[ReadingSource],
+        start: int,
+        end: int,
+        after: ReadingPosition | None = None,
+        limit: int = 1000,
+        as_of: int | None = None,
+    ) -> ReadingPage:
+        """`sources`' readings with start <= ts < end in (ts, device, seq) order after `after`, as of
+        block `as_of` (None: the head now, returned for the next pages to read the same blocks)."""
+        with self.backend.reading() as store:
+            return reading_pages.page(store, sources, start, end, after, limit, as_of)
+
+    def readings_count(
+        self,
+        sources: list[ReadingSource],
+        start: int,
+        end: int,
+        after: ReadingPosition | None = None,
+        as_of: int | None = None,
+    ) -> ReadingCount:
+        """How many readings `readings_page` would list in all: checked before a download starts."""
+        with self.backend.reading() as store:
+            return reading_pages.count(store, sources, start, end, after, as_of)
+
     # ------------------------------------------------ payments (issue 19)
+
+    def record_payment(
+        self, account: str, month: str, amount: str, reference: str, paid_at: int, recorded_by: str
+    ) -> PaymentRecorded:
+        """A provider's payment against the account's issued bill for `month` (a ledger entry), and
+        the bill's balance after it. The same `reference` twice for an account is refused (Conflict)."""
+        with self.backend.writing() as writer:
+            return payment_ops.record_payment(writer, account, month, amount, reference, paid_at, recorded_by)
+
+    def payments(self, account: str, month: str | None = None) -> list[PaymentRow]:
+        """The account's payments (of one month, or all), oldest first."""
+        with self.backend.reading() as store:
+            return payment_ops.payments(store, account, month)
+
+    def balances(self, account: str) -> list[Balance]:
+        """The account's issued bills, newest first, each with its total, paid, balance and status."""
+        with self.backend.reading() as store:
+            return payment_ops.balances(store, account)
+
+    def statement(self, account: str, month: str) -> Statement:
+        """The account's bill for `month` (issued, or a draft as it stands) with its payments and balance."""
+        payment_ops.check_month(month)
+        with self.backend.reading() as store:
+            book, version = self._book(store)
+            return payment_ops.statement(store, make_bill(store, book, version, account, month))
 
     # ------------------------------------------------ metrics (issue 19)
 
+    def metrics(self) -> LedgerMetrics:
+        """What Prometheus scrapes (ledger/http/metrics.py). Totals come from the database, so they
+        are right after a restart and without ingest; queue, seal times and ack latencies are the
+        running ingest's, kept per block (ledger/service/health.py), empty when none runs."""
+        with self.backend.reading() as store:
+            counts = store.counts()
+            rejected = quarantine_summary(store, since=0)["by_reason"]  # every refusal, stored or only counted
+            newest = store.recent_blocks(1)
+        now, health = now_ms(), self.backend.health
+        ingest = health.snapshot(now) if health else None
+        seal, ack = health.histograms() if health else (Histogram(SEAL_BOUNDS_S).doc(), Histogram(ACK_BOUNDS_S).doc())
+        return {
+            "at": now,
+            "ingest_running": ingest is not None,
+            "ingest_started_at": ingest.get("started_at") if ingest else None,
+            "readings_sealed": counts["readings"],
+            "blocks_sealed": counts["blocks"],
+            "duplicates": counts["duplicates"],
+            "rejected": {r["reason"]: r["count"] for r in rejected},
+            "quarantine_stored": counts["quarantined"],
+            "last_seal_at": newest[0]["sealed_at"] if newest else None,
+            "queue_depth": ingest.get("pending") if ingest else None,
+            "lag_ms": ingest.get("lag_ms") if ingest else None,
+            "seal_seconds": seal,
+            "ack_latency_seconds": ack,
+            "jobs": {
+                name: {
+                    "runs": r.runs,
+                    "failures_total": r.failures_total,
+                    "failures_in_a_row": r.failures,
+                    "last_ok_at": r.last_ok_at,
+                    "last_seconds": r.last_seconds,
+                }
+                for name, r in jobs.load(self.home.jobs).items()
+            },
+        }
+
     # ------------------------------------------------ anomalies, devices, disputes, parking, receipts (issue 19)
+
+    def anomaly_page(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        districts: list[str] | None = None,
+        before_raised_at: int | None = None,
+        before_id: str = "",
+        limit: int = 100,
+    ) -> list[Anomaly]:
+        """Anomalies newest raised first, (raised_at, id) descending, from below (`before_raised_at`,
+        `before_id`) on: the HTTP API's pages. Not the CLI's order (last changed first), in which an
+        update would move a row from one page to another."""
+        with self.backend.reading() as store:
+            rows = investigations.list_anomalies(store, status=status, type=type, districts=districts, limit=2**62)
+        rows.sort(key=lambda a: (a["raised_at"], a["id"]), reverse=True)
+        if before_raised_at is not None:
+            rows = [a for a in rows if (a["raised_at"], a["id"]) < (before_raised_at, before_id)]
+        return rows[: max(0, limit)]
+
+    def device_page(
+        self, districts: list[str] | None = None, after: str | None = None, limit: int = 100
+    ) -> list[DeviceListed]:
+        """Devices in id order after `after`, as `devices` shows them (the record's public part): the
+        HTTP API's pages, cut here so that only a page crosses the socket."""
+        with self.backend.reading() as store:
+            statuses = store.device_statuses()
+            records = store.devices()
+        out: list[DeviceListed] = []
+        for rec in sorted(records, key=lambda r: r.device):
+            if len(out) >= limit:
+                break
+            if (districts is None or rec.district in districts) and (after is None or rec.device > after):
+                out.append({**rec.public(), "online": statuses.get(rec.device, ("unknown", None))[0]})
+        return out
+
+    def dispute_thread(self, dispute_id: str) -> Dispute:
+        """One dispute with its messages, as `disputes` shows it; NotFound for an unknown id."""
+        with self.backend.reading() as store:
+            account = people.dispute_account(store, dispute_id)
+        found = [d for d in self.disputes(account=account) if d["id"] == dispute_id] if account is not None else []
+        if not found:
+            raise NotFound(f"no dispute {dispute_id}")
+        return found[0]
+
+    def space_stays(self, space: str, month: str) -> dict[str, views.ParkingLine]:
+        """A parking space's stays that start in `month`, priced as bills price them (ledger/billing/bills.py),
+        by who pays each: the account's id, or "" for stays nobody pays (no lease, no check-in). An
+        account's entry is the line for this space on that account's bill (`parking_lines`)."""
+        from decimal import Decimal
+        from zoneinfo import ZoneInfo
+
+        from ledger.billing import bills, rules
+
+        with self.backend.reading() as store:
+            if billing_queries.space_district(store, space) is None:
+                raise NotFound(f"no parking space {space}")
+            book, _ = self._book(store)
+            tz = ZoneInfo(book.timezone)
+            start, end = rules.month_bounds(month, tz)
+            by_payer: dict[str, list[bills.Stay]] = {}
+            for stay in bills._sessions(store, space, start, end):
+                if start <= stay.start < end:  # a stay belongs to the month it starts in
+                    payer = bills._payer(store, space, stay.start, stay.end or end) or ""
+                    by_payer.setdefault(payer, []).append(bills._stay(store, book, space, stay, tz))
+        return {
+            payer: {
+                "type": "parking",
+                "device": space,
+                "sessions": stays,
+                "amount": str(sum((Decimal(s["amount"]) for s in stays), Decimal("0.00"))),
+            }
+            for payer, stays in sorted(by_payer.items())
+        }
 
     # ------------------------------------------------ the HTTP API's callers and the sharing register
 
