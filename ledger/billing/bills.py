@@ -307,6 +307,27 @@ def _parking_line(
     return {"type": "parking", "device": space, "sessions": stays, "amount": str(amount)}
 
 
+def space_stays(store: Store, book: TariffBook, space: str, month: str) -> dict[str, ParkingLine]:
+    """A space's stays that start in `month`, priced as bills price them, by who pays each (the
+    account's id, or "" for stays nobody pays): an account's entry is its bill's line for the space."""
+    tz = ZoneInfo(book.timezone)
+    start, end = billing.month_bounds(month, tz)
+    by_payer: dict[str, list[Stay]] = {}
+    for stay in _sessions(store, space, start, end):
+        if start <= stay.start < end:  # a stay belongs to the month it starts in
+            payer = _payer(store, space, stay.start, stay.end or end) or ""
+            by_payer.setdefault(payer, []).append(_stay(store, book, space, stay, tz))
+    return {
+        payer: {
+            "type": "parking",
+            "device": space,
+            "sessions": stays,
+            "amount": str(sum((Decimal(s["amount"]) for s in stays), Decimal("0.00"))),
+        }
+        for payer, stays in sorted(by_payer.items())
+    }
+
+
 def _sessions(store: Store, space: str, start: int, end: int) -> list[billing.Session]:
     events, checked = device_days.history(store, space, start - MARGIN_MS, end, device_days.space_quiet)
     return billing.sessions(events, checked=checked)

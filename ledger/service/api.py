@@ -12,11 +12,11 @@ import base64
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from ledger.anomalies import investigations
 from ledger.anomalies.investigations import AnomalyDetail
-from ledger.billing.bills import Bill, UnpaidStay, close_bills, make_bill, unpaid_stays
+from ledger.billing.bills import Bill, UnpaidStay, close_bills, make_bill, space_stays, unpaid_stays
 from ledger.billing.tariffs import TariffBook, parse_tariffs
 from ledger.chain import anchors, merkle
 from ledger.chain.audit import Progress, VerifyReport, compare_with_witness
@@ -907,12 +907,11 @@ class LedgerAPI:
         """Anomalies newest raised first, (raised_at, id) descending, from below (`before_raised_at`,
         `before_id`) on: the HTTP API's pages. Not the CLI's order (last changed first), in which an
         update would move a row from one page to another."""
+        below = (2**62, "") if before_raised_at is None else (before_raised_at, before_id)
         with self.backend.reading() as store:
-            rows = investigations.list_anomalies(store, status=status, type=type, districts=districts, limit=2**62)
-        rows.sort(key=lambda a: (a["raised_at"], a["id"]), reverse=True)
-        if before_raised_at is not None:
-            rows = [a for a in rows if (a["raised_at"], a["id"]) < (before_raised_at, before_id)]
-        return rows[: max(0, limit)]
+            return investigations.list_anomalies(
+                store, status=status, type=type, districts=districts, limit=max(0, limit), raised_before=below
+            )
 
     def device_page(
         self, districts: list[str] | None = None, after: str | None = None, limit: int = 100
@@ -920,15 +919,9 @@ class LedgerAPI:
         """Devices in id order after `after`, as `devices` shows them (the record's public part): the
         HTTP API's pages, cut here so that only a page crosses the socket."""
         with self.backend.reading() as store:
-            statuses = store.device_statuses()
-            records = store.devices()
-        out: list[DeviceListed] = []
-        for rec in sorted(records, key=lambda r: r.device):
-            if len(out) >= limit:
-                break
-            if (districts is None or rec.district in districts) and (after is None or rec.device > after):
-                out.append({**rec.public(), "online": statuses.get(rec.device, ("unknown", None))[0]})
-        return out
+            rows = store.device_page(districts, after, max(0, limit))
+        keys = ("device", "kind", "district", "account", "public_key", "status", "enrolled_at", "revoked_at", "online")
+        return [cast(DeviceListed, dict(zip(keys, row))) for row in rows]
 
     def dispute_thread(self, dispute_id: str) -> Dispute:
         """One dispute with its messages, as `disputes` shows it; NotFound for an unknown id."""
@@ -940,34 +933,13 @@ class LedgerAPI:
         return found[0]
 
     def space_stays(self, space: str, month: str) -> dict[str, views.ParkingLine]:
-        """A parking space's stays that start in `month`, priced as bills price them (ledger/billing/bills.py),
-        by who pays each: the account's id, or "" for stays nobody pays (no lease, no check-in). An
-        account's entry is the line for this space on that account's bill (`parking_lines`)."""
-        from decimal import Decimal
-        from zoneinfo import ZoneInfo
-
-        from ledger.billing import bills, rules
-
+        """A parking space's stays that start in `month`, priced as bills price them, by who pays each:
+        the account's id, or "" for stays nobody pays (no lease, no check-in)."""
         with self.backend.reading() as store:
             if billing_queries.space_district(store, space) is None:
                 raise NotFound(f"no parking space {space}")
             book, _ = self._book(store)
-            tz = ZoneInfo(book.timezone)
-            start, end = rules.month_bounds(month, tz)
-            by_payer: dict[str, list[bills.Stay]] = {}
-            for stay in bills._sessions(store, space, start, end):
-                if start <= stay.start < end:  # a stay belongs to the month it starts in
-                    payer = bills._payer(store, space, stay.start, stay.end or end) or ""
-                    by_payer.setdefault(payer, []).append(bills._stay(store, book, space, stay, tz))
-        return {
-            payer: {
-                "type": "parking",
-                "device": space,
-                "sessions": stays,
-                "amount": str(sum((Decimal(s["amount"]) for s in stays), Decimal("0.00"))),
-            }
-            for payer, stays in sorted(by_payer.items())
-        }
+            return space_stays(store, book, space, month)
 
     # ------------------------------------------------ the HTTP API's callers and the sharing register
 

@@ -115,7 +115,10 @@ def list_anomalies(
     district: str | None = None,
     districts: Iterable[str] | None = None,
     limit: int = 500,
+    raised_before: tuple[int, str] | None = None,
 ) -> list[Anomaly]:
+    """Newest changed first; with `raised_before`, newest raised first from below that (raised_at, id)
+    on: pages in an order an update cannot disturb (the HTTP API's)."""
     sql = f"SELECT * FROM ({_latest_sql()}) WHERE 1=1"
     args: list[Any] = []
     for column, value in (("status", status), ("type", type), ("district", district)):
@@ -126,7 +129,11 @@ def list_anomalies(
         allowed = list(districts)
         sql += f" AND district IN ({', '.join('?' * len(allowed)) or 'NULL'})"
         args += allowed
-    sql += " ORDER BY updated_at DESC LIMIT ?"
+    if raised_before is None:
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+    else:
+        sql += " AND (raised_at, id) < (?, ?) ORDER BY raised_at DESC, id DESC LIMIT ?"
+        args += list(raised_before)
     return [_row(r) for r in store.con.execute(sql, [*args, limit]).fetchall()]
 
 

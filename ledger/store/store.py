@@ -211,6 +211,21 @@ class Store:
         spans = self._key_spans()
         return [self._with_keys(DeviceRecord(*row), spans.get(row[0])) for row in rows]
 
+    def device_page(self, districts: list[str] | None, after: str | None, limit: int) -> list[tuple[Any, ...]]:
+        """Devices in id order after `after`: (device, kind, district, account, public_key, status,
+        enrolled_at, revoked_at, last known online status), a page, in SQL."""
+        where, args = ["(? IS NULL OR d.device > ?)"], [after, after]
+        if districts is not None:
+            where.append(f"d.district IN ({', '.join('?' * len(districts)) or 'NULL'})")
+            args += districts
+        rows = self.con.execute(
+            "SELECT d.device, d.kind, d.district, d.account, d.public_key, d.status, d.enrolled_at, d.revoked_at,"
+            " coalesce(s.status, 'unknown') FROM devices d LEFT JOIN device_status s USING (device)"
+            f" WHERE {' AND '.join(where)} ORDER BY d.device LIMIT ?",
+            [*args, limit],
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
     def device(self, device: str) -> DeviceRecord | None:
         row = self.con.execute(
             "SELECT device, kind, district, account, public_key, status, mqtt_hash, enrolled_at, revoked_at"
