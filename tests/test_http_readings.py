@@ -19,13 +19,11 @@ from ledger.http.app import make_app
 from ledger.http.routes import readings as routes
 from ledger.http.wire import encode_cursor, rfc3339
 from ledger.service.rpc import RemoteLedger
-from tests.support.api import ApiCity
+from tests.support.api import FAR, PROBLEM, ApiCity
 from tests.support.broker import wait_for
 
-PROBLEM = "application/problem+json"
 HOUR = 3_600_000
 DAY = 24 * HOUR
-FAR = 10**14
 WATER = "wm-d02-000001"  # hourly for 400 days, account hh-0001 (which also holds em-d02-000001)
 
 

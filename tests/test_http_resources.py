@@ -9,41 +9,10 @@ test_http_resources_devices.py, parking in test_http_resources_parking.py.
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
-
 from ledger.http.routes.anomalies import AnomalyDetailOut
 from ledger.http.routes.disputes import DisputeOut
 from ledger.http.wire import encode_cursor
-from tests.support.api import ApiCity
-
-PROBLEM = "application/problem+json"
-FAR = 10**14
-
-
-def pages(client: httpx.Client, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
-    """Every item of a paged list, following `next`; and how many pages it took."""
-    items: list[dict[str, Any]] = []
-    cursor, count = None, 0
-    while True:
-        r = client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
-        assert r.status_code == 200, r.text
-        body = r.json()
-        items += body["items"]
-        count += 1
-        cursor = body["next"]
-        if cursor is None:
-            return items, count
-
-
-def logged(api_city: ApiCity, district: str, principal: str) -> list[dict[str, Any]]:
-    """The district's access log of reads under grants, by one agency."""
-    return [r for r in api_city.stack.api.access_log(district, 0, FAR)["items"] if r["principal"] == principal]
-
-
-def refused(r: httpx.Response, status: int) -> bool:
-    return r.status_code == status and r.headers["content-type"] == PROBLEM and r.json()["status"] == status
+from tests.support.api import FAR, ApiCity, logged, pages, refused
 
 
 def test_a_token_with_no_scope_on_a_dataset_may_not_list_it(api_city: ApiCity) -> None:

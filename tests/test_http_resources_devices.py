@@ -18,10 +18,9 @@ from ledger.chain.notes import parse_vkey
 from ledger.chain.receipts import Receipt, receipt_ok, verify_receipt
 from ledger.chain.tlogproof import tlog_proof_ok, verify_tlog_proof
 from ledger.http.routes.devices import EnrolledOut, RevokedOut
-from tests.support.api import ApiCity
+from tests.support.api import ApiCity, logged, pages, refused
 from tests.support.broker import wait_for
 from tests.support.stack import SimDevice
-from tests.test_http_resources import logged, pages, refused
 
 CITY_DEVICES = {
     "wm-d02-000001",

@@ -12,8 +12,7 @@ import datetime as dt
 from typing import Any
 
 from ledger.http.wire import rfc3339
-from tests.support.api import ApiCity
-from tests.test_http_resources import logged, refused
+from tests.support.api import ApiCity, logged, refused
 
 SPACE = "ps-d02-000001"
 HOUR_MS = 3_600_000

@@ -9,11 +9,8 @@ import httpx
 import pytest
 
 from broker.certs import ensure_certs
-from tests.support.api import ApiCity, start_api, stop_api
+from tests.support.api import FAR, PROBLEM, ApiCity, start_api, stop_api
 from tests.support.broker import wait_for
-
-PROBLEM = "application/problem+json"
-FAR = 10**14
 
 
 def grant_body(district: str, agency: str, dataset: str = "readings", until: str = "10d") -> dict[str, str]:

@@ -23,6 +23,8 @@ from tests.support.browser import DashboardCity, build_city
 from tests.support.stack import Stack
 
 OPERATORS = ("op-d01", "op-d02", "op-all")
+PROBLEM = "application/problem+json"
+FAR = 10**14  # a time after any test's access log
 
 
 @dataclass
@@ -95,3 +97,30 @@ def api_city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiCity]:
             yield served
         finally:
             stop_api(proc)
+
+
+# ---------------------------------------------------------------- what the tests ask of answers
+
+
+def pages(client: httpx.Client, path: str, **params: Any) -> tuple[list[dict[str, Any]], int]:
+    """Every item of a paged list, following `next`; and how many pages it took."""
+    items: list[dict[str, Any]] = []
+    cursor, count = None, 0
+    while True:
+        r = client.get(path, params={**params, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items += body["items"]
+        count += 1
+        cursor = body["next"]
+        if cursor is None:
+            return items, count
+
+
+def logged(api_city: ApiCity, district: str, principal: str) -> list[dict[str, Any]]:
+    """The district's access log of reads under grants, by one agency."""
+    return [r for r in api_city.stack.api.access_log(district, 0, FAR)["items"] if r["principal"] == principal]
+
+
+def refused(r: httpx.Response, status: int) -> bool:
+    return r.status_code == status and r.headers["content-type"] == PROBLEM and r.json()["status"] == status
