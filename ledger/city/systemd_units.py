@@ -25,8 +25,8 @@ from pathlib import Path
 TARGET = "target"
 # Parts rendered by default. The fleet is a simulator (a real city's devices are on the
 # street); `anchor` replaces ingest on a city-of-districts home; both on request.
-DEFAULT_PARTS = ("broker", "ingest", "scheduler", "dashboard")
-ALL_PARTS = ("broker", "ingest", "fleet", "scheduler", "dashboard")
+DEFAULT_PARTS = ("broker", "ingest", "scheduler", "dashboard", "api", "serve")
+ALL_PARTS = ("broker", "ingest", "fleet", "scheduler", "dashboard", "api", "serve")
 # Directories ProtectHome= hides; a home or an installation under one of them is bound back in.
 HIDDEN_HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
 TEMP_DIRS = (Path("/tmp"), Path("/var/tmp"))  # PrivateTmp= replaces them
@@ -44,6 +44,8 @@ class UnitSettings:
     mqtt_port: int = 1883
     mqtt_ca: str = ""
     dashboard_port: int = 8501
+    api_port: int = 8480
+    log_port: int = 8470
     fleet_devices: int = 40
     fleet_interval: float = 5.0
     parts: tuple[str, ...] = DEFAULT_PARTS
@@ -68,6 +70,8 @@ PARTS: dict[str, _Part] = {
     "fleet": _Part("a fleet of simulated devices", ("broker", "ingest")),
     "scheduler": _Part("periodic jobs: audits, anomaly scans, roll-ups, month-end close", ("ingest",)),
     "dashboard": _Part("the Streamlit dashboard", ("ingest",)),
+    "api": _Part("the city's HTTP API for other systems", ("ingest",)),
+    "serve": _Part("the transparency log's files over HTTP", ()),
 }
 
 
@@ -99,6 +103,10 @@ def _under(path: Path, roots: tuple[Path, ...]) -> bool:
 def _args(s: UnitSettings, part: str) -> list[str]:
     if part == "dashboard":
         return ["dashboard", "--port", str(s.dashboard_port)]
+    if part == "api":
+        return ["api", "--port", str(s.api_port)]
+    if part == "serve":
+        return ["serve", "--port", str(s.log_port)]
     if part == "fleet":
         return ["fleet", "--devices", str(s.fleet_devices), "--interval", f"{s.fleet_interval:g}"]
     return [part]
@@ -119,7 +127,8 @@ def _hardening(s: UnitSettings, part: str) -> list[str]:
         lines.append(f"BindPaths={quote(str(s.home))}")
     if hidden_code:
         lines.append("BindReadOnlyPaths=" + " ".join(quote(str(p)) for p in hidden_code))
-    low_port = (part == "broker" and s.mqtt_port < 1024) or (part == "dashboard" and s.dashboard_port < 1024)
+    ports = {"broker": s.mqtt_port, "dashboard": s.dashboard_port, "api": s.api_port, "serve": s.log_port}
+    low_port = ports.get(part, 1024) < 1024
     if _under(s.home, TEMP_DIRS):
         lines.append(f"# no PrivateTmp=: the home {s.home} is in a temporary directory, which it would hide")
     else:

@@ -97,11 +97,14 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--group", help="their group (default: the user's)")
     p.add_argument(
         "--parts",
-        default="broker,ingest,scheduler,dashboard",
-        help="comma-separated parts among broker, ingest, fleet (simulated devices), scheduler, dashboard",
+        default="broker,ingest,scheduler,dashboard,api,serve",
+        help="comma-separated parts among broker, ingest, fleet (simulated devices), scheduler, dashboard, "
+        "api (the city's HTTP API), serve (the transparency log's files)",
     )
     p.add_argument("--prefix", default="cityledger", help="unit names: PREFIX-PART.service and PREFIX.target")
     opt(p, "--dashboard-port", 8501, "dashboard HTTP port")
+    opt(p, "--api-port", 8480, "the city's API HTTP port")
+    opt(p, "--log-port", 8470, "the transparency log's HTTP port")
     opt(p, "--devices", 40, "with the fleet part: simulated devices")
     opt(p, "--interval", 5.0, "with the fleet part: seconds between readings")
 
@@ -369,6 +372,8 @@ def cmd_systemd_units(args: argparse.Namespace) -> int:
         mqtt_port=args.mqtt_port,
         mqtt_ca=args.mqtt_ca,
         dashboard_port=args.dashboard_port,
+        api_port=args.api_port,
+        log_port=args.log_port,
         fleet_devices=args.devices,
         fleet_interval=args.interval,
         parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()),
