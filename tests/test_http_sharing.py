@@ -4,11 +4,13 @@ on (problem documents, rate limits, body caps, idempotent writes, CORS, TLS)."""
 from __future__ import annotations
 
 import ssl
+import time
 
 import httpx
 import pytest
 
 from broker.certs import ensure_certs
+from ledger.http.wire import rfc3339
 from tests.support.api import FAR, PROBLEM, ApiCity, start_api, stop_api
 from tests.support.broker import wait_for
 
@@ -170,3 +172,27 @@ def test_tls_with_the_brokers_certificate(api_city: ApiCity, tmp_path) -> None:
             httpx.get(url.replace("https://", "http://") + "/health", timeout=5)
     finally:
         stop_api(proc)
+
+
+def test_a_grant_used_until_it_expires_then_refused_and_both_logged(api_city: ApiCity) -> None:
+    token = api_city.agency("tide-office", "d03:parking")
+    soon = rfc3339(int(time.time() * 1000) + 8_000)  # the grant ends in eight seconds
+    grant = api_city.stack.api.grant_sharing("d02", "tide-office", "readings", soon, "op-d02")
+    path = "/devices/wm-d02-000001/readings"
+    start = int(time.time() * 1000) - 2 * 86_400_000
+    with api_city.client(token) as agency:
+        used = wait_for(
+            lambda: (r := agency.get(path, params={"from": start})).status_code == 200 and r, 10, "the grant"
+        )
+        wait_for(lambda: agency.get(path, params={"from": start}).status_code == 403, 30, "the grant to expire")
+    log = [r for r in refusals(api_city, "d02") if r["principal"] == "tide-office"]
+    assert (log[0]["grant"], log[0]["status"], log[0]["records"]) == (grant["id"], 200, len(used.json()["items"]))
+    assert log[-1]["status"] == 403 and log[-1]["grant"] is None
+
+
+def test_a_token_past_its_expiry_is_refused(api_city: ApiCity) -> None:
+    soon = rfc3339(int(time.time() * 1000) + 5_000)
+    token = api_city.agency("brief-visitor", "d01:readings", expires=soon)
+    with api_city.client(token) as agency:
+        assert agency.get("/status").status_code == 200
+        wait_for(lambda: agency.get("/status").status_code == 401, 30, "the token to expire")

@@ -92,6 +92,7 @@ def test_an_expired_or_revoked_token_may_do_nothing() -> None:
 def test_until_takes_a_date_or_days_and_refuses_the_past() -> None:
     assert parse_until("30d", NOW) == NOW + 30 * DAY_MS
     assert parse_until("2027-02-01", NOW) == 1801440000000  # 2027-02-01T00:00:00Z
-    for bad in ("0d", "9999d", "2020-01-01", "tomorrow"):
+    assert parse_until("2027-01-15T10:00:00+01:00", NOW) == NOW + 3_600_000  # 09:00Z, an hour after NOW
+    for bad in ("0d", "9999d", "2020-01-01", "tomorrow", "2027-02-01T00:00:00", "2027-01-15T08:00:00Z"):
         with pytest.raises(ScopeError):
             parse_until(bad, NOW)

@@ -200,7 +200,8 @@ def districts_readable(token: TokenRecord, grants: tuple[Grant, ...], dataset: s
 
 
 def parse_until(text: str, now: int) -> int:
-    """A grant's or token's end: `YYYY-MM-DD` (the start of that day, UTC) or `Nd` days from now."""
+    """A grant's or token's end: `Nd` days from now, `YYYY-MM-DD` (the start of that day, UTC), or an
+    RFC 3339 time (`2027-06-30T12:00:00+08:00`), in the future and at most MAX_TTL_DAYS away."""
     text = text.strip()
     if re.fullmatch(r"\d{1,4}d", text):
         days = int(text[:-1])
@@ -208,10 +209,16 @@ def parse_until(text: str, now: int) -> int:
             raise ScopeError(f"between 1 and {MAX_TTL_DAYS} days, not {days}")
         return now + days * DAY_MS
     try:
-        day = dt.date.fromisoformat(text)
+        if "T" in text:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                raise ValueError
+        else:
+            day = dt.date.fromisoformat(text)
+            when = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
     except ValueError:
-        raise ScopeError(f"a date YYYY-MM-DD or a number of days like 90d, not {text!r}") from None
-    at = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+        raise ScopeError(f"a date YYYY-MM-DD, a time with its offset, or days like 90d, not {text!r}") from None
+    at = int(when.timestamp() * 1000)
     if at <= now:
         raise ScopeError(f"{text} is not in the future")
     if at > now + MAX_TTL_DAYS * DAY_MS:
