@@ -184,7 +184,9 @@ def test_a_grant_used_until_it_expires_then_refused_and_both_logged(api_city: Ap
         used = wait_for(
             lambda: (r := agency.get(path, params={"from": start})).status_code == 200 and r, 10, "the grant"
         )
-        wait_for(lambda: agency.get(path, params={"from": start}).status_code == 403, 30, "the grant to expire")
+        wait_for(
+            lambda: agency.get(path, params={"from": start}).status_code == 403, 30, "the grant to expire", every=0.5
+        )
     log = [r for r in refusals(api_city, "d02") if r["principal"] == "tide-office"]
     assert (log[0]["grant"], log[0]["status"], log[0]["records"]) == (grant["id"], 200, len(used.json()["items"]))
     assert log[-1]["status"] == 403 and log[-1]["grant"] is None
@@ -195,4 +197,4 @@ def test_a_token_past_its_expiry_is_refused(api_city: ApiCity) -> None:
     token = api_city.agency("brief-visitor", "d01:readings", expires=soon)
     with api_city.client(token) as agency:
         assert agency.get("/status").status_code == 200
-        wait_for(lambda: agency.get("/status").status_code == 401, 30, "the token to expire")
+        wait_for(lambda: agency.get("/status").status_code == 401, 30, "the token to expire", every=0.5)
