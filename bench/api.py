@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,27 +49,30 @@ PAGE = 10_000
 # ---------------------------------------------------------------- the API as its own process
 
 
-def start_api(home: Home, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_api(
+    env: dict[str, str], log: Path, *args: str, scheme: str = "http", verify: ssl.SSLContext | bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`cityledger api ARGS` on a free port with `env` (its CITYLEDGER_HOME), once /v1/health answers
+    (over TLS: `scheme` https and `verify` the CA). The tests start theirs the same way."""
     port = city._free_port()
-    env = {**os.environ, "CITYLEDGER_HOME": str(home.root)}
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "api", "--port", str(port)],
+            [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "api", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}/v1"
+    url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{port}/v1"
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"cityledger api exited with {proc.returncode}: see {log}")
+            raise RuntimeError(f"cityledger api exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            return httpx.get(url + "/health", timeout=2).status_code == 200
+            return httpx.get(url + "/health", timeout=2, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 
-    wait_until(up, 30, 0.1, what="the API")
+    wait_until(up, 30, 0.05, what="the API's /v1/health")
     return proc, url
 
 
@@ -78,6 +82,11 @@ def stop_api(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+
+
+def home_env(home: Home) -> dict[str, str]:
+    return {**os.environ, "CITYLEDGER_HOME": str(home.root)}
 
 
 # ---------------------------------------------------------------- checked requests
@@ -216,7 +225,7 @@ def load(devices: int, seconds: float, n_clients: int, keep: Path | None = None)
             ledger.assign_account(device=spec.device, account=account, operator="bench")
         ledger.add_operator(operator="bench-ops", name="Bench", districts="all")
         token = ledger.issue_token(kind="operator", principal="bench-ops", rate_per_minute=100_000)["token"]
-        api, url = start_api(home, home.logs / "bench-api.log")
+        api, url = start_api(home_env(home), home.logs / "bench-api.log")
         try:
             supplies = city.presign(specs, opt.readings_per_device(), os.cpu_count() or 1)
             gen = LoadGenerator("127.0.0.1", stack.port, supplies, opt.window_per_device())
@@ -279,7 +288,7 @@ def latency(home: Home, n_clients: int, runs: int, seconds: float) -> dict[str, 
         devices = [d["device"] for d in ledger.view("devices_of_account", {"account": account})]
         issued = ledger.bills(account)[-1]["month"]
         end = ledger.recent_readings(limit=1)[0]["ts"] + 1  # the fabricated year ends when it was made
-        api, url = start_api(home, home.logs / "bench-api.log")
+        api, url = start_api(home_env(home), home.logs / "bench-api.log")
         calls: dict[str, Callable[[httpx.Client], str | None]] = {
             "bill_issued_month": lambda c: get_bill(c, account, issued),
             "day_of_readings_one_device": lambda c: get_readings(

@@ -16,20 +16,28 @@ def rfc3339(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def parse_time(text: str) -> int:
-    """Epoch ms from RFC 3339 (`2026-12-01T00:00:00Z`, an offset, or a date) or from digits (epoch ms)."""
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last time RFC 3339 writes
+
+
+def parse_time(text: str, name: str = "time") -> int:
+    """Epoch ms from RFC 3339 (`2026-12-01T00:00:00Z`, an offset, or a date) or from digits (epoch ms),
+    between 1970 and 9999; Refused, naming the parameter `name`, for anything else."""
     text = text.strip()
-    if text.isascii() and text.isdigit():
-        return int(text)
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise Refused(f"a time is RFC 3339 (2026-12-01T00:00:00Z) or epoch milliseconds, not {text!r}") from None
-    if when.tzinfo is None:
-        if len(text) != 10:
-            raise Refused(f"a time needs its offset (Z or +08:00): {text!r}")
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
+        if text.isascii() and text.isdigit():
+            ms = int(text)
+        else:
+            when = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            if when.tzinfo is None:
+                if len(text) != 10:
+                    raise Refused(f"`{name}` needs its offset (Z or +08:00): {text!r}")
+                when = when.replace(tzinfo=dt.UTC)
+            ms = int(when.timestamp() * 1000)
+    except (ValueError, OverflowError):
+        raise Refused(f"`{name}` is RFC 3339 (2026-12-01T00:00:00Z) or epoch milliseconds, not {text!r}") from None
+    if not 0 <= ms <= LATEST_MS:
+        raise Refused(f"`{name}` is between 1970 and 9999")
+    return ms
 
 
 TIME_KEYS = frozenset({"at", "ts", "until", "since"})

@@ -7,9 +7,7 @@ server as its own process, as `cityledger up` runs it. Tests drive it with httpx
 
 from __future__ import annotations
 
-import ssl
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.broker import free_port, wait_for
+from bench.api import start_api, stop_api
 from tests.support.browser import DashboardCity, build_city
 from tests.support.stack import Stack
 
@@ -46,41 +44,6 @@ class ApiCity:
         """A new token for agency `name` with `scopes` (DISTRICTS:DATASETS[:write])."""
         out = self.stack.api.issue_token("agency", name, list(scopes), expires, rate, "op-all")
         return str(out["token"])
-
-
-def start_api(
-    home_env: dict[str, str], log: Path, *args: str, scheme: str = "http", verify: ssl.SSLContext | bool = True
-) -> tuple[subprocess.Popen[bytes], str]:
-    """`cityledger api ARGS` on a free port, once its /v1/health answers (over TLS: `scheme`, `verify`)."""
-    port = free_port()
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "api", "--port", str(port), *args],
-            env=home_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"{scheme}://{'localhost' if scheme == 'https' else '127.0.0.1'}:{port}/v1"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"cityledger api exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            return httpx.get(url + "/health", timeout=2, verify=verify).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 30, "the API's /v1/health")
-    return proc, url
-
-
-def stop_api(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -263,7 +263,7 @@ def record_payment(c: CtxDep, body: PaymentIn) -> Any:
     """Record a payment against an issued bill (a ledger entry, under the caller's name); answers the
     payment and the bill's balance after it. Send an `Idempotency-Key` to retry safely."""
     _district(c, body.account, "payments", write=True)
-    paid_at = parse_time(body.paid_at) if body.paid_at is not None else now_ms()
+    paid_at = parse_time(body.paid_at, "paid_at") if body.paid_at is not None else now_ms()
     return idempotent(
         c,
         body,

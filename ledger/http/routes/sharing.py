@@ -118,7 +118,7 @@ def access_log(
     """Who read this district's data under a grant (and, with `refusals`, who was refused): when,
     what and how many records. CSV streams the whole period at once."""
     c.allow("sharing", district)
-    start, end = parse_time(since), parse_time(until) if until else now_ms() + 1
+    start, end = parse_time(since, "since"), parse_time(until, "until") if until else now_ms() + 1
     if format == "json":
         return stamped(c.ledger.access_log(district, start, end, not refusals, cursor, limit))
     out = io.StringIO()
