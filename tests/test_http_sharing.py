@@ -198,3 +198,19 @@ def test_a_token_past_its_expiry_is_refused(api_city: ApiCity) -> None:
     with api_city.client(token) as agency:
         assert agency.get("/status").status_code == 200
         wait_for(lambda: agency.get("/status").status_code == 401, 30, "the token to expire", every=0.5)
+
+
+def test_an_operators_token_follows_the_districts_they_look_after(api_city: ApiCity) -> None:
+    api_city.stack.api.add_operator(operator="op-move", name="Moves desks", districts="d01")
+    token = api_city.stack.api.issue_token(kind="operator", principal="op-move")["token"]
+    with api_city.client(token) as op:
+        assert op.get("/sharing/grants", params={"district": "d01"}).status_code == 200
+        assert op.get("/sharing/grants", params={"district": "d03"}).status_code == 403
+        moved = api_city.stack.cli_json(
+            "operators", "set-districts", "op-move", "--districts", "d03", "--operator", "op-all"
+        )
+        assert moved["districts"] == ["d03"]
+        wait_for(lambda: op.get("/sharing/grants", params={"district": "d03"}).status_code == 200, 10, "the new scope")
+        assert op.get("/sharing/grants", params={"district": "d01"}).status_code == 403
+    [row] = [o for o in api_city.stack.api.operators() if o["operator"] == "op-move"]
+    assert row["districts"] == ["d03"]

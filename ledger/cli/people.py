@@ -36,6 +36,10 @@ def register(sub: Subcommands) -> None:
     p.add_argument("id")
     p.add_argument("--password-file", required=True)
     add(osub, "list", cmd_operators_list, "list operators")
+    p = add(osub, "set-districts", cmd_operators_set_districts, "change the districts an operator looks after")
+    p.add_argument("id")
+    p.add_argument("--districts", required=True, help="d01,d02 or all")
+    operator_option(p)
     p = add(
         osub, "token", cmd_operator_token, "an API token for an operator: their districts, every dataset", json=True
     )
@@ -94,6 +98,11 @@ def cmd_operators_add(args: argparse.Namespace) -> int:
     if password:
         out["password_set"] = ledger.set_password(role="operator", principal=args.id, password=password)["password_set"]
     emit(out)
+    return 0
+
+
+def cmd_operators_set_districts(args: argparse.Namespace) -> int:
+    emit(ledger_api(args).set_operator_districts(operator=args.id, districts=args.districts, by=operator_id(args)))
     return 0
 
 

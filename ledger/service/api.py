@@ -739,6 +739,11 @@ class LedgerAPI:
         with self.backend.writing() as writer:
             return people_ops.add_operator(writer, operator, name, districts)
 
+    def set_operator_districts(self, operator: str, districts: str, by: str) -> OperatorAdded:
+        """The districts an operator looks after from now on (`districts`: d01,d02 or all), sealed under `by`."""
+        with self.backend.writing() as writer:
+            return people_ops.set_operator_districts(writer, operator, districts, by)
+
     def operators(self) -> list[Operator]:
         with self.backend.reading() as store:
             rows = people.operators(store)

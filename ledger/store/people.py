@@ -19,6 +19,10 @@ def add_operator(store: Store, operator_id: str, name: str, districts: str, at: 
     store.con.execute("INSERT INTO operators VALUES (?, ?, ?, ?)", [operator_id, name, districts, at])
 
 
+def set_operator_districts(store: Store, operator_id: str, districts: str) -> None:
+    store.con.execute("UPDATE operators SET districts = ? WHERE operator = ?", [districts, operator_id])
+
+
 def account_name(store: Store, account: str) -> str | None:
     row = store.con.execute("SELECT name FROM accounts WHERE account = ?", [account]).fetchone()
     return row[0] if row else None

@@ -12,10 +12,10 @@ import threading
 
 from ledger.chain.protocol import valid_device_id
 from ledger.clock import now_ms
-from ledger.errors import Refused
+from ledger.errors import NotFound, Refused
 from ledger.people import auth, signin
 from ledger.service.results.people import DisputePosted, OperatorAdded, PasswordSet
-from ledger.service.writer import AlreadyEnrolled, LedgerWriter
+from ledger.service.writer import AlreadyEnrolled, LedgerWriter, named
 from ledger.store import billing_queries, people
 
 # Argon2id takes 64 MiB and a core's worth of time per check, inside the process that seals.
@@ -58,6 +58,25 @@ def add_operator(writer: LedgerWriter, operator: str, name: str, districts: str)
             raise AlreadyEnrolled(f"operator {operator} exists")
         people.add_operator(writer.store, operator, name, ",".join(scope), now_ms())
     return {"operator": operator, "name": name, "districts": list(scope)}
+
+
+def set_operator_districts(writer: LedgerWriter, operator: str, districts: str, by: str) -> OperatorAdded:
+    """Change the districts an operator looks after (a ledger entry naming who changed it). Their
+    dashboard sign-ins and API tokens follow at once: both read the operator's districts when used."""
+    by_operator = named(by)
+    try:
+        scope = auth.parse_districts(districts)
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    with writer.lock:
+        found = people.operator(writer.store, operator)
+        if found is None:
+            raise NotFound(f"no operator {operator!r}")
+        writer.seal(
+            {"entry": "operator_districts_set", "subject": operator, "districts": list(scope), **by_operator},
+            lambda s: people.set_operator_districts(s, operator, ",".join(scope)),
+        )
+    return {"operator": operator, "name": found[0], "districts": list(scope)}
 
 
 def authenticate(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ledger.clock import now_ms
 from ledger.errors import NotFound, Refused
@@ -164,6 +165,11 @@ def caller(store: Store, token: str, now: int) -> CallerDoc | None:
     if found is None or not rules.secret_matches(found[1], parts[1]):
         return None
     record = _record(found[0])
+    if record.kind == "operator":  # an operator's token covers the operator's districts as they are now
+        operator = store_people.operator(store, record.principal)
+        if operator is None:
+            return None
+        record = replace(record, scopes=(rules.Scope(tuple(operator[1].split(",")), (rules.ALL,), True),))
     if not record.live(now):
         return None
     grants = access.grants(store, agency=record.principal) if record.kind == "agency" else []
