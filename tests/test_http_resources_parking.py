@@ -94,7 +94,9 @@ def test_parking_sessions_refuse_what_they_cannot_answer(api_city: ApiCity) -> N
         assert refused(op.get("/parking/sessions", params={"account": "hh-0001", "month": month}), 403)
         assert refused(op.get("/parking/sessions", params={"space": SPACE, "month": month}), 403)
     with api_city.client("op-d02") as op:
-        assert refused(op.get("/parking/sessions", params={"account": "hh-9999", "month": month}), 404)
+        assert refused(op.get("/parking/sessions", params={"account": "hh-9999", "month": month}), 403)
+        with api_city.client("op-all") as city:
+            assert refused(city.get("/parking/sessions", params={"account": "hh-9999", "month": month}), 404)
         assert refused(op.get("/parking/sessions", params={"space": "ps-d02-999999", "month": month}), 404)
         assert refused(op.get("/parking/sessions", params={"space": "wm-d02-000001", "month": month}), 404)
         assert refused(op.get("/parking/sessions", params={"month": month}), 422)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from ledger.http.deps import CtxDep, idempotent
-from ledger.http.routes.devices import Cursor, District, Limit, cursor_of, list_scope, log_list, next_cursor, problems
+from ledger.http.routes.shared import Cursor, District, Limit, cursor_of, list_scope, log_list, next_cursor, problems
 from ledger.http.wire import rfc3339, stamped
 
 router = APIRouter(tags=["anomalies"])

@@ -2,7 +2,7 @@
 payments, and payments recorded by providers (ledger/service/operations/payments.py).
 
 An account's data is its district's: a bill is read under `bills`, a payment under `payments`
-(written with `payments:write`), of the district the account's devices are in (the view
+(written with `payments:write`), of every district the account's devices are in (the view
 `account_districts`). An account with no device is in no district, so only a city-wide
 scope reaches it; an unknown account is 404 to such a scope and 403 to any other, so a
 district's token cannot probe which accounts exist elsewhere.
@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ledger.chain.protocol import DEVICE_PATTERN
 from ledger.clock import now_ms
-from ledger.http.callers import Ctx
 from ledger.http.deps import CtxDep, idempotent
 from ledger.http.problems import PROBLEM_RESPONSE
+from ledger.http.routes.shared import account_grants, served
 from ledger.http.wire import parse_time, stamped
 
 router = APIRouter(tags=["bills"])
@@ -189,33 +189,15 @@ class PaymentIn(BaseModel):
     )
 
 
-# ---------------------------------------------------------------- whose data an account is
-
-
-def _district(c: Ctx, account: str, dataset: str, write: bool = False) -> tuple[str | None, str | None]:
-    """(district, grant) a request about `account` rests on: one of the districts its devices are in
-    that the caller may reach (403, logged, if none); for an account in no district, the whole city."""
-    districts: list[str] = list(c.ledger.view("account_districts", {"account": account}))
-    if not districts:
-        return None, c.allow(dataset, None, write)
-    if write:
-        mine = [d for d in districts if any(s.covers(d, dataset, True) for s in c.caller.token.scopes)]
-    else:
-        readable = c.readable(dataset)
-        mine = [d for d in districts if readable is None or d in readable]
-    district = (mine or districts)[0]
-    return district, c.allow(dataset, district, write)
-
-
 # ---------------------------------------------------------------- routes
 
 
 @router.get("/accounts/{account}/bills", response_model=list[BalanceOut], responses=NOT_FOUND)
 def bills(c: CtxDep, account: AccountId) -> Any:
     """The account's issued bills, newest first, each with its total, what was paid and the balance."""
-    district, grant = _district(c, account, "bills")
+    grants = account_grants(c, "bills", account)
     rows = c.ledger.balances(account)
-    c.served("bills", district, grant, len(rows))
+    served(c, "bills", grants, len(rows))
     return stamped(rows)
 
 
@@ -228,9 +210,9 @@ def bills(c: CtxDep, account: AccountId) -> Any:
 def bill(c: CtxDep, account: AccountId, month: Month) -> Any:
     """The month's bill with its lines (each naming the readings it rests on), issued or a draft as it
     stands now, with the payments against it and its balance."""
-    district, grant = _district(c, account, "bills")
+    grants = account_grants(c, "bills", account)
     found = c.ledger.statement(account, month)
-    c.served("bills", district, grant, 1)
+    served(c, "bills", grants, 1)
     return stamped(found)
 
 
@@ -241,9 +223,9 @@ def payments(
     month: Annotated[str | None, Query(pattern=MONTH_PATTERN, description="YYYY-MM: that month's only")] = None,
 ) -> Any:
     """The payments recorded against the account's bills, oldest first."""
-    district, grant = _district(c, account, "payments")
+    grants = account_grants(c, "payments", account)
     rows = c.ledger.payments(account, month)
-    c.served("payments", district, grant, len(rows))
+    served(c, "payments", grants, len(rows))
     return stamped(rows)
 
 
@@ -262,7 +244,7 @@ def payments(
 def record_payment(c: CtxDep, body: PaymentIn) -> Any:
     """Record a payment against an issued bill (a ledger entry, under the caller's name); answers the
     payment and the bill's balance after it. Send an `Idempotency-Key` to retry safely."""
-    _district(c, body.account, "payments", write=True)
+    account_grants(c, "payments", body.account, write=True)
     paid_at = parse_time(body.paid_at, "paid_at") if body.paid_at is not None else now_ms()
     return idempotent(
         c,

@@ -1,103 +1,34 @@
-"""The device registry: list, show, enrol and revoke devices. A device's district decides who may.
-
-Also the helpers the other resource routes share (anomalies, disputes, parking, receipts):
-a list's districts and its access-log lines, a device's district, a page's cursor.
-"""
+"""The device registry: list, show, enrol and revoke devices. A device's district decides who may."""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Iterable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ledger.chain.protocol import DEVICE_PATTERN, DISTRICT_PATTERN, RESERVED_DISTRICTS
 from ledger.errors import Conflict, NotFound, Refused
-from ledger.http.callers import Ctx
 from ledger.http.deps import CtxDep, idempotent
-from ledger.http.problems import PROBLEM_RESPONSE
-from ledger.http.wire import decode_cursor, encode_cursor, stamped
+from ledger.http.routes.shared import (
+    Cursor,
+    DeviceId,
+    District,
+    Limit,
+    cursor_of,
+    device_district,
+    device_record,
+    list_scope,
+    log_list,
+    next_cursor,
+    problems,
+)
+from ledger.http.wire import stamped
 
 router = APIRouter(tags=["devices"])
 DATASET = "devices"
-
-# ------------------------------------------------------------------ shared by the resource routes
-
-DeviceId = Annotated[str, Path(pattern=DEVICE_PATTERN, examples=["wm-d02-000001"])]
-District = Annotated[str | None, Query(pattern=DISTRICT_PATTERN, examples=["d02"])]
-Cursor = Annotated[str | None, Query(min_length=1, max_length=400, pattern=r"^[A-Za-z0-9_-]+$")]
-Limit = Annotated[int, Query(ge=1, le=500)]
-
-
-def problems(*codes: int, what: str = "") -> dict[int | str, dict[str, Any]]:
-    """The extra problem answers an operation may give, beside the common ones (401, 403, 422, 429, 503)."""
-    said = {
-        404: f"No such {what or 'thing'}",
-        409: "The Idempotency-Key was used for another request, or the state forbids it",
-        413: "The request body is too large",
-    }
-    return {code: {**PROBLEM_RESPONSE, "description": said[code]} for code in codes}
-
-
-def list_scope(c: Ctx, dataset: str, district: str | None) -> list[str] | None:
-    """The districts a list covers: the one asked for (403 unless allowed), else every district the
-    caller may read (None: all of them; 403 for a caller who may read none)."""
-    if district is not None:
-        c.allow(dataset, district)
-        return [district]
-    scope = c.readable(dataset)
-    if scope == []:
-        c.allow(dataset, None)  # refused, and logged as a refusal
-    return scope
-
-
-def log_list(c: Ctx, dataset: str, scope: list[str] | None, districts: Iterable[str]) -> None:
-    """Record a list's reads under grants: each granted district in scope, with its rows (0 too).
-    A caller who reads every district by its own scope (`scope` None) reads under no grant."""
-    if scope is None:
-        return
-    counts = Counter(districts)
-    for district in scope:
-        c.served(dataset, district, c.grant_for(dataset, district), counts[district])
-
-
-def device_district(c: Ctx, device: str) -> str:
-    """The district of an enrolled device (404 for an unknown one): it decides who may see it."""
-    district = c.ledger.view("device_district", {"device": device})
-    if not isinstance(district, str):
-        raise NotFound(f"no device {device}")
-    return district
-
-
-def device_record(c: Ctx, device: str) -> dict[str, Any] | None:
-    """A device's registry record (kind, district, account, status), or None: by the search view,
-    which reads the registry and an hour of readings, where `device_detail` may scan all of its readings."""
-    found = c.ledger.view("device_search", {"text": device, "limit": 500})["devices"]
-    return next((d for d in found if d["device"] == device), None)
-
-
-def cursor_of(cursor: str | None, *shape: type) -> list[Any] | None:
-    """A cursor this API made, as the list of `shape` it holds; 422 for anything else."""
-    if cursor is None:
-        return None
-    found = decode_cursor(cursor)
-    if (
-        isinstance(found, list)
-        and len(found) == len(shape)
-        and all(isinstance(v, t) and not isinstance(v, bool) for v, t in zip(found, shape))
-    ):
-        return found
-    raise Refused("the cursor is not one this API gave out")
-
-
-def next_cursor(rows: list[Any], limit: int, position: Any) -> str | None:
-    """The cursor after a page read with `limit` + 1 rows: None when there was no extra row."""
-    return encode_cursor(position(rows[limit - 1])) if len(rows) > limit else None
-
 
 # ------------------------------------------------------------------ models
 

@@ -14,10 +14,18 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from ledger.chain.protocol import DEVICE_PATTERN
-from ledger.errors import NotFound
-from ledger.http.callers import Ctx
 from ledger.http.deps import CtxDep, idempotent
-from ledger.http.routes.devices import Cursor, District, Limit, cursor_of, list_scope, next_cursor, problems
+from ledger.http.routes.shared import (
+    Cursor,
+    District,
+    Limit,
+    account_grants,
+    cursor_of,
+    list_scope,
+    next_cursor,
+    problems,
+    served,
+)
 from ledger.http.wire import stamped
 
 router = APIRouter(tags=["disputes"])
@@ -59,21 +67,6 @@ class OpenIn(BaseModel):
 
 class MessageIn(BaseModel):
     message: str = Field(min_length=1, max_length=4000, pattern=MESSAGE, examples=["We checked the meter: ..."])
-
-
-def account_grants(c: Ctx, dataset: str, account: str, write: bool = False) -> dict[str | None, str | None]:
-    """Each district of an account (None: it has no device), with the grant a read rests on; 403 unless
-    the caller may act on all of them, 404 for an unknown account."""
-    if c.ledger.view("account_profile", {"account": account}) is None:
-        raise NotFound(f"no account {account}")
-    districts: list[str | None] = list(c.ledger.view("account_districts", {"account": account})) or [None]
-    return {d: c.allow(dataset, d, write) for d in districts}
-
-
-def served(c: Ctx, dataset: str, grants: dict[str | None, str | None], records: int) -> None:
-    """Record a read about one account in the access log of each district it rests on a grant of."""
-    for district, grant in grants.items():
-        c.served(dataset, district, grant, records)
 
 
 @router.get("/disputes", response_model=DisputePageOut, responses=problems(404, what="account"))

@@ -17,8 +17,7 @@ from ledger.chain.protocol import DEVICE_PATTERN
 from ledger.clock import now_ms
 from ledger.errors import NotFound, Refused
 from ledger.http.deps import CtxDep
-from ledger.http.routes.devices import District, device_record, list_scope, problems
-from ledger.http.routes.disputes import account_grants, served
+from ledger.http.routes.shared import District, account_grants, device_record, list_scope, problems, served
 from ledger.http.wire import parse_time, rfc3339
 
 router = APIRouter(prefix="/parking", tags=["parking"])

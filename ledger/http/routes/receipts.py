@@ -17,7 +17,7 @@ from ledger.chain.protocol import INT64_MAX
 from ledger.chain.receipts import Receipt
 from ledger.http.deps import CtxDep
 from ledger.http.problems import PROBLEM_RESPONSE
-from ledger.http.routes.devices import DeviceId, device_district, problems
+from ledger.http.routes.shared import DeviceId, device_district, problems
 
 router = APIRouter(tags=["receipts"])
 DATASET = "receipts"
