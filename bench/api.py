@@ -185,10 +185,11 @@ def timed(tally: Tally, kind: str, call: Callable[[], str | None]) -> None:
 
 
 def clients(
-    url: str, token: str, work: list[tuple[str, str]], n: int, stop: threading.Event, tally: Tally
+    url: str, token: str, work: list[tuple[str, str]], n: int, stop: threading.Event, tally: Tally, month: str = ""
 ) -> list[threading.Thread]:
-    """`n` threads, client i reading account work[i]'s bill for this month and its device's last day, until `stop`."""
-    month = time.strftime("%Y-%m", time.gmtime())
+    """`n` threads, client i reading account work[i]'s bill for `month` (default: this month, as it stands)
+    and its device's last day of readings, until `stop`."""
+    month = month or time.strftime("%Y-%m", time.gmtime())
 
     def run(i: int) -> None:
         account, device = work[i % len(work)]
@@ -275,8 +276,8 @@ def latency(home: Home, n_clients: int, runs: int, seconds: float) -> dict[str, 
         initialize(home)
         made = dashboard.fabricate(home, 10_000, 365, now_ms() // dashboard.STEP * dashboard.STEP)
         dashboard.logins(home)
-        made["roll_up"] = dashboard.roll_up(home)
-    writer = LedgerWriter.open(home)
+    made["roll_up"] = dashboard.roll_up(home)  # as the scheduler keeps it: what a bill as it stands reads
+    writer = LedgerWriter.open(home, log_files=False)  # bench.dashboard says why
     server, _ = rpc.serve(local_api(home, writer), home.rpc_socket)
     api = None
     try:
@@ -286,11 +287,13 @@ def latency(home: Home, n_clients: int, runs: int, seconds: float) -> dict[str, 
         ]
         account = "hh-0000042"
         devices = [d["device"] for d in ledger.view("devices_of_account", {"account": account})]
-        issued = ledger.bills(account)[-1]["month"]
+        issued = ledger.bills(account)[0]["month"]  # the newest issued month
         end = ledger.recent_readings(limit=1)[0]["ts"] + 1  # the fabricated year ends when it was made
+        this_month = time.strftime("%Y-%m", time.gmtime(end / 1000))
         api, url = start_api(home_env(home), home.logs / "bench-api.log")
         calls: dict[str, Callable[[httpx.Client], str | None]] = {
             "bill_issued_month": lambda c: get_bill(c, account, issued),
+            "bill_this_month_as_it_stands": lambda c: get_bill(c, account, this_month),
             "day_of_readings_one_device": lambda c: get_readings(
                 c, f"/devices/{devices[0]}/readings", devices[0], end - DAY, end
             ),
@@ -305,7 +308,7 @@ def latency(home: Home, n_clients: int, runs: int, seconds: float) -> dict[str, 
                     timed(tally, kind, lambda call=call: call(client))  # type: ignore[misc]
         sequential = tally.figures(0)
         together, stop = Tally(), threading.Event()
-        threads = clients(url, token, [(account, devices[0])], n_clients, stop, together)
+        threads = clients(url, token, [(account, devices[0])], n_clients, stop, together, issued)
         time.sleep(seconds)  # the measured window: the clients run this long
         stop.set()
         for t in threads:

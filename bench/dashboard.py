@@ -10,6 +10,11 @@ month. Readings carry placeholder signatures (64 zero bytes) and blocks placehol
 no page checks a signature except Proof, whose receipt therefore fails at the device
 signature step, after the same work as a real one.
 
+The ledger's writer keeps no log files here (`LedgerWriter.open(home, log_files=False)`): the
+tiles and entry bundles of 350 million readings would be about 70 GB. The first open of a fresh
+fabrication still replays every leaf into the log's edge (issue 18's migration): about 20
+minutes on this machine, once.
+
 Then it serves the ledger the way ingest does (the API over the Unix socket, one DuckDB
 cursor per call) and times, for each page of both roles:
 - its data calls, as the page makes them through `dashboard.data` (cache cleared; median of 3);
@@ -251,7 +256,7 @@ def _issue_bills(con: duckdb.DuckDBPyConnection, households: int, t0: int, end: 
 def logins(home: Home) -> None:
     from ledger.service.writer import LedgerWriter
 
-    w = LedgerWriter.open(home)
+    w = LedgerWriter.open(home, log_files=False)
     try:
         for op, districts in (("op-all", "all"), ("op-d01", "d01")):
             people_ops.add_operator(w, op, f"Operator {op}", districts)
@@ -394,7 +399,7 @@ def measure(home: Home, direct: bool) -> dict[str, Any]:
     os.environ["CITYLEDGER_HOME"] = str(home.root)
     server = writer = None
     if not direct:
-        writer = LedgerWriter.open(home)
+        writer = LedgerWriter.open(home, log_files=False)
         server, _ = rpc.serve(local_api(home, writer), home.rpc_socket)
     try:
         calls = data_calls(home)
@@ -424,7 +429,7 @@ def measure(home: Home, direct: bool) -> dict[str, Any]:
 
 def roll_up(home: Home) -> dict[str, Any]:
     """Summarise the readings per device and day, as the scheduler keeps doing every minute."""
-    writer = LedgerWriter.open(home)
+    writer = LedgerWriter.open(home, log_files=False)
     started = time.perf_counter()
     try:
         done = billing_ops.roll_up(

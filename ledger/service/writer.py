@@ -176,13 +176,16 @@ class LedgerWriter:
             callback(self.registry_version, new)
 
     @classmethod
-    def open(cls, home: Home) -> LedgerWriter:
+    def open(cls, home: Home, log_files: bool = True) -> LedgerWriter:
+        """The home's writer. `log_files` False: no tiles, bundles or checkpoints written (the log's edge
+        is still kept): for a benchmark's fabricated ledger, whose files would be tens of gigabytes."""
         if not home.ledger_key.exists():
             raise FileNotFoundError(f"no ledger in {home.root}: run `cityledger init` first")
         store = Store.open(home.database)
         recover_key_rotation(home, store)
         writer = cls(home, store, load_signing_key(home.ledger_key))
-        writer.keep_log_files()
+        if log_files:
+            writer.keep_log_files()
         return writer
 
     def keep_log_files(self) -> None:
