@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import ssl
 import subprocess
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +211,40 @@ def clients(
     return threads
 
 
+def _run_clients(
+    url: str, token: str, work: list[tuple[str, str]], n: int, month: str, stop: Any, conn: Connection
+) -> None:
+    """In a process of its own: the clients until `stop`, then their latencies and wrong answers to `conn`."""
+    tally = Tally()
+    for t in clients(url, token, work, n, stop, tally, month):
+        t.join()
+    conn.send((tally.latencies, tally.wrong))
+
+
+class ClientProcess:
+    """The API's clients in a process of their own, as other systems are: in the bench's process they
+    would take the GIL from the load generator (or the ledger's server) and skew its figures."""
+
+    def __init__(self, url: str, token: str, work: list[tuple[str, str]], n: int, month: str = "") -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.stop = ctx.Event()
+        self._conn, child = ctx.Pipe(duplex=False)
+        self.proc = ctx.Process(target=_run_clients, args=(url, token, work, n, month, self.stop, child), daemon=True)
+        self.proc.start()
+        self.started = time.monotonic()
+
+    def finish(self, timeout: float = 300.0) -> Tally:
+        """Stop the clients (each ends the request it is in) and collect what they saw."""
+        self.stop.set()
+        if not self._conn.poll(timeout):
+            self.proc.kill()
+            raise RuntimeError("the API's clients did not finish")
+        tally = Tally()
+        tally.latencies, tally.wrong = self._conn.recv()
+        self.proc.join(timeout=30)
+        return tally
+
+
 # ---------------------------------------------------------------- load: the API while ingest seals
 
 
@@ -230,20 +266,18 @@ def load(devices: int, seconds: float, n_clients: int, keep: Path | None = None)
         try:
             supplies = city.presign(specs, opt.readings_per_device(), os.cpu_count() or 1)
             gen = LoadGenerator("127.0.0.1", stack.port, supplies, opt.window_per_device())
-            tally, stop = Tally(), threading.Event()
+            work = [(f"acct-{i:05d}", s.device) for i, s in enumerate(metered)]
+            readers: ClientProcess | None = None
             try:
                 gen.connect()
                 base = sum(city.chain_readings(stack))
-                threads = clients(
-                    url, token, [(f"acct-{i:05d}", s.device) for i, s in enumerate(metered)], n_clients, stop, tally
-                )
+                readers = ClientProcess(url, token, work, n_clients)
                 first, last, _ = city.drive(stack, gen, opt)
-                stop.set()
-                for t in threads:
-                    t.join(timeout=60)
+                tally = readers.finish()
                 ledgered = city.drain(stack, gen, base, opt.drain_timeout)
             finally:
-                stop.set()
+                if readers is not None:
+                    readers.stop.set()
                 gen.close()
         finally:
             stop_api(api)

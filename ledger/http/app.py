@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,9 +66,14 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+LEDGER_CALLS = int(os.environ.get("CITYLEDGER_API_LEDGER_CALLS", "4"))
+
+
 def ledger_for(home: Home) -> Callable[[], LedgerAPI]:
-    """The ingest's API over its socket while ingest runs, else the file opened per call."""
-    remote = RemoteLedger(home.rpc_socket)
+    """The ingest's API over its socket while ingest runs, else the file opened per call. At most
+    LEDGER_CALLS calls are in the ingest at once; the rest wait here, so that however many clients
+    the API has, the ingest's sealer keeps its share of the process (docs/api.md)."""
+    remote = RemoteLedger(home.rpc_socket, in_flight=LEDGER_CALLS)
 
     def ledger() -> LedgerAPI:
         return remote if home.rpc_socket.exists() else local_api(home)

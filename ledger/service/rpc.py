@@ -198,13 +198,22 @@ class RemoteLedger(LedgerAPI):
     declared result type (`_remote`), so a caller cannot tell this from the API in process.
     """
 
-    def __init__(self, path: Path, timeout: float = 600.0, busy_wait: float = 5.0) -> None:
+    def __init__(self, path: Path, timeout: float = 600.0, busy_wait: float = 5.0, in_flight: int = 0) -> None:
         self.path = path
         self.timeout = timeout
         self.busy_wait = busy_wait  # how long a call keeps retrying while the API says "busy"
+        # A client with many threads (the HTTP API) keeps at most `in_flight` calls in the ledger at once
+        # and queues the rest here: the ledger's own threads then leave the sealer its share of the GIL.
+        self._slots = threading.BoundedSemaphore(in_flight) if in_flight > 0 else None
 
     def call(self, method: str, progress: Any = None, **params: Any) -> Any:
         """Run `method` in the ledger; while its API is busy, retry with backoff for `busy_wait` s."""
+        if self._slots is None:
+            return self._call(method, progress, params)
+        with self._slots:
+            return self._call(method, progress, params)
+
+    def _call(self, method: str, progress: Any, params: dict[str, Any]) -> Any:
         deadline, pause = time.monotonic() + self.busy_wait, 0.02
         while True:
             try:
