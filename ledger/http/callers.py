@@ -20,7 +20,7 @@ from fastapi import Request
 
 from ledger.clock import now_ms
 from ledger.errors import NotAllowed, RateLimited, Unauthenticated
-from ledger.people.tokens import Allowed, Grant, Scope, TokenRecord, decide, districts_readable, parse_scope
+from ledger.people.tokens import Allowed, Grant, TokenRecord, decide, districts_readable, parse_scope
 from ledger.service.api import LedgerAPI
 from ledger.service.results.access import AccessDoc, CallerDoc
 
@@ -176,7 +176,3 @@ def bearer(request: Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("send `Authorization: Bearer <token>` (`cityledger agencies add` makes one)")
     return token.strip()
-
-
-def scope_text(scopes: tuple[Scope, ...]) -> list[str]:
-    return [s.text() for s in scopes]

@@ -14,7 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from ledger.errors import Conflict, Refused
+from ledger.errors import Conflict, Refused, Unauthenticated
 from ledger.http.callers import Callers, Ctx, RateLimits, bearer
 from ledger.service.api import LedgerAPI
 
@@ -43,8 +43,6 @@ def api_state(request: Request) -> ApiState:
 
 def ctx(request: Request) -> Ctx:
     """The authenticated caller of this request, within its rate (401 and 429 otherwise)."""
-    from ledger.errors import Unauthenticated
-
     state = api_state(request)
     caller = state.callers.find(bearer(request))
     if caller is None:
