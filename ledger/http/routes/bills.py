@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from ledger.billing.rules import FeeLine, TierLine
 from ledger.chain.protocol import DEVICE_PATTERN
 from ledger.clock import now_ms
 from ledger.http.deps import CtxDep, idempotent
@@ -76,31 +77,13 @@ class PaymentRecordedOut(PaymentOut):
     bill: BalanceOut
 
 
-class TierLineOut(BaseModel):
-    tier: int
-    quantity: str
-    unit: str
-    price: str
-    amount: str
-
-
-class FeeLineOut(BaseModel):
-    period: str
-    start: str
-    end: str
-    units: int
-    unit_minutes: int
-    price: str
-    amount: str
-
-
 class StayOut(BaseModel):
     start: str
     end: str | None
     zone_class: int
     readings: list[list[str | int]]
     flags: list[str]
-    rows: list[FeeLineOut]
+    rows: list[FeeLine]  # billing's own rows: no times in them
     amount: str
     minutes: int | None = Field(None, description="absent while the car is still parked")
 
@@ -112,7 +95,7 @@ class UtilityLineOut(BaseModel):
     unit: str
     consumption: str
     used_this_year_before: str
-    tiers: list[TierLineOut]
+    tiers: list[TierLine]
     amount: str
     tariff_from: str
     readings: list[list[str | int]] = Field(description="[device, seq] of each reading the line rests on")
