@@ -104,9 +104,10 @@ def _normalised(profile: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(p / total for p in profile)
 
 
-# Relative use per local hour 0..23.
+# Relative use per local hour 0..23. Water stops between 01:00 and 05:00: a household's taps are
+# shut, and no use at all for hours is what tells a household from a leak (the continuous-flow rule).
 WATER_PROFILE = _normalised(
-    (0.02, 0.01, 0.01, 0.01, 0.01, 0.05, 0.55, 1.0, 0.8, 0.4, 0.3, 0.3,
+    (0.02, 0.0, 0.0, 0.0, 0.0, 0.05, 0.55, 1.0, 0.8, 0.4, 0.3, 0.3,
      0.5, 0.3, 0.25, 0.25, 0.25, 0.35, 0.6, 0.9, 1.0, 0.9, 0.5, 0.15)
 )  # fmt: skip
 ELECTRIC_ACTIVITY_PROFILE = _normalised(

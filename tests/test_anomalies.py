@@ -44,6 +44,7 @@ from ledger.anomalies.detectors import (
     detect_silent,
     detect_spikes,
     detect_zero_consumption,
+    median_without,
 )
 from ledger.processes import PIPE, start
 from tests.support.broker import wait_for
@@ -127,6 +128,36 @@ def test_a_water_leak_is_a_night_flow_that_never_stops() -> None:
     # The evidence is readings taken in the night windows it speaks of.
     by_seq = {o.seq: o for o in readings["wm1"]}
     assert all(1 <= local_hour(by_seq[seq].ts) <= 5 for _, seq in f.evidence)
+
+
+def test_water_that_never_stops_for_a_day_is_a_leak_even_with_one_peer() -> None:
+    """The issue's case: a meter rising 6 litres every hour, day and night, for three days, in a
+    district with one other meter. The night rule cannot judge it (no earlier nights of its own, and
+    one peer is too few), the continuous-flow rule can: not one still hour in 24."""
+    leaking = meter("wm1", lambda ts: 6.0, days=3)
+    readings = {"wm1": leaking, "wm2": meter("wm2", household, days=3)}
+    now = T0 + 3 * DAY
+    found = detect_leaks([info("wm1"), info("wm2")], readings, now, "Asia/Shanghai")
+    f = one(found, "leak", "wm1")
+    assert len(found) == 1 and "every hour of the last 24 h" in f.detail and "6.0/h" in f.detail
+    assert f.severity == "medium" and (f.window_start, f.window_end) == (now - DAY, now)
+    ledgered(readings, f)
+
+
+def test_one_still_hour_in_a_day_is_no_continuous_flow() -> None:
+    def mostly_running(ts: int) -> float:
+        return 0.0 if local_hour(ts) == 3 else 6.0  # the flow stops for one hour a night
+
+    readings = {"wm1": meter("wm1", mostly_running, days=3)}
+    assert detect_leaks([info("wm1")], readings, T0 + 3 * DAY, "Asia/Shanghai") == []
+
+
+def test_peer_medians_leave_out_the_device_judged_and_need_enough_peers() -> None:
+    assert median_without([1.0, 2.0, 10.0], 10.0, 2) == 1.5  # the others' median, not 2.0
+    assert median_without([1.0, 2.0, 3.0, 10.0], 1.0, 3) == 3.0
+    assert median_without([4.0, 4.0, 4.0], 4.0, 2) == 4.0  # a value others share leaves them be
+    assert median_without([1.0, 2.0], 2.0, 3) is None  # one peer is too few
+    assert median_without([5.0, 7.0, 9.0], None, 3) == 7.0  # the device has no value of its own there
 
 
 def test_a_night_when_the_flow_stops_is_no_leak() -> None:
@@ -357,12 +388,17 @@ def lagging(device: str, lag: int, n: int = 200) -> list[Obs]:
 
 
 def test_a_clock_behind_shows_as_every_reading_arriving_late() -> None:
-    readings = {"em1": lagging("em1", 40 * MIN), "em2": lagging("em2", 0), "em3": lagging("em3", 0)}
+    readings = {"em1": lagging("em1", 40 * MIN), **{d: lagging(d, 0) for d in ("em2", "em3", "em4")}}
     now = T0 + 200 * STEP
     found = detect_clock([info(d, "electricity") for d in readings], readings, {}, now)
     f = one(found, "clock", "em1")
     assert len(found) == 1 and "behind" in f.detail and f.severity == "medium" and f.key == "clock:em1"
     ledgered(readings, f)
+
+
+def test_a_lone_late_meter_is_not_called_behind_without_peers_to_tell_it_from_an_outage() -> None:
+    readings = {"em1": lagging("em1", 40 * MIN), "em2": lagging("em2", 0)}  # one peer: fewer than peer_min
+    assert detect_clock([info(d, "electricity") for d in readings], readings, {}, T0 + 200 * STEP) == []
 
 
 def test_an_ingest_outage_delays_everyone_and_is_no_clock_trouble() -> None:

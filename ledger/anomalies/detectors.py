@@ -118,6 +118,13 @@ class AnomalyConfig:
     leak_own_rise: float = 0.5  # and at least this fraction above what its earlier nights predict
     leak_peer_ratio: float = 3.0  # ...or every recent night this many times the district's night flow (+ min flow)
     leak_high_flow: float = 30.0  # water litres per hour from which a leak is "high" (gas is always high)
+    # leak: continuous flow (what utility portals call a leak): water that never stopped for a whole window
+    continuous_flow_hours: int = 24  # every hour of the last this many used more than...
+    continuous_min_flow: float = 0.0  # ...this many base units (litres): a day without one still hour
+
+    # peers: a device is compared with the other meters of its district and kind, never with itself,
+    # and only when there are at least this many of them (fewer say more about themselves than the norm)
+    peer_min: int = 3
 
     # spike: one hour against the same local hour on the device's other days, and against its peers that hour
     spike_z: float = 3.0  # robust z of log consumption: (log x - median) / (1.4826 * MAD)
@@ -313,6 +320,20 @@ def _finding(
     )
 
 
+def median_without(ordered: Sequence[float], own: float | None, least: int) -> float | None:
+    """The median of `ordered` (sorted) with one value `own` left out: the peers of the device whose
+    value it is (None: it has none there). None when fewer than `least` peers remain."""
+    m = len(ordered) - (own is not None)
+    if m < max(1, least):
+        return None
+    skip = bisect.bisect_left(ordered, own) if own is not None else len(ordered)
+
+    def at(j: int) -> float:
+        return ordered[j + (1 if j >= skip else 0)]
+
+    return at(m // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2
+
+
 def _mad_sigma(values: Sequence[float], centre: float) -> float:
     """1.4826 x the median absolute deviation: a standard deviation that outliers do not inflate."""
     return 1.4826 * statistics.median(abs(v - centre) for v in values)
@@ -402,10 +423,14 @@ def detect_leaks(
         for d in group:
             for n in nights[d.device]:
                 per_night.setdefault(n.start, []).append(n.level)
-        district = {start: statistics.median(levels) for start, levels in per_night.items()}
+        ordered = {start: sorted(levels) for start, levels in per_night.items()}
         for d in group:
-            found = _leak_of(nights[d.device], district, config)
+            mine = nights[d.device]
+            peers = {n.start: median_without(ordered[n.start], n.level, config.peer_min) for n in mine}
+            found = _leak_of(mine, peers, config)
             if found is None:
+                if kind == "water":
+                    out.extend(_continuous_flow(d, series[d.device], now, config))
                 continue
             since, rule, level, expected = found
             last = nights[d.device][since:]
@@ -437,10 +462,15 @@ def detect_leaks(
 
 
 def _leak_of(
-    ns: list[_Night], district: Mapping[int, float], config: AnomalyConfig
+    ns: list[_Night], peers: Mapping[int, float | None], config: AnomalyConfig
 ) -> tuple[int, str, float, float] | None:
-    """(index of the first leaking night, "own" or "peers", mean flow since, what was expected) or None."""
+    """(index of the first leaking night, "own" or "peers", mean flow since, what was expected) or None.
+
+    `peers`: each night's median of the other meters (None: too few that night). Without peers on
+    every night, the device is judged against its own nights alone, and the peers rule is not used."""
     k, floor = config.leak_nights, config.leak_min_flow
+    with_peers = all(v is not None for v in peers.values())
+    district = {start: (v if with_peers and v is not None else 0.0) for start, v in peers.items()}
     unbroken = len(ns)
     while unbroken > 0 and ns[unbroken - 1].floor >= floor:
         unbroken -= 1
@@ -468,7 +498,7 @@ def _leak_of(
     if best is not None:
         return best[1], "own", best[2], best[3]
     last = ns[-k:]
-    if all(n.level >= config.leak_peer_ratio * district[n.start] + floor for n in last):
+    if with_peers and all(n.level >= config.leak_peer_ratio * district[n.start] + floor for n in last):
         return (
             len(ns) - k,
             "peers",
@@ -476,6 +506,30 @@ def _leak_of(
             statistics.median(district[n.start] for n in last),
         )
     return None
+
+
+def _continuous_flow(d: DeviceInfo, s: _Series, now: int, config: AnomalyConfig) -> list[Finding]:
+    """Water that used something in every hour of the last `continuous_flow_hours`: the rule utility
+    portals call a leak. A household has some still hour in a day; a running toilet or a burst pipe
+    does not. It needs no peers and no history before the window, so a new or lone meter is judged."""
+    if len(s.clean) < 2:
+        return []
+    gap = config.max_gap_intervals * _cadence(d, s, config)
+    end = _hour_floor(min(now, s.ts[-1]))
+    start = end - config.continuous_flow_hours * HOUR_MS
+    hours = _hourly(s, start, end, gap)
+    if not hours or any(h is None or h[1] <= config.continuous_min_flow for h in hours):
+        return []  # an hour unmeasured, or a still one: no finding
+    measured = [h for h in hours if h is not None]
+    low = min(measured, key=lambda h: h[1])
+    mean = sum(h[1] for h in measured) / len(measured)
+    seqs = (s.clean[low[2]].seq, s.clean[low[3]].seq, s.clean[measured[0][2]].seq, s.clean[measured[-1][3]].seq)
+    detail = (
+        f"water has flowed in every hour of the last {config.continuous_flow_hours} h: never below "
+        f"{low[1]:.1f}/h, about {mean:.1f}/h on average (a household has some hour without any use)"
+    )
+    severity = "high" if low[1] >= config.leak_high_flow else "medium"
+    return [_finding(d, "leak", start, end, severity, _evidence(d.device, seqs, config.evidence_max), detail)]
 
 
 # ---------------------------------------------------------------- register rollback
@@ -566,13 +620,15 @@ def detect_spikes(
     out: list[Finding] = []
     for (_, _kind), group in _by_district_kind(meters).items():
         present = [d for d in group if d.device in hours]
-        peer_median = []
-        for k in range(n_hours):
-            vals = [h[1] for d in present if (h := hours[d.device][k]) is not None]
-            peer_median.append(statistics.median(vals) if vals else None)
+        ordered = [sorted(h[1] for d in present if (h := hours[d.device][k]) is not None) for k in range(n_hours)]
         for d in present:
             if d.device not in skewed:
-                out.extend(_spikes_of(d, series[d.device], hours[d.device], peer_median, tz, config))
+                mine = hours[d.device]
+                peer_median = [
+                    median_without(ordered[k], h[1] if (h := mine[k]) is not None else None, config.peer_min)
+                    for k in range(n_hours)
+                ]
+                out.extend(_spikes_of(d, series[d.device], mine, peer_median, tz, config))
     return out
 
 
@@ -846,18 +902,22 @@ def _skews(
             lags[d.device] = (min(delays), max(delays))
     out: dict[str, tuple[str, int]] = {}
     for group in _by_district_kind(devices).values():
-        known = [lags[d.device] for d in group if d.device in lags]
-        if not known:
-            continue
-        least_peer, greatest_peer = statistics.median(x[0] for x in known), statistics.median(x[1] for x in known)
+        leasts = sorted(lags[d.device][0] for d in group if d.device in lags)
+        greatests = sorted(lags[d.device][1] for d in group if d.device in lags)
         for d in group:
             if d.device not in lags:
                 continue
             least, greatest = lags[d.device]
+            least_peer = median_without(leasts, least, config.peer_min)
+            greatest_peer = median_without(greatests, greatest, config.peer_min)
             limit = max(config.clock_skew_ms, config.clock_skew_intervals * _cadence(d, series[d.device], config))
-            if least >= limit and least - least_peer >= limit:
+            # Late receipt is a device's only if its peers were on time (else ingest was down): it needs
+            # peers. Timestamps ahead of their receipt cannot come from an outage: peers only confirm.
+            if least >= limit and least_peer is not None and least - least_peer >= limit:
                 out[d.device] = ("behind", least)
-            elif greatest <= -config.clock_ahead_ms and greatest - greatest_peer <= -config.clock_ahead_ms:
+            elif greatest <= -config.clock_ahead_ms and (
+                greatest_peer is None or greatest - greatest_peer <= -config.clock_ahead_ms
+            ):
                 out[d.device] = ("ahead", greatest)
     return out
 
