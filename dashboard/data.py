@@ -224,6 +224,32 @@ class CitizenData:
             raise NotFound("device")
         return int(since)
 
+    # -------------------------------------------------------- alerts
+
+    ALERT_TYPES = ("leak", "spike")  # what a household can act on: a leak to fix, a use to explain
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The account's open or acknowledged leak and unusually-high-use findings, newest first, with
+        their evidence (the readings they rest on). Only this account's meters: the query names the
+        meters' districts, and each row is kept only when it is this account's."""
+        districts = sorted({d["district"] for d in self._devices()})
+        if not districts:
+            return []
+
+        def fetch() -> list[dict[str, Any]]:
+            rows = call(ledger().anomalies, districts=districts, limit=500)
+            mine = {d["device"] for d in self._devices()}
+            return [
+                dict(a)
+                for a in rows
+                if a["account"] == self.account
+                and a["device"] in mine
+                and a["type"] in self.ALERT_TYPES
+                and a["status"] in ("open", "acknowledged")
+            ]
+
+        return CACHE.get(("alerts", self.account), 30, fetch)
+
     # -------------------------------------------------------- usage
 
     def usage(self, device: str, granularity: str, now: int | None = None) -> dict[str, Any]:

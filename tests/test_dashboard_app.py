@@ -662,3 +662,14 @@ def test_a_meter_that_changes_hands_shows_nothing_of_its_previous_holder(city: D
     at = sign_in("citizen", "hh-0001")
     at.selectbox(key="meter").set_value("wm-d02-000002").run()
     assert {m.label: m.value for m in clean(at).metric}["Today so far"] == "-"
+
+
+def test_a_household_sees_its_own_leak_alert_with_the_readings_it_rests_on(city: DashboardCity) -> None:
+    at = clean(sign_in("citizen", "hh-0001"))  # build_city raised a leak on its water meter
+    [warning] = [w.value for w in at.warning if "Possible leak" in w.value]
+    assert "wm-d02-000001" in warning and "night" in warning
+    anomaly = local_api(city.home).anomaly(city.anomalies["d02"])
+    seqs = [f"#{seq}" for _, seq in anomaly["evidence"]]
+    assert all(s in texts(at) for s in seqs)
+    other = clean(sign_in("citizen", "hh-0003"))  # its meter has a tamper finding: not an alert for it
+    assert not [w for w in other.warning if "Possible leak" in w.value or "Unusually high use" in w.value]

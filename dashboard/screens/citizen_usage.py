@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, ui
+from dashboard import charts, fmt, ui
+from dashboard.data import tariffs
 from dashboard.fmt import kind_label, quantity, unit_label
 from dashboard.usage import GRANULARITIES
 
@@ -12,6 +13,20 @@ data = ui.citizen()
 st.title("Usage")
 
 with ui.guard("your usage"):
+    tz = fmt.zone(tariffs()["timezone"])
+    for alert in data.alerts():
+        title = "Possible leak" if alert["type"] == "leak" else "Unusually high use"
+        since = fmt.when(alert["window_start"], tz) if alert["window_start"] else "recently"
+        st.warning(
+            f"**{title}** on {kind_label(data.meter(alert['device'])['kind']).lower()} meter {alert['device']} "
+            f"since {since}: {alert['detail']}. The city's operators see it too; if it is a leak, please check "
+            "taps, toilets and pipes, or call a plumber.",
+            icon="⚠️",
+        )
+        evidence = ", ".join(f"#{seq}" for _, seq in alert["evidence"])
+        st.caption(
+            f"It rests on these readings of {alert['device']}: {evidence}. Each can be checked on the Proof page."
+        )
     meters = data.meters()
     if not meters:
         ui.empty(
