@@ -126,6 +126,7 @@ class FaultPlan:
 
     rates: Mapping[str, float] = field(default_factory=dict)
     horizon_ms: int = DAY_MS
+    scale: float = 1.0  # sizes of leaks, spikes and rollbacks times this: faults of other magnitudes
 
     def __post_init__(self) -> None:
         for name, rate in self.rates.items():
@@ -135,12 +136,15 @@ class FaultPlan:
                 raise ValueError(f"rate of {name} must be between 0 and 1, not {rate}")
         if self.horizon_ms <= 0:
             raise ValueError("horizon must be positive")
+        if not 0.0 < self.scale <= 100.0:
+            raise ValueError(f"scale must be above 0 and at most 100, not {self.scale}")
 
     @classmethod
     def parse(cls, spec: str) -> FaultPlan:
-        """`leak=0.02,rollback=0.01,...[,horizon=6h]`: a rate per fault, optionally the onset horizon."""
+        """`leak=0.02,rollback=0.01,...[,horizon=6h][,scale=0.5]`: a rate per fault, optionally the onset
+        horizon and a factor on the faults' sizes."""
         rates: dict[str, float] = {}
-        horizon = DAY_MS
+        horizon, scale = DAY_MS, 1.0
         for part in (p.strip() for p in spec.split(",")):
             if not part:
                 continue
@@ -151,11 +155,17 @@ class FaultPlan:
             if name == "horizon":
                 horizon = parse_duration(value)
                 continue
+            if name == "scale":
+                try:
+                    scale = float(value)
+                except ValueError:
+                    raise ValueError(f"scale is not a number: {value!r}") from None
+                continue
             try:
                 rates[name] = float(value)
             except ValueError:
                 raise ValueError(f"rate of {name} is not a number: {value!r}") from None
-        return cls(rates, horizon)
+        return cls(rates, horizon, scale)
 
     def assign(self, devices: Iterable[tuple[str, str]], start: int, *, seed: int = 0) -> dict[str, Fault]:
         """The fault of each chosen device, from (device, kind) pairs; devices left out have none.
@@ -175,25 +185,30 @@ class FaultPlan:
                 (x for x in eligible if x[0] not in taken), key=lambda x: device_seed(seed, f"fault/{name}/{x[0]}")
             )
             for device, kind in free[:want]:
-                taken[device] = _draw(name, device, kind, start, self.horizon_ms, seed)
+                taken[device] = _draw(name, device, kind, start, self.horizon_ms, seed, self.scale)
         return taken
 
 
-def _draw(name: str, device: str, kind: str, start: int, horizon: int, seed: int) -> Fault:
-    """Onset and size of one fault, from its own random stream."""
+def _draw(name: str, device: str, kind: str, start: int, horizon: int, seed: int, scale: float = 1.0) -> Fault:
+    """Onset and size of one fault, from its own random stream (sizes of leaks, spikes and rollbacks x `scale`)."""
     rng = random.Random(device_seed(seed, f"fault-draw/{name}/{device}"))
     onset = start + int(horizon * rng.uniform(*ONSET))
     if name == "leak":
-        return Fault(device, kind, name, onset, size=rng.uniform(*LEAK_LITRES_PER_HOUR[kind]))
+        return Fault(device, kind, name, onset, size=scale * rng.uniform(*LEAK_LITRES_PER_HOUR[kind]))
     if name == "spike":
         # On a local hour when the household is up, so the extra consumption is there to see.
         local_day = (onset + BEIJING_UTC_OFFSET_MS) // DAY_MS * DAY_MS - BEIJING_UTC_OFFSET_MS
         onset = local_day + rng.randint(7, 20) * HOUR_MS
         return Fault(
-            device, kind, name, onset, onset + int(rng.uniform(*SPIKE_HOURS) * HOUR_MS), size=rng.uniform(*SPIKE_FACTOR)
+            device,
+            kind,
+            name,
+            onset,
+            onset + int(rng.uniform(*SPIKE_HOURS) * HOUR_MS),
+            size=scale * rng.uniform(*SPIKE_FACTOR),
         )
     if name == "rollback":
-        return Fault(device, kind, name, onset, size=rng.uniform(*ROLLBACK_FRACTION))
+        return Fault(device, kind, name, onset, size=scale * rng.uniform(*ROLLBACK_FRACTION))
     if name == "clock":
         mode = rng.choice(("ahead", "behind", "backwards"))
         size = {
@@ -328,6 +343,7 @@ def simulate(
     outages: Sequence[tuple[int, int]] = (),
     resend_for_ms: int = HOUR_MS,
     agent: AgentSettings = AgentSettings(),
+    rhythm: str = "day",
 ) -> list[SimDevice]:
     """Run (device, kind, district) devices from `start` for `days`, without a broker or a database.
 
@@ -342,7 +358,8 @@ def simulate(
     it runs; each re-send is one more reject. Only the first `resend_for_ms` of
     that is modelled, which keeps the table small and understates, never
     overstates, a faulty device's rejects.
-    A device says `online` at the start; a dead one's Last Will says `offline`.
+    A device says `online` at the start; a dead one's Last Will says `offline`. `rhythm` picks the
+    households' daily rhythm (edge/meters.py RHYTHMS: the city's "day", or the held-out "shift").
     """
     resends = _resend_offsets(agent, resend_for_ms)
     faults = faults or {}
@@ -355,7 +372,7 @@ def simulate(
         model: MeterModel | ParkingSensor = (
             ParkingSensor(model_seed, heartbeat_every=heartbeat_every)
             if kind == "parking"
-            else meter_for(kind, model_seed)
+            else meter_for(kind, model_seed, rhythm=rhythm)
         )
         fault = faults.get(device)
         injector = Injector(fault) if fault is not None else None

@@ -110,6 +110,13 @@ WATER_PROFILE = _normalised(
     (0.02, 0.0, 0.0, 0.0, 0.0, 0.05, 0.55, 1.0, 0.8, 0.4, 0.3, 0.3,
      0.5, 0.3, 0.25, 0.25, 0.25, 0.35, 0.6, 0.9, 1.0, 0.9, 0.5, 0.15)
 )  # fmt: skip
+# A second rhythm, for measuring the detectors on households they were not tuned on (issue 20):
+# a larger family with a night-shift worker. Up at noon, showers before and after the night shift,
+# taps shut in the late morning instead of the small hours.
+SHIFT_WATER_PROFILE = _normalised(
+    (0.5, 0.3, 0.15, 0.1, 0.4, 0.8, 0.9, 0.5, 0.2, 0.0, 0.0, 0.0,
+     0.3, 0.9, 0.7, 0.4, 0.4, 0.6, 0.9, 1.0, 0.8, 0.6, 0.9, 0.8)
+)  # fmt: skip
 ELECTRIC_ACTIVITY_PROFILE = _normalised(
     (0.05, 0.02, 0.02, 0.02, 0.02, 0.05, 0.35, 0.6, 0.45, 0.25, 0.25, 0.3,
      0.4, 0.3, 0.25, 0.25, 0.3, 0.5, 0.9, 1.0, 1.0, 0.9, 0.6, 0.25)
@@ -265,7 +272,19 @@ class WaterMeter(MeterModel):
     def expected_rate(self, ts_ms: int) -> float:
         # A little more in summer (showers, washing), a little less in winter.
         season = 1.0 + 0.12 * math.cos(2.0 * math.pi * (day_of_year(ts_ms) - WARMEST_DAY) / YEAR_DAYS)
-        return self.litres_per_day * season * _hourly(WATER_PROFILE, ts_ms)
+        return self.litres_per_day * season * _hourly(self.profile, ts_ms)
+
+    profile = WATER_PROFILE
+
+
+class ShiftWaterMeter(WaterMeter):
+    """A family of four to six with a night-shift worker (SHIFT_WATER_PROFILE): held-out data."""
+
+    profile = SHIFT_WATER_PROFILE
+
+    def _configure(self, rng: random.Random) -> None:
+        persons = rng.choice((4, 5, 6))
+        self.litres_per_day = 190.0 * persons**0.8 * rng.lognormvariate(0.0, 0.2)
 
 
 class ElectricityMeter(MeterModel):
@@ -332,14 +351,19 @@ class GasMeter(MeterModel):
 
 
 METER_MODELS: dict[str, type[MeterModel]] = {"water": WaterMeter, "gas": GasMeter, "electricity": ElectricityMeter}
+RHYTHMS: dict[str, dict[str, type[MeterModel]]] = {
+    "day": METER_MODELS,
+    "shift": {**METER_MODELS, "water": ShiftWaterMeter},
+}
 
 
-def meter_for(kind: str, seed: int, *, start_register: int | None = None) -> MeterModel:
-    """The meter model of a kind ("water", "gas" or "electricity")."""
+def meter_for(kind: str, seed: int, *, start_register: int | None = None, rhythm: str = "day") -> MeterModel:
+    """The meter model of a kind ("water", "gas" or "electricity"), of the households' `rhythm`
+    ("day", the city's; "shift", a held-out one for measuring the detectors)."""
     try:
-        model = METER_MODELS[kind]
+        model = RHYTHMS[rhythm][kind]
     except KeyError:
-        raise ValueError(f"no meter model for kind {kind!r}") from None
+        raise ValueError(f"no meter model for kind {kind!r} and rhythm {rhythm!r}") from None
     return model(seed, start_register=start_register)
 
 
