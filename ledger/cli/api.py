@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ledger.cli.common import Subcommands, add, emit, group, home_of, ledger_api, operator_id, operator_option, opt
 from ledger.people.tokens import DATASETS
+from ledger.service.results.access import TokenIssued
 
 
 def register(sub: Subcommands) -> None:
@@ -96,10 +97,15 @@ def cmd_agencies_add(args: argparse.Namespace) -> int:
         rate_per_minute=args.rate,
         operator=operator_id(args),
     )
-    if args.json:
+    return show_token(out, args.json)
+
+
+def show_token(out: TokenIssued, as_json: bool) -> int:
+    """A token just made, printed once (`agencies add`, `operators token`): only its hash is kept."""
+    if as_json:
         emit(out)
         return 0
-    print(f"token for {out['principal']} (id {out['id']}), shown this once; keep it secret:")
+    print(f"token for {out['kind']} {out['principal']} (id {out['id']}), shown this once; keep it secret:")
     print(out["token"])
     print(f"scopes: {' '.join(out['scopes'])}; expires {_day(out['expires_at'])}; {out['rate_per_minute']}/min")
     return 0

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
+from ledger.cli.api import show_token
 from ledger.cli.common import Handler, Subcommands, add, emit, group, ledger_api, operator_id, operator_option
 
 
@@ -115,12 +115,4 @@ def cmd_operator_token(args: argparse.Namespace) -> int:
     out = ledger_api(args).issue_token(
         kind="operator", principal=args.id, expires=args.expires, rate_per_minute=args.rate, operator=operator_id(args)
     )
-    if args.json:
-        emit(out)
-        return 0
-    print(f"token for operator {out['principal']} (id {out['id']}), shown this once; keep it secret:")
-    print(out["token"])
-    print(
-        f"scopes: {' '.join(out['scopes'])}; expires {time.strftime('%Y-%m-%d', time.gmtime(out['expires_at'] / 1000))}"
-    )
-    return 0
+    return show_token(out, args.json)

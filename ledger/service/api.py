@@ -34,6 +34,7 @@ from ledger.home import Home
 from ledger.keys import load_signing_key, public_hex, verify_key_from_hex
 from ledger.people import signin
 from ledger.people.signin import OutcomeDoc
+from ledger.people.tokens import DEFAULT_RATE_PER_MINUTE, DEFAULT_TTL_DAYS
 from ledger.service import jobs, supervision, views
 from ledger.service.budget import BudgetRule
 from ledger.service.checkpoints import load_policy, published_checkpoint
@@ -953,8 +954,8 @@ class LedgerAPI:
         kind: str,
         principal: str,
         scopes: list[str] | None = None,
-        expires: str = "90d",
-        rate_per_minute: int = 600,
+        expires: str = f"{DEFAULT_TTL_DAYS}d",
+        rate_per_minute: int = DEFAULT_RATE_PER_MINUTE,
         operator: str | None = None,
     ) -> TokenIssued:
         """A token for an agency (with its scopes) or an operator (with the operator's districts)."""
